@@ -1,0 +1,36 @@
+# One place for the commands a developer and CI run.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv test lint check demo bench catalog clean
+
+$(BIN)/loops: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/loops
+
+test: venv  ## the whole test suite (needs Redis on 127.0.0.1:6379 or $$REDIS_URL)
+	$(BIN)/pytest -q
+
+lint: venv  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+check: lint test
+
+demo: venv  ## the embedded demo from the README
+	$(BIN)/loops demo
+
+bench: venv
+	$(BIN)/python bench/bus.py
+
+catalog: venv  ## regenerate docs/EVENT-CATALOG.md
+	$(BIN)/python -m events.catalog > docs/EVENT-CATALOG.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,224 @@
+"""The `loops` command: parses arguments and hands each command to its module.
+
+Each command lives in `cli/cmd_<name>.py` as `run(args) -> int`. A command whose
+module does not exist yet says so in one line and exits 2; it never pretends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from events import LoopsError, ValidationFailed
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+ROLES = ("worker", "monitor", "pm", "human", "gate", "merge", "dashboard")
+
+
+def _add_redis(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="Redis URL (default: $REDIS_URL, else the embedded server of the project in .)",
+    )
+    p.add_argument(
+        "--dir",
+        dest="project_dir",
+        metavar="DIR",
+        default=None,
+        help="project directory whose embedded server to reach (default: $CODING_LOOP_PROJECT_DIR or .)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loops",
+        description=(
+            "Run many autonomous coding agents (Ralph loops) on one git repository. "
+            "A task passes only when its independently verified commit has merged into main."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="single loop on a SPEC.yaml (ralph_loop compatible)")
+    p.add_argument(
+        "spec_file",
+        nargs="?",
+        default="SPEC.yaml",
+        help="Path to the SPEC.yaml file. Default: SPEC.yaml",
+    )
+    p.add_argument(
+        "--max-iterations",
+        "-n",
+        type=int,
+        metavar="N",
+        default=None,
+        help="Maximum number of agent runs. Priority: CLI flag > spec max_iterations > default (10)",
+    )
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="Show DEBUG output, including a 200-character preview of each reply",
+    )
+    p.add_argument(
+        "--agent",
+        metavar="A",
+        default=None,
+        help="claude (default), anthropic, command:CMD or script:FILE",
+    )
+    p.add_argument(
+        "--repo",
+        metavar="DIR",
+        default=None,
+        help="git repository to work in (default: the spec's directory)",
+    )
+    p.add_argument(
+        "--trust-agent",
+        action="store_true",
+        help="accept the agent's <promise> without running the checks (ralph_loop's old behaviour)",
+    )
+
+    p = sub.add_parser("up", help="the whole system on DIR (seed layout: DIR/loop-*/config.json)")
+    p.add_argument(
+        "dir",
+        nargs="?",
+        default=None,
+        help="project directory (default: $CODING_LOOP_PROJECT_DIR or .)",
+    )
+    p.add_argument("--redis", metavar="URL", help="use this Redis instead of the embedded one")
+    p.add_argument("--agent", metavar="A", default=None, help="override every loop's agent")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep running when no loop can progress (compose, dashboard)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="dashboard host (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=8765, help="dashboard port (default 8765; 0 = no dashboard)"
+    )
+
+    p = sub.add_parser("validate", help="check SPEC.yaml / config.json / test-state.json files")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = sub.add_parser("status", help="loops, tasks, health, escalations, merge queue")
+    _add_redis(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+
+    p = sub.add_parser("events", help="the event log")
+    _add_redis(p)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        metavar="T",
+        help="only this type (repeatable; 'task.*' works)",
+    )
+    p.add_argument("--loop", metavar="L", help="only this loop")
+    p.add_argument(
+        "--since", metavar="ID|TIME", default=None, help="start at a stream id or ISO time"
+    )
+
+    p = sub.add_parser("escalations", help="open questions for a person")
+    _add_redis(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="include answered and expired ones")
+
+    p = sub.add_parser("answer", help="answer an escalation")
+    _add_redis(p)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("text", metavar="TEXT", nargs="+")
+    p.add_argument(
+        "--decision", choices=["retry", "skip", "approve", "reject", "abort"], default=None
+    )
+
+    for name, text in (
+        ("pause", "pause a loop after its current iteration"),
+        ("resume", "resume a paused loop"),
+        ("stop", "stop a loop after its current iteration"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_redis(p)
+        p.add_argument("loop", metavar="LOOP")
+
+    p = sub.add_parser("reset", help="set a task back to pending with zero attempts")
+    _add_redis(p)
+    p.add_argument("loop", metavar="LOOP")
+    p.add_argument("task", metavar="TASK")
+    p.add_argument("--hint", default=None, help="guidance for the task's next prompt")
+
+    p = sub.add_parser("worker", help="role: run one loop (needs REDIS_URL or --redis)")
+    _add_redis(p)
+    p.add_argument(
+        "loop", metavar="LOOP", help="the loop's directory name (e.g. loop-1-critical-path)"
+    )
+    p.add_argument("--agent", metavar="A", default=None)
+    for role in ROLES[1:]:
+        p = sub.add_parser(role, help=f"role: run the {role} as its own process")
+        _add_redis(p)
+        if role == "dashboard":
+            p.add_argument("--host", default="127.0.0.1")
+            p.add_argument("--port", type=int, default=8765)
+
+    p = sub.add_parser("demo", help="the embedded demo from the README (no API key needed)")
+    p.add_argument(
+        "--agent", metavar="A", default=None, help="run the scenario on a real agent, e.g. claude"
+    )
+    p.add_argument(
+        "--dir", dest="demo_dir", default=None, help="where to create the sample repository"
+    )
+    return parser
+
+
+MODULES = {
+    "pause": "control",
+    "resume": "control",
+    "stop": "control",
+    "reset": "control",
+    "answer": "escalations",
+    "worker": "roles",
+    **{r: "roles" for r in ROLES[1:]},
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    module_name = f"cli.cmd_{MODULES.get(args.command, args.command)}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"loops: '{args.command}' is not built yet", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(module.run(args))
+    except ValidationFailed as exc:
+        for problem in exc.problems:
+            print(f"ERROR main: {problem}", file=sys.stderr)
+        return EXIT_FAIL
+    except LoopsError as exc:
+        print(f"loops: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print("loops: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

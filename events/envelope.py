@@ -1,0 +1,82 @@
+"""The envelope every event shares, and the small value types events carry."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def new_id() -> str:
+    """A fresh, globally unique id (32 hex chars)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Role(StrEnum):
+    """The process roles of the system (DESIGN.md), plus the operator's own tools."""
+
+    WORKER = "worker"
+    MONITOR = "monitor"
+    PM = "pm"
+    HUMAN = "human"
+    GATE = "gate"
+    MERGE = "merge"
+    DASHBOARD = "dashboard"
+    OPERATOR = "operator"  # the `loops` CLI acting for a person (answer, pause, reset ...)
+
+
+class Frozen(BaseModel):
+    """Base for every value carried on the bus: immutable, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Source(Frozen):
+    """Who published an event: a role and the instance of it (host:pid or a name)."""
+
+    role: Role
+    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+class Event(Frozen):
+    """The envelope. Concrete events subclass it and pin `type` with a Literal.
+
+    - `id`: unique per event; consumers dedupe on it (an XADD may land twice).
+    - `version`: schema version of the event's fields.
+    - `loop`: the loop the event concerns, where one applies.
+    - `correlation_id`: links every event of one task attempt.
+    - `causation_id`: the id of the event that caused this one.
+    """
+
+    type: str
+    id: str = Field(default_factory=new_id)
+    version: int = SCHEMA_VERSION
+    ts: datetime = Field(default_factory=utcnow)
+    source: Source
+    loop: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+    # Catalog metadata, read by events.catalog to generate docs/EVENT-CATALOG.md.
+    producers: ClassVar[tuple[Role, ...]] = ()
+    consumers: ClassVar[tuple[Role, ...]] = ()
+    is_command: ClassVar[bool] = False
+
+    def caused(self) -> dict[str, str | None]:
+        """Envelope fields for an event caused by this one (same loop and attempt)."""
+        return {
+            "loop": self.loop,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.id,
+        }

@@ -1,0 +1,488 @@
+"""Every event of the system. Docstrings say when each is published; the class
+attributes say who produces and who consumes it (docs/EVENT-CATALOG.md is generated
+from this module)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from events.envelope import Event, Role
+from events.types import (
+    CriterionResult,
+    Decision,
+    DiffStat,
+    EscalationKind,
+    FailureKind,
+    IterationOutcome,
+    LoopStatus,
+    MonitorActionKind,
+    Severity,
+    TokenUsage,
+    VerificationVerdict,
+)
+
+W, MON, PM, HUM, GATE, MERGE, DASH, OP = (
+    Role.WORKER,
+    Role.MONITOR,
+    Role.PM,
+    Role.HUMAN,
+    Role.GATE,
+    Role.MERGE,
+    Role.DASHBOARD,
+    Role.OPERATOR,
+)
+EVERYONE = (W, MON, PM, HUM, GATE, MERGE, DASH)
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+class LoopStarted(Event):
+    """A loop worker started (or restarted) and is about to choose a task."""
+
+    type: Literal["loop.started"] = "loop.started"
+    agent: str
+    pid: int
+    host: str
+    tasks_total: int = 0
+    tasks_passed: int = 0
+    producers = (W,)
+    consumers = (MON, PM, DASH)
+
+
+class LoopHeartbeat(Event):
+    """Every `interval_s` seconds while a loop worker is alive, whatever it is doing."""
+
+    type: Literal["loop.heartbeat"] = "loop.heartbeat"
+    status: LoopStatus
+    pid: int
+    host: str
+    interval_s: float
+    task_id: str | None = None
+    iteration: int | None = None
+    waiting_until: datetime | None = None  # set while waiting out a usage limit
+    passed: int = 0
+    total: int = 0
+    producers = (W,)
+    consumers = (MON, DASH)
+
+
+class LoopStopped(Event):
+    """A loop worker exits: finished, stopped by a command, or crashed with an error."""
+
+    type: Literal["loop.stopped"] = "loop.stopped"
+    status: LoopStatus
+    reason: str
+    producers = (W,)
+    consumers = (MON, PM, DASH)
+
+
+# --------------------------------------------------------------------------- work
+
+
+class TaskStarted(Event):
+    """A loop chose a task and begins (or resumes) an attempt on it."""
+
+    type: Literal["task.started"] = "task.started"
+    task_id: str
+    attempt: int
+    producers = (W,)
+    consumers = (MON, PM, DASH)
+
+
+class IterationStarted(Event):
+    """Just before the agent is run once on the task."""
+
+    type: Literal["iteration.started"] = "iteration.started"
+    task_id: str
+    iteration: int
+    attempt: int
+    agent: str
+    prompt_bytes: int
+    session_id: str | None = None
+    producers = (W,)
+    consumers = (MON, DASH)
+
+
+class IterationFinished(Event):
+    """After one agent run, with its evidence: what it changed, ran, cost and said."""
+
+    type: Literal["iteration.finished"] = "iteration.finished"
+    task_id: str
+    iteration: int
+    attempt: int
+    outcome: IterationOutcome
+    failure: FailureKind | None = None
+    failure_detail: str | None = None
+    duration_s: float
+    changed_files: list[str] = Field(default_factory=list)
+    diff_stat: DiffStat = DiffStat()
+    commands: list[str] = Field(default_factory=list)
+    tokens: TokenUsage | None = None
+    cost_usd: float | None = None
+    reply_chars: int = 0
+    reply_tail: str = ""
+    permission_denials: int = 0
+    commit: str | None = None
+    session_id: str | None = None
+    retry_at: datetime | None = None  # usage limit: when the agent may run again
+    counted: bool = True  # False when the iteration does not count (usage limit, outage)
+    producers = (W,)
+    consumers = (MON, PM, DASH)
+
+
+class TaskClaimed(Event):
+    """The agent says the task is done. A request for verification, never the verdict."""
+
+    type: Literal["task.claimed"] = "task.claimed"
+    task_id: str
+    attempt: int
+    commit: str
+    branch: str
+    base: str | None = None  # the main commit the branch was based on
+    claim: str = ""  # the promise text or marker line
+    producers = (W,)
+    consumers = (GATE, PM, DASH)
+
+
+class TaskPassed(Event):
+    """The task's verified commit has merged into main. The only 'passed' there is."""
+
+    type: Literal["task.passed"] = "task.passed"
+    task_id: str
+    attempt: int
+    commit: str
+    merged_commit: str
+    producers = (W,)
+    consumers = (PM, MON, HUM, DASH)
+
+
+class TaskFailed(Event):
+    """An attempt failed (verification failed, conflict, agent gave up); the task is retried."""
+
+    type: Literal["task.failed"] = "task.failed"
+    task_id: str
+    attempt: int
+    reason: str
+    producers = (W,)
+    consumers = (MON, PM, DASH)
+
+
+class TaskBlocked(Event):
+    """A task cannot proceed: max attempts, a blocked dependency, or a question pending."""
+
+    type: Literal["task.blocked"] = "task.blocked"
+    task_id: str
+    reason: str
+    blocked_by: str | None = None  # a dependency's id (loop/TASK for another loop's)
+    waiting_on_human: bool = False
+    producers = (W,)
+    consumers = (MON, PM, HUM, DASH)
+
+
+class TaskHeld(Event):
+    """The PM holds a task (file overlap, priority, or an unmet cross-loop dependency)."""
+
+    type: Literal["task.held"] = "task.held"
+    task_id: str
+    reason: str
+    until_task: str | None = None  # released when this task (loop/TASK) merges
+    producers = (PM,)
+    consumers = (W, DASH)
+    is_command = True
+
+
+class TaskReleased(Event):
+    """The PM releases a held task."""
+
+    type: Literal["task.released"] = "task.released"
+    task_id: str
+    reason: str
+    producers = (PM,)
+    consumers = (W, DASH)
+    is_command = True
+
+
+class StateRejected(Event):
+    """A hand edit of a state file (test-state.json) was invalid and was ignored."""
+
+    type: Literal["state.rejected"] = "state.rejected"
+    path: str
+    problems: list[str]
+    producers = (W,)
+    consumers = (HUM, DASH)
+
+
+# --------------------------------------------------------------------------- verification and merging
+
+
+class VerificationStarted(Event):
+    """The gate took a claim and started checking it on a clean checkout."""
+
+    type: Literal["verification.started"] = "verification.started"
+    task_id: str
+    commit: str
+    attempt: int
+    job_id: str | None = None
+    producers = (GATE,)
+    consumers = (W, DASH)
+
+
+class VerificationPassed(Event):
+    """Every criterion held on a clean checkout, with the criteria taken from main."""
+
+    type: Literal["verification.passed"] = "verification.passed"
+    task_id: str
+    commit: str
+    attempt: int
+    criteria: list[CriterionResult]
+    flagged_files: list[str] = Field(default_factory=list)  # tampering approved by a person
+    producers = (GATE,)
+    consumers = (MERGE, W, PM, DASH)
+
+
+class VerificationFailed(Event):
+    """The claim did not hold (or needs a person); the task goes back to its loop."""
+
+    type: Literal["verification.failed"] = "verification.failed"
+    task_id: str
+    commit: str
+    attempt: int
+    verdict: VerificationVerdict
+    reason: str
+    criteria: list[CriterionResult] = Field(default_factory=list)
+    flagged_files: list[str] = Field(default_factory=list)
+    escalation_id: str | None = None
+    producers = (GATE,)
+    consumers = (W, MON, HUM, DASH)
+
+
+class MergeQueued(Event):
+    """A verified commit entered the merge queue."""
+
+    type: Literal["merge.queued"] = "merge.queued"
+    task_id: str
+    commit: str
+    position: int
+    producers = (MERGE,)
+    consumers = (W, DASH)
+
+
+class MergeCompleted(Event):
+    """Main fast-forwarded to a tree whose checks ran after merging the verified commit."""
+
+    type: Literal["merge.completed"] = "merge.completed"
+    task_id: str
+    commit: str
+    merged_commit: str
+    main_before: str
+    producers = (MERGE,)
+    consumers = (W, PM, DASH)
+
+
+class MergeConflicted(Event):
+    """The verified commit does not merge cleanly onto main, or its checks fail once merged."""
+
+    type: Literal["merge.conflicted"] = "merge.conflicted"
+    task_id: str
+    commit: str
+    files: list[str]
+    tries: int
+    reason: str = "conflict"
+    producers = (MERGE,)
+    consumers = (W, PM, MON, DASH)
+
+
+# --------------------------------------------------------------------------- coordination
+
+
+class MonitorAction(Event):
+    """The monitor acted on an incident (restart, reset with a hint, refine, pause, block)."""
+
+    type: Literal["monitor.action"] = "monitor.action"
+    action: MonitorActionKind
+    rule: str
+    reason: str
+    incident_id: str
+    task_id: str | None = None
+    hint: str | None = None
+    producers = (MON,)
+    consumers = (W, HUM, DASH)
+
+
+class ProgressReported(Event):
+    """The PM's summary of one loop: passed/total, rate, ETA, tokens and cost."""
+
+    type: Literal["progress.reported"] = "progress.reported"
+    passed: int
+    total: int
+    blocked: int = 0
+    rate_per_hour: float | None = None
+    eta_s: float | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
+    producers = (PM,)
+    consumers = (DASH, HUM)
+
+
+class EscalationRaised(Event):
+    """A question for a person (raised again with the same id if unacknowledged)."""
+
+    type: Literal["escalation.raised"] = "escalation.raised"
+    escalation_id: str
+    kind: EscalationKind
+    severity: Severity
+    question: str
+    task_id: str | None = None
+    options: list[str] = Field(default_factory=list)
+    repeat: int = 0
+    producers = (W, GATE, MERGE, MON, PM)
+    consumers = (HUM, DASH)
+
+
+class EscalationAcknowledged(Event):
+    """A person has seen the escalation (or a notification was delivered to them)."""
+
+    type: Literal["escalation.acknowledged"] = "escalation.acknowledged"
+    escalation_id: str
+    by: str
+    producers = (HUM, OP)
+    consumers = (HUM, DASH)
+
+
+class EscalationAnswered(Event):
+    """A person answered: text for the asking loop's next prompt, and/or a decision."""
+
+    type: Literal["escalation.answered"] = "escalation.answered"
+    escalation_id: str
+    answer: str
+    decision: Decision | None = None
+    by: str
+    task_id: str | None = None
+    producers = (OP, HUM)
+    consumers = (W, GATE, MERGE, MON, HUM, DASH)
+
+
+class EscalationDelivered(Event):
+    """The answer reached the asking loop (it is in that task's next prompt)."""
+
+    type: Literal["escalation.delivered"] = "escalation.delivered"
+    escalation_id: str
+    task_id: str | None = None
+    producers = (W, GATE, MON)
+    consumers = (HUM, DASH)
+
+
+class EscalationExpired(Event):
+    """An escalation stopped mattering (its task passed, was reset, or its loop stopped)."""
+
+    type: Literal["escalation.expired"] = "escalation.expired"
+    escalation_id: str
+    reason: str
+    producers = (HUM,)
+    consumers = (DASH,)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class LoopPause(Event):
+    """Command: finish the current iteration, then wait until resumed."""
+
+    type: Literal["loop.pause"] = "loop.pause"
+    reason: str = ""
+    producers = (OP, MON, DASH)
+    consumers = (W,)
+    is_command = True
+
+
+class LoopResume(Event):
+    """Command: resume a paused loop."""
+
+    type: Literal["loop.resume"] = "loop.resume"
+    reason: str = ""
+    producers = (OP, MON, DASH)
+    consumers = (W,)
+    is_command = True
+
+
+class LoopStop(Event):
+    """Command: stop the loop after the current iteration (state is written)."""
+
+    type: Literal["loop.stop"] = "loop.stop"
+    reason: str = ""
+    restart: bool = False  # the monitor's "restart the worker": stop, then start again
+    producers = (OP, MON, DASH)
+    consumers = (W,)
+    is_command = True
+
+
+class TaskReset(Event):
+    """Command: set a task back to pending with zero attempts, optionally with a hint."""
+
+    type: Literal["task.reset"] = "task.reset"
+    task_id: str
+    hint: str | None = None
+    producers = (OP, MON, DASH)
+    consumers = (W,)
+    is_command = True
+
+
+class TaskHint(Event):
+    """Command: add guidance to the task's next prompt."""
+
+    type: Literal["task.hint"] = "task.hint"
+    task_id: str
+    text: str
+    producers = (OP, MON, PM, DASH)
+    consumers = (W,)
+    is_command = True
+
+
+class CommandAcknowledged(Event):
+    """A worker acknowledges a command it obeyed (pause, resume, stop, reset, hint)."""
+
+    type: Literal["command.acknowledged"] = "command.acknowledged"
+    command: str  # the command's type, e.g. "loop.pause"
+    command_id: str
+    detail: str = ""
+    producers = (W,)
+    consumers = (OP, MON, DASH)
+
+
+__all__ = [
+    "CommandAcknowledged",
+    "EscalationAcknowledged",
+    "EscalationAnswered",
+    "EscalationDelivered",
+    "EscalationExpired",
+    "EscalationRaised",
+    "IterationFinished",
+    "IterationStarted",
+    "LoopHeartbeat",
+    "LoopPause",
+    "LoopResume",
+    "LoopStarted",
+    "LoopStop",
+    "LoopStopped",
+    "MergeCompleted",
+    "MergeConflicted",
+    "MergeQueued",
+    "MonitorAction",
+    "ProgressReported",
+    "StateRejected",
+    "TaskBlocked",
+    "TaskClaimed",
+    "TaskFailed",
+    "TaskHeld",
+    "TaskHint",
+    "TaskPassed",
+    "TaskReleased",
+    "TaskReset",
+    "TaskStarted",
+    "VerificationFailed",
+    "VerificationPassed",
+    "VerificationStarted",
+]

@@ -1,0 +1,144 @@
+"""Enums and value objects carried inside events."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from events.envelope import Frozen
+
+
+class LoopStatus(StrEnum):
+    """A loop's state, as seen in heartbeats and health.json (seed statuses first)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    ERROR = "error"
+    PAUSED = "paused"
+    WAITING = "waiting"  # waiting out a usage limit, or on a human: not stuck
+
+
+class IterationOutcome(StrEnum):
+    """What one agent run produced."""
+
+    CLAIMED = "claimed"  # the agent says done (<promise>, PASSED): a request for verification
+    CONTINUE = "continue"  # no claim: the loop runs another iteration
+    BLOCKED = "blocked"  # the agent asks a question (BLOCKED: reason)
+    FAILED = "failed"  # the run failed; see FailureKind
+
+
+class FailureKind(StrEnum):
+    """Typed failures of an agent run; each has its own policy in the loop worker."""
+
+    USAGE_LIMIT = "usage_limit"  # wait for the reset; does not count as an iteration
+    OUTAGE = "outage"  # API outage or 5xx: back off and retry
+    TIMEOUT = "timeout"
+    EMPTY_REPLY = "empty_reply"
+    AGENT_ERROR = "agent_error"  # the agent crashed or exited non-zero without a reply
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class EscalationKind(StrEnum):
+    QUESTION = "question"  # an agent said BLOCKED with a question
+    APPROVAL = "approval"  # a flagged change (tampered checks, refined task) needs a yes/no
+    SIGNOFF = "signoff"  # a natural check with no model configured to judge it
+    INCIDENT = "incident"  # the monitor gave up, or mass death
+
+
+class Decision(StrEnum):
+    """An answer applied as a decision rather than text for the next prompt."""
+
+    RETRY = "retry"
+    SKIP = "skip"
+    APPROVE = "approve"
+    REJECT = "reject"
+    ABORT = "abort"
+
+
+class MonitorActionKind(StrEnum):
+    RESTART_WORKER = "restart_worker"
+    RESET_TASK = "reset_task"
+    REFINE_TASK = "refine_task"
+    PAUSE_LOOP = "pause_loop"
+    BLOCK_TASK = "block_task"
+    ESCALATE = "escalate"
+
+
+class VerificationVerdict(StrEnum):
+    """Why a verification failed (or `passed`)."""
+
+    PASSED = "passed"
+    CHECKS_FAILED = "checks_failed"
+    TAMPERED = "tampered"  # the claim edits its own checks/spec; policy said reject
+    BAD_CLAIM = "bad_claim"  # unknown commit or task, malformed claim
+    NEEDS_HUMAN = "needs_human"  # natural checks with no judge, or tamper awaiting approval
+
+
+class ScriptCheck(Frozen):
+    """Passes when the shell command exits 0 (SPEC.yaml `check: {type: script, run: ...}`)."""
+
+    type: Literal["script"] = "script"
+    run: str = Field(min_length=1)
+    timeout_s: float | None = None
+
+
+class NaturalCheck(Frozen):
+    """Judged by a model (or a person) from a natural-language description."""
+
+    type: Literal["natural"] = "natural"
+    description: str = Field(min_length=1)
+
+
+Check = Annotated[ScriptCheck | NaturalCheck, Field(discriminator="type")]
+
+
+class Criterion(Frozen):
+    """One acceptance criterion: what must be true, and how it is checked."""
+
+    criterion: str = Field(min_length=1)
+    check: Check
+
+
+class TokenUsage(Frozen):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + self.cache_write_tokens
+        )
+
+
+class DiffStat(Frozen):
+    files: int = 0
+    insertions: int = 0
+    deletions: int = 0
+
+
+class CriterionResult(Frozen):
+    """Evidence for one criterion, as the gate saw it."""
+
+    criterion: str
+    kind: Literal["script", "natural"]
+    passed: bool | None  # None: not judged (needs a person)
+    command: str | None = None
+    exit_code: int | None = None
+    duration_s: float = 0.0
+    timed_out: bool = False
+    output_tail: str = ""
+    judged_by: str | None = None  # "script", a model name, or "human"
