@@ -80,3 +80,8 @@ class Event(Frozen):
             "correlation_id": self.correlation_id,
             "causation_id": self.id,
         }
+
+
+def short_id(prefix: str) -> str:
+    """A short id a person can type (`loops answer e-3f9a1c ...`)."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
