@@ -19,6 +19,7 @@ class LoopStatus(StrEnum):
     ERROR = "error"
     PAUSED = "paused"
     WAITING = "waiting"  # waiting out a usage limit, or on a human: not stuck
+    IDLE = "idle"  # alive, but no task can be worked on now (all done, blocked or held)
 
 
 class IterationOutcome(StrEnum):
