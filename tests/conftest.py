@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import TypeVar
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import fakeredis
+import pytest
+import redis
 from hypothesis import HealthCheck, settings
+
+from bus import BusSettings, RedisBus, connect
 
 T = TypeVar("T")
 
@@ -30,3 +37,85 @@ def wait_until(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {cond}")
         time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- Redis backends
+
+REAL_REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+_real_redis_error: list[str] = []  # cached: probe the real server once per session
+
+
+def _probe_real_redis() -> str | None:
+    """None when the real Redis answers PING, else why not."""
+    if not _real_redis_error:
+        client = connect(BusSettings.from_dsn(REAL_REDIS_URL, socket_connect_timeout=1.0))
+        try:
+            client.ping()
+            _real_redis_error.append("")
+        except redis.RedisError as exc:
+            _real_redis_error.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            client.close()
+    return _real_redis_error[0] or None
+
+
+def require_real_redis() -> str:
+    """The real Redis URL; skips the test when unreachable (fails under CI=true)."""
+    problem = _probe_real_redis()
+    if problem:
+        message = f"real Redis at {REAL_REDIS_URL} unreachable ({problem})"
+        if IN_CI:
+            pytest.fail(message + "; CI=true requires it")
+        pytest.skip(message)
+    return REAL_REDIS_URL
+
+
+@dataclass
+class RedisBackend:
+    """One Redis for one test: a client, a key prefix of its own, and (for a real
+    server) the URL a subprocess can connect to."""
+
+    name: str  # "fakeredis" (in-process) or "real"
+    client: redis.Redis
+    prefix: str
+    url: str | None  # None for in-process fakeredis
+
+    def settings(self, **overrides: Any) -> BusSettings:
+        return BusSettings(url=self.url or REAL_REDIS_URL, prefix=self.prefix, **overrides)
+
+    def bus(self, **overrides: Any) -> RedisBus:
+        """A RedisBus on this backend and prefix; `overrides` are BusSettings fields."""
+        return RedisBus(self.client, settings=self.settings(**overrides))
+
+    def cleanup(self) -> None:
+        keys = list(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        if keys:
+            self.client.delete(*keys)
+
+
+@pytest.fixture(params=["fakeredis", "real"])
+def redis_backend(request: pytest.FixtureRequest) -> Iterator[RedisBackend]:
+    """The bus contract backends: in-process fakeredis (Redis 7.0 flavour) and the real
+    Redis at REDIS_URL or 127.0.0.1:6379. Each test gets its own key prefix; its keys
+    are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    if request.param == "fakeredis":
+        server = fakeredis.FakeServer(version=(7, 0))
+        client: redis.Redis = fakeredis.FakeRedis(server=server, protocol=2)
+        backend = RedisBackend("fakeredis", client, prefix, None)
+    else:
+        url = require_real_redis()
+        backend = RedisBackend("real", connect(url), prefix, url)
+    try:
+        yield backend
+    finally:
+        try:
+            backend.cleanup()
+        finally:
+            backend.client.close()
+
+
+@pytest.fixture
+def bus(redis_backend: RedisBackend) -> RedisBus:
+    """A RedisBus with default settings on `redis_backend`, under a unique prefix."""
+    return redis_backend.bus()

@@ -1,0 +1,27 @@
+"""The bus: typed events over one Redis stream, consumer groups, ack, reclaim, dead
+letters, replay; the connection settings and the embedded server. See README.md.
+
+Imports `events` only. Nothing connects at import time: clients are passed in."""
+
+from bus.api import Bus, Handler, Subscription
+from bus.consumer import RedisSubscription, SubscriptionStats
+from bus.deadletter import DeadLetter, read_dead_letters
+from bus.idempotency import Idempotency
+from bus.settings import BusSettings, TrimPolicy, connect
+from bus.streams import RedisBus, stream_id
+
+__all__ = [
+    "Bus",
+    "BusSettings",
+    "DeadLetter",
+    "Handler",
+    "Idempotency",
+    "RedisBus",
+    "RedisSubscription",
+    "Subscription",
+    "SubscriptionStats",
+    "TrimPolicy",
+    "connect",
+    "read_dead_letters",
+    "stream_id",
+]
