@@ -167,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8765)
 
+    p = sub.add_parser("health", help="exit 0 if a role process is alive (compose health checks)")
+    _add_redis(p)
+    p.add_argument(
+        "role",
+        nargs="?",
+        default=None,
+        metavar="ROLE",
+        help="gate, merge, monitor, pm, human, dashboard, worker[:LOOP] or rq[:QUEUE]; "
+        "without it, list every live role",
+    )
+    p.add_argument("--here", action="store_true", help="only count processes on this host")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("demo", help="the embedded demo from the README (no API key needed)")
     p.add_argument(
         "--agent", metavar="A", default=None, help="run the scenario on a real agent, e.g. claude"
