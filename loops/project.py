@@ -1,0 +1,479 @@
+"""A project laid out like the seed's `coding-loops/`: `loop-*/config.json` and specs.
+
+    coding-loops/
+    ├── loop-1-critical-path/config.json     specs_dir: coding-loops/loop-1-critical-path/specs
+    │   └── specs/test-state.json, 00-overview.md, *.md, health.json
+    └── loop-2-infrastructure/ ...
+
+A loop's name is its directory name (`loop-1-critical-path`); the config's `name` is
+its display name. `specs_dir` is relative to the project root, as in the seed; it is
+looked up under `$CODING_LOOP_PROJECT_DIR`, the git toplevel, the given directory and
+its parent, the loop directory, and last `loop-*/specs`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from events import Criterion, LoopsError, ScriptCheck, ValidationFailed
+from loops.files import problem, show
+from loops.harness import LoopConfig, LoopState, TaskEntry, TaskStatus, load_config, load_state
+from loops.spec import load_spec
+
+__all__ = [
+    "ENV_PROJECT_DIR",
+    "Loop",
+    "Project",
+    "TaskRef",
+    "UnknownTask",
+    "criteria_for",
+    "find_loop_dirs",
+    "load_loop",
+    "load_project",
+    "parse_task_ref",
+    "resolve_specs_dir",
+    "spec_content",
+]
+
+ENV_PROJECT_DIR = "CODING_LOOP_PROJECT_DIR"
+_SKIP_DIRS = {".git", ".loops", "node_modules", ".venv", "__pycache__"}
+
+
+class UnknownTask(LoopsError):
+    """Raised when a loop or task named in a request is not in the files under a root."""
+
+    def __init__(self, loop: str, task_id: str | None, root: Path) -> None:
+        what = f"task '{loop}/{task_id}'" if task_id else f"loop '{loop}'"
+        super().__init__(f"no {what} under {root}")
+        self.loop = loop
+        self.task_id = task_id
+        self.root = root
+
+
+# -- dependencies ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task named in `dependsOn`: `TASK-ID` (same loop) or `loop-name/TASK-ID`."""
+
+    loop: str | None
+    task: str
+
+    def __str__(self) -> str:
+        return f"{self.loop}/{self.task}" if self.loop else self.task
+
+    def in_loop(self, loop: str) -> TaskRef:
+        """This reference with a same-loop reference made explicit."""
+        return self if self.loop else TaskRef(loop, self.task)
+
+
+def parse_task_ref(value: str) -> TaskRef:
+    """`'loop-1/CP-001'` -> TaskRef('loop-1', 'CP-001'); `'CP-001'` -> TaskRef(None, ...)."""
+    value = value.strip()
+    loop, sep, task = value.partition("/")
+    if sep and loop and task:
+        return TaskRef(loop, task)
+    return TaskRef(None, value)
+
+
+# -- loops and the project ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One loop of a project: its directory, config, specs directory and state."""
+
+    name: str
+    dir: Path
+    config: LoopConfig
+    specs_dir: Path
+    state: LoopState
+
+    @property
+    def display_name(self) -> str:
+        return self.config.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "config.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.specs_dir / self.config.test_state_file
+
+    @property
+    def health_path(self) -> Path:
+        return self.specs_dir / self.config.health_check.file
+
+    @property
+    def transcripts_dir(self) -> Path:
+        """Where the seed keeps transcripts (`specs/logs/transcripts/`)."""
+        return self.specs_dir / "logs" / "transcripts"
+
+    @property
+    def branch(self) -> str:
+        return self.config.branch or f"loop/{self.name}"
+
+    def dependencies(self, entry: TaskEntry) -> list[TaskRef]:
+        """The entry's dependencies, each naming its loop explicitly."""
+        refs = [parse_task_ref(d).in_loop(self.name) for d in entry.dependencies]
+        return [TaskRef(None, r.task) if r.loop == self.name else r for r in refs]
+
+    def criteria(self, task_id: str) -> list[Criterion]:
+        """The task's criteria; else the config's check_command; else []."""
+        try:
+            entry = self.state.task(task_id)
+        except KeyError:
+            raise UnknownTask(self.name, task_id, self.dir) from None
+        return _criteria(entry, self.config)
+
+    def spec_content(self, task_id: str, limit: int | None = None) -> str:
+        return spec_content(self.specs_dir, task_id, limit)
+
+
+@dataclass(frozen=True)
+class Project:
+    """Every loop of a coding-loops project, most urgent (lowest priority) first."""
+
+    root: Path
+    loops: tuple[Loop, ...]
+
+    def loop(self, name: str) -> Loop:
+        """A loop by directory name (or, failing that, display name); `KeyError` if none."""
+        for loop in self.loops:
+            if loop.name == name:
+                return loop
+        for loop in self.loops:
+            if loop.display_name == name:
+                return loop
+        raise KeyError(name)
+
+    def status_of(self, ref: TaskRef, from_loop: str) -> TaskStatus | None:
+        """The status of a referenced task, or None if it does not exist."""
+        try:
+            return self.loop(ref.loop or from_loop).state.task(ref.task).status
+        except KeyError:
+            return None
+
+    def dependency_problems(self) -> list[str]:
+        """Dependencies on tasks that do not exist, and dependency cycles."""
+        out: list[str] = []
+        graph: dict[str, list[str]] = {}
+        for loop in self.loops:
+            for i, entry in enumerate(loop.state.tests):
+                node = f"{loop.name}/{entry.id}"
+                graph[node] = []
+                for ref in loop.dependencies(entry):
+                    full = ref.in_loop(loop.name)
+                    graph[node].append(str(full))
+                    if self.status_of(ref, loop.name) is not None:
+                        continue
+                    if ref.loop and ref.loop not in {lp.name for lp in self.loops}:
+                        why = f"no loop '{show(ref.loop)}' in {self.root}"
+                    else:
+                        why = f"no test '{show(ref.task)}' in loop '{full.loop}'"
+                    out.append(
+                        problem(
+                            str(loop.state_path),
+                            f"tests[{i}].dependsOn",
+                            f"depends on '{show(str(ref))}' but there is {why} — fix the id, "
+                            "or write 'loop-name/TASK-ID' for another loop's task",
+                        )
+                    )
+        out.extend(_cycles(graph, {lp.name: lp for lp in self.loops}))
+        return out
+
+
+def load_project(
+    directory: str | os.PathLike[str], *, project_dir: str | os.PathLike[str] | None = None
+) -> Project:
+    """Load every `loop-*/config.json` under `directory`; every problem of every file.
+
+    `project_dir` (default `$CODING_LOOP_PROJECT_DIR`) is where `specs_dir` is looked up first.
+    """
+    root = Path(directory)
+    if project_dir is None and os.environ.get(ENV_PROJECT_DIR):
+        project_dir = os.environ[ENV_PROJECT_DIR]
+    loop_dirs = find_loop_dirs(root)
+    if not loop_dirs:
+        raise ValidationFailed(
+            [
+                problem(
+                    str(root),
+                    "",
+                    "no loops found — expected loop-*/config.json (the coding-loops layout); "
+                    "for a single SPEC.yaml use `loops run SPEC.yaml`",
+                )
+            ],
+            path=str(root),
+        )
+    loops: list[Loop] = []
+    problems: list[str] = []
+    for loop_dir in loop_dirs:
+        try:
+            loops.append(load_loop(loop_dir, root=root, project_dir=project_dir))
+        except ValidationFailed as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ValidationFailed(problems, path=str(root))
+    loops.sort(key=lambda lp: (lp.config.priority, lp.name))
+    return Project(root=root, loops=tuple(loops))
+
+
+def load_loop(
+    loop_dir: Path,
+    *,
+    root: Path | None = None,
+    project_dir: str | os.PathLike[str] | None = None,
+    within: Path | None = None,
+) -> Loop:
+    """One loop directory: config.json, then its specs dir and state file."""
+    loop_dir = Path(loop_dir)
+    config_path = loop_dir / "config.json"
+    config = load_config(config_path)
+    specs = resolve_specs_dir(
+        loop_dir, config.specs_dir, root=root, project_dir=project_dir, within=within
+    )
+    if specs is None:
+        raise ValidationFailed(
+            [
+                problem(
+                    str(config_path),
+                    "specs_dir",
+                    f"directory '{show(config.specs_dir)}' not found — give it relative to the "
+                    f"project root (or set {ENV_PROJECT_DIR}), or create {loop_dir / 'specs'}",
+                )
+            ],
+            path=str(config_path),
+        )
+    state = load_state(specs / config.test_state_file)
+    return Loop(name=loop_dir.name, dir=loop_dir, config=config, specs_dir=specs, state=state)
+
+
+def find_loop_dirs(root: Path) -> list[Path]:
+    """`root/loop-*/config.json`; else the same one level down (`repo/coding-loops/`)."""
+    found = _loop_dirs_in(root)
+    if found:
+        return found
+    for sub in _subdirs(root):
+        found = _loop_dirs_in(sub)
+        if found:
+            return found
+    return []
+
+
+def _loop_dirs_in(directory: Path) -> list[Path]:
+    return [
+        d for d in _subdirs(directory) if d.name.startswith("loop-") and _is_file(d, "config.json")
+    ]
+
+
+def _subdirs(directory: Path) -> Iterator[Path]:
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return iter(())
+    return (e for e in entries if e.name not in _SKIP_DIRS and _is_dir(e))
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(directory: Path, name: str) -> bool:
+    try:
+        return (directory / name).is_file()
+    except OSError:
+        return False
+
+
+def git_toplevel(start: Path) -> Path | None:
+    """The nearest ancestor holding `.git` (a directory, or a worktree's file)."""
+    start = start.absolute()
+    for d in (start, *start.parents):
+        if (d / ".git").exists():
+            return d
+    return None
+
+
+def resolve_specs_dir(
+    loop_dir: Path,
+    specs_dir: str,
+    *,
+    root: Path | None = None,
+    project_dir: str | os.PathLike[str] | None = None,
+    within: Path | None = None,
+) -> Path | None:
+    """The first existing candidate for a config's `specs_dir`, or None.
+
+    `within`: accept only directories inside it (the gate reads a checkout of main and
+    must not wander into the working tree around it).
+    """
+    rel = Path(specs_dir)
+    bases: list[Path] = []
+    if rel.is_absolute():
+        candidates = [rel]
+    else:
+        if project_dir:
+            bases.append(Path(project_dir))
+        top = git_toplevel(loop_dir)
+        if top is not None:
+            bases.append(top)
+        if root is not None:
+            bases += [root, root.parent]
+        bases.append(loop_dir.parent.parent)
+        candidates = [b / rel for b in bases] + [loop_dir / rel]
+    candidates.append(loop_dir / "specs")
+    limit = within.resolve() if within is not None else None
+    for candidate in candidates:
+        if not _is_dir(candidate):
+            continue
+        if limit is not None and not candidate.resolve().is_relative_to(limit):
+            continue
+        return candidate
+    return None
+
+
+# -- what the prompt builder and the gate read ----------------------------------------
+
+
+def spec_content(specs_dir: Path, task_id: str, limit: int | None = None) -> str:
+    """The spec markdown for a task: every `*.md` mentioning its id, else 00-overview.md.
+
+    Each file is headed by its name; the result is cut to `limit` characters.
+    """
+    try:
+        files = sorted(p for p in specs_dir.glob("*.md") if p.is_file())
+    except OSError:
+        return ""
+    texts: list[tuple[str, str]] = []
+    for path in files:
+        try:
+            texts.append((path.name, path.read_text(encoding="utf-8", errors="replace")))
+        except OSError:
+            continue
+    chosen = [t for t in texts if task_id and task_id in t[1]]
+    if not chosen:
+        chosen = [t for t in texts if t[0] == "00-overview.md"]
+    out = "\n\n".join(f"<!-- {name} -->\n{text.strip()}" for name, text in chosen)
+    if limit is not None and len(out) > limit:
+        out = out[: max(0, limit - 20)].rstrip() + "\n[... spec cut ...]"
+    return out
+
+
+def _criteria(entry: TaskEntry, config: LoopConfig) -> list[Criterion]:
+    if entry.acceptance_criteria:
+        return list(entry.acceptance_criteria)
+    if config.check_command:
+        return [
+            Criterion(
+                criterion=f"the loop's check command passes: {config.check_command}",
+                check=ScriptCheck(run=config.check_command),
+            )
+        ]
+    return []
+
+
+def criteria_for(root: Path, loop: str, task_id: str) -> list[Criterion]:
+    """A task's acceptance criteria as the files under `root` say (a checkout of main).
+
+    `loop` is a loop directory name (coding-loops layout, found at `root/loop`, or one or
+    two levels down) or a spec's stem (`SPEC` for `root/SPEC.yaml`). Returns the task's
+    own `acceptance_criteria`, else the config's `check_command` as a script criterion,
+    else []. Only files inside `root`'s tree are read; `$CODING_LOOP_PROJECT_DIR` is
+    ignored. Raises `UnknownTask` for an unknown loop or task, `ValidationFailed` for
+    invalid files.
+    """
+    root = Path(root)
+    within = git_toplevel(root) or root
+    loop_dir = _find_loop_dir(root, loop)
+    if loop_dir is not None:
+        found = load_loop(loop_dir, root=root, project_dir=None, within=within)
+        return found.criteria(task_id)
+    spec_path = _find_spec(root, loop)
+    if spec_path is None:
+        raise UnknownTask(loop, None, root)
+    spec = load_spec(spec_path)
+    try:
+        return list(spec.task(task_id).acceptance_criteria)
+    except KeyError:
+        raise UnknownTask(loop, task_id, root) from None
+
+
+def _find_loop_dir(root: Path, loop: str) -> Path | None:
+    if not loop or "/" in loop or loop in (".", ".."):
+        return None
+    if root.name == loop and _is_file(root, "config.json"):
+        return root
+    if _is_file(root / loop, "config.json"):
+        return root / loop
+    for sub in _subdirs(root):
+        if _is_file(sub / loop, "config.json"):
+            return sub / loop
+        for subsub in _subdirs(sub):
+            if _is_file(subsub / loop, "config.json"):
+                return subsub / loop
+    return None
+
+
+def _find_spec(root: Path, loop: str) -> Path | None:
+    names = {f"{loop}.yaml".lower(), f"{loop}.yml".lower(), loop.lower()}
+    for directory in (root, *_subdirs(root)):
+        try:
+            files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
+        except OSError:
+            continue
+        for path in files:
+            if path.name.lower() in names and path.is_file():
+                return path
+    return None
+
+
+def _cycles(graph: dict[str, list[str]], loops: dict[str, Loop]) -> list[str]:
+    """One problem per dependency cycle (a task that can never start)."""
+    out: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    reported: set[frozenset[str]] = set()
+
+    def report(cycle: list[str]) -> None:
+        key = frozenset(cycle)
+        if key in reported:
+            return
+        reported.add(key)
+        loop_name = cycle[0].partition("/")[0]
+        where = str(loops[loop_name].state_path) if loop_name in loops else cycle[0]
+        out.append(
+            problem(
+                where,
+                "dependsOn",
+                "dependency cycle: "
+                + " -> ".join([*cycle, cycle[0]])
+                + " — none of these can ever start; remove one dependsOn",
+            )
+        )
+
+    for start in graph:  # iterative DFS: a long chain must not hit the recursion limit
+        if start in state:
+            continue
+        state[start] = 1
+        path = [start]
+        stack = [iter(graph[start])]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                stack.pop()
+                state[path.pop()] = 2
+            elif state.get(nxt) == 1:
+                report(path[path.index(nxt) :])
+            elif nxt in graph and nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(graph[nxt]))
+    return out
