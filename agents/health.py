@@ -1,0 +1,403 @@
+"""Each loop's health as the monitor sees it, and the detection rules over it.
+
+Pure: state is folded from events, rules read it with an explicit `now`. The monitor
+(`agents/monitor.py`) decides what to do about what these rules find.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import statistics
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from difflib import SequenceMatcher
+
+from agents.policy import Rule, Thresholds
+from events import (
+    Event,
+    FailureKind,
+    IterationFinished,
+    IterationOutcome,
+    LoopHeartbeat,
+    LoopStarted,
+    LoopStatus,
+    LoopStopped,
+    MonitorAction,
+    TaskFailed,
+    TaskReset,
+    TaskStarted,
+)
+
+PidAlive = Callable[[str, int], bool | None]
+"""(host, pid) -> alive? None when it cannot tell (another host)."""
+
+_WORKER_EVENTS = (LoopHeartbeat, LoopStarted, TaskStarted, IterationFinished, TaskFailed)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule that holds for a loop now. Same incident <=> same `key`."""
+
+    loop: str
+    rule: Rule
+    task_id: str | None
+    started_by: str  # id of the event that started the incident
+    reason: str
+    hint: str | None = None
+    evidence: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.loop}|{self.rule}|{self.task_id or '-'}|{self.started_by}"
+
+    @property
+    def incident_id(self) -> str:
+        return "i-" + hashlib.sha1(self.key.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Observation:
+    """One piece of per-iteration evidence (an iteration, or a failed attempt)."""
+
+    seq: int
+    event_id: str
+    task_id: str
+    iteration: bool
+    counted: bool
+    changed: bool = False
+    failure: str | None = None  # "kind: text", raw
+    signature: tuple[str, str] | None = None  # (kind, normalised text)
+    reply_chars: int = 0
+    denials: int = 0
+    commands: tuple[str, ...] = ()
+
+
+_NOISE = re.compile(r"0x[0-9a-f]+|[0-9a-f]{7,}|\d+")
+
+
+def normalise(text: str) -> str:
+    """A failure text without the numbers, hashes and spacing that vary between runs."""
+    return " ".join(_NOISE.sub("#", text.lower()).split())[-400:]
+
+
+def similar(a: tuple[str, str], b: tuple[str, str], ratio: float) -> bool:
+    if a[0] != b[0]:
+        return False
+    return a[1] == b[1] or SequenceMatcher(None, a[1], b[1]).ratio() >= ratio
+
+
+def _clip(text: str, n: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@dataclass
+class LoopHealth:
+    """What the monitor knows about one loop."""
+
+    loop: str
+    last_seen: datetime | None = None  # latest event the worker published
+    heartbeat: LoopHeartbeat | None = None
+    host: str | None = None
+    pid: int | None = None
+    stopped: LoopStopped | None = None
+    task_id: str | None = None
+    last_iteration: IterationFinished | None = None
+    barrier: int = 0  # streaks only count evidence after the last action on the loop
+    obs: deque[Observation] = field(default_factory=lambda: deque(maxlen=200))
+
+    # ----------------------------------------------------------------- folding
+
+    def observe(self, event: Event, seq: int) -> None:
+        if isinstance(event, _WORKER_EVENTS) and (
+            self.last_seen is None or event.ts > self.last_seen
+        ):
+            self.last_seen = event.ts
+            if self.stopped is not None and event.ts > self.stopped.ts:
+                self.stopped = None
+        if isinstance(event, LoopHeartbeat):
+            if self.heartbeat is None or event.ts >= self.heartbeat.ts:
+                self.heartbeat = event
+                self.host, self.pid = event.host, event.pid
+                if event.task_id:
+                    self._switch_task(event.task_id)
+        elif isinstance(event, LoopStarted):
+            self.host, self.pid = event.host, event.pid
+            self.barrier = seq
+        elif isinstance(event, LoopStopped):
+            if self.last_seen is None or event.ts >= self.last_seen:
+                self.stopped = event
+        elif isinstance(event, TaskStarted):
+            self._switch_task(event.task_id)
+        elif isinstance(event, IterationFinished):
+            self._switch_task(event.task_id)
+            self.last_iteration = event
+            self.obs.append(_iteration_obs(event, seq))
+        elif isinstance(event, TaskFailed):
+            text = f"task_failed: {event.reason}"
+            self.obs.append(
+                Observation(
+                    seq,
+                    event.id,
+                    event.task_id,
+                    iteration=False,
+                    counted=True,
+                    failure=text,
+                    signature=("task_failed", normalise(event.reason)),
+                )
+            )
+        elif isinstance(event, MonitorAction | TaskReset):
+            self.barrier = seq
+
+    def _switch_task(self, task_id: str) -> None:
+        self.task_id = task_id
+
+    # ----------------------------------------------------------------- state
+
+    def waiting(self, now: datetime) -> bool:
+        """Waiting out a usage limit (or on a person): not stuck."""
+        hb = self.heartbeat
+        if (
+            hb is not None
+            and hb.status == LoopStatus.WAITING
+            and (hb.waiting_until is None or hb.waiting_until > now)
+        ):
+            return True
+        it = self.last_iteration
+        return (
+            it is not None
+            and it.failure == FailureKind.USAGE_LIMIT
+            and it.retry_at is not None
+            and it.retry_at > now
+        )
+
+    def _recent(self, *, task: bool = True) -> list[Observation]:
+        return [
+            o for o in self.obs if o.seq > self.barrier and (not task or o.task_id == self.task_id)
+        ]
+
+    # ----------------------------------------------------------------- rules
+
+    def findings(
+        self,
+        now: datetime,
+        t: Thresholds,
+        pid_alive: PidAlive,
+        watched_since: datetime | None = None,
+    ) -> list[Finding]:
+        """Every rule that holds now, most specific first. `watched_since`: when the
+        observer started; silence before that is not held against the loop."""
+        if self.stopped is not None and self.stopped.status != LoopStatus.ERROR:
+            return []  # finished or stopped on purpose
+        death = self._death(now, t, pid_alive, watched_since)
+        if death is not None:
+            return [death]
+        if self.heartbeat is not None and self.heartbeat.status in (
+            LoopStatus.STOPPED,
+            LoopStatus.PAUSED,
+        ):
+            return []
+        if self.task_id is None or self.waiting(now):
+            return []
+        found = [
+            f
+            for f in (
+                self._repeated_failure(t),
+                self._permission_denials(t),
+                self._no_changes(t),
+                self._reply_collapse(t),
+            )
+            if f is not None
+        ]
+        if not any(f.rule == Rule.REPEATED_FAILURE for f in found):
+            varied = self._varied_failures(t)
+            if varied is not None:
+                found.append(varied)
+        return found
+
+    def _finding(self, rule: Rule, started_by: str, reason: str, **kw: object) -> Finding:
+        return Finding(self.loop, rule, self.task_id, started_by, reason, **kw)  # type: ignore[arg-type]
+
+    def _death(
+        self, now: datetime, t: Thresholds, pid_alive: PidAlive, watched_since: datetime | None
+    ) -> Finding | None:
+        if self.stopped is not None:  # status ERROR: the worker crashed
+            return Finding(
+                self.loop,
+                Rule.WORKER_DEAD,
+                self.task_id,
+                self.stopped.id,
+                f"the worker stopped with an error: {_clip(self.stopped.reason, 200)}",
+            )
+        hb = self.heartbeat
+        if hb is None:
+            return None
+        if (
+            self.host is not None
+            and self.pid is not None
+            and pid_alive(self.host, self.pid) is False
+        ):
+            return Finding(
+                self.loop,
+                Rule.WORKER_DEAD,
+                self.task_id,
+                hb.id,
+                f"worker process {self.pid} on {self.host} is gone",
+            )
+        seen = self.last_seen or hb.ts
+        if watched_since is not None and watched_since > seen:
+            seen = watched_since
+        age = (now - seen).total_seconds()
+        if age > t.stale_intervals * hb.interval_s:
+            return Finding(
+                self.loop,
+                Rule.STALE_HEARTBEAT,
+                self.task_id,
+                hb.id,
+                f"no heartbeat for {age:.1f}s (interval {hb.interval_s:g}s)",
+            )
+        return None
+
+    def _counted_iterations(self) -> list[Observation]:
+        return [o for o in self._recent() if o.iteration and o.counted]
+
+    def _trailing(
+        self, items: list[Observation], pred: Callable[[Observation], bool]
+    ) -> list[Observation]:
+        run: list[Observation] = []
+        for o in reversed(items):
+            if not pred(o):
+                break
+            run.append(o)
+        return run[::-1]
+
+    def _no_changes(self, t: Thresholds) -> Finding | None:
+        run = self._trailing(self._counted_iterations(), lambda o: not o.changed)
+        if len(run) < t.no_change_iterations:
+            return None
+        commands = [c for o in run for c in o.commands][-5:]
+        hint = (
+            f"The last {len(run)} iterations on {self.task_id} changed no file. Do not re-read "
+            "and re-plan: make one concrete change toward the first unmet acceptance criterion "
+            "and commit it. If the task cannot be done as written, reply BLOCKED with the reason."
+        )
+        if commands:
+            hint += f" Commands run meanwhile, without effect: {_clip('; '.join(commands), 300)}."
+        return self._finding(
+            Rule.NO_CHANGES,
+            run[0].event_id,
+            f"{len(run)} iterations in a row changed no file",
+            hint=hint,
+        )
+
+    def _failures(self) -> list[Observation]:
+        return [o for o in self._recent() if o.signature is not None]
+
+    def _repeated_failure(self, t: Thresholds) -> Finding | None:
+        failures = self._failures()
+        if len(failures) < t.repeated_failure_count:
+            return None
+        last = failures[-1].signature
+        assert last is not None
+        run = self._trailing(
+            failures,
+            lambda o: o.signature is not None and similar(o.signature, last, t.failure_similarity),
+        )
+        if len(run) < t.repeated_failure_count:
+            return None
+        text = _clip(failures[-1].failure or "", 300)
+        hint = (
+            f"The same failure happened {len(run)} times in a row: {text} "
+            "Do not repeat the approach that produced it; find its cause first, then take a "
+            "different approach."
+        )
+        return self._finding(
+            Rule.REPEATED_FAILURE,
+            run[0].event_id,
+            f"the same failure {len(run)} times in a row: {_clip(text, 120)}",
+            hint=hint,
+            evidence=tuple(o.failure or "" for o in run),
+        )
+
+    def _varied_failures(self, t: Thresholds) -> Finding | None:
+        failures = self._failures()
+        if len(failures) < t.varied_failure_count:
+            return None
+        kinds: list[tuple[str, str]] = []
+        for o in failures:
+            assert o.signature is not None
+            if not any(similar(o.signature, k, t.failure_similarity) for k in kinds):
+                kinds.append(o.signature)
+        if len(kinds) < 2:
+            return None
+        return self._finding(
+            Rule.VARIED_FAILURES,
+            failures[0].event_id,
+            f"{len(failures)} failures on {self.task_id} for {len(kinds)} different reasons",
+            evidence=tuple(_clip(o.failure or "", 400) for o in failures[-8:]),
+        )
+
+    def _permission_denials(self, t: Thresholds) -> Finding | None:
+        run = self._trailing(self._counted_iterations(), lambda o: o.denials > 0)
+        if len(run) < t.permission_denial_iterations:
+            return None
+        total = sum(o.denials for o in run)
+        commands = [c for o in run for c in o.commands][-5:]
+        hint = (
+            f"{total} tool calls were denied permission over the last {len(run)} iterations. "
+            "Use only the tools and commands this loop allows; if the task needs more, reply "
+            "BLOCKED and name the permission it needs."
+        )
+        if commands:
+            hint += f" Recent commands: {_clip('; '.join(commands), 200)}."
+        return self._finding(
+            Rule.PERMISSION_DENIALS,
+            run[0].event_id,
+            f"permission denials in {len(run)} iterations in a row ({total} in all)",
+            hint=hint,
+        )
+
+    def _reply_collapse(self, t: Thresholds) -> Finding | None:
+        replies = [o for o in self.obs if o.iteration and o.counted]
+        if len(replies) < t.reply_collapse_min_samples + t.reply_collapse_consecutive:
+            return None
+        run = replies[-t.reply_collapse_consecutive :]
+        if run[0].seq <= self.barrier:
+            return None  # the run must be new since the last action on the loop
+        baseline = replies[: -t.reply_collapse_consecutive][-t.reply_median_window :]
+        if len(baseline) < t.reply_collapse_min_samples:
+            return None
+        median = statistics.median(o.reply_chars for o in baseline)
+        if median <= 0 or any(o.reply_chars >= t.reply_collapse_ratio * median for o in run):
+            return None
+        sizes = ", ".join(str(o.reply_chars) for o in run)
+        return self._finding(
+            Rule.REPLY_COLLAPSE,
+            run[0].event_id,
+            f"replies collapsed to {sizes} chars (running median {median:.0f})",
+        )
+
+
+def _iteration_obs(event: IterationFinished, seq: int) -> Observation:
+    counted = event.counted and event.failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
+    failure = signature = None
+    if event.failure is not None and counted:
+        text = event.failure_detail or event.reply_tail or ""
+        failure = f"{event.failure.value}: {text}"
+        signature = (event.failure.value, normalise(text))
+    return Observation(
+        seq,
+        event.id,
+        event.task_id,
+        iteration=True,
+        counted=counted and event.outcome != IterationOutcome.BLOCKED,
+        changed=bool(event.changed_files) or event.diff_stat.files > 0,
+        failure=failure,
+        signature=signature,
+        reply_chars=event.reply_chars,
+        denials=event.permission_denials,
+        commands=tuple(event.commands),
+    )

@@ -1,0 +1,83 @@
+"""State an agent must keep across its own restarts, in Redis under one key prefix.
+
+The store is passed in (a redis client and a prefix), never created here, so a test's
+fakeredis and production's Redis are interchangeable. Each agent keeps little here:
+the incidents the monitor acted on, the escalations the human interface manages.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+JSON = dict[str, Any]
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+class Store:
+    """A small key/value and hash store: `{prefix}:{role}:...` keys on one Redis client.
+
+    Timeouts are the client's (`socket_timeout`), set by whoever builds the client.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "loops", role: str = "agents") -> None:
+        self.client = client
+        self.base = f"{prefix}:{role}"
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.base, *parts))
+
+    def claim(self, name: str, value: str = "1", ttl_s: float | None = None) -> bool:
+        """Set `name` only if absent (SET NX). True for the one caller that set it."""
+        px = int(ttl_s * 1000) if ttl_s else None
+        return bool(self.client.set(self.key(name), value, nx=True, px=px))
+
+    def get(self, name: str) -> str | None:
+        return _text(self.client.get(self.key(name)))
+
+    def put(self, name: str, value: str) -> None:
+        self.client.set(self.key(name), value)
+
+    def delete(self, *names: str) -> None:
+        if names:
+            self.client.delete(*(self.key(n) for n in names))
+
+    def incr(self, name: str) -> int:
+        return int(self.client.incr(self.key(name)))  # type: ignore[arg-type]
+
+    # Documents in a hash: one JSON value per field.
+    def doc_put(self, table: str, field: str, doc: JSON) -> None:
+        self.client.hset(self.key(table), field, json.dumps(doc, sort_keys=True))
+
+    def doc_get(self, table: str, field: str) -> JSON | None:
+        raw = _text(self.client.hget(self.key(table), field))  # type: ignore[arg-type]
+        return None if raw is None else dict(json.loads(raw))
+
+    def doc_all(self, table: str) -> dict[str, JSON]:
+        raw: dict[Any, Any] = self.client.hgetall(self.key(table))  # type: ignore[assignment]
+        return {str(_text(k)): dict(json.loads(str(_text(v)))) for k, v in raw.items()}
+
+    def doc_delete(self, table: str, field: str) -> None:
+        self.client.hdel(self.key(table), field)
+
+    # Times in a sorted set (member -> epoch seconds), for windows such as mass death.
+    def mark(self, table: str, member: str, at: float) -> None:
+        self.client.zadd(self.key(table), {member: at})
+
+    def marked_since(self, table: str, since: float) -> list[str]:
+        members: list[Any] = self.client.zrangebyscore(self.key(table), since, "+inf")  # type: ignore[assignment]
+        return [str(_text(m)) for m in members]
+
+    def clear(self) -> None:
+        """Delete every key of this store (tests, and `loops` state resets)."""
+        for k in self.client.scan_iter(match=f"{self.base}:*", count=500):
+            self.client.delete(k)
