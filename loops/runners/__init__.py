@@ -1,0 +1,156 @@
+"""Agent runners: one seam (`AgentRunner`), four implementations.
+
+A runner runs a coding agent once on a prompt in a worktree and reports what
+happened as an `AgentResult`. It never raises for a failed run: a usage limit, an
+outage, a timeout, an empty reply or a crash is a typed `failure` on the result,
+so the loop worker applies one policy per kind (DESIGN.md invariant 6).
+
+Specs accepted by `make_runner` (DESIGN.md, "Agents"):
+
+- `claude`: the Claude Code CLI (`LOOPS_CLAUDE_BIN` overrides the binary);
+- `anthropic`: a small tool-using agent on the Messages API;
+- `command:CMD`: any program; the prompt on stdin and in `$LOOPS_PROMPT_FILE`;
+- `script:FILE`: deterministic replay of a YAML script (see `loops/runners/README.md`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from events import ConfigError, FailureKind, TokenUsage
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "AgentRequest",
+    "AgentResult",
+    "AgentRunner",
+    "make_runner",
+]
+
+DEFAULT_TIMEOUT_S = 30 * 60.0
+
+
+@dataclass(frozen=True)
+class AgentRequest:
+    """One run of an agent on one task.
+
+    `iteration` is the loop's iteration number; `task_iteration` (1-based) counts the
+    runs on this task only, and `script:` replays steps by it (it falls back to
+    `iteration` when not given). `session_id` is the loop's own session, resumed by
+    id (`--resume`), never "the newest one". `env` adds variables to the agent's
+    environment.
+    """
+
+    prompt: str
+    worktree: Path
+    loop: str
+    task_id: str
+    iteration: int
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    session_id: str | None = None
+    model: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    task_iteration: int | None = None
+
+    @property
+    def step(self) -> int:
+        """The 1-based number of this run on this task (for replay)."""
+        return self.task_iteration if self.task_iteration is not None else self.iteration
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """What one agent run produced. `failure` is None when the run itself worked.
+
+    `reply` is the agent's final text (parse it with `loops.runners.outcome`);
+    `commands` lists the tool calls and shell commands the agent ran, as one line
+    each; `retry_at` is set for a usage limit when the agent said when it resets;
+    `transcript` is the raw output, with secrets already redacted.
+    """
+
+    reply: str
+    exit_code: int | None = 0
+    duration_s: float = 0.0
+    session_id: str | None = None
+    commands: list[str] = field(default_factory=list)
+    permission_denials: int = 0
+    tokens: TokenUsage = field(default_factory=TokenUsage)
+    cost_usd: float | None = None
+    failure: FailureKind | None = None
+    failure_detail: str | None = None
+    retry_at: datetime | None = None
+    transcript: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+@runtime_checkable
+class AgentRunner(Protocol):
+    """Runs a coding agent once. Implementations never raise for a failed run."""
+
+    name: str
+
+    def run(self, request: AgentRequest) -> AgentResult: ...
+
+
+def make_runner(
+    spec: str,
+    *,
+    model: str | None = None,
+    permission_mode: str | None = None,
+    skip_permissions: bool = False,
+    base_dir: Path | None = None,
+    client: Any = None,
+    max_retries: int | None = None,
+    max_steps: int | None = None,
+) -> AgentRunner:
+    """Build the runner an agent spec names (`claude`, `anthropic`, `command:CMD`, `script:FILE`).
+
+    `model` is the default model (a request's own `model` wins). `permission_mode` and
+    `skip_permissions` apply to `claude`; `client`, `max_retries` and `max_steps` to
+    `anthropic`; `base_dir` resolves a relative `script:` path. Raises `ConfigError`
+    with a one-line message for anything else.
+    """
+    text = spec.strip()
+    kind, sep, arg = text.partition(":")
+    kind = kind.strip().lower()
+    arg = arg.strip()
+    if kind == "claude" and not sep:
+        from loops.runners.claude import ClaudeRunner
+
+        return ClaudeRunner(
+            model=model, permission_mode=permission_mode, skip_permissions=skip_permissions
+        )
+    if kind == "anthropic" and not sep:
+        from loops.runners.anthropic_agent import AnthropicRunner
+
+        return AnthropicRunner(
+            model=model,
+            client=client,
+            max_retries=2 if max_retries is None else max_retries,
+            max_steps=max_steps or 50,
+        )
+    if kind == "command" and sep:
+        if not arg:
+            raise ConfigError("agent 'command:' needs a command line, e.g. 'command:codex exec -'")
+        from loops.runners.command import CommandRunner
+
+        return CommandRunner(arg)
+    if kind == "script" and sep:
+        if not arg:
+            raise ConfigError("agent 'script:' needs a file, e.g. 'script:demo/agent.yaml'")
+        from loops.runners.script import ScriptRunner
+
+        path = Path(arg).expanduser()
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        return ScriptRunner(path)
+    raise ConfigError(
+        f"unknown agent {spec!r}: use 'claude', 'anthropic', 'command:CMD' or 'script:FILE'"
+    )

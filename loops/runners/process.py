@@ -1,0 +1,147 @@
+"""Run an agent process with a hard deadline that kills its whole process group.
+
+The agent runs in a session of its own (`start_new_session=True`), so on timeout
+`os.killpg` takes down everything it started (shells, test servers, sub-agents),
+not just the leader. After the leader exits, stragglers still holding our pipes are
+killed too: an agent run never leaves processes behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+# Output kept for the transcript; the line callback still sees everything.
+OUTPUT_CAP_BYTES = 8 * 1024 * 1024
+# After SIGTERM, how long the group gets before SIGKILL.
+KILL_GRACE_S = 1.0
+# How long readers may drain the pipes after the leader has exited.
+DRAIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """What a process printed and how it ended. `exit_code` is None when it was killed."""
+
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    timed_out: bool
+    duration_s: float
+    pid: int
+
+
+class _Reader(threading.Thread):
+    def __init__(self, stream: IO[str], on_line: Callable[[str], None] | None) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.on_line = on_line
+        self.chunks: list[str] = []
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for line in self.stream:
+                if self.size < OUTPUT_CAP_BYTES:
+                    self.chunks.append(line)
+                    self.size += len(line)
+                if self.on_line is not None:
+                    try:
+                        self.on_line(line)
+                    except Exception as exc:  # a parser bug: report it, keep draining
+                        self.error = exc
+                        self.on_line = None
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us: the process group is gone
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to the process group led by `pid`; a group that is gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    stdin_text: str,
+    timeout_s: float,
+    on_stdout_line: Callable[[str], None] | None = None,
+) -> ProcessResult:
+    """Run `argv` in `cwd` with `stdin_text` on stdin; kill its group after `timeout_s`.
+
+    `on_stdout_line` is called from a reader thread for each line as it arrives.
+    Raises OSError only when the program cannot be started at all.
+    """
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        start_new_session=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    out = _Reader(proc.stdout, on_stdout_line)
+    err = _Reader(proc.stderr, None)
+    out.start()
+    err.start()
+    writer = threading.Thread(target=_feed, args=(proc.stdin, stdin_text), daemon=True)
+    writer.start()
+
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        kill_group(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=KILL_GRACE_S)
+        kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        # Stragglers (a backgrounded server, a hung grandchild) must not outlive the run.
+        kill_group(proc.pid, signal.SIGKILL)
+        for thread in (out, err, writer):
+            thread.join(DRAIN_S)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+    if out.error is not None:
+        raise out.error
+    return ProcessResult(
+        stdout=out.text,
+        stderr=err.text,
+        exit_code=None if timed_out else proc.returncode,
+        timed_out=timed_out,
+        duration_s=time.monotonic() - start,
+        pid=proc.pid,
+    )
+
+
+def _feed(stream: IO[str], text: str) -> None:
+    # The agent may exit without reading its stdin; that is its business.
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        stream.write(text)
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        stream.close()
