@@ -97,15 +97,17 @@ class Workspace:
         """Commits on the loop branch that main does not have."""
         return int(git(self.path, "rev-list", "--count", f"{self.main_branch}..HEAD") or 0)
 
-    def start_from_main(self, archive_as: str | None = None) -> None:
-        """Point the loop branch at main for a new task. Unmerged work of an earlier
-        task is kept under `refs/loops/archive/...` rather than lost."""
-        if self.unmerged_commits() and archive_as:
-            git(
-                self.repo, "update-ref", f"refs/loops/archive/{self.loop}/{archive_as}", self.head()
-            )
+    def reset_to(self, commit: str) -> None:
+        """Point the loop branch at `commit` (main for a fresh task, the task's own last
+        commit for a resumed one), discarding uncommitted leftovers of a crash."""
+        if self.head() == commit and not git(self.path, "status", "--porcelain"):
+            return
         self.discard_uncommitted()
-        git(self.path, "reset", "-q", "--hard", self.main_head())
+        git(self.path, "reset", "-q", "--hard", commit)
+
+    def keep(self, task_id: str, commit: str) -> None:
+        """Reference a task's work so that switching tasks never loses it."""
+        git(self.repo, "update-ref", f"refs/loops/tasks/{self.loop}/{task_id}", commit)
 
     def discard_uncommitted(self) -> None:
         if git(self.path, "status", "--porcelain"):

@@ -36,16 +36,20 @@ def test_worktree_on_loop_branch_commits_each_iteration(repo: Path) -> None:
     assert ".loops" not in git(repo, "status", "--porcelain")
 
 
-def test_start_from_main_archives_unmerged_work(repo: Path) -> None:
+def test_reset_to_switches_task_lines_without_losing_work(repo: Path) -> None:
     ws = Workspace(repo, "l", "main")
     ws.ensure()
     (ws.path / "a.txt").write_text("a\n")
     sha = ws.commit_iteration("work").commit
+    assert sha
+    ws.keep("T-1", sha)
     (ws.path / "dirty.txt").write_text("uncommitted\n")
-    ws.start_from_main(archive_as="T-1-1")
+    ws.reset_to(ws.main_head())
     assert ws.head() == ws.main_head()
-    assert not (ws.path / "dirty.txt").exists()
-    assert git(repo, "rev-parse", "refs/loops/archive/l/T-1-1") == sha
+    assert not (ws.path / "dirty.txt").exists() and not (ws.path / "a.txt").exists()
+    assert git(repo, "rev-parse", "refs/loops/tasks/l/T-1") == sha
+    ws.reset_to(sha)
+    assert (ws.path / "a.txt").read_text() == "a\n"
 
 
 def test_merge_main_reports_conflicts(repo: Path) -> None:

@@ -1,0 +1,211 @@
+"""The two `TaskBook`s: a harness loop (config.json + test-state.json) and a SPEC.yaml.
+
+Both keep their state in a test-state.json (for a SPEC.yaml, under the project's
+`.loops/` directory), so `jq '.summary'` works the same for either. The file is an
+input too: a valid hand edit is taken up at the next task choice; an invalid one is
+reported and ignored, and the last good state is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from events import Criterion, ScriptCheck, ValidationFailed
+from loops.book import TaskDef, TaskRecord, TaskStatus
+from loops.harness import LoopConfig, LoopState, TaskEntry, load_state, save_state
+from loops.spec import Spec
+
+DEFAULT_ATTEMPT_ITERATIONS = 10
+SPEC_CONTENT_CAP = 8000
+
+
+class StateFileBook:
+    """Shared part: a LoopState persisted in a test-state.json, with hand-edit reload."""
+
+    loop: str
+    display_name: str
+    goal: str = ""
+    context: str = ""
+    instructions: list[str]
+    max_attempts: int = 3
+    max_iterations: int | None = None
+    attempt_iterations: int = DEFAULT_ATTEMPT_ITERATIONS
+    auto_continue_delay: float = 0.0
+    agent: str | None = None
+    model: str | None = None
+    state_dir: Path
+
+    def __init__(self, state_path: Path, initial: LoopState) -> None:
+        self.state_path = state_path
+        self.instructions = []
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        if state_path.exists():
+            self._state = load_state(state_path)
+        else:
+            self._state = save_state(state_path, initial)
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.state_path)
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def entries(self) -> tuple[TaskEntry, ...]:
+        return self._state.tests
+
+    def record(self, task_id: str) -> TaskRecord:
+        try:
+            entry = self._state.task(task_id)
+        except KeyError:
+            return TaskRecord(TaskStatus.PENDING)
+        return TaskRecord(entry.status, entry.attempts, entry.last_result)
+
+    def update(
+        self,
+        task_id: str,
+        *,
+        status: TaskStatus | None = None,
+        attempts: int | None = None,
+        last_result: str | None = None,
+    ) -> None:
+        self.reload()  # take up a hand edit before writing over the file
+        try:
+            entry = self._state.task(task_id)
+        except KeyError:
+            entry = TaskEntry(id=task_id)
+        changes: dict[str, object] = {}
+        if status is not None:
+            changes["status"] = status
+        if attempts is not None:
+            changes["attempts"] = attempts
+        if last_result is not None:
+            changes["last_result"] = last_result
+        self._state = save_state(
+            self.state_path, self._state.with_task(entry.model_copy(update=changes))
+        )
+        self._stamp = self._file_stamp()
+
+    def reload(self) -> list[str]:
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return []
+        try:
+            state = load_state(self.state_path)
+        except ValidationFailed as exc:
+            return exc.problems
+        self._state = self._adopt(state)
+        self._stamp = stamp
+        return []
+
+    def _adopt(self, state: LoopState) -> LoopState:
+        return state
+
+
+class HarnessBook(StateFileBook):
+    """A loop directory of the coding-loops harness (seed layout)."""
+
+    def __init__(self, loop: str, config: LoopConfig, specs_dir: Path) -> None:
+        self.loop = loop
+        self.config = config
+        self.display_name = config.name
+        self.specs_dir = specs_dir
+        self.state_dir = specs_dir
+        self.max_attempts = config.max_attempts
+        self.auto_continue_delay = config.auto_continue_delay
+        self.agent = config.agent
+        self.model = config.model
+        self.priority = config.priority
+        super().__init__(specs_dir / config.test_state_file, LoopState(tests=()))
+        overview = specs_dir / "00-overview.md"
+        self.goal = _read(overview, SPEC_CONTENT_CAP // 2)
+
+    def tasks(self) -> list[TaskDef]:
+        return [self._define(e) for e in self.entries() if e.automatable]
+
+    def _define(self, entry: TaskEntry) -> TaskDef:
+        if entry.acceptance_criteria:
+            criteria = list(entry.acceptance_criteria)
+        elif self.config.check_command:
+            criteria = [
+                Criterion(
+                    criterion=f"`{self.config.check_command}` passes",
+                    check=ScriptCheck(run=self.config.check_command),
+                )
+            ]
+        else:
+            criteria = []
+        return TaskDef(
+            id=entry.id,
+            title=entry.title or entry.notes or entry.id,
+            description=entry.description or entry.notes or f"Implement {entry.id}.",
+            criteria=criteria,
+            depends_on=entry.dependencies,
+            priority=entry.priority if entry.priority is not None else 0,
+            spec_content=self._spec_content(entry.id),
+        )
+
+    def _spec_content(self, task_id: str) -> str:
+        """The spec files that mention the task (the seed's get_spec_content)."""
+        parts: list[str] = []
+        for md in sorted(self.specs_dir.glob("*.md")):
+            if md.name == "00-overview.md":
+                continue
+            text = _read(md, 200_000)
+            if task_id in text:
+                parts.append(f"## {md.name}\n{text}")
+        return "\n\n".join(parts)[:SPEC_CONTENT_CAP]
+
+
+class SpecBook(StateFileBook):
+    """A ralph_loop SPEC.yaml; state in `<repo>/.loops/state/<stem>.test-state.json`."""
+
+    def __init__(self, spec: Spec, spec_path: Path, state_dir: Path, max_iterations: int) -> None:
+        self.spec = spec
+        self.loop = _loop_name(spec_path)
+        self.display_name = spec.goal
+        self.goal = spec.goal
+        self.context = spec.context
+        self.state_dir = state_dir
+        self.max_iterations = max_iterations
+        self.attempt_iterations = max_iterations
+        self.max_attempts = max_iterations  # a false claim costs an attempt; -n bounds both
+        initial = LoopState(tests=tuple(TaskEntry(id=t.id, title=t.title) for t in spec.tasks))
+        super().__init__(state_dir / f"{self.loop}.test-state.json", initial)
+        self.instructions = list(spec.instructions)
+        self._state = self._adopt(self._state)
+
+    def _adopt(self, state: LoopState) -> LoopState:
+        # Tasks come from the spec; the state file only carries their progress.
+        known = {e.id for e in state.tests}
+        missing = [TaskEntry(id=t.id, title=t.title) for t in self.spec.tasks if t.id not in known]
+        for entry in missing:
+            state = state.with_task(entry)
+        return state
+
+    def tasks(self) -> list[TaskDef]:
+        return [
+            TaskDef(
+                id=t.id,
+                title=t.title,
+                description=t.description,
+                criteria=list(t.acceptance_criteria),
+                instructions=list(t.instructions),
+            )
+            for t in self.spec.tasks
+        ]
+
+
+def _loop_name(spec_path: Path) -> str:
+    stem = spec_path.stem.lower()
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in stem).strip("-")
+    return name or "spec"
+
+
+def _read(path: Path, cap: int) -> str:
+    try:
+        return path.read_text(errors="replace")[:cap]
+    except OSError:
+        return ""

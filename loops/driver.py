@@ -1,0 +1,130 @@
+"""The worker's main loop: handle bus events, choose a task, iterate, heartbeat.
+
+`poll(block_ms)` handles waiting bus events (calling `loops.reactions.handle`) and
+returns how many it handled; waiting is always done inside `poll`, so a command or
+a verdict wakes the loop at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from events import LoopStatus
+from loops.book import TaskStatus
+from loops.reactions import reload_book
+from loops.runtime import Phase
+from loops.worker import LoopWorker
+
+log = logging.getLogger("loops.worker")
+
+Poll = Callable[[int], int]
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """How a worker run ended."""
+
+    reason: str
+    all_passed: bool
+    restart: bool = False
+
+
+def _heartbeats(worker: LoopWorker, done: threading.Event) -> threading.Thread:
+    def beat() -> None:
+        while not done.wait(worker.heartbeat_s):
+            try:
+                worker.heartbeat()
+            except Exception:  # a missed beat must not kill the loop; the monitor sees it
+                log.exception("heartbeat failed")
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{worker.loop}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait(worker: LoopWorker, poll: Poll, seconds: float, stop: threading.Event) -> None:
+    """Wait up to `seconds`, handling events as they come (woken early by any)."""
+    remaining_ms = int(seconds * 1000)
+    while remaining_ms > 0 and not stop.is_set() and not worker.stop_requested:
+        step = min(remaining_ms, 500)
+        if poll(step):
+            return
+        remaining_ms -= step
+
+
+def run_worker(
+    worker: LoopWorker,
+    poll: Poll,
+    stop: threading.Event,
+    *,
+    until_idle: bool = False,
+    idle_block_ms: int = 500,
+) -> WorkerExit:
+    """Run the loop until stopped, or (with `until_idle`) until no task can progress."""
+    worker.started()
+    worker.heartbeat()
+    done = threading.Event()
+    beat = _heartbeats(worker, done)
+    problems: list[str] = []
+    status, reason = LoopStatus.STOPPED, "stopped"
+    try:
+        while not stop.is_set():
+            poll(0)
+            problems = reload_book(worker, problems)
+            if worker.stop_requested:
+                reason = worker.stop_requested
+                break
+            if worker.state.paused:
+                worker.status = LoopStatus.PAUSED
+                poll(idle_block_ms)
+                continue
+            now = worker.clock()
+            if worker.state.waiting_until and worker.state.waiting_until > now:
+                worker.status = LoopStatus.WAITING
+                _wait(worker, poll, (worker.state.waiting_until - now).total_seconds(), stop)
+                continue
+            worker.state.waiting_until = None
+            task = worker.next_task()
+            phase = (
+                worker.state.tasks[task.id].phase
+                if task and task.id in worker.state.tasks
+                else None
+            )
+            if task is None or phase in (Phase.CLAIMED, Phase.VERIFIED):
+                worker.status = LoopStatus.IDLE if task is None else LoopStatus.RUNNING
+                if task is None:
+                    worker.current = None
+                if until_idle and task is None and not worker.waiting_on_dependency():
+                    reason = "no task can make progress"
+                    break
+                poll(idle_block_ms)
+                continue
+            limit = worker.book.max_iterations
+            if limit and worker.state.iteration >= limit:
+                # The task needs another agent run and the budget is spent.
+                worker.budget_exhausted = True
+                log.error("Max iterations (%d) reached without a promise.", limit)
+                reason = f"max iterations ({limit}) reached"
+                break
+            worker.iterate(task)
+            if worker.book.auto_continue_delay > 0:
+                _wait(worker, poll, worker.book.auto_continue_delay, stop)
+    except BaseException as exc:
+        status, reason = LoopStatus.ERROR, f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        done.set()
+        beat.join(timeout=5)
+        worker.current = None
+        worker.stopped(status, reason)
+    return WorkerExit(
+        reason=reason, all_passed=all_passed(worker), restart=worker.restart_requested
+    )
+
+
+def all_passed(worker: LoopWorker) -> bool:
+    tasks = worker.book.tasks()
+    return bool(tasks) and all(worker.book.record(t.id).status is TaskStatus.PASSED for t in tasks)

@@ -1,0 +1,225 @@
+"""How a loop worker reacts to the bus: verdicts, merges, answers, and commands.
+
+Every reaction is idempotent (events are delivered at least once) and persisted
+before it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from events import (
+    CommandAcknowledged,
+    CriterionResult,
+    Decision,
+    EscalationAnswered,
+    Event,
+    LoopPause,
+    LoopResume,
+    LoopStop,
+    MergeCompleted,
+    MergeConflicted,
+    MonitorAction,
+    MonitorActionKind,
+    StateRejected,
+    TaskBlocked,
+    TaskHeld,
+    TaskHint,
+    TaskPassed,
+    TaskReleased,
+    TaskReset,
+    VerificationFailed,
+    VerificationPassed,
+    VerificationVerdict,
+)
+from loops.book import TaskStatus
+from loops.runtime import Phase, TaskRuntime
+from loops.worker import LoopWorker
+
+log = logging.getLogger("loops.worker")
+
+FAILURE_OUTPUT_CAP = 6000
+
+
+def failure_report(criteria: list[CriterionResult], reason: str) -> str:
+    """The failing criteria's evidence, for the next prompt."""
+    lines = [reason]
+    for c in criteria:
+        if c.passed:
+            continue
+        head = f"✗ {c.criterion}"
+        if c.command:
+            head += f" — `{c.command}` exit {c.exit_code}" + (" (timed out)" if c.timed_out else "")
+        lines.append(head)
+        if c.output_tail.strip():
+            lines.append(c.output_tail.strip()[-FAILURE_OUTPUT_CAP:])
+    return "\n".join(lines)
+
+
+def handle(w: LoopWorker, event: Event) -> None:
+    """React to one event from the bus."""
+    if w.state.seen(event.id):
+        return
+    own = event.loop == w.loop
+    if isinstance(event, TaskPassed) and not own and event.loop:
+        w.state.external_passed.add(f"{event.loop}/{event.task_id}")
+    elif own and isinstance(event, LoopPause | LoopResume | LoopStop | TaskReset | TaskHint):
+        _command(w, event)
+    elif own and isinstance(event, TaskHeld | TaskReleased):
+        w.state.task(event.task_id).held = event.reason if isinstance(event, TaskHeld) else None
+    elif own and isinstance(
+        event, VerificationPassed | VerificationFailed | MergeCompleted | MergeConflicted
+    ):
+        _verdict(w, event)
+    elif isinstance(event, EscalationAnswered):
+        _answer(w, event)
+    elif (
+        own
+        and isinstance(event, MonitorAction)
+        and event.action is MonitorActionKind.BLOCK_TASK
+        and event.task_id
+    ):
+        _block(w, event.task_id, f"blocked by the monitor: {event.reason}")
+    w.save()
+
+
+def _current_claim(w: LoopWorker, task_id: str, commit: str) -> TaskRuntime | None:
+    rt = w.state.tasks.get(task_id)
+    if rt is None or rt.claim_commit != commit or rt.phase is Phase.DONE:
+        return None  # a stale verdict for an earlier claim (or a duplicate): ignore it
+    return rt
+
+
+def _verdict(
+    w: LoopWorker, event: VerificationPassed | VerificationFailed | MergeCompleted | MergeConflicted
+) -> None:
+    rt = _current_claim(w, event.task_id, event.commit)
+    if rt is None:
+        return
+    if isinstance(event, VerificationPassed):
+        rt.phase = Phase.VERIFIED
+        rt.escalation_id = None
+    elif isinstance(event, VerificationFailed):
+        if event.verdict is VerificationVerdict.NEEDS_HUMAN:
+            rt.phase = Phase.WAITING_HUMAN
+            rt.escalation_id = event.escalation_id
+            rt.question = None  # the gate asked; its next verdict resolves it
+            return
+        rt.last_failure = failure_report(event.criteria, f"Verification failed: {event.reason}")
+        rt.history.append(f"verification of {event.commit[:10]} failed: {event.reason}")
+        log.warning("verification of %s failed: %s", event.task_id, event.reason)
+        w.fail_attempt(event.task_id, f"verification failed: {event.reason}")
+    elif isinstance(event, MergeCompleted):
+        record = w.book.record(event.task_id)
+        rt.phase = Phase.DONE
+        w.book.update(
+            event.task_id,
+            status=TaskStatus.PASSED,
+            last_result=f"merged as {event.merged_commit[:12]}",
+        )
+        w.save()
+        w.emit(
+            TaskPassed,
+            event.task_id,
+            attempt=record.attempts + 1,
+            commit=event.commit,
+            merged_commit=event.merged_commit,
+        )
+        log.info("Task %s verified and merged (%s).", event.task_id, event.merged_commit[:12])
+    else:
+        rt.phase = Phase.CONFLICT
+        rt.conflict_tries = event.tries
+        rt.conflict_files = list(event.files)
+        rt.history.append(
+            f"merge into main conflicted in {', '.join(event.files) or '?'} ({event.reason})"
+        )
+
+
+def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
+    for task_id, rt in w.state.tasks.items():
+        if rt.escalation_id != event.escalation_id or rt.phase is not Phase.WAITING_HUMAN:
+            continue
+        if rt.question is None:
+            return  # the gate's question: the gate acts on the answer
+        if event.answer.strip():
+            rt.guidance.append(
+                f"A person answered your question \u201c{rt.question}\u201d: {event.answer.strip()}"
+            )
+        rt.undelivered.append(event.escalation_id)
+        rt.escalation_id = None
+        if event.decision is Decision.SKIP:
+            _block(w, task_id, "skipped by a person")
+        elif event.decision is Decision.ABORT:
+            w.stop_requested = "aborted by a person"
+        else:
+            rt.phase = Phase.WORKING if rt.correlation_id else Phase.IDLE
+        return
+
+
+def _block(w: LoopWorker, task_id: str, reason: str) -> None:
+    w.state.task(task_id).phase = Phase.IDLE
+    w.book.update(task_id, status=TaskStatus.BLOCKED, last_result=reason)
+    w.save()
+    w.emit(TaskBlocked, task_id, reason=reason)
+    w.block_dependents()
+
+
+def _command(
+    w: LoopWorker, event: LoopPause | LoopResume | LoopStop | TaskReset | TaskHint
+) -> None:
+    detail = ""
+    if isinstance(event, LoopPause):
+        w.state.paused = True
+        detail = "paused after the current iteration"
+    elif isinstance(event, LoopResume):
+        w.state.paused = False
+        detail = "resumed"
+    elif isinstance(event, LoopStop):
+        w.stop_requested = event.reason or "stopped by command"
+        w.restart_requested = event.restart
+        detail = "restarting" if event.restart else "stopping after the current iteration"
+    elif isinstance(event, TaskReset):
+        if not _known(w, event.task_id):
+            detail = f"unknown task {event.task_id}"
+        else:
+            old = w.state.task(event.task_id)
+            fresh = TaskRuntime(guidance=old.guidance + ([event.hint] if event.hint else []))
+            w.state.tasks[event.task_id] = fresh
+            w.book.update(event.task_id, status=TaskStatus.PENDING, attempts=0, last_result="reset")
+            _unblock_dependents(w, event.task_id)
+            detail = f"{event.task_id} reset to pending" + (" with a hint" if event.hint else "")
+    else:
+        if not _known(w, event.task_id):
+            detail = f"unknown task {event.task_id}"
+        else:
+            w.state.task(event.task_id).guidance.append(event.text)
+            detail = f"hint added to {event.task_id}"
+    w.save()
+    w.emit(
+        CommandAcknowledged,
+        command=event.type,
+        command_id=event.id,
+        detail=detail,
+        causation_id=event.id,
+    )
+
+
+def _known(w: LoopWorker, task_id: str) -> bool:
+    return any(t.id == task_id for t in w.book.tasks())
+
+
+def _unblock_dependents(w: LoopWorker, task_id: str) -> None:
+    for task in w.book.tasks():
+        record = w.book.record(task.id)
+        if record.status is TaskStatus.BLOCKED and record.last_result == f"blocked by {task_id}":
+            w.book.update(task.id, status=TaskStatus.PENDING, last_result="dependency reset")
+            _unblock_dependents(w, task.id)
+
+
+def reload_book(w: LoopWorker, last_problems: list[str]) -> list[str]:
+    """Take up hand edits of the state file; report an invalid edit once."""
+    problems = w.book.reload()
+    if problems and problems != last_problems:
+        log.error("ignored an invalid edit: %s", problems[0])
+        w.emit(StateRejected, path=str(getattr(w.book, "state_path", "")), problems=problems)
+    return problems

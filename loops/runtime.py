@@ -1,0 +1,94 @@
+"""The worker's own state beyond test-state.json: iterations, sessions, claims in
+flight, answers and hints. Written atomically after every change, so kill -9 at any
+point resumes the same task with the same attempts (invariant 5)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from loops.files import write_json_atomic
+
+
+class Phase(StrEnum):
+    """Where a task is in its attempt, from the worker's side."""
+
+    IDLE = "idle"  # not started, or back with the loop after a failed verification
+    WORKING = "working"  # iterations running
+    CLAIMED = "claimed"  # task.claimed published; waiting for the gate
+    VERIFIED = "verified"  # verification passed; waiting for the merge queue
+    WAITING_HUMAN = "waiting_human"  # a question (BLOCKED) or a sign-off is open
+    CONFLICT = "conflict"  # the merge conflicted; the next iteration merges main first
+    DONE = "done"  # merged
+
+
+class TaskRuntime(BaseModel):
+    iterations: int = 0  # counted agent runs on this task, all attempts
+    attempt_iterations: int = 0  # counted runs in the current attempt
+    phase: Phase = Phase.IDLE
+    correlation_id: str | None = None
+    session_id: str | None = None
+    claim_commit: str | None = None
+    branch_head: str | None = None  # the last commit of this task's own work
+    escalation_id: str | None = None
+    question: str | None = None
+    last_failure: str = ""
+    conflict_files: list[str] = Field(default_factory=list)
+    conflict_tries: int = 0
+    guidance: list[str] = Field(default_factory=list)
+    undelivered: list[str] = Field(
+        default_factory=list
+    )  # escalation ids answered, not yet in a prompt
+    history: list[str] = Field(default_factory=list)
+    held: str | None = None  # the PM's reason for holding this task
+    outage_retries: int = 0
+
+
+class WorkerState(BaseModel):
+    iteration: int = 0  # counted iterations of the whole loop
+    paused: bool = False
+    waiting_until: datetime | None = None
+    tasks: dict[str, TaskRuntime] = Field(default_factory=dict)
+    external_passed: set[str] = Field(default_factory=set)  # "loop/TASK" merged elsewhere
+    handled: list[str] = Field(default_factory=list)  # recent event ids (idempotency)
+
+    def task(self, task_id: str) -> TaskRuntime:
+        return self.tasks.setdefault(task_id, TaskRuntime())
+
+    def seen(self, event_id: str) -> bool:
+        """True if the event was handled already; otherwise records it."""
+        if event_id in self.handled:
+            return True
+        self.handled.append(event_id)
+        del self.handled[:-500]
+        return False
+
+
+_HISTORY_KEEP = 200
+
+
+class StateFile:
+    """Atomic JSON persistence of a `WorkerState`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> WorkerState:
+        try:
+            return WorkerState.model_validate_json(self.path.read_bytes())
+        except FileNotFoundError:
+            return WorkerState()
+        except (ValidationError, ValueError):
+            # A corrupt runtime file must not stop the loop: test-state.json still holds
+            # statuses and attempts; keep the bad file for a person to look at.
+            self.path.replace(self.path.with_suffix(".corrupt"))
+            return WorkerState()
+
+    def save(self, state: WorkerState) -> None:
+        for rt in state.tasks.values():
+            del rt.history[:-_HISTORY_KEEP]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, state.model_dump(mode="json"))

@@ -1,0 +1,499 @@
+"""The loop worker: the Ralph loop, done properly.
+
+It picks the next open task whose dependencies have merged, runs the agent in the
+loop's own worktree, commits each iteration, and publishes what happened. An agent's
+"done" becomes a `task.claimed`; the task passes only on the `merge.completed` that
+follows verification. Bus events (verdicts, merges, answers, commands) are handled in
+`loops/reactions.py`; this module runs iterations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from events import (
+    EscalationDelivered,
+    EscalationKind,
+    EscalationRaised,
+    Event,
+    FailureKind,
+    IterationFinished,
+    IterationOutcome,
+    IterationStarted,
+    LoopHeartbeat,
+    LoopStarted,
+    LoopStatus,
+    LoopStopped,
+    Role,
+    Severity,
+    Source,
+    TaskBlocked,
+    TaskClaimed,
+    TaskFailed,
+    TaskStarted,
+    new_id,
+    short_id,
+)
+from loops.book import TaskBook, TaskDef, TaskStatus
+from loops.prompt import PromptInput, build_prompt
+from loops.runners import AgentRequest, AgentResult, AgentRunner
+from loops.runners.outcome import parse_outcome
+from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
+from loops.transcripts import Transcripts
+from loops.workspace import Workspace
+
+log = logging.getLogger("loops.worker")
+
+Publish = Callable[[Event], object]
+
+USAGE_LIMIT_DEFAULT_WAIT_S = 300.0
+OUTAGE_BACKOFF_MAX_S = 300.0
+
+
+class LoopWorker:
+    """Runs one loop. Thread-safety: `handle` (bus events) and the iteration loop run
+    on the same thread; only the heartbeat runs beside them and only reads."""
+
+    def __init__(
+        self,
+        book: TaskBook,
+        runner: AgentRunner,
+        workspace: Workspace,
+        publish: Publish,
+        *,
+        state_file: Path,
+        instance: str | None = None,
+        heartbeat_s: float = 30.0,
+        agent_timeout_s: float = 30 * 60.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        remote: str | None = None,
+    ) -> None:
+        self.book = book
+        self.runner = runner
+        self.ws = workspace
+        self.publish_event = publish
+        self.loop = book.loop
+        self.source = Source(
+            role=Role.WORKER, instance=instance or f"{self.loop}@{_host()}:{os.getpid()}"
+        )
+        self.heartbeat_s = heartbeat_s
+        self.agent_timeout_s = agent_timeout_s
+        self.clock = clock
+        self.remote = remote
+        self.store = StateFile(state_file)
+        self.state: WorkerState = self.store.load()
+        self.transcripts = Transcripts(book.state_dir / "logs" / "transcripts")
+        self.status = LoopStatus.STARTING
+        self.current: str | None = None
+        self.stop_requested: str | None = None
+        self.restart_requested = False
+        self.budget_exhausted = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ publishing
+    def emit(self, event_cls: type[Event], task_id: str | None = None, **fields: object) -> Event:
+        rt = self.state.tasks.get(task_id) if task_id else None
+        data: dict[str, object] = {
+            "source": self.source,
+            "loop": self.loop,
+            "correlation_id": rt.correlation_id if rt else None,
+        }
+        if task_id and "task_id" in event_cls.model_fields:
+            data["task_id"] = task_id
+        event = event_cls.model_validate({**data, **fields})
+        self.publish_event(event)
+        return event
+
+    def save(self) -> None:
+        with self._lock:
+            self.store.save(self.state)
+
+    # ------------------------------------------------------------------ task choice
+    def _deps_met(self, task: TaskDef) -> tuple[bool, str | None]:
+        for dep in task.depends_on:
+            if "/" in dep:
+                loop, _, tid = dep.partition("/")
+                if loop == self.loop:
+                    dep = tid
+                elif dep in self.state.external_passed:
+                    continue
+                else:
+                    return False, dep
+            if self.book.record(dep).status is not TaskStatus.PASSED:
+                return False, dep
+        return True, None
+
+    def in_flight(self) -> str | None:
+        """The task with a claim, merge or conflict in progress (at most one)."""
+        for task in self.book.tasks():
+            rt = self.state.tasks.get(task.id)
+            active = rt and rt.phase in (
+                Phase.WORKING,
+                Phase.CLAIMED,
+                Phase.VERIFIED,
+                Phase.CONFLICT,
+            )
+            if active and self.book.record(task.id).status not in (
+                TaskStatus.PASSED,
+                TaskStatus.BLOCKED,
+            ):
+                return task.id
+        return None
+
+    def next_task(self) -> TaskDef | None:
+        """The next pending (or failed, retryable) task whose dependencies have merged,
+        in priority order, skipping tasks held by the PM or waiting on a person."""
+        tasks = self.book.tasks()
+        flight = self.in_flight()
+        if flight:
+            return next(t for t in tasks if t.id == flight)
+        order = sorted(enumerate(tasks), key=lambda it: (it[1].priority, it[0]))
+        for _, task in order:
+            record = self.book.record(task.id)
+            if record.status not in (TaskStatus.PENDING, TaskStatus.FAILED):
+                continue
+            if record.attempts >= self.book.max_attempts:
+                continue
+            rt = self.state.tasks.get(task.id)
+            if rt and (rt.held or rt.phase is Phase.WAITING_HUMAN):
+                continue
+            if self._deps_met(task)[0]:
+                return task
+        return None
+
+    def block_dependents(self) -> None:
+        """A blocked task blocks its dependents (transitively), each with its event."""
+        changed = True
+        while changed:
+            changed = False
+            for task in self.book.tasks():
+                if self.book.record(task.id).status not in (TaskStatus.PENDING, TaskStatus.FAILED):
+                    continue
+                for dep in task.depends_on:
+                    local = dep.split("/", 1)[1] if dep.startswith(f"{self.loop}/") else dep
+                    if "/" in local:
+                        continue
+                    if self.book.record(local).status is TaskStatus.BLOCKED:
+                        self.book.update(
+                            task.id, status=TaskStatus.BLOCKED, last_result=f"blocked by {local}"
+                        )
+                        self.emit(
+                            TaskBlocked,
+                            task.id,
+                            reason=f"depends on blocked task {local}",
+                            blocked_by=local,
+                        )
+                        changed = True
+                        break
+
+    def progress(self) -> tuple[int, int]:
+        tasks = self.book.tasks()
+        passed = sum(self.book.record(t.id).status is TaskStatus.PASSED for t in tasks)
+        return passed, len(tasks)
+
+    def can_progress(self) -> bool:
+        """False when every task is merged, blocked, or waiting on a person."""
+        if self.stop_requested or self.budget_exhausted:
+            return False
+        if self.in_flight():
+            return True
+        return self.next_task() is not None
+
+    def waiting_on_dependency(self) -> bool:
+        """Some task is only waiting for another loop's task (which may still merge)."""
+        for task in self.book.tasks():
+            record = self.book.record(task.id)
+            if record.status in (TaskStatus.PENDING, TaskStatus.FAILED):
+                met, dep = self._deps_met(task)
+                if not met and dep and "/" in dep:
+                    return True
+        return False
+
+    # ------------------------------------------------------------------ iterations
+    def _start_attempt(self, task: TaskDef, rt: TaskRuntime) -> None:
+        record = self.book.record(task.id)
+        rt.phase = Phase.WORKING
+        rt.correlation_id = new_id()
+        rt.attempt_iterations = 0
+        self.save()
+        self.emit(TaskStarted, task.id, attempt=record.attempts + 1)
+
+    def iterate(self, task: TaskDef) -> None:
+        """Run the agent once on `task` and act on what it produced."""
+        rt = self.state.task(task.id)
+        if rt.phase in (Phase.IDLE,):
+            self._start_attempt(task, rt)
+        record = self.book.record(task.id)
+        attempt = record.attempts + 1
+        if rt.phase is Phase.CONFLICT:
+            self.ws.reset_to(rt.branch_head or self.ws.main_head())
+            rt.conflict_files = self.ws.merge_main()
+            if not rt.conflict_files:
+                # Main merged in cleanly: claim the merged tree again, no agent run needed.
+                self.ws.commit_iteration(f"{self.loop}: {task.id} merge main")
+                rt.branch_head = self.ws.head()
+                self.ws.keep(task.id, rt.branch_head)
+                self._claim(task, rt, attempt, claim="merged main after a conflict")
+                return
+            rt.phase = Phase.WORKING
+        self.current = task.id
+        self.status = LoopStatus.RUNNING
+        # Each task carries its own line of work: a fresh task starts from main, a retried
+        # or resumed one from its last commit (other tasks' work stays on their refs).
+        self.ws.reset_to(rt.branch_head or self.ws.main_head())
+        n = self.state.iteration + 1
+        delivered = list(rt.undelivered)
+        prompt = build_prompt(
+            PromptInput(
+                task_id=task.id,
+                title=task.title,
+                description=task.description,
+                criteria=task.criteria,
+                goal=self.book.goal,
+                context=self.book.context,
+                instructions=self.book.instructions,
+                task_instructions=task.instructions,
+                spec_content=task.spec_content,
+                last_failure=rt.last_failure,
+                guidance=rt.guidance,
+                history=rt.history,
+                conflict_files=rt.conflict_files,
+            )
+        )
+        self.emit(
+            IterationStarted,
+            task.id,
+            iteration=n,
+            attempt=attempt,
+            agent=self.runner.name,
+            prompt_bytes=len(prompt.encode()),
+            session_id=rt.session_id,
+        )
+        for esc in delivered:
+            self.emit(EscalationDelivered, task.id, escalation_id=esc)
+        rt.undelivered.clear()
+        log.info(
+            "Iteration %d%s ...",
+            n,
+            f"/{self.book.max_iterations}" if self.book.max_iterations else "",
+        )
+        result = self.runner.run(
+            AgentRequest(
+                prompt=prompt,
+                worktree=self.ws.path,
+                loop=self.loop,
+                task_id=task.id,
+                iteration=n,
+                timeout_s=self.agent_timeout_s,
+                session_id=rt.session_id,
+                model=self.book.model,
+                task_iteration=rt.iterations + 1,
+            )
+        )
+        if result.session_id:
+            rt.session_id = result.session_id
+        done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}")
+        rt.branch_head = self.ws.head()
+        self.ws.keep(task.id, rt.branch_head)
+        outcome = parse_outcome(result.reply) if result.ok else None
+        kind = outcome.kind if outcome else IterationOutcome.FAILED
+        failure = result.failure
+        if outcome and outcome.kind is IterationOutcome.FAILED and failure is None:
+            failure = FailureKind.EMPTY_REPLY
+        counted = failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
+        retry_at = self._wait_for(result, rt) if not counted else None
+        self.transcripts.write(self.loop, task.id, n, prompt, result)
+        self.emit(
+            IterationFinished,
+            task.id,
+            iteration=n,
+            attempt=attempt,
+            outcome=kind,
+            failure=failure,
+            failure_detail=result.failure_detail,
+            duration_s=result.duration_s,
+            changed_files=done.changed_files,
+            diff_stat=done.diff_stat,
+            commands=result.commands,
+            tokens=result.tokens,
+            cost_usd=result.cost_usd,
+            reply_chars=len(result.reply),
+            reply_tail=result.reply[-500:],
+            permission_denials=result.permission_denials,
+            commit=done.commit,
+            session_id=rt.session_id,
+            retry_at=retry_at,
+            counted=counted,
+        )
+        log.debug("preview: %r", result.reply[:200])
+        if counted:
+            self.state.iteration = n
+            rt.iterations += 1
+            rt.attempt_iterations += 1
+            rt.outage_retries = 0
+        rt.history.append(_history_line(n, kind, failure, result, done.changed_files))
+        if kind is IterationOutcome.CLAIMED and outcome:
+            log.info("Promise detected: %r — verifying (iteration %d).", outcome.text, n)
+            self._claim(task, rt, attempt, claim=outcome.text)
+        elif kind is IterationOutcome.BLOCKED and outcome:
+            self._ask(task, rt, outcome.text)
+        elif counted and rt.attempt_iterations >= self.book.attempt_iterations:
+            self.fail_attempt(
+                task.id, f"no verified claim after {rt.attempt_iterations} iterations"
+            )
+        self.save()
+
+    def _wait_for(self, result: AgentResult, rt: TaskRuntime) -> datetime:
+        now = self.clock()
+        if result.failure is FailureKind.USAGE_LIMIT:
+            until = result.retry_at or now + timedelta(seconds=USAGE_LIMIT_DEFAULT_WAIT_S)
+            log.warning(
+                "usage limit: waiting until %s (not counted as an iteration)", until.isoformat()
+            )
+        else:
+            rt.outage_retries += 1
+            backoff = min(2.0**rt.outage_retries, OUTAGE_BACKOFF_MAX_S)
+            until = now + timedelta(seconds=backoff)
+            log.warning("agent outage (%s): retrying in %.0fs", result.failure_detail, backoff)
+        self.state.waiting_until = max(until, now)
+        return self.state.waiting_until
+
+    def _claim(self, task: TaskDef, rt: TaskRuntime, attempt: int, claim: str) -> None:
+        if self.remote:
+            self.ws.push(self.remote)
+        rt.phase = Phase.CLAIMED
+        rt.claim_commit = self.ws.head()
+        rt.conflict_files = []
+        self.save()
+        self.emit(
+            TaskClaimed,
+            task.id,
+            attempt=attempt,
+            commit=rt.claim_commit,
+            branch=self.ws.branch,
+            base=self.ws.main_head(),
+            claim=claim,
+        )
+
+    def _ask(self, task: TaskDef, rt: TaskRuntime, question: str) -> None:
+        rt.phase = Phase.WAITING_HUMAN
+        rt.escalation_id = short_id("e")
+        rt.question = question
+        self.save()
+        self.emit(
+            EscalationRaised,
+            task.id,
+            escalation_id=rt.escalation_id,
+            kind=EscalationKind.QUESTION,
+            severity=Severity.MEDIUM,
+            question=question,
+        )
+        self.emit(
+            TaskBlocked, task.id, reason=f"waiting on a person: {question}", waiting_on_human=True
+        )
+        log.warning(
+            "BLOCKED on %s: %s (answer with `loops answer %s ...`)",
+            task.id,
+            question,
+            rt.escalation_id,
+        )
+
+    def fail_attempt(self, task_id: str, reason: str) -> None:
+        """End the current attempt: attempts + 1; at max_attempts the task is blocked."""
+        record = self.book.record(task_id)
+        attempts = record.attempts + 1
+        rt = self.state.task(task_id)
+        rt.phase = Phase.IDLE
+        rt.claim_commit = None
+        if attempts >= self.book.max_attempts:
+            self.book.update(
+                task_id, status=TaskStatus.BLOCKED, attempts=attempts, last_result=reason
+            )
+            self.save()
+            self.emit(TaskFailed, task_id, attempt=attempts, reason=reason)
+            self.emit(
+                TaskBlocked,
+                task_id,
+                reason=f"max attempts ({self.book.max_attempts}) reached: {reason}",
+            )
+            self.block_dependents()
+        else:
+            self.book.update(
+                task_id, status=TaskStatus.FAILED, attempts=attempts, last_result=reason
+            )
+            self.save()
+            self.emit(TaskFailed, task_id, attempt=attempts, reason=reason)
+
+    # ------------------------------------------------------------------ heartbeat
+    def heartbeat(self) -> LoopHeartbeat:
+        passed, total = self.progress()
+        rt = self.state.tasks.get(self.current) if self.current else None
+        event = LoopHeartbeat(
+            source=self.source,
+            loop=self.loop,
+            status=self.status,
+            pid=os.getpid(),
+            host=_host(),
+            interval_s=self.heartbeat_s,
+            task_id=self.current,
+            iteration=rt.iterations if rt else None,
+            waiting_until=self.state.waiting_until,
+            passed=passed,
+            total=total,
+        )
+        self.publish_event(event)
+        self.transcripts.write_health(
+            self.book.state_dir / "health.json",
+            self.book.display_name,
+            self.status,
+            self.current,
+            passed,
+            total,
+        )
+        return event
+
+    def started(self) -> None:
+        self.ws.ensure()
+        passed, total = self.progress()
+        self.status = LoopStatus.RUNNING
+        self.emit(
+            LoopStarted,
+            agent=self.runner.name,
+            pid=os.getpid(),
+            host=_host(),
+            tasks_total=total,
+            tasks_passed=passed,
+        )
+
+    def stopped(self, status: LoopStatus, reason: str) -> None:
+        self.status = status
+        self.save()
+        self.heartbeat()
+        self.emit(LoopStopped, status=status, reason=reason)
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _history_line(
+    n: int,
+    kind: IterationOutcome,
+    failure: FailureKind | None,
+    result: AgentResult,
+    changed: list[str],
+) -> str:
+    what = f"failed ({failure.value})" if failure else kind.value
+    files = (
+        ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        if changed
+        else "no files changed"
+    )
+    tail = " ".join(result.reply.strip().split())[-160:]
+    return f"iteration {n}: {what}; {files}; reply ended: {tail!r}"
