@@ -34,6 +34,17 @@ def _add_redis(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait",
+        type=float,
+        metavar="S",
+        default=10.0,
+        help="seconds to wait for the worker's acknowledgement (default 10)",
+    )
+    p.add_argument("--no-wait", action="store_true", help="send the command and return at once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loops",
@@ -146,10 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         _add_redis(p)
+        _add_wait(p)
         p.add_argument("loop", metavar="LOOP")
 
     p = sub.add_parser("reset", help="set a task back to pending with zero attempts")
     _add_redis(p)
+    _add_wait(p)
     p.add_argument("loop", metavar="LOOP")
     p.add_argument("task", metavar="TASK")
     p.add_argument("--hint", default=None, help="guidance for the task's next prompt")

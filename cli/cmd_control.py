@@ -1,0 +1,115 @@
+"""Control: `loops pause|resume|stop LOOP` and `loops reset LOOP TASK [--hint H]`.
+
+Each publishes a command event addressed to the loop (`event.loop`) and waits, bounded,
+for the worker's `command.acknowledged` (its `command_id` is the command's event id).
+Without an acknowledgement the command stays on the stream: the worker obeys it when
+it comes back, and the command exits 1 saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bus import RedisBus
+from cli.cmd_status import open_bus
+from cli.view import clean
+from events import (
+    CommandAcknowledged,
+    Event,
+    LoopPause,
+    LoopResume,
+    LoopStop,
+    Role,
+    Source,
+    TaskReset,
+)
+
+EXIT_OK, EXIT_FAIL = 0, 1
+DEFAULT_WAIT_S = 10.0
+LOOP_TYPES = frozenset({"loop.started", "loop.heartbeat", "loop.stopped"})
+DONE = {
+    "loop.pause": "paused after its current iteration",
+    "loop.resume": "resumed",
+    "loop.stop": "stopping after its current iteration",
+    "task.reset": "task reset to pending with zero attempts",
+}
+
+
+def build_command(
+    action: str,
+    loop: str,
+    task_id: str | None = None,
+    hint: str | None = None,
+    source: Source | None = None,
+    reason: str = "",
+) -> Event:
+    """The command event for `action` (pause, resume, stop or reset) on `loop`."""
+    source = source or Source(role=Role.OPERATOR)
+    if action == "pause":
+        return LoopPause(source=source, loop=loop, reason=reason)
+    if action == "resume":
+        return LoopResume(source=source, loop=loop, reason=reason)
+    if action == "stop":
+        return LoopStop(source=source, loop=loop, reason=reason)
+    if action == "reset":
+        if not task_id:
+            raise ValueError("reset needs a task id")
+        return TaskReset(source=source, loop=loop, task_id=task_id, hint=hint or None)
+    raise ValueError(f"unknown control action {action!r}")
+
+
+def known_loops(bus: RedisBus) -> set[str]:
+    """Loops that have ever shown up on the stream."""
+    return {e.loop for _, e in bus.replay(types=LOOP_TYPES) if e.loop}
+
+
+def wait_for_ack(
+    bus: RedisBus, after: str, command_id: str, timeout_s: float
+) -> CommandAcknowledged | None:
+    """The worker's acknowledgement of command `command_id`, published after stream id
+    `after`, or None when none came within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    cursor = after
+    while (left := deadline - time.monotonic()) > 0:
+        for stream_id, event in bus.tail(after=cursor, block_ms=max(1, int(left * 1000))):
+            cursor = stream_id
+            if isinstance(event, CommandAcknowledged) and event.command_id == command_id:
+                return event
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    action = args.command
+    loop = args.loop
+    with open_bus(args) as bus:
+        loops = known_loops(bus)
+        if loop not in loops:
+            names = ", ".join(sorted(loops)) or "none yet"
+            print(
+                f"loops: no loop {clean(loop, 60)!r} on this system (loops: {names}); nothing sent",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
+        command = build_command(
+            action, loop, getattr(args, "task", None), getattr(args, "hint", None)
+        )
+        stream_id = bus.publish(command)
+        what = f"{command.type} {loop}" + (f" {args.task}" if action == "reset" else "")
+        if getattr(args, "no_wait", False):
+            print(f"sent {what} (command {command.id}); not waiting for the worker")
+            return EXIT_OK
+        timeout = float(getattr(args, "wait", None) or DEFAULT_WAIT_S)
+        print(f"sent {what}; waiting up to {timeout:g}s for the worker ...", flush=True)
+        ack = wait_for_ack(bus, stream_id, command.id, timeout)
+    if ack is None:
+        print(
+            f"loops: no acknowledgement from {loop} within {timeout:g}s; the command stays "
+            "on the stream and the worker obeys it when it is back",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    detail = f": {clean(ack.detail, 200)}" if ack.detail else ""
+    print(f"{loop}: {DONE[command.type]} (acknowledged by {ack.source.instance}){detail}")
+    return EXIT_OK
