@@ -1,0 +1,418 @@
+"""The verification gate: re-checks a claimed task on a clean checkout, with the
+acceptance criteria taken from main, and publishes the verdict.
+
+`VerificationGate.handle` takes `task.claimed` and `escalation.answered`; everything it
+does is idempotent (event ids derive from the cause), so redelivery after a crash only
+repeats work, never outcomes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from bus.api import Bus, Subscription
+from events import (
+    Criterion,
+    CriterionResult,
+    Decision,
+    EscalationAnswered,
+    EscalationDelivered,
+    EscalationKind,
+    EscalationRaised,
+    Event,
+    Role,
+    ScriptCheck,
+    Severity,
+    Source,
+    TaskClaimed,
+    VerificationFailed,
+    VerificationPassed,
+    VerificationStarted,
+    VerificationVerdict,
+)
+from gates import CriteriaLoader, Judge
+from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES, flagged_files
+from gates.errors import JudgeError
+from gates.gitutil import changed_files, diff_text, fetch, main_ref, resolve_commit, worktree
+from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
+from gates.store import MemoryStore, StateStore
+
+log = logging.getLogger(__name__)
+
+GROUP = "gate"
+TYPES = ("task.claimed", "escalation.answered")
+DEFAULT_PROTECTED = (
+    "SPEC.yaml",
+    "*/SPEC.yaml",
+    "test-state.json",
+    "*/test-state.json",
+    "config.json",
+    "*/config.json",
+    ".loops/*",
+)
+_NS = uuid.UUID("6f0c3a52-6c1e-4f5e-9a57-1c0a3f1b2d11")
+_APPROVE_WORDS = {"approve", "approved", "yes", "y", "ok", "lgtm", "accept"}
+_REJECT_WORDS = {"reject", "rejected", "no", "n", "deny"}
+
+
+def derived_id(*parts: str) -> str:
+    """An event id determined by its cause, so a republished outcome dedupes."""
+    return uuid.uuid5(_NS, "|".join(parts)).hex
+
+
+def derived_escalation_id(*parts: str) -> str:
+    return "e-" + hashlib.sha1("|".join(parts).encode()).hexdigest()[:6]
+
+
+class TamperPolicy(StrEnum):
+    """What happens to a claim whose diff touches its own checks, spec or state."""
+
+    REJECT = "reject"  # verification.failed, verdict tampered
+    ESCALATE = "escalate"  # a person approves or rejects (the default)
+    ALLOW = "allow"  # verified as usual; the files are still listed
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Where the gate works and how strict it is."""
+
+    repo: Path  # the gate's clone (or the repository itself when `remote` is None)
+    remote: str | None = "origin"
+    main: str = "main"
+    policy: TamperPolicy = TamperPolicy.ESCALATE
+    protected: tuple[str, ...] = DEFAULT_PROTECTED  # globs of spec/state/config files
+    default_check: str | None = None  # a config's default check command, for unknown tasks
+    check_timeout_s: float = DEFAULT_TIMEOUT_S
+    tail_bytes: int = OUTPUT_TAIL_BYTES
+
+
+@dataclass
+class _Attempt:
+    claim: TaskClaimed
+    cause: Event
+    approvals: frozenset[str]
+
+    def env(self) -> dict[str, Any]:
+        return {
+            "loop": self.claim.loop,
+            "correlation_id": self.claim.correlation_id,
+            "causation_id": self.cause.id,
+        }
+
+
+class VerificationGate:
+    """Consumes claims, runs their checks as jobs, publishes verification events."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: GateSettings,
+        *,
+        loader: CriteriaLoader,
+        judge: Judge | None = None,
+        jobs: JobRunner | None = None,
+        store: StateStore | None = None,
+        source: Source | None = None,
+    ) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.loader = loader
+        self.judge = judge
+        self.jobs = jobs or InlineJobs()
+        self.store = store or MemoryStore()
+        self.source = source or Source(role=Role.GATE)
+
+    def subscribe(self, consumer: str) -> Subscription:
+        """This gate as consumer `consumer` of the `gate` group (run it with `.run(stop)`)."""
+        return self.bus.subscribe(GROUP, consumer, self.handle, types=TYPES)
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, TaskClaimed):
+            if self.store.get(f"claim:{event.id}") is None:
+                self._verify(_Attempt(event, event, frozenset()))
+                self.store.set(f"claim:{event.id}", "done")
+        elif isinstance(event, EscalationAnswered):
+            self._answered(event)
+
+    # ------------------------------------------------------------------ verification
+
+    def _verify(self, at: _Attempt) -> None:
+        claim, s = at.claim, self.settings
+        if not claim.loop or not claim.task_id or not claim.commit:
+            self._fail(at, VerificationVerdict.BAD_CLAIM, "claim without loop, task or commit")
+            return
+        if s.remote:
+            fetch(s.repo, s.remote)
+        commit = resolve_commit(s.repo, claim.commit)
+        if commit is None:
+            self._fail(at, VerificationVerdict.BAD_CLAIM, f"unknown commit {claim.commit!r}")
+            return
+        main_sha = resolve_commit(s.repo, main_ref(s.main, s.remote))
+        if main_sha is None:
+            self._fail(at, VerificationVerdict.BAD_CLAIM, f"no {s.main!r} branch to verify on")
+            return
+        job_id = f"verify-{derived_id(at.cause.id, commit)}"
+        self._publish(
+            VerificationStarted(
+                id=derived_id(at.cause.id, "started"),
+                source=self.source,
+                task_id=claim.task_id,
+                commit=commit,
+                attempt=claim.attempt,
+                job_id=job_id,
+                **at.env(),
+            )
+        )
+        with worktree(s.repo, main_sha, prefix="loops-main-") as main_root:
+            criteria, why = self._criteria(main_root, claim.loop, claim.task_id)
+            if not criteria:
+                self._fail(at, VerificationVerdict.BAD_CLAIM, why, commit=commit)
+                return
+            scripts = [c for c in criteria if isinstance(c.check, ScriptCheck)]
+            commands = [c.check.run for c in scripts if isinstance(c.check, ScriptCheck)]
+            changed = changed_files(s.repo, main_sha, commit)
+            flagged = flagged_files(
+                changed, commands=commands, root=main_root, protected=s.protected
+            )
+        tamper_ok = s.policy == TamperPolicy.ALLOW or "tamper" in at.approvals
+        if flagged and s.policy == TamperPolicy.REJECT:
+            reason = f"the claim changes its own checks or spec: {', '.join(flagged)}"
+            self._fail(at, VerificationVerdict.TAMPERED, reason, commit=commit, flagged=flagged)
+            return
+        results = self._run_scripts(scripts, commit, job_id)
+        results += self._judge_natural(criteria, results, main_sha, commit, at.approvals)
+        ordered = _in_order(criteria, results)
+        failed = [r for r in ordered if r.passed is False]
+        if failed:
+            reason = "failed: " + "; ".join(r.criterion for r in failed)
+            self._fail(
+                at,
+                VerificationVerdict.CHECKS_FAILED,
+                reason,
+                commit=commit,
+                flagged=flagged,
+                criteria=ordered,
+            )
+            return
+        if flagged and not tamper_ok:
+            question = (
+                f"{claim.loop}/{claim.task_id} passes its checks but its commit {commit[:12]} "
+                f"changes files its checks depend on: {', '.join(flagged)}. Approve to merge?"
+            )
+            self._escalate(at, EscalationKind.APPROVAL, question, commit, flagged, ordered)
+            return
+        unjudged = [r for r in ordered if r.passed is None]
+        if unjudged:
+            question = (
+                f"{claim.loop}/{claim.task_id} (commit {commit[:12]}) needs a sign-off: "
+                + "; ".join(r.criterion for r in unjudged)
+            )
+            self._escalate(at, EscalationKind.SIGNOFF, question, commit, flagged, ordered)
+            return
+        self._publish(
+            VerificationPassed(
+                id=derived_id(at.cause.id, "passed"),
+                source=self.source,
+                task_id=claim.task_id,
+                commit=commit,
+                attempt=claim.attempt,
+                criteria=ordered,
+                flagged_files=flagged,
+                **at.env(),
+            )
+        )
+
+    def _criteria(self, root: Path, loop: str, task_id: str) -> tuple[list[Criterion], str]:
+        why = f"unknown task {loop}/{task_id} in main's spec"
+        try:
+            criteria = list(self.loader(root, loop, task_id) or [])
+        except Exception as exc:  # the loader is foreign code; its failure is a verdict
+            criteria = []
+            why = f"{why}: {type(exc).__name__}: {exc}"
+        if not criteria and self.settings.default_check:
+            check = ScriptCheck(run=self.settings.default_check)
+            criteria = [Criterion(criterion="the default check passes", check=check)]
+        return criteria, why
+
+    def _run_scripts(
+        self, scripts: Sequence[Criterion], commit: str, job_id: str
+    ) -> list[CriterionResult]:
+        if not scripts:
+            return []
+        s = self.settings
+        checks = [
+            {"criterion": c.criterion, "run": c.check.run, "timeout_s": c.check.timeout_s}
+            for c in scripts
+            if isinstance(c.check, ScriptCheck)
+        ]
+        kwargs: dict[str, Any] = {
+            "repo": str(s.repo),
+            "commit": commit,
+            "checks": checks,
+            "default_timeout_s": s.check_timeout_s,
+            "tail_bytes": s.tail_bytes,
+        }
+        budget = sum(float(c["timeout_s"] or s.check_timeout_s) for c in checks) + 60
+        payload = self.jobs.run(VERIFY_JOB, kwargs, job_id=job_id, timeout_s=budget)
+        return parse_results(payload)
+
+    def _judge_natural(
+        self,
+        criteria: Sequence[Criterion],
+        scripts: Sequence[CriterionResult],
+        main_sha: str,
+        commit: str,
+        approvals: frozenset[str],
+    ) -> list[CriterionResult]:
+        natural = [c for c in criteria if not isinstance(c.check, ScriptCheck)]
+        out: list[CriterionResult] = []
+        diff = diff_text(self.settings.repo, main_sha, commit) if natural and self.judge else ""
+        for c in natural:
+            if "signoff" in approvals:
+                out.append(_natural(c, True, "signed off by a person", "human"))
+            elif self.judge is None:
+                out.append(_natural(c, None, "no model configured to judge this", None))
+            else:
+                try:
+                    verdict = self.judge.judge(c, diff, scripts)
+                except JudgeError as exc:
+                    out.append(_natural(c, None, f"judge gave no verdict: {exc}", None))
+                else:
+                    out.append(_natural(c, verdict.passed, verdict.reason, self.judge.name))
+        return out
+
+    # ------------------------------------------------------------------ escalations
+
+    def _escalate(
+        self,
+        at: _Attempt,
+        kind: EscalationKind,
+        question: str,
+        commit: str,
+        flagged: list[str],
+        criteria: list[CriterionResult],
+    ) -> None:
+        eid = derived_escalation_id(at.cause.id, kind.value)
+        record = {"claim": at.claim.model_dump_json(), "kind": kind.value}
+        record["approvals"] = json.dumps(sorted(at.approvals))
+        self.store.set(f"escalation:{eid}", json.dumps(record))
+        self._publish(
+            EscalationRaised(
+                id=derived_id(at.cause.id, "escalation", kind.value),
+                source=self.source,
+                escalation_id=eid,
+                kind=kind,
+                severity=Severity.MEDIUM,
+                question=question,
+                task_id=at.claim.task_id,
+                options=[Decision.APPROVE.value, Decision.REJECT.value],
+                **at.env(),
+            )
+        )
+        self._fail(
+            at,
+            VerificationVerdict.NEEDS_HUMAN,
+            f"waiting on a person ({kind.value}, escalation {eid})",
+            commit=commit,
+            flagged=flagged,
+            criteria=criteria,
+            escalation_id=eid,
+        )
+
+    def _answered(self, answer: EscalationAnswered) -> None:
+        raw = self.store.get(f"escalation:{answer.escalation_id}")
+        if raw is None:
+            return  # not ours, or already resolved
+        decision = answer.decision
+        word = answer.answer.strip().lower().rstrip(".!")
+        if decision is None and word in _APPROVE_WORDS:
+            decision = Decision.APPROVE
+        elif decision is None and word in _REJECT_WORDS:
+            decision = Decision.REJECT
+        if decision not in (Decision.APPROVE, Decision.REJECT):
+            return  # not a decision the gate can act on; the escalation stays open
+        record = json.loads(raw)
+        claim = TaskClaimed.model_validate_json(record["claim"])
+        kind = EscalationKind(record["kind"])
+        approvals = frozenset(json.loads(record["approvals"]))
+        at = _Attempt(claim, answer, approvals)
+        if decision == Decision.APPROVE:
+            grant = "tamper" if kind == EscalationKind.APPROVAL else "signoff"
+            self._verify(_Attempt(claim, answer, approvals | {grant}))
+        else:
+            verdict = (
+                VerificationVerdict.TAMPERED
+                if kind == EscalationKind.APPROVAL
+                else VerificationVerdict.CHECKS_FAILED
+            )
+            reason = f"rejected by {answer.by}: {answer.answer}".strip()
+            self._fail(at, verdict, reason, escalation_id=answer.escalation_id)
+        self._publish(
+            EscalationDelivered(
+                id=derived_id(answer.id, "delivered"),
+                source=self.source,
+                escalation_id=answer.escalation_id,
+                task_id=claim.task_id,
+                **at.env(),
+            )
+        )
+        self.store.delete(f"escalation:{answer.escalation_id}")
+
+    # ------------------------------------------------------------------ publishing
+
+    def _fail(
+        self,
+        at: _Attempt,
+        verdict: VerificationVerdict,
+        reason: str,
+        *,
+        commit: str | None = None,
+        flagged: list[str] | None = None,
+        criteria: list[CriterionResult] | None = None,
+        escalation_id: str | None = None,
+    ) -> None:
+        self._publish(
+            VerificationFailed(
+                id=derived_id(at.cause.id, "failed"),
+                source=self.source,
+                task_id=at.claim.task_id,
+                commit=commit or at.claim.commit,
+                attempt=at.claim.attempt,
+                verdict=verdict,
+                reason=reason,
+                criteria=criteria or [],
+                flagged_files=flagged or [],
+                escalation_id=escalation_id,
+                **at.env(),
+            )
+        )
+
+    def _publish(self, event: Event) -> None:
+        log.info("gate: %s %s", event.type, getattr(event, "task_id", ""))
+        self.bus.publish(event)
+
+
+def _natural(c: Criterion, passed: bool | None, why: str, by: str | None) -> CriterionResult:
+    return CriterionResult(
+        criterion=c.criterion, kind="natural", passed=passed, output_tail=why, judged_by=by
+    )
+
+
+def _in_order(
+    criteria: Sequence[Criterion], results: Sequence[CriterionResult]
+) -> list[CriterionResult]:
+    pool = list(results)
+    ordered = []
+    for c in criteria:
+        for i, r in enumerate(pool):
+            if r.criterion == c.criterion:
+                ordered.append(pool.pop(i))
+                break
+    return ordered + pool

@@ -1,0 +1,181 @@
+"""Git helpers for the gate and the merge queue. Every call has a timeout.
+
+Plain `git` subprocesses: they are what an operator would type, and they behave the
+same against a local repository and a clone of a remote."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from events import LoopsError
+
+GIT_TIMEOUT_S = 120.0
+LOOP_BRANCH_PREFIX = "loop/"
+
+# A merge commit needs an author even on a machine where git has no identity.
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "coding-loops",
+    "GIT_AUTHOR_EMAIL": "merge@coding-loops.invalid",
+    "GIT_COMMITTER_NAME": "coding-loops",
+    "GIT_COMMITTER_EMAIL": "merge@coding-loops.invalid",
+}
+# Variables a caller's environment (e.g. a git hook) may set that would redirect git.
+_GIT_REDIRECTS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY")
+
+
+class GitError(LoopsError):
+    """Raised when a git command fails or times out; carries the command and its output."""
+
+    def __init__(self, args: list[str], returncode: int | None, output: str) -> None:
+        tail = output.strip().splitlines()[-1:] or [""]
+        what = "timed out" if returncode is None else f"exit {returncode}"
+        super().__init__(f"git {' '.join(args)}: {what}: {tail[0]}")
+        self.args_ = args
+        self.returncode = returncode
+        self.output = output
+
+
+def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_REDIRECTS}
+    for key, value in _IDENTITY.items():
+        env.setdefault(key, value)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_git(
+    repo: Path | str,
+    *args: str,
+    timeout: float = GIT_TIMEOUT_S,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `git -C repo ARGS`; raises `GitError` on a non-zero exit (if `check`) or timeout."""
+    argv = ["git", "-C", str(repo), *args]
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_env(env),
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stderr if isinstance(exc.stderr, str) else ""
+        raise GitError(list(args), None, out) from None
+    if check and proc.returncode != 0:
+        raise GitError(list(args), proc.returncode, proc.stderr + proc.stdout)
+    return proc
+
+
+def git(repo: Path | str, *args: str, timeout: float = GIT_TIMEOUT_S) -> str:
+    """The stripped stdout of a git command that must succeed."""
+    return run_git(repo, *args, timeout=timeout).stdout.strip()
+
+
+def resolve_commit(repo: Path | str, rev: str) -> str | None:
+    """The full sha of `rev` if it names a commit in `repo`, else None."""
+    if not rev or rev.startswith("-"):
+        return None
+    proc = run_git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def is_ancestor(repo: Path | str, ancestor: str, descendant: str) -> bool:
+    """True when `ancestor` is reachable from `descendant` (or equal to it)."""
+    proc = run_git(repo, "merge-base", "--is-ancestor", ancestor, descendant, check=False)
+    if proc.returncode not in (0, 1):
+        raise GitError(["merge-base", "--is-ancestor"], proc.returncode, proc.stderr)
+    return proc.returncode == 0
+
+
+def changed_files(repo: Path | str, base: str, commit: str) -> list[str]:
+    """Files the commit side changed since the merge base (`git diff base...commit`)."""
+    out = git(repo, "diff", "--name-only", "--no-renames", f"{base}...{commit}")
+    return [line for line in out.splitlines() if line]
+
+
+def diff_text(repo: Path | str, base: str, commit: str, max_bytes: int = 60_000) -> str:
+    """The patch of `base...commit`, cut to `max_bytes` (for a judge to read)."""
+    out = git(repo, "diff", "--stat", "--patch", f"{base}...{commit}")
+    return out if len(out) <= max_bytes else out[:max_bytes] + "\n[... diff cut ...]"
+
+
+def fetch(repo: Path | str, remote: str) -> None:
+    """Fetch every branch of `remote` (its remote-tracking refs are updated, pruned)."""
+    run_git(repo, "fetch", "--prune", "--quiet", remote)
+
+
+def main_ref(main: str, remote: str | None) -> str:
+    """The ref that holds main's tip: the remote-tracking ref when working against a remote."""
+    return f"refs/remotes/{remote}/{main}" if remote else f"refs/heads/{main}"
+
+
+@contextmanager
+def worktree(repo: Path | str, rev: str, *, prefix: str = "loops-wt-") -> Iterator[Path]:
+    """A clean, detached worktree of `rev` in a temporary directory, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        git(repo, "worktree", "add", "--detach", "--force", str(path), rev)
+        yield path
+    finally:
+        run_git(repo, "worktree", "remove", "--force", str(path), check=False)
+        shutil.rmtree(path, ignore_errors=True)
+        run_git(repo, "worktree", "prune", check=False)
+
+
+def loop_branch(loop: str) -> str:
+    return f"{LOOP_BRANCH_PREFIX}{loop}"
+
+
+def ensure_loop_branch(repo: Path | str, loop: str, main: str = "main") -> str:
+    """Create branch `loop/<loop>` at main if it does not exist; returns the branch name.
+
+    An existing branch is left where it is: it may hold unmerged work."""
+    branch = loop_branch(loop)
+    if resolve_commit(repo, f"refs/heads/{branch}") is None:
+        start = resolve_commit(repo, f"refs/heads/{main}") or resolve_commit(repo, main)
+        if start is None:
+            raise GitError(["branch", branch, main], 1, f"no commit for {main!r}")
+        git(repo, "branch", branch, start)
+    return branch
+
+
+def ensure_loop_worktree(repo: Path | str, loop: str, path: Path, main: str = "main") -> Path:
+    """A worktree at `path` with branch `loop/<loop>` checked out (created if missing)."""
+    branch = ensure_loop_branch(repo, loop, main)
+    if not (path / ".git").exists():
+        git(repo, "worktree", "add", str(path), branch)
+    return path
+
+
+def conflicted_files(wt: Path) -> list[str]:
+    out = git(wt, "diff", "--name-only", "--diff-filter=U")
+    return sorted({line for line in out.splitlines() if line})
+
+
+def push_main(repo: Path | str, remote: str, new: str, main: str = "main") -> bool:
+    """Push `new` to the remote's main without force. False when main moved meanwhile
+    (the push was not a fast-forward, or the remote rejected it)."""
+    proc = run_git(repo, "push", "--porcelain", remote, f"{new}:refs/heads/{main}", check=False)
+    if proc.returncode == 0:
+        return True
+    text = proc.stdout + proc.stderr
+    if "rejected" in text or "non-fast-forward" in text or "fetch first" in text:
+        return False
+    raise GitError(["push", remote, f"{new}:{main}"], proc.returncode, text)
+
+
+def update_ref_cas(repo: Path | str, ref: str, new: str, old: str) -> bool:
+    """Move `ref` from `old` to `new` atomically; False when it no longer points at `old`."""
+    proc = run_git(repo, "update-ref", ref, new, old, check=False)
+    return proc.returncode == 0

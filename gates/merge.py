@@ -1,0 +1,280 @@
+"""The merge queue: one merge slot between verified commits and main.
+
+For each `verification.passed`, in order: merge the verified commit onto the current
+main in a scratch worktree, run the task's checks and the repository's test command on
+the merged tree, and move main only if they pass, by a non-force push (or a
+compare-and-swap of the ref when there is no remote). Main therefore only ever holds
+commits whose checks ran on exactly that tree.
+
+Crash safety: before merging, the queue asks whether the commit is already in main
+(a retried job after a crash finds its own work done); the merged commit and the main
+it was built on are recorded in the `StateStore`, keyed by task and commit, so the
+retried job reports the same `merge.completed`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bus.api import Bus, Subscription
+from events import (
+    CriterionResult,
+    Decision,
+    EscalationAnswered,
+    EscalationKind,
+    EscalationRaised,
+    Event,
+    MergeCompleted,
+    MergeConflicted,
+    MergeQueued,
+    Role,
+    Severity,
+    Source,
+    VerificationPassed,
+)
+from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES, run_script, scrubbed_env
+from gates.errors import MergeError
+from gates.gate import derived_escalation_id, derived_id
+from gates.gitutil import (
+    conflicted_files,
+    fetch,
+    git,
+    is_ancestor,
+    main_ref,
+    push_main,
+    resolve_commit,
+    run_git,
+    update_ref_cas,
+    worktree,
+)
+from gates.store import MemoryStore, StateStore
+
+log = logging.getLogger(__name__)
+
+GROUP = "merge"
+TYPES = ("verification.passed", "escalation.answered")
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """Where the merge queue works and what it runs on a merged tree."""
+
+    repo: Path  # the merge manager's clone (or the repository when `remote` is None)
+    remote: str | None = "origin"
+    main: str = "main"
+    test_command: str | None = None  # the repository's configured test command
+    check_timeout_s: float = DEFAULT_TIMEOUT_S
+    tail_bytes: int = OUTPUT_TAIL_BYTES
+    max_conflicts: int = 3  # conflicts of one task before a person is asked
+    max_races: int = 5  # times main may move under one merge before the job is retried
+
+
+class MergeQueue:
+    """Consumes `verification.passed`; publishes `merge.queued` and then
+    `merge.completed` or `merge.conflicted` (and an escalation after N conflicts)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: MergeSettings,
+        *,
+        store: StateStore | None = None,
+        source: Source | None = None,
+        before_main_moves: Callable[[str], None] | None = None,
+    ) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.store = store or MemoryStore()
+        self.source = source or Source(role=Role.MERGE)
+        # Called with the merged commit once its checks passed, just before main moves
+        # (fault injection for crash tests; a no-op in production).
+        self.before_main_moves = before_main_moves
+
+    def subscribe(self, consumer: str) -> Subscription:
+        """This queue as consumer `consumer` of the `merge` group. Run one consumer: it is
+        the single merge slot (a second one is safe, main only moves by compare-and-swap,
+        but it only adds races)."""
+        return self.bus.subscribe(GROUP, consumer, self.handle, types=TYPES)
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, VerificationPassed):
+            self.merge(event)
+        elif isinstance(event, EscalationAnswered):
+            self._answered(event)
+
+    # ------------------------------------------------------------------ merging
+
+    def merge(self, vp: VerificationPassed) -> None:
+        s = self.settings
+        key = f"merge:{vp.loop}:{vp.task_id}:{vp.commit}"
+        self._publish(
+            MergeQueued(
+                id=derived_id(vp.id, "queued"),
+                source=self.source,
+                task_id=vp.task_id,
+                commit=vp.commit,
+                position=0,  # one slot: the queued commit is the one being merged
+                **_caused(vp),
+            )
+        )
+        for _ in range(s.max_races):
+            if s.remote:
+                fetch(s.repo, s.remote)
+            if resolve_commit(s.repo, vp.commit) is None:
+                self._conflicted(
+                    vp, [], f"verified commit {vp.commit[:12]} is not in the repository"
+                )
+                return
+            base = resolve_commit(s.repo, main_ref(s.main, s.remote))
+            if base is None:
+                raise MergeError(f"no {s.main!r} branch", vp.task_id, vp.commit)
+            if is_ancestor(s.repo, vp.commit, base):
+                self._already_merged(vp, key, base)
+                return
+            with worktree(s.repo, base, prefix="loops-merge-") as wt:
+                merged = self._build(wt, vp, base)
+                if merged is None:
+                    return  # conflicted: reported
+                failed = self._run_checks(wt, vp)
+                if failed is not None:
+                    tail = failed.output_tail[-800:]
+                    reason = f"checks failed on the merged tree: {failed.criterion}\n{tail}"
+                    self._conflicted(vp, [], reason)
+                    return
+                self.store.set(key, json.dumps({"merged": merged, "main_before": base}))
+                if self.before_main_moves is not None:
+                    self.before_main_moves(merged)
+                if self._move_main(merged, base):
+                    self._completed(vp, merged, base)
+                    return
+            log.info("merge: main moved under %s/%s; merging again", vp.loop, vp.task_id)
+        raise MergeError(f"main moved {s.max_races} times during one merge", vp.task_id, vp.commit)
+
+    def _build(self, wt: Path, vp: VerificationPassed, base: str) -> str | None:
+        """The merged commit, built in `wt` (checked out at `base`); None on a conflict."""
+        if is_ancestor(wt, base, vp.commit):
+            git(wt, "checkout", "--quiet", "--detach", vp.commit)  # fast-forward
+            return vp.commit
+        message = f"Merge {vp.loop}/{vp.task_id} ({vp.commit[:12]}), verified by coding-loops"
+        proc = run_git(wt, "merge", "--no-ff", "--no-edit", "-m", message, vp.commit, check=False)
+        if proc.returncode != 0:
+            files = conflicted_files(wt)
+            run_git(wt, "merge", "--abort", check=False)
+            self._conflicted(vp, files, "conflict" if files else proc.stdout[-800:])
+            return None
+        return git(wt, "rev-parse", "HEAD")
+
+    def _run_checks(self, wt: Path, vp: VerificationPassed) -> CriterionResult | None:
+        """Runs the task's script checks (as the gate ran them, from main's criteria) and
+        the repository's test command; the first failure, or None."""
+        s = self.settings
+        env = scrubbed_env()
+        commands = [(r.criterion, r.command) for r in vp.criteria if r.kind == "script"]
+        if s.test_command:
+            commands.append(("the repository's test command", s.test_command))
+        for criterion, command in commands:
+            if not command:
+                continue
+            result = run_script(
+                command,
+                wt,
+                criterion=criterion,
+                timeout_s=s.check_timeout_s,
+                tail_bytes=s.tail_bytes,
+                env=env,
+            )
+            if not result.passed:
+                return result
+        return None
+
+    def _move_main(self, merged: str, base: str) -> bool:
+        s = self.settings
+        if s.remote:
+            moved = push_main(s.repo, s.remote, merged, s.main)
+            if moved:
+                fetch(s.repo, s.remote)
+            return moved
+        return update_ref_cas(s.repo, f"refs/heads/{s.main}", merged, base)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _already_merged(self, vp: VerificationPassed, key: str, base: str) -> None:
+        raw = self.store.get(key)
+        record = json.loads(raw) if raw else {}
+        merged = record.get("merged") or vp.commit
+        if not is_ancestor(self.settings.repo, merged, base):
+            merged = vp.commit  # our recorded merge never landed; the commit came another way
+        self._completed(vp, merged, record.get("main_before") or base)
+
+    def _completed(self, vp: VerificationPassed, merged: str, base: str) -> None:
+        self.store.delete(f"tries:{vp.loop}:{vp.task_id}")
+        self._publish(
+            MergeCompleted(
+                id=derived_id(vp.loop or "", vp.task_id, vp.commit, "completed"),
+                source=self.source,
+                task_id=vp.task_id,
+                commit=vp.commit,
+                merged_commit=merged,
+                main_before=base,
+                **_caused(vp),
+            )
+        )
+
+    def _conflicted(self, vp: VerificationPassed, files: list[str], reason: str) -> None:
+        seen = self.store.get(f"conflicted:{vp.id}")  # a redelivery is not another try
+        tries = int(seen) if seen else self.store.incr(f"tries:{vp.loop}:{vp.task_id}")
+        self.store.set(f"conflicted:{vp.id}", str(tries))
+        self._publish(
+            MergeConflicted(
+                id=derived_id(vp.id, "conflicted"),
+                source=self.source,
+                task_id=vp.task_id,
+                commit=vp.commit,
+                files=files,
+                tries=tries,
+                reason=reason,
+                **_caused(vp),
+            )
+        )
+        if tries >= self.settings.max_conflicts:
+            eid = derived_escalation_id(vp.loop or "", vp.task_id, str(tries))
+            self.store.set(f"escalation:{eid}", json.dumps([vp.loop, vp.task_id]))
+            where = f" in {', '.join(files)}" if files else ""
+            self._publish(
+                EscalationRaised(
+                    id=derived_id(vp.id, "escalation"),
+                    source=self.source,
+                    escalation_id=eid,
+                    kind=EscalationKind.QUESTION,
+                    severity=Severity.HIGH,
+                    question=(
+                        f"{vp.loop}/{vp.task_id} failed to merge {tries} times{where}. "
+                        "Resolve it on the loop's branch, then answer retry (or skip)."
+                    ),
+                    task_id=vp.task_id,
+                    options=[Decision.RETRY.value, Decision.SKIP.value],
+                    **_caused(vp),
+                )
+            )
+
+    def _answered(self, answer: EscalationAnswered) -> None:
+        raw = self.store.get(f"escalation:{answer.escalation_id}")
+        if raw is None:
+            return
+        loop, task_id = json.loads(raw)
+        if answer.decision in (Decision.RETRY, Decision.SKIP, Decision.APPROVE):
+            self.store.delete(f"tries:{loop}:{task_id}")  # a fresh budget of tries
+            self.store.delete(f"escalation:{answer.escalation_id}")
+
+    def _publish(self, event: Event) -> None:
+        log.info("merge: %s %s", event.type, getattr(event, "task_id", ""))
+        self.bus.publish(event)
+
+
+def _caused(event: Event) -> dict[str, Any]:
+    """`event.caused()`, typed for keyword unpacking into another event."""
+    return dict(event.caused())
