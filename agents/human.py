@@ -1,0 +1,237 @@
+"""The human interface: escalations between the loops and a person.
+
+Lifecycle: raised -> acknowledged -> answered -> delivered, or expired when it stopped
+mattering (its task passed or was reset, or an operator stopped its loop). One not
+acknowledged in time is raised again with the same id and `repeat + 1`. People are
+told through a `Notifier` (webhooks). A worker's `BLOCKED` reply arrives here as an
+`escalation.raised` of kind question; answers come from `loops answer` as
+`escalation.answered` and the asking loop publishes `escalation.delivered`.
+
+Escalations live in Redis (the `Store`), so a restarted agent neither loses one nor
+re-raises one twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from agents.escalations import (
+    ESCALATION_TYPES,
+    Escalation,
+    EscalationStatus,
+    apply,
+    by_urgency,
+    escalation_id,
+)
+from agents.store import Store
+from agents.webhooks import Notifier, Payload
+from events import (
+    EscalationAcknowledged,
+    EscalationAnswered,
+    EscalationExpired,
+    EscalationRaised,
+    Event,
+    LoopStarted,
+    LoopStop,
+    LoopStopped,
+    Role,
+    Severity,
+    Source,
+    TaskPassed,
+    TaskReset,
+    utcnow,
+)
+
+Clock = Callable[[], datetime]
+
+HUMAN_TYPES = (
+    *ESCALATION_TYPES,
+    "task.passed",
+    "task.reset",
+    "loop.stop",
+    "loop.stopped",
+    "loop.started",
+)
+
+DEFAULT_RERAISE_S = {
+    Severity.LOW: 4 * 3600.0,
+    Severity.MEDIUM: 3600.0,
+    Severity.HIGH: 900.0,
+    Severity.CRITICAL: 300.0,
+}
+
+
+@dataclass(frozen=True)
+class HumanConfig:
+    """When to raise an unacknowledged escalation again, per severity; how often at most."""
+
+    reraise_after_s: dict[Severity, float] = field(default_factory=lambda: dict(DEFAULT_RERAISE_S))
+    max_repeats: int | None = None
+    ack_on_notify: bool = False  # a delivered notification counts as acknowledged
+
+
+def notification(esc: Escalation, what: str) -> Payload:
+    """The JSON a webhook receives about `esc`."""
+    return {
+        "event": what,
+        "escalation_id": esc.id,
+        "status": esc.status.value,
+        "kind": esc.kind.value,
+        "severity": esc.severity.value,
+        "loop": esc.loop,
+        "task_id": esc.task_id,
+        "question": esc.question,
+        "options": esc.options,
+        "repeat": esc.repeat,
+        "raised_at": esc.raised_at.isoformat(),
+        "answer": esc.answer,
+        "reason": esc.closed_reason,
+        "answer_with": f"loops answer {esc.id} TEXT",
+    }
+
+
+class HumanAgent:
+    """Manages escalations: state, re-raising, expiry and notifications."""
+
+    role = Role.HUMAN
+    types = HUMAN_TYPES
+
+    def __init__(
+        self,
+        store: Store,
+        config: HumanConfig | None = None,
+        *,
+        notifier: Notifier | None = None,
+        clock: Clock = utcnow,
+        source: Source | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or HumanConfig()
+        self.notifier = notifier
+        self.clock = clock
+        self.source = source or Source(role=Role.HUMAN)
+
+    # ----------------------------------------------------------------- state
+
+    def get(self, eid: str) -> Escalation | None:
+        doc = self.store.doc_get("escalations", eid)
+        return None if doc is None else Escalation.from_doc(doc)
+
+    def escalations(self) -> list[Escalation]:
+        """Every escalation this agent knows, most urgent first."""
+        return by_urgency(
+            Escalation.from_doc(d) for d in self.store.doc_all("escalations").values()
+        )
+
+    def open(self) -> list[Escalation]:
+        """Those still waiting for a person."""
+        return [e for e in self.escalations() if e.waiting]
+
+    def _save(self, esc: Escalation) -> None:
+        self.store.doc_put("escalations", esc.id, esc.to_doc())
+
+    def _notify(self, esc: Escalation, what: str) -> None:
+        if self.notifier is not None:
+            self.notifier.notify(notification(esc, what))
+
+    # ----------------------------------------------------------------- events
+
+    def handle(self, event: Event) -> list[Event]:
+        eid = escalation_id(event)
+        if eid is not None:
+            return self._lifecycle(eid, event)
+        if isinstance(event, TaskPassed):
+            return self._expire(event, "task passed", include_answered=True, task=event.task_id)
+        if isinstance(event, TaskReset):
+            return self._expire(event, "task reset", task=event.task_id)
+        if isinstance(event, LoopStop) and event.loop:
+            if event.restart:
+                self.store.put(f"restarting:{event.loop}", event.id)
+            else:
+                self.store.put(f"stopping:{event.loop}", event.id)
+        elif isinstance(event, LoopStarted) and event.loop:
+            self.store.delete(f"restarting:{event.loop}", f"stopping:{event.loop}")
+        elif isinstance(event, LoopStopped) and event.loop:
+            # Only a stop an operator asked for ends the loop's questions: a loop that
+            # exits waiting on a person, crashes, or restarts still needs the answer.
+            asked = self.store.get(f"stopping:{event.loop}") is not None
+            restarting = self.store.get(f"restarting:{event.loop}") is not None
+            if asked and not restarting:
+                return self._expire(event, f"loop stopped: {event.reason}"[:200])
+        return []
+
+    def _lifecycle(self, eid: str, event: Event) -> list[Event]:
+        updated = apply(self.get(eid), event)
+        if updated is None:
+            return []  # a duplicate, or nothing new
+        self._save(updated)
+        out: list[Event] = []
+        if isinstance(event, EscalationRaised):
+            self._notify(updated, "escalation.raised")
+            if self.config.ack_on_notify and self.notifier is not None:
+                out.append(
+                    EscalationAcknowledged(
+                        source=self.source, loop=updated.loop, escalation_id=eid, by="notification"
+                    )
+                )
+        elif isinstance(event, EscalationAnswered | EscalationExpired):
+            self._notify(updated, event.type)
+        return out
+
+    def _expire(
+        self, event: Event, reason: str, *, include_answered: bool = False, task: str | None = None
+    ) -> list[Event]:
+        out: list[Event] = []
+        for esc in self.escalations():
+            if esc.loop != event.loop or (task is not None and esc.task_id != task):
+                continue
+            if not (esc.waiting or (include_answered and esc.status == EscalationStatus.ANSWERED)):
+                continue
+            if esc.raised_at > event.ts:
+                continue  # asked after the event: still matters
+            expired = EscalationExpired(
+                source=self.source,
+                loop=esc.loop,
+                causation_id=event.id,
+                escalation_id=esc.id,
+                reason=reason,
+            )
+            changed = apply(esc, expired)
+            if changed is not None:
+                self._save(changed)
+                self._notify(changed, expired.type)
+                out.append(expired)
+        return out
+
+    # ----------------------------------------------------------------- time
+
+    def tick(self, now: datetime) -> list[Event]:
+        """Raise again every escalation nobody acknowledged in time."""
+        out: list[Event] = []
+        for esc in self.escalations():
+            if esc.status != EscalationStatus.RAISED:
+                continue
+            if self.config.max_repeats is not None and esc.repeat >= self.config.max_repeats:
+                continue
+            after = self.config.reraise_after_s.get(esc.severity, DEFAULT_RERAISE_S[esc.severity])
+            if (now - esc.last_raised_at).total_seconds() < after:
+                continue
+            repeat = esc.repeat + 1
+            if not self.store.claim(f"reraised:{esc.id}:{repeat}"):
+                continue  # another instance (or this one before a restart) did it
+            event = EscalationRaised(
+                source=self.source,
+                loop=esc.loop,
+                ts=now,
+                escalation_id=esc.id,
+                kind=esc.kind,
+                severity=esc.severity,
+                question=esc.question,
+                task_id=esc.task_id,
+                options=esc.options,
+                repeat=repeat,
+            )
+            out += [event, *self._lifecycle(esc.id, event)]
+        return out
