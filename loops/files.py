@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from datetime import date, datetime
+from difflib import get_close_matches
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -26,6 +27,7 @@ __all__ = [
     "show",
     "translate_errors",
     "type_name",
+    "typo_problems",
     "write_json_atomic",
 ]
 
@@ -231,3 +233,35 @@ def write_json_atomic(path: Path, data: object) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def typo_problems(model: BaseModel, source: str, prefix: str = "") -> list[str]:
+    """Unknown fields that look like misspelt known ones (`max_attempt`), model-deep.
+
+    Files that keep unknown fields (config.json, test-state.json) load fine with them;
+    `loops validate` still points out the ones that are probably typos.
+    """
+    out: list[str] = []
+    fields = type(model).model_fields
+    known = sorted({info.alias or name for name, info in fields.items()})
+    for key in model.model_extra or {}:
+        close = get_close_matches(str(key), known, n=1, cutoff=0.8)
+        if close:
+            out.append(
+                problem(
+                    source,
+                    f"{prefix}.{key}" if prefix else str(key),
+                    f"unknown field — did you mean '{close[0]}'? (unknown fields are kept "
+                    "but ignored)",
+                )
+            )
+    for name, info in fields.items():
+        value = getattr(model, name)
+        here = f"{prefix}.{info.alias or name}" if prefix else (info.alias or name)
+        if isinstance(value, BaseModel):
+            out.extend(typo_problems(value, source, here))
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    out.extend(typo_problems(item, source, f"{here}[{i}]"))
+    return out
