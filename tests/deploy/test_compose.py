@@ -8,6 +8,7 @@ passes, and stops cleanly on SIGTERM, as `docker compose up` / `down` would do.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,6 +156,24 @@ def test_dockerfile_installs_the_pinned_claude_code_and_runs_loops_unprivileged(
     assert users and users[-1] not in ("root", "0")
     assert 'ENTRYPOINT ["loops"]' in lines
     assert not re.search(r"(ENV|ARG)\s+\S*(API_KEY|TOKEN|SECRET|PASSWORD)", text)
+
+
+def test_build_context_holds_what_pip_install_needs() -> None:
+    """`COPY . /tmp/src` then `pip install /tmp/src`: nothing the package build reads
+    may be left out by .dockerignore."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    needed = ["pyproject.toml", project["project"]["readme"], *packages]
+    for path in needed:
+        assert (ROOT / path).exists(), path
+        excluded = [p for p in patterns if fnmatch.fnmatch(path, p.removeprefix("**/"))]
+        assert not excluded, f"{path} is excluded from the image by {excluded}"
+    assert {".git", ".venv"} <= set(patterns)
 
 
 # -- the services, started as local processes ---------------------------------------------
