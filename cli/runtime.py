@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
@@ -228,7 +228,7 @@ def run_role(
     name: str,
     instance: str | None,
     client: redis.Redis,
-    step: Step,
+    step: Step | Sequence[Step],
     *,
     stop: threading.Event,
     prefix: str = "loops",
@@ -240,20 +240,26 @@ def run_role(
 
     `name` is the presence role: `gate`, `merge`, `monitor`, `pm`, `human`,
     `dashboard`, or `worker:<loop>` for a loop worker. `instance` defaults to
-    `host:pid`. An exception from `step` propagates (the process exits non-zero and
-    its supervisor restarts it); the presence is removed either way.
+    `host:pid`. `step` may be a sequence (say a subscription and a timer tick): each
+    runs in turn, so keep their blocks short. An exception from a step propagates
+    (the process exits non-zero and its supervisor restarts it); the presence is
+    removed either way.
     """
     instance = instance or default_instance()
+    steps: list[Step] = list(step) if isinstance(step, Sequence) else [step]
     beat = PresenceBeat(client, prefix, name, instance, presence_interval_s)
     with graceful_signals(stop, name):
         beat.start()
         log.info("%s started (instance %s)", name, instance)
         try:
             while not stop.is_set():
-                if isinstance(step, Poller):
-                    step.poll(block_ms=poll_block_ms)
-                else:
-                    step(stop)
+                for one in steps:
+                    if stop.is_set():
+                        break
+                    if isinstance(one, Poller):
+                        one.poll(block_ms=poll_block_ms)
+                    else:
+                        one(stop)
         finally:
             beat.stop()
     log.info("%s stopped", name)

@@ -134,6 +134,20 @@ def test_run_role_polls_until_stopped_and_removes_presence(fake: redis.Redis) ->
     assert fake.exists(presence_key("px", "monitor", "m1")) == 0
 
 
+def test_run_role_runs_several_steps_in_turn(fake: redis.Redis) -> None:
+    stop = threading.Event()
+    poller = CountingPoller(stop, limit=2)
+    poller.release.set()
+    ticks: list[int] = []
+
+    def tick(stop: threading.Event) -> None:
+        ticks.append(poller.polls)
+
+    assert run_role("human", "h", fake, [poller, tick], stop=stop, prefix="px") == 0
+    assert ticks == [1]  # poll 1, tick, poll 2 (sets stop): the tick after it is skipped
+    assert poller.polls == 2
+
+
 def test_run_role_propagates_a_crash_and_removes_presence(fake: redis.Redis) -> None:
     def step(stop: threading.Event) -> None:
         raise RuntimeError("handler bug")
