@@ -15,6 +15,7 @@ import redis
 from hypothesis import HealthCheck, settings
 
 from bus import BusSettings, RedisBus, connect
+from tests.fakes.mock_anthropic import MockAnthropic
 
 T = TypeVar("T")
 
@@ -119,3 +120,11 @@ def redis_backend(request: pytest.FixtureRequest) -> Iterator[RedisBackend]:
 def bus(redis_backend: RedisBackend) -> RedisBus:
     """A RedisBus with default settings on `redis_backend`, under a unique prefix."""
     return redis_backend.bus()
+
+
+@pytest.fixture
+def mock_anthropic() -> Iterator[MockAnthropic]:
+    """A scripted Messages API on 127.0.0.1 (`tests/fakes/mock_anthropic.py`); script it
+    with `mock_anthropic.script([...turns])`, point clients at `mock_anthropic.base_url`."""
+    with MockAnthropic() as server:
+        yield server
