@@ -41,7 +41,8 @@ def request(tmp_path: Path, **kw: object) -> AgentRequest:
     return AgentRequest(**fields)  # type: ignore[arg-type]
 
 
-def test_make_runner_specs(tmp_path: Path) -> None:
+def test_make_runner_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key-for-make-runner")
     assert isinstance(make_runner("command:echo hi"), CommandRunner)
     assert make_runner("command: echo hi").name == "command:echo hi"
     runner = make_runner("claude")
