@@ -25,6 +25,8 @@ from typing import Protocol, runtime_checkable
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from events import ConfigError
+
 log = logging.getLogger(__name__)
 
 PRESENCE_TTL_INTERVALS = 3
@@ -243,13 +245,16 @@ def run_role(
     `host:pid`. `step` may be a sequence (say a subscription and a timer tick): each
     runs in turn, so keep their blocks short. An exception from a step propagates
     (the process exits non-zero and its supervisor restarts it); the presence is
-    removed either way.
+    removed either way. Raises `ConfigError` when Redis is unreachable at the start.
     """
     instance = instance or default_instance()
     steps: list[Step] = list(step) if isinstance(step, Sequence) else [step]
     beat = PresenceBeat(client, prefix, name, instance, presence_interval_s)
     with graceful_signals(stop, name):
-        beat.start()
+        try:
+            beat.start()
+        except redis.RedisError as exc:
+            raise ConfigError(f"{name}: cannot reach Redis: {exc}") from exc
         log.info("%s started (instance %s)", name, instance)
         try:
             while not stop.is_set():

@@ -17,7 +17,7 @@ import fakeredis
 import pytest
 import redis
 
-from bus import connect
+from bus import BusSettings, connect
 from cli.runtime import (
     PRESENCE_TTL_INTERVALS,
     Presence,
@@ -26,6 +26,7 @@ from cli.runtime import (
     presence_key,
     run_role,
 )
+from events import ConfigError
 from tests.conftest import require_real_redis, wait_until
 
 ROLE_PROC = Path(__file__).with_name("role_proc.py")
@@ -146,6 +147,13 @@ def test_run_role_runs_several_steps_in_turn(fake: redis.Redis) -> None:
     assert run_role("human", "h", fake, [poller, tick], stop=stop, prefix="px") == 0
     assert ticks == [1]  # poll 1, tick, poll 2 (sets stop): the tick after it is skipped
     assert poller.polls == 2
+
+
+def test_run_role_without_redis_fails_with_one_clear_error() -> None:
+    client = connect(BusSettings(url="redis://127.0.0.1:1/0", socket_connect_timeout=1))
+    with pytest.raises(ConfigError, match=r"^gate: cannot reach Redis: .*127\.0\.0\.1:1"):
+        run_role("gate", None, client, lambda stop: None, stop=threading.Event())
+    client.close()
 
 
 def test_run_role_propagates_a_crash_and_removes_presence(fake: redis.Redis) -> None:
