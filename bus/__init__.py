@@ -6,6 +6,7 @@ Imports `events` only. Nothing connects at import time: clients are passed in.""
 from bus.api import Bus, Handler, Subscription
 from bus.consumer import RedisSubscription, SubscriptionStats
 from bus.deadletter import DeadLetter, read_dead_letters
+from bus.embedded import EmbeddedServer, ServerStartFailed, recorded_url, resolve_url, state_dir
 from bus.idempotency import Idempotency
 from bus.settings import BusSettings, TrimPolicy, connect
 from bus.streams import RedisBus, stream_id
@@ -14,14 +15,19 @@ __all__ = [
     "Bus",
     "BusSettings",
     "DeadLetter",
+    "EmbeddedServer",
     "Handler",
     "Idempotency",
     "RedisBus",
     "RedisSubscription",
+    "ServerStartFailed",
     "Subscription",
     "SubscriptionStats",
     "TrimPolicy",
     "connect",
     "read_dead_letters",
+    "recorded_url",
+    "resolve_url",
+    "state_dir",
     "stream_id",
 ]

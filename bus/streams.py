@@ -141,6 +141,12 @@ class RedisBus:
     def ensure_group(self, group: str) -> None:
         """Create consumer group `group` from the stream's start (id 0, MKSTREAM), so
         events published before the group existed are delivered too."""
+        # Look before creating: an error reply (BUSYGROUP) makes fakeredis's TCP
+        # server drop the connection, and the next command on it would fail.
+        if self._r.exists(self.stream):
+            names = {_sid(g["name"]) for g in self._r.xinfo_groups(self.stream)}
+            if group in names:
+                return
         try:
             self.client.xgroup_create(self.stream, group, id="0", mkstream=True)
         except redis.ResponseError as exc:

@@ -1,0 +1,133 @@
+"""The embedded server: starts, records its URL, is reachable from another process,
+is adopted after its owner dies, and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus import EmbeddedServer, RedisBus, ServerStartFailed, connect, recorded_url, resolve_url
+from bus.embedded import reachable
+from events import ConfigError, Event
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SECOND_PROCESS = """
+import sys
+from bus import RedisBus, connect, resolve_url
+from events import Role, Source, TaskHint
+
+url = resolve_url(None, sys.argv[1])
+client = connect(url)
+RedisBus(client, prefix="embedded").publish(
+    TaskHint(source=Source(role=Role.OPERATOR), loop="a", task_id="T-1", text="from afar")
+)
+client.close()
+print(url)
+"""
+
+
+@pytest.fixture
+def no_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+
+@pytest.mark.parametrize("kind", ["redis-server", "fakeredis"])
+@pytest.mark.usefixtures("no_redis_url")
+def test_embedded_server_lifecycle(tmp_path: Path, kind: str) -> None:
+    if kind == "redis-server" and not _on_path("redis-server"):
+        pytest.skip("no redis-server on PATH")
+    with pytest.raises(ConfigError, match="no coding-loops system is running in"):
+        resolve_url(None, tmp_path)
+
+    server = EmbeddedServer(tmp_path, kind=kind)  # type: ignore[arg-type]
+    url = server.start()
+    try:
+        assert url.startswith("redis://127.0.0.1:")
+        assert (tmp_path / ".loops" / "redis.url").read_text().strip() == url
+        assert int((tmp_path / ".loops" / "redis.pid").read_text()) == server.pid
+        assert recorded_url(tmp_path) == url
+        assert resolve_url(None, tmp_path) == url
+
+        # another process (another terminal's `loops events`) reaches the same state
+        out = subprocess.run(
+            [sys.executable, "-c", SECOND_PROCESS, str(tmp_path)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert out.stdout.strip() == url
+        client = connect(url)
+        try:
+            got: list[Event] = []
+            RedisBus(client, prefix="embedded").subscribe("g", "c", got.append).drain()
+            assert [getattr(e, "text", None) for e in got] == ["from afar"]
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    assert not (tmp_path / ".loops" / "redis.url").exists()
+    assert not (tmp_path / ".loops" / "redis.pid").exists()
+    with pytest.raises(ConfigError, match=r"start one with `loops up "):
+        resolve_url(None, tmp_path)
+
+
+@pytest.mark.usefixtures("no_redis_url")
+def test_a_running_server_is_adopted(tmp_path: Path) -> None:
+    first = EmbeddedServer(tmp_path, kind="fakeredis")
+    url = first.start()
+    try:
+        client = connect(url)
+        client.set("kept", "yes")
+        client.close()
+        # the owner died (kill -9); a new `loops up` in the same directory adopts it
+        second = EmbeddedServer(tmp_path)
+        assert second.start() == url
+        assert second.adopted
+        client = connect(url)
+        assert client.get("kept") == b"yes"
+        client.close()
+        second.stop()
+        assert not reachable(url)
+        assert recorded_url(tmp_path) is None
+    finally:
+        first.stop()
+
+
+def test_resolve_url_prefers_explicit_then_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://env:6379/0")
+    assert resolve_url("redis://flag:6379/1", tmp_path) == "redis://flag:6379/1"
+    assert resolve_url(None, tmp_path) == "redis://env:6379/0"
+    with pytest.raises(ConfigError, match="invalid Redis URL"):
+        resolve_url("localhost:6379", tmp_path)
+
+
+@pytest.mark.usefixtures("no_redis_url")
+def test_stale_record_is_not_a_running_system(tmp_path: Path) -> None:
+    (tmp_path / ".loops").mkdir()
+    (tmp_path / ".loops" / "redis.url").write_text("redis://127.0.0.1:1/0\n")
+    with pytest.raises(ConfigError, match="no coding-loops system is running"):
+        resolve_url(None, tmp_path)
+
+
+def test_missing_redis_server_binary_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServerStartFailed, match="redis-server is not on PATH"):
+        EmbeddedServer(tmp_path, kind="redis-server").start()
+
+
+def _on_path(name: str) -> bool:
+    import shutil
+
+    return shutil.which(name) is not None
