@@ -5,6 +5,7 @@ same against a local repository and a clone of a remote."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,8 @@ _IDENTITY = {
 }
 # Variables a caller's environment (e.g. a git hook) may set that would redirect git.
 _GIT_REDIRECTS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY")
+
+log = logging.getLogger(__name__)
 
 
 class GitError(LoopsError):
@@ -175,7 +178,34 @@ def push_main(repo: Path | str, remote: str, new: str, main: str = "main") -> bo
     raise GitError(["push", remote, f"{new}:{main}"], proc.returncode, text)
 
 
+def checked_out_at(repo: Path | str, ref: str) -> Path | None:
+    """The worktree where branch `ref` is checked out, if any."""
+    path: str | None = None
+    for line in run_git(repo, "worktree", "list", "--porcelain").stdout.splitlines():
+        if line.startswith("worktree "):
+            path = line[len("worktree ") :]
+        elif line == f"branch {ref}" and path:
+            return Path(path)
+    return None
+
+
 def update_ref_cas(repo: Path | str, ref: str, new: str, old: str) -> bool:
-    """Move `ref` from `old` to `new` atomically; False when it no longer points at `old`."""
-    proc = run_git(repo, "update-ref", ref, new, old, check=False)
+    """Move `ref` from `old` to `new` atomically; False when it no longer points at `old`.
+
+    When the branch is checked out (a user's `loops run` on their current branch), it
+    is fast-forwarded in that worktree instead, so its files follow; git refuses rather
+    than overwrite the user's uncommitted changes, and those are never touched."""
+    worktree = checked_out_at(repo, ref)
+    if worktree is None:
+        return run_git(repo, "update-ref", ref, new, old, check=False).returncode == 0
+    if run_git(worktree, "rev-parse", "HEAD").stdout.strip() != old:
+        return False
+    proc = run_git(worktree, "merge", "--ff-only", "--no-edit", "-q", new, check=False)
+    if proc.returncode != 0:
+        log.warning(
+            "could not fast-forward %s in %s (uncommitted changes in the way?): %s",
+            ref,
+            worktree,
+            (proc.stderr or proc.stdout).strip().splitlines()[-1:],
+        )
     return proc.returncode == 0

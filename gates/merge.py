@@ -132,8 +132,9 @@ class MergeQueue:
             base = resolve_commit(s.repo, main_ref(s.main, s.remote))
             if base is None:
                 raise MergeError(f"no {s.main!r} branch", vp.task_id, vp.commit)
-            if is_ancestor(s.repo, vp.commit, base):
-                self._already_merged(vp, key, base)
+            landed = landed_as(s.repo, vp.commit, base)
+            if landed is not None:
+                self._already_merged(vp, key, base, landed)
                 return
             with worktree(s.repo, base, prefix="loops-merge-") as wt:
                 merged = self._build(wt, vp, base)
@@ -155,17 +156,35 @@ class MergeQueue:
         raise MergeError(f"main moved {s.max_races} times during one merge", vp.task_id, vp.commit)
 
     def _build(self, wt: Path, vp: VerificationPassed, base: str) -> str | None:
-        """The merged commit, built in `wt` (checked out at `base`); None on a conflict."""
-        if is_ancestor(wt, base, vp.commit):
-            git(wt, "checkout", "--quiet", "--detach", vp.commit)  # fast-forward
-            return vp.commit
-        message = f"Merge {vp.loop}/{vp.task_id} ({vp.commit[:12]}), verified by coding-loops"
-        proc = run_git(wt, "merge", "--no-ff", "--no-edit", "-m", message, vp.commit, check=False)
+        """The merged commit, built in `wt` (checked out at `base`); None on a conflict.
+
+        The task's work lands as ONE commit on top of main (a squash), so every commit
+        main ever holds is a tree whose checks ran (invariant 3); the agent's own
+        iteration commits stay on its branch. The trailers make a landed merge
+        recognisable after a crash (`landed_as`)."""
+        proc = run_git(wt, "merge", "--squash", "--no-commit", vp.commit, check=False)
         if proc.returncode != 0:
             files = conflicted_files(wt)
-            run_git(wt, "merge", "--abort", check=False)
+            run_git(wt, "reset", "--hard", "--quiet", base, check=False)
             self._conflicted(vp, files, "conflict" if files else proc.stdout[-800:])
             return None
+        subject = f"{vp.loop}/{vp.task_id}: verified by coding-loops"
+        body = f"Loops-Task: {vp.loop}/{vp.task_id}\nLoops-Commit: {vp.commit}\n"
+        git(
+            wt,
+            "-c",
+            "user.name=coding-loops",
+            "-c",
+            "user.email=loops@localhost",
+            "commit",
+            "--quiet",
+            "--allow-empty",
+            "--no-verify",
+            "-m",
+            subject,
+            "-m",
+            body,
+        )
         return git(wt, "rev-parse", "HEAD")
 
     def _run_checks(self, wt: Path, vp: VerificationPassed) -> CriterionResult | None:
@@ -202,13 +221,10 @@ class MergeQueue:
 
     # ------------------------------------------------------------------ outcomes
 
-    def _already_merged(self, vp: VerificationPassed, key: str, base: str) -> None:
+    def _already_merged(self, vp: VerificationPassed, key: str, base: str, landed: str) -> None:
         raw = self.store.get(key)
         record = json.loads(raw) if raw else {}
-        merged = record.get("merged") or vp.commit
-        if not is_ancestor(self.settings.repo, merged, base):
-            merged = vp.commit  # our recorded merge never landed; the commit came another way
-        self._completed(vp, merged, record.get("main_before") or base)
+        self._completed(vp, landed, record.get("main_before") or base)
 
     def _completed(self, vp: VerificationPassed, merged: str, base: str) -> None:
         self.store.delete(f"tries:{vp.loop}:{vp.task_id}")
@@ -273,6 +289,17 @@ class MergeQueue:
     def _publish(self, event: Event) -> None:
         log.info("merge: %s %s", event.type, getattr(event, "task_id", ""))
         self.bus.publish(event)
+
+
+def landed_as(repo: Path, commit: str, main: str) -> str | None:
+    """The commit on `main` that carries `commit`'s work: the commit itself if main
+    contains it, else the squash merge whose trailer names it; None if not merged."""
+    if is_ancestor(repo, commit, main):
+        return commit
+    found = git(
+        repo, "log", "--format=%H", "-1", "--fixed-strings", f"--grep=Loops-Commit: {commit}", main
+    )
+    return found or None
 
 
 def _caused(event: Event) -> dict[str, Any]:

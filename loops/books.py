@@ -9,11 +9,13 @@ reported and ignored, and the last good state is kept.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from events import Criterion, ScriptCheck, ValidationFailed
+from events import ValidationFailed
 from loops.book import TaskDef, TaskRecord, TaskStatus
-from loops.harness import LoopConfig, LoopState, TaskEntry, load_state, save_state
+from loops.harness import LoopState, TaskEntry, load_state, save_state
+from loops.project import Loop
 from loops.spec import Spec
 
 DEFAULT_ATTEMPT_ITERATIONS = 10
@@ -107,56 +109,35 @@ class StateFileBook:
 class HarnessBook(StateFileBook):
     """A loop directory of the coding-loops harness (seed layout)."""
 
-    def __init__(self, loop: str, config: LoopConfig, specs_dir: Path) -> None:
-        self.loop = loop
-        self.config = config
-        self.display_name = config.name
-        self.specs_dir = specs_dir
-        self.state_dir = specs_dir
-        self.max_attempts = config.max_attempts
-        self.auto_continue_delay = config.auto_continue_delay
-        self.agent = config.agent
-        self.model = config.model
-        self.priority = config.priority
-        super().__init__(specs_dir / config.test_state_file, LoopState(tests=()))
-        overview = specs_dir / "00-overview.md"
-        self.goal = _read(overview, SPEC_CONTENT_CAP // 2)
+    def __init__(self, loop: Loop) -> None:
+        self.spec_loop = loop
+        self.loop = loop.name
+        self.config = loop.config
+        self.display_name = loop.display_name
+        self.state_dir = loop.specs_dir
+        self.max_attempts = loop.config.max_attempts
+        self.auto_continue_delay = loop.config.auto_continue_delay
+        self.agent = loop.config.agent
+        self.model = loop.config.model
+        self.priority = loop.config.priority
+        super().__init__(loop.state_path, loop.state)
 
     def tasks(self) -> list[TaskDef]:
-        return [self._define(e) for e in self.entries() if e.automatable]
-
-    def _define(self, entry: TaskEntry) -> TaskDef:
-        if entry.acceptance_criteria:
-            criteria = list(entry.acceptance_criteria)
-        elif self.config.check_command:
-            criteria = [
-                Criterion(
-                    criterion=f"`{self.config.check_command}` passes",
-                    check=ScriptCheck(run=self.config.check_command),
-                )
-            ]
-        else:
-            criteria = []
-        return TaskDef(
-            id=entry.id,
-            title=entry.title or entry.notes or entry.id,
-            description=entry.description or entry.notes or f"Implement {entry.id}.",
-            criteria=criteria,
-            depends_on=entry.dependencies,
-            priority=entry.priority if entry.priority is not None else 0,
-            spec_content=self._spec_content(entry.id),
-        )
-
-    def _spec_content(self, task_id: str) -> str:
-        """The spec files that mention the task (the seed's get_spec_content)."""
-        parts: list[str] = []
-        for md in sorted(self.specs_dir.glob("*.md")):
-            if md.name == "00-overview.md":
-                continue
-            text = _read(md, 200_000)
-            if task_id in text:
-                parts.append(f"## {md.name}\n{text}")
-        return "\n\n".join(parts)[:SPEC_CONTENT_CAP]
+        # Criteria follow the current state file (a hand edit may add a task).
+        current = replace(self.spec_loop, state=self._state)
+        return [
+            TaskDef(
+                id=e.id,
+                title=e.title or e.notes or e.id,
+                description=e.description or e.notes or f"Implement {e.id}.",
+                criteria=current.criteria(e.id),
+                depends_on=e.dependencies,
+                priority=e.priority if e.priority is not None else 0,
+                spec_content=current.spec_content(e.id, SPEC_CONTENT_CAP),
+            )
+            for e in self.entries()
+            if e.automatable
+        ]
 
 
 class SpecBook(StateFileBook):
@@ -171,7 +152,9 @@ class SpecBook(StateFileBook):
         self.state_dir = state_dir
         self.max_iterations = max_iterations
         self.attempt_iterations = max_iterations
-        self.max_attempts = max_iterations  # a false claim costs an attempt; -n bounds both
+        # ralph_loop has one budget, -n: a false claim costs an iteration, and running out
+        # of iterations (not of attempts) is what ends the run.
+        self.max_attempts = max_iterations + 1
         initial = LoopState(tests=tuple(TaskEntry(id=t.id, title=t.title) for t in spec.tasks))
         super().__init__(state_dir / f"{self.loop}.test-state.json", initial)
         self.instructions = list(spec.instructions)
@@ -199,13 +182,7 @@ class SpecBook(StateFileBook):
 
 
 def _loop_name(spec_path: Path) -> str:
+    """The spec's stem, lower-cased, safe in a branch name (`SPEC.yaml` -> `spec`)."""
     stem = spec_path.stem.lower()
-    name = "".join(c if c.isalnum() or c == "-" else "-" for c in stem).strip("-")
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-.")
     return name or "spec"
-
-
-def _read(path: Path, cap: int) -> str:
-    try:
-        return path.read_text(errors="replace")[:cap]
-    except OSError:
-        return ""

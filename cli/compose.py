@@ -1,0 +1,125 @@
+"""The composition root: builds roles from settings and wires `loops` into `gates`.
+
+`loops`, `gates` and `agents` never import each other; this module is where the gate
+gets `loops`' criteria reader, and where in-process roles get their threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bus import RedisBus, Subscription
+from events import Criterion, Role, Source, ValidationFailed
+from gates import (
+    AnthropicJudge,
+    CriteriaLoader,
+    GateSettings,
+    Judge,
+    MergeQueue,
+    MergeSettings,
+    RedisStore,
+    TamperPolicy,
+    VerificationGate,
+)
+from loops.project import UnknownTask, criteria_for
+
+log = logging.getLogger("loops.system")
+
+
+def judge_from_env() -> Judge | None:
+    """A model judge for natural checks when a key or base URL is configured."""
+    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")):
+        return None
+    model = os.environ.get("LOOPS_JUDGE_MODEL")
+    return AnthropicJudge(model) if model else AnthropicJudge()
+
+
+def loader_with_fallback(fallback: dict[str, list[Criterion]] | None = None) -> CriteriaLoader:
+    """`loops`' reader of criteria from a checkout of main. `fallback` (task id ->
+    criteria) serves a SPEC.yaml that is not committed in main: its criteria were read
+    before any agent ran, so the agent still cannot edit its own checks."""
+
+    def load(root: Path, loop: str, task_id: str) -> list[Criterion]:
+        try:
+            return criteria_for(root, loop, task_id)
+        except (UnknownTask, ValidationFailed):
+            if fallback is not None and task_id in fallback:
+                return fallback[task_id]
+            raise
+
+    return load
+
+
+def make_gate(
+    bus: RedisBus,
+    repo: Path,
+    main: str,
+    loader: CriteriaLoader,
+    *,
+    remote: str | None = None,
+    policy: TamperPolicy = TamperPolicy.ESCALATE,
+    default_check: str | None = None,
+    judge: Judge | None = None,
+    instance: str = "gate",
+) -> VerificationGate:
+    return VerificationGate(
+        bus,
+        GateSettings(
+            repo=repo, remote=remote, main=main, policy=policy, default_check=default_check
+        ),
+        loader=loader,
+        judge=judge,
+        store=RedisStore(bus.client, f"{bus.prefix}:gate"),
+        source=Source(role=Role.GATE, instance=instance),
+    )
+
+
+def make_merge(
+    bus: RedisBus,
+    repo: Path,
+    main: str,
+    *,
+    remote: str | None = None,
+    test_command: str | None = None,
+    instance: str = "merge",
+) -> MergeQueue:
+    return MergeQueue(
+        bus,
+        MergeSettings(repo=repo, remote=remote, main=main, test_command=test_command),
+        store=RedisStore(bus.client, f"{bus.prefix}:merge"),
+        source=Source(role=Role.MERGE, instance=instance),
+    )
+
+
+@dataclass
+class Threads:
+    """In-process roles, each polling its own subscription on its own thread."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def start(self, name: str, target: Callable[[], object]) -> None:
+        def body() -> None:
+            try:
+                target()
+            except BaseException as exc:  # surfaced by `check()`, never swallowed
+                log.exception("role %s crashed", name)
+                self.errors.append(exc)
+
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def poll_forever(self, name: str, sub: Subscription, block_ms: int = 200) -> None:
+        self.start(name, lambda: sub.run(self.stop, block_ms=block_ms))
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=timeout)

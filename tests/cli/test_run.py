@@ -1,0 +1,185 @@
+"""`loops run` as an operator runs it: a real subprocess, a real git repository, the
+`script:` agent. ralph_loop's flags, messages and exit codes; but a false claim no
+longer passes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loops.workspace import git
+
+LOOPS = str(Path(sys.executable).parent / "loops")
+
+SPEC = {
+    "goal": "Add a greeting module",
+    "tasks": [
+        {
+            "id": "greet",
+            "title": "Write greet.py",
+            "description": "greet.py defines greet() returning 'hi'",
+            "acceptance_criteria": [
+                {
+                    "criterion": "greet() returns hi",
+                    "check": {
+                        "type": "script",
+                        "run": "python -c 'import greet; assert greet.greet() == \"hi\"'",
+                    },
+                },
+            ],
+        }
+    ],
+}
+GOOD = {"greet.py": "def greet():\n    return 'hi'\n"}
+BAD = {"greet.py": "def greet():\n    return 'nope'\n"}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "README.md").write_text("project\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "init")
+    return root
+
+
+def loops_run(
+    repo: Path, script: object, *args: str, spec: object = SPEC, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    (repo / "SPEC.yaml").write_text(yaml.safe_dump(spec))
+    (repo.parent / "agent.yaml").write_text(yaml.safe_dump(script))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_URL"))}
+    return subprocess.run(
+        [LOOPS, "run", "SPEC.yaml", "--agent", f"script:{repo.parent / 'agent.yaml'}", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_honest_claim_is_verified_and_lands_on_the_current_branch(repo: Path) -> None:
+    (repo / "notes.txt").write_text("my uncommitted notes\n")  # never touched
+    proc = loops_run(
+        repo, {"default": [{"write": GOOD, "reply": "<promise>all tasks complete</promise>"}]}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "INFO loops.run: Starting — spec='SPEC.yaml', goal='Add a greeting module', max_iterations=10"
+        in proc.stderr
+    )
+    assert "Promise detected" in proc.stderr and "verified and merged" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (repo / "greet.py").read_text() == GOOD["greet.py"]
+    assert git(repo, "show", "main:greet.py") == GOOD["greet.py"].strip()
+    assert (repo / "notes.txt").read_text() == "my uncommitted notes\n"
+    assert git(repo, "status", "--porcelain") == "?? SPEC.yaml\n?? notes.txt".strip() or sorted(
+        git(repo, "status", "--porcelain").splitlines()
+    ) == ["?? SPEC.yaml", "?? notes.txt"]
+
+
+def test_false_claim_is_caught_and_the_retry_passes(repo: Path) -> None:
+    script = {
+        "default": [
+            {"write": BAD, "reply": "Done! <promise>all tasks complete</promise>"},
+            {"write": GOOD, "reply": "Fixed. <promise>all tasks complete</promise>"},
+        ]
+    }
+    proc = loops_run(repo, script)
+    assert proc.returncode == 0, proc.stderr
+    assert "verification of greet failed" in proc.stderr
+    assert git(repo, "show", "main:greet.py") == GOOD["greet.py"].strip()
+    # The bad commit never reached main.
+    log = git(repo, "log", "--format=%H", "main")
+    bad = git(repo, "log", "--format=%H", "-1", "refs/loops/tasks/spec/greet~1")
+    assert bad not in log.splitlines()
+
+
+def test_max_iterations_without_verified_claim_exits_1(repo: Path) -> None:
+    proc = loops_run(
+        repo, {"default": [{"write": BAD, "reply": "<promise>done</promise>"}]}, "-n", "2"
+    )
+    assert proc.returncode == 1
+    assert "ERROR loops.worker: Max iterations (2) reached without a promise." in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert git(repo, "show", "main:README.md") == "project"
+    assert git(repo, "ls-tree", "--name-only", "main").split() == ["README.md"]
+
+
+def test_trust_agent_restores_the_old_behaviour(repo: Path) -> None:
+    proc = loops_run(
+        repo, {"default": [{"write": BAD, "reply": "<promise>done</promise>"}]}, "--trust-agent"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert git(repo, "show", "main:greet.py") == BAD["greet.py"].strip()
+
+
+def test_natural_check_without_a_model_needs_sign_off(repo: Path) -> None:
+    spec = {
+        **SPEC,
+        "tasks": [
+            {
+                **SPEC["tasks"][0],
+                "acceptance_criteria": [  # type: ignore[index]
+                    {
+                        "criterion": "greeting is friendly",
+                        "check": {
+                            "type": "natural",
+                            "description": "Read greet.py; is it friendly?",
+                        },
+                    },
+                ],
+            }
+        ],
+    }
+    proc = loops_run(
+        repo, {"default": [{"write": GOOD, "reply": "<promise>done</promise>"}]}, spec=spec
+    )
+    assert proc.returncode == 1
+    assert "sign-off" in proc.stderr and "greeting is friendly" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"tasks": SPEC["tasks"]}, "Spec must have a non-empty 'goal'"),
+        (
+            {
+                **SPEC,
+                "tasks": [
+                    {
+                        **SPEC["tasks"][0],
+                        "acceptance_criteria": [  # type: ignore[index]
+                            {"criterion": "tests pass", "check": {"type": "shell", "run": "x"}}
+                        ],
+                    }
+                ],
+            },
+            "Unknown check type 'shell' for criterion 'tests pass'. Must be 'script' or 'natural'.",
+        ),
+    ],
+)
+def test_spec_errors_are_one_line_before_any_agent_runs(
+    repo: Path, spec: object, message: str
+) -> None:
+    proc = loops_run(repo, {"default": [{"run": "touch ran-agent", "reply": "x"}]}, spec=spec)
+    assert proc.returncode == 1
+    assert message in proc.stderr and proc.stderr.startswith("ERROR main: ")
+    assert "Traceback" not in proc.stderr
+    assert not (repo / ".loops").exists()
+
+
+def test_missing_spec_file(repo: Path) -> None:
+    proc = subprocess.run(
+        [LOOPS, "run", "nope.yaml"], cwd=repo, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 1
+    assert "Spec file not found: nope.yaml" in proc.stderr
