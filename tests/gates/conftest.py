@@ -142,14 +142,16 @@ class Project:
         git(path, "checkout", "-q", branch)
         return Loop(name, path, self)
 
-    def start(self, **gate_overrides: Any) -> None:
+    def start(self, merge: dict[str, Any] | None = None, **gate_overrides: Any) -> None:
         """Build the gate and the merge queue on their own clones."""
         gate_overrides.setdefault("protected", (*DEFAULT_PROTECTED, "tasks.json"))
         gate_settings = GateSettings(repo=self.clone("gate"), **gate_overrides)
         self.gate = VerificationGate(
             self.bus, gate_settings, loader=load_tasks, judge=self.judge, store=self.store
         )
-        merge_settings = MergeSettings(repo=self.clone("merge"), test_command=self.test_command)
+        merge_settings = MergeSettings(
+            repo=self.clone("merge"), test_command=self.test_command, **(merge or {})
+        )
         self.merge = MergeQueue(self.bus, merge_settings, store=self.store)
         self._subs = [self.gate.subscribe("gate-1"), self.merge.subscribe("merge-1")]
 
