@@ -7,7 +7,7 @@ import socket
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,14 @@ class Role(StrEnum):
     MERGE = "merge"
     DASHBOARD = "dashboard"
     OPERATOR = "operator"  # the `loops` CLI acting for a person (answer, pause, reset ...)
+
+
+class Causation(TypedDict):
+    """Envelope fields linking an event to the one that caused it."""
+
+    loop: str | None
+    correlation_id: str | None
+    causation_id: str | None
 
 
 class Frozen(BaseModel):
@@ -73,7 +81,7 @@ class Event(Frozen):
     consumers: ClassVar[tuple[Role, ...]] = ()
     is_command: ClassVar[bool] = False
 
-    def caused(self) -> dict[str, str | None]:
+    def caused(self) -> Causation:
         """Envelope fields for an event caused by this one (same loop and attempt)."""
         return {
             "loop": self.loop,
