@@ -77,6 +77,12 @@ def _guarded(results: Results, label: str, check: Callable[[], None]) -> None:
         check()
     except ValidationFailed as exc:
         results.setdefault(exc.path or label, []).extend(exc.problems)
+    except OSError as exc:
+        results.setdefault(label, []).append(
+            problem(
+                label, "", f"cannot read: {exc.strerror or exc} — check the path and permissions"
+            )
+        )
     except Exception as exc:  # the contract is "never a traceback"; this is still a failure
         results.setdefault(label, []).append(
             problem(

@@ -88,6 +88,12 @@ def read_text(path: Path, source: str, not_found: str) -> str:
     `Spec file not found: SPEC.yaml`).
     """
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            # a FIFO or device would block or never end
+            raise ValidationFailed(
+                [problem(source, "", "is not a regular file — give a YAML or JSON file")],
+                path=source,
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         raise ValidationFailed([not_found], path=source) from None
