@@ -13,7 +13,7 @@ re-raises one twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -112,6 +112,10 @@ class HumanAgent:
         self.notifier = notifier
         self.clock = clock
         self.source = source or Source(role=Role.HUMAN)
+
+    def warm_up(self, events: Iterable[Event], since: datetime | None = None) -> int:
+        """Nothing to rebuild: the escalations live in the store."""
+        return 0
 
     # ----------------------------------------------------------------- state
 

@@ -66,6 +66,7 @@ MONITOR_TYPES = (
     "escalation.answered",
 )
 
+SEEN_IDS = 200_000  # dedupe window (the stream keeps about 100k entries)
 _APPROVE_WORDS = {"approve", "approved", "yes", "y", "ok", "apply"}
 
 
@@ -114,6 +115,7 @@ class Monitor:
         self.started_at = clock()  # staleness is judged from here at the earliest
         self._seq = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self.horizon: datetime | None = None
 
     # ----------------------------------------------------------------- input
 
@@ -122,8 +124,10 @@ class Monitor:
         if event.id in self._seen:
             return False
         self._seen[event.id] = None
-        if len(self._seen) > 50_000:
+        if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
+        if self.horizon is not None and event.ts < self.horizon:
+            return False  # older than the warm-up window: history, not evidence
         self._seq += 1
         if event.loop is not None:
             health = self.loops.get(event.loop)
@@ -132,8 +136,11 @@ class Monitor:
             health.observe(event, self._seq)
         return True
 
-    def warm_up(self, events: Iterable[Event]) -> int:
-        """Rebuild the loops' health from past events (a replay of the stream)."""
+    def warm_up(self, events: Iterable[Event], since: datetime | None = None) -> int:
+        """Rebuild the loops' health from past events (a replay of the stream).
+        Events older than `since` that arrive later (a new consumer group reads the
+        stream from its start) are ignored."""
+        self.horizon = since
         return sum(1 for e in events if self.observe(e))
 
     def handle(self, event: Event) -> list[Event]:

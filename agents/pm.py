@@ -37,6 +37,7 @@ from events import (
 )
 
 Clock = Callable[[], datetime]
+SEEN_IDS = 200_000  # dedupe window (the stream keeps about 100k entries)
 Key = tuple[str, str]  # (loop, task id)
 
 PM_TYPES = (
@@ -126,7 +127,7 @@ class ProjectManager:
 
     # ----------------------------------------------------------------- input
 
-    def warm_up(self, events: Iterable[Event]) -> int:
+    def warm_up(self, events: Iterable[Event], since: datetime | None = None) -> int:
         """Rebuild the facts and the published holds from past events, without acting."""
         return sum(1 for e in events if self._observe(e))
 
@@ -159,7 +160,7 @@ class ProjectManager:
         if event.id in self._seen:
             return False
         self._seen[event.id] = None
-        if len(self._seen) > 50_000:
+        if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
         if event.loop is None:
             return True
