@@ -1,0 +1,148 @@
+"""The REAL Claude Code CLI through the `claude` runner, against the mock Messages API.
+
+`.ci/run` installs `@anthropic-ai/claude-code` at a pinned version into `.ci/node/`.
+Locally a missing CLI skips these tests; under CI=true it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from events import FailureKind, IterationOutcome
+from loops.runners import AgentRequest, make_runner
+from loops.runners.outcome import outcome_of
+from tests.conftest import IN_CI
+from tests.fakes.mock_anthropic import MockAnthropic
+
+REPO = Path(__file__).resolve().parents[2]
+PINNED = REPO / ".ci" / "node" / "node_modules" / ".bin" / "claude"
+KEY = "sk-ant-api03-mock-" + "q" * 32
+
+
+def find_claude() -> str:
+    if PINNED.exists():
+        return str(PINNED)
+    found = shutil.which("claude")
+    if found:
+        return found
+    message = "the Claude Code CLI is not installed: run .ci/run (it installs it into .ci/node/)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def claude_env(
+    tmp_path: Path, mock_anthropic: MockAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """LOOPS_CLAUDE_BIN, and the environment the CLI needs to talk to the mock only."""
+    monkeypatch.setenv("LOOPS_CLAUDE_BIN", find_claude())
+    config = tmp_path / "claude-config"
+    config.mkdir()
+    env = {
+        "ANTHROPIC_BASE_URL": mock_anthropic.base_url,
+        "ANTHROPIC_API_KEY": KEY,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        "CLAUDE_CONFIG_DIR": str(config),
+        "DISABLE_AUTOUPDATER": "1",
+    }
+    if os.geteuid() == 0:  # the CLI refuses --dangerously-skip-permissions as root otherwise
+        env["IS_SANDBOX"] = "1"
+    return env
+
+
+def req(tmp_path: Path, env: dict[str, str], **kw: object) -> AgentRequest:
+    wt = tmp_path / "wt"
+    wt.mkdir(exist_ok=True)
+    fields: dict[str, object] = {
+        "prompt": "Create hello.txt containing 'hello', then say you are done.",
+        "worktree": wt,
+        "loop": "real",
+        "task_id": "T-1",
+        "iteration": 1,
+        "timeout_s": 90.0,
+        "env": env,
+    }
+    fields.update(kw)
+    return AgentRequest(**fields)  # type: ignore[arg-type]
+
+
+def test_real_cli_writes_a_file_and_resumes_its_session(
+    tmp_path: Path, mock_anthropic: MockAnthropic, claude_env: dict[str, str]
+) -> None:
+    wt = tmp_path / "wt"
+    mock_anthropic.script(
+        [
+            {
+                "content": [
+                    {"type": "text", "text": "I'll create the file."},
+                    {
+                        "type": "tool_use",
+                        "name": "Write",
+                        "input": {"file_path": str(wt / "hello.txt"), "content": "hello\n"},
+                    },
+                ]
+            },
+            {
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "name": "Bash",
+                        "input": {"command": "cat hello.txt", "description": "Show the file"},
+                    }
+                ]
+            },
+            {"content": [{"type": "text", "text": "Done.\n<promise>hello written</promise>"}]},
+        ]
+    )
+    runner = make_runner("claude", model="claude-mock-model", skip_permissions=True)
+    result = runner.run(req(tmp_path, claude_env))
+
+    assert result.failure is None, f"{result.failure_detail}\n{result.transcript[-3000:]}"
+    assert (wt / "hello.txt").read_text() == "hello\n"
+    assert result.reply == "Done.\n<promise>hello written</promise>"
+    assert outcome_of(result).kind is IterationOutcome.CLAIMED
+    assert result.session_id and len(result.session_id) == 36
+    assert result.commands[0].startswith("Write: ") and result.commands[1] == "Bash: cat hello.txt"
+    assert result.tokens.input_tokens > 0 and result.tokens.output_tokens > 0
+    assert result.cost_usd is not None
+    assert KEY not in result.transcript
+    agent_calls = mock_anthropic.agent_requests
+    assert len(agent_calls) == 3
+    assert agent_calls[0].body["model"] == "claude-mock-model"
+    assert agent_calls[0].body["stream"] is True
+    # The Bash tool's output went back to the model.
+    assert "hello" in str(agent_calls[2].body["messages"][-1])
+
+    # Next iteration: the same session, by id. The model sees the earlier conversation.
+    mock_anthropic.script([{"content": [{"type": "text", "text": "Still done."}]}])
+    again = runner.run(req(tmp_path, claude_env, iteration=2, session_id=result.session_id))
+    assert again.failure is None, again.failure_detail
+    assert again.reply == "Still done."
+    assert again.session_id == result.session_id
+    assert "hello written" in str(mock_anthropic.agent_requests[-1].body["messages"])
+
+
+@pytest.mark.parametrize(
+    ("turn", "kind"),
+    [
+        ({"status": 429, "headers": {"retry-after": "30"}}, FailureKind.USAGE_LIMIT),
+        ({"status": 529}, FailureKind.OUTAGE),
+    ],
+)
+def test_real_cli_api_failures_are_typed(
+    tmp_path: Path,
+    mock_anthropic: MockAnthropic,
+    claude_env: dict[str, str],
+    turn: dict[str, object],
+    kind: FailureKind,
+) -> None:
+    mock_anthropic.script([turn])
+    runner = make_runner("claude", model="claude-mock-model", skip_permissions=True)
+    result = runner.run(req(tmp_path, claude_env))
+    assert result.failure is kind, f"{result.failure_detail}\n{result.transcript[-2000:]}"
