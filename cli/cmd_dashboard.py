@@ -1,0 +1,47 @@
+"""`loops dashboard [--host H] [--port P]`: the web page, as its own process.
+
+Prints the page's address with the token (unless it came from
+`$LOOPS_DASHBOARD_TOKEN`), and runs until SIGINT/SIGTERM, keeping a presence key so
+`loops health dashboard` can tell it is alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+from cli.cmd_status import bus_settings, open_bus, redact
+from cli.dashboard import is_loopback, resolve_token, serve
+from cli.runtime import run_role
+
+
+def run(args: argparse.Namespace) -> int:
+    host, port = args.host, args.port
+    url = redact(bus_settings(args).url)
+    with open_bus(args) as bus:
+        bus.client.ping()  # one clear line now rather than a failed startup later
+        token, token_file = resolve_token(getattr(args, "project_dir", None))
+        if not is_loopback(host):
+            print(
+                f"loops dashboard: listening on {host}, reachable from other machines; "
+                "actions still need the token",
+                file=sys.stderr,
+            )
+
+        def ready(page: str) -> None:
+            if token_file is not None:
+                where = f"token in {token_file}"
+                page += f"#token={token}"
+            else:
+                where = "token from $LOOPS_DASHBOARD_TOKEN"
+            print(f"dashboard: {page}  ({where}; events from {url})", flush=True)
+
+        return run_role(
+            "dashboard",
+            None,
+            bus.client,
+            lambda stop: serve(bus, host, port, token, stop, on_ready=ready),
+            stop=threading.Event(),
+            prefix=bus.prefix,
+        )
