@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from events import FailureKind, TokenUsage
+from events import ConfigError, FailureKind, TokenUsage
 from loops.runners import AgentRequest, AgentResult
 from loops.runners.command import agent_env
 from loops.runners.outcome import (
@@ -35,7 +35,17 @@ from loops.runners.outcome import (
 from loops.runners.process import run_process
 from loops.runners.redact import redact
 
-PERMISSION_MODES = ("default", "acceptEdits", "bypassPermissions", "plan", "auto", "dontAsk")
+PERMISSION_MODES = (
+    "acceptEdits",
+    "auto",
+    "bypassPermissions",
+    "default",
+    "dontAsk",
+    "manual",
+    "plan",
+)
+# `LOOPS_CLAUDE_PERMISSION_MODE=skip` means --dangerously-skip-permissions.
+SKIP_PERMISSIONS = ("skip", "dangerously-skip-permissions")
 DEFAULT_PERMISSION_MODE = "acceptEdits"
 _UNKNOWN_SESSION = re.compile(
     r"no conversation found with session id|session .{0,40}not found|unknown session",
@@ -175,7 +185,11 @@ class StreamParser:
 
 
 class ClaudeRunner:
-    """The `claude` agent. `permission_mode` or `skip_permissions` decide what it may do."""
+    """The `claude` agent. `permission_mode` or `skip_permissions` decide what it may do.
+
+    Without either, `LOOPS_CLAUDE_PERMISSION_MODE` decides (a mode, or `skip`), else
+    `acceptEdits`. `LOOPS_CLAUDE_ARGS` adds arguments (e.g. `--allowedTools "Bash(pytest *)"`).
+    """
 
     name = "claude"
 
@@ -188,16 +202,27 @@ class ClaudeRunner:
         binary: str | None = None,
         extra_args: list[str] | None = None,
     ) -> None:
+        if permission_mode is None and not skip_permissions:
+            permission_mode = os.environ.get("LOOPS_CLAUDE_PERMISSION_MODE") or None
+        if permission_mode in SKIP_PERMISSIONS:
+            permission_mode, skip_permissions = None, True
+        if permission_mode is not None and permission_mode not in PERMISSION_MODES:
+            raise ConfigError(
+                f"unknown Claude Code permission mode {permission_mode!r}: use one of "
+                f"{', '.join(PERMISSION_MODES)}, or 'skip' for --dangerously-skip-permissions"
+            )
         self.model = model
         self.permission_mode = permission_mode
         self.skip_permissions = skip_permissions
-        self.binary = binary
-        self.extra_args = list(extra_args or [])
+        self.binary = _split(
+            "LOOPS_CLAUDE_BIN", binary or os.environ.get("LOOPS_CLAUDE_BIN") or "claude"
+        ) or ["claude"]
+        env_args = _split("LOOPS_CLAUDE_ARGS", os.environ.get("LOOPS_CLAUDE_ARGS", ""))
+        self.extra_args = list(extra_args if extra_args is not None else env_args)
 
     def command(self, request: AgentRequest, *, resume: bool = True) -> list[str]:
         """The argv for one run (the prompt goes on stdin)."""
-        binary = self.binary or os.environ.get("LOOPS_CLAUDE_BIN") or "claude"
-        argv = [*shlex.split(binary), "-p", "--output-format", "stream-json", "--verbose"]
+        argv = [*self.binary, "-p", "--output-format", "stream-json", "--verbose"]
         if self.skip_permissions:
             argv.append("--dangerously-skip-permissions")
         else:
@@ -266,6 +291,13 @@ class ClaudeRunner:
             retry_at=failure.retry_at if failure else None,
             transcript=redact(transcript, env),
         )
+
+
+def _split(name: str, value: str) -> list[str]:
+    try:
+        return shlex.split(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value!r} cannot be split into arguments: {exc}") from exc
 
 
 def _session_unknown(result: AgentResult) -> bool:

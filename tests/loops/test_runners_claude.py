@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from events import FailureKind, IterationOutcome
+from events import ConfigError, FailureKind, IterationOutcome
 from loops.runners import AgentRequest, AgentResult, make_runner
 from loops.runners.claude import ClaudeRunner, StreamParser
 from loops.runners.outcome import outcome_of
@@ -127,6 +127,37 @@ def test_permission_modes(tmp_path: Path) -> None:
     assert "--dangerously-skip-permissions" in skip and "--permission-mode" not in skip
     plan = ClaudeRunner(permission_mode="bypassPermissions", binary="claude").command(request)
     assert plan[plan.index("--permission-mode") + 1] == "bypassPermissions"
+
+
+def test_permission_mode_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = req(tmp_path)
+    monkeypatch.setenv("LOOPS_CLAUDE_PERMISSION_MODE", "skip")
+    monkeypatch.setenv("LOOPS_CLAUDE_ARGS", "--allowedTools 'Bash(pytest *)'")
+    argv = ClaudeRunner(binary="claude").command(request)
+    assert "--dangerously-skip-permissions" in argv
+    assert argv[-2:] == ["--allowedTools", "Bash(pytest *)"]
+    monkeypatch.setenv("LOOPS_CLAUDE_PERMISSION_MODE", "bypassPermissions")
+    argv = ClaudeRunner(binary="claude").command(request)
+    assert argv[argv.index("--permission-mode") + 1] == "bypassPermissions"
+    # An explicit setting beats the environment.
+    argv = ClaudeRunner(binary="claude", permission_mode="plan").command(request)
+    assert argv[argv.index("--permission-mode") + 1] == "plan"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("LOOPS_CLAUDE_PERMISSION_MODE", "yolo"), ("LOOPS_CLAUDE_BIN", "claude 'unclosed")],
+)
+def test_bad_claude_settings_are_config_errors(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        make_runner("claude")
+    assert name.split("_")[-1].lower() in str(err.value).lower() or name in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_usage_limit_with_reset(
