@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ from events import Criterion, CriterionResult
 from gates import Judgement
 from gates.errors import JudgeError
 
+_VERDICT = re.compile(r"[\W_]*(PASS|FAIL)\b", re.IGNORECASE)
 DEFAULT_MODEL = "claude-sonnet-4-5"
 
 _SYSTEM = (
@@ -41,12 +43,10 @@ def parse_verdict(text: str) -> Judgement:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
         raise JudgeError("empty reply from the judge")
-    head = lines[0].upper().lstrip("*# ").split()[0].rstrip(":.")
+    match = _VERDICT.match(lines[0])
     reason = " ".join(lines[1:]) or lines[0]
-    if head == "PASS":
-        return Judgement(True, reason)
-    if head == "FAIL":
-        return Judgement(False, reason)
+    if match:
+        return Judgement(match.group(1).upper() == "PASS", reason)
     raise JudgeError(f"unreadable verdict: {lines[0][:80]!r}")
 
 
