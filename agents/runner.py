@@ -20,7 +20,8 @@ from events import Event, utcnow
 class Agent(Protocol):
     """What `run` needs of an agent (Monitor, ProjectManager, HumanAgent)."""
 
-    types: Collection[str]
+    @property
+    def types(self) -> Collection[str]: ...
 
     def handle(self, event: Event) -> list[Event]: ...
 

@@ -170,8 +170,11 @@ class EmbeddedServer:
                 binary,
                 "--port", str(port),
                 "--bind", "127.0.0.1",
+                # Persistent, so that `loops up` again resumes with the stream,
+                # consumer groups and open escalations of the last run.
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
                 "--dir", str(data),
                 "--logfile", str(self.state_dir / "redis.log"),
                 "--daemonize", "no",

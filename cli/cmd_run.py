@@ -25,7 +25,6 @@ from events import (
     VerificationPassed,
 )
 from loops.books import SpecBook
-from loops.driver import run_worker
 from loops.runners import make_runner
 from loops.service import WorkerService
 from loops.spec import load_spec
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 )
                 roles.poll_forever("gate", gate.subscribe("run"))
             roles.poll_forever("merge", make_merge(bus, repo, branch).subscribe("run"))
-            outcome = run_worker(service.worker, service.poll, threading.Event(), until_idle=True)
+            outcome = service.run(threading.Event(), until_idle=True)
         finally:
             roles.shutdown()
             client.close()

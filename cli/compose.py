@@ -19,6 +19,7 @@ from gates import (
     AnthropicJudge,
     CriteriaLoader,
     GateSettings,
+    JobRunner,
     Judge,
     MergeQueue,
     MergeSettings,
@@ -65,6 +66,7 @@ def make_gate(
     policy: TamperPolicy = TamperPolicy.ESCALATE,
     default_check: str | None = None,
     judge: Judge | None = None,
+    jobs: JobRunner | None = None,
     instance: str = "gate",
 ) -> VerificationGate:
     return VerificationGate(
@@ -74,6 +76,7 @@ def make_gate(
         ),
         loader=loader,
         judge=judge,
+        jobs=jobs,
         store=RedisStore(bus.client, f"{bus.prefix}:gate"),
         source=Source(role=Role.GATE, instance=instance),
     )

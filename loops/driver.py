@@ -62,9 +62,12 @@ def run_worker(
     *,
     until_idle: bool = False,
     idle_block_ms: int = 500,
+    resume: Callable[[], None] | None = None,
 ) -> WorkerExit:
     """Run the loop until stopped, or (with `until_idle`) until no task can progress."""
     worker.started()
+    if resume is not None:
+        resume()
     worker.heartbeat()
     done = threading.Event()
     beat = _heartbeats(worker, done)

@@ -183,7 +183,13 @@ def _command(
             detail = f"unknown task {event.task_id}"
         else:
             old = w.state.task(event.task_id)
-            fresh = TaskRuntime(guidance=old.guidance + ([event.hint] if event.hint else []))
+            # A fresh attempt, but what was tried (and told) so far stays in the prompt.
+            fresh = TaskRuntime(
+                guidance=old.guidance + ([event.hint] if event.hint else []),
+                history=old.history,
+                iterations=old.iterations,
+                session_id=old.session_id,
+            )
             w.state.tasks[event.task_id] = fresh
             w.book.update(event.task_id, status=TaskStatus.PENDING, attempts=0, last_result="reset")
             _unblock_dependents(w, event.task_id)

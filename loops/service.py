@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from bus import RedisBus
-from events import TaskPassed
+from events import EscalationRaised, TaskClaimed, TaskPassed
 from loops.book import TaskBook
+from loops.driver import WorkerExit, run_worker
 from loops.reactions import handle
 from loops.runners import AgentRunner
 from loops.worker import LoopWorker
@@ -47,15 +49,31 @@ class WorkerService:
             remote=remote,
         )
         # Other loops' merged tasks (cross-loop dependencies), even from before this
-        # worker's group existed.
-        for _, event in bus.replay(types={"task.passed"}):
+        # worker's group existed; and what the stream holds of our own claims and
+        # questions, so a restart can re-publish what it lost.
+        claimed: set[str] = set()
+        raised: set[str] = set()
+        for _, event in bus.replay(types={"task.passed", "task.claimed", "escalation.raised"}):
             if isinstance(event, TaskPassed) and event.loop and event.loop != book.loop:
                 self.worker.state.external_passed.add(f"{event.loop}/{event.task_id}")
+            elif isinstance(event, TaskClaimed) and event.loop == book.loop:
+                claimed.add(event.commit)
+            elif isinstance(event, EscalationRaised) and event.loop == book.loop:
+                raised.add(event.escalation_id)
+        self._resume = (claimed, raised)
         self.subscription = bus.subscribe(
             worker_group(book.loop),
             book.loop,  # one worker per loop: a restarted one takes its pending entries back
             lambda event: handle(self.worker, event),
         )
+
+    def resume(self) -> None:
+        """Re-publish what a restart lost (call once the worker has started)."""
+        self.worker.resume(*self._resume)
+
+    def run(self, stop: threading.Event, *, until_idle: bool = False) -> WorkerExit:
+        """Run the loop until stopped (or, with `until_idle`, until it cannot progress)."""
+        return run_worker(self.worker, self.poll, stop, until_idle=until_idle, resume=self.resume)
 
     def poll(self, block_ms: int) -> int:
         return self.subscription.poll(block_ms)

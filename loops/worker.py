@@ -471,6 +471,36 @@ class LoopWorker:
             tasks_passed=passed,
         )
 
+    def resume(self, claimed: set[str], raised: set[str]) -> None:
+        """After a restart: re-publish a claim in flight or an open question of ours
+        that the stream does not hold (a Redis that kept nothing), so neither waits
+        forever. The gate and the merge queue are idempotent per commit."""
+        for task in self.book.tasks():
+            rt = self.state.tasks.get(task.id)
+            if rt is None or self.book.record(task.id).status is TaskStatus.PASSED:
+                continue
+            attempt = self.book.record(task.id).attempts + 1
+            if rt.phase in (Phase.CLAIMED, Phase.VERIFIED) and rt.claim_commit not in claimed:
+                log.warning("re-publishing the claim of %s (%s)", task.id, rt.claim_commit)
+                self.emit(
+                    TaskClaimed,
+                    task.id,
+                    attempt=attempt,
+                    commit=rt.claim_commit,
+                    branch=self.ws.branch,
+                    base=self.ws.main_head(),
+                    claim="resumed",
+                )
+            if rt.phase is Phase.WAITING_HUMAN and rt.question and rt.escalation_id not in raised:
+                self.emit(
+                    EscalationRaised,
+                    task.id,
+                    escalation_id=rt.escalation_id,
+                    kind=EscalationKind.QUESTION,
+                    severity=Severity.MEDIUM,
+                    question=rt.question,
+                )
+
     def stopped(self, status: LoopStatus, reason: str) -> None:
         self.status = status
         self.save()

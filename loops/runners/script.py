@@ -14,7 +14,8 @@ tasks:
 ```
 
 Run N on a task replays step N (`AgentRequest.step`); when the steps run out, the last
-one repeats. A step failing with `usage_limit` or `outage` does not count as an
+one repeats. A step with `when_prompt: TEXT` is only taken once the prompt contains TEXT
+(a person's answer, the monitor's hint); until then the step before it repeats. A step failing with `usage_limit` or `outage` does not count as an
 iteration in the loop worker, so it is consumed once and remembered in a small state
 file (inside the worktree's git directory), which survives a worker restart.
 """
@@ -78,6 +79,7 @@ class Step(_Model):
     fail: FailName | None = None
     retry_after: float | None = Field(default=None, ge=0)
     detail: str | None = None
+    when_prompt: str | None = None  # only once the prompt contains this (a hint, an answer)
     tokens: Tokens = Tokens()
     cost_usd: float | None = Field(default=None, ge=0)
 
@@ -236,6 +238,14 @@ class ScriptRunner:
         fired = state.setdefault(request.loop, {}).setdefault(request.task_id, [])
         index = max(request.step - 1, 0) + len(fired)
         index = min(index, len(steps) - 1)
+        # A step waiting for something in the prompt (a person's answer, the monitor's
+        # hint) is not reached before it is there: the agent stays where it was.
+        while (
+            index > 0
+            and steps[index].when_prompt
+            and steps[index].when_prompt not in request.prompt
+        ):
+            index -= 1
         step = steps[index]
         if step.fail in _SKIPPED_FAILS and index not in fired:
             fired.append(index)

@@ -323,3 +323,29 @@ def test_invalid_hand_edit_is_reported_and_ignored_valid_one_taken_up(make_harne
     h.book.state_path.write_text(json.dumps(data))
     wait_until(lambda: h.book.record("hello").status.value == "blocked", timeout=10)
     h.wait_event("iteration.started", task_id="bye")
+
+
+def test_reset_keeps_history_and_a_hint_gated_step_waits_for_it(make_harness) -> None:  # type: ignore[no-untyped-def]
+    h = make_harness(
+        {
+            "tasks": {
+                "hello": [
+                    {"reply": "looking around"},
+                    {
+                        "when_prompt": "# Answers and hints",
+                        "write": {"hello.py": "print('hi')\n"},
+                        "reply": "<promise>done</promise>",
+                    },
+                ]
+            }
+        },
+        max_iterations=1000,
+    )
+    # Without a hint the agent stays stuck on step 1, however many runs.
+    wait_until(lambda: len(h.events("iteration.finished")) >= 3, timeout=15)
+    assert not h.events("task.claimed")
+    reset = ev.TaskReset(source=OPERATOR, loop="spec", task_id="hello", hint="edit hello.py")
+    h.bus.publish(reset)
+    h.wait_event("task.claimed", task_id="hello")
+    assert h.service.worker.state.tasks["hello"].iterations >= 3
+    assert "edit hello.py" in h.transcripts().split("# Answers and hints")[-1]
