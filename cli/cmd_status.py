@@ -8,10 +8,11 @@ operator command uses to reach the system.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +21,7 @@ import redis
 
 import bus as busmod
 from bus import BusSettings, RedisBus
+from cli.runtime import Presence, alive_roles
 from cli.view import (
     Health,
     LoopView,
@@ -134,13 +136,24 @@ def _task_note(task: TaskView) -> str:
     return ""
 
 
-def render(view: SystemView, now: datetime | None = None) -> str:
-    """The status screen as text (health judged at `now`)."""
+def render(
+    view: SystemView, now: datetime | None = None, roles: Sequence[Presence] | None = None
+) -> str:
+    """The status screen as text (health judged at `now`), with the live role
+    processes when `roles` is given."""
     now = now or datetime.now(UTC)
     view.refresh(now)
     lines: list[str] = []
+    if roles:
+        names = ", ".join(
+            clean(f"{p.role}@{p.instance}", 60) + f" ({ago(p.last_beat, now)})" for p in roles
+        )
+        lines.append(f"roles alive: {names}")
     if not view.loops and not view.escalations:
-        return "No events on the stream yet: nothing has run (or wrong --redis / $LOOPS_PREFIX)."
+        lines.append(
+            "No events on the stream yet: nothing has run (or wrong --redis / $LOOPS_PREFIX)."
+        )
+        return "\n".join(lines)
 
     loops = sorted(view.loops.values(), key=lambda loop: loop.name)
     passed = sum(loop.passed for loop in loops)
@@ -238,11 +251,16 @@ def render(view: SystemView, now: datetime | None = None) -> str:
 # ---------------------------------------------------------------------- the command
 
 
-def _print(view: SystemView, as_json: bool) -> None:
-    if as_json:
-        print(view.to_json(), flush=True)
-    else:
-        print(render(view), flush=True)
+def status_json(view: SystemView, roles: Sequence[Presence], indent: int | None = None) -> str:
+    """`loops status --json`: the view, its totals, and the live role processes."""
+    data = view.to_dict()
+    data["roles"] = [p.model_dump(mode="json") for p in roles]
+    return json.dumps(data, indent=indent)
+
+
+def _show(bus: RedisBus, view: SystemView, as_json: bool, indent: int | None = None) -> None:
+    roles = alive_roles(bus.client, bus.prefix)
+    print(status_json(view, roles, indent) if as_json else render(view, roles=roles), flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -250,10 +268,7 @@ def run(args: argparse.Namespace) -> int:
         cursor = bus.last_id()
         view = SystemView.from_events(bus.replay(until=cursor))
         if not args.watch:
-            if args.json:
-                print(view.to_json(indent=2))
-            else:
-                print(render(view))
+            _show(bus, view, args.json, indent=2)
             return EXIT_OK
         try:
             _watch(bus, view, cursor, args.json)
@@ -270,7 +285,7 @@ def _watch(bus: RedisBus, view: SystemView, cursor: str, as_json: bool) -> None:
             sys.stdout.write(clear)
         elif not as_json:
             print(f"--- {datetime.now().astimezone():%H:%M:%S}")
-        _print(view, as_json)
+        _show(bus, view, as_json)
         deadline = time.monotonic() + WATCH_REFRESH_S
         while (left := deadline - time.monotonic()) > 0:
             batch = bus.tail(after=cursor, block_ms=int(left * 1000))

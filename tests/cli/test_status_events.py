@@ -10,6 +10,7 @@ import subprocess
 import threading
 
 import events as ev
+from cli.runtime import PresenceBeat
 from tests.cli.conftest import System
 from tests.cli.sample import W, heartbeat, scenario
 from tests.conftest import wait_until
@@ -170,3 +171,16 @@ def test_events_follow_prints_new_events_as_they_come(system: System) -> None:
         code = follow.interrupt()
     assert code == 0
     assert [x.split()[2] for x in follow.lines] == ["task.started", "task.failed"]
+
+
+def test_status_lists_live_role_processes(system: System) -> None:
+    system.bus.publish_many(scenario())
+    beat = PresenceBeat(system.bus.client, system.prefix, "gate", "gate-host:9", 30.0)
+    beat.beat()
+    try:
+        out = system.loops("status", check=True).stdout
+        data = json.loads(system.loops("status", "--json", check=True).stdout)
+    finally:
+        beat.stop()
+    assert out.startswith("roles alive: gate@gate-host:9 (")
+    assert [(r["role"], r["instance"]) for r in data["roles"]] == [("gate", "gate-host:9")]
