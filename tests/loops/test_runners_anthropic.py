@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -237,3 +241,36 @@ def test_mock_answers_plain_json_and_side_endpoints(mock_anthropic: MockAnthropi
     finally:
         client.close()
     assert mock_anthropic.turns_used == 1
+
+
+def test_mock_runs_standalone(tmp_path: Path) -> None:
+    """`python -m tests.fakes.mock_anthropic SCRIPT.json` serves the script until interrupted."""
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"turns": [{"content": [text("from the script")]}]}))
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.mock_anthropic", str(script)],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("ANTHROPIC_BASE_URL=http://127.0.0.1:")
+        client = anthropic.Anthropic(base_url=line.partition("=")[2], api_key=KEY, max_retries=0)
+        try:
+            message = client.messages.create(
+                model="m",
+                max_tokens=5,
+                messages=[{"role": "user", "content": "hi"}],
+                tools=[{"name": "t", "input_schema": {"type": "object"}}],
+            )
+        finally:
+            client.close()
+        assert message.content[0].type == "text" and message.content[0].text == "from the script"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        if proc.stdout is not None:
+            proc.stdout.close()
