@@ -52,12 +52,8 @@ def bus_settings(args: argparse.Namespace) -> BusSettings:
     """Where the running system is: `--redis`, else `$REDIS_URL`, else the embedded
     server of the project in `--dir`; key prefix from `$LOOPS_PREFIX` (default loops)."""
     explicit = getattr(args, "redis", None)
-    project_dir = getattr(args, "project_dir", None)
-    resolve = getattr(busmod, "resolve_url", None)
-    if resolve is not None:
-        url: str = resolve(explicit, project_dir)
-    else:  # the embedded server is not wired yet
-        url = explicit or os.environ.get("REDIS_URL") or BusSettings().url
+    project_dir = getattr(args, "project_dir", None) or os.environ.get("CODING_LOOP_PROJECT_DIR")
+    url = busmod.resolve_url(explicit, project_dir)
     prefix = os.environ.get("LOOPS_PREFIX") or BusSettings().prefix
     return BusSettings.from_dsn(url, prefix=prefix)
 

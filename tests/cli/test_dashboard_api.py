@@ -4,7 +4,6 @@ token, bad input is refused, and the Host header is checked on loopback."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from starlette.testclient import TestClient
 
 import events as ev
 from cli.dashboard import create_app, dashboard_url, is_loopback, resolve_token, serve
-from tests.cli.conftest import System
+from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import raised, scenario
 from tests.conftest import wait_until
 
@@ -181,22 +180,8 @@ def test_serve_runs_until_stop_and_streams_events(system: System) -> None:
 
 
 def test_loops_dashboard_process_prints_its_address_and_stops_on_sigterm(system: System) -> None:
-    # `loops dashboard` is dispatched through cli.main's MODULES map; this runs the
-    # command module the same way, whatever that map says today.
-    code = "import sys; from cli import main; main.MODULES['dashboard'] = 'dashboard'; sys.exit(main.main())"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "dashboard",
-            "--port",
-            "0",
-            "--dir",
-            str(system.cwd),
-            "--redis",
-            system.url,
-        ],
+        [LOOPS, "dashboard", "--port", "0", "--dir", str(system.cwd), "--redis", system.url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

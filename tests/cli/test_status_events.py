@@ -10,8 +10,9 @@ import subprocess
 import threading
 
 import events as ev
+from bus import BusSettings, EmbeddedServer, RedisBus
 from cli.runtime import PresenceBeat
-from tests.cli.conftest import System
+from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import W, heartbeat, scenario
 from tests.conftest import wait_until
 
@@ -184,3 +185,33 @@ def test_status_lists_live_role_processes(system: System) -> None:
         beat.stop()
     assert out.startswith("roles alive: gate@gate-host:9 (")
     assert [(r["role"], r["instance"]) for r in data["roles"]] == [("gate", "gate-host:9")]
+
+
+def test_status_finds_the_embedded_server_of_dir(system: System) -> None:
+    project = system.cwd / "project"
+    project.mkdir()
+    env = {**system.env, "LOOPS_PREFIX": "loops"}
+    with EmbeddedServer(project) as server:
+        url = server.start()
+        with RedisBus.from_settings(BusSettings.from_dsn(url)) as embedded:
+            embedded.publish_many(scenario())
+        proc = subprocess.run(
+            [LOOPS, "status", "--json", "--dir", str(project)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=system.cwd,
+            timeout=30,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["loops"]["loop-api"]["tasks"]["API-1"]["status"] == "merged"
+    gone = subprocess.run(
+        [LOOPS, "events", "--dir", str(project)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert gone.returncode == 1
+    assert gone.stderr.startswith(f"loops: no coding-loops system is running in {project}")
+    assert gone.stderr.count("\n") == 1
