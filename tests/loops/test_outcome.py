@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from events import FailureKind, IterationOutcome
 from loops.runners import AgentResult
@@ -196,3 +198,24 @@ def test_timeout_crash_empty_and_fine() -> None:
 def test_zone_names_from_the_banners_exist() -> None:
     for name in ("America/Los_Angeles", "America/Recife", "Etc/GMT-9", "Europe/London"):
         ZoneInfo(name)
+
+
+@given(st.text(max_size=2000))
+def test_parsers_never_raise(reply: str) -> None:
+    outcome = parse_outcome(reply)
+    assert outcome.kind in IterationOutcome
+    parse_reset(reply, NOW)
+    classify_run(exit_code=1, reply=reply, stderr=reply, now=NOW)
+
+
+@given(
+    st.lists(
+        st.sampled_from(["resets ", "in ", "1h", " ", "2m", "and", ",", "5", "pm", "("]),
+        max_size=400,
+    )
+)
+def test_reset_parser_handles_repetitive_input(parts: list[str]) -> None:
+    """Repetitive near-matches (the shape that makes regexes backtrack) still parse."""
+    text = "".join(parts) + "!"
+    parse_reset(text, NOW)
+    detect_usage_limit(text, NOW)
