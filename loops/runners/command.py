@@ -44,7 +44,8 @@ class CommandRunner:
     def __init__(self, command: str, *, shell: str = "/bin/sh") -> None:
         self.command = command
         self.shell = shell
-        self.name = f"command:{command}"
+        # The name goes into events: a key written on the command line must not.
+        self.name = f"command:{redact(command)}"
 
     def run(self, request: AgentRequest) -> AgentResult:
         tmp = Path(tempfile.mkdtemp(prefix="loops-prompt-"))

@@ -160,6 +160,11 @@ def test_secrets_never_reach_reply_or_transcript(tmp_path: Path) -> None:
         assert MASK in text
 
 
+def test_a_key_on_the_command_line_stays_out_of_the_name(tmp_path: Path) -> None:
+    runner = make_runner("command:aider --api-key sk-ant-api03-abcdefghijklmnopqrstuvwxyz")
+    assert runner.name == f"command:aider --api-key {MASK}"
+
+
 def test_redact_known_token_shapes() -> None:
     text = (
         "Authorization: Bearer abcdefghijklmnop1234\n"
