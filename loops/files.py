@@ -108,6 +108,10 @@ def read_text(path: Path, source: str, not_found: str) -> str:
             [problem(source, "", f"cannot read the file: {reason} — check its permissions")],
             path=source,
         ) from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValidationFailed(
+            [problem(source, "", "is UTF-16 text — save it as UTF-8")], path=source
+        )
     if b"\x00" in data:
         raise ValidationFailed(
             [problem(source, "", "is binary, not text — give a YAML or JSON file")], path=source

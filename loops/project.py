@@ -424,16 +424,23 @@ def _find_loop_dir(root: Path, loop: str) -> Path | None:
 
 
 def _find_spec(root: Path, loop: str) -> Path | None:
-    names = {f"{loop}.yaml".lower(), f"{loop}.yml".lower(), loop.lower()}
+    """The SPEC.yaml whose stem names this loop (`spec` for SPEC.yaml), in root or one down."""
+    wanted = _stem_key(loop.removesuffix(".yaml").removesuffix(".yml"))
     for directory in (root, *_subdirs(root)):
         try:
             files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
         except OSError:
             continue
         for path in files:
-            if path.name.lower() in names and path.is_file():
+            if _stem_key(path.stem) == wanted and path.is_file():
                 return path
     return None
+
+
+def _stem_key(stem: str) -> str:
+    """A spec's loop name: its stem lower-cased, safe in a branch name (as the worker names it)."""
+    stem = stem.lower()
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-.") or "spec"
 
 
 def _cycles(graph: dict[str, list[str]], loops: dict[str, Loop]) -> list[str]:

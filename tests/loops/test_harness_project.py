@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from events import Criterion, LoopsError, NaturalCheck, ScriptCheck, ValidationFailed
 from loops.harness import TaskStatus
@@ -263,6 +266,10 @@ def test_criteria_for_a_loop_project(repo: Path) -> None:
 def test_criteria_for_a_spec_project(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "ralph_loop" / "SPEC.yaml", tmp_path / "SPEC.yaml")
     (crit,) = criteria_for(tmp_path, "SPEC", "write-test")
+    assert criteria_for(tmp_path, "spec", "write-test") == [crit]  # the worker's loop name
+    (tmp_path / "sub").mkdir()
+    shutil.copy(FIXTURES / "ralph_loop" / "SPEC.yaml", tmp_path / "sub" / "My Spec.yaml")
+    assert criteria_for(tmp_path, "my-spec", "write-test") == [crit]
     assert crit.check == ScriptCheck(run="pytest tests/test_app.py -v -k health")
     with pytest.raises(UnknownTask):
         criteria_for(tmp_path, "SPEC", "nope")
@@ -291,3 +298,38 @@ def test_criteria_for_reads_only_the_tree_under_root(
     monkeypatch.setenv(ENV_PROJECT_DIR, str(repo))
     crit = criteria_for(checkout, "loop-1-critical-path", "CP-SPEC-005")
     assert [c.criterion for c in crit] == ["spec tests pass", "reads well"]
+
+
+# -- fuzzing the project loader ----------------------------------------------------------
+
+DOC = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["name", "specs_dir", "tests", "id", "dependsOn", "status", "x"]),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=20,
+)
+CONTENT = DOC.map(lambda d: json.dumps(d).encode()) | st.binary(max_size=100)
+
+
+@given(config=CONTENT, state=CONTENT)
+def test_fuzz_project_files(
+    tmp_path_factory: pytest.TempPathFactory, config: bytes, state: bytes
+) -> None:
+    root = tmp_path_factory.mktemp("p")
+    (root / "loop-a" / "specs").mkdir(parents=True)
+    (root / "loop-a" / "config.json").write_bytes(config)
+    (root / "loop-a" / "specs" / "test-state.json").write_bytes(state)
+    try:
+        project = load_project(root, project_dir=root)
+    except ValidationFailed as exc:
+        assert exc.problems and all("\n" not in p for p in exc.problems)
+    else:
+        assert all("\n" not in p for p in project.dependency_problems())
+    with contextlib.suppress(LoopsError):
+        criteria_for(root, "loop-a", "T")
