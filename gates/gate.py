@@ -40,7 +40,7 @@ from events import (
 from gates import CriteriaLoader, Judge
 from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES, flagged_files
 from gates.errors import JudgeError
-from gates.gitutil import changed_files, diff_text, fetch, main_ref, resolve_commit, worktree
+from gates.gitutil import changed_files, diff_text, fetch, main_ref, resolve_commit, scratch
 from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
 from gates.store import MemoryStore, StateStore
 
@@ -170,7 +170,7 @@ class VerificationGate:
                 **at.env(),
             )
         )
-        with worktree(s.repo, main_sha, prefix="loops-main-") as main_root:
+        with scratch(s.repo, main_sha, pool="main") as main_root:
             criteria, why = self._criteria(main_root, claim.loop, claim.task_id)
             if not criteria:
                 self._fail(at, VerificationVerdict.BAD_CLAIM, why, commit=commit)

@@ -5,6 +5,7 @@ same against a local repository and a clone of a remote."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -134,6 +135,47 @@ def worktree(repo: Path | str, rev: str, *, prefix: str = "loops-wt-") -> Iterat
         run_git(repo, "worktree", "remove", "--force", str(path), check=False)
         shutil.rmtree(path, ignore_errors=True)
         run_git(repo, "worktree", "prune", check=False)
+
+
+def _common_dir(repo: Path | str) -> Path:
+    out = git(repo, "rev-parse", "--git-common-dir")
+    path = Path(out)
+    return path if path.is_absolute() else (Path(repo) / path).resolve()
+
+
+@contextmanager
+def scratch(repo: Path | str, rev: str, *, pool: str = "scratch") -> Iterator[Path]:
+    """A clean, detached worktree of `rev`, reused between calls: one of a pool of
+    worktrees under the repository's git dir, each held by a file lock while in use
+    (so concurrent jobs on one host never share one). Reuse makes a checkout touch only
+    the files that differ; forced checkout and `clean -ffdx` make it clean, whatever
+    the previous (possibly killed) user left behind."""
+    base = _common_dir(repo) / "loops-scratch"
+    base.mkdir(exist_ok=True)
+    slot = 0
+    while True:
+        lock = (base / f"{pool}-{slot}.lock").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            slot += 1
+            continue
+        break
+    path = base / f"{pool}-{slot}"
+    try:
+        reused = (path / ".git").is_file() and (
+            run_git(path, "checkout", "--quiet", "--detach", "--force", rev, check=False)
+        ).returncode == 0
+        if reused:
+            git(path, "clean", "-ffdxq")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            run_git(repo, "worktree", "prune", check=False)
+            git(repo, "worktree", "add", "--detach", "--force", str(path), rev)
+        yield path
+    finally:
+        lock.close()
 
 
 def loop_branch(loop: str) -> str:

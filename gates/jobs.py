@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from events import CriterionResult
 from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES, run_script, scrubbed_env
 from gates.errors import JobError
-from gates.gitutil import worktree
+from gates.gitutil import scratch
 
 VERIFY_JOB = "gates.jobs.verify_claim"
 
@@ -34,7 +34,7 @@ def verify_claim(
     `commit`; returns the `CriterionResult`s as a JSON list."""
     results: list[dict[str, Any]] = []
     env = scrubbed_env()
-    with worktree(repo, commit, prefix="loops-verify-") as root:
+    with scratch(repo, commit, pool="verify") as root:
         for check in checks:
             timeout = check.get("timeout_s") or default_timeout_s
             result = run_script(

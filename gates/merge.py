@@ -48,8 +48,8 @@ from gates.gitutil import (
     push_main,
     resolve_commit,
     run_git,
+    scratch,
     update_ref_cas,
-    worktree,
 )
 from gates.store import MemoryStore, StateStore
 
@@ -136,7 +136,7 @@ class MergeQueue:
             if landed is not None:
                 self._already_merged(vp, key, base, landed)
                 return
-            with worktree(s.repo, base, prefix="loops-merge-") as wt:
+            with scratch(s.repo, base, pool="merge") as wt:
                 merged = self._build(wt, vp, base)
                 if merged is None:
                     return  # conflicted: reported
@@ -213,10 +213,7 @@ class MergeQueue:
     def _move_main(self, merged: str, base: str) -> bool:
         s = self.settings
         if s.remote:
-            moved = push_main(s.repo, s.remote, merged, s.main)
-            if moved:
-                fetch(s.repo, s.remote)
-            return moved
+            return push_main(s.repo, s.remote, merged, s.main)  # the next merge fetches
         return update_ref_cas(s.repo, f"refs/heads/{s.main}", merged, base)
 
     # ------------------------------------------------------------------ outcomes

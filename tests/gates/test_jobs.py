@@ -106,7 +106,7 @@ def test_a_worker_process_runs_the_verification_job(
         worker.wait(timeout=20)
     (result,) = parse_results(out)
     assert result.passed and result.exit_code == 0
-    assert git(loop.path, "worktree", "list").count("\n") == 0  # the scratch worktree is gone
+    assert git(loop.path, "status", "--porcelain") == ""  # ran beside, not in, the checkout
 
 
 # A SimpleWorker (no fork) polling until terminated; what `rq worker` does, minus the CLI.
