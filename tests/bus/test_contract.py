@@ -213,3 +213,14 @@ def test_idempotency_marks_only_after_success(bus: RedisBus) -> None:
     with pytest.raises(RuntimeError):
         idem.wrap(boom)(event)
     assert not idem.seen(event.id)
+
+
+def test_wire_format_is_events_encode(bus: RedisBus) -> None:
+    """Other tools (and `redis-cli`) read entries as `events.encode` writes them."""
+    from events import encode
+
+    event = TaskHint(source=hint(0).source, loop="ä-loop", task_id="T-1", text="naïve ✓ \r\n")
+    bus.publish(event)
+    bus.publish_many([event])
+    for _, fields in bus.client.xrange(bus.stream):
+        assert {k.decode(): v.decode() for k, v in fields.items()} == encode(event)
