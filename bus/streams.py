@@ -11,11 +11,11 @@ import logging
 import time
 from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from bus.api import Handler
+from bus.api import Bus, Handler, Subscription
 from bus.consumer import RedisSubscription, blocking_read
 from bus.deadletter import DeadLetter, read_dead_letters
 from bus.idempotency import Idempotency
@@ -287,3 +287,9 @@ class RedisBus:
         for i in range(0, len(keys), 500):
             self.client.delete(*keys[i : i + 500])
         return len(keys)
+
+
+if TYPE_CHECKING:  # mypy proves the implementations satisfy the seams of api.py
+
+    def _conforms(bus: RedisBus, sub: RedisSubscription) -> tuple[Bus, Subscription]:
+        return bus, sub
