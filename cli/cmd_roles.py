@@ -1,0 +1,124 @@
+"""One role per process (distributed mode, what docker-compose runs):
+
+    loops worker LOOP | gate | merge | monitor | pm | human | dashboard
+
+Each reaches the bus through `--redis`, `$REDIS_URL`, or the embedded server of the
+project in `--dir`; keeps a presence key for `loops health ROLE`; and stops cleanly on
+SIGTERM/SIGINT. Verification jobs go to the rq queue `loops-verify` when `$REDIS_URL`
+is set, so more `rq worker loops-verify` processes add capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from agents.human import HumanAgent
+from agents.monitor import Monitor
+from agents.pm import PMConfig, ProjectManager
+from agents.runner import Agent
+from agents.runner import run as run_agent
+from agents.store import Store
+from bus import RedisBus
+from cli.cmd_status import open_bus
+from cli.cmd_up import load_checked, project_dir, repo_and_main
+from cli.compose import judge_from_env, loader_with_fallback, make_gate, make_merge
+from cli.runtime import run_role
+from cli.system import notifier_from_env
+from events import ConfigError, ValidationFailed
+from gates import RqJobs
+from loops.books import HarnessBook
+from loops.runners import make_runner
+from loops.service import WorkerService
+
+VERIFY_QUEUE = "loops-verify"
+
+log = logging.getLogger("loops.roles")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "dashboard":
+        from cli import cmd_dashboard
+
+        return cmd_dashboard.run(args)
+    directory = project_dir(getattr(args, "project_dir", None))
+    with open_bus(args) as bus:
+        bus.client.ping()
+        step, name = _role(args, bus, directory)
+        return run_role(name, None, bus.client, step, stop=threading.Event(), prefix=bus.prefix)
+
+
+def _role(
+    args: argparse.Namespace, bus: RedisBus, directory: Path
+) -> tuple[Callable[[threading.Event], None], str]:
+    role = args.command
+    remote = os.environ.get("LOOPS_REMOTE") or None
+    if role in ("monitor", "pm", "human"):
+        agent = _agent(role, bus, directory)
+        return (lambda stop: run_agent(agent, bus, stop, group=role)), role
+    project = load_checked(directory)
+    repo, main = repo_and_main(directory, project)
+    if role == "gate":
+        jobs = None
+        if os.environ.get("REDIS_URL"):
+            from redis import Redis
+            from rq import Queue
+
+            jobs = RqJobs(Queue(VERIFY_QUEUE, connection=Redis.from_url(os.environ["REDIS_URL"])))
+        gate = make_gate(
+            bus,
+            repo,
+            main,
+            loader_with_fallback(),
+            remote=remote,
+            judge=judge_from_env(),
+            jobs=jobs,
+        )
+        sub = gate.subscribe(f"gate-{os.getpid()}")
+        return (lambda stop: sub.run(stop, block_ms=1000)), "gate"
+    if role == "merge":
+        sub = make_merge(bus, repo, main, remote=remote).subscribe("merge")
+        return (lambda stop: sub.run(stop, block_ms=1000)), "merge"
+    # worker LOOP
+    try:
+        loop = project.loop(args.loop)
+    except KeyError:
+        names = ", ".join(lp.name for lp in project.loops)
+        raise ConfigError(f"no loop {args.loop!r} in {directory} (loops: {names})") from None
+
+    def work(stop: threading.Event) -> None:
+        # A fresh worker per run: a restart (the monitor's, or after a crash) reloads
+        # its state from disk.
+        agent = args.agent or loop.config.agent or "claude"
+        service = WorkerService(
+            bus,
+            HarnessBook(loop),
+            make_runner(agent, model=loop.config.model, base_dir=loop.dir),
+            repo,
+            main_branch=main,
+            heartbeat_s=loop.config.health_check.interval_seconds,
+            remote=remote,
+        )
+        done = service.run(stop)
+        if not done.restart:
+            stop.set()  # stopped by a command: the process exits (0)
+
+    return work, f"worker:{loop.name}"
+
+
+def _agent(role: str, bus: RedisBus, directory: Path) -> Agent:
+    if role == "monitor":
+        return Monitor(Store(bus.client, bus.prefix, "monitor"))
+    if role == "human":
+        return HumanAgent(Store(bus.client, bus.prefix, "human"), notifier=notifier_from_env())
+    priorities: dict[str, int] = {}
+    try:
+        priorities = {lp.name: -lp.config.priority for lp in load_checked(directory).loops}
+    except (ValidationFailed, ConfigError) as exc:
+        # The PM also works without the project's files; priorities then default to 0.
+        log.warning("pm: no loop priorities (%s)", exc)
+    return ProjectManager(PMConfig(priorities=priorities))

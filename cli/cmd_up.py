@@ -1,0 +1,204 @@
+"""`loops up [DIR] [--redis URL] [--agent A] [--serve] [--host H] [--port P]`.
+
+Runs every loop in DIR (seed layout: DIR/loop-*/config.json) with the gate, the merge
+queue, the monitor, the PM, the human interface and the dashboard. Without --serve it
+returns when no loop can progress, with a summary; exit 0 only if every task merged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agents.escalations import open_escalations
+from bus import EmbeddedServer, RedisBus, connect
+from cli.cmd_status import render
+from cli.system import System, SystemOptions
+from cli.view import SystemView
+from events import ConfigError, ValidationFailed
+from loops.project import Project, load_project
+from loops.workspace import GitError, current_branch, git, repo_root
+
+log = logging.getLogger("loops.up")
+
+
+def project_dir(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("CODING_LOOP_PROJECT_DIR") or ".").resolve()
+
+
+def load_checked(directory: Path) -> Project:
+    """The project, or `ValidationFailed` naming every bad file: nothing starts then."""
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory")
+    project = load_project(directory)
+    problems = project.dependency_problems()
+    if problems:
+        raise ValidationFailed(problems, path=str(directory))
+    return project
+
+
+def repo_and_main(directory: Path, project: Project) -> tuple[Path, str]:
+    try:
+        repo = repo_root(directory)
+        git(repo, "rev-parse", "--verify", "HEAD")
+    except GitError:
+        raise ConfigError(
+            f"{directory} is not inside a git repository with a commit: coding-loops merges "
+            "verified work into a branch (git init && git add -A && git commit -m init)"
+        ) from None
+    wanted = {lp.config.main_branch for lp in project.loops if lp.config.main_branch}
+    if len(wanted) > 1:
+        raise ConfigError(f"loops disagree on main_branch ({', '.join(sorted(wanted))}): pick one")
+    main = wanted.pop() if wanted else current_branch(repo)
+    if main == "HEAD":
+        raise ConfigError(f"{repo} is on a detached HEAD: check out the branch to merge into")
+    return repo, main
+
+
+@contextlib.contextmanager
+def up_lock(directory: Path) -> Iterator[None]:
+    """One `loops up` per directory: a second one refuses with a clear message."""
+    state = directory / ".loops"
+    state.mkdir(exist_ok=True)
+    path = state / "up.lock"
+    fh = path.open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise ConfigError(
+            f"another `loops up` is already running on {directory} (pid {pid}); "
+            "watch it with `loops status`, or stop it first"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+class LiveTable:
+    """The terminal view while `loops up` runs: a redrawn table on a TTY, a line per
+    change elsewhere (logs, CI)."""
+
+    def __init__(self, bus: RedisBus, interval_s: float = 1.0) -> None:
+        self.bus = bus
+        self.view = SystemView.from_events(e for _, e in bus.replay())
+        self.cursor = bus.last_id()
+        self.interval_s = interval_s
+        self.tty = sys.stdout.isatty()
+        self._last = 0.0
+        self._last_line = ""
+
+    def tick(self) -> None:
+        for entry_id, event in self.bus.tail(self.cursor, block_ms=0, count=1000):
+            self.view.apply(event)
+            self.cursor = entry_id
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        if self.tty:
+            sys.stdout.write("\x1b[H\x1b[2J" + render(self.view) + "\n")
+            sys.stdout.flush()
+            return
+        line = " | ".join(
+            f"{lv.name}: {sum(t.status.value == 'merged' for t in lv.tasks.values())}"
+            f"/{len(lv.tasks)} {lv.status}"
+            for lv in self.view.loops.values()
+        )
+        if line and line != self._last_line:
+            print(f"[{datetime.now(UTC):%H:%M:%S}] {line}", flush=True)
+            self._last_line = line
+
+
+def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
+    lines = ["", "Summary:"]
+    for slot in system.slots.values():
+        worker = slot.service.worker if slot.service else None
+        if worker is None:
+            continue
+        passed, total = worker.progress()
+        lines.append(f"  {slot.name}: {passed}/{total} tasks verified and merged")
+        for task in worker.book.tasks():
+            record = worker.book.record(task.id)
+            if record.status.value != "passed":
+                why = f" — {record.last_result}" if record.last_result else ""
+                lines.append(f"    {task.id}: {record.status.value}{why}")
+    escalations = open_escalations(e for _, e in bus.replay())
+    if escalations:
+        lines.append("  Open escalations (answer with `loops answer ID TEXT`):")
+        for esc in escalations:
+            where = f"{esc.loop}/{esc.task_id}" if esc.task_id else esc.loop or "-"
+            lines.append(f"    {esc.id} [{esc.severity}] {where}: {esc.question}")
+    ok = system.all_passed()
+    lines.append("All tasks verified and merged." if ok else "Not every task merged (exit 1).")
+    return (0 if ok else 1), lines
+
+
+def run(args: argparse.Namespace) -> int:
+    directory = project_dir(args.dir)
+    project = load_checked(directory)
+    repo, main = repo_and_main(directory, project)
+    with up_lock(directory), _bus(args.redis, directory) as bus:
+        options = SystemOptions(
+            agent=args.agent,
+            dashboard=(args.host, args.port) if args.port else None,
+        )
+        system = System(project, bus, repo, main, options)
+        table = LiveTable(bus)
+        code = 1
+        try:
+            system.start()
+            if system.dashboard_url:
+                print(f"dashboard: {system.dashboard_url}", flush=True)
+            if args.serve:
+                while True:
+                    system.supervise()
+                    table.tick()
+                    time.sleep(0.2)  # supervision cadence
+            system.run_until_idle(on_tick=table.tick)
+        except KeyboardInterrupt:
+            print(
+                "\nstopping: finishing in-flight work, writing state ...",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            system.shutdown()
+        code, lines = summary(system, bus)
+        print("\n".join(lines), flush=True)
+        return code
+
+
+@contextlib.contextmanager
+def _bus(redis_url: str | None, directory: Path) -> Iterator[RedisBus]:
+    url = redis_url or os.environ.get("REDIS_URL")
+    if url:
+        client = connect(url)
+        try:
+            yield RedisBus(client)
+        finally:
+            client.close()
+        return
+    with EmbeddedServer(directory) as server:
+        assert server.url, "the embedded server did not start"
+        client = connect(server.url)
+        try:
+            yield RedisBus(client)
+        finally:
+            client.close()

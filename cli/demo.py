@@ -1,0 +1,138 @@
+"""The demo project: a small Python package and four loops in the seed's layout, with
+scripted agents that show what a bash loop cannot do.
+
+- loop-1-clean: implements add() and finishes cleanly.
+- loop-2-false-claim: claims sub() is done while it is wrong; the gate catches it,
+  the failing check's output goes into the next prompt, and the retry merges.
+  loop-1 and loop-2 both edit calc/ops.py: both merge through the queue.
+- loop-3-stuck: keeps replying without changing a file until the monitor resets the
+  task with a hint.
+- loop-4-question: says BLOCKED with a question; the demo answers it after a pause,
+  the way a person would with `loops answer`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from loops.workspace import git
+
+OPS = '''"""Arithmetic for the demo."""
+
+
+def add(a, b):
+    raise NotImplementedError("add")
+
+
+# Keep the functions apart: two loops edit this file at the same time.
+#
+#
+#
+
+
+def sub(a, b):
+    raise NotImplementedError("sub")
+'''
+
+CHECKS = {
+    "tests/check_add.py": "from calc.ops import add\n\nassert add(2, 3) == 5, add(2, 3)\nprint('add ok')\n",
+    "tests/check_sub.py": "from calc.ops import sub\n\nassert sub(7, 2) == 5, f'sub(7, 2) returned {sub(7, 2)}, expected 5'\nprint('sub ok')\n",
+    "tests/check_mul.py": "from calc.mul import mul\n\nassert mul(3, 4) == 12\nprint('mul ok')\n",
+    "tests/check_div.py": (
+        "from calc.div import divide\n\nassert divide(6, 3) == 2\n"
+        "try:\n    divide(1, 0)\nexcept ZeroDivisionError:\n    print('div ok')\n"
+        "else:\n    raise AssertionError('divide(1, 0) must raise ZeroDivisionError')\n"
+    ),
+}
+
+# (loop dir, display name, priority, task id, title, description, check file, script)
+LOOPS: list[tuple[str, str, int, str, str, str, str, list[dict[str, object]]]] = [
+    ("loop-1-clean", "Loop 1: clean run", 1, "ADD-1", "Implement add()",
+     "Implement add(a, b) in calc/ops.py so that tests/check_add.py passes.", "check_add.py", [
+         {"replace": [{"path": "calc/ops.py", "old": '    raise NotImplementedError("add")',
+                       "new": "    return a + b"}],
+          "reply": "Implemented add(). <promise>ADD-1 done</promise>"},
+     ]),
+    ("loop-2-false-claim", "Loop 2: a false claim", 2, "SUB-1", "Implement sub()",
+     "Implement sub(a, b) in calc/ops.py so that tests/check_sub.py passes.", "check_sub.py", [
+         {"replace": [{"path": "calc/ops.py", "old": '    raise NotImplementedError("sub")',
+                       "new": "    return a + b  # looks about right"}],
+          "reply": "All done, sub() works. <promise>SUB-1 done</promise>"},
+         {"when_prompt": "Last verification failed",
+          "replace": [{"path": "calc/ops.py", "old": "    return a + b  # looks about right",
+                       "new": "    return a - b"}],
+          "reply": "The check said sub(7, 2) returned 9: fixed the sign. <promise>SUB-1 done</promise>"},
+     ]),
+    ("loop-3-stuck", "Loop 3: a stuck agent", 3, "MUL-1", "Implement mul()",
+     "Create calc/mul.py with mul(a, b) so that tests/check_mul.py passes.", "check_mul.py", [
+         {"reply": "Let me think about how multiplication should work in this codebase..."},
+         {"when_prompt": "# Answers and hints",
+          "write": {"calc/mul.py": "def mul(a, b):\n    return a * b\n"},
+          "reply": "Following the hint: wrote calc/mul.py. <promise>MUL-1 done</promise>"},
+     ]),
+    ("loop-4-question", "Loop 4: a question for a person", 4, "DIV-1", "Implement divide()",
+     "Create calc/div.py with divide(a, b) so that tests/check_div.py passes.", "check_div.py", [
+         {"reply": "BLOCKED: Should divide(a, 0) raise ZeroDivisionError or return None?"},
+         {"when_prompt": "A person answered",
+          "write": {"calc/div.py": "def divide(a, b):\n    if b == 0:\n"
+                                   "        raise ZeroDivisionError('divide by zero')\n"
+                                   "    return a / b\n"},
+          "reply": "Raising ZeroDivisionError as answered. <promise>DIV-1 done</promise>"},
+     ]),
+]  # fmt: skip
+
+DEMO_ANSWER = "Raise ZeroDivisionError, like Python does."
+
+
+def create(root: Path, *, agent: str | None = None) -> Path:
+    """Write the demo project into `root` (a new git repository) and commit it."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "calc").mkdir(exist_ok=True)
+    (root / "tests").mkdir(exist_ok=True)
+    (root / "README.md").write_text("# calc\n\nA tiny package built by four coding loops.\n")
+    (root / "calc" / "__init__.py").write_text("")
+    (root / "calc" / "ops.py").write_text(OPS)
+    (root / "tests" / "__init__.py").write_text("")
+    for path, text in CHECKS.items():
+        (root / path).write_text(text)
+    python = sys.executable
+    for name, display, priority, task, title, description, check, script in LOOPS:
+        loop = root / name
+        specs = loop / "specs"
+        specs.mkdir(parents=True, exist_ok=True)
+        config = {
+            "name": display,
+            "specs_dir": f"{name}/specs",
+            "test_state_file": "test-state.json",
+            "model": "claude-sonnet-4-5",
+            "max_attempts": 3,
+            "auto_continue_delay": 0.3,
+            "priority": priority,
+            "health_check": {"enabled": True, "interval_seconds": 1, "file": "health.json"},
+            "agent": agent or "script:agent.yaml",
+        }
+        (loop / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        state = {
+            "tests": [{
+                "id": task, "category": "calc", "status": "pending", "attempts": 0,
+                "lastResult": None, "dependsOn": None, "automatable": True,
+                "notes": title, "title": title, "description": description,
+                "acceptance_criteria": [{
+                    "criterion": f"tests/{check} passes",
+                    "check": {"type": "script", "run": f"{python} -m tests.{check[:-3]}"},
+                }],
+            }],
+            "summary": {"total": 1, "passed": 0, "failed": 0, "blocked": 0, "pending": 1},
+        }  # fmt: skip
+        (specs / "test-state.json").write_text(json.dumps(state, indent=2) + "\n")
+        (specs / "00-overview.md").write_text(f"# {display}\n\n{description}\n")
+        (loop / "agent.yaml").write_text(yaml.safe_dump({"tasks": {task: script}}, sort_keys=False))
+    (root / ".gitignore").write_text("__pycache__/\nhealth.json\nlogs/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "calc: stubs, checks and four coding loops")
+    return root

@@ -1,0 +1,239 @@
+"""Every role of coding-loops in one process: what `loops up` and `loops demo` run.
+
+Each role polls its own subscription on its own thread, exactly as it would in its
+own process (`loops worker|gate|merge|monitor|pm|human|dashboard`); the supervisor
+here only starts, restarts (when the monitor asks) and stops them, and decides when
+no loop can make progress any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agents.human import HumanAgent
+from agents.monitor import Monitor
+from agents.pm import PMConfig, ProjectManager
+from agents.refiner import AnthropicRefiner
+from agents.runner import run as run_agent
+from agents.store import Store
+from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
+from bus import RedisBus
+from cli.compose import Threads, judge_from_env, loader_with_fallback, make_gate, make_merge
+from events import Event, LoopStop
+from loops.books import HarnessBook
+from loops.driver import WorkerExit, all_passed
+from loops.project import Project
+from loops.runners import make_runner
+from loops.service import WorkerService
+
+log = logging.getLogger("loops.system")
+
+
+@dataclass
+class SystemOptions:
+    agent: str | None = None  # overrides every loop's agent
+    heartbeat_s: float | None = None  # default: each loop's health_check.interval_seconds
+    monitor_tick_s: float = 0.5
+    dashboard: tuple[str, int] | None = None  # (host, port)
+    dashboard_token: str | None = None
+    test_command: str | None = None  # run on every merged tree
+
+
+@dataclass
+class LoopSlot:
+    name: str
+    make: Callable[[], WorkerService]
+    service: WorkerService | None = None
+    thread: threading.Thread | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    exits: list[WorkerExit] = field(default_factory=list)
+    restart_wanted: bool = False
+    restarts: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+class System:
+    """The whole system on one machine, against one bus."""
+
+    def __init__(
+        self, project: Project, bus: RedisBus, repo: Path, main: str, options: SystemOptions
+    ) -> None:
+        self.project = project
+        self.bus = bus
+        self.repo = repo
+        self.main = main
+        self.options = options
+        self.roles = Threads()
+        self.slots = {lp.name: LoopSlot(lp.name, self._factory(lp.name)) for lp in project.loops}
+        self.dashboard_url: str | None = None
+
+    # ------------------------------------------------------------------ wiring
+    def _factory(self, name: str) -> Callable[[], WorkerService]:
+        loop = self.project.loop(name)
+
+        def make() -> WorkerService:
+            agent = self.options.agent or loop.config.agent or "claude"
+            runner = make_runner(agent, model=loop.config.model, base_dir=loop.dir)
+            heartbeat = self.options.heartbeat_s or loop.config.health_check.interval_seconds
+            return WorkerService(
+                self.bus,
+                HarnessBook(loop),
+                runner,
+                self.repo,
+                main_branch=self.main,
+                heartbeat_s=heartbeat,
+            )
+
+        return make
+
+    def start(self) -> None:
+        default_check = None
+        gate = make_gate(
+            self.bus,
+            self.repo,
+            self.main,
+            loader_with_fallback(),
+            default_check=default_check,
+            judge=judge_from_env(),
+        )
+        self.roles.poll_forever("gate", gate.subscribe("up"))
+        merge = make_merge(self.bus, self.repo, self.main, test_command=self.options.test_command)
+        self.roles.poll_forever("merge", merge.subscribe("up"))
+        self._start_agents()
+        supervisor = self.bus.subscribe("supervisor", "up", self._on_event, types={"loop.stop"})
+        self.roles.poll_forever("supervisor", supervisor)
+        if self.options.dashboard:
+            self._start_dashboard(*self.options.dashboard)
+        for slot in self.slots.values():
+            self._start_worker(slot)
+
+    def _start_agents(self) -> None:
+        tick = self.options.monitor_tick_s
+        refiner = AnthropicRefiner() if os.environ.get("ANTHROPIC_API_KEY") else None
+        monitor = Monitor(Store(self.bus.client, self.bus.prefix, "monitor"), refiner=refiner)
+        priorities = {lp.name: -lp.config.priority for lp in self.project.loops}  # 1 = most urgent
+        pm = ProjectManager(PMConfig(priorities=priorities))
+        human = HumanAgent(
+            Store(self.bus.client, self.bus.prefix, "human"), notifier=notifier_from_env()
+        )
+        for group, agent in (("monitor", monitor), ("pm", pm), ("human", human)):
+            self.roles.start(
+                group,
+                lambda a=agent, g=group: run_agent(  # type: ignore[misc]
+                    a, self.bus, self.roles.stop, group=g, consumer="up", tick_s=tick
+                ),
+            )
+
+    def _start_dashboard(self, host: str, port: int) -> None:
+        from cli.dashboard import resolve_token, serve
+
+        token = self.options.dashboard_token or resolve_token(self.project.root)[0]
+        ready = threading.Event()
+
+        def on_ready(url: str) -> None:
+            self.dashboard_url = f"{url}#token={token}"
+            ready.set()
+
+        self.roles.start(
+            "dashboard",
+            lambda: serve(self.bus, host, port, token, self.roles.stop, on_ready=on_ready),
+        )
+        ready.wait(timeout=10)
+
+    def _start_worker(self, slot: LoopSlot) -> None:
+        slot.stop = threading.Event()
+        slot.restart_wanted = False
+        slot.service = slot.make()
+        service = slot.service
+
+        def body() -> None:
+            try:
+                slot.exits.append(service.run(slot.stop))
+            except Exception:
+                # The loop is dead; the monitor sees its heartbeat go stale and decides.
+                log.exception("loop %s crashed", slot.name)
+
+        slot.thread = threading.Thread(target=body, name=f"worker-{slot.name}", daemon=True)
+        slot.thread.start()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, LoopStop) and event.restart and event.loop in self.slots:
+            self.slots[event.loop].restart_wanted = True
+
+    # ------------------------------------------------------------------ supervision
+    def supervise(self) -> None:
+        """Restart loops the monitor asked to restart (alive ones restart themselves)."""
+        if self.roles.errors:
+            raise self.roles.errors[0]
+        for slot in self.slots.values():
+            if slot.alive or self.roles.stop.is_set():
+                continue
+            asked = slot.restart_wanted or (slot.exits and slot.exits[-1].restart)
+            if asked:
+                slot.restarts += 1
+                log.warning("restarting loop %s (restart %d)", slot.name, slot.restarts)
+                self._start_worker(slot)
+
+    def idle(self) -> bool:
+        """No loop can make progress: every task merged, blocked, or waiting on a person
+        (a claim being verified or merged counts as progress)."""
+        for slot in self.slots.values():
+            if slot.restart_wanted:
+                return False
+            worker = slot.service.worker if slot.service else None
+            if worker is None or not slot.alive:
+                continue
+            if worker.can_progress() or worker.state.paused:
+                return False
+        return True
+
+    def run_until_idle(
+        self,
+        settle_s: float = 1.5,
+        on_tick: Callable[[], None] | None = None,
+        busy: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Supervise until no loop can progress for `settle_s` (and `busy` is false)."""
+        idle_since: float | None = None
+        while True:
+            self.supervise()
+            if on_tick:
+                on_tick()
+            if self.idle() and not busy():
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= settle_s:
+                    return
+            else:
+                idle_since = None
+            time.sleep(0.1)  # supervision cadence, not synchronisation
+
+    def all_passed(self) -> bool:
+        return all(
+            s.service is not None and all_passed(s.service.worker) for s in self.slots.values()
+        )
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        for slot in self.slots.values():
+            slot.stop.set()
+        for slot in self.slots.values():
+            if slot.thread:
+                slot.thread.join(timeout=timeout)
+        self.roles.shutdown(timeout=timeout)
+
+
+def notifier_from_env() -> BackgroundNotifier | None:
+    """Webhooks from LOOPS_WEBHOOK_URLS (comma-separated), signed with LOOPS_WEBHOOK_SECRET."""
+    urls = [u.strip() for u in os.environ.get("LOOPS_WEBHOOK_URLS", "").split(",") if u.strip()]
+    if not urls:
+        return None
+    secret = os.environ.get("LOOPS_WEBHOOK_SECRET", "")
+    return BackgroundNotifier(WebhookNotifier([WebhookTarget(url=u, secret=secret) for u in urls]))
