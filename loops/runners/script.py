@@ -15,9 +15,10 @@ tasks:
 
 Run N on a task replays step N (`AgentRequest.step`); when the steps run out, the last
 one repeats. A step with `when_prompt: TEXT` is only taken once the prompt contains TEXT
-(a person's answer, the monitor's hint); until then the step before it repeats. A step failing with `usage_limit` or `outage` does not count as an
-iteration in the loop worker, so it is consumed once and remembered in a small state
-file (inside the worktree's git directory), which survives a worker restart.
+(a person's answer, the monitor's hint); until then the step before it repeats. A step
+failing with `usage_limit` or `outage` does not count as an iteration in the loop
+worker, so it is consumed once and remembered in a small state file (inside the
+worktree's git directory), which survives a worker restart.
 """
 
 from __future__ import annotations
@@ -240,11 +241,10 @@ class ScriptRunner:
         index = min(index, len(steps) - 1)
         # A step waiting for something in the prompt (a person's answer, the monitor's
         # hint) is not reached before it is there: the agent stays where it was.
-        while (
-            index > 0
-            and steps[index].when_prompt
-            and steps[index].when_prompt not in request.prompt
-        ):
+        while index > 0:
+            wanted = steps[index].when_prompt
+            if wanted is None or wanted in request.prompt:
+                break
             index -= 1
         step = steps[index]
         if step.fail in _SKIPPED_FAILS and index not in fired:
