@@ -11,51 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from bus import BusSettings, connect
+from bus import connect
+from cli.cmd_status import bus_settings, redact
 from cli.runtime import Presence, alive_roles
 
 EXIT_OK, EXIT_FAIL = 0, 1
-
-
-def _settings(args: argparse.Namespace) -> BusSettings:
-    overrides: dict[str, Any] = {}
-    if os.environ.get("LOOPS_PREFIX"):
-        overrides["prefix"] = os.environ["LOOPS_PREFIX"]
-    if args.redis:
-        return BusSettings.from_dsn(args.redis, **overrides)
-    if os.environ.get("REDIS_URL"):
-        return BusSettings.from_env(**overrides)
-    return BusSettings.from_dsn(_embedded_url(args.project_dir), **overrides)
-
-
-def _embedded_url(project_dir: str | None) -> str:
-    """The URL of the embedded server of the project in `project_dir`."""
-    import bus
-
-    resolve = getattr(bus, "resolve_url", None)
-    if resolve is None:  # the embedded server is not built: fall back to the default
-        return BusSettings().url
-    url: str = resolve(None, project_dir=project_dir)
-    return url
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _rq_workers(client: redis.Redis, role: str, here: bool) -> list[dict[str, Any]]:
@@ -85,7 +52,7 @@ def _describe(p: Presence, now: datetime) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = bus_settings(args)
     role: str | None = args.role
     here: bool = args.here
     now = datetime.now(UTC)
