@@ -1,0 +1,50 @@
+"""The operator's picture of the running system: a pure fold of events.
+
+`SystemView.from_events(events)` builds it from a replay; `view.apply(event)` keeps it
+current from a tail. Nothing here touches Redis or the clock, except that health is
+judged at a time you pass (`refresh(now)`, `to_json(now=...)`), so the same events
+always give the same view. `loops status`, `loops escalations` and the dashboard all
+read this one fold.
+"""
+
+from cli.view.models import (
+    DEAD_AFTER,
+    STALE_AFTER,
+    CommandView,
+    EscalationStatus,
+    EscalationView,
+    EventLine,
+    Health,
+    LoopView,
+    MergeEntry,
+    MergeStatus,
+    MonitorActionView,
+    TaskStatus,
+    TaskView,
+    Tokens,
+    Verification,
+)
+from cli.view.system import SystemView
+from cli.view.text import clean, event_fields, event_line
+
+__all__ = [
+    "DEAD_AFTER",
+    "STALE_AFTER",
+    "CommandView",
+    "EscalationStatus",
+    "EscalationView",
+    "EventLine",
+    "Health",
+    "LoopView",
+    "MergeEntry",
+    "MergeStatus",
+    "MonitorActionView",
+    "SystemView",
+    "TaskStatus",
+    "TaskView",
+    "Tokens",
+    "Verification",
+    "clean",
+    "event_fields",
+    "event_line",
+]

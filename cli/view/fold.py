@@ -1,0 +1,326 @@
+"""How each event changes the view. One small function per event type; `HANDLERS`
+maps the event class to it. Unknown types change nothing but the recent feed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import events as ev
+from cli.view.models import (
+    COMMANDS,
+    MONITOR_ACTIONS,
+    RECENT_EVENTS,
+    CommandView,
+    EscalationStatus,
+    MergeEntry,
+    MergeStatus,
+    MonitorActionView,
+    TaskStatus,
+    TaskView,
+    Verification,
+)
+
+if TYPE_CHECKING:
+    from cli.view.system import SystemView
+
+
+def _loop_started(view: SystemView, e: ev.LoopStarted) -> None:
+    loop = view.loop(e.loop)
+    loop.status = ev.LoopStatus.STARTING
+    loop.agent, loop.host, loop.pid = e.agent, e.host, e.pid
+    loop.total, loop.passed = e.tasks_total, e.tasks_passed
+    loop.last_seen = e.ts
+    loop.stopped_reason = None
+
+
+def _heartbeat(view: SystemView, e: ev.LoopHeartbeat) -> None:
+    loop = view.loop(e.loop)
+    loop.status = e.status
+    loop.host, loop.pid, loop.interval_s = e.host, e.pid, e.interval_s
+    loop.task_id, loop.iteration, loop.waiting_until = e.task_id, e.iteration, e.waiting_until
+    loop.passed, loop.total = e.passed, e.total
+    loop.last_seen = e.ts
+
+
+def _loop_stopped(view: SystemView, e: ev.LoopStopped) -> None:
+    loop = view.loop(e.loop)
+    loop.status = e.status
+    loop.stopped_reason = e.reason
+    loop.last_seen = e.ts
+
+
+def _task_started(view: SystemView, e: ev.TaskStarted) -> None:
+    task = view._task(e, e.task_id)
+    task.status, task.attempts, task.reason = TaskStatus.RUNNING, e.attempt, ""
+    loop = view.loop(e.loop)
+    loop.task_id = e.task_id
+    if loop.status in (ev.LoopStatus.STARTING, ev.LoopStatus.STOPPED):
+        loop.status = ev.LoopStatus.RUNNING
+
+
+def _iteration_started(view: SystemView, e: ev.IterationStarted) -> None:
+    task = view._task(e, e.task_id)
+    task.status, task.attempts = TaskStatus.RUNNING, e.attempt
+    task.iterations = max(task.iterations, e.iteration)
+    loop = view.loop(e.loop)
+    loop.task_id, loop.iteration, loop.agent = e.task_id, e.iteration, e.agent
+
+
+def _iteration_finished(view: SystemView, e: ev.IterationFinished) -> None:
+    task = view._task(e, e.task_id)
+    task.iterations = max(task.iterations, e.iteration)
+    loop = view.loop(e.loop)
+    loop.iteration = max(loop.iteration or 0, e.iteration)
+    if e.tokens is not None:
+        task.tokens.add(e.tokens)
+        loop.tokens.add(e.tokens)
+    if e.cost_usd:
+        task.cost_usd += e.cost_usd
+        loop.cost_usd += e.cost_usd
+    if e.outcome is ev.IterationOutcome.CLAIMED and task.status is TaskStatus.RUNNING:
+        task.status = TaskStatus.CLAIMED
+    if e.outcome is ev.IterationOutcome.FAILED and e.failure is not None:
+        task.reason = f"{e.failure.value}: {e.failure_detail or ''}".rstrip(": ")
+
+
+def _claimed(view: SystemView, e: ev.TaskClaimed) -> None:
+    task = view._task(e, e.task_id)
+    task.status, task.attempts, task.commit = TaskStatus.CLAIMED, e.attempt, e.commit
+
+
+def _verification_started(view: SystemView, e: ev.VerificationStarted) -> None:
+    task = view._task(e, e.task_id)
+    task.status, task.commit = TaskStatus.VERIFYING, e.commit
+    task.verification = Verification(commit=e.commit, attempt=e.attempt, ts=e.ts)
+
+
+def _verification_passed(view: SystemView, e: ev.VerificationPassed) -> None:
+    task = view._task(e, e.task_id)
+    task.status, task.commit = TaskStatus.VERIFIED, e.commit
+    task.verification = Verification(
+        passed=True,
+        verdict=ev.VerificationVerdict.PASSED.value,
+        commit=e.commit,
+        attempt=e.attempt,
+        criteria=list(e.criteria),
+        flagged_files=list(e.flagged_files),
+        ts=e.ts,
+    )
+
+
+def _verification_failed(view: SystemView, e: ev.VerificationFailed) -> None:
+    task = view._task(e, e.task_id)
+    task.status, task.reason = TaskStatus.FAILED, e.reason
+    task.verification = Verification(
+        passed=False,
+        verdict=e.verdict.value,
+        commit=e.commit,
+        attempt=e.attempt,
+        reason=e.reason,
+        criteria=list(e.criteria),
+        flagged_files=list(e.flagged_files),
+        ts=e.ts,
+    )
+
+
+def _merge_queued(view: SystemView, e: ev.MergeQueued) -> None:
+    task = view._task(e, e.task_id)
+    task.status = TaskStatus.QUEUED
+    entry = view._merge_entry(e, e.task_id, e.commit)
+    if entry is None or entry.status not in (MergeStatus.QUEUED, MergeStatus.MERGING):
+        entry = MergeEntry(
+            loop=e.loop or "-", task_id=e.task_id, commit=e.commit, queued=e.ts, ts=e.ts
+        )
+        view.merges.append(entry)
+    entry.position, entry.ts = e.position, e.ts
+    view._queue_head()
+
+
+def _merge_done(
+    view: SystemView, e: ev.Event, task_id: str, commit: str, status: MergeStatus
+) -> MergeEntry:
+    entry = view._merge_entry(e, task_id, commit)
+    if entry is None:
+        entry = MergeEntry(loop=e.loop or "-", task_id=task_id, commit=commit, queued=e.ts, ts=e.ts)
+        view.merges.append(entry)
+    entry.status, entry.ts = status, e.ts
+    # Keep the finished entries bounded; the queue itself is never trimmed.
+    done = [m for m in view.merges if m.status in (MergeStatus.MERGED, MergeStatus.CONFLICTED)]
+    for old in done[:-RECENT_EVENTS]:
+        view.merges.remove(old)
+    view._queue_head()
+    return entry
+
+
+def _merge_completed(view: SystemView, e: ev.MergeCompleted) -> None:
+    entry = _merge_done(view, e, e.task_id, e.commit, MergeStatus.MERGED)
+    entry.merged_commit = e.merged_commit
+    task = _merged(view, e, e.task_id)
+    task.merged_commit = e.merged_commit
+
+
+def _merge_conflicted(view: SystemView, e: ev.MergeConflicted) -> None:
+    entry = _merge_done(view, e, e.task_id, e.commit, MergeStatus.CONFLICTED)
+    entry.files, entry.reason = list(e.files), e.reason
+    task = view._task(e, e.task_id)
+    task.status = TaskStatus.FAILED
+    task.reason = f"merge {e.reason}: {', '.join(e.files)}".rstrip(": ")
+
+
+def _merged(view: SystemView, e: ev.Event, task_id: str) -> TaskView:
+    task = view._task(e, task_id)
+    if task.status is not TaskStatus.MERGED:
+        # Until the next heartbeat brings the worker's own count.
+        loop = view.loop(e.loop)
+        loop.passed = min(loop.passed + 1, loop.total) if loop.total else loop.passed + 1
+        task.status = TaskStatus.MERGED
+    return task
+
+
+def _task_passed(view: SystemView, e: ev.TaskPassed) -> None:
+    task = _merged(view, e, e.task_id)
+    task.attempts = e.attempt
+    task.commit, task.merged_commit, task.reason = e.commit, e.merged_commit, ""
+
+
+def _task_failed(view: SystemView, e: ev.TaskFailed) -> None:
+    task = view._task(e, e.task_id)
+    task.status, task.attempts, task.reason = TaskStatus.FAILED, e.attempt, e.reason
+
+
+def _task_blocked(view: SystemView, e: ev.TaskBlocked) -> None:
+    task = view._task(e, e.task_id)
+    task.status, task.reason = TaskStatus.BLOCKED, e.reason
+
+
+def _task_held(view: SystemView, e: ev.TaskHeld) -> None:
+    task = view._task(e, e.task_id)
+    task.status, task.reason = TaskStatus.HELD, e.reason
+
+
+def _task_released(view: SystemView, e: ev.TaskReleased) -> None:
+    task = view._task(e, e.task_id)
+    if task.status is TaskStatus.HELD:
+        task.status, task.reason = TaskStatus.PENDING, ""
+
+
+def _monitor_action(view: SystemView, e: ev.MonitorAction) -> None:
+    view.monitor_actions.append(
+        MonitorActionView(
+            ts=e.ts,
+            loop=e.loop,
+            action=e.action,
+            rule=e.rule,
+            reason=e.reason,
+            task_id=e.task_id,
+            hint=e.hint,
+        )
+    )
+    del view.monitor_actions[:-MONITOR_ACTIONS]
+
+
+def _progress(view: SystemView, e: ev.ProgressReported) -> None:
+    loop = view.loop(e.loop)
+    loop.passed, loop.total = e.passed, e.total
+    loop.rate_per_hour, loop.eta_s = e.rate_per_hour, e.eta_s
+
+
+def _escalation_raised(view: SystemView, e: ev.EscalationRaised) -> None:
+    esc = view.escalation(e.escalation_id)
+    esc.loop, esc.task_id, esc.kind, esc.severity = e.loop, e.task_id, e.kind, e.severity
+    esc.question, esc.options, esc.repeat = e.question, list(e.options), e.repeat
+    if esc.raised is None:
+        esc.raised = e.ts
+
+
+def _escalation_acknowledged(view: SystemView, e: ev.EscalationAcknowledged) -> None:
+    esc = view.escalation(e.escalation_id)
+    esc.acknowledged_by = e.by
+    if esc.status is EscalationStatus.OPEN:
+        esc.status = EscalationStatus.ACKNOWLEDGED
+
+
+def _escalation_answered(view: SystemView, e: ev.EscalationAnswered) -> None:
+    esc = view.escalation(e.escalation_id)
+    if esc.status.is_open:
+        esc.status = EscalationStatus.ANSWERED
+        esc.answer, esc.decision, esc.answered_by = e.answer, e.decision, e.by
+
+
+def _escalation_delivered(view: SystemView, e: ev.EscalationDelivered) -> None:
+    esc = view.escalation(e.escalation_id)
+    if esc.status is not EscalationStatus.EXPIRED:
+        esc.status = EscalationStatus.DELIVERED
+
+
+def _escalation_expired(view: SystemView, e: ev.EscalationExpired) -> None:
+    esc = view.escalation(e.escalation_id)
+    if esc.status.is_open:
+        esc.status, esc.closed_reason = EscalationStatus.EXPIRED, e.reason
+
+
+def _command(view: SystemView, e: ev.Event) -> None:
+    view.commands.append(
+        CommandView(
+            id=e.id,
+            type=e.type,
+            loop=e.loop,
+            ts=e.ts,
+            by=e.source.role,
+            task_id=getattr(e, "task_id", None),
+        )
+    )
+    del view.commands[:-COMMANDS]
+
+
+def _acknowledged(view: SystemView, e: ev.CommandAcknowledged) -> None:
+    command = next((c for c in view.commands if c.id == e.command_id), None)
+    if command is None or command.acknowledged:
+        return
+    command.acknowledged, command.detail = True, e.detail
+    if command.loop is None:
+        return
+    loop = view.loop(command.loop)
+    if command.type == "loop.pause":
+        loop.status = ev.LoopStatus.PAUSED
+    elif command.type == "loop.resume" and loop.status is ev.LoopStatus.PAUSED:
+        loop.status = ev.LoopStatus.RUNNING
+    elif command.type == "task.reset" and command.task_id is not None:
+        task = loop.task(command.task_id)
+        task.status, task.attempts, task.reason, task.updated = TaskStatus.PENDING, 0, "", e.ts
+
+
+HANDLERS: dict[type[ev.Event], Callable[[SystemView, Any], None]] = {
+    ev.LoopStarted: _loop_started,
+    ev.LoopHeartbeat: _heartbeat,
+    ev.LoopStopped: _loop_stopped,
+    ev.TaskStarted: _task_started,
+    ev.IterationStarted: _iteration_started,
+    ev.IterationFinished: _iteration_finished,
+    ev.TaskClaimed: _claimed,
+    ev.VerificationStarted: _verification_started,
+    ev.VerificationPassed: _verification_passed,
+    ev.VerificationFailed: _verification_failed,
+    ev.MergeQueued: _merge_queued,
+    ev.MergeCompleted: _merge_completed,
+    ev.MergeConflicted: _merge_conflicted,
+    ev.TaskPassed: _task_passed,
+    ev.TaskFailed: _task_failed,
+    ev.TaskBlocked: _task_blocked,
+    ev.TaskHeld: _task_held,
+    ev.TaskReleased: _task_released,
+    ev.MonitorAction: _monitor_action,
+    ev.ProgressReported: _progress,
+    ev.EscalationRaised: _escalation_raised,
+    ev.EscalationAcknowledged: _escalation_acknowledged,
+    ev.EscalationAnswered: _escalation_answered,
+    ev.EscalationDelivered: _escalation_delivered,
+    ev.EscalationExpired: _escalation_expired,
+    ev.LoopPause: _command,
+    ev.LoopResume: _command,
+    ev.LoopStop: _command,
+    ev.TaskReset: _command,
+    ev.TaskHint: _command,
+    ev.CommandAcknowledged: _acknowledged,
+}

@@ -1,0 +1,215 @@
+"""The view's value types: statuses, loops, tasks, escalations, merges, commands."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+import events as ev
+
+STALE_AFTER = 2.0  # heartbeat intervals without a heartbeat before a loop is stale
+DEAD_AFTER = 5.0  # ... and before it is taken for dead
+DEFAULT_INTERVAL_S = 30.0  # until a heartbeat says otherwise
+RECENT_EVENTS = 200
+MONITOR_ACTIONS = 100
+COMMANDS = 50
+SEEN_IDS = 20_000  # dedupe window: delivery is at least once
+
+
+class TaskStatus(StrEnum):
+    """Where a task is, as far as the events tell."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    CLAIMED = "claimed"  # the agent says done: waiting for the gate
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    QUEUED = "queued"  # in the merge queue
+    MERGED = "merged"  # the only "passed" there is
+    FAILED = "failed"  # the last attempt failed; the loop retries it
+    BLOCKED = "blocked"
+    HELD = "held"  # held by the PM
+
+
+class Health(StrEnum):
+    """A loop's health from the age of its last heartbeat."""
+
+    UNKNOWN = "unknown"  # no heartbeat seen yet
+    HEALTHY = "healthy"
+    STALE = "stale"  # more than STALE_AFTER intervals without a heartbeat
+    DEAD = "dead"  # more than DEAD_AFTER intervals, or the worker stopped with an error
+    STOPPED = "stopped"  # the worker exited on purpose
+
+
+class EscalationStatus(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    ANSWERED = "answered"
+    DELIVERED = "delivered"
+    EXPIRED = "expired"
+
+    @property
+    def is_open(self) -> bool:
+        """Still waiting for a person (answerable)."""
+        return self in (EscalationStatus.OPEN, EscalationStatus.ACKNOWLEDGED)
+
+
+class MergeStatus(StrEnum):
+    QUEUED = "queued"
+    MERGING = "merging"  # the head of the queue: what the merge manager works on
+    MERGED = "merged"
+    CONFLICTED = "conflicted"
+
+
+class Tokens(BaseModel):
+    """Token counts summed over iterations."""
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output + self.cache_read + self.cache_write
+
+    def add(self, usage: ev.TokenUsage) -> None:
+        self.input += usage.input_tokens
+        self.output += usage.output_tokens
+        self.cache_read += usage.cache_read_tokens
+        self.cache_write += usage.cache_write_tokens
+
+
+class Verification(BaseModel):
+    """The gate's last verdict on a task, with the evidence for each criterion."""
+
+    passed: bool | None = None  # None while running
+    verdict: str | None = None
+    commit: str
+    attempt: int
+    reason: str = ""
+    criteria: list[ev.CriterionResult] = Field(default_factory=list)
+    flagged_files: list[str] = Field(default_factory=list)
+    ts: datetime
+
+
+class TaskView(BaseModel):
+    loop: str
+    task_id: str
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = 0
+    iterations: int = 0
+    reason: str = ""  # why it failed or is blocked/held
+    commit: str | None = None  # the claimed (then verified) commit
+    merged_commit: str | None = None
+    tokens: Tokens = Field(default_factory=Tokens)
+    cost_usd: float = 0.0
+    verification: Verification | None = None
+    updated: datetime | None = None
+
+
+class LoopView(BaseModel):
+    name: str
+    status: ev.LoopStatus = ev.LoopStatus.STARTING
+    health: Health = Health.UNKNOWN
+    agent: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    task_id: str | None = None
+    iteration: int | None = None
+    waiting_until: datetime | None = None
+    passed: int = 0
+    total: int = 0
+    interval_s: float = DEFAULT_INTERVAL_S
+    last_seen: datetime | None = None  # the last heartbeat (or start)
+    stopped_reason: str | None = None
+    tokens: Tokens = Field(default_factory=Tokens)
+    cost_usd: float = 0.0
+    rate_per_hour: float | None = None
+    eta_s: float | None = None
+    tasks: dict[str, TaskView] = Field(default_factory=dict)
+
+    def judge(self, now: datetime) -> Health:
+        """Health at `now` from the heartbeat's age against its interval."""
+        if self.status is ev.LoopStatus.ERROR:
+            return Health.DEAD
+        if self.status is ev.LoopStatus.STOPPED:
+            return Health.STOPPED
+        if self.last_seen is None:
+            return Health.UNKNOWN
+        age = (now - self.last_seen).total_seconds()
+        if age > DEAD_AFTER * self.interval_s:
+            return Health.DEAD
+        if age > STALE_AFTER * self.interval_s:
+            return Health.STALE
+        return Health.HEALTHY
+
+    def task(self, task_id: str) -> TaskView:
+        if task_id not in self.tasks:
+            self.tasks[task_id] = TaskView(loop=self.name, task_id=task_id)
+        return self.tasks[task_id]
+
+
+class EscalationView(BaseModel):
+    id: str
+    loop: str | None = None
+    task_id: str | None = None
+    status: EscalationStatus = EscalationStatus.OPEN
+    kind: ev.EscalationKind | None = None
+    severity: ev.Severity | None = None
+    question: str = ""
+    options: list[str] = Field(default_factory=list)
+    repeat: int = 0
+    raised: datetime | None = None
+    acknowledged_by: str | None = None
+    answer: str | None = None
+    decision: ev.Decision | None = None
+    answered_by: str | None = None
+    closed_reason: str | None = None
+
+
+class MergeEntry(BaseModel):
+    loop: str
+    task_id: str
+    commit: str
+    status: MergeStatus = MergeStatus.QUEUED
+    position: int = 0
+    queued: datetime
+    merged_commit: str | None = None
+    files: list[str] = Field(default_factory=list)
+    reason: str = ""
+    ts: datetime
+
+
+class MonitorActionView(BaseModel):
+    ts: datetime
+    loop: str | None
+    action: ev.MonitorActionKind
+    rule: str
+    reason: str
+    task_id: str | None = None
+    hint: str | None = None
+
+
+class CommandView(BaseModel):
+    id: str
+    type: str
+    loop: str | None
+    ts: datetime
+    by: ev.Role
+    task_id: str | None = None
+    acknowledged: bool = False
+    detail: str = ""
+
+
+class EventLine(BaseModel):
+    """One event, summarised for a feed."""
+
+    stream_id: str | None = None
+    id: str
+    ts: datetime
+    type: str
+    loop: str | None
+    text: str
