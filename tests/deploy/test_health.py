@@ -80,3 +80,11 @@ def test_health_hides_the_redis_password(env: tuple[redis.Redis, dict[str, str],
     assert result.returncode == 1
     assert "hunter2" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_health_without_a_running_system_says_so(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LOOPS_PREFIX")}
+    result = health(environ, "gate", "--dir", str(tmp_path))
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith("loops: ") and str(tmp_path) in line
