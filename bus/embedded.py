@@ -3,11 +3,14 @@ Redis-compatible server on 127.0.0.1, and records its URL in the project's state
 directory (`DIR/.loops/redis.url`, with `redis.pid`), so that `loops status`,
 `loops events` and `loops answer` in another terminal reach the same state.
 
-A `redis-server` binary on PATH is preferred (`--save "" --appendonly no`, data dir
-under the state dir). Without one, fakeredis's TCP server runs in a subprocess
-(`python -m bus.fakeserver --port N`): correct, but every pipeline costs it ~44 ms.
+A `redis-server` binary on PATH is preferred: no RDB snapshots, an append-only file
+(fsync every second) under `DIR/.loops/redis`, so that the next `loops up` resumes
+with the stream, the consumer groups and open escalations. Without one, fakeredis's
+TCP server runs in a subprocess (`python -m bus.fakeserver --port N`): correct, but
+memory only, and every pipeline costs it ~44 ms.
 The server runs in its own session, so it outlives a `kill -9` of its owner; the
 next `EmbeddedServer.start()` in that directory adopts it, state intact.
+`DIR/.loops/redis.owner` holds the pid of the process that stops it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ log = logging.getLogger("loops.bus")
 STATE_DIR = ".loops"
 URL_FILE = "redis.url"
 PID_FILE = "redis.pid"
+OWNER_FILE = "redis.owner"  # pid of the process that stops the server when it is done
 Kind = Literal["auto", "redis-server", "fakeredis"]
 
 
@@ -123,8 +127,11 @@ def _write(path: Path, text: str) -> None:
 class EmbeddedServer:
     """A Redis-compatible server on 127.0.0.1 for the project in `project_dir`.
 
-    `start()` returns its URL (adopting a server this directory already runs);
-    `stop()` terminates it and removes the record. Usable as a context manager."""
+    `start()` returns its URL. When DIR already runs one, it is reused: owned by
+    another live process (another terminal's `loops up`), it is only used and left
+    running on `stop()`; whose owner died (kill -9), it is adopted and owned.
+    `stop()` terminates an owned server and removes the records. Usable as a
+    context manager."""
 
     def __init__(
         self,
@@ -139,7 +146,8 @@ class EmbeddedServer:
         self.start_timeout = start_timeout
         self.url: str | None = None
         self.pid: int | None = None
-        self.adopted = False
+        self.adopted = False  # took over a server whose owner died
+        self.owned = False  # this object stops the server on `stop()`
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> EmbeddedServer:
@@ -187,9 +195,17 @@ class EmbeddedServer:
             return self.url
         with self._locked():
             url = recorded_url(self.project_dir)
-            pid = self._recorded_pid()
+            pid = self._read_pid(PID_FILE)
             if url and pid and _alive(pid) and reachable(url):
-                self.url, self.pid, self.adopted = url, pid, True
+                self.url, self.pid = url, pid
+                owner = self._read_pid(OWNER_FILE)
+                if owner and owner != os.getpid() and _alive(owner):
+                    # another live process runs it (e.g. `loops up` in another
+                    # terminal): use it, and leave stopping it to that process
+                    log.info("bus: using the embedded server at %s (owner pid %d)", url, owner)
+                    return url
+                self.adopted = self.owned = True
+                _write(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
                 log.info("bus: adopted the embedded server at %s (pid %d)", url, pid)
                 return url
             last_error = "not started"
@@ -199,8 +215,10 @@ class EmbeddedServer:
                 url = f"redis://127.0.0.1:{port}/0"
                 if self._launch(command, url):
                     self.url, self.pid = url, self._proc.pid if self._proc else None
+                    self.owned = True
                     _write(self.state_dir / URL_FILE, url + "\n")
                     _write(self.state_dir / PID_FILE, f"{self.pid}\n")
+                    _write(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
                     log.info("bus: embedded server %s at %s", Path(command[0]).name, url)
                     return url
                 last_error = f"{Path(command[0]).name} exited with {self._exit_code()}"
@@ -236,9 +254,9 @@ class EmbeddedServer:
     def _exit_code(self) -> int | None:
         return self._proc.returncode if self._proc else None
 
-    def _recorded_pid(self) -> int | None:
+    def _read_pid(self, name: str) -> int | None:
         try:
-            return int((self.state_dir / PID_FILE).read_text().strip())
+            return int((self.state_dir / name).read_text().strip())
         except (OSError, ValueError):
             return None
 
@@ -260,13 +278,14 @@ class EmbeddedServer:
                 os.kill(self.pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        """Terminate the server and remove its URL and pid records."""
+        """Terminate the server (if this object owns it) and remove its records."""
         if self.url is None:
             return
         with self._locked():
-            self._terminate()
-            if recorded_url(self.project_dir) == self.url:
-                for name in (URL_FILE, PID_FILE):
-                    (self.state_dir / name).unlink(missing_ok=True)
+            if self.owned:
+                self._terminate()
+                if recorded_url(self.project_dir) == self.url:
+                    for name in (URL_FILE, PID_FILE, OWNER_FILE):
+                        (self.state_dir / name).unlink(missing_ok=True)
             self.url = self.pid = None
-            self.adopted = False
+            self.adopted = self.owned = False

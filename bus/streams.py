@@ -257,9 +257,11 @@ class RedisBus:
                 return []
             entries = reply[0][1]
             out = [(_sid(i), e) for i, f in entries if (e := self._matches(f, None, None))]
-            if out or remaining <= 0:
+            if out:
                 return out
-            cursor = _sid(entries[-1][0])  # only undecodable entries: read past them
+            # Only undecodable entries: read past them (a follower that got [] would
+            # otherwise read the same ones again and again).
+            cursor = _sid(entries[-1][0])
 
     # ------------------------------------------------------------------ helpers
 

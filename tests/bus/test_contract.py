@@ -224,3 +224,12 @@ def test_wire_format_is_events_encode(bus: RedisBus) -> None:
     bus.publish_many([event])
     for _, fields in bus.client.xrange(bus.stream):
         assert {k.decode(): v.decode() for k, v in fields.items()} == encode(event)
+
+
+def test_tail_without_blocking_reads_past_a_run_of_undecodable_entries(bus: RedisBus) -> None:
+    start = bus.publish(hint(0))
+    for _ in range(5):
+        bus.client.xadd(bus.stream, {"type": "task.hint", "id": "x", "data": "{not json"})
+    assert bus.tail(start, block_ms=0, count=2) == []
+    bus.publish(hint(1))
+    assert numbers([e for _, e in bus.tail(start, block_ms=0, count=2)]) == [1]

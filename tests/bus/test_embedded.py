@@ -87,10 +87,18 @@ def test_a_running_server_is_adopted(tmp_path: Path) -> None:
         client = connect(url)
         client.set("kept", "yes")
         client.close()
-        # the owner died (kill -9); a new `loops up` in the same directory adopts it
+        # the owner died (kill -9): its pid in redis.owner is no process any more
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (tmp_path / ".loops" / "redis.owner").write_text(dead.stdout)
+        # a new `loops up` in the same directory adopts it, state intact
         second = EmbeddedServer(tmp_path)
         assert second.start() == url
-        assert second.adopted
+        assert second.adopted and second.owned
         client = connect(url)
         assert client.get("kept") == b"yes"
         client.close()
@@ -99,6 +107,31 @@ def test_a_running_server_is_adopted(tmp_path: Path) -> None:
         assert recorded_url(tmp_path) is None
     finally:
         first.stop()
+
+
+@pytest.mark.usefixtures("no_redis_url")
+def test_a_server_owned_by_a_live_process_is_shared_not_stopped(tmp_path: Path) -> None:
+    owner = EmbeddedServer(tmp_path, kind="fakeredis")
+    url = owner.start()
+    try:
+        # pretend another live process owns it (another terminal's `loops up`)
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            (tmp_path / ".loops" / "redis.owner").write_text(f"{sleeper.pid}\n")
+            guest = EmbeddedServer(tmp_path)
+            assert guest.start() == url
+            assert not guest.owned
+            guest.stop()
+            assert reachable(url)
+            assert recorded_url(tmp_path) == url
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+        (tmp_path / ".loops" / "redis.owner").write_text(f"{os.getpid()}\n")
+    finally:
+        owner.stop()
+    assert not reachable(url)
+    assert not (tmp_path / ".loops" / "redis.owner").exists()
 
 
 def test_resolve_url_prefers_explicit_then_env(
