@@ -88,3 +88,14 @@ def test_health_without_a_running_system_says_so(tmp_path: Path) -> None:
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()  # one line, no traceback
     assert line.startswith("loops: ") and str(tmp_path) in line
+
+
+def test_health_here_counts_only_this_host(env: tuple[redis.Redis, dict[str, str], str]) -> None:
+    client, environ, prefix = env
+    beat = PresenceBeat(client, prefix, "gate", "elsewhere:1", interval_s=30)
+    client.set(beat.key, beat.presence().model_copy(update={"host": "elsewhere"}).model_dump_json())
+
+    assert health(environ, "gate").returncode == 0
+    here = health(environ, "gate", "--here")
+    assert here.returncode == 1
+    assert "no live gate on this host" in here.stderr
