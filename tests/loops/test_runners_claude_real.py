@@ -6,8 +6,6 @@ Locally a missing CLI skips these tests; under CI=true it fails them.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,24 +13,10 @@ import pytest
 from events import FailureKind, IterationOutcome
 from loops.runners import AgentRequest, make_runner
 from loops.runners.outcome import outcome_of
-from tests.conftest import IN_CI
+from tests.fakes.claude_cli import MOCK_KEY, claude_cli_env, find_claude
 from tests.fakes.mock_anthropic import MockAnthropic
 
-REPO = Path(__file__).resolve().parents[2]
-PINNED = REPO / ".ci" / "node" / "node_modules" / ".bin" / "claude"
-KEY = "sk-ant-api03-mock-" + "q" * 32
-
-
-def find_claude() -> str:
-    if PINNED.exists():
-        return str(PINNED)
-    found = shutil.which("claude")
-    if found:
-        return found
-    message = "the Claude Code CLI is not installed: run .ci/run (it installs it into .ci/node/)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+KEY = MOCK_KEY
 
 
 @pytest.fixture
@@ -41,19 +25,7 @@ def claude_env(
 ) -> dict[str, str]:
     """LOOPS_CLAUDE_BIN, and the environment the CLI needs to talk to the mock only."""
     monkeypatch.setenv("LOOPS_CLAUDE_BIN", find_claude())
-    config = tmp_path / "claude-config"
-    config.mkdir()
-    env = {
-        "ANTHROPIC_BASE_URL": mock_anthropic.base_url,
-        "ANTHROPIC_API_KEY": KEY,
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "CLAUDE_CONFIG_DIR": str(config),
-        "DISABLE_AUTOUPDATER": "1",
-    }
-    if os.geteuid() == 0:  # the CLI refuses --dangerously-skip-permissions as root otherwise
-        env["IS_SANDBOX"] = "1"
-    return env
+    return claude_cli_env(mock_anthropic.base_url, tmp_path / "claude-config")
 
 
 def req(tmp_path: Path, env: dict[str, str], **kw: object) -> AgentRequest:
