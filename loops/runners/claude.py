@@ -164,24 +164,33 @@ class StreamParser:
     def failure(self, exit_code: int | None, stderr: str, now: datetime) -> Failure | None:
         """The typed failure of the run this stream came from, or None."""
         text = self.reply
-        if self.rate_limited or self.api_error == "rate_limit" or self.api_error_status == 429:
+        # Error markers seen on the way only count when the run did not end well: the
+        # CLI may hit a limit, retry, and still finish the work.
+        ended_badly = self.is_error or self.result_text is None or exit_code not in (0, None)
+        limited = (
+            self.rate_limited or self.api_error == "rate_limit" or self.api_error_status == 429
+        )
+        if ended_badly and limited:
             retry_at = self.resets_at or parse_reset(f"{text}\n{stderr}", now)
             detail = _first_line(text) or "rate limit reached"
             return Failure(FailureKind.USAGE_LIMIT, detail, retry_at)
         status = self.api_error_status
-        if (status is not None and (status >= 500 or status == 529)) or self.api_error in (
-            "server_error",
-            "overloaded",
+        if ended_badly and (
+            (status is not None and status >= 500)
+            or self.api_error in ("server_error", "overloaded")
         ):
             return Failure(FailureKind.OUTAGE, _first_line(text) or f"API error {status}")
         if self.is_error:
             combined = f"{text}\n{stderr}"
             found = detect_usage_limit(combined, now) or detect_outage(combined)
-            if found is not None:
-                return found
-            detail = _first_line(text) or f"claude reported an error ({self.subtype})"
-            return Failure(FailureKind.AGENT_ERROR, detail)
-        return classify_run(exit_code=exit_code, reply=text, stderr=stderr, now=now)
+            if found is None:
+                detail = _first_line(text) or f"claude reported an error ({self.subtype})"
+                return Failure(FailureKind.AGENT_ERROR, detail)
+        else:
+            found = classify_run(exit_code=exit_code, reply=text, stderr=stderr, now=now)
+        if found is not None and found.kind is FailureKind.USAGE_LIMIT and found.retry_at is None:
+            return Failure(found.kind, found.detail, self.resets_at)
+        return found
 
 
 class ClaudeRunner:
@@ -256,6 +265,7 @@ class ClaudeRunner:
                 env=env,
                 stdin_text=request.prompt,
                 timeout_s=request.timeout_s,
+                cancel=request.cancel,
                 on_stdout_line=parser.feed,
             )
         except OSError as exc:

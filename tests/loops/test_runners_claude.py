@@ -240,3 +240,58 @@ def test_env_passes_through(tmp_path: Path, fake: Path, monkeypatch: pytest.Monk
     result = run(tmp_path, "success", monkeypatch, env={"EXTRA_FOR_AGENT": "1"})
     assert result.reply == "PASSED"
     assert os.environ.get("EXTRA_FOR_AGENT") is None
+
+
+def _parse(*events: dict[str, object]) -> StreamParser:
+    parser = StreamParser()
+    for event in events:
+        parser.feed(json.dumps(event) + "\n")
+    return parser
+
+
+NOW = datetime(2026, 1, 7, 9, 0, tzinfo=UTC)
+
+
+def test_a_limit_hit_and_retried_does_not_fail_a_finished_run() -> None:
+    parser = _parse(
+        {"type": "rate_limit_event", "rate_limit_info": {"status": "rejected", "resetsAt": 1}},
+        {"type": "assistant", "error": "rate_limit", "message": {"content": []}},
+        {"type": "result", "is_error": False, "result": "<promise>done</promise>"},
+    )
+    assert parser.failure(0, "", NOW) is None
+
+
+def test_old_style_limit_result_takes_the_reset_from_the_event() -> None:
+    parser = _parse(
+        {
+            "type": "rate_limit_event",
+            "rate_limit_info": {"status": "rejected", "resetsAt": 1767780000000},
+        },
+        {"type": "result", "is_error": True, "result": "Claude AI usage limit reached"},
+    )
+    found = parser.failure(1, "", NOW)
+    assert found is not None and found.kind is FailureKind.USAGE_LIMIT
+    assert found.retry_at == datetime.fromtimestamp(1767780000, UTC)
+
+
+def test_error_results_are_typed() -> None:
+    max_turns = _parse({"type": "result", "is_error": True, "subtype": "error_max_turns"})
+    found = max_turns.failure(1, "", NOW)
+    assert found is not None and found.kind is FailureKind.AGENT_ERROR
+    assert "error_max_turns" in found.detail
+    conn = _parse({"type": "result", "is_error": True, "result": "API Error: Connection error."})
+    found = conn.failure(1, "", NOW)
+    assert found is not None and found.kind is FailureKind.OUTAGE
+    no_result = _parse({"type": "system", "subtype": "init", "session_id": "s"})
+    found = no_result.failure(0, "", NOW)
+    assert found is not None and found.kind is FailureKind.EMPTY_REPLY
+
+
+def test_usage_is_summed_per_message_without_a_result() -> None:
+    usage = {"input_tokens": 10, "output_tokens": 2}
+    parser = _parse(
+        {"type": "assistant", "message": {"id": "m1", "content": [], "usage": usage}},
+        {"type": "assistant", "message": {"id": "m1", "content": [], "usage": usage}},
+        {"type": "assistant", "message": {"id": "m2", "content": [], "usage": usage}},
+    )
+    assert parser.usage.input_tokens == 20 and parser.usage.output_tokens == 4
