@@ -136,11 +136,14 @@ class System:
     def _start_dashboard(self, host: str, port: int) -> None:
         from cli.dashboard import resolve_token, serve
 
-        token = self.options.dashboard_token or resolve_token(self.project.root)[0]
+        token, token_file = resolve_token(self.project.root)
+        token = self.options.dashboard_token or token
         ready = threading.Event()
 
         def on_ready(url: str) -> None:
-            self.dashboard_url = f"{url}#token={token}"
+            # The token itself never goes to the terminal or a log (invariant 7).
+            where = f"token in {token_file}" if token_file else "token from $LOOPS_DASHBOARD_TOKEN"
+            self.dashboard_url = f"{url}  ({where})"
             ready.set()
 
         self.roles.start(

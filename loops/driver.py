@@ -65,6 +65,7 @@ def run_worker(
     resume: Callable[[], None] | None = None,
 ) -> WorkerExit:
     """Run the loop until stopped, or (with `until_idle`) until no task can progress."""
+    worker.cancel = stop
     worker.started()
     if resume is not None:
         resume()

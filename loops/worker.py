@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -94,6 +95,7 @@ class LoopWorker:
         self.stop_requested: str | None = None
         self.restart_requested = False
         self.budget_exhausted = False
+        self.cancel: threading.Event | None = None  # set: kill the running agent (shutdown)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ publishing
@@ -294,20 +296,27 @@ class LoopWorker:
                 session_id=rt.session_id,
                 model=self.book.model,
                 task_iteration=rt.iterations + 1,
+                cancel=self.cancel,
             )
         )
+        interrupted = self.cancel is not None and self.cancel.is_set()
         if result.session_id:
             rt.session_id = result.session_id
         done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}")
         rt.branch_head = self.ws.head()
         self.ws.keep(task.id, rt.branch_head)
-        outcome = parse_outcome(result.reply) if result.ok else None
+        outcome = parse_outcome(result.reply) if result.ok and not interrupted else None
         kind = outcome.kind if outcome else IterationOutcome.FAILED
         failure = result.failure
         if outcome and outcome.kind is IterationOutcome.FAILED and failure is None:
             failure = FailureKind.EMPTY_REPLY
-        counted = failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
-        retry_at = self._wait_for(result, rt) if not counted else None
+        if interrupted:
+            # Stopped by the operator (Ctrl-C, shutdown): not the agent's failure. The
+            # work so far is committed; the iteration runs again on restart.
+            failure = FailureKind.AGENT_ERROR
+            result = replace(result, failure_detail="interrupted: the loop was stopped")
+        counted = not interrupted and failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
+        retry_at = self._wait_for(result, rt) if not counted and not interrupted else None
         self.transcripts.write(self.loop, task.id, n, prompt, result)
         self.emit(
             IterationFinished,

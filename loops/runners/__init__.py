@@ -15,6 +15,7 @@ Specs accepted by `make_runner` (DESIGN.md, "Agents"):
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +56,7 @@ class AgentRequest:
     model: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     task_iteration: int | None = None
+    cancel: threading.Event | None = field(default=None, compare=False)  # set: stop the agent
 
     @property
     def step(self) -> int:

@@ -60,6 +60,7 @@ class CommandRunner:
                     env=env,
                     stdin_text=request.prompt,
                     timeout_s=request.timeout_s,
+                    cancel=request.cancel,
                 )
             except OSError as exc:
                 return AgentResult(

@@ -23,6 +23,7 @@ from typing import IO
 OUTPUT_CAP_BYTES = 8 * 1024 * 1024
 # After SIGTERM, how long the group gets before SIGKILL.
 KILL_GRACE_S = 1.0
+CANCEL_POLL_S = 0.1  # how quickly a stopping loop kills its agent
 # How long readers may drain the pipes after the leader has exited.
 DRAIN_S = 2.0
 
@@ -37,6 +38,7 @@ class ProcessResult:
     timed_out: bool
     duration_s: float
     pid: int
+    cancelled: bool = False  # killed because the loop was stopping (not the agent's fault)
 
 
 class _Reader(threading.Thread):
@@ -82,8 +84,10 @@ def run_process(
     stdin_text: str,
     timeout_s: float,
     on_stdout_line: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> ProcessResult:
-    """Run `argv` in `cwd` with `stdin_text` on stdin; kill its group after `timeout_s`.
+    """Run `argv` in `cwd` with `stdin_text` on stdin; kill its group after `timeout_s`,
+    or as soon as `cancel` is set (the loop is stopping: Ctrl-C, `loops stop`).
 
     `on_stdout_line` is called from a reader thread for each line as it arrives.
     Raises OSError only when the program cannot be started at all.
@@ -109,11 +113,19 @@ def run_process(
     writer = threading.Thread(target=_feed, args=(proc.stdin, stdin_text), daemon=True)
     writer.start()
 
-    timed_out = False
+    timed_out = cancelled = False
+    deadline = start + timeout_s
     try:
-        proc.wait(timeout=timeout_s)
+        while True:
+            try:
+                proc.wait(timeout=max(min(CANCEL_POLL_S, deadline - time.monotonic()), 0.001))
+                break
+            except subprocess.TimeoutExpired:
+                cancelled = cancel is not None and cancel.is_set()
+                if cancelled or time.monotonic() >= deadline:
+                    raise
     except subprocess.TimeoutExpired:
-        timed_out = True
+        timed_out = not cancelled
         kill_group(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=KILL_GRACE_S)
@@ -132,10 +144,11 @@ def run_process(
     return ProcessResult(
         stdout=out.text,
         stderr=err.text,
-        exit_code=None if timed_out else proc.returncode,
+        exit_code=None if timed_out or cancelled else proc.returncode,
         timed_out=timed_out,
         duration_s=time.monotonic() - start,
         pid=proc.pid,
+        cancelled=cancelled,
     )
 
 

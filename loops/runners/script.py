@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -179,15 +180,22 @@ class ScriptRunner:
                 env=env,
                 stdin_text="",
                 timeout_s=max(remaining, 0.01),
+                cancel=request.cancel,
             )
             log.append(f"$ {command}\n{proc.stdout}{proc.stderr}[exit {proc.exit_code}]")
             if proc.timed_out:
                 return _timeout(result, request)
         if step.sleep:
-            if time.monotonic() + step.sleep > deadline:
-                time.sleep(max(deadline - time.monotonic(), 0))
+            wait = threading.Event().wait if request.cancel is None else request.cancel.wait
+            if wait(min(step.sleep, max(deadline - time.monotonic(), 0))):
+                return result(
+                    reply="",
+                    exit_code=None,
+                    failure=FailureKind.AGENT_ERROR,
+                    failure_detail="cancelled: the loop is stopping",
+                )
+            if time.monotonic() >= deadline:
                 return _timeout(result, request)
-            time.sleep(step.sleep)
         return self._finish(step, index, request, result)
 
     def _finish(
