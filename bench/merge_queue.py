@@ -41,7 +41,7 @@ import fakeredis
 from bus import BusSettings, RedisBus
 from events import Criterion, Role, ScriptCheck, Source, TaskClaimed
 from gates import GateSettings, MergeQueue, MergeSettings, VerificationGate
-from gates.gitutil import git
+from gates.gitutil import git, remove_scratch
 
 CHECK = "true"
 
@@ -119,6 +119,8 @@ def run_system(origin: Path, work: list[Work], root: Path) -> float:
     elapsed = time.perf_counter() - start
     done = [e for _, e in bus.replay(types=["merge.completed"])]
     client.close()
+    remove_scratch(gate.settings.repo)
+    remove_scratch(queue.settings.repo)
     if len(done) != len(work):
         raise SystemExit(f"system merged {len(done)} of {len(work)} tasks")
     return elapsed

@@ -6,6 +6,7 @@ same against a local repository and a clone of a remote."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -143,14 +144,29 @@ def _common_dir(repo: Path | str) -> Path:
     return path if path.is_absolute() else (Path(repo) / path).resolve()
 
 
+def scratch_dir(repo: Path | str) -> Path:
+    """Where `scratch` keeps the worktrees of `repo`. Outside the repository: tools that
+    walk up from a checkout (pytest's rootdir and conftest discovery) must find nothing
+    of the live working tree above it."""
+    common = _common_dir(repo)
+    digest = hashlib.sha1(str(common).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"loops-scratch-{common.parent.name}-{digest}"
+
+
+def remove_scratch(repo: Path | str) -> None:
+    """Delete the scratch worktrees of `repo` (when the repository itself goes away)."""
+    shutil.rmtree(scratch_dir(repo), ignore_errors=True)
+    run_git(repo, "worktree", "prune", check=False)
+
+
 @contextmanager
 def scratch(repo: Path | str, rev: str, *, pool: str = "scratch") -> Iterator[Path]:
     """A clean, detached worktree of `rev`, reused between calls: one of a pool of
-    worktrees under the repository's git dir, each held by a file lock while in use
+    worktrees in a temporary directory of the repository's own, each held by a file lock while in use
     (so concurrent jobs on one host never share one). Reuse makes a checkout touch only
     the files that differ; forced checkout and `clean -ffdx` make it clean, whatever
     the previous (possibly killed) user left behind."""
-    base = _common_dir(repo) / "loops-scratch"
+    base = scratch_dir(repo)
     base.mkdir(exist_ok=True)
     slot = 0
     while True:

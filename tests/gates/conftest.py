@@ -39,7 +39,7 @@ from gates import (
     VerificationGate,
 )
 from gates.gate import DEFAULT_PROTECTED
-from gates.gitutil import ensure_loop_branch, git
+from gates.gitutil import ensure_loop_branch, git, remove_scratch
 
 PY = sys.executable
 # Plugin autoload (hypothesis) would double the cost of every check run.
@@ -124,6 +124,12 @@ class Project:
     gate: VerificationGate | None = None
     merge: MergeQueue | None = None
     judge: Judge | None = None
+    clones: list[Path] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Remove the scratch worktrees the gate and queue kept in the temp directory."""
+        for path in self.clones:
+            remove_scratch(path)
 
     @property
     def test_command(self) -> str:
@@ -134,6 +140,7 @@ class Project:
         subprocess.run(["git", "clone", "-q", str(self.origin), str(path)], check=True, timeout=60)
         git(path, "config", "user.name", name)
         git(path, "config", "user.email", f"{name}@example.invalid")
+        self.clones.append(path)
         return path
 
     def loop(self, name: str) -> Loop:
@@ -220,5 +227,9 @@ def fake_bus() -> Iterator[RedisBus]:
 
 
 @pytest.fixture
-def project(tmp_path: Path, fake_bus: RedisBus) -> Project:
-    return make_project(tmp_path, fake_bus)
+def project(tmp_path: Path, fake_bus: RedisBus) -> Iterator[Project]:
+    project = make_project(tmp_path, fake_bus)
+    try:
+        yield project
+    finally:
+        project.close()

@@ -17,7 +17,7 @@ from rq import Queue
 from bus import connect
 from gates import RqJobs
 from gates.errors import JobError
-from gates.gitutil import git
+from gates.gitutil import git, remove_scratch
 from gates.jobs import VERIFY_JOB, parse_results
 from tests.conftest import require_real_redis
 from tests.gates.conftest import PYTEST, Project
@@ -107,6 +107,7 @@ def test_a_worker_process_runs_the_verification_job(
     (result,) = parse_results(out)
     assert result.passed and result.exit_code == 0
     assert git(loop.path, "status", "--porcelain") == ""  # ran beside, not in, the checkout
+    remove_scratch(loop.path)
 
 
 # A SimpleWorker (no fork) polling until terminated; what `rq worker` does, minus the CLI.

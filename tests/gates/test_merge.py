@@ -123,10 +123,19 @@ def stop(proc: subprocess.Popen[bytes], stop_file: Path) -> None:
             kill(proc)
 
 
-def test_merge_manager_killed_mid_merge_merges_exactly_once(
-    tmp_path: Path, real_bus: RedisBus
-) -> None:
+@pytest.fixture
+def real_project(tmp_path: Path, real_bus: RedisBus) -> Iterator[Project]:
     project = make_project(tmp_path, real_bus)
+    try:
+        yield project
+    finally:
+        project.close()
+
+
+def test_merge_manager_killed_mid_merge_merges_exactly_once(
+    tmp_path: Path, real_project: Project, real_bus: RedisBus
+) -> None:
+    project = real_project
     project.start()
     a, b = project.loop("a"), project.loop("b")
     # b lands first, so a's merge is a real merge commit built by the queue.
@@ -171,11 +180,14 @@ def test_merge_manager_killed_mid_merge_merges_exactly_once(
     project.assert_main_verified()
 
 
-def test_gate_killed_mid_check_verifies_after_restart(tmp_path: Path, real_bus: RedisBus) -> None:
+def test_gate_killed_mid_check_verifies_after_restart(
+    tmp_path: Path, real_bus: RedisBus, request: pytest.FixtureRequest
+) -> None:
     started, go = tmp_path / "started", tmp_path / "go"
     slow = f"touch {started}; while [ ! -f {go} ]; do sleep 0.05; done; {PYTEST} tests/test_mul.py"
     tasks = {**TASKS, "a/slow": [script("mul, slowly", slow)]}
     project = make_project(tmp_path, real_bus, tasks=tasks)
+    request.addfinalizer(project.close)
     a = project.loop("a")
     a.claim("slow", a.write({"app.py": MUL}, "mul"))
     stop_file = tmp_path / "stop"
