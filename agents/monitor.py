@@ -176,6 +176,8 @@ class Monitor:
 
     def _mass_death(self, deaths: list[Finding], now: datetime) -> list[Event] | None:
         """One critical escalation instead of restarts when many loops die at once."""
+        if not deaths:
+            return None
         t = self.policy.thresholds
         fresh = [f for f in deaths if self.store.get(f"acted:{f.incident_id}") is None]
         stamp = now.timestamp()
@@ -226,9 +228,17 @@ class Monitor:
     # ----------------------------------------------------------------- actions
 
     def _act_all(self, findings: list[Finding], now: datetime) -> list[Event]:
+        """At most one new action per loop per evaluation: the most specific finding
+        that is new. The action resets the loop's evidence, so the others go too."""
         out: list[Event] = []
+        done: set[str] = set()
         for f in findings:
-            out += self._act(f, now)
+            if f.loop in done:
+                continue
+            acted = self._act(f, now)
+            if acted:
+                done.add(f.loop)
+                out += acted
         return out
 
     def _act(self, f: Finding, now: datetime) -> list[Event]:

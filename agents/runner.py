@@ -47,12 +47,14 @@ def run(
     *,
     group: str,
     consumer: str | None = None,
-    tick_s: float = 0.5,
+    tick_s: float = 0.25,
     warm_up_since: str | datetime | timedelta | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> None:
     """Run `agent` until `stop` is set: replay (optional), then consume as `group`,
     publishing what `handle` returns, and call `tick` at least every `tick_s`.
+    Time-based rules fire up to one `tick_s` after their threshold (a stale heartbeat:
+    2 intervals + `tick_s` at worst).
 
     A handler that raises leaves its event pending for redelivery (the bus's rule);
     a tick that raises ends the run, and the supervisor restarts the role."""
