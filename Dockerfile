@@ -12,7 +12,7 @@ FROM node:22-bookworm-slim AS node
 
 FROM python:3.11-slim-bookworm
 
-# The same version .ci/run installs for the runner tests.
+# The version .ci/run installs for the claude runner's tests (CLAUDE_CODE_VERSION there).
 ARG CLAUDE_CODE_VERSION=2.1.329
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -33,6 +33,8 @@ RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
     && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
     && npm install -g --no-fund --no-audit "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" \
     && npm cache clean --force \
+    && { claude --version >/dev/null 2>&1 \
+         || (cd /usr/local/lib/node_modules/@anthropic-ai/claude-code && node install.cjs); } \
     && claude --version
 
 COPY . /tmp/src

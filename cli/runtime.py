@@ -42,7 +42,9 @@ def _utcnow() -> datetime:
 class Presence(BaseModel):
     """A live role process, as written to `{prefix}:presence:{role}:{instance}`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Unknown fields are ignored, not refused: during a rolling upgrade an older
+    # `loops health` must still see a newer process as alive.
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     role: str
     instance: str
