@@ -71,17 +71,21 @@ class AnthropicRefiner:
         base_url: str | None = None,
         timeout_s: float = 60.0,
         max_tokens: int = 1024,
+        max_retries: int = 1,
         describe_task: DescribeTask | None = None,
     ) -> None:
-        self.model = model or os.environ.get("LOOPS_REFINE_MODEL", "claude-sonnet-4-5")
+        self.model = model or os.environ.get("LOOPS_REFINE_MODEL", "claude-sonnet-4-6")
         self.max_tokens = max_tokens
         self.describe_task = describe_task
         self.client = anthropic.Anthropic(
             api_key=api_key or os.environ.get("ANTHROPIC_API_KEY") or "unset",
             base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
             timeout=timeout_s,
-            max_retries=1,
+            max_retries=max_retries,
         )
+
+    def close(self) -> None:
+        self.client.close()
 
     def refine(self, request: RefineRequest) -> str:
         if request.task_text is None and self.describe_task is not None:

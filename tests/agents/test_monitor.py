@@ -474,3 +474,13 @@ def test_a_restarted_monitor_does_not_act_twice(store: Store, clock: Clock) -> N
     second.warm_up(history)
     for _ in range(5):
         assert second.tick(clock.advance(1)) == []
+
+
+def test_one_action_per_loop_when_several_rules_hold(store: Store, clock: Clock) -> None:
+    mon = make(store, clock)
+    items: list[Event] = [
+        failed("a", clock.now, n, "E: same", changed_files=[], permission_denials=1)
+        for n in (1, 2, 3)
+    ]
+    out = run_iterations(mon, clock, "a", items)
+    assert [a.rule for a in actions(out)] == [Rule.REPEATED_FAILURE]
