@@ -44,11 +44,12 @@ class Judge(Protocol):
 
 
 from gates.errors import JudgeError, MergeError  # noqa: E402
-from gates.gate import GateSettings, TamperPolicy, VerificationGate  # noqa: E402
+from gates.gate import VerificationGate  # noqa: E402
 from gates.gitutil import GitError, ensure_loop_branch, ensure_loop_worktree  # noqa: E402
 from gates.jobs import InlineJobs, JobRunner, RqJobs  # noqa: E402
 from gates.judge import AnthropicJudge  # noqa: E402
-from gates.merge import MergeQueue, MergeSettings  # noqa: E402
+from gates.merge import MergeQueue  # noqa: E402
+from gates.settings import GateSettings, MergeSettings, TamperPolicy  # noqa: E402
 from gates.store import MemoryStore, RedisStore, StateStore  # noqa: E402
 
 __all__ = [

@@ -7,13 +7,10 @@ repeats work, never outcomes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,59 +35,19 @@ from events import (
     VerificationVerdict,
 )
 from gates import CriteriaLoader, Judge
-from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES, flagged_files
+from gates.checks import flagged_files
 from gates.errors import JudgeError
 from gates.gitutil import changed_files, diff_text, fetch, main_ref, resolve_commit, scratch
 from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
+from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
 from gates.store import MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
 
 GROUP = "gate"
 TYPES = ("task.claimed", "escalation.answered")
-DEFAULT_PROTECTED = (
-    "SPEC.yaml",
-    "*/SPEC.yaml",
-    "test-state.json",
-    "*/test-state.json",
-    "config.json",
-    "*/config.json",
-    ".loops/*",
-)
-_NS = uuid.UUID("6f0c3a52-6c1e-4f5e-9a57-1c0a3f1b2d11")
 _APPROVE_WORDS = {"approve", "approved", "yes", "y", "ok", "lgtm", "accept"}
 _REJECT_WORDS = {"reject", "rejected", "no", "n", "deny"}
-
-
-def derived_id(*parts: str) -> str:
-    """An event id determined by its cause, so a republished outcome dedupes."""
-    return uuid.uuid5(_NS, "|".join(parts)).hex
-
-
-def derived_escalation_id(*parts: str) -> str:
-    return "e-" + hashlib.sha1("|".join(parts).encode()).hexdigest()[:6]
-
-
-class TamperPolicy(StrEnum):
-    """What happens to a claim whose diff touches its own checks, spec or state."""
-
-    REJECT = "reject"  # verification.failed, verdict tampered
-    ESCALATE = "escalate"  # a person approves or rejects (the default)
-    ALLOW = "allow"  # verified as usual; the files are still listed
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    """Where the gate works and how strict it is."""
-
-    repo: Path  # the gate's clone (or the repository itself when `remote` is None)
-    remote: str | None = "origin"
-    main: str = "main"
-    policy: TamperPolicy = TamperPolicy.ESCALATE
-    protected: tuple[str, ...] = DEFAULT_PROTECTED  # globs of spec/state/config files
-    default_check: str | None = None  # a config's default check command, for unknown tasks
-    check_timeout_s: float = DEFAULT_TIMEOUT_S
-    tail_bytes: int = OUTPUT_TAIL_BYTES
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,8 @@ from events import (
     Source,
     VerificationPassed,
 )
-from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES, run_script, scrubbed_env
+from gates.checks import run_script, scrubbed_env
 from gates.errors import MergeError
-from gates.gate import derived_escalation_id, derived_id
 from gates.gitutil import (
     conflicted_files,
     fetch,
@@ -51,26 +49,13 @@ from gates.gitutil import (
     scratch,
     update_ref_cas,
 )
+from gates.settings import MergeSettings, derived_escalation_id, derived_id
 from gates.store import MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
 
 GROUP = "merge"
 TYPES = ("verification.passed", "escalation.answered")
-
-
-@dataclass(frozen=True)
-class MergeSettings:
-    """Where the merge queue works and what it runs on a merged tree."""
-
-    repo: Path  # the merge manager's clone (or the repository when `remote` is None)
-    remote: str | None = "origin"
-    main: str = "main"
-    test_command: str | None = None  # the repository's configured test command
-    check_timeout_s: float = DEFAULT_TIMEOUT_S
-    tail_bytes: int = OUTPUT_TAIL_BYTES
-    max_conflicts: int = 3  # conflicts of one task before a person is asked
-    max_races: int = 5  # times main may move under one merge before the job is retried
 
 
 class MergeQueue:

@@ -38,8 +38,8 @@ from gates import (
     StateStore,
     VerificationGate,
 )
-from gates.gate import DEFAULT_PROTECTED
 from gates.gitutil import ensure_loop_branch, git, remove_scratch
+from gates.settings import DEFAULT_PROTECTED
 
 PY = sys.executable
 # Plugin autoload (hypothesis) would double the cost of every check run.

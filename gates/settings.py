@@ -1,0 +1,67 @@
+"""Settings of the gate and the merge queue, and the ids they derive from their causes."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES
+
+DEFAULT_PROTECTED = (
+    "SPEC.yaml",
+    "*/SPEC.yaml",
+    "test-state.json",
+    "*/test-state.json",
+    "config.json",
+    "*/config.json",
+    ".loops/*",
+)
+_NS = uuid.UUID("6f0c3a52-6c1e-4f5e-9a57-1c0a3f1b2d11")
+
+
+def derived_id(*parts: str) -> str:
+    """An event id determined by its cause, so a republished outcome dedupes."""
+    return uuid.uuid5(_NS, "|".join(parts)).hex
+
+
+def derived_escalation_id(*parts: str) -> str:
+    return "e-" + hashlib.sha1("|".join(parts).encode()).hexdigest()[:6]
+
+
+class TamperPolicy(StrEnum):
+    """What happens to a claim whose diff touches its own checks, spec or state."""
+
+    REJECT = "reject"  # verification.failed, verdict tampered
+    ESCALATE = "escalate"  # a person approves or rejects (the default)
+    ALLOW = "allow"  # verified as usual; the files are still listed
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Where the gate works and how strict it is."""
+
+    repo: Path  # the gate's clone (or the repository itself when `remote` is None)
+    remote: str | None = "origin"
+    main: str = "main"
+    policy: TamperPolicy = TamperPolicy.ESCALATE
+    protected: tuple[str, ...] = DEFAULT_PROTECTED  # globs of spec/state/config files
+    default_check: str | None = None  # a config's default check command, for unknown tasks
+    check_timeout_s: float = DEFAULT_TIMEOUT_S
+    tail_bytes: int = OUTPUT_TAIL_BYTES
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """Where the merge queue works and what it runs on a merged tree."""
+
+    repo: Path  # the merge manager's clone (or the repository when `remote` is None)
+    remote: str | None = "origin"
+    main: str = "main"
+    test_command: str | None = None  # the repository's configured test command
+    check_timeout_s: float = DEFAULT_TIMEOUT_S
+    tail_bytes: int = OUTPUT_TAIL_BYTES
+    max_conflicts: int = 3  # conflicts of one task before a person is asked
+    max_races: int = 5  # times main may move under one merge before the job is retried
