@@ -24,7 +24,7 @@ from events import ConfigError, FailureKind, TokenUsage
 from loops.runners import AgentRequest, AgentResult
 from loops.runners.command import agent_env
 from loops.runners.outcome import detect_usage_limit, retry_at_from_headers
-from loops.runners.process import run_process
+from loops.runners.process import INTERRUPTED, run_process
 from loops.runners.redact import redact
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
@@ -180,6 +180,8 @@ class AnthropicRunner:
             )
 
         for _ in range(self.max_steps):
+            if _cancelled(request):
+                return _interrupted(result)
             remaining = run.deadline - time.monotonic()
             if remaining <= 0:
                 return _timed_out(result, request)
@@ -200,6 +202,8 @@ class AnthropicRunner:
             outputs = []
             for call in calls:
                 outputs.append(self._tool(run, call))
+                if _cancelled(request):
+                    return _interrupted(result)
                 if time.monotonic() > run.deadline:
                     return _timed_out(result, request)
             messages.append({"role": "user", "content": outputs})
@@ -326,6 +330,7 @@ class AnthropicRunner:
                     env=run.env,
                     stdin_text="",
                     timeout_s=max(min(self.shell_timeout_s, remaining), 0.01),
+                    cancel=run.request.cancel,
                 )
                 status = "timed out (killed)" if proc.timed_out else f"exit code {proc.exit_code}"
                 return f"{status}\n{proc.stdout}{proc.stderr}"
@@ -380,6 +385,14 @@ def _param(block: dict[str, Any]) -> dict[str, Any]:
     if block.get("type") == "text":
         return {"type": "text", "text": block.get("text", "")}
     return block
+
+
+def _cancelled(request: AgentRequest) -> bool:
+    return request.cancel is not None and request.cancel.is_set()
+
+
+def _interrupted(result: Callable[..., AgentResult]) -> AgentResult:
+    return result(exit_code=None, failure=FailureKind.AGENT_ERROR, failure_detail=INTERRUPTED)
 
 
 def _timed_out(

@@ -32,7 +32,7 @@ from loops.runners.outcome import (
     detect_usage_limit,
     parse_reset,
 )
-from loops.runners.process import run_process
+from loops.runners.process import INTERRUPTED, run_process
 from loops.runners.redact import redact
 
 PERMISSION_MODES = (
@@ -245,7 +245,8 @@ class ClaudeRunner:
 
     def run(self, request: AgentRequest) -> AgentResult:
         result = self._run_once(request, resume=True)
-        if request.session_id and _session_unknown(result):
+        cancelled = request.cancel is not None and request.cancel.is_set()
+        if request.session_id and not cancelled and _session_unknown(result):
             # The session is gone (another machine, a wiped config dir): start afresh
             # rather than failing every iteration on a stale id.
             fresh = self._run_once(request, resume=False)
@@ -277,8 +278,10 @@ class ClaudeRunner:
                 "install Claude Code or set LOOPS_CLAUDE_BIN",
             )
         now = datetime.now(UTC)
-        if proc.timed_out:
-            failure: Failure | None = Failure(
+        if proc.cancelled:
+            failure: Failure | None = Failure(FailureKind.AGENT_ERROR, INTERRUPTED)
+        elif proc.timed_out:
+            failure = Failure(
                 FailureKind.TIMEOUT,
                 f"claude exceeded its timeout of {request.timeout_s:g}s; its process group was killed",
             )

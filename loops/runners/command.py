@@ -19,8 +19,8 @@ from pathlib import Path
 
 from events import FailureKind
 from loops.runners import AgentRequest, AgentResult
-from loops.runners.outcome import classify_run
-from loops.runners.process import run_process
+from loops.runners.outcome import Failure, classify_run
+from loops.runners.process import INTERRUPTED, run_process
 from loops.runners.redact import redact
 
 
@@ -71,13 +71,17 @@ class CommandRunner:
                 )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        failure = classify_run(
-            exit_code=proc.exit_code,
-            reply=proc.stdout,
-            stderr=proc.stderr,
-            timed_out=proc.timed_out,
-            timeout_s=request.timeout_s,
-            now=datetime.now(UTC),
+        failure = (
+            Failure(FailureKind.AGENT_ERROR, INTERRUPTED)
+            if proc.cancelled
+            else classify_run(
+                exit_code=proc.exit_code,
+                reply=proc.stdout,
+                stderr=proc.stderr,
+                timed_out=proc.timed_out,
+                timeout_s=request.timeout_s,
+                now=datetime.now(UTC),
+            )
         )
         transcript = proc.stdout
         if proc.stderr.strip():

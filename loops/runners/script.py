@@ -38,7 +38,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from events import ConfigError, FailureKind, TokenUsage
 from loops.runners import AgentRequest, AgentResult
 from loops.runners.command import agent_env
-from loops.runners.process import run_process
+from loops.runners.process import INTERRUPTED, run_process
 from loops.runners.redact import redact
 
 STATE_NAME = "loops-script-state.json"
@@ -183,17 +183,14 @@ class ScriptRunner:
                 cancel=request.cancel,
             )
             log.append(f"$ {command}\n{proc.stdout}{proc.stderr}[exit {proc.exit_code}]")
+            if proc.cancelled:
+                return _interrupted(result)
             if proc.timed_out:
                 return _timeout(result, request)
         if step.sleep:
             wait = threading.Event().wait if request.cancel is None else request.cancel.wait
             if wait(min(step.sleep, max(deadline - time.monotonic(), 0))):
-                return result(
-                    reply="",
-                    exit_code=None,
-                    failure=FailureKind.AGENT_ERROR,
-                    failure_detail="cancelled: the loop is stopping",
-                )
+                return _interrupted(result)
             if time.monotonic() >= deadline:
                 return _timeout(result, request)
         return self._finish(step, index, request, result)
@@ -335,6 +332,10 @@ def _inside(worktree: Path, name: str) -> Path:
     if not target.is_relative_to(root):
         raise _StepError(f"script step: path {name!r} is outside the worktree")
     return target
+
+
+def _interrupted(result: Callable[..., AgentResult]) -> AgentResult:
+    return result(exit_code=None, failure=FailureKind.AGENT_ERROR, failure_detail=INTERRUPTED)
 
 
 def _timeout(
