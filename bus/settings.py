@@ -96,9 +96,12 @@ class BusSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BusSettings:
-        """Settings from `REDIS_URL` (default redis://127.0.0.1:6379/0) plus overrides."""
+        """Settings from `REDIS_URL` (default redis://127.0.0.1:6379/0) and `LOOPS_PREFIX`
+        (the key prefix, default `loops`), plus overrides."""
         env = os.environ if env is None else env
         url = overrides.pop("url", None) or env.get("REDIS_URL") or DEFAULT_URL
+        if "prefix" not in overrides and env.get("LOOPS_PREFIX"):
+            overrides["prefix"] = env["LOOPS_PREFIX"]
         return cls.from_dsn(url, **overrides)
 
     def with_(self, **changes: Any) -> BusSettings:

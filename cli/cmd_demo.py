@@ -15,9 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-from bus import EmbeddedServer, RedisBus, connect
+from bus import RedisBus
 from cli import demo
-from cli.cmd_up import LiveTable, load_checked, repo_and_main, summary, up_lock
+from cli.cmd_up import LiveTable, load_checked, open_system_bus, repo_and_main, summary, up_lock
 from cli.system import System, SystemOptions
 from events import (
     EscalationAnswered,
@@ -48,33 +48,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"Demo repository: {root}\n", flush=True)
     project = load_checked(root)
     repo, main = repo_and_main(root, project)
-    with up_lock(root), EmbeddedServer(root) as server:
-        assert server.url, "the embedded server did not start"
-        client = connect(server.url)
+    with up_lock(root), open_system_bus(None, root, from_env=False) as bus:
+        system = System(project, bus, repo, main, SystemOptions(heartbeat_s=1.0))
+        person = DemoPerson(bus, system.roles.stop)
+        table = LiveTable(bus, interval_s=1.0)
+        started = time.monotonic()
         try:
-            bus = RedisBus(client)
-            system = System(project, bus, repo, main, SystemOptions(heartbeat_s=1.0))
-            person = DemoPerson(bus, system.roles.stop)
-            table = LiveTable(bus, interval_s=1.0)
-            started = time.monotonic()
-            try:
-                system.start()
-                person.thread.start()
-                system.run_until_idle(on_tick=table.tick, busy=lambda: person.busy)
-            finally:
-                system.shutdown()
-                person.thread.join(timeout=5)
-            code, lines = summary(system, bus)
-            print("\n".join(lines))
-            print("\nWhat happened:")
-            for line in story(e for _, e in bus.replay()):
-                print(f"  {line}")
-            print(f"\nDone in {time.monotonic() - started:.0f}s. Inspect the result:")
-            print(f"  git -C {root} log --oneline main")
-            print(f"  cat {root}/loop-*/specs/test-state.json | jq .summary")
-            return code
+            system.start()
+            person.thread.start()
+            system.run_until_idle(on_tick=table.tick, busy=lambda: person.busy)
         finally:
-            client.close()
+            system.shutdown()
+            person.thread.join(timeout=5)
+        code, lines = summary(system, bus)
+        print("\n".join(lines))
+        print("\nWhat happened:")
+        for line in story(e for _, e in bus.replay()):
+            print(f"  {line}")
+        print(f"\nDone in {time.monotonic() - started:.0f}s. Inspect the result:")
+        print(f"  git -C {root} log --oneline main")
+        print(f"  cat {root}/loop-*/specs/test-state.json | jq .summary")
+        return code
 
 
 class DemoPerson:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.escalations import open_escalations
-from bus import EmbeddedServer, RedisBus, connect
+from bus import BusSettings, EmbeddedServer, RedisBus
 from cli.cmd_status import render
 from cli.system import System, SystemOptions
 from cli.view import SystemView
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     directory = project_dir(args.dir)
     project = load_checked(directory)
     repo, main = repo_and_main(directory, project)
-    with up_lock(directory), _bus(args.redis, directory) as bus:
+    with up_lock(directory), open_system_bus(args.redis, directory) as bus:
         options = SystemOptions(
             agent=args.agent,
             dashboard=(args.host, args.port) if args.port else None,
@@ -186,19 +186,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _bus(redis_url: str | None, directory: Path) -> Iterator[RedisBus]:
-    url = redis_url or os.environ.get("REDIS_URL")
-    if url:
-        client = connect(url)
-        try:
-            yield RedisBus(client)
-        finally:
-            client.close()
-        return
-    with EmbeddedServer(directory) as server:
-        assert server.url, "the embedded server did not start"
-        client = connect(server.url)
-        try:
-            yield RedisBus(client)
-        finally:
-            client.close()
+def open_system_bus(
+    redis_url: str | None, directory: Path, *, from_env: bool = True
+) -> Iterator[RedisBus]:
+    """The bus of a system this process runs: `--redis`, `$REDIS_URL`, or an embedded
+    server it starts (and stops) for DIR. Key prefix from `$LOOPS_PREFIX`."""
+    url = redis_url or (os.environ.get("REDIS_URL") if from_env else None)
+    with contextlib.ExitStack() as stack:
+        if not url:
+            server = stack.enter_context(EmbeddedServer(directory))
+            assert server.url, "the embedded server did not start"
+            url = server.url
+        settings = BusSettings.from_env(url=url)
+        bus = stack.enter_context(RedisBus.from_settings(settings))
+        yield bus

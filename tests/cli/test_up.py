@@ -1,0 +1,216 @@
+"""`loops up` under the operator's hands: real subprocesses, a real repository in the
+seed's layout, the embedded bus. Ctrl-C and kill -9 mid-iteration, then `loops up`
+again: every task ends as it would have without the interruption (invariant 5)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bus import BusSettings, RedisBus, connect
+from cli import demo
+from events import Event
+from loops.workspace import git
+from tests.conftest import require_real_redis, wait_until
+
+LOOPS = str(Path(sys.executable).parent / "loops")
+ADD_DONE = demo.OPS.replace('    raise NotImplementedError("add")', "    return a + b")
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_URL"))}
+
+
+def one_loop_project(root: Path, steps: list[dict[str, object]], tasks: int = 1) -> Path:
+    """The demo project cut down to loop-1, whose agent follows `steps` for ADD-1 (and a
+    quick second task ADD-2 first when `tasks` is 2)."""
+    demo.create(root)
+    git(root, "rm", "-rq", "loop-2-false-claim", "loop-3-stuck", "loop-4-question")
+    state_path = root / "loop-1-clean" / "specs" / "test-state.json"
+    state = json.loads(state_path.read_text())
+    script: dict[str, object] = {"ADD-1": steps}
+    if tasks == 2:
+        first = dict(
+            state["tests"][0],
+            id="ADD-2",
+            title="Add a changelog",
+            acceptance_criteria=[
+                {
+                    "criterion": "changelog exists",
+                    "check": {"type": "script", "run": "test -f CHANGELOG"},
+                }
+            ],
+        )
+        state["tests"].insert(0, first)
+        script["ADD-2"] = [
+            {"write": {"CHANGELOG": "add()\n"}, "reply": "<promise>ADD-2 done</promise>"}
+        ]
+    state_path.write_text(json.dumps(state, indent=2))
+    (root / "loop-1-clean" / "agent.yaml").write_text(yaml.safe_dump({"tasks": script}))
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "one loop")
+    return root
+
+
+@contextlib.contextmanager
+def project_bus(root: Path) -> Iterator[RedisBus]:
+    url = wait_until(
+        lambda: (
+            (root / ".loops" / "redis.url").exists()
+            and (root / ".loops" / "redis.url").read_text().strip()
+        ),
+        timeout=30,
+    )
+    client = connect(url)
+    try:
+        yield RedisBus(client)
+    finally:
+        client.close()
+
+
+def events(bus: RedisBus, etype: str) -> list[Event]:
+    return [e for _, e in bus.replay(types={etype})]
+
+
+def kill_embedded_server(root: Path) -> None:
+    pid_file = root / ".loops" / "redis.pid"
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+
+def hanging_step(marker: Path) -> list[dict[str, object]]:
+    # Hangs until the test creates `marker`: the process the interruption must stop.
+    return [
+        {
+            "write": {"calc/ops.py": ADD_DONE},
+            "run": [f"test -f {marker} || sleep 300 # {marker.name}"],
+            "reply": "<promise>ADD-1 done</promise>",
+        }
+    ]
+
+
+def agent_processes(marker: Path) -> list[str]:
+    out = subprocess.run(
+        ["pgrep", "-f", f"sleep 300 # {marker.name}"], capture_output=True, text=True
+    )
+    return out.stdout.split()
+
+
+def test_malformed_file_one_line_and_nothing_starts(tmp_path: Path) -> None:
+    root = demo.create(tmp_path / "p")
+    (root / "loop-2-false-claim" / "config.json").write_text('{"name": "x", ')
+    proc = subprocess.run(
+        [LOOPS, "up", str(root)], capture_output=True, text=True, timeout=60, env=env()
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "loop-2-false-claim/config.json" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (root / ".loops").exists()
+
+
+def test_ctrl_c_stops_agents_cleanly_second_up_refuses_rerun_resumes(tmp_path: Path) -> None:
+    # On the shared Redis (as with REDIS_URL in compose), under a prefix of its own, so
+    # the stream can be read after each `loops up` has exited.
+    prefix = f"test-up-{uuid.uuid4().hex[:8]}"
+    shared = {**env(), "REDIS_URL": require_real_redis(), "LOOPS_PREFIX": prefix}
+    marker = tmp_path / "go-ahead"
+    root = one_loop_project(tmp_path / "p", hanging_step(marker))
+    first = subprocess.Popen(
+        [LOOPS, "up", str(root), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=shared,
+    )
+    bus = RedisBus.from_settings(BusSettings.from_env(shared))
+    try:
+        wait_until(lambda: agent_processes(marker), timeout=60)
+        wait_until(lambda: events(bus, "iteration.started"), timeout=30)
+        second = subprocess.run(
+            [LOOPS, "up", str(root)], capture_output=True, text=True, timeout=60, env=shared
+        )
+        assert second.returncode == 1
+        assert "already running" in second.stderr and "Traceback" not in second.stderr
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=60)
+        assert first.returncode == 1, out
+        assert "Summary:" in out and "Traceback" not in out
+        assert not agent_processes(marker), "Ctrl-C left the agent running"
+        interrupted = [e for e in events(bus, "iteration.finished") if not e.counted]  # type: ignore[attr-defined]
+        assert interrupted and "interrupted" in (interrupted[-1].failure_detail or "")  # type: ignore[attr-defined]
+        assert git(root, "ls-tree", "--name-only", "main", "calc/").split() == [
+            "calc/__init__.py",
+            "calc/ops.py",
+        ]
+        assert "return a + b" not in git(root, "show", "main:calc/ops.py")
+        # Again: it resumes and finishes, and the interruption cost no attempt.
+        marker.touch()
+        again = subprocess.run(
+            [LOOPS, "up", str(root)], capture_output=True, text=True, timeout=120, env=shared
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "return a + b" in git(root, "show", "main:calc/ops.py")
+        state = json.loads((root / "loop-1-clean" / "specs" / "test-state.json").read_text())
+        assert state["tests"][0]["status"] == "passed" and state["tests"][0]["attempts"] == 0
+        assert len(events(bus, "merge.completed")) == 1
+    finally:
+        if first.poll() is None:
+            first.kill()
+        bus.delete_all()
+        bus.close()
+
+
+def test_kill_9_mid_iteration_resumes_without_rerunning_passed_tasks(tmp_path: Path) -> None:
+    marker = tmp_path / "go-ahead"
+    root = one_loop_project(tmp_path / "p", hanging_step(marker), tasks=2)
+    first = subprocess.Popen(
+        [LOOPS, "up", str(root), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
+    try:
+        with project_bus(root) as bus:
+            wait_until(lambda: events(bus, "task.passed") and agent_processes(marker), timeout=60)
+            first.kill()
+            first.wait(timeout=30)
+            for pid in agent_processes(marker):  # the orphaned agent of the killed process
+                os.kill(int(pid), signal.SIGKILL)
+        marker.touch()
+        again = subprocess.run(
+            [LOOPS, "up", str(root)], capture_output=True, text=True, timeout=120, env=env()
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        # ADD-2 passed before the crash: it did not run again (one transcript, one run).
+        transcripts = root / "loop-1-clean" / "specs" / "logs" / "transcripts"
+        assert len(list(transcripts.glob("*-ADD-2.log"))) == 1
+        assert len(list(transcripts.glob("*-ADD-1.log"))) >= 1
+        state = json.loads((root / "loop-1-clean" / "specs" / "test-state.json").read_text())
+        assert [(t["id"], t["status"], t["attempts"]) for t in state["tests"]] == [
+            ("ADD-2", "passed", 0),
+            ("ADD-1", "passed", 0),
+        ]
+        assert "return a + b" in git(root, "show", "main:calc/ops.py")
+    finally:
+        if first.poll() is None:
+            first.kill()
+        kill_embedded_server(root)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_servers(tmp_path: Path) -> Iterator[None]:
+    yield
+    for pid_file in tmp_path.glob("*/.loops/redis.pid"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
