@@ -6,6 +6,9 @@ Locally a missing CLI skips these tests; under CI=true it fails them.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +121,68 @@ def test_real_cli_api_failures_are_typed(
     runner = make_runner("claude", model="claude-mock-model", skip_permissions=True)
     result = runner.run(req(tmp_path, claude_env))
     assert result.failure is kind, f"{result.failure_detail}\n{result.transcript[-2000:]}"
+
+
+SPEC = """goal: "Say hello"
+tasks:
+  - id: hello
+    title: "Write hello.txt"
+    description: "Create hello.txt containing the word hello."
+    acceptance_criteria:
+      - criterion: "hello.txt says hello"
+        check:
+          type: script
+          run: "grep -qx hello hello.txt"
+"""
+
+
+def test_loops_run_with_the_real_cli_catches_a_false_claim_then_merges(
+    tmp_path: Path, mock_anthropic: MockAnthropic, claude_env: dict[str, str]
+) -> None:
+    """End to end, as an operator runs it: `loops run SPEC.yaml --agent claude`.
+
+    The model first claims done without doing anything; the harness's own check fails
+    that claim. Then it writes the file through the CLI's Bash tool and claims again;
+    the check passes and the work lands on the user's branch.
+    """
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "SPEC.yaml").write_text(SPEC)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True, timeout=30)
+    mock_anthropic.script(
+        [
+            {"content": [{"type": "text", "text": "All good. <promise>hello written</promise>"}]},
+            {
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "name": "Bash",
+                        "input": {"command": "printf 'hello\\n' > hello.txt", "description": "w"},
+                    }
+                ]
+            },
+            {"content": [{"type": "text", "text": "Now really. <promise>hello written</promise>"}]},
+        ]
+    )
+    env = {
+        **os.environ,
+        **claude_env,
+        "LOOPS_CLAUDE_PERMISSION_MODE": "skip",
+    }
+    loops = Path(sys.executable).parent / "loops"
+    proc = subprocess.run(
+        [str(loops), "run", "SPEC.yaml", "-n", "4", "--agent", "claude"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "done in 2 iteration(s)" in proc.stderr
+    assert (repo / "hello.txt").read_text() == "hello\n"
+    assert len(mock_anthropic.agent_requests) == 3
+    # The second iteration resumed the first one's session: it still sees the first claim.
+    assert "All good." in str(mock_anthropic.agent_requests[1].body["messages"])
