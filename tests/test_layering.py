@@ -1,0 +1,63 @@
+"""The package table of CONTRIBUTING.md, enforced: `events` <- `bus` <- roles; `loops`,
+`gates` and `agents` never import each other (they meet only through events)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = {"events", "bus", "loops", "gates", "agents", "cli"}
+ALLOWED = {
+    "events": set(),
+    "bus": {"events"},
+    "loops": {"events", "bus"},
+    "gates": {"events", "bus"},
+    "agents": {"events", "bus"},
+    "cli": PROJECT,
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & PROJECT
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_it_may(package: str) -> None:
+    bad = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        wrong = imports_of(path) - ALLOWED[package] - {package}
+        if wrong:
+            bad[str(path.relative_to(ROOT))] = sorted(wrong)
+    assert not bad, f"forbidden imports (see CONTRIBUTING.md): {bad}"
+
+
+def test_events_imports_no_third_party_but_pydantic() -> None:
+    for path in (ROOT / "events").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module.split(".")[0]]
+            for name in names:
+                assert name in {"pydantic", "events", "__future__"} or name in _stdlib(), (
+                    path,
+                    name,
+                )
+
+
+def _stdlib() -> frozenset[str]:
+    import sys
+
+    return frozenset(sys.stdlib_module_names)
