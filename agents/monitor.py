@@ -23,29 +23,22 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TypedDict
 
+from agents.actions import Responder
 from agents.health import Finding, LoopHealth, PidAlive
 from agents.policy import DEATH_RULES, Policy, Rule, RulePolicy, load_policy
-from agents.refiner import RefineFailed, Refiner, RefineRequest
+from agents.refiner import Refiner
 from agents.store import Store
 from events import (
-    Decision,
     EscalationAnswered,
-    EscalationDelivered,
     EscalationKind,
     EscalationRaised,
     Event,
-    LoopPause,
-    LoopResume,
-    LoopStop,
     MonitorAction,
     MonitorActionKind,
     Role,
     Severity,
     Source,
-    TaskHint,
-    TaskReset,
     short_id,
     utcnow,
 )
@@ -67,13 +60,6 @@ MONITOR_TYPES = (
 )
 
 SEEN_IDS = 200_000  # dedupe window (the stream keeps about 100k entries)
-_APPROVE_WORDS = {"approve", "approved", "yes", "y", "ok", "apply"}
-
-
-class _Env(TypedDict):
-    source: Source
-    loop: str | None
-    causation_id: str | None
 
 
 def local_pid_alive(host: str, pid: int) -> bool | None:
@@ -111,6 +97,7 @@ class Monitor:
         self.clock = clock
         self.pid_alive = pid_alive
         self.source = source or Source(role=Role.MONITOR)
+        self.respond = Responder(store, self.policy, refiner, self.source)
         self.loops: dict[str, LoopHealth] = {}
         self.started_at = clock()  # staleness is judged from here at the earliest
         self._seq = 0
@@ -148,7 +135,7 @@ class Monitor:
         if not self.observe(event):
             return []
         if isinstance(event, EscalationAnswered):
-            return self._answered(event)
+            return self.respond.answered(event)
         if event.loop is None or event.loop not in self.loops:
             return []
         now = self.clock()
@@ -255,11 +242,11 @@ class Monitor:
             return []  # another monitor instance took it
         count = int(self.store.get(f"count:{scope}") or 0)
         if count >= rp.escalate_after.actions:
-            out = self._escalate(f, rp, scope, tried=count)
+            out = self.respond.escalate(f, rp, scope, tried=count)
             action = A.ESCALATE
         else:
             self.store.incr(f"count:{scope}")
-            out = self._do(rp.action, f, rp, scope)
+            out = self.respond.do(rp.action, f, rp, scope)
             action = rp.action
         self.store.doc_put(
             "incidents",
@@ -304,172 +291,9 @@ class Monitor:
             f.hint,
             f.evidence,
         )
-        out = self._escalate(late, rp, scope, tried=int(self.store.get(f"count:{scope}") or 1))
+        out = self.respond.escalate(
+            late, rp, scope, tried=int(self.store.get(f"count:{scope}") or 1)
+        )
         for e in out:
             self.observe(e)
-        return out
-
-    def _action(self, kind: A, f: Finding, hint: str | None = None) -> MonitorAction:
-        return MonitorAction(
-            source=self.source,
-            loop=f.loop,
-            causation_id=f.started_by,
-            action=kind,
-            rule=f.rule.value,
-            reason=f.reason,
-            incident_id=f.incident_id,
-            task_id=f.task_id,
-            hint=hint,
-        )
-
-    def _do(self, kind: A, f: Finding, rp: RulePolicy, scope: str) -> list[Event]:
-        env = _Env(source=self.source, loop=f.loop, causation_id=f.started_by)
-        reason = f"monitor: {f.rule.value}: {f.reason}"
-        if kind in (A.RESET_TASK, A.REFINE_TASK, A.BLOCK_TASK) and f.task_id is None:
-            kind = A.RESTART_WORKER  # nothing to reset without a task: start afresh
-        if kind == A.RESTART_WORKER:
-            return [self._action(kind, f), LoopStop(**env, reason=reason, restart=True)]
-        if kind == A.RESET_TASK:
-            assert f.task_id is not None
-            return [self._action(kind, f, f.hint), TaskReset(**env, task_id=f.task_id, hint=f.hint)]
-        if kind == A.PAUSE_LOOP:
-            return [self._action(kind, f), LoopPause(**env, reason=reason)]
-        if kind == A.BLOCK_TASK:
-            return [self._action(kind, f)]
-        if kind == A.REFINE_TASK:
-            return self._refine(f, rp, scope)
-        return self._escalate(f, rp, scope, tried=0)
-
-    def _refine(self, f: Finding, rp: RulePolicy, scope: str) -> list[Event]:
-        assert f.task_id is not None
-        if self.refiner is None:
-            return self._escalate(f, rp, scope, tried=0, note="no model is configured to refine it")
-        try:
-            proposal = self.refiner.refine(RefineRequest(f.loop, f.task_id, f.reason, f.evidence))
-        except RefineFailed as exc:
-            return self._escalate(f, rp, scope, tried=0, note=f"refining it failed: {exc.reason}")
-        act = self._action(A.REFINE_TASK, f, proposal)
-        if self.policy.refine.apply:
-            hint = TaskHint(
-                source=self.source,
-                loop=f.loop,
-                causation_id=f.started_by,
-                task_id=f.task_id,
-                text=proposal,
-            )
-            return [act, hint]
-        esc = short_id("e")
-        self.store.doc_put(
-            "escalations",
-            esc,
-            {
-                "kind": "refine",
-                "loop": f.loop,
-                "task_id": f.task_id,
-                "proposal": proposal,
-                "scope": scope,
-            },
-        )
-        question = (
-            f"Task {f.task_id} of loop {f.loop} keeps failing ({f.reason}). A model proposes "
-            f"this rewrite:\n\n{proposal}\n\nApprove to send it to the loop as guidance?"
-        )
-        return [
-            act,
-            EscalationRaised(
-                source=self.source,
-                loop=f.loop,
-                causation_id=f.started_by,
-                escalation_id=esc,
-                kind=EscalationKind.APPROVAL,
-                severity=rp.severity,
-                question=question,
-                task_id=f.task_id,
-                options=["approve", "reject"],
-            ),
-        ]
-
-    def _escalate(
-        self, f: Finding, rp: RulePolicy, scope: str, *, tried: int, note: str = ""
-    ) -> list[Event]:
-        self.store.claim(f"escalated:{scope}")
-        esc = short_id("e")
-        then = rp.on_escalate if rp.on_escalate in (A.PAUSE_LOOP, A.BLOCK_TASK) else None
-        if then == A.BLOCK_TASK and f.task_id is None:
-            then = A.PAUSE_LOOP
-        self.store.doc_put(
-            "escalations",
-            esc,
-            {
-                "kind": "incident",
-                "scope": scope,
-                "loop": f.loop,
-                "task_id": f.task_id,
-                "then": then,
-            },
-        )
-        tried_text = f" after {tried} automatic {rp.action.value} action(s)" if tried else ""
-        question = f"Loop {f.loop}: {f.reason}{tried_text}."
-        if note:
-            question += f" ({note})"
-        if then == A.PAUSE_LOOP:
-            question += " The loop is paused."
-        elif then == A.BLOCK_TASK:
-            question += f" Task {f.task_id} is blocked; the loop moves on."
-        question += (
-            " Answer retry to let the monitor try again, or text for the loop's next prompt."
-        )
-        out: list[Event] = [
-            self._action(A.ESCALATE, f),
-            EscalationRaised(
-                source=self.source,
-                loop=f.loop,
-                causation_id=f.started_by,
-                escalation_id=esc,
-                kind=EscalationKind.INCIDENT,
-                severity=rp.severity,
-                question=question,
-                task_id=f.task_id,
-                options=["retry", "skip", "abort"],
-            ),
-        ]
-        if then is not None:
-            out += self._do(then, f, rp, scope)
-        return out
-
-    # ----------------------------------------------------------------- answers
-
-    def _answered(self, event: EscalationAnswered) -> list[Event]:
-        doc = self.store.doc_get("escalations", event.escalation_id)
-        if doc is None or not self.store.claim(f"answered:{event.escalation_id}"):
-            return []
-        loop, task = doc.get("loop"), doc.get("task_id")
-        env = _Env(
-            source=self.source, loop=None if loop is None else str(loop), causation_id=event.id
-        )
-        out: list[Event] = []
-        words = event.answer.strip().lower()
-        if doc["kind"] == "refine":
-            approved = event.decision == Decision.APPROVE or (
-                event.decision is None and words in _APPROVE_WORDS
-            )
-            if approved:
-                out.append(TaskHint(**env, task_id=str(task), text=str(doc["proposal"])))
-        elif doc["kind"] == "incident" and event.decision in (None, Decision.RETRY):
-            scope = str(doc["scope"])
-            self.store.delete(f"escalated:{scope}", f"count:{scope}")
-            text = event.answer.strip() or None
-            if text and text.lower() == "retry":
-                text = None
-            if doc.get("then") == A.PAUSE_LOOP.value:
-                out.append(LoopResume(**env, reason=f"escalation {event.escalation_id} answered"))
-            if task is not None and (doc.get("then") == A.BLOCK_TASK.value or text):
-                out.append(TaskReset(**env, task_id=str(task), hint=text))
-        out.append(
-            EscalationDelivered(
-                **env,
-                escalation_id=event.escalation_id,
-                task_id=None if task is None else str(task),
-            )
-        )
         return out

@@ -484,3 +484,18 @@ def test_one_action_per_loop_when_several_rules_hold(store: Store, clock: Clock)
     ]
     out = run_iterations(mon, clock, "a", items)
     assert [a.rule for a in actions(out)] == [Rule.REPEATED_FAILURE]
+
+
+def test_retry_after_mass_death_restarts_every_dead_loop(store: Store, clock: Clock) -> None:
+    mon = make(store, clock, pid_alive=lambda host, pid: False)
+    for loop in ("a", "b", "c"):
+        mon.handle(heartbeat(loop, clock.now))
+    out = mon.tick(clock.advance(0.1))
+    [esc] = [e for e in out if isinstance(e, EscalationRaised)]
+    assert esc.severity == Severity.CRITICAL and "a, b, c" in esc.question
+    answer = EscalationAnswered(
+        source=OP, escalation_id=esc.escalation_id, answer="", decision=Decision.RETRY, by="me"
+    )
+    restarts = [e for e in mon.handle(answer) if isinstance(e, LoopStop)]
+    assert sorted(e.loop or "" for e in restarts) == ["a", "b", "c"]
+    assert all(e.restart for e in restarts)
