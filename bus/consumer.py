@@ -197,9 +197,20 @@ class RedisSubscription:
         cursor: Any = "0-0"
         seen = handled = 0
         for _ in range(100):  # bounded: at most 100 batches per reclaim round
-            reply = self._client.xautoclaim(
-                self._stream, self.group, self.consumer, s.reclaim_idle_ms, cursor, count=s.batch
-            )
+            try:
+                reply = self._client.xautoclaim(
+                    self._stream,
+                    self.group,
+                    self.consumer,
+                    s.reclaim_idle_ms,
+                    cursor,
+                    count=s.batch,
+                )
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.bus.ensure_group(self.group)  # the stream was deleted under us
+                break
             cursor, claimed = reply[0], list(reply[1])
             deleted = list(reply[2]) if len(reply) > 2 else []
             # Redis 6.2 returned trimmed entries as (id, None) instead of listing them.

@@ -233,3 +233,15 @@ def test_tail_without_blocking_reads_past_a_run_of_undecodable_entries(bus: Redi
     assert bus.tail(start, block_ms=0, count=2) == []
     bus.publish(hint(1))
     assert numbers([e for _, e in bus.tail(start, block_ms=0, count=2)]) == [1]
+
+
+def test_a_subscription_survives_its_stream_being_deleted(bus: RedisBus) -> None:
+    got: list[Event] = []
+    sub = bus.subscribe("g", "c", got.append)
+    bus.publish(hint(0))
+    assert sub.drain() == 1
+    bus.delete_all()  # e.g. an operator resets the project
+    sub.drain()  # recreates the group instead of failing
+    bus.publish(hint(1))
+    sub.drain()
+    assert numbers(got) == [0, 1]
