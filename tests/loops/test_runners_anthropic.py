@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -274,3 +275,43 @@ def test_mock_runs_standalone(tmp_path: Path) -> None:
         assert proc.wait(timeout=10) == 0
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_loops_run_with_the_anthropic_agent_verifies_and_merges(
+    tmp_path: Path, mock_anthropic: MockAnthropic
+) -> None:
+    """End to end: `loops run SPEC.yaml --agent anthropic` on the real SDK and the mock."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "SPEC.yaml").write_text(
+        'goal: "Say hello"\n'
+        "tasks:\n"
+        "  - id: hello\n"
+        '    title: "Write hello.txt"\n'
+        '    description: "Create hello.txt containing hello."\n'
+        "    acceptance_criteria:\n"
+        '      - criterion: "hello.txt says hello"\n'
+        "        check: {type: script, run: 'grep -qx hello hello.txt'}\n"
+    )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True, timeout=30)
+    mock_anthropic.script(
+        [
+            {"content": [tool("write_file", path="hello.txt", content="hello\n")]},
+            {"content": [tool("run_shell", command="grep -qx hello hello.txt && echo ok")]},
+            {"content": [text("<promise>hello written</promise>")]},
+        ]
+    )
+    env = {**os.environ, "ANTHROPIC_BASE_URL": mock_anthropic.base_url, "ANTHROPIC_API_KEY": KEY}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "loops"), "run", "SPEC.yaml", "--agent", "anthropic"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (repo / "hello.txt").read_text() == "hello\n"
+    assert KEY not in proc.stderr + proc.stdout
