@@ -43,6 +43,7 @@ class Judge(Protocol):
         when no verdict could be obtained (timeout, outage, unreadable reply)."""
 
 
+from gates.batch import BatchMergeQueue  # noqa: E402
 from gates.errors import JudgeError, MergeError  # noqa: E402
 from gates.gate import VerificationGate  # noqa: E402
 from gates.gitutil import GitError, ensure_loop_branch, ensure_loop_worktree  # noqa: E402
@@ -54,6 +55,7 @@ from gates.store import MemoryStore, RedisStore, StateStore  # noqa: E402
 
 __all__ = [
     "AnthropicJudge",
+    "BatchMergeQueue",
     "CriteriaLoader",
     "GateSettings",
     "GitError",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,7 @@ class MergeQueue:
                 merged = self._build(wt, vp, base)
                 if merged is None:
                     return  # conflicted: reported
-                failed = self._run_checks(wt, vp)
+                failed = self._run_checks(wt, [vp])
                 if failed is not None:
                     tail = failed.output_tail[-800:]
                     reason = f"checks failed on the merged tree: {failed.criterion}\n{tail}"
@@ -147,14 +147,28 @@ class MergeQueue:
         main ever holds is a tree whose checks ran (invariant 3); the agent's own
         iteration commits stay on its branch. The trailers make a landed merge
         recognisable after a crash (`landed_as`)."""
-        proc = run_git(wt, "merge", "--squash", "--no-commit", vp.commit, check=False)
-        if proc.returncode != 0:
-            files = conflicted_files(wt)
-            run_git(wt, "reset", "--hard", "--quiet", base, check=False)
-            self._conflicted(vp, files, "conflict" if files else proc.stdout[-800:])
+        if not self._squash(wt, vp, base):
             return None
-        subject = f"{vp.loop}/{vp.task_id}: verified by coding-loops"
-        body = f"Loops-Task: {vp.loop}/{vp.task_id}\nLoops-Commit: {vp.commit}\n"
+        return self._commit(wt, [vp])
+
+    def _squash(self, wt: Path, vp: VerificationPassed, head: str) -> bool:
+        """Stage `vp.commit` merged onto `head` (checked out in `wt`); on a conflict,
+        report it, put `wt` back at `head` and return False."""
+        proc = run_git(wt, "merge", "--squash", "--no-commit", vp.commit, check=False)
+        if proc.returncode == 0:
+            return True
+        files = conflicted_files(wt)
+        run_git(wt, "reset", "--hard", "--quiet", head, check=False)
+        self._conflicted(vp, files, "conflict" if files else proc.stdout[-800:])
+        return False
+
+    def _commit(self, wt: Path, vps: Sequence[VerificationPassed]) -> str:
+        """Commit what is staged in `wt` as the landing of `vps`, one trailer pair each."""
+        names = ", ".join(f"{vp.loop}/{vp.task_id}" for vp in vps)
+        subject = f"{names}: verified by coding-loops"
+        body = "".join(
+            f"Loops-Task: {vp.loop}/{vp.task_id}\nLoops-Commit: {vp.commit}\n" for vp in vps
+        )
         git(
             wt,
             "-c",
@@ -172,17 +186,21 @@ class MergeQueue:
         )
         return git(wt, "rev-parse", "HEAD")
 
-    def _run_checks(self, wt: Path, vp: VerificationPassed) -> CriterionResult | None:
-        """Runs the task's script checks (as the gate ran them, from main's criteria) and
-        the repository's test command; the first failure, or None."""
+    def _run_checks(self, wt: Path, vps: Sequence[VerificationPassed]) -> CriterionResult | None:
+        """Runs the tasks' script checks (as the gate ran them, from main's criteria) and
+        the repository's test command, each command once; the first failure, or None."""
         s = self.settings
         env = scrubbed_env()
-        commands = [(r.criterion, r.command) for r in vp.criteria if r.kind == "script"]
+        commands = [
+            (r.criterion, r.command) for vp in vps for r in vp.criteria if r.kind == "script"
+        ]
         if s.test_command:
             commands.append(("the repository's test command", s.test_command))
+        seen: set[str] = set()
         for criterion, command in commands:
-            if not command:
+            if not command or command in seen:
                 continue
+            seen.add(command)
             result = run_script(
                 command,
                 wt,

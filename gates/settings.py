@@ -64,4 +64,5 @@ class MergeSettings:
     check_timeout_s: float = DEFAULT_TIMEOUT_S
     tail_bytes: int = OUTPUT_TAIL_BYTES
     max_conflicts: int = 3  # conflicts of one task before a person is asked
+    batch_size: int = 1  # tasks tested together by a `BatchMergeQueue`
     max_races: int = 5  # times main may move under one merge before the job is retried

@@ -30,6 +30,7 @@ from events import (
     TaskClaimed,
 )
 from gates import (
+    BatchMergeQueue,
     GateSettings,
     Judge,
     MemoryStore,
@@ -71,6 +72,7 @@ TASKS = {
     "a/mul": [script("tests for mul pass", f"{PYTEST} tests/test_mul.py")],
     "b/sub": [script("tests for sub pass", f"{PYTEST} tests/test_sub.py")],
     "a/hang": [script("finishes", "sleep 60 & sleep 60; wait", timeout_s=1.0)],
+    "c/notes": [script("notes exist", "test -f NOTES.md")],
     "a/doc": [natural("the README explains mul", "README.md documents the mul function")],
 }
 
@@ -149,8 +151,10 @@ class Project:
         git(path, "checkout", "-q", branch)
         return Loop(name, path, self)
 
-    def start(self, merge: dict[str, Any] | None = None, **gate_overrides: Any) -> None:
-        """Build the gate and the merge queue on their own clones."""
+    def start(
+        self, merge: dict[str, Any] | None = None, batch: bool = False, **gate_overrides: Any
+    ) -> None:
+        """Build the gate and the merge queue (a batching one if `batch`) on their own clones."""
         gate_overrides.setdefault("protected", (*DEFAULT_PROTECTED, "tasks.json"))
         gate_settings = GateSettings(repo=self.clone("gate"), **gate_overrides)
         self.gate = VerificationGate(
@@ -159,7 +163,8 @@ class Project:
         merge_settings = MergeSettings(
             repo=self.clone("merge"), test_command=self.test_command, **(merge or {})
         )
-        self.merge = MergeQueue(self.bus, merge_settings, store=self.store)
+        queue_cls = BatchMergeQueue if batch else MergeQueue
+        self.merge = queue_cls(self.bus, merge_settings, store=self.store)
         self._subs = [self.gate.subscribe("gate-1"), self.merge.subscribe("merge-1")]
 
     def pump(self) -> int:
