@@ -8,16 +8,19 @@ on a bare origin; the timed part starts when every claim is on the bus and ends 
 the last `merge.completed` is published. The check of every task is a fixed cheap
 command (`true`), and so is the repository's test command, so the figure is the
 machinery's own cost: the gate (fetch, main's criteria, tamper diff, a clean worktree
-of the claim, the check) and the merge queue (fetch, a scratch worktree, the merge,
-the checks on the merged tree, a non-force push). Bus: fakeredis in this process.
+of the claim, the check) and the merge queue (fetch, a scratch worktree, the squash
+merge, the checks on the merged tree, a non-force push). The gate and the queue poll
+on threads of their own, as their processes would; the bus is fakeredis in this
+process. It runs twice: the one-slot `MergeQueue`, and `BatchMergeQueue` (--batch).
 
 The ceiling does the same merges with a plain script of git commands in one clone:
-fetch, squash-merge onto main in a reused worktree, run the check, push. Systems and
-ceiling take turns, round by round, so load from elsewhere on the machine hits both;
-the figures are the medians of the rounds.
+fetch, squash-merge onto main in a reused worktree, run the check and the test
+command, push; no verification of the claim. The runs take turns, round by round, so
+load from elsewhere on the machine hits all alike; the figures are medians of rounds.
 
 Prints a table, then as its last line one JSON object:
-{"merges_per_min": ..., "ceiling_per_min": ..., "ratio": ...}
+{"merges_per_min": ..., "ceiling_per_min": ..., "ratio": ..., "batch_merges_per_min": ...,
+ "batch_ratio": ..., "loops": ..., "tasks_per_loop": ...}
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +43,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fakeredis
 
-from bus import BusSettings, RedisBus
+from bus import BusSettings, RedisBus, Subscription
 from events import Criterion, Role, ScriptCheck, Source, TaskClaimed
-from gates import GateSettings, MergeQueue, MergeSettings, VerificationGate
+from gates import (
+    BatchMergeQueue,
+    GateSettings,
+    MergeQueue,
+    MergeSettings,
+    VerificationGate,
+)
 from gates.gitutil import git, remove_scratch
 
 CHECK = "true"
@@ -94,14 +105,41 @@ def loader(root: Path, loop: str, task_id: str) -> list[Criterion]:
     return [Criterion(criterion="the cheap check passes", check=ScriptCheck(run=CHECK))]
 
 
-def run_system(origin: Path, work: list[Work], root: Path) -> float:
-    """Seconds from all claims published to the last merge.completed."""
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)), protocol=2)
-    bus = RedisBus(client, settings=BusSettings(prefix=f"bench-{uuid.uuid4().hex[:8]}"))
-    gate = VerificationGate(bus, GateSettings(repo=clone(origin, root / "gate")), loader=loader)
-    queue = MergeQueue(bus, MergeSettings(repo=clone(origin, root / "merge"), test_command=CHECK))
-    subs = [gate.subscribe("gate-1"), queue.subscribe("merge-1")]
+def run_system(origin: Path, work: list[Work], root: Path, batch_size: int = 1) -> float:
+    """Seconds from all claims published to the last merge.completed. The gate and the
+    merge queue poll on threads of their own, as their processes would in deployment."""
+    server = fakeredis.FakeServer(version=(7, 0))
+    settings = BusSettings(prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    clients = [fakeredis.FakeRedis(server=server, protocol=2) for _ in range(3)]
+    bus, gate_bus, merge_bus = (RedisBus(c, settings=settings) for c in clients)
+    gate = VerificationGate(
+        gate_bus, GateSettings(repo=clone(origin, root / "gate")), loader=loader
+    )
+    merge_settings = MergeSettings(
+        repo=clone(origin, root / "merge"), test_command=CHECK, batch_size=batch_size
+    )
+    queue_cls = BatchMergeQueue if batch_size > 1 else MergeQueue
+    queue = queue_cls(merge_bus, merge_settings)
+    gate_sub, merge_sub = gate.subscribe("gate-1"), queue.subscribe("merge-1")
     source = Source(role=Role.WORKER, instance="bench")
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def count(bus: RedisBus, etype: str) -> int:
+        return sum(1 for _ in bus.replay(types=[etype]))
+
+    def role(sub: Subscription, bus: RedisBus, etype: str) -> None:
+        try:
+            while count(bus, etype) < len(work) and not done.is_set():
+                sub.poll(block_ms=20)
+        except BaseException as exc:
+            errors.append(exc)
+            done.set()
+
+    threads = [
+        threading.Thread(target=role, args=(gate_sub, gate_bus, "verification.passed")),
+        threading.Thread(target=role, args=(merge_sub, merge_bus, "merge.completed")),
+    ]
     start = time.perf_counter()
     for attempt, w in enumerate(work, 1):
         bus.publish(
@@ -114,15 +152,21 @@ def run_system(origin: Path, work: list[Work], root: Path) -> float:
                 branch=f"loop/{w.loop}",
             )
         )
-    while sum(sub.drain() for sub in subs):
-        pass
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
     elapsed = time.perf_counter() - start
-    done = [e for _, e in bus.replay(types=["merge.completed"])]
-    client.close()
+    done.set()
+    merged = count(bus, "merge.completed")
+    for client in clients:
+        client.close()
     remove_scratch(gate.settings.repo)
     remove_scratch(queue.settings.repo)
-    if len(done) != len(work):
-        raise SystemExit(f"system merged {len(done)} of {len(work)} tasks")
+    if errors:
+        raise errors[0]
+    if merged != len(work):
+        raise SystemExit(f"system merged {merged} of {len(work)} tasks")
     return elapsed
 
 
@@ -152,34 +196,42 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=4)
     parser.add_argument("--tasks", type=int, default=5, help="tasks per loop")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4, help="batch size of the batch run")
     args = parser.parse_args()
     n = args.loops * args.tasks
-    system_rates, ceiling_rates = [], []
+    runs: dict[str, Callable[[Path, list[Work], Path], float]] = {
+        "queue": run_system,
+        "batch": lambda o, w, r: run_system(o, w, r, batch_size=args.batch),
+        "ceiling": run_ceiling,
+    }
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory(prefix="bench-merge-") as tmp:
         (Path(tmp) / "template").mkdir()
         template, work = make_origin(Path(tmp) / "template", args.loops, args.tasks)
         for r in range(args.rounds):
-            for kind, rates, run in (
-                ("system", system_rates, run_system),
-                ("ceiling", ceiling_rates, run_ceiling),
-            ):
-                root = Path(tmp) / f"{kind}-{r}"
+            for name, run in runs.items():
+                root = Path(tmp) / f"{name}-{r}"
                 root.mkdir()
                 origin = root / "origin.git"
                 shutil.copytree(template, origin)
                 seconds = run(origin, work, root)
-                rates.append(n / seconds * 60)
-                print(f"round {r + 1} {kind:8} {n} merges in {seconds:6.2f} s", file=sys.stderr)
-    merges, ceiling = statistics.median(system_rates), statistics.median(ceiling_rates)
-    print(f"\nmerge queue: {args.loops} loops x {args.tasks} tasks, check `{CHECK}`")
-    print(f"{'':28}{'merges/min':>12}")
-    print(f"{'gate + merge queue':28}{merges:12.1f}")
-    print(f"{'plain git script (ceiling)':28}{ceiling:12.1f}")
-    print(f"{'ratio':28}{merges / ceiling:12.2f}")
+                rates[name].append(n / seconds * 60)
+                print(f"round {r + 1} {name:8} {n} merges in {seconds:6.2f} s", file=sys.stderr)
+    queue, batch, ceiling = (statistics.median(rates[k]) for k in ("queue", "batch", "ceiling"))
+    print(
+        f"\nmerge queue: {args.loops} loops x {args.tasks} tasks, check `{CHECK}`, "
+        f"median of {args.rounds} rounds"
+    )
+    print(f"{'':34}{'merges/min':>12}{'ratio':>8}")
+    print(f"{'gate + merge queue (one slot)':34}{queue:12.1f}{queue / ceiling:8.2f}")
+    print(f"{f'gate + batch merge queue ({args.batch})':34}{batch:12.1f}{batch / ceiling:8.2f}")
+    print(f"{'plain git script (ceiling)':34}{ceiling:12.1f}{1:8.2f}")
     figures = {
-        "merges_per_min": round(merges, 1),
+        "merges_per_min": round(queue, 1),
         "ceiling_per_min": round(ceiling, 1),
-        "ratio": round(merges / ceiling, 3),
+        "ratio": round(queue / ceiling, 3),
+        "batch_merges_per_min": round(batch, 1),
+        "batch_ratio": round(batch / ceiling, 3),
         "loops": args.loops,
         "tasks_per_loop": args.tasks,
     }
