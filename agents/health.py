@@ -24,6 +24,7 @@ from events import (
     LoopHeartbeat,
     LoopStarted,
     LoopStatus,
+    LoopStop,
     LoopStopped,
     MonitorAction,
     TaskFailed,
@@ -106,6 +107,7 @@ class LoopHealth:
     stopped: LoopStopped | None = None
     task_id: str | None = None
     last_iteration: IterationFinished | None = None
+    restart_asked: datetime | None = None  # a `loop.stop restart=True` not yet followed by a start
     barrier: int = 0  # streaks only count evidence after the last action on the loop
     obs: deque[Observation] = field(default_factory=lambda: deque(maxlen=200))
 
@@ -117,7 +119,8 @@ class LoopHealth:
         ):
             self.last_seen = event.ts
             if self.stopped is not None and event.ts > self.stopped.ts:
-                self.stopped = None
+                self.stopped = None  # it is alive again
+                self.restart_asked = None
         if isinstance(event, LoopHeartbeat):
             if self.heartbeat is None or event.ts >= self.heartbeat.ts:
                 self.heartbeat = event
@@ -127,6 +130,9 @@ class LoopHealth:
         elif isinstance(event, LoopStarted):
             self.host, self.pid = event.host, event.pid
             self.barrier = seq
+            self.restart_asked = None
+        elif isinstance(event, LoopStop):
+            self.restart_asked = event.ts if event.restart else None
         elif isinstance(event, LoopStopped):
             if self.last_seen is None or event.ts >= self.last_seen:
                 self.stopped = event
@@ -191,13 +197,14 @@ class LoopHealth:
         """Every rule that holds now, most specific first. `watched_since`: when the
         observer started; silence before that is not held against the loop."""
         if self.stopped is not None and self.stopped.status != LoopStatus.ERROR:
-            return []  # finished or stopped on purpose
+            return self._not_restarted(now, t)  # finished or stopped on purpose
         death = self._death(now, t, pid_alive, watched_since)
         if death is not None:
             return [death]
         if self.heartbeat is not None and self.heartbeat.status in (
             LoopStatus.STOPPED,
             LoopStatus.PAUSED,
+            LoopStatus.IDLE,
         ):
             return []
         if self.task_id is None or self.waiting(now):
@@ -220,6 +227,24 @@ class LoopHealth:
 
     def _finding(self, rule: Rule, started_by: str, reason: str, **kw: object) -> Finding:
         return Finding(self.loop, rule, self.task_id, started_by, reason, **kw)  # type: ignore[arg-type]
+
+    def _not_restarted(self, now: datetime, t: Thresholds) -> list[Finding]:
+        """Stopped for a restart, and not started again in time."""
+        stopped = self.stopped
+        if stopped is None or self.restart_asked is None:
+            return []
+        waited = (now - max(stopped.ts, self.restart_asked)).total_seconds()
+        if waited <= t.restart_grace_s:
+            return []
+        return [
+            Finding(
+                self.loop,
+                Rule.WORKER_DEAD,
+                self.task_id,
+                stopped.id,
+                f"stopped for a restart {waited:.0f}s ago and not started again",
+            )
+        ]
 
     def _death(
         self, now: datetime, t: Thresholds, pid_alive: PidAlive, watched_since: datetime | None

@@ -51,6 +51,7 @@ MONITOR_TYPES = (
     "loop.started",
     "loop.heartbeat",
     "loop.stopped",
+    "loop.stop",
     "task.started",
     "task.failed",
     "task.reset",

@@ -44,6 +44,7 @@ class Thresholds(_Model):
     reply_collapse_min_samples: int = Field(default=5, ge=2)
     reply_median_window: int = Field(default=20, ge=3)
     varied_failure_count: int = Field(default=5, ge=2)
+    restart_grace_s: float = Field(default=60.0, gt=0)
     mass_death_count: int = Field(default=3, ge=2)
     mass_death_window_s: float = Field(default=60.0, gt=0)
 

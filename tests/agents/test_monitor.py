@@ -499,3 +499,36 @@ def test_retry_after_mass_death_restarts_every_dead_loop(store: Store, clock: Cl
     restarts = [e for e in mon.handle(answer) if isinstance(e, LoopStop)]
     assert sorted(e.loop or "" for e in restarts) == ["a", "b", "c"]
     assert all(e.restart for e in restarts)
+
+
+def test_a_worker_that_does_not_come_back_after_a_restart_is_dead(
+    store: Store, clock: Clock
+) -> None:
+    mon = make(store, clock)
+    mon.handle(heartbeat("a", clock.now))
+    mon.handle(LoopStop(source=OP, loop="a", ts=clock.now, restart=True))
+    mon.handle(
+        LoopStopped(
+            source=WORKER, loop="a", ts=clock.now, status=LoopStatus.STOPPED, reason="restart"
+        )
+    )
+    assert mon.tick(clock.advance(59)) == []
+    [act] = actions(mon.tick(clock.advance(2)))
+    assert act.rule == Rule.WORKER_DEAD and "not started again" in act.reason
+    # It came back: nothing more.
+    mon.handle(heartbeat("a", clock.now))
+    assert mon.tick(clock.advance(0.5)) == []
+
+
+def test_paused_or_idle_loops_are_not_judged_on_old_evidence(store: Store, clock: Clock) -> None:
+    for status in (LoopStatus.PAUSED, LoopStatus.IDLE):
+        mon = make(store, clock)
+        loop = f"l-{status.value}"
+        out: list[Event] = []
+        for n in (1, 2, 3):
+            clock.advance(1)
+            out += mon.handle(heartbeat(loop, clock.now, status=status))
+            # Evidence arriving while the loop says it is paused or idle.
+            out += mon.handle(iteration(loop, clock.now, n, changed_files=[]))
+            out += mon.tick(clock.now)
+        assert actions(out) == []
