@@ -56,29 +56,41 @@ def failure_report(criteria: list[CriterionResult], reason: str) -> str:
     return "\n".join(lines)
 
 
+# What a worker reacts to; its subscription asks for these types only.
+WORKER_TYPES = frozenset({
+    "task.passed", "loop.pause", "loop.resume", "loop.stop", "task.reset", "task.hint",
+    "task.held", "task.released", "verification.passed", "verification.failed",
+    "merge.completed", "merge.conflicted", "escalation.answered", "monitor.action",
+})  # fmt: skip
+
+
+def _relevant(w: LoopWorker, event: Event) -> bool:
+    if isinstance(event, TaskPassed):
+        return event.loop is not None and event.loop != w.loop
+    if isinstance(event, EscalationAnswered):
+        return any(rt.escalation_id == event.escalation_id for rt in w.state.tasks.values())
+    if isinstance(event, MonitorAction):
+        return event.loop == w.loop and event.action is MonitorActionKind.BLOCK_TASK
+    return event.loop == w.loop and event.type in WORKER_TYPES
+
+
 def handle(w: LoopWorker, event: Event) -> None:
-    """React to one event from the bus."""
-    if w.state.seen(event.id):
+    """React to one event from the bus (idempotent; state saved before the ack)."""
+    if not _relevant(w, event) or w.state.seen(event.id):
         return
-    own = event.loop == w.loop
-    if isinstance(event, TaskPassed) and not own and event.loop:
+    if isinstance(event, TaskPassed):
         w.state.external_passed.add(f"{event.loop}/{event.task_id}")
-    elif own and isinstance(event, LoopPause | LoopResume | LoopStop | TaskReset | TaskHint):
+    elif isinstance(event, LoopPause | LoopResume | LoopStop | TaskReset | TaskHint):
         _command(w, event)
-    elif own and isinstance(event, TaskHeld | TaskReleased):
+    elif isinstance(event, TaskHeld | TaskReleased):
         w.state.task(event.task_id).held = event.reason if isinstance(event, TaskHeld) else None
-    elif own and isinstance(
+    elif isinstance(
         event, VerificationPassed | VerificationFailed | MergeCompleted | MergeConflicted
     ):
         _verdict(w, event)
     elif isinstance(event, EscalationAnswered):
         _answer(w, event)
-    elif (
-        own
-        and isinstance(event, MonitorAction)
-        and event.action is MonitorActionKind.BLOCK_TASK
-        and event.task_id
-    ):
+    elif isinstance(event, MonitorAction) and event.task_id:
         _block(w, event.task_id, f"blocked by the monitor: {event.reason}")
     w.save()
 

@@ -9,7 +9,7 @@ from bus import RedisBus
 from events import EscalationRaised, TaskClaimed, TaskPassed
 from loops.book import TaskBook
 from loops.driver import WorkerExit, run_worker
-from loops.reactions import handle
+from loops.reactions import WORKER_TYPES, handle
 from loops.runners import AgentRunner
 from loops.worker import LoopWorker
 from loops.workspace import Workspace
@@ -65,6 +65,7 @@ class WorkerService:
             worker_group(book.loop),
             book.loop,  # one worker per loop: a restarted one takes its pending entries back
             lambda event: handle(self.worker, event),
+            types=WORKER_TYPES,
         )
 
     def resume(self) -> None:

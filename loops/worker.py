@@ -303,8 +303,9 @@ class LoopWorker:
         if result.session_id:
             rt.session_id = result.session_id
         done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}")
-        rt.branch_head = self.ws.head()
-        self.ws.keep(task.id, rt.branch_head)
+        if done.commit:
+            rt.branch_head = done.commit
+            self.ws.keep(task.id, done.commit)
         outcome = parse_outcome(result.reply) if result.ok and not interrupted else None
         kind = outcome.kind if outcome else IterationOutcome.FAILED
         failure = result.failure

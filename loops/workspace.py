@@ -72,6 +72,8 @@ class Workspace:
         self.main_branch = main_branch
         self.branch = f"loop/{loop}"
         self.path = (root or repo / ".loops" / "worktrees") / loop
+        self._clean_at: str | None = None  # HEAD when we last left the worktree clean
+        self._git_dir: Path | None = None
 
     # ------------------------------------------------------------------ setup
     def ensure(self) -> None:
@@ -100,10 +102,14 @@ class Workspace:
     def reset_to(self, commit: str) -> None:
         """Point the loop branch at `commit` (main for a fresh task, the task's own last
         commit for a resumed one), discarding uncommitted leftovers of a crash."""
+        if self._clean_at == commit:
+            return  # we committed it ourselves and nothing ran since
         if self.head() == commit and not git(self.path, "status", "--porcelain"):
+            self._clean_at = commit
             return
         self.discard_uncommitted()
         git(self.path, "reset", "-q", "--hard", commit)
+        self._clean_at = commit
 
     def keep(self, task_id: str, commit: str) -> None:
         """Reference a task's work so that switching tasks never loses it."""
@@ -118,6 +124,7 @@ class Workspace:
     def merge_main(self) -> list[str]:
         """Merge current main into the loop branch (for a conflicted merge). Returns the
         conflicted files; they are left with conflict markers for the agent to resolve."""
+        self._clean_at = None
         out = git(self.path, "merge", "--no-edit", self.main_head(), check=False)
         conflicted = git(self.path, "diff", "--name-only", "--diff-filter=U").splitlines()
         if not conflicted and "CONFLICT" in out:
@@ -127,26 +134,36 @@ class Workspace:
     # ------------------------------------------------------------------ iterations
     def commit_iteration(self, message: str) -> IterationCommit:
         """Commit everything the agent changed (including a merge it resolved)."""
+        self._clean_at = None
         git(self.path, "add", "-A")
-        merging = Path(git(self.path, "rev-parse", "--git-dir")) / "MERGE_HEAD"
-        if not merging.is_absolute():
-            merging = self.path / merging
-        staged = git(self.path, "diff", "--cached", "--name-only").splitlines()
-        if not staged and not merging.exists():
-            return IterationCommit(None, [], DiffStat())
-        git(self.path, "commit", "-q", "--no-verify", "-m", message)
-        return IterationCommit(self.head(), staged, self._stat("HEAD~1", "HEAD"))
-
-    def _stat(self, a: str, b: str) -> DiffStat:
-        files = ins = dels = 0
-        for line in git(self.path, "diff", "--numstat", a, b, check=False).splitlines():
+        try:
+            git(self.path, "commit", "-q", "--no-verify", "-m", message)
+        except GitError:
+            if git(self.path, "status", "--porcelain") or self._merging():
+                raise
+            return IterationCommit(None, [], DiffStat())  # the agent changed nothing
+        # One call for the new commit's id and what it changed against its first parent.
+        out = git(self.path, "show", "--first-parent", "--numstat", "--format=%H", "HEAD")
+        sha, *lines = out.splitlines()
+        files: list[str] = []
+        ins = dels = 0
+        for line in lines:
             parts = line.split("\t")
             if len(parts) < 3:
                 continue
-            files += 1
+            files.append(parts[2])
             ins += int(parts[0]) if parts[0].isdigit() else 0
             dels += int(parts[1]) if parts[1].isdigit() else 0
-        return DiffStat(files=files, insertions=ins, deletions=dels)
+        self._clean_at = sha
+        return IterationCommit(
+            sha, files, DiffStat(files=len(files), insertions=ins, deletions=dels)
+        )
+
+    def _merging(self) -> bool:
+        if self._git_dir is None:
+            found = Path(git(self.path, "rev-parse", "--git-dir"))
+            self._git_dir = found if found.is_absolute() else self.path / found
+        return (self._git_dir / "MERGE_HEAD").exists()
 
     def push(self, remote: str) -> None:
         """Publish the loop branch to a shared remote (distributed mode)."""

@@ -1,0 +1,131 @@
+"""Harness overhead per iteration: from one agent run's end to the next one's start.
+
+An instant in-process agent changes a file and replies (long) without ever claiming,
+so the task keeps going for N iterations; its history, a huge last-failure output and
+many hints pile up, which shows the prompt stays bounded. What is timed is the
+worker's own work between runs: commit, evidence, events, transcripts, state files,
+prompt building. No checks run.
+
+    python bench/loop_overhead.py [--iterations 50] [--redis URL]
+
+Prints a table, then as its last line one JSON object:
+{"overhead_ms_p50": ..., "overhead_ms_p99": ..., "prompt_bytes_max": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fakeredis
+
+from bus import BusSettings, RedisBus, connect
+from loops.books import SpecBook
+from loops.runners import AgentRequest, AgentResult
+from loops.service import WorkerService
+from loops.spec import parse_spec
+from loops.workspace import git
+
+SPEC = """
+goal: "Benchmark the harness"
+context: "A task that never passes."
+tasks:
+  - id: never
+    title: "Never done"
+    description: "Keep working."
+    acceptance_criteria:
+      - criterion: "impossible"
+        check: {type: script, run: "false"}
+"""
+
+
+class InstantAgent:
+    """Edits one file and answers at once; records when each run starts and ends."""
+
+    name = "bench:instant"
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.prompt_bytes: list[int] = []
+
+    def run(self, request: AgentRequest) -> AgentResult:
+        self.starts.append(time.perf_counter())
+        self.prompt_bytes.append(len(request.prompt.encode()))
+        (request.worktree / "work.txt").write_text(f"iteration {request.iteration}\n")
+        reply = f"Still working on it (iteration {request.iteration}). " + "detail " * 300
+        self.ends.append(time.perf_counter())
+        return AgentResult(reply=reply, duration_s=0.0)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--redis", default=None, help="Redis URL (default: in-process fakeredis)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="loops-bench-") as tmp:
+        repo = Path(tmp) / "repo"
+        repo.mkdir()
+        git(repo, "init", "-q", "-b", "main")
+        (repo / "README.md").write_text("bench\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "init")
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        if args.redis:
+            client = connect(args.redis)
+            backend = f"Redis at {args.redis}"
+        else:
+            client = fakeredis.FakeRedis(protocol=2)
+            backend = "in-process fakeredis"
+        bus = RedisBus(client, settings=BusSettings(prefix=prefix))
+        book = SpecBook(
+            parse_spec(SPEC),
+            repo / "SPEC.yaml",
+            repo / ".loops" / "state",
+            max_iterations=args.iterations,
+        )
+        agent = InstantAgent()
+        service = WorkerService(bus, book, agent, repo, heartbeat_s=60)
+        # The worst case for the prompt: a huge failure output and many hints.
+        rt = service.worker.state.task("never")
+        rt.last_failure = "E   AssertionError: " + "x" * 200_000
+        rt.guidance = [f"hint {i}: " + "be careful " * 40 for i in range(200)]
+        started = time.perf_counter()
+        service.run(threading.Event(), until_idle=True)
+        wall = time.perf_counter() - started
+        bus.delete_all()
+        client.close()
+
+    gaps_ms = [(s - e) * 1000 for e, s in zip(agent.ends, agent.starts[1:], strict=False)]
+    figures = {
+        "overhead_ms_p50": round(statistics.median(gaps_ms), 2),
+        "overhead_ms_p99": round(percentile(gaps_ms, 0.99), 2),
+        "prompt_bytes_max": max(agent.prompt_bytes),
+    }
+    print(f"loop overhead: {len(agent.starts)} iterations on {backend}, {wall:.1f}s wall")
+    print(f"{'figure':<28}{'value':>12}")
+    print(f"{'overhead p50 (ms)':<28}{figures['overhead_ms_p50']:>12}")
+    print(f"{'overhead p99 (ms)':<28}{figures['overhead_ms_p99']:>12}")
+    print(f"{'overhead max (ms)':<28}{round(max(gaps_ms), 2):>12}")
+    print(f"{'prompt bytes, first run':<28}{agent.prompt_bytes[0]:>12}")
+    print(f"{'prompt bytes, max':<28}{figures['prompt_bytes_max']:>12}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
