@@ -11,6 +11,7 @@ from agents.escalations import (
     EscalationStatus,
     fold_escalations,
     open_escalations,
+    open_escalations_on,
 )
 from agents.health import Finding, LoopHealth
 from agents.human import HumanAgent, HumanConfig
@@ -56,6 +57,7 @@ __all__ = [
     "load_policy",
     "local_pid_alive",
     "open_escalations",
+    "open_escalations_on",
     "parse_policy",
     "run",
     "sign",

@@ -11,6 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from bus import Bus
 from events import (
     Decision,
     EscalationAcknowledged,
@@ -182,3 +183,9 @@ def open_escalations(
     if include_answered:
         wanted.add(EscalationStatus.ANSWERED)
     return by_urgency(e for e in fold_escalations(events).values() if e.status in wanted)
+
+
+def open_escalations_on(bus: Bus, *, include_answered: bool = False) -> list[Escalation]:
+    """`open_escalations` of everything on the bus's stream (`loops escalations`)."""
+    events = (event for _, event in bus.replay(types=ESCALATION_TYPES))
+    return open_escalations(events, include_answered=include_answered)

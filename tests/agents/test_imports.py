@@ -1,0 +1,32 @@
+"""agents/ imports only `events` and `bus` of this project (CONTRIBUTING.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import agents
+
+PROJECT = {"events", "bus", "loops", "gates", "agents", "cli"}
+ALLOWED = {"events", "bus", "agents"}
+
+
+def test_agents_import_only_events_and_bus() -> None:
+    root = Path(agents.__file__).parent
+    bad = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in PROJECT and top not in ALLOWED:
+                    bad.append(f"{path.name}: {name}")
+    assert bad == []
+
+
+def test_default_policy_ships_with_the_package() -> None:
+    assert (Path(agents.__file__).parent / "default-policy.yaml").is_file()
