@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections import Counter
+from pathlib import Path
 
 from events import Event, TaskHint
 from tests.bus.helpers import hint
 from tests.conftest import RedisBackend, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_consumers(
@@ -66,3 +72,47 @@ def test_no_loss_and_no_duplicates_across_10000_events_with_4_consumers(
     # each consumer sees its share in stream order
     for numbers in handled.values():
         assert numbers == sorted(numbers)
+
+
+def test_no_loss_and_no_duplicates_with_4_consumer_processes(
+    tcp_backend: RedisBackend, tmp_path: Path
+) -> None:
+    bus = tcp_backend.bus()
+    bus.ensure_group("g")
+    assert tcp_backend.url is not None
+    outs = [tmp_path / f"c{i}.txt" for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.bus.count_proc",
+                tcp_backend.url,
+                bus.prefix,
+                "g",
+                f"c{i}",
+                str(out),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for i, out in enumerate(outs)
+    ]
+    try:
+        for start in range(0, 10_000, 500):
+            bus.publish_many([hint(i) for i in range(start, start + 500)])
+        client = tcp_backend.client
+        wait_until(lambda: int(client.get(f"{bus.prefix}:handled") or 0) >= 10_000, timeout=90)
+        client.set(f"{bus.prefix}:stop", 1)
+        for p in procs:
+            assert p.wait(30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    handled = [[int(x) for x in out.read_text().split()] for out in outs]
+    everything = [n for numbers in handled for n in numbers]
+    assert sorted(everything) == list(range(10_000))  # no loss, no duplicate
+    assert all(numbers == sorted(numbers) for numbers in handled)
+    assert bus.client.xpending(bus.stream, "g")["pending"] == 0
