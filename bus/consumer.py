@@ -47,8 +47,9 @@ def blocking_read(
     """`call(block_ms)` (a blocking XREAD/XREADGROUP), without busy-spinning on servers
     that answer an empty blocking read at once (fakeredis 2.40 does): when the reply
     is empty and came back well before `block_ms`, back off (1 ms doubling to 50 ms)
-    and read again until `block_ms` has passed. A real Redis blocks, so this costs it
-    nothing. `block_ms <= 0` reads without blocking."""
+    and read again until `block_ms` has passed (or `wait` returns true: a stop
+    event was set). A real Redis blocks, so this costs it nothing. `block_ms <= 0`
+    reads without blocking."""
     if block_ms <= 0:
         return call(None)
     deadline = time.monotonic() + block_ms / 1000
@@ -62,7 +63,8 @@ def blocking_read(
         now = time.monotonic()
         if now - started >= remaining_ms / 2000 or deadline - now <= 0.001:
             return reply  # the server did block: nothing arrived in time
-        wait(min(delay, deadline - now))
+        if wait(min(delay, deadline - now)):
+            return reply  # `wait` is a stop event's wait(): the consumer is stopping
         delay = min(delay * 2, _MAX_BACKOFF_S)
         remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
 
@@ -153,11 +155,12 @@ class RedisSubscription:
 
     # ------------------------------------------------------------------ internals
 
-    def _wait(self, seconds: float) -> None:
+    def _wait(self, seconds: float) -> bool:
+        """Sleep `seconds`; True when the subscription was told to stop meanwhile."""
         if self._stop is not None:
-            self._stop.wait(seconds)
-        else:
-            time.sleep(seconds)
+            return self._stop.wait(seconds)
+        time.sleep(seconds)
+        return False
 
     def _poll(self, block_ms: int) -> tuple[int, int]:
         """(entries seen, events handled) of one poll."""

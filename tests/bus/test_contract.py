@@ -245,3 +245,15 @@ def test_a_subscription_survives_its_stream_being_deleted(bus: RedisBus) -> None
     bus.publish(hint(1))
     sub.drain()
     assert numbers(got) == [0, 1]
+
+
+def test_run_stops_promptly_on_a_server_that_does_not_block(redis_backend: RedisBackend) -> None:
+    if redis_backend.name != "fakeredis":
+        pytest.skip("a real server's BLOCK cannot be interrupted; run() returns after it")
+    sub = redis_backend.bus().subscribe("g", "c", lambda e: None)
+    stop = threading.Event()
+    worker = threading.Thread(target=sub.run, args=(stop, 60_000))
+    worker.start()
+    stop.set()
+    worker.join(5)  # without the stop check, the back-off loop would run for 60 s
+    assert not worker.is_alive()
