@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test lint check demo bench catalog clean
+.PHONY: venv test lint check demo bench catalog docs clean
 
 $(BIN)/loops: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,10 +27,14 @@ demo: venv  ## the embedded demo from the README
 	$(BIN)/loops demo
 
 bench: venv
-	$(BIN)/python bench/bus.py
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 catalog: venv  ## regenerate docs/EVENT-CATALOG.md
 	$(BIN)/python -m events.catalog > docs/EVENT-CATALOG.md
+
+docs: catalog  ## regenerate every generated doc (event catalog, configuration, JSON schemas)
+	$(BIN)/python -m cli.configdoc > docs/CONFIGURATION.md
+	$(BIN)/python -m loops.schemas
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
