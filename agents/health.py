@@ -100,7 +100,8 @@ class LoopHealth:
     """What the monitor knows about one loop."""
 
     loop: str
-    last_seen: datetime | None = None  # latest event the worker published
+    last_seen: datetime | None = None  # when its latest event arrived (observer's clock)
+    last_ts: datetime | None = None  # the latest event's own time (the worker's clock)
     heartbeat: LoopHeartbeat | None = None
     host: str | None = None
     pid: int | None = None
@@ -113,14 +114,18 @@ class LoopHealth:
 
     # ----------------------------------------------------------------- folding
 
-    def observe(self, event: Event, seq: int) -> None:
-        if isinstance(event, _WORKER_EVENTS) and (
-            self.last_seen is None or event.ts > self.last_seen
-        ):
-            self.last_seen = event.ts
-            if self.stopped is not None and event.ts > self.stopped.ts:
-                self.stopped = None  # it is alive again
-                self.restart_asked = None
+    def observe(self, event: Event, seq: int, received: datetime | None = None) -> None:
+        """Fold `event` in. `received`: when the observer got it, by its own clock (so a
+        worker's clock skew does not make it look stale); None in a replay."""
+        if isinstance(event, _WORKER_EVENTS):
+            seen = received or event.ts
+            if self.last_seen is None or seen > self.last_seen:
+                self.last_seen = seen
+            if self.last_ts is None or event.ts > self.last_ts:
+                self.last_ts = event.ts
+                if self.stopped is not None and event.ts > self.stopped.ts:
+                    self.stopped = None  # it is alive again
+                    self.restart_asked = None
         if isinstance(event, LoopHeartbeat):
             if self.heartbeat is None or event.ts >= self.heartbeat.ts:
                 self.heartbeat = event
@@ -134,7 +139,7 @@ class LoopHealth:
         elif isinstance(event, LoopStop):
             self.restart_asked = event.ts if event.restart else None
         elif isinstance(event, LoopStopped):
-            if self.last_seen is None or event.ts >= self.last_seen:
+            if self.last_ts is None or event.ts >= self.last_ts:
                 self.stopped = event
         elif isinstance(event, TaskStarted):
             self._switch_task(event.task_id)

@@ -107,8 +107,9 @@ class Monitor:
 
     # ----------------------------------------------------------------- input
 
-    def observe(self, event: Event) -> bool:
-        """Fold `event` into the loops' health without acting. False if seen before."""
+    def observe(self, event: Event, received: datetime | None = None) -> bool:
+        """Fold `event` into the loops' health without acting. False if seen before.
+        `received`: the monitor's time of receipt (None for replayed events)."""
         if event.id in self._seen:
             return False
         self._seen[event.id] = None
@@ -121,7 +122,7 @@ class Monitor:
             health = self.loops.get(event.loop)
             if health is None:
                 health = self.loops[event.loop] = LoopHealth(event.loop)
-            health.observe(event, self._seq)
+            health.observe(event, self._seq, received)
         return True
 
     def warm_up(self, events: Iterable[Event], since: datetime | None = None) -> int:
@@ -133,13 +134,13 @@ class Monitor:
 
     def handle(self, event: Event) -> list[Event]:
         """Fold one event in; act on what the event-driven rules find now."""
-        if not self.observe(event):
+        now = self.clock()
+        if not self.observe(event, received=now):
             return []
         if isinstance(event, EscalationAnswered):
             return self.respond.answered(event)
         if event.loop is None or event.loop not in self.loops:
             return []
-        now = self.clock()
         found = self._findings([self.loops[event.loop]], now)
         # Deaths are judged in tick(), across all loops at once (mass death).
         return self._act_all([f for f in found if f.rule not in DEATH_RULES], now)

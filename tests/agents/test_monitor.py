@@ -532,3 +532,14 @@ def test_paused_or_idle_loops_are_not_judged_on_old_evidence(store: Store, clock
             out += mon.handle(iteration(loop, clock.now, n, changed_files=[]))
             out += mon.tick(clock.now)
         assert actions(out) == []
+
+
+def test_a_worker_clock_behind_does_not_look_stale(store: Store, clock: Clock) -> None:
+    mon = make(store, clock)
+    out: list[Event] = []
+    for _ in range(10):  # the worker's clock is 30 s behind the monitor's
+        out += mon.handle(heartbeat("a", clock.now - timedelta(seconds=30)))
+        out += mon.tick(clock.advance(1))
+    assert actions(out) == []
+    [act] = actions(mon.tick(clock.advance(1.5)))  # and then it stops
+    assert act.rule == Rule.STALE_HEARTBEAT
