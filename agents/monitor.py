@@ -172,6 +172,7 @@ class Monitor:
         stamp = now.timestamp()
         for f in fresh:
             self.store.mark("deaths", f"{f.loop}|{f.incident_id}", stamp)
+        self.store.unmark_before("deaths", stamp - 10 * t.mass_death_window_s)
         recent = self.store.marked_since("deaths", stamp - t.mass_death_window_s)
         dead = sorted({m.split("|", 1)[0] for m in recent})
         current = self.store.doc_get("mass", "current")

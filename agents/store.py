@@ -77,6 +77,9 @@ class Store:
         members: list[Any] = self.client.zrangebyscore(self.key(table), since, "+inf")  # type: ignore[assignment]
         return [str(_text(m)) for m in members]
 
+    def unmark_before(self, table: str, before: float) -> None:
+        self.client.zremrangebyscore(self.key(table), "-inf", f"({before}")
+
     def clear(self) -> None:
         """Delete every key of this store (tests, and `loops` state resets)."""
         for k in self.client.scan_iter(match=f"{self.base}:*", count=500):
