@@ -214,3 +214,56 @@ def _no_stray_servers(tmp_path: Path) -> Iterator[None]:
     for pid_file in tmp_path.glob("*/.loops/redis.pid"):
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+
+def test_question_answered_from_another_terminal_reaches_the_loop(tmp_path: Path) -> None:
+    """`loops up` returns when the loop waits on a person and lists the question; the
+    person answers from another terminal; `loops up` again delivers the answer into
+    the loop's next prompt and the task merges."""
+    prefix = f"test-up-{uuid.uuid4().hex[:8]}"
+    shared = {**env(), "REDIS_URL": require_real_redis(), "LOOPS_PREFIX": prefix}
+    root = demo.create(tmp_path / "p")
+    git(root, "rm", "-rq", "loop-1-clean", "loop-2-false-claim", "loop-3-stuck")
+    git(root, "commit", "-qm", "only the loop that asks")
+    bus = RedisBus.from_settings(BusSettings.from_env(shared))
+    try:
+        first = subprocess.run(
+            [LOOPS, "up", str(root), "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=shared,
+        )
+        assert first.returncode == 1
+        raised = events(bus, "escalation.raised")[0]
+        eid = raised.escalation_id  # type: ignore[attr-defined]
+        assert f"{eid} [medium] loop-4-question/DIV-1" in first.stdout
+        listing = subprocess.run(
+            [LOOPS, "escalations"], capture_output=True, text=True, timeout=60, env=shared
+        )
+        assert eid in listing.stdout and "ZeroDivisionError or return None" in listing.stdout
+        answer = subprocess.run(
+            [LOOPS, "answer", eid, "Raise", "ZeroDivisionError."],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=shared,
+        )
+        assert answer.returncode == 0, answer.stderr
+        again = subprocess.run(
+            [LOOPS, "up", str(root), "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=shared,
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        delivered = events(bus, "escalation.delivered")
+        assert [e.escalation_id for e in delivered] == [eid]  # type: ignore[attr-defined]
+        transcripts = root / "loop-4-question" / "specs" / "logs" / "transcripts"
+        last = sorted(transcripts.glob("*-iter*-DIV-1.log"))[-1].read_text()
+        assert "A person answered your question" in last and "Raise ZeroDivisionError." in last
+        assert "raise ZeroDivisionError" in git(root, "show", "main:calc/div.py")
+    finally:
+        bus.delete_all()
+        bus.close()
