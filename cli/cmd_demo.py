@@ -17,7 +17,15 @@ from pathlib import Path
 
 from bus import RedisBus
 from cli import demo
-from cli.cmd_up import LiveTable, load_checked, open_system_bus, repo_and_main, summary, up_lock
+from cli.cmd_up import (
+    LiveTable,
+    load_checked,
+    logs_to_file_on_a_terminal,
+    open_system_bus,
+    repo_and_main,
+    summary,
+    up_lock,
+)
 from cli.system import System, SystemOptions
 from events import (
     EscalationAnswered,
@@ -46,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     demo.create(root, agent=agent)
     print(f"Demo repository: {root}\n", flush=True)
+    log_file = logs_to_file_on_a_terminal(root)
     project = load_checked(root)
     repo, main = repo_and_main(root, project)
     with up_lock(root), open_system_bus(None, root, from_env=False) as bus:
@@ -68,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nDone in {time.monotonic() - started:.0f}s. Inspect the result:")
         print(f"  git -C {root} log --oneline main")
         print(f"  cat {root}/loop-*/specs/test-state.json | jq .summary")
+        if log_file:
+            print(f"  less {log_file}")
         return code
 
 

@@ -91,6 +91,21 @@ def up_lock(directory: Path) -> Iterator[None]:
         fh.close()
 
 
+def logs_to_file_on_a_terminal(directory: Path) -> Path | None:
+    """On a terminal the live table owns the screen: logs go to `.loops/loops.log`."""
+    if not sys.stdout.isatty():
+        return None
+    path = directory / ".loops" / "loops.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    return path
+
+
 class LiveTable:
     """The terminal view while `loops up` runs: a redrawn table on a TTY, a line per
     change elsewhere (logs, CI)."""
@@ -154,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     directory = project_dir(args.dir)
     project = load_checked(directory)
     repo, main = repo_and_main(directory, project)
+    log_file = logs_to_file_on_a_terminal(directory)
     with up_lock(directory), open_system_bus(args.redis, directory) as bus:
         options = SystemOptions(
             agent=args.agent,
@@ -181,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             system.shutdown()
         code, lines = summary(system, bus)
+        if log_file:
+            lines.append(f"Logs: {log_file}")
         print("\n".join(lines), flush=True)
         return code
 
