@@ -241,7 +241,8 @@ def test_service_starts_becomes_healthy_and_stops_cleanly(
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_until(healthy, timeout=60, interval=0.2)
+        # Each check is a `loops health` process, as in the container; poll gently.
+        wait_until(healthy, timeout=60, interval=1.0)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=service.stop_grace_s())
         assert code == 0, f"{name} exited {code} on SIGTERM:\n{output()}"

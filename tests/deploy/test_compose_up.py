@@ -1,7 +1,9 @@
 """`docker compose up` without an engine: every service of docker-compose.yml as a local
 process on one Redis, on the demo project. A task goes the whole distributed way:
 worker claim -> gate -> verification as an rq job on the `rq` service -> merge queue ->
-main. Then `docker compose down`: every process exits 0 on SIGTERM.
+main. `docker compose down` is SIGTERM to each: every process exits 0. And what
+`restart: unless-stopped` does after a kill -9 (a new process of the same service)
+still takes the task to main.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
 
-from bus import connect
+from bus import BusSettings, RedisBus, connect
 from cli import demo
 from tests.conftest import require_real_redis, wait_until
 from tests.deploy import compose
@@ -45,46 +47,73 @@ class Running:
         return result.returncode == 0
 
 
+@dataclass
+class Stack:
+    """The compose services as local processes; `start` is what the engine does on
+    `up` and on a restart."""
+
+    local: compose.Local
+    logs: Path
+    services: dict[str, compose.Service]
+    running: dict[str, Running] = field(default_factory=dict)
+    starts: int = 0
+
+    def start(self, name: str) -> Running:
+        service = self.services[name]
+        env = self.local.env(service, os.environ)
+        self.starts += 1
+        log = self.logs / f"{name}.{self.starts}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                self.local.argv([*service.entrypoint, *service.command]),
+                env=env,
+                cwd=self.local.cwd(service),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        health = self.local.argv(service.healthcheck)
+        self.running[name] = Running(name, proc, log, health, env, service.stop_grace_s())
+        return self.running[name]
+
+    def up(self, *names: str) -> None:
+        """Start `names` (default: every service) and wait until each is healthy."""
+        started = [self.start(name) for name in names or self.services]
+        for r in started:
+            wait_until(r.healthy, timeout=60, interval=1.0)
+
+    def kill_9(self, *names: str) -> None:
+        for name in names:
+            self.running[name].proc.kill()
+        for name in names:
+            assert self.running[name].proc.wait(timeout=10) == -signal.SIGKILL
+
+    def logs_text(self) -> str:
+        return "\n".join(f"--- {r.name}\n{r.output()}" for r in self.running.values())
+
+    def kill_all(self) -> None:
+        for r in self.running.values():
+            if r.proc.poll() is None:
+                r.proc.kill()
+                r.proc.wait(timeout=10)
+
+
 @pytest.fixture
-def up(tmp_path: Path) -> Iterator[tuple[list[Running], Path]]:
+def stack(tmp_path: Path) -> Iterator[Stack]:
     url = require_real_redis()
     repo = demo.create(tmp_path / "demo")
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    local = compose.Local(repo=repo, redis_url=url, prefix=prefix, port=port)
-    running: list[Running] = []
+    tree = compose.load({"LOOPS_LOOP": LOOP})
+    ours = {s.name: s for s in compose.services(tree) if s.is_ours}  # Redis: the local one
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    stack = Stack(compose.Local(repo=repo, redis_url=url, prefix=prefix, port=port), logs, ours)
     try:
-        for service in compose.services(compose.load({"LOOPS_LOOP": LOOP})):
-            if not service.is_ours:
-                continue  # Redis: the local one plays it
-            env = local.env(service, os.environ)
-            log = tmp_path / f"{service.name}.log"
-            with log.open("w") as out:
-                proc = subprocess.Popen(
-                    local.argv([*service.entrypoint, *service.command]),
-                    env=env,
-                    cwd=local.cwd(service),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            running.append(
-                Running(
-                    service.name,
-                    proc,
-                    log,
-                    local.argv(service.healthcheck),
-                    env,
-                    service.stop_grace_s(),
-                )
-            )
-        yield running, repo
+        yield stack
     finally:
-        for r in running:
-            if r.proc.poll() is None:
-                r.proc.kill()
-                r.proc.wait(timeout=10)
+        stack.kill_all()
         client: redis.Redis = connect(url)
         try:
             keys = list(client.scan_iter(match=f"{prefix}:*"))
@@ -104,23 +133,48 @@ def _main_has_add(repo: Path) -> bool:
     return "return a + b" in shown.stdout
 
 
-def test_compose_up_verifies_on_rq_and_merges_into_main(
-    up: tuple[list[Running], Path],
-) -> None:
-    running, repo = up
-    for r in running:
-        wait_until(r.healthy, timeout=60, interval=0.2)
-
+def _wait_for_main(stack: Stack, timeout: float) -> None:
     try:
-        wait_until(lambda: _main_has_add(repo), timeout=90, interval=0.2)
+        wait_until(lambda: _main_has_add(stack.local.repo), timeout=timeout, interval=0.2)
     except AssertionError:
-        logs = "\n".join(f"--- {r.name}\n{r.output()}" for r in running)
-        raise AssertionError(f"ADD-1 never reached main; the services said:\n{logs}") from None
-    rq = next(r for r in running if r.name == "rq")
-    assert "gates.jobs.verify_claim" in rq.log.read_text(), "the rq service ran no verification"
+        raise AssertionError(
+            f"ADD-1 never reached main; the services said:\n{stack.logs_text()}"
+        ) from None
 
-    for r in running:
+
+def test_compose_up_verifies_on_rq_and_merges_into_main(stack: Stack) -> None:
+    stack.up()
+    _wait_for_main(stack, timeout=90)
+    rq_log = stack.running["rq"].log.read_text()
+    assert "gates.jobs.verify_claim" in rq_log, "the rq service ran no verification"
+
+    for r in stack.running.values():
         r.proc.send_signal(signal.SIGTERM)
-    for r in running:
+    for r in stack.running.values():
         code = r.proc.wait(timeout=r.grace_s)
         assert code == 0, f"{r.name} exited {code} on SIGTERM:\n{r.output()}"
+
+
+def test_kill_9_and_restart_at_each_stage_still_merges_the_task(stack: Stack) -> None:
+    """Each stage is held by a service that is down, so every kill lands where it is
+    meant to: the claim waiting for a gate, the verdict waiting for the merge queue."""
+    bus = RedisBus.from_settings(BusSettings(url=stack.local.redis_url, prefix=stack.local.prefix))
+
+    def seen(event_type: str) -> bool:
+        return bool(list(bus.replay(types=[event_type])))
+
+    try:
+        stack.up("worker", "rq", "monitor", "pm", "human", "dashboard")
+        wait_until(lambda: seen("task.claimed"), timeout=60)
+        stack.kill_9("worker", "rq")
+        stack.up("worker", "rq", "gate")  # restarted, and the gate comes up late
+
+        wait_until(lambda: seen("verification.passed"), timeout=90)
+        assert not _main_has_add(stack.local.repo)  # no merge queue yet
+        stack.kill_9("worker", "gate", "rq")
+        stack.up("worker", "gate", "rq", "merge")
+
+        _wait_for_main(stack, timeout=90)
+        assert not seen("verification.failed")
+    finally:
+        bus.close()
