@@ -15,6 +15,8 @@ def test_from_env_reads_redis_url() -> None:
     s = BusSettings.from_env({"REDIS_URL": "redis://h:1/2"}, prefix="p", max_deliveries=3)
     assert (s.url, s.prefix, s.max_deliveries) == ("redis://h:1/2", "p", 3)
     assert BusSettings.from_env({}).url == "redis://127.0.0.1:6379/0"
+    assert BusSettings.from_env({"LOOPS_PREFIX": "demo"}).prefix == "demo"
+    assert BusSettings.from_env({"LOOPS_PREFIX": "demo"}, prefix="x").prefix == "x"
     assert BusSettings().max_deliveries == 5
     assert BusSettings().trim is TrimPolicy.MAXLEN
 
