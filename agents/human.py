@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from agents.escalations import (
     ESCALATION_TYPES,
@@ -97,6 +97,7 @@ class HumanAgent:
 
     role = Role.HUMAN
     types = HUMAN_TYPES
+    warm_up_window: str | timedelta | None = None  # its state is in the store
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from agents.actions import Responder
 from agents.health import Finding, LoopHealth, PidAlive
@@ -81,6 +81,7 @@ class Monitor:
 
     role = Role.MONITOR
     types = MONITOR_TYPES
+    warm_up_window: str | timedelta | None = timedelta(hours=1)
 
     def __init__(
         self,

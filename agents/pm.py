@@ -14,7 +14,7 @@ import fnmatch
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from events import (
@@ -105,6 +105,8 @@ class ProjectManager:
 
     role = Role.PM
     types = PM_TYPES
+    # Holds and dependencies can be old: the whole stream.
+    warm_up_window: str | timedelta | None = "-"
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ import socket
 import threading
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Literal, Protocol
 
 from bus import Bus
 from events import Event, utcnow
@@ -22,6 +22,10 @@ class Agent(Protocol):
 
     @property
     def types(self) -> Collection[str]: ...
+
+    @property
+    def warm_up_window(self) -> str | timedelta | None:
+        """What `run` replays on start unless told otherwise."""
 
     def handle(self, event: Event) -> list[Event]: ...
 
@@ -48,16 +52,21 @@ def run(
     group: str,
     consumer: str | None = None,
     tick_s: float = 0.25,
-    warm_up_since: str | datetime | timedelta | None = None,
+    warm_up_since: str | datetime | timedelta | Literal[False] | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> None:
-    """Run `agent` until `stop` is set: replay (optional), then consume as `group`,
+    """Run `agent` until `stop` is set: replay (from `warm_up_since`; None: the agent's
+    `warm_up_window`; False: no replay), then consume as `group`,
     publishing what `handle` returns, and call `tick` at least every `tick_s`.
     Time-based rules fire up to one `tick_s` after their threshold (a stale heartbeat:
     2 intervals + `tick_s` at worst).
 
     A handler that raises leaves its event pending for redelivery (the bus's rule);
     a tick that raises ends the run, and the supervisor restarts the role."""
+    if warm_up_since is None:
+        warm_up_since = agent.warm_up_window
+    if warm_up_since is False:
+        warm_up_since = None
     if isinstance(warm_up_since, timedelta):
         warm_up_since = clock() - warm_up_since
     if warm_up_since is not None:

@@ -49,6 +49,7 @@ class Counting:
     def __init__(self, agent: Any) -> None:
         self.agent = agent
         self.types = agent.types
+        self.warm_up_window = agent.warm_up_window
         self.handled = 0
         self.ticks = 0
 
