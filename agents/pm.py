@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -56,10 +56,14 @@ PM_TYPES = (
 
 @dataclass(frozen=True)
 class PMConfig:
-    """Priorities (higher runs first; default 0), how many loops may run at once
-    (None: all), what to do about file overlap, and how often to report progress."""
+    """Priorities (higher runs first; default 0), cross-loop dependencies, how many
+    loops may run at once (None: all), what to do about file overlap, and how often to
+    report progress."""
 
     priorities: Mapping[str, int] = field(default_factory=dict)
+    # "loop/TASK" -> the tasks it depends on; the task is held until the other
+    # loops' ones ("other/TASK") have merged. The composition root reads them from the loops' specs.
+    dependencies: Mapping[str, Collection[str]] = field(default_factory=dict)
     concurrency: int | None = None
     overlap_action: Literal["hold", "rebase"] = "hold"
     overlap_ignore: tuple[str, ...] = ()  # glob patterns of files never counted as overlap
@@ -120,7 +124,13 @@ class ProjectManager:
         self.source = source or Source(role=Role.PM)
         self.loops: dict[str, LoopFacts] = {}
         self.merged: set[str] = set()  # "loop/TASK" merged into main
-        self.deps: dict[Key, str] = {}  # task -> the other loop's task it waits on
+        # task -> the other loops' tasks it waits on (from config, and from task.blocked)
+        self.deps: dict[Key, set[str]] = {}
+        for task, deps in self.config.dependencies.items():
+            loop, _, task_id = task.partition("/")
+            cross = {d for d in deps if "/" in d and not d.startswith(f"{loop}/")}
+            if task_id and cross:
+                self.deps[(loop, task_id)] = cross
         self.held: dict[Key, Hold] = {}  # holds this PM has published
         self.hinted: set[str] = set()  # overlap episodes a rebase hint was sent for
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -197,7 +207,7 @@ class ProjectManager:
                 if dep in self.merged:
                     self.releases_due[(event.loop, event.task_id)] = f"{dep} has merged"
                 else:
-                    self.deps[(event.loop, event.task_id)] = dep
+                    self.deps.setdefault((event.loop, event.task_id), set()).add(dep)
             else:
                 f.blocked.add(event.task_id)
         elif isinstance(event, TaskPassed | MergeCompleted):
@@ -220,15 +230,20 @@ class ProjectManager:
     def desired(self) -> dict[Key, Hold]:
         """The holds the facts call for now (first reason wins)."""
         want: dict[Key, Hold] = {}
-        for key, dep in self.deps.items():
-            if dep not in self.merged:
-                want.setdefault(key, Hold(f"waits on {dep}", dep))
+        for key, deps in self.deps.items():
+            unmet = sorted(deps - self.merged)
+            if unmet and key[1] not in self._passed(key[0]):
+                want.setdefault(key, Hold(f"waits on {', '.join(unmet)}", unmet[0]))
         if self.config.overlap_action == "hold":
             for key, hold in self._overlap_holds().items():
                 want.setdefault(key, hold)
         for key, hold in self._priority_holds().items():
             want.setdefault(key, hold)
         return want
+
+    def _passed(self, loop: str) -> set[str]:
+        facts = self.loops.get(loop)
+        return facts.passed if facts else set()
 
     def _rank(self, loop: str) -> tuple[int, str]:
         return (-self.config.priority(loop), loop)

@@ -223,3 +223,15 @@ def test_a_restarted_pm_publishes_nothing_twice() -> None:
     assert of(TaskHeld, second.reconcile()) == []
     out = feed(second, [passed("api", "A2")])
     assert len(of(TaskReleased, out)) == 1
+
+
+def test_dependencies_from_configuration_are_held_from_the_start() -> None:
+    pm = ProjectManager(
+        PMConfig(dependencies={"ui/U1": ["api/A1", "api/A2", "U0"], "ui/U2": ["U1"]})
+    )
+    [held] = of(TaskHeld, pm.reconcile())
+    assert (held.loop, held.task_id, held.until_task) == ("ui", "U1", "api/A1")
+    assert "api/A1, api/A2" in held.reason
+    assert of(TaskReleased, feed(pm, [passed("api", "A1")])) == []
+    [rel] = of(TaskReleased, feed(pm, [passed("api", "A2")]))
+    assert (rel.loop, rel.task_id) == ("ui", "U1")
