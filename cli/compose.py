@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bus import RedisBus, Subscription
-from events import Criterion, Role, Source, ValidationFailed
+from events import Criterion, LoopsError, Role, Source, ValidationFailed
 from gates import (
     AnthropicJudge,
     CriteriaLoader,
@@ -111,8 +111,11 @@ class Threads:
         def body() -> None:
             try:
                 target()
-            except BaseException as exc:  # surfaced by `check()`, never swallowed
-                log.exception("role %s crashed", name)
+            except BaseException as exc:  # re-raised by the supervisor, never swallowed
+                if isinstance(exc, LoopsError):
+                    log.error("role %s: %s", name, exc)  # a user-facing error: no traceback
+                else:
+                    log.exception("role %s crashed", name)
                 self.errors.append(exc)
 
         thread = threading.Thread(target=body, name=name, daemon=True)

@@ -25,7 +25,7 @@ from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
 from bus import RedisBus
 from cli.compose import Threads, judge_from_env, loader_with_fallback, make_gate, make_merge
-from events import Event, LoopStop
+from events import ConfigError, Event, LoopStop
 from loops.books import HarnessBook
 from loops.driver import WorkerExit, all_passed
 from loops.project import Project
@@ -96,6 +96,9 @@ class System:
         return make
 
     def start(self) -> None:
+        # The dashboard first: a taken port is one clear line before anything runs.
+        if self.options.dashboard:
+            self._start_dashboard(*self.options.dashboard)
         default_check = None
         gate = make_gate(
             self.bus,
@@ -111,8 +114,6 @@ class System:
         self._start_agents()
         supervisor = self.bus.subscribe("supervisor", "up", self._on_event, types={"loop.stop"})
         self.roles.poll_forever("supervisor", supervisor)
-        if self.options.dashboard:
-            self._start_dashboard(*self.options.dashboard)
         for slot in self.slots.values():
             self._start_worker(slot)
 
@@ -150,7 +151,12 @@ class System:
             "dashboard",
             lambda: serve(self.bus, host, port, token, self.roles.stop, on_ready=on_ready),
         )
-        ready.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while not ready.wait(0.05):
+            if self.roles.errors:
+                raise self.roles.errors[0]
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the dashboard did not start on {host}:{port}")
 
     def _start_worker(self, slot: LoopSlot) -> None:
         slot.stop = threading.Event()

@@ -7,6 +7,7 @@ timeout.
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +83,26 @@ class Workspace:
         if (self.path / ".git").exists():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        git(self.repo, "worktree", "prune")
-        has_branch = bool(git(self.repo, "branch", "--list", self.branch))
-        if has_branch:
-            git(self.repo, "worktree", "add", str(self.path), self.branch)
-        else:
-            git(self.repo, "worktree", "add", "-b", self.branch, str(self.path), self.main_branch)
+        # Loops start together (threads of `loops up`, or worker processes on one repo):
+        # git's worktree bookkeeping is not safe against a concurrent prune.
+        with open(self.path.parent / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                git(self.repo, "worktree", "prune")
+                if bool(git(self.repo, "branch", "--list", self.branch)):
+                    git(self.repo, "worktree", "add", str(self.path), self.branch)
+                else:
+                    git(
+                        self.repo,
+                        "worktree",
+                        "add",
+                        "-b",
+                        self.branch,
+                        str(self.path),
+                        self.main_branch,
+                    )
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def head(self) -> str:
         return git(self.path, "rev-parse", "HEAD")
