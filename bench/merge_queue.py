@@ -130,8 +130,9 @@ def run_system(origin: Path, work: list[Work], root: Path, batch_size: int = 1) 
 
     def role(sub: Subscription, bus: RedisBus, etype: str) -> None:
         try:
-            while count(bus, etype) < len(work) and not done.is_set():
-                sub.poll(block_ms=20)
+            while not done.is_set():
+                if sub.poll(block_ms=20) == 0 and count(bus, etype) >= len(work):
+                    return
         except BaseException as exc:
             errors.append(exc)
             done.set()

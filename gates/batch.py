@@ -93,7 +93,8 @@ class BatchMergeQueue(MergeQueue):
                 if base is None or resolve_commit(s.repo, vp.commit) is None:
                     todo.append(vp)  # `merge` reports it
                     continue
-                landed = landed_as(s.repo, vp.commit, base)
+                recorded = self.store.get(_key(vp)) is not None
+                landed = landed_as(s.repo, vp.commit, base, squashed=recorded)
                 if landed is not None:
                     self._already_merged(vp, _key(vp), base, landed)
                 else:

@@ -37,7 +37,7 @@ from events import (
 from gates import CriteriaLoader, Judge
 from gates.checks import flagged_files
 from gates.errors import JudgeError
-from gates.gitutil import changed_files, diff_text, fetch, main_ref, resolve_commit, scratch
+from gates.gitutil import changed_files, diff_text, fetch, main_ref, resolve_commits, scratch
 from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
 from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
 from gates.store import MemoryStore, StateStore
@@ -107,11 +107,10 @@ class VerificationGate:
             return
         if s.remote:
             fetch(s.repo, s.remote)
-        commit = resolve_commit(s.repo, claim.commit)
+        commit, main_sha = resolve_commits(s.repo, claim.commit, main_ref(s.main, s.remote))
         if commit is None:
             self._fail(at, VerificationVerdict.BAD_CLAIM, f"unknown commit {claim.commit!r}")
             return
-        main_sha = resolve_commit(s.repo, main_ref(s.main, s.remote))
         if main_sha is None:
             self._fail(at, VerificationVerdict.BAD_CLAIM, f"no {s.main!r} branch to verify on")
             return

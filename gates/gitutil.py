@@ -6,6 +6,7 @@ same against a local repository and a clone of a remote."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -62,6 +63,7 @@ def run_git(
     timeout: float = GIT_TIMEOUT_S,
     check: bool = True,
     env: Mapping[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `git -C repo ARGS`; raises `GitError` on a non-zero exit (if `check`) or timeout."""
     argv = ["git", "-C", str(repo), *args]
@@ -72,7 +74,8 @@ def run_git(
             text=True,
             timeout=timeout,
             env=_env(env),
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as exc:
         out = exc.stderr if isinstance(exc.stderr, str) else ""
@@ -93,6 +96,21 @@ def resolve_commit(repo: Path | str, rev: str) -> str | None:
         return None
     proc = run_git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def resolve_commits(repo: Path | str, *revs: str) -> list[str | None]:
+    """`resolve_commit` of each of `revs`, in one git process."""
+    if not revs:
+        return []
+    safe = [r if r and not r.startswith("-") and r.isprintable() else "-" for r in revs]
+    query = "".join(f"{rev}^{{commit}}\n" for rev in safe)
+    out = run_git(repo, "cat-file", "--batch-check=%(objectname) %(objecttype)", input=query)
+    found: list[str | None] = []
+    for rev, line in zip(safe, out.stdout.splitlines(), strict=False):
+        sha, _, kind = line.partition(" ")
+        found.append(sha if kind == "commit" and rev != "-" else None)
+    found += [None] * (len(revs) - len(found))
+    return found
 
 
 def is_ancestor(repo: Path | str, ancestor: str, descendant: str) -> bool:
@@ -138,10 +156,14 @@ def worktree(repo: Path | str, rev: str, *, prefix: str = "loops-wt-") -> Iterat
         run_git(repo, "worktree", "prune", check=False)
 
 
-def _common_dir(repo: Path | str) -> Path:
-    out = git(repo, "rev-parse", "--git-common-dir")
-    path = Path(out)
+@functools.lru_cache(maxsize=256)
+def _common_dir_of(repo: str) -> Path:
+    path = Path(git(repo, "rev-parse", "--git-common-dir"))
     return path if path.is_absolute() else (Path(repo) / path).resolve()
+
+
+def _common_dir(repo: Path | str) -> Path:
+    return _common_dir_of(str(Path(repo).resolve()))
 
 
 def scratch_dir(repo: Path | str) -> Path:

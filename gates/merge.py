@@ -44,7 +44,7 @@ from gates.gitutil import (
     is_ancestor,
     main_ref,
     push_main,
-    resolve_commit,
+    resolve_commits,
     run_git,
     scratch,
     update_ref_cas,
@@ -109,15 +109,16 @@ class MergeQueue:
         for _ in range(s.max_races):
             if s.remote:
                 fetch(s.repo, s.remote)
-            if resolve_commit(s.repo, vp.commit) is None:
+            commit, base = resolve_commits(s.repo, vp.commit, main_ref(s.main, s.remote))
+            if commit is None:
                 self._conflicted(
                     vp, [], f"verified commit {vp.commit[:12]} is not in the repository"
                 )
                 return
-            base = resolve_commit(s.repo, main_ref(s.main, s.remote))
             if base is None:
                 raise MergeError(f"no {s.main!r} branch", vp.task_id, vp.commit)
-            landed = landed_as(s.repo, vp.commit, base)
+            # Only a merge this queue recorded can have landed as a squash of it.
+            landed = landed_as(s.repo, vp.commit, base, squashed=self.store.get(key) is not None)
             if landed is not None:
                 self._already_merged(vp, key, base, landed)
                 return
@@ -291,11 +292,14 @@ class MergeQueue:
         self.bus.publish(event)
 
 
-def landed_as(repo: Path, commit: str, main: str) -> str | None:
+def landed_as(repo: Path, commit: str, main: str, *, squashed: bool = True) -> str | None:
     """The commit on `main` that carries `commit`'s work: the commit itself if main
-    contains it, else the squash merge whose trailer names it; None if not merged."""
+    contains it, else (when it may have been `squashed`) the squash merge whose trailer
+    names it; None if not merged."""
     if is_ancestor(repo, commit, main):
         return commit
+    if not squashed:
+        return None
     found = git(
         repo, "log", "--format=%H", "-1", "--fixed-strings", f"--grep=Loops-Commit: {commit}", main
     )
