@@ -233,8 +233,11 @@ def fake_bus() -> Iterator[RedisBus]:
 
 @pytest.fixture
 def project(tmp_path: Path, fake_bus: RedisBus) -> Iterator[Project]:
+    """A project; whatever the test did, main must end up holding only commits whose
+    checks ran on their tree (invariant 3)."""
     project = make_project(tmp_path, fake_bus)
     try:
         yield project
+        project.assert_main_verified()
     finally:
         project.close()

@@ -127,6 +127,21 @@ def test_rejected_tampering_never_lands(project: Project) -> None:
     assert len(git_log(project)) == 1
 
 
+def test_criteria_come_from_main_not_from_the_claimed_branch(project: Project) -> None:
+    project.start(policy="allow")
+    a = project.loop("a")
+    weaker = '{"a/mul": [{"criterion": "ok", "check": {"type": "script", "run": "true"}}]}'
+    commit = a.write({"tasks.json": weaker}, "make my own task pass")
+    a.claim("mul", commit)
+    project.pump()
+    (failed,) = project.events("verification.failed")
+    assert isinstance(failed, VerificationFailed)
+    assert failed.verdict == VerificationVerdict.CHECKS_FAILED
+    assert failed.flagged_files == ["tasks.json"]
+    assert "tests/test_mul.py" in (failed.criteria[0].command or "")
+    assert project.events("merge.queued") == []
+
+
 def test_reject_policy_fails_a_tampered_claim_at_once(project: Project) -> None:
     project.start(policy="reject")
     a = project.loop("a")
