@@ -10,6 +10,7 @@ from pathlib import Path
 from events import LoopStatus
 from loops.harness import Health, Progress, write_health
 from loops.runners import AgentResult
+from loops.runners.redact import redact
 
 # health.json keeps the seed's four statuses; richer ones map onto them.
 _SEED_STATUS = {
@@ -35,7 +36,8 @@ class Transcripts:
         body = (
             f"# loop {loop} · task {task_id} · iteration {n}\n"
             f"# exit={result.exit_code} duration={result.duration_s:.1f}s failure={failure}"
-            f" session={result.session_id}\n\n## prompt\n{prompt}\n\n## reply\n{result.reply}\n"
+            f" session={result.session_id}\n\n## prompt\n{redact(prompt)}\n\n"
+            f"## reply\n{result.reply}\n"
         )
         if result.transcript:
             body += f"\n## transcript\n{result.transcript}\n"

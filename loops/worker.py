@@ -45,6 +45,7 @@ from loops.book import TaskBook, TaskDef, TaskStatus
 from loops.prompt import PromptInput, build_prompt
 from loops.runners import AgentRequest, AgentResult, AgentRunner
 from loops.runners.outcome import parse_outcome
+from loops.runners.redact import redact
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
 from loops.transcripts import Transcripts
 from loops.workspace import Workspace
@@ -300,6 +301,15 @@ class LoopWorker:
             )
         )
         interrupted = self.cancel is not None and self.cancel.is_set()
+        # Invariant 7 at the one place every reply passes: nothing the agent said or
+        # printed reaches events, prompts or transcripts with a secret in it.
+        result = replace(
+            result,
+            reply=redact(result.reply),
+            failure_detail=redact(result.failure_detail) if result.failure_detail else None,
+            transcript=redact(result.transcript),
+            commands=[redact(c) for c in result.commands],
+        )
         if result.session_id:
             rt.session_id = result.session_id
         done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}")

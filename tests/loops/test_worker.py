@@ -349,3 +349,18 @@ def test_reset_keeps_history_and_a_hint_gated_step_waits_for_it(make_harness) ->
     h.wait_event("task.claimed", task_id="hello")
     assert h.service.worker.state.tasks["hello"].iterations >= 3
     assert "edit hello.py" in h.transcripts().split("# Answers and hints")[-1]
+
+
+def test_secrets_never_reach_transcripts_or_evidence(make_harness, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    secret = "sk-ant-api03-" + "Z" * 40
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    h = make_harness(
+        {"tasks": {"hello": [{"reply": f"my key is {secret}, still working"}]}}, max_iterations=1000
+    )
+    h.bus.publish(
+        ev.TaskHint(source=OPERATOR, loop="spec", task_id="hello", text=f"use the key {secret}")
+    )
+    wait_until(lambda: "use the key" in h.transcripts(), timeout=15)
+    assert secret not in h.transcripts()
+    finished = h.events("iteration.finished")
+    assert finished and all(secret not in e.model_dump_json() for e in finished)
