@@ -152,6 +152,8 @@ class Responder:
                 "loop": f.loop,
                 "task_id": f.task_id,
                 "then": then,
+                "rule": f.rule.value,
+                "incident_id": f.incident_id,
             },
         )
         tried_text = f" after {tried} automatic {rp.action.value} action(s)" if tried else ""
@@ -211,6 +213,22 @@ class Responder:
                         causation_id=event.id,
                         reason=f"escalation {event.escalation_id}: restart after mass death",
                         restart=True,
+                    )
+                )
+        elif doc["kind"] == "incident" and event.decision == Decision.ABORT and loop:
+            out.append(
+                LoopStop(**env, reason=f"escalation {event.escalation_id}: aborted by {event.by}")
+            )
+        elif doc["kind"] == "incident" and event.decision == Decision.SKIP and task:
+            if doc.get("then") != A.BLOCK_TASK.value:
+                out.append(
+                    MonitorAction(
+                        **env,
+                        action=A.BLOCK_TASK,
+                        rule=str(doc.get("rule", "escalation")),
+                        reason=f"skipped by {event.by} (escalation {event.escalation_id})",
+                        incident_id=str(doc.get("incident_id", event.escalation_id)),
+                        task_id=str(task),
                     )
                 )
         elif doc["kind"] == "incident" and event.decision in (None, Decision.RETRY):

@@ -234,6 +234,8 @@ class Monitor:
 
     def _act(self, f: Finding, now: datetime) -> list[Event]:
         rp = self.policy.for_rule(f.rule)
+        if not rp.enabled:
+            return []
         scope = f"{f.loop}|{f.rule}|{f.task_id or '-'}"
         record = self.store.doc_get("incidents", f.incident_id)
         if record is not None or self.store.get(f"acted:{f.incident_id}") is not None:

@@ -61,8 +61,8 @@ class PMConfig:
     report progress."""
 
     priorities: Mapping[str, int] = field(default_factory=dict)
-    # "loop/TASK" -> the tasks it depends on; the task is held until the other
-    # loops' ones ("other/TASK") have merged. The composition root reads them from the loops' specs.
+    # "loop/TASK" -> the tasks it depends on; it is held until the other loops' ones
+    # ("other/TASK") have merged. The composition root reads them from the specs.
     dependencies: Mapping[str, Collection[str]] = field(default_factory=dict)
     concurrency: int | None = None
     overlap_action: Literal["hold", "rebase"] = "hold"

@@ -55,6 +55,7 @@ class EscalateAfter(_Model):
 
 
 class RulePolicy(_Model):
+    enabled: bool = True
     action: MonitorActionKind
     severity: Severity = Severity.MEDIUM
     escalate_after: EscalateAfter = Field(default_factory=EscalateAfter)
@@ -89,21 +90,42 @@ def parse_policy(data: Any, path: str = "<policy>") -> Policy:
         raise ValidationFailed(problems, path=path) from None
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """The policy in `path`, or the one shipped with the package."""
-    if path is None:
-        text = resources.files("agents").joinpath("default-policy.yaml").read_text("utf-8")
-        where = "agents/default-policy.yaml"
-    else:
-        where = str(path)
-        try:
-            text = Path(path).read_text("utf-8")
-        except OSError as exc:
-            raise ValidationFailed(
-                [f"{where}: cannot read the policy: {exc.strerror}"], where
-            ) from None
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {k: _merge(base.get(k), v) if k in base else v for k, v in over.items()} | {
+            k: v for k, v in base.items() if k not in over
+        }
+    return over
+
+
+def _read(where: str, text: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValidationFailed([f"{where}: not valid YAML: {exc}"], where) from None
-    return parse_policy(data, where)
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The policy shipped with the package, with `path`'s settings over it: a policy
+    file names only what it changes (a rule it omits keeps its default)."""
+    default_where = "agents/default-policy.yaml"
+    default = _read(
+        default_where, resources.files("agents").joinpath("default-policy.yaml").read_text("utf-8")
+    )
+    if path is None:
+        return parse_policy(default, default_where)
+    where = str(path)
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ValidationFailed(
+            [f"{where}: cannot read the policy: {exc.strerror}"], where
+        ) from None
+    data = _read(where, text)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            [f"{where}: a policy is a mapping (thresholds:, rules:, refine:)"], where
+        )
+    return parse_policy(_merge(default, data), where)

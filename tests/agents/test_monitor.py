@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -543,3 +544,56 @@ def test_a_worker_clock_behind_does_not_look_stale(store: Store, clock: Clock) -
     assert actions(out) == []
     [act] = actions(mon.tick(clock.advance(1.5)))  # and then it stops
     assert act.rule == Rule.STALE_HEARTBEAT
+
+
+def _incident(store: Store, clock: Clock) -> tuple[Monitor, EscalationRaised]:
+    policy = parse_policy(
+        {"rules": {"no_changes": {"action": "reset_task", "escalate_after": {"actions": 0}}}}
+    )
+    mon = make(store, clock, policy=policy)
+    items: list[Event] = [iteration("a", clock.now, n, changed_files=[]) for n in (1, 2, 3)]
+    [esc] = [e for e in run_iterations(mon, clock, "a", items) if isinstance(e, EscalationRaised)]
+    return mon, esc
+
+
+@pytest.mark.parametrize("decision", [Decision.SKIP, Decision.ABORT])
+def test_skip_blocks_the_task_abort_stops_the_loop(
+    store: Store, clock: Clock, decision: Decision
+) -> None:
+    mon, esc = _incident(store, clock)
+    answer = EscalationAnswered(
+        source=OP, escalation_id=esc.escalation_id, answer="", decision=decision, by="me"
+    )
+    out = mon.handle(answer)
+    if decision == Decision.SKIP:
+        [act] = actions(out)
+        assert act.action == A.BLOCK_TASK and act.task_id == "T1" and act.loop == "a"
+    else:
+        [stop] = [e for e in out if isinstance(e, LoopStop)]
+        assert stop.loop == "a" and not stop.restart
+
+
+def test_a_policy_file_changes_only_what_it_names(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "thresholds: {no_change_iterations: 5}\n"
+        "rules:\n  reply_collapse: {enabled: false}\n  no_changes: {action: pause_loop}\n"
+    )
+    policy = load_policy(path)
+    assert policy.thresholds.no_change_iterations == 5
+    assert policy.thresholds.repeated_failure_count == 3
+    assert not policy.for_rule(Rule.REPLY_COLLAPSE).enabled
+    no_changes = policy.for_rule(Rule.NO_CHANGES)
+    assert no_changes.action == A.PAUSE_LOOP and no_changes.escalate_after.actions == 2
+    assert policy.for_rule(Rule.STALE_HEARTBEAT).action == A.RESTART_WORKER
+    path.write_text("rules: [1, 2]\n")
+    with pytest.raises(ValidationFailed, match=r"policy\.yaml: rules"):
+        load_policy(path)
+
+
+def test_a_disabled_rule_does_nothing(store: Store, clock: Clock, tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("rules:\n  no_changes: {enabled: false}\n")
+    mon = make(store, clock, policy=load_policy(path))
+    items: list[Event] = [iteration("a", clock.now, n, changed_files=[]) for n in range(1, 6)]
+    assert actions(run_iterations(mon, clock, "a", items)) == []
