@@ -37,6 +37,7 @@ from events import (
     Role,
     Source,
     TaskClaimed,
+    TaskStarted,
     VerificationFailed,
 )
 
@@ -120,6 +121,7 @@ def story(events: object) -> list[str]:
     claims: dict[tuple[str | None, str], int] = {}
     lines: list[str] = []
     touched: dict[str, set[str]] = {}
+    waiting_on = {"loop-4-question": demo.DEPENDS["DIV-1"]}
     for event in events:  # type: ignore[attr-defined]
         assert isinstance(event, Event)
         if isinstance(event, TaskClaimed):
@@ -139,6 +141,11 @@ def story(events: object) -> list[str]:
             lines.append(f"question from {event.loop}/{event.task_id}: {event.question}")
         elif isinstance(event, EscalationAnswered):
             lines.append(f"answered by {event.by}: {event.answer}")
+        elif isinstance(event, TaskStarted) and event.loop in waiting_on:
+            lines.append(
+                f"{event.loop}/{event.task_id} started once {waiting_on.pop(event.loop)} "
+                "had merged (cross-loop dependency)"
+            )
         elif isinstance(event, MergeCompleted):
             lines.append(f"merged: {event.loop}/{event.task_id} as {event.merged_commit[:10]}")
         if hasattr(event, "changed_files") and event.loop:

@@ -7,8 +7,9 @@ scripted agents that show what a bash loop cannot do.
   loop-1 and loop-2 both edit calc/ops.py: both merge through the queue.
 - loop-3-stuck: keeps replying without changing a file until the monitor resets the
   task with a hint.
-- loop-4-question: says BLOCKED with a question; the demo answers it after a pause,
-  the way a person would with `loops answer`.
+- loop-4-question: waits for loop-1's task to merge (a cross-loop dependency), then
+  says BLOCKED with a question; the demo answers it after a pause, the way a person
+  would with `loops answer`.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ LOOPS: list[tuple[str, str, int, str, str, str, str, list[dict[str, object]]]] =
 
 DEMO_ANSWER = "Raise ZeroDivisionError, like Python does."
 
+# A cross-loop dependency: divide() is only started once add() has merged.
+DEPENDS = {"DIV-1": "loop-1-clean/ADD-1"}
+
 
 def create(root: Path, *, agent: str | None = None) -> Path:
     """Write the demo project into `root` (a new git repository) and commit it."""
@@ -119,7 +123,7 @@ def create(root: Path, *, agent: str | None = None) -> Path:
         state = {
             "tests": [{
                 "id": task, "category": "calc", "status": "pending", "attempts": 0,
-                "lastResult": None, "dependsOn": None, "automatable": True,
+                "lastResult": None, "dependsOn": DEPENDS.get(task), "automatable": True,
                 "notes": title, "title": title, "description": description,
                 "acceptance_criteria": [{
                     "criterion": f"tests/{check} passes",

@@ -26,6 +26,10 @@ def test_demo_shows_every_behaviour_and_merges_everything(tmp_path: Path) -> Non
     assert "monitor: reset_task on loop-3-stuck/MUL-1" in out
     assert "question from loop-4-question/DIV-1" in out and "$ loops answer e-" in out
     assert "calc/ops.py was changed by loop-1-clean, loop-2-false-claim" in out
+    assert "loop-4-question/DIV-1 started once loop-1-clean/ADD-1 had merged" in out
+    assert out.index("merged: loop-1-clean/ADD-1") < out.index(
+        "question from loop-4-question/DIV-1"
+    )
     for task in ("ADD-1", "SUB-1", "MUL-1", "DIV-1"):
         assert f"/{task} as " in out
     # The repository to inspect: main holds one verified commit per task, and works.
