@@ -36,7 +36,7 @@ from events import (
 )
 from gates import CriteriaLoader, Judge
 from gates.checks import flagged_files
-from gates.errors import JudgeError
+from gates.errors import JobError, JudgeError
 from gates.gitutil import changed_files, diff_text, fetch, main_ref, resolve_commits, scratch
 from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
 from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
@@ -142,7 +142,14 @@ class VerificationGate:
             reason = f"the claim changes its own checks or spec: {', '.join(flagged)}"
             self._fail(at, VerificationVerdict.TAMPERED, reason, commit=commit, flagged=flagged)
             return
-        results = self._run_scripts(scripts, commit, job_id)
+        try:
+            results = self._run_scripts(scripts, commit, job_id)
+        except JobError as exc:  # retried by the runner already: a typed failure, not a hang
+            reason = f"the verification job failed: {exc}"
+            self._fail(
+                at, VerificationVerdict.CHECKS_FAILED, reason, commit=commit, flagged=flagged
+            )
+            return
         results += self._judge_natural(criteria, results, main_sha, commit, at.approvals)
         ordered = _in_order(criteria, results)
         failed = [r for r in ordered if r.passed is False]

@@ -15,6 +15,7 @@ import pytest
 from rq import Queue
 
 from bus import connect
+from events import VerificationVerdict
 from gates import RqJobs
 from gates.errors import JobError
 from gates.gitutil import git, remove_scratch
@@ -118,3 +119,22 @@ from rq import Queue, SimpleWorker
 conn = Redis.from_url(sys.argv[1])
 SimpleWorker([Queue(sys.argv[2], connection=conn)], connection=conn).work(with_scheduler=False)
 """
+
+
+class LostJobs:
+    """A `JobRunner` whose every job fails (its workers keep dying)."""
+
+    def run(self, func: str, kwargs: dict[str, object], *, job_id: str, timeout_s: float) -> str:
+        raise JobError(f"job {job_id} failed 3 times: worker lost", job_id)
+
+
+def test_a_job_that_keeps_failing_fails_the_verification(project: Project) -> None:
+    project.start()
+    assert project.gate is not None
+    project.gate.jobs = LostJobs()
+    a = project.loop("a")
+    a.claim("mul", a.write({"app.py": MUL}, "mul"))
+    project.pump()
+    (failed,) = project.events("verification.failed")
+    assert failed.verdict == VerificationVerdict.CHECKS_FAILED  # type: ignore[attr-defined]
+    assert "worker lost" in failed.reason  # type: ignore[attr-defined]
