@@ -168,6 +168,16 @@ class LoopHealth:
 
     # ----------------------------------------------------------------- state
 
+    def silence(self, now: datetime, watched_since: datetime | None = None) -> float:
+        """Heartbeat intervals since the worker was last heard from (0 if unknown)."""
+        hb = self.heartbeat
+        if hb is None or self.last_seen is None:
+            return 0.0
+        if self.stopped is not None and self.stopped.status != LoopStatus.ERROR:
+            return 0.0
+        seen = max(self.last_seen, watched_since) if watched_since else self.last_seen
+        return max(0.0, (now - seen).total_seconds() / hb.interval_s)
+
     def waiting(self, now: datetime) -> bool:
         """Waiting out a usage limit (or on a person): not stuck."""
         hb = self.heartbeat

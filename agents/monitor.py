@@ -150,10 +150,10 @@ class Monitor:
         """Run every rule on every loop, including the time-based ones."""
         found = self._findings(list(self.loops.values()), now)
         deaths = [f for f in found if f.rule in DEATH_RULES]
-        out = self._mass_death(deaths, now)
-        if out is not None:
-            return out + self._act_all([f for f in found if f.rule not in DEATH_RULES], now)
-        return self._act_all(found, now)
+        handled = self._mass_death(deaths, now)
+        if handled is None:
+            return self._act_all(found, now)
+        return handled + self._act_all([f for f in found if f.rule not in DEATH_RULES], now)
 
     # ----------------------------------------------------------------- rules
 
@@ -165,7 +165,8 @@ class Monitor:
         return out
 
     def _mass_death(self, deaths: list[Finding], now: datetime) -> list[Event] | None:
-        """One critical escalation instead of restarts when many loops die at once."""
+        """One critical escalation instead of restarts when many loops die at once.
+        None: no mass death, act on each death; else the events to publish instead."""
         if not deaths:
             return None
         t = self.policy.thresholds
@@ -179,7 +180,7 @@ class Monitor:
         current = self.store.doc_get("mass", "current")
         active = current is not None and stamp - float(current["last_at"]) <= t.mass_death_window_s
         if len(dead) < t.mass_death_count and not active:
-            return None
+            return self._hold_for_silent(fresh, dead, now)
         out: list[Event] = []
         if not active:
             incident = (
@@ -215,6 +216,29 @@ class Monitor:
         for f in fresh:  # absorbed: these loops are left to the person
             self.store.claim(f"acted:{f.incident_id}", f"mass:{current['incident_id']}")
         return out
+
+    def _hold_for_silent(
+        self, fresh: list[Finding], dead: list[str], now: datetime
+    ) -> list[Event] | None:
+        """A crash silences its loops at once, but their last heartbeats were up to an
+        interval apart: when the first is stale, the others have only missed one. If
+        those could make it a mass death, hold the restarts until they come back or
+        go stale too (one interval at most). None: restart now."""
+        t = self.policy.thresholds
+        silent = [
+            h.loop
+            for h in self.loops.values()
+            if h.loop not in dead and h.silence(now, self.started_at) > 1.0
+        ]
+        if not fresh or len(dead) + len(silent) < t.mass_death_count:
+            return None
+        stamp = now.timestamp()
+        for f in fresh:
+            first = self.store.marked_at("deaths", f"{f.loop}|{f.incident_id}") or stamp
+            hb = self.loops[f.loop].heartbeat
+            if stamp - first > (hb.interval_s if hb else 0.0):
+                return None  # held long enough
+        return []
 
     # ----------------------------------------------------------------- actions
 

@@ -71,7 +71,12 @@ class Store:
 
     # Times in a sorted set (member -> epoch seconds), for windows such as mass death.
     def mark(self, table: str, member: str, at: float) -> None:
-        self.client.zadd(self.key(table), {member: at})
+        """Record when `member` was first marked (a later mark keeps the first time)."""
+        self.client.zadd(self.key(table), {member: at}, nx=True)
+
+    def marked_at(self, table: str, member: str) -> float | None:
+        score = self.client.zscore(self.key(table), member)
+        return None if score is None else float(score)  # type: ignore[arg-type]
 
     def marked_since(self, table: str, since: float) -> list[str]:
         members: list[Any] = self.client.zrangebyscore(self.key(table), since, "+inf")  # type: ignore[assignment]

@@ -131,9 +131,9 @@ def test_mass_death_raises_one_critical_incident_instead_of_restarts(
     clock.advance(0.5)
     for loop in ("a", "b", "c"):
         mon.handle(heartbeat(loop, clock.now))
-    out = mon.tick(clock.advance(1.8))  # d alone: restarted
-    assert [a.loop for a in actions(out)] == ["d"]
-    out = mon.tick(clock.advance(0.5))  # a, b, c die together: with d, 4 in the window
+    # d is stale; a, b and c have missed a heartbeat: d's restart waits for them.
+    assert mon.tick(clock.advance(1.8)) == []
+    out = mon.tick(clock.advance(0.5))  # a, b, c are stale too: 4 died together
     escalations = [e for e in out if isinstance(e, EscalationRaised)]
     assert len(escalations) == 1
     assert escalations[0].severity == Severity.CRITICAL
@@ -149,7 +149,9 @@ def test_two_deaths_are_not_mass_death(store: Store, clock: Clock) -> None:
         mon.handle(heartbeat(loop, clock.now))
     clock.advance(1)
     mon.handle(heartbeat("c", clock.now))
-    out = mon.tick(clock.advance(1.5))
+    assert mon.tick(clock.advance(1.5)) == []  # c has missed one: could be a third
+    mon.handle(heartbeat("c", clock.advance(0.1)))  # it has not
+    out = mon.tick(clock.advance(0.1))
     assert sorted(a.loop or "" for a in actions(out)) == ["a", "b"]
     assert all(a.action == A.RESTART_WORKER for a in actions(out))
 
@@ -597,3 +599,42 @@ def test_a_disabled_rule_does_nothing(store: Store, clock: Clock, tmp_path: Path
     mon = make(store, clock, policy=load_policy(path))
     items: list[Event] = [iteration("a", clock.now, n, changed_files=[]) for n in range(1, 6)]
     assert actions(run_iterations(mon, clock, "a", items)) == []
+
+
+def test_one_crash_is_one_incident_though_heartbeats_were_out_of_phase(
+    store: Store, clock: Clock
+) -> None:
+    mon = make(store, clock)
+    last = {}
+    for loop, phase in (("a", 0.0), ("b", 0.4), ("c", 0.8)):
+        last[loop] = clock.now + timedelta(seconds=phase)
+    for step in range(9):  # heartbeats every second for a while, out of phase
+        t = clock.now + timedelta(seconds=step * 0.1)
+        for loop, at in last.items():
+            if at <= t:
+                mon.handle(heartbeat(loop, at))
+                last[loop] = at + timedelta(seconds=1)
+    clock.advance(0.8)  # the machine dies here: no more heartbeats
+    out: list[Event] = []
+    for _ in range(40):
+        out += mon.tick(clock.advance(0.1))
+    assert not any(isinstance(e, LoopStop) for e in out)
+    assert [a.rule for a in actions(out)] == [Rule.MASS_DEATH]
+    [esc] = [e for e in out if isinstance(e, EscalationRaised)]
+    assert "a, b, c" in esc.question
+
+
+def test_late_heartbeats_elsewhere_do_not_make_one_death_a_mass_death(
+    store: Store, clock: Clock
+) -> None:
+    mon = make(store, clock)
+    for loop in ("a", "b", "c"):
+        mon.handle(heartbeat(loop, clock.now))
+    clock.advance(1.0)
+    mon.handle(heartbeat("b", clock.now))
+    mon.handle(heartbeat("c", clock.now))
+    # a is stale; b and c have each missed a heartbeat: hold a's restart a moment.
+    assert mon.tick(clock.advance(1.2)) == []
+    mon.handle(heartbeat("b", clock.now))  # b was only late
+    out = mon.tick(clock.advance(0.1))
+    assert [(a.loop, a.rule) for a in actions(out)] == [("a", Rule.STALE_HEARTBEAT)]
