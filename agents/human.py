@@ -70,6 +70,7 @@ class HumanConfig:
     reraise_after_s: dict[Severity, float] = field(default_factory=lambda: dict(DEFAULT_RERAISE_S))
     max_repeats: int | None = None
     ack_on_notify: bool = False  # a delivered notification counts as acknowledged
+    keep_closed_s: float = 7 * 24 * 3600.0  # delivered/expired ones are forgotten after
 
 
 def notification(esc: Escalation, what: str) -> Payload:
@@ -216,6 +217,11 @@ class HumanAgent:
         """Raise again every escalation nobody acknowledged in time."""
         out: list[Event] = []
         for esc in self.escalations():
+            if (
+                esc.closed
+                and (now - esc.last_raised_at).total_seconds() > self.config.keep_closed_s
+            ):
+                self.store.doc_delete("escalations", esc.id)
             if esc.status != EscalationStatus.RAISED:
                 continue
             if self.config.max_repeats is not None and esc.repeat >= self.config.max_repeats:

@@ -200,3 +200,14 @@ def test_notifications_reach_a_webhook_signed(store: Store, clock: Clock) -> Non
         assert rx.rejected == 0
         assert rx.received[0]["escalation_id"] == "e-9"
         assert rx.received[0]["severity"] == "critical"
+
+
+def test_closed_escalations_are_forgotten_after_a_while(store: Store, clock: Clock) -> None:
+    human = HumanAgent(store, HumanConfig(keep_closed_s=3600), clock=clock)
+    human.handle(raised("e-1", clock))
+    human.handle(raised("e-2", clock))
+    human.handle(EscalationDelivered(source=WORKER, loop="a", escalation_id="e-1"))
+    human.tick(clock.advance(1800))
+    assert {e.id for e in human.escalations()} == {"e-1", "e-2"}
+    human.tick(clock.advance(1801))
+    assert {e.id for e in human.escalations()} == {"e-2"}
