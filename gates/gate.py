@@ -37,7 +37,15 @@ from events import (
 from gates import CriteriaLoader, Judge
 from gates.checks import flagged_files
 from gates.errors import JobError, JudgeError
-from gates.gitutil import changed_files, diff_text, fetch, main_ref, resolve_commits, scratch
+from gates.gitutil import (
+    changed_files,
+    diff_text,
+    fetch,
+    main_ref,
+    remote_url,
+    resolve_commits,
+    scratch,
+)
 from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
 from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
 from gates.store import MemoryStore, StateStore
@@ -221,6 +229,7 @@ class VerificationGate:
             "checks": checks,
             "default_timeout_s": s.check_timeout_s,
             "tail_bytes": s.tail_bytes,
+            "remote_url": remote_url(s.repo, s.remote) if s.remote else None,
         }
         budget = sum(float(c["timeout_s"] or s.check_timeout_s) for c in checks) + 60
         payload = self.jobs.run(VERIFY_JOB, kwargs, job_id=job_id, timeout_s=budget)

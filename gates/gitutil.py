@@ -216,6 +216,33 @@ def scratch(repo: Path | str, rev: str, *, pool: str = "scratch") -> Iterator[Pa
         lock.close()
 
 
+def remote_url(repo: Path | str, remote: str) -> str | None:
+    """The URL of `remote` in `repo`, if it has one."""
+    proc = run_git(repo, "remote", "get-url", remote, check=False)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def cached_clone(url: str) -> Path:
+    """A clone of `url` in the temp directory, made once per host and fetched on each
+    call: how a verification job on another machine gets at the claimed commit."""
+    digest = hashlib.sha1(url.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"loops-clone-{digest}"
+    with (path.parent / f"loops-clone-{digest}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / ".git").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            subprocess.run(
+                ["git", "clone", "--quiet", "--no-checkout", url, str(path)],
+                check=True,
+                capture_output=True,
+                timeout=GIT_TIMEOUT_S * 5,
+                env=_env(),
+            )
+        else:
+            fetch(path, "origin")
+    return path
+
+
 def loop_branch(loop: str) -> str:
     return f"{LOOP_BRANCH_PREFIX}{loop}"
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from events import CriterionResult
 from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES, run_script, scrubbed_env
 from gates.errors import JobError
-from gates.gitutil import scratch
+from gates.gitutil import cached_clone, scratch
 
 VERIFY_JOB = "gates.jobs.verify_claim"
 
@@ -29,12 +29,17 @@ def verify_claim(
     checks: list[dict[str, Any]],
     default_timeout_s: float = DEFAULT_TIMEOUT_S,
     tail_bytes: int = OUTPUT_TAIL_BYTES,
+    remote_url: str | None = None,
 ) -> str:
     """Run `checks` (`[{"criterion", "run", "timeout_s"}]`) on a clean checkout of
-    `commit`; returns the `CriterionResult`s as a JSON list."""
+    `commit`; returns the `CriterionResult`s as a JSON list. `repo` is the gate's clone;
+    on a host without it (an rq worker elsewhere) a clone of `remote_url` is used."""
     results: list[dict[str, Any]] = []
     env = scrubbed_env()
-    with scratch(repo, commit, pool="verify") as root:
+    where: str | Path = repo
+    if not Path(repo).is_dir() and remote_url:
+        where = cached_clone(remote_url)
+    with scratch(where, commit, pool="verify") as root:
         for check in checks:
             timeout = check.get("timeout_s") or default_timeout_s
             result = run_script(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -18,8 +19,8 @@ from bus import connect
 from events import VerificationVerdict
 from gates import RqJobs
 from gates.errors import JobError
-from gates.gitutil import git, remove_scratch
-from gates.jobs import VERIFY_JOB, parse_results
+from gates.gitutil import cached_clone, git, remove_scratch
+from gates.jobs import VERIFY_JOB, parse_results, verify_claim
 from tests.conftest import require_real_redis
 from tests.gates.conftest import PYTEST, Project
 from tests.gates.test_flow import MUL
@@ -138,3 +139,20 @@ def test_a_job_that_keeps_failing_fails_the_verification(project: Project) -> No
     (failed,) = project.events("verification.failed")
     assert failed.verdict == VerificationVerdict.CHECKS_FAILED  # type: ignore[attr-defined]
     assert "worker lost" in failed.reason  # type: ignore[attr-defined]
+
+
+def test_a_worker_without_the_gates_clone_uses_its_own_clone_of_the_remote(
+    project: Project,
+) -> None:
+    loop = project.loop("a")
+    commit = loop.write({"app.py": MUL}, "mul")
+    checks = [{"criterion": "mul", "run": f"{PYTEST} tests/test_mul.py", "timeout_s": 60}]
+    url = str(project.origin)
+    try:
+        out = verify_claim(str(project.root / "not-on-this-host"), commit, checks, remote_url=url)
+        (result,) = parse_results(out)
+        assert result.passed and result.exit_code == 0
+    finally:
+        clone = cached_clone(url)
+        remove_scratch(clone)
+        shutil.rmtree(clone)
