@@ -308,11 +308,7 @@ class ProjectManager:
         out: list[Event] = [self._release(k, r) for k, r in sorted(self.releases_due.items())]
         self.releases_due.clear()
         for key in sorted(set(self.held) - set(want)):
-            out.append(
-                self._release(
-                    key, f"released: {self.held[key].reason.split(';')[0]} no longer applies"
-                )
-            )
+            out.append(self._release(key, _why_released(self.held[key])))
         for key in sorted(set(want) - set(self.held)):
             hold = want[key]
             self.held[key] = hold
@@ -383,3 +379,18 @@ class ProjectManager:
         now = self.clock()
         loops = [loop] if loop is not None else sorted(self.loops)
         return [self.progress(name, now) for name in loops if name in self.loops]
+
+
+def _why_released(hold: Hold) -> str:
+    """The release's reason, for the loop's log and its next prompt."""
+    if hold.reason.startswith("waits on"):
+        return f"released: {hold.until_task or 'the dependency'} has merged"
+    if hold.reason.startswith("file overlap"):
+        other = hold.until_task.split("/")[0] if hold.until_task else "the other loop"
+        return (
+            f"released: {other} has merged its changes to the files you share; "
+            "rebase onto main before changing them again"
+        )
+    if hold.reason.startswith("priority"):
+        return "released: a slot is free"
+    return "released: the reason for the hold no longer applies"

@@ -123,7 +123,7 @@ def test_priority_holds_lower_loops_over_the_concurrency_and_releases_when_a_slo
     assert (held.loop, held.task_id) == ("c", "C1") and "priority" in held.reason
     out = feed(pm, [LoopStopped(source=WORKER, loop="a", status=LoopStatus.STOPPED, reason="done")])
     [rel] = of(TaskReleased, out)
-    assert (rel.loop, rel.task_id) == ("c", "C1")
+    assert (rel.loop, rel.task_id) == ("c", "C1") and "slot" in rel.reason
 
 
 def test_under_the_concurrency_nothing_is_held() -> None:
@@ -159,7 +159,7 @@ def test_file_overlap_holds_the_lower_priority_loop_until_the_other_merges() -> 
         ],
     )
     [rel] = of(TaskReleased, out)
-    assert (rel.loop, rel.task_id) == ("docs", "D1")
+    assert (rel.loop, rel.task_id) == ("docs", "D1") and "rebase onto main" in rel.reason
 
 
 def test_file_overlap_in_rebase_mode_sends_one_hint() -> None:
