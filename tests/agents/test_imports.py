@@ -30,3 +30,12 @@ def test_agents_import_only_events_and_bus() -> None:
 
 def test_default_policy_ships_with_the_package() -> None:
     assert (Path(agents.__file__).parent / "default-policy.yaml").is_file()
+
+
+def test_subscribed_types_are_real_event_types() -> None:
+    from agents.human import HUMAN_TYPES
+    from agents.monitor import MONITOR_TYPES
+    from agents.pm import PM_TYPES
+    from events import EVENT_TYPES
+
+    assert set(MONITOR_TYPES + PM_TYPES + HUMAN_TYPES) <= set(EVENT_TYPES)
