@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from events import MonitorActionKind, Severity, ValidationFailed
 
@@ -59,7 +59,14 @@ class RulePolicy(_Model):
     action: MonitorActionKind
     severity: Severity = Severity.MEDIUM
     escalate_after: EscalateAfter = Field(default_factory=EscalateAfter)
-    on_escalate: MonitorActionKind | None = None
+    on_escalate: MonitorActionKind | None = None  # pause_loop or block_task
+
+    @field_validator("on_escalate")
+    @classmethod
+    def _on_escalate(cls, value: MonitorActionKind | None) -> MonitorActionKind | None:
+        if value not in (None, MonitorActionKind.PAUSE_LOOP, MonitorActionKind.BLOCK_TASK):
+            raise ValueError("on_escalate is pause_loop or block_task (or left out)")
+        return value
 
 
 class RefinePolicy(_Model):

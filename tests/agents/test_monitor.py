@@ -461,6 +461,10 @@ def test_policy_errors_name_the_field() -> None:
     with pytest.raises(ValidationFailed) as err:
         parse_policy({"rules": {"no_changes": {"action": "explode"}}}, "p.yaml")
     assert "p.yaml: rules.no_changes.action" in str(err.value)
+    with pytest.raises(ValidationFailed, match="on_escalate is pause_loop or block_task"):
+        parse_policy(
+            {"rules": {"no_changes": {"action": "reset_task", "on_escalate": "reset_task"}}}
+        )
 
 
 # --------------------------------------------------------------------------- restarts
