@@ -177,3 +177,18 @@ def test_without_a_model_a_person_signs_off(project: Project) -> None:
     answer(project, raised.escalation_id, Decision.APPROVE)  # a second answer changes nothing
     project.pump()
     assert len(project.events("verification.passed")) == 1
+
+
+def test_a_refused_sign_off_fails_the_claim(project: Project) -> None:
+    project.start()
+    a = project.loop("a")
+    a.claim("doc", a.write({"README.md": "# tiny\n\nTODO\n"}, "docs?"))
+    project.pump()
+    (raised,) = project.events("escalation.raised")
+    assert isinstance(raised, EscalationRaised)
+    answer(project, raised.escalation_id, Decision.REJECT)
+    project.pump()
+    verdicts = [e.verdict for e in project.events("verification.failed")]  # type: ignore[attr-defined]
+    assert verdicts == [VerificationVerdict.NEEDS_HUMAN, VerificationVerdict.CHECKS_FAILED]
+    assert "rejected by alice" in project.events("verification.failed")[-1].reason  # type: ignore[attr-defined]
+    assert project.events("merge.queued") == []

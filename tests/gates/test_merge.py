@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from bus import BusSettings, RedisBus, connect
-from events import EscalationKind, EscalationRaised, MergeConflicted
+from events import Decision, EscalationKind, EscalationRaised, MergeConflicted
 from gates.gitutil import git, run_git
 from tests.conftest import require_real_redis, wait_until
 from tests.gates.conftest import APP, PYTEST, TASKS, Project, make_project, script
-from tests.gates.test_flow import MUL, SUB
+from tests.gates.test_flow import MUL, SUB, answer
 
 ROOT = Path(__file__).resolve().parents[2]
 BOTH = APP + "\n\ndef mul(a, b):\n    return a * b\n\n\ndef sub(a, b):\n    return a - b\n"
@@ -81,7 +81,12 @@ def test_checks_failing_on_the_merged_tree_keep_main_green(project: Project) -> 
     (raised,) = project.events("escalation.raised")
     assert isinstance(raised, EscalationRaised) and raised.kind == EscalationKind.QUESTION
     assert raised.task_id == "mul" and project.main() == seed
-    project.assert_main_verified()
+
+    answer(project, raised.escalation_id, Decision.RETRY)  # a person: try again
+    a.claim("mul", a.write({"NOTES.md": "broken again\n"}, "retry"))
+    project.pump()
+    assert [e.tries for e in project.events("merge.conflicted")][-1] == 1  # type: ignore[attr-defined]
+    assert project.main() == seed
 
 
 @pytest.fixture
