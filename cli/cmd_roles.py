@@ -26,7 +26,7 @@ from agents.store import Store
 from bus import RedisBus
 from cli.cmd_status import open_bus
 from cli.cmd_up import load_checked, project_dir, repo_and_main
-from cli.compose import judge_from_env, loader_with_fallback, make_gate, make_merge
+from cli.compose import judge_from_env, loader_with_fallback, make_gate, make_merge, pm_config
 from cli.runtime import run_role
 from cli.system import notifier_from_env
 from events import ConfigError, ValidationFailed
@@ -115,10 +115,10 @@ def _agent(role: str, bus: RedisBus, directory: Path) -> Agent:
         return Monitor(Store(bus.client, bus.prefix, "monitor"))
     if role == "human":
         return HumanAgent(Store(bus.client, bus.prefix, "human"), notifier=notifier_from_env())
-    priorities: dict[str, int] = {}
+    config = PMConfig()
     try:
-        priorities = {lp.name: -lp.config.priority for lp in load_checked(directory).loops}
+        config = pm_config(load_checked(directory))
     except (ValidationFailed, ConfigError) as exc:
-        # The PM also works without the project's files; priorities then default to 0.
-        log.warning("pm: no loop priorities (%s)", exc)
-    return ProjectManager(PMConfig(priorities=priorities))
+        # The PM also works without the project's files (no priorities or dependencies).
+        log.warning("pm: no project files (%s)", exc)
+    return ProjectManager(config)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.pm import PMConfig
 from bus import RedisBus, Subscription
 from events import Criterion, LoopsError, Role, Source, ValidationFailed
 from gates import (
@@ -27,7 +28,7 @@ from gates import (
     TamperPolicy,
     VerificationGate,
 )
-from loops.project import UnknownTask, criteria_for
+from loops.project import Project, UnknownTask, criteria_for
 
 log = logging.getLogger("loops.system")
 
@@ -129,3 +130,31 @@ class Threads:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=timeout)
+
+
+def pm_config(project: Project) -> PMConfig:
+    """The PM's view of the project: priorities (config 1 = most urgent, the PM runs the
+    highest number first) and every cross-loop dependency of every loop's tests."""
+    dependencies: dict[str, list[str]] = {}
+    for loop in project.loops:
+        for entry in loop.state.tests:
+            other = [str(r) for r in loop.dependencies(entry) if r.loop and r.loop != loop.name]
+            if other:
+                dependencies[f"{loop.name}/{entry.id}"] = other
+    return PMConfig(
+        priorities={lp.name: -lp.config.priority for lp in project.loops},
+        dependencies=dependencies,
+    )
+
+
+def task_describer(project: Project) -> Callable[[str, str], str | None]:
+    """What a task asks for, for the monitor's refiner (read from the loop's files)."""
+
+    def describe(loop: str, task_id: str) -> str | None:
+        try:
+            entry = project.loop(loop).state.task(task_id)
+        except KeyError:
+            return None
+        return "\n".join(t for t in (entry.title, entry.description, entry.notes) if t) or None
+
+    return describe

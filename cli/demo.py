@@ -112,7 +112,7 @@ def create(root: Path, *, agent: str | None = None) -> Path:
             "name": display,
             "specs_dir": f"{name}/specs",
             "test_state_file": "test-state.json",
-            "model": "claude-sonnet-4-5",
+            "model": "claude-sonnet-4-6",
             "max_attempts": 3,
             "auto_continue_delay": 0.3,
             "priority": priority,

@@ -18,13 +18,21 @@ from pathlib import Path
 
 from agents.human import HumanAgent
 from agents.monitor import Monitor
-from agents.pm import PMConfig, ProjectManager
+from agents.pm import ProjectManager
 from agents.refiner import AnthropicRefiner
 from agents.runner import run as run_agent
 from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
 from bus import RedisBus
-from cli.compose import Threads, judge_from_env, loader_with_fallback, make_gate, make_merge
+from cli.compose import (
+    Threads,
+    judge_from_env,
+    loader_with_fallback,
+    make_gate,
+    make_merge,
+    pm_config,
+    task_describer,
+)
 from events import ConfigError, Event, LoopStop
 from loops.books import HarnessBook
 from loops.driver import WorkerExit, all_passed
@@ -119,10 +127,13 @@ class System:
 
     def _start_agents(self) -> None:
         tick = self.options.monitor_tick_s
-        refiner = AnthropicRefiner() if os.environ.get("ANTHROPIC_API_KEY") else None
+        refiner = (
+            AnthropicRefiner(describe_task=task_describer(self.project))
+            if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")
+            else None
+        )
         monitor = Monitor(Store(self.bus.client, self.bus.prefix, "monitor"), refiner=refiner)
-        priorities = {lp.name: -lp.config.priority for lp in self.project.loops}  # 1 = most urgent
-        pm = ProjectManager(PMConfig(priorities=priorities))
+        pm = ProjectManager(pm_config(self.project))
         human = HumanAgent(
             Store(self.bus.client, self.bus.prefix, "human"), notifier=notifier_from_env()
         )

@@ -338,7 +338,7 @@ class EscalationRaised(Event):
     task_id: str | None = None
     options: list[str] = Field(default_factory=list)
     repeat: int = 0
-    producers = (W, GATE, MERGE, MON, PM)
+    producers = (W, GATE, MERGE, MON, PM, HUM)  # the human interface re-raises
     consumers = (HUM, DASH)
 
 

@@ -12,7 +12,7 @@ from gates import Judgement
 from gates.errors import JudgeError
 
 _VERDICT = re.compile(r"[\W_]*(PASS|FAIL)\b", re.IGNORECASE)
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-4-6"
 
 _SYSTEM = (
     "You are the verification gate of a coding system. An agent claims that a change "
