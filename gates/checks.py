@@ -63,8 +63,11 @@ def run_script(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     tail_bytes: int = OUTPUT_TAIL_BYTES,
     env: Mapping[str, str] | None = None,
+    record_group: bool = False,
 ) -> CriterionResult:
-    """Run `command` with `bash -c` in `cwd`; passes on exit code 0."""
+    """Run `command` with `bash -c` in `cwd`; passes on exit code 0. With
+    `record_group`, the process group is noted beside `cwd` while it runs, so that the
+    next user of the worktree can kill what a crashed runner left behind."""
     start = time.monotonic()
     timed_out = False
     with tempfile.NamedTemporaryFile(prefix="loops-check-", suffix=".log", delete=False) as out:
@@ -78,6 +81,8 @@ def run_script(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a timeout kills every child
         )
+        if record_group:
+            leftover_file(cwd).write_text(str(proc.pid))
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -86,6 +91,8 @@ def run_script(
             proc.wait(timeout=30)
         finally:
             _kill_group(proc)  # stragglers the command left behind
+            if record_group:
+                leftover_file(cwd).unlink(missing_ok=True)
     try:
         tail = _tail(out_path, tail_bytes)
     finally:
@@ -103,6 +110,36 @@ def run_script(
         output_tail=tail,
         judged_by="script",
     )
+
+
+def leftover_file(wt: Path) -> Path:
+    """Where a check running in worktree `wt` notes its process group."""
+    return wt.parent / f"{wt.name}.pgid"
+
+
+def kill_leftovers(wt: Path) -> int:
+    """Kill the processes of a check that a crashed runner left running in `wt` (those
+    of the noted process group whose working directory is inside `wt`: a recycled
+    group id never matches). Returns how many were killed."""
+    note = leftover_file(wt)
+    try:
+        pgid = int(note.read_text())
+    except (OSError, ValueError):
+        return 0
+    root = str(wt.resolve())
+    killed = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cwd = os.readlink(stat.parent / "cwd")
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and (cwd == root or cwd.startswith(root + "/")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+                killed += 1
+    note.unlink(missing_ok=True)
+    return killed
 
 
 def _candidate_paths(command: str) -> Iterable[str]:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from events import LoopsError
+from gates.checks import kill_leftovers
 
 GIT_TIMEOUT_S = 120.0
 LOOP_BRANCH_PREFIX = "loop/"
@@ -202,6 +203,7 @@ def scratch(repo: Path | str, rev: str, *, pool: str = "scratch") -> Iterator[Pa
         break
     path = base / f"{pool}-{slot}"
     try:
+        kill_leftovers(path)  # checks a crashed user of this slot left running
         reused = (path / ".git").is_file() and (
             run_git(path, "checkout", "--quiet", "--detach", "--force", rev, check=False)
         ).returncode == 0

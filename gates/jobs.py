@@ -49,6 +49,7 @@ def verify_claim(
                 timeout_s=float(timeout),
                 tail_bytes=tail_bytes,
                 env=env,
+                record_group=True,
             )
             results.append(result.model_dump(mode="json"))
     return json.dumps(results)

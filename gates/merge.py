@@ -209,6 +209,7 @@ class MergeQueue:
                 timeout_s=s.check_timeout_s,
                 tail_bytes=s.tail_bytes,
                 env=env,
+                record_group=True,
             )
             if not result.passed:
                 return result

@@ -188,8 +188,13 @@ def test_merge_manager_killed_mid_merge_merges_exactly_once(
 def test_gate_killed_mid_check_verifies_after_restart(
     tmp_path: Path, real_bus: RedisBus, request: pytest.FixtureRequest
 ) -> None:
-    started, go = tmp_path / "started", tmp_path / "go"
-    slow = f"touch {started}; while [ ! -f {go} ]; do sleep 0.05; done; {PYTEST} tests/test_mul.py"
+    # The first run of the check notes its pid and hangs; a second run passes.
+    started = tmp_path / "started"
+    slow = (
+        f"if [ -f {started} ]; then {PYTEST} tests/test_mul.py; "
+        f"else echo $$ > {started}.tmp && mv {started}.tmp {started}; "
+        "while true; do sleep 0.05; done; fi"
+    )
     tasks = {**TASKS, "a/slow": [script("mul, slowly", slow)]}
     project = make_project(tmp_path, real_bus, tasks=tasks)
     request.addfinalizer(project.close)
@@ -209,8 +214,9 @@ def test_gate_killed_mid_check_verifies_after_restart(
         wait_until(started.exists, timeout=60)
     finally:
         kill(child)
+    orphan = int(started.read_text())  # the check outlived its gate (its own session)
+    assert alive(orphan)
     assert project.events("verification.passed") == []
-    go.touch()
     child = spawn(cfg)
     try:
         passed = wait_until(lambda: project.events("verification.passed"), timeout=60)
@@ -218,3 +224,13 @@ def test_gate_killed_mid_check_verifies_after_restart(
         stop(child, stop_file)
     assert len({e.id for e in passed}) == 1
     assert project.events("verification.failed") == []
+    wait_until(lambda: not alive(orphan), timeout=10)  # killed when its worktree was reused
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
