@@ -3,7 +3,10 @@ batch is bisected so the good tasks still land and only the bad one is sent back
 
 from __future__ import annotations
 
+import pytest
+
 from events import MergeConflicted
+from gates import BatchMergeQueue
 from gates.gitutil import git
 from tests.gates.conftest import APP, TEST_BASE, Project
 from tests.gates.test_flow import MUL
@@ -61,3 +64,35 @@ def test_a_conflict_inside_a_batch_leaves_only_that_task_out(project: Project) -
     assert conflict.task_id == "sub" and conflict.files == ["app.py"]  # type: ignore[attr-defined]
     assert git(project.origin, "rev-list", "--count", "main") == "2"
     project.assert_main_verified()
+
+
+class Crash(Exception):
+    """Stands for the process dying just before main moves."""
+
+
+def test_a_batch_interrupted_before_main_moves_lands_once_after_restart(
+    project: Project,
+) -> None:
+    project.start(merge={"batch_size": 4}, batch=True)
+    assert isinstance(project.merge, BatchMergeQueue)
+
+    def die(merged: str) -> None:
+        raise Crash(merged)
+
+    project.merge.before_main_moves = die
+    a, b = project.loop("a"), project.loop("b")
+    a_commit = a.write({"app.py": MUL}, "mul")
+    a.claim("mul", a_commit)
+    b.claim("sub", b.write(SUB, "sub"))
+    seed = project.main()
+    with pytest.raises(Crash):
+        project.pump()
+    assert project.main() == seed and project.events("merge.completed") == []
+
+    # A new process: same durable store, same bus; the queued tasks are still queued.
+    restarted = BatchMergeQueue(project.bus, project.merge.settings, store=project.store)
+    assert [vp.task_id for vp in restarted.pending()] == ["mul", "sub"]
+    assert restarted.flush() == 2
+    assert sorted(e.task_id for e in project.events("merge.completed")) == ["mul", "sub"]  # type: ignore[attr-defined]
+    assert git(project.origin, "rev-list", "--count", "main") == "2"
+    assert restarted.pending() == [] and restarted.flush() == 0
