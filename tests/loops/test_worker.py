@@ -364,3 +364,39 @@ def test_secrets_never_reach_transcripts_or_evidence(make_harness, monkeypatch) 
     assert secret not in h.transcripts()
     finished = h.events("iteration.finished")
     assert finished and all(secret not in e.model_dump_json() for e in finished)
+
+
+def test_outage_backs_off_and_retries_without_counting(make_harness) -> None:  # type: ignore[no-untyped-def]
+    h = make_harness(
+        {
+            "tasks": {
+                "hello": [
+                    {"fail": "outage", "detail": "529 overloaded"},
+                    {"write": {"hello.py": "print('hi')\n"}, "reply": "<promise>done</promise>"},
+                ]
+            }
+        },
+        max_iterations=1,
+    )
+    outage = h.wait_event("iteration.finished", task_id="hello")
+    assert isinstance(outage, ev.IterationFinished)
+    assert outage.failure is ev.FailureKind.OUTAGE and not outage.counted
+    assert outage.retry_at is not None and outage.retry_at > outage.ts
+    # -n 1: the one counted iteration is still there for the retry after the back-off.
+    claim = h.wait_event("task.claimed", task_id="hello")
+    assert claim.ts >= outage.retry_at
+
+
+def test_health_json_keeps_the_seed_shape(make_harness) -> None:  # type: ignore[no-untyped-def]
+    h = make_harness({"default": [{"reply": "working"}]}, max_iterations=1000)
+    path = h.book.state_dir / "health.json"
+    wait_until(
+        lambda: path.exists() and json.loads(path.read_text()).get("current_test"), timeout=15
+    )
+    health = json.loads(path.read_text())
+    assert {"loop_name", "status", "current_test", "progress", "last_heartbeat", "pid"} <= set(
+        health
+    )
+    assert health["status"] in {"starting", "running", "stopped", "error"}
+    assert health["progress"] == {"passed": 0, "total": 2}
+    assert health["last_heartbeat"].endswith("Z")
