@@ -43,7 +43,7 @@ from events import (
 )
 from loops.book import TaskBook, TaskDef, TaskStatus
 from loops.prompt import PromptInput, build_prompt
-from loops.runners import AgentRequest, AgentResult, AgentRunner
+from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRunner
 from loops.runners.outcome import parse_outcome
 from loops.runners.redact import redact
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
@@ -325,7 +325,7 @@ class LoopWorker:
             # Stopped by the operator (Ctrl-C, shutdown): not the agent's failure. The
             # work so far is committed; the iteration runs again on restart.
             failure = FailureKind.AGENT_ERROR
-            result = replace(result, failure_detail="interrupted: the loop was stopped")
+            result = replace(result, failure_detail=INTERRUPTED_DETAIL)
         counted = not interrupted and failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
         retry_at = self._wait_for(result, rt) if not counted and not interrupted else None
         self.transcripts.write(self.loop, task.id, n, prompt, result)
@@ -391,11 +391,14 @@ class LoopWorker:
         rt.claim_commit = self.ws.head()
         rt.conflict_files = []
         self.save()
+        self._publish_claim(task.id, attempt, rt.claim_commit, claim)
+
+    def _publish_claim(self, task_id: str, attempt: int, commit: str, claim: str) -> None:
         self.emit(
             TaskClaimed,
-            task.id,
+            task_id,
             attempt=attempt,
-            commit=rt.claim_commit,
+            commit=commit,
             branch=self.ws.branch,
             base=self.ws.main_head(),
             claim=claim,
@@ -500,17 +503,10 @@ class LoopWorker:
             if rt is None or self.book.record(task.id).status is TaskStatus.PASSED:
                 continue
             attempt = self.book.record(task.id).attempts + 1
-            if rt.phase in (Phase.CLAIMED, Phase.VERIFIED) and rt.claim_commit not in claimed:
+            in_flight = rt.phase in (Phase.CLAIMED, Phase.VERIFIED)
+            if in_flight and rt.claim_commit and rt.claim_commit not in claimed:
                 log.warning("re-publishing the claim of %s (%s)", task.id, rt.claim_commit)
-                self.emit(
-                    TaskClaimed,
-                    task.id,
-                    attempt=attempt,
-                    commit=rt.claim_commit,
-                    branch=self.ws.branch,
-                    base=self.ws.main_head(),
-                    claim="resumed",
-                )
+                self._publish_claim(task.id, attempt, rt.claim_commit, "resumed")
             if rt.phase is Phase.WAITING_HUMAN and rt.question and rt.escalation_id not in raised:
                 self.emit(
                     EscalationRaised,

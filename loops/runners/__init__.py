@@ -16,7 +16,7 @@ Specs accepted by `make_runner` (DESIGN.md, "Agents"):
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,13 +26,17 @@ from events import ConfigError, FailureKind, TokenUsage
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "INTERRUPTED_DETAIL",
     "AgentRequest",
     "AgentResult",
     "AgentRunner",
+    "interrupted_result",
     "make_runner",
+    "timed_out_result",
 ]
 
 DEFAULT_TIMEOUT_S = 30 * 60.0
+INTERRUPTED_DETAIL = "interrupted: the loop was stopped"  # failure_detail of a cancelled run
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,24 @@ class AgentResult:
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+def interrupted_result(result: Callable[..., AgentResult]) -> AgentResult:
+    """The result of a run cancelled because the loop is stopping (not counted)."""
+    return result(
+        exit_code=None, failure=FailureKind.AGENT_ERROR, failure_detail=INTERRUPTED_DETAIL
+    )
+
+
+def timed_out_result(
+    result: Callable[..., AgentResult], request: AgentRequest, detail: str | None = None
+) -> AgentResult:
+    """The result of a run that exceeded `request.timeout_s`."""
+    return result(
+        exit_code=None,
+        failure=FailureKind.TIMEOUT,
+        failure_detail=detail or f"the agent exceeded its timeout of {request.timeout_s:g}s",
+    )
 
 
 @runtime_checkable

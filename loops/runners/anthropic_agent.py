@@ -21,10 +21,10 @@ from typing import Any
 import anthropic
 
 from events import ConfigError, FailureKind, TokenUsage
-from loops.runners import AgentRequest, AgentResult
+from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
 from loops.runners.command import agent_env
 from loops.runners.outcome import detect_usage_limit, retry_at_from_headers
-from loops.runners.process import INTERRUPTED, run_process
+from loops.runners.process import run_process
 from loops.runners.redact import redact
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
@@ -181,10 +181,10 @@ class AnthropicRunner:
 
         for _ in range(self.max_steps):
             if _cancelled(request):
-                return _interrupted(result)
+                return interrupted_result(result)
             remaining = run.deadline - time.monotonic()
             if remaining <= 0:
-                return _timed_out(result, request)
+                return timed_out_result(result, request)
             try:
                 message = self._ask(model, system, messages, min(remaining, self.request_timeout_s))
             except anthropic.APIError as exc:
@@ -203,9 +203,9 @@ class AnthropicRunner:
             for call in calls:
                 outputs.append(self._tool(run, call))
                 if _cancelled(request):
-                    return _interrupted(result)
+                    return interrupted_result(result)
                 if time.monotonic() > run.deadline:
-                    return _timed_out(result, request)
+                    return timed_out_result(result, request)
             messages.append({"role": "user", "content": outputs})
         return result(
             reply=reply,
@@ -242,7 +242,7 @@ class AnthropicRunner:
     ) -> AgentResult:
         now = datetime.now(UTC)
         if isinstance(exc, anthropic.APITimeoutError):
-            return _timed_out(result, request, f"the API did not answer in time: {exc}")
+            return timed_out_result(result, request, f"the API did not answer in time: {exc}")
         if isinstance(exc, anthropic.APIConnectionError):
             return result(
                 exit_code=1,
@@ -389,17 +389,3 @@ def _param(block: dict[str, Any]) -> dict[str, Any]:
 
 def _cancelled(request: AgentRequest) -> bool:
     return request.cancel is not None and request.cancel.is_set()
-
-
-def _interrupted(result: Callable[..., AgentResult]) -> AgentResult:
-    return result(exit_code=None, failure=FailureKind.AGENT_ERROR, failure_detail=INTERRUPTED)
-
-
-def _timed_out(
-    result: Callable[..., AgentResult], request: AgentRequest, detail: str | None = None
-) -> AgentResult:
-    return result(
-        exit_code=None,
-        failure=FailureKind.TIMEOUT,
-        failure_detail=detail or f"the agent exceeded its timeout of {request.timeout_s:g}s",
-    )

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events import ConfigError, FailureKind, TokenUsage
-from loops.runners import AgentRequest, AgentResult
+from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
 from loops.runners.command import agent_env
 from loops.runners.outcome import (
     Failure,
@@ -32,7 +32,7 @@ from loops.runners.outcome import (
     detect_usage_limit,
     parse_reset,
 )
-from loops.runners.process import INTERRUPTED, run_process
+from loops.runners.process import run_process
 from loops.runners.redact import redact
 
 PERMISSION_MODES = (
@@ -279,7 +279,7 @@ class ClaudeRunner:
             )
         now = datetime.now(UTC)
         if proc.cancelled:
-            failure: Failure | None = Failure(FailureKind.AGENT_ERROR, INTERRUPTED)
+            failure: Failure | None = Failure(FailureKind.AGENT_ERROR, INTERRUPTED_DETAIL)
         elif proc.timed_out:
             failure = Failure(
                 FailureKind.TIMEOUT,

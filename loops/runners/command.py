@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from events import FailureKind
-from loops.runners import AgentRequest, AgentResult
+from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
 from loops.runners.outcome import Failure, classify_run
-from loops.runners.process import INTERRUPTED, run_process
+from loops.runners.process import run_process
 from loops.runners.redact import redact
 
 
@@ -72,7 +72,7 @@ class CommandRunner:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         failure = (
-            Failure(FailureKind.AGENT_ERROR, INTERRUPTED)
+            Failure(FailureKind.AGENT_ERROR, INTERRUPTED_DETAIL)
             if proc.cancelled
             else classify_run(
                 exit_code=proc.exit_code,

@@ -24,7 +24,6 @@ OUTPUT_CAP_BYTES = 8 * 1024 * 1024
 # After SIGTERM, how long the group gets before SIGKILL.
 KILL_GRACE_S = 1.0
 CANCEL_POLL_S = 0.1  # how quickly a stopping loop kills its agent
-INTERRUPTED = "interrupted: the loop was stopped"  # failure_detail of a cancelled run
 # How long readers may drain the pipes after the leader has exited.
 DRAIN_S = 2.0
 

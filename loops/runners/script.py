@@ -36,9 +36,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from events import ConfigError, FailureKind, TokenUsage
-from loops.runners import AgentRequest, AgentResult
+from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
 from loops.runners.command import agent_env
-from loops.runners.process import INTERRUPTED, run_process
+from loops.runners.process import run_process
 from loops.runners.redact import redact
 
 STATE_NAME = "loops-script-state.json"
@@ -184,15 +184,15 @@ class ScriptRunner:
             )
             log.append(f"$ {command}\n{proc.stdout}{proc.stderr}[exit {proc.exit_code}]")
             if proc.cancelled:
-                return _interrupted(result)
+                return interrupted_result(result)
             if proc.timed_out:
-                return _timeout(result, request)
+                return timed_out_result(result, request)
         if step.sleep:
             wait = threading.Event().wait if request.cancel is None else request.cancel.wait
             if wait(min(step.sleep, max(deadline - time.monotonic(), 0))):
-                return _interrupted(result)
+                return interrupted_result(result)
             if time.monotonic() >= deadline:
-                return _timeout(result, request)
+                return timed_out_result(result, request)
         return self._finish(step, index, request, result)
 
     def _finish(
@@ -221,7 +221,7 @@ class ScriptRunner:
                     failure_detail=detail or "API Error: 529 overloaded (scripted)",
                 )
             case "timeout":
-                return _timeout(result, request, detail)
+                return timed_out_result(result, request, detail)
             case "empty":
                 return result(
                     failure=FailureKind.EMPTY_REPLY,
@@ -332,17 +332,3 @@ def _inside(worktree: Path, name: str) -> Path:
     if not target.is_relative_to(root):
         raise _StepError(f"script step: path {name!r} is outside the worktree")
     return target
-
-
-def _interrupted(result: Callable[..., AgentResult]) -> AgentResult:
-    return result(exit_code=None, failure=FailureKind.AGENT_ERROR, failure_detail=INTERRUPTED)
-
-
-def _timeout(
-    result: Callable[..., AgentResult], request: AgentRequest, detail: str | None = None
-) -> AgentResult:
-    return result(
-        exit_code=None,
-        failure=FailureKind.TIMEOUT,
-        failure_detail=detail or f"the agent exceeded its timeout of {request.timeout_s:g}s",
-    )

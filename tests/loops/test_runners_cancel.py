@@ -12,9 +12,9 @@ import anthropic
 import pytest
 
 from events import FailureKind
+from loops.runners import INTERRUPTED_DETAIL as INTERRUPTED
 from loops.runners import AgentRequest, AgentResult, AgentRunner, make_runner
 from loops.runners.anthropic_agent import AnthropicRunner
-from loops.runners.process import INTERRUPTED
 from tests.conftest import wait_until
 from tests.fakes.mock_anthropic import MockAnthropic
 from tests.loops.test_runners_command import pid_alive
