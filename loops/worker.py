@@ -136,11 +136,12 @@ class LoopWorker:
         """The task with a claim, merge or conflict in progress (at most one)."""
         for task in self.book.tasks():
             rt = self.state.tasks.get(task.id)
-            active = rt and rt.phase in (
-                Phase.WORKING,
-                Phase.CLAIMED,
-                Phase.VERIFIED,
-                Phase.CONFLICT,
+            if rt is None:
+                continue
+            # A claim already with the gate goes on; a task still in iterations stops
+            # while the PM holds it (file overlap with a loop of higher priority).
+            active = rt.phase in (Phase.CLAIMED, Phase.VERIFIED) or (
+                rt.phase in (Phase.WORKING, Phase.CONFLICT) and not rt.held
             )
             if active and self.book.record(task.id).status not in (
                 TaskStatus.PASSED,

@@ -400,3 +400,21 @@ def test_health_json_keeps_the_seed_shape(make_harness) -> None:  # type: ignore
     assert health["status"] in {"starting", "running", "stopped", "error"}
     assert health["progress"] == {"passed": 0, "total": 2}
     assert health["last_heartbeat"].endswith("Z")
+
+
+def test_a_held_task_stops_iterating_until_released(make_harness) -> None:  # type: ignore[no-untyped-def]
+    h = make_harness(
+        {"tasks": {"hello": [{"reply": "working on hello"}], "bye": [{"reply": "working on bye"}]}},
+        max_iterations=1000,
+    )
+    h.wait_event("iteration.finished", task_id="hello")
+    pm = ev.Source(role=ev.Role.PM, instance="test")
+    h.bus.publish(
+        ev.TaskHeld(source=pm, loop="spec", task_id="hello", reason="overlap with loop-x")
+    )
+    h.wait_event("iteration.started", task_id="bye")
+    held_at = len([e for e in h.events("iteration.started") if e.task_id == "hello"])  # type: ignore[attr-defined]
+    wait_until(lambda: len(h.events("iteration.started")) > held_at + 3, timeout=15)
+    assert len([e for e in h.events("iteration.started") if e.task_id == "hello"]) == held_at  # type: ignore[attr-defined]
+    h.bus.publish(ev.TaskReleased(source=pm, loop="spec", task_id="hello", reason="merged"))
+    h.wait_event("iteration.started", held_at + 1, task_id="hello")
