@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -165,7 +166,17 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
     return (0 if ok else 1), lines
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (systemd, `docker stop`, `kill`) stops `loops up` as Ctrl-C does."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(args: argparse.Namespace) -> int:
+    stop_on_sigterm()
     directory = project_dir(args.dir)
     project = load_checked(directory)
     repo, main = repo_and_main(directory, project)

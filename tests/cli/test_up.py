@@ -271,3 +271,35 @@ def test_question_answered_from_another_terminal_reaches_the_loop(tmp_path: Path
     finally:
         bus.delete_all()
         bus.close()
+
+
+def test_serve_keeps_running_after_the_work_and_sigterm_stops_it(tmp_path: Path) -> None:
+    prefix = f"test-up-{uuid.uuid4().hex[:8]}"
+    shared = {**env(), "REDIS_URL": require_real_redis(), "LOOPS_PREFIX": prefix}
+    root = one_loop_project(
+        tmp_path / "p",
+        [{"write": {"calc/ops.py": ADD_DONE}, "reply": "<promise>ADD-1 done</promise>"}],
+    )
+    up = subprocess.Popen(
+        [LOOPS, "up", str(root), "--serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=shared,
+    )
+    bus = RedisBus.from_settings(BusSettings.from_env(shared))
+    try:
+        wait_until(lambda: events(bus, "task.passed"), timeout=60)
+        # Done, but serving: still heartbeating, still there.
+        beats = len(events(bus, "loop.heartbeat"))
+        wait_until(lambda: len(events(bus, "loop.heartbeat")) > beats + 1, timeout=30)
+        assert up.poll() is None
+        up.send_signal(signal.SIGTERM)  # as docker stop or systemd would
+        out, _ = up.communicate(timeout=60)
+        assert up.returncode == 0, out
+        assert "All tasks verified and merged." in out and "Traceback" not in out
+    finally:
+        if up.poll() is None:
+            up.kill()
+        bus.delete_all()
+        bus.close()
