@@ -120,6 +120,10 @@ def _verdict(
         rt.last_failure = failure_report(event.criteria, f"Verification failed: {event.reason}")
         rt.history.append(f"verification of {event.commit[:10]} failed: {event.reason}")
         log.warning("verification of %s failed: %s", event.task_id, event.reason)
+        for c in event.criteria:
+            if c.passed is False:
+                lines = [ln for ln in c.output_tail.strip().splitlines() if ln.strip()]
+                log.warning("  ✗ %s%s", c.criterion, f": {lines[-1][-300:]}" if lines else "")
         w.fail_attempt(event.task_id, f"verification failed: {event.reason}")
     elif isinstance(event, MergeCompleted):
         record = w.book.record(event.task_id)

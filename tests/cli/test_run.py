@@ -4,6 +4,7 @@ longer passes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -183,3 +184,66 @@ def test_missing_spec_file(repo: Path) -> None:
     )
     assert proc.returncode == 1
     assert "Spec file not found: nope.yaml" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("verdict", "code"),
+    [("PASS\nIt says hi: friendly.", 0), ("FAIL\nIt does not greet anyone.", 1)],
+)
+def test_natural_check_is_judged_by_a_model_when_one_is_configured(
+    repo: Path, verdict: str, code: int
+) -> None:
+    from tests.fakes.mock_anthropic import MockAnthropic
+
+    spec = {
+        **SPEC,
+        "tasks": [
+            {
+                **SPEC["tasks"][0],
+                "acceptance_criteria": [  # type: ignore[index]
+                    {
+                        "criterion": "greeting is friendly",
+                        "check": {
+                            "type": "natural",
+                            "description": "Read greet.py; is it friendly?",
+                        },
+                    },
+                ],
+            }
+        ],
+    }
+    (repo / "SPEC.yaml").write_text(yaml.safe_dump(spec))
+    (repo.parent / "agent.yaml").write_text(
+        yaml.safe_dump({"default": [{"write": GOOD, "reply": "<promise>done</promise>"}]})
+    )
+    with MockAnthropic(aux_reply=verdict) as api:
+        proc = subprocess.run(
+            [
+                LOOPS,
+                "run",
+                "SPEC.yaml",
+                "-n",
+                "2",
+                "--agent",
+                f"script:{repo.parent / 'agent.yaml'}",
+            ],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
+                "ANTHROPIC_BASE_URL": api.base_url,
+                "ANTHROPIC_API_KEY": "test-key",
+            },
+        )
+        judged = [r for r in api.requests if r.path == "/v1/messages"]
+    assert proc.returncode == code, proc.stderr
+    assert judged, "the model was never asked"
+    assert "Read greet.py; is it friendly?" in json.dumps(judged[0].body)
+    assert "test-key" not in proc.stderr
+    if code:
+        assert "It does not greet anyone." in proc.stderr
+        assert git(repo, "ls-tree", "--name-only", "main").split() == ["README.md"]
+    else:
+        assert git(repo, "show", "main:greet.py") == GOOD["greet.py"].strip()
