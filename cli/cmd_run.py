@@ -13,11 +13,11 @@ import logging
 import threading
 from pathlib import Path
 
+from agents.escalations import Escalation, open_escalations
 from bus import EmbeddedServer, RedisBus, connect
 from cli.compose import Threads, judge_from_env, loader_with_fallback, make_gate, make_merge
 from events import (
     ConfigError,
-    EscalationRaised,
     Event,
     Role,
     Source,
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             raise roles.errors[0]
         return _summary(
             book,
-            bus_events=list(bus.replay(types={"escalation.raised"})),
+            escalations=open_escalations(e for _, e in bus.replay()),
             iterations=service.worker.state.iteration,
             branch=branch,
             all_passed=outcome.all_passed,
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(
     book: SpecBook,
-    bus_events: list[tuple[str, Event]],
+    escalations: list[Escalation],
     iterations: int,
     branch: str,
     all_passed: bool,
@@ -139,13 +139,13 @@ def _summary(
                 record.status.value,
                 f": {record.last_result}" if record.last_result else "",
             )
-    for _, esc in bus_events:
-        if not isinstance(esc, EscalationRaised) or esc.repeat:
-            continue
-        if esc.task_id and book.record(esc.task_id).status.value == "passed":
-            continue
+    for esc in escalations:
         if esc.kind.value == "signoff":
-            log.error("Needs a person's sign-off (%s): %s", esc.escalation_id, esc.question)
+            log.error("Needs a person's sign-off (%s): %s", esc.id, esc.question)
         else:
-            log.error("Open question %s: %s", esc.escalation_id, esc.question)
+            log.error("Open question %s: %s", esc.id, esc.question)
+    if escalations:
+        log.error(
+            "Answer with `loops answer ID TEXT` in this directory, then run `loops run` again."
+        )
     return 1

@@ -13,8 +13,9 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -58,20 +59,40 @@ def bus_settings(args: argparse.Namespace) -> BusSettings:
     return BusSettings.from_dsn(url, prefix=prefix)
 
 
+def _embedded_data(project_dir: str | None) -> Path | None:
+    """The project, if an embedded server of an earlier run left its data (AOF) there."""
+    project = Path(project_dir or ".").resolve()
+    return project if (busmod.state_dir(project) / "redis" / "appendonlydir").is_dir() else None
+
+
 @contextmanager
 def open_bus(args: argparse.Namespace) -> Iterator[RedisBus]:
-    """A bus on the running system, closed afterwards. Redis errors become one line."""
-    settings = bus_settings(args)
-    bus = RedisBus.from_settings(settings)
-    try:
-        yield bus
-    except redis.RedisError as exc:
-        raise ConfigError(
-            f"cannot reach Redis at {redact(settings.url)} ({type(exc).__name__}: {exc}); "
-            "is the system running? (--redis URL, $REDIS_URL or --dir DIR)"
-        ) from None
-    finally:
-        bus.close()
+    """A bus on the running system, closed afterwards. Redis errors become one line.
+
+    When no system is running but an earlier `loops run`/`loops up` of the project left
+    its embedded server's data, that server is started for the length of the command
+    (and stopped after), so a person can answer a question between two runs."""
+    with ExitStack() as stack:
+        try:
+            settings = bus_settings(args)
+        except ConfigError:
+            project = _embedded_data(
+                getattr(args, "project_dir", None) or os.environ.get("CODING_LOOP_PROJECT_DIR")
+            )
+            if project is None:
+                raise
+            server = stack.enter_context(busmod.EmbeddedServer(project, kind="redis-server"))
+            assert server.url is not None
+            prefix = os.environ.get("LOOPS_PREFIX") or BusSettings().prefix
+            settings = BusSettings.from_dsn(server.url, prefix=prefix)
+        bus = stack.enter_context(RedisBus.from_settings(settings))
+        try:
+            yield bus
+        except redis.RedisError as exc:
+            raise ConfigError(
+                f"cannot reach Redis at {redact(settings.url)} ({type(exc).__name__}: {exc}); "
+                "is the system running? (--redis URL, $REDIS_URL or --dir DIR)"
+            ) from None
 
 
 def load_view(bus: RedisBus) -> SystemView:

@@ -291,6 +291,7 @@ class MergeConflicted(Event):
     files: list[str]
     tries: int
     reason: str = "conflict"
+    escalation_id: str | None = None  # set when a person was asked (after N tries)
     producers = (MERGE,)
     consumers = (W, PM, MON, DASH)
 

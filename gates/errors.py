@@ -30,3 +30,18 @@ class JobError(LoopsError):
     def __init__(self, reason: str, job_id: str = "") -> None:
         super().__init__(reason)
         self.job_id = job_id
+
+
+class WorktreeBlocked(LoopsError):
+    """Raised when main is checked out in a worktree whose uncommitted or untracked
+    files would be overwritten by the fast-forward (git refuses; they are kept)."""
+
+    def __init__(self, worktree: str, files: list[str], detail: str) -> None:
+        shown = ", ".join(files) or "(see git status)"
+        super().__init__(
+            f"uncommitted changes in {worktree} block the fast-forward of main ({shown}): "
+            "commit or stash them, then answer retry"
+        )
+        self.worktree = worktree
+        self.files = files
+        self.detail = detail

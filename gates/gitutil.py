@@ -19,6 +19,7 @@ from pathlib import Path
 
 from events import LoopsError
 from gates.checks import kill_leftovers
+from gates.errors import WorktreeBlocked
 
 GIT_TIMEOUT_S = 120.0
 LOOP_BRANCH_PREFIX = "loop/"
@@ -310,11 +311,12 @@ def update_ref_cas(repo: Path | str, ref: str, new: str, old: str) -> bool:
     if run_git(worktree, "rev-parse", "HEAD").stdout.strip() != old:
         return False
     proc = run_git(worktree, "merge", "--ff-only", "--no-edit", "-q", new, check=False)
-    if proc.returncode != 0:
-        log.warning(
-            "could not fast-forward %s in %s (uncommitted changes in the way?): %s",
-            ref,
-            worktree,
-            (proc.stderr or proc.stdout).strip().splitlines()[-1:],
-        )
-    return proc.returncode == 0
+    if proc.returncode == 0:
+        return True
+    text = proc.stderr or proc.stdout
+    if "would be overwritten" in text:
+        # Not a race: the person's own changes are in the way. Never touch them.
+        files = [ln.strip() for ln in text.splitlines() if ln.startswith(("\t", "    "))]
+        raise WorktreeBlocked(str(worktree), files, text.strip())
+    log.warning("could not fast-forward %s in %s: %s", ref, worktree, text.strip()[-300:])
+    return False

@@ -116,6 +116,9 @@ class RqJobs:
                     func,
                     kwargs=kwargs,
                     job_id=job_id,
+                    # rq logs a job's description; the default is the call with its
+                    # arguments, which may hold a remote's URL (invariant 7).
+                    description=f"{func} {job_id}",
                     timeout=max(1, int(timeout_s)),
                     result_ttl=3600,
                     failure_ttl=3600,

@@ -36,7 +36,7 @@ from events import (
     VerificationPassed,
 )
 from gates.checks import run_script, scrubbed_env
-from gates.errors import MergeError
+from gates.errors import MergeError, WorktreeBlocked
 from gates.gitutil import (
     conflicted_files,
     fetch,
@@ -135,7 +135,13 @@ class MergeQueue:
                 self.store.set(key, json.dumps({"merged": merged, "main_before": base}))
                 if self.before_main_moves is not None:
                     self.before_main_moves(merged)
-                if self._move_main(merged, base):
+                try:
+                    moved = self._move_main(merged, base)
+                except WorktreeBlocked as exc:
+                    self.store.delete(key)
+                    self._conflicted(vp, exc.files, str(exc))
+                    return
+                if moved:
                     self._completed(vp, merged, base)
                     return
             log.info("merge: main moved under %s/%s; merging again", vp.loop, vp.task_id)
@@ -246,6 +252,8 @@ class MergeQueue:
         seen = self.store.get(f"conflicted:{vp.id}")  # a redelivery is not another try
         tries = int(seen) if seen else self.store.incr(f"tries:{vp.loop}:{vp.task_id}")
         self.store.set(f"conflicted:{vp.id}", str(tries))
+        escalate = tries >= self.settings.max_conflicts
+        eid = derived_escalation_id(vp.loop or "", vp.task_id, str(tries)) if escalate else None
         self._publish(
             MergeConflicted(
                 id=derived_id(vp.id, "conflicted"),
@@ -255,11 +263,11 @@ class MergeQueue:
                 files=files,
                 tries=tries,
                 reason=reason,
+                escalation_id=eid,
                 **_caused(vp),
             )
         )
-        if tries >= self.settings.max_conflicts:
-            eid = derived_escalation_id(vp.loop or "", vp.task_id, str(tries))
+        if eid is not None:
             self.store.set(f"escalation:{eid}", json.dumps([vp.loop, vp.task_id]))
             where = f" in {', '.join(files)}" if files else ""
             self._publish(

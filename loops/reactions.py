@@ -143,12 +143,20 @@ def _verdict(
         )
         log.info("Task %s verified and merged (%s).", event.task_id, event.merged_commit[:12])
     else:
-        rt.phase = Phase.CONFLICT
         rt.conflict_tries = event.tries
         rt.conflict_files = list(event.files)
         rt.history.append(
             f"merge into main conflicted in {', '.join(event.files) or '?'} ({event.reason})"
         )
+        log.warning("merge of %s failed (try %d): %s", event.task_id, event.tries, event.reason)
+        if event.escalation_id:
+            # The merge queue asked a person: wait for the answer, then try again.
+            rt.phase = Phase.WAITING_HUMAN
+            rt.escalation_id = event.escalation_id
+            rt.question = None
+            rt.resume = Phase.CONFLICT
+        else:
+            rt.phase = Phase.CONFLICT
 
 
 def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
@@ -156,7 +164,17 @@ def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
         if rt.escalation_id != event.escalation_id or rt.phase is not Phase.WAITING_HUMAN:
             continue
         if rt.question is None:
-            return  # the gate's question: the gate acts on the answer
+            # Another role's question. The gate answers with a new verdict; after the
+            # merge queue's, the loop itself tries the merge again (or skips, or stops).
+            if rt.resume is not None:
+                rt.escalation_id = None
+                if event.decision is Decision.SKIP:
+                    _block(w, task_id, "skipped by a person")
+                elif event.decision is Decision.ABORT:
+                    w.stop_requested = "aborted by a person"
+                else:
+                    rt.phase, rt.resume = rt.resume, None
+            return
         if event.answer.strip():
             rt.guidance.append(
                 f"A person answered your question \u201c{rt.question}\u201d: {event.answer.strip()}"

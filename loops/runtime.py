@@ -44,6 +44,7 @@ class TaskRuntime(BaseModel):
     )  # escalation ids answered, not yet in a prompt
     history: list[str] = Field(default_factory=list)
     held: str | None = None  # the PM's reason for holding this task
+    resume: Phase | None = None  # where to go back to once another role's question is answered
     outage_retries: int = 0
 
 

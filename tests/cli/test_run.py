@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,19 +52,22 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
+def proc_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_URL"))}
+
+
 def loops_run(
     repo: Path, script: object, *args: str, spec: object = SPEC, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
     (repo / "SPEC.yaml").write_text(yaml.safe_dump(spec))
     (repo.parent / "agent.yaml").write_text(yaml.safe_dump(script))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_URL"))}
     return subprocess.run(
         [LOOPS, "run", "SPEC.yaml", "--agent", f"script:{repo.parent / 'agent.yaml'}", *args],
         cwd=repo,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=proc_env(),
     )
 
 
@@ -247,3 +251,44 @@ def test_natural_check_is_judged_by_a_model_when_one_is_configured(
         assert git(repo, "ls-tree", "--name-only", "main").split() == ["README.md"]
     else:
         assert git(repo, "show", "main:greet.py") == GOOD["greet.py"].strip()
+
+
+def test_uncommitted_changes_in_the_way_are_kept_and_the_run_ends_with_a_question(
+    repo: Path,
+) -> None:
+    # The person has their own, untracked greet.py: the verified work cannot land on
+    # the checked-out branch without overwriting it. git refuses; so do we.
+    (repo / "greet.py").write_text("# my draft, do not touch\n")
+    proc = loops_run(
+        repo, {"default": [{"write": GOOD, "reply": "<promise>done</promise>"}]}, timeout=120
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert (repo / "greet.py").read_text() == "# my draft, do not touch\n"
+    assert "block the fast-forward" in proc.stderr and "greet.py" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The verified work is kept on the loop's branch.
+    assert git(repo, "show", "refs/loops/tasks/spec/greet:greet.py") == GOOD["greet.py"].strip()
+    assert "Answer with `loops answer ID TEXT`" in proc.stderr
+    # The person moves their draft away and answers, with no system running: the
+    # project's embedded server is woken for the command. The next run merges.
+    eid = re.search(r"Open question (e-[0-9a-f]+)", proc.stderr).group(1)  # type: ignore[union-attr]
+    (repo / "greet.py").rename(repo / "greet.draft")
+    answer = subprocess.run(
+        [LOOPS, "answer", eid, "moved my draft", "--decision", "retry"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert answer.returncode == 0, answer.stderr
+    again = subprocess.run(
+        [LOOPS, "run", "SPEC.yaml", "--agent", f"script:{repo.parent / 'agent.yaml'}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=proc_env(),
+    )
+    assert again.returncode == 0, again.stderr
+    assert git(repo, "show", "main:greet.py") == GOOD["greet.py"].strip()
+    assert (repo / "greet.draft").read_text() == "# my draft, do not touch\n"

@@ -10,7 +10,7 @@ import subprocess
 import threading
 
 import events as ev
-from bus import BusSettings, EmbeddedServer, RedisBus
+from bus import BusSettings, EmbeddedServer, RedisBus, recorded_url
 from cli.runtime import PresenceBeat
 from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import W, heartbeat, scenario
@@ -205,13 +205,27 @@ def test_status_finds_the_embedded_server_of_dir(system: System) -> None:
         )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["loops"]["loop-api"]["tasks"]["API-1"]["status"] == "merged"
-    gone = subprocess.run(
+    # The server is gone, but it left its data: the log stays readable (and a question
+    # answerable) between two runs; the server is woken for the command and stopped.
+    after = subprocess.run(
         [LOOPS, "events", "--dir", str(project)],
         capture_output=True,
         text=True,
         env=env,
         timeout=30,
     )
+    assert after.returncode == 0, after.stderr
+    assert "API-1" in after.stdout
+    assert recorded_url(project) is None  # stopped again
+    never = system.cwd / "never-ran"
+    never.mkdir()
+    gone = subprocess.run(
+        [LOOPS, "events", "--dir", str(never)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert gone.returncode == 1
-    assert gone.stderr.startswith(f"loops: no coding-loops system is running in {project}")
+    assert gone.stderr.startswith(f"loops: no coding-loops system is running in {never}")
     assert gone.stderr.count("\n") == 1
