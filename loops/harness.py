@@ -21,7 +21,7 @@ import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -73,6 +73,9 @@ _KEEP = ConfigDict(
 )
 
 AGENT_PATTERN = re.compile(r"^(claude|anthropic|command:\s*\S.*|script:\s*\S.*)$", re.DOTALL)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class TaskStatus(StrEnum):
@@ -150,11 +153,7 @@ def load_config(path: str | os.PathLike[str]) -> LoopConfig:
 
 
 def config_from_data(data: object, source: str = "config.json") -> LoopConfig:
-    _need_object(data, source, "a loop config with 'name' and 'specs_dir'")
-    try:
-        return LoopConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ValidationFailed(translate_errors(exc, source), path=source) from None
+    return _validated(LoopConfig, data, source, "a loop config with 'name' and 'specs_dir'")
 
 
 # -- test-state.json ------------------------------------------------------------------
@@ -381,9 +380,14 @@ def load_health(path: str | os.PathLike[str]) -> Health:
 
 
 def health_from_data(data: object, source: str = "health.json") -> Health:
-    _need_object(data, source, "health status with 'loop_name' and 'status'")
+    return _validated(Health, data, source, "health status with 'loop_name' and 'status'")
+
+
+def _validated(model: type[M], data: object, source: str, what: str) -> M:
+    """`data` as `model`, or `ValidationFailed` with every problem, one line each."""
+    _need_object(data, source, what)
     try:
-        return Health.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed(translate_errors(exc, source), path=source) from None
 
