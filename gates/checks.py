@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -18,26 +17,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from events import CriterionResult
+from events.secrets import allowed_env
 
 DEFAULT_TIMEOUT_S = 600.0
 OUTPUT_TAIL_BYTES = 4000
-
-_SECRET_NAMES = re.compile(
-    r"^(ANTHROPIC_API_KEY|OPENAI_API_KEY|AWS_.*|.*_TOKEN|.*_SECRET|.*_SECRET_.*|.*_KEY|"
-    r".*_PASSWORD|.*_PASSWD|.*_CREDENTIALS?|.*_API_KEY|REDIS_URL|DATABASE_URL|"
-    r"GIT_DIR|GIT_WORK_TREE|GIT_INDEX_FILE|GIT_OBJECT_DIRECTORY|"
-    r"GIT_ASKPASS|SSH_AUTH_SOCK)$",
-    re.IGNORECASE,
-)
 
 # Files that change what a test runner does without being named on its command line.
 _RUNNER_CONFIG = ("conftest.py", "*/conftest.py", "pytest.ini", "tox.ini", "setup.cfg")
 
 
 def scrubbed_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (default: this process's environment) without secrets and git redirects."""
-    env = dict(os.environ if base is None else base)
-    return {k: v for k, v in env.items() if not _SECRET_NAMES.match(k)}
+    """The environment a check runs with: the allow-listed variables of `base` (default:
+    this process's environment), never a secret or a git redirect."""
+    return allowed_env(base)
 
 
 def _tail(path: Path, limit: int) -> str:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from events import LoopStatus
+from events.secrets import redact
 from loops.harness import Health, Progress, write_health
 from loops.runners import AgentResult
-from loops.runners.redact import redact
 
 # health.json keeps the seed's four statuses; richer ones map onto them.
 _SEED_STATUS = {

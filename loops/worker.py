@@ -41,11 +41,11 @@ from events import (
     new_id,
     short_id,
 )
+from events.secrets import redact
 from loops.book import TaskBook, TaskDef, TaskStatus
 from loops.prompt import PromptInput, build_prompt
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRunner
 from loops.runners.outcome import parse_outcome
-from loops.runners.redact import redact
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
 from loops.transcripts import Transcripts
 from loops.workspace import Workspace

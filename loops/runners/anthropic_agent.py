@@ -21,11 +21,11 @@ from typing import Any
 import anthropic
 
 from events import ConfigError, FailureKind, TokenUsage
+from events.secrets import redact
 from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
 from loops.runners.command import agent_env
 from loops.runners.outcome import detect_usage_limit, retry_at_from_headers
 from loops.runners.process import run_process
-from loops.runners.redact import redact
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 OUTPUT_CAP = 20_000  # characters of a tool result the model sees

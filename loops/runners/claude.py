@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events import ConfigError, FailureKind, TokenUsage
+from events.secrets import redact
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
 from loops.runners.command import agent_env
 from loops.runners.outcome import (
@@ -33,7 +34,6 @@ from loops.runners.outcome import (
     parse_reset,
 )
 from loops.runners.process import run_process
-from loops.runners.redact import redact
 
 PERMISSION_MODES = (
     "acceptEdits",

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from events import FailureKind
+from events.secrets import redact
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
 from loops.runners.outcome import Failure, classify_run
 from loops.runners.process import run_process
-from loops.runners.redact import redact
 
 
 def agent_env(request: AgentRequest, **extra: str) -> dict[str, str]:

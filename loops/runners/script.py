@@ -36,10 +36,10 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from events import ConfigError, FailureKind, TokenUsage
+from events.secrets import redact
 from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
 from loops.runners.command import agent_env
 from loops.runners.process import run_process
-from loops.runners.redact import redact
 
 STATE_NAME = "loops-script-state.json"
 

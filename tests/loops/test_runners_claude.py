@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from loops.runners.redact import MASK
 
 from events import ConfigError, FailureKind, IterationOutcome
 from loops.runners import AgentRequest, AgentResult, make_runner
 from loops.runners.claude import ClaudeRunner, StreamParser
 from loops.runners.outcome import outcome_of
-from loops.runners.redact import MASK
 from tests.conftest import wait_until
 from tests.loops.test_runners_command import pid_alive
 

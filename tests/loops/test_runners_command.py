@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from events import ConfigError, FailureKind
+from events.secrets import MASK, redact
 from loops.runners import AgentRequest, AgentRunner, make_runner
 from loops.runners.command import CommandRunner
-from loops.runners.redact import MASK, redact
 from tests.conftest import wait_until
 
 

@@ -1,0 +1,180 @@
+"""Secrets: how to recognise them, hide them, and keep them out of what untrusted code
+sees (DESIGN.md invariants 7 and 8).
+
+Three nets, used by every role:
+
+- `redact(text)`: the values of secret-looking environment variables, whatever they
+  look like, and well-known token shapes (Anthropic, OpenAI, GitHub, Slack, AWS, JWTs,
+  bearer headers, passwords in URLs) for secrets that never passed through our
+  environment;
+- `redact_obj(value)`: the same over every string of a JSON-like value (event fields,
+  state files);
+- `allowed_env(...)`: the environment an agent or a check gets: an allow-list of
+  what programs need to work, never the harness's own credentials.
+
+Imports nothing of the project: events, bus, loops, gates, agents and cli all use it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+MASK = "[REDACTED]"
+
+# Names of variables whose values are secrets: `*_TOKEN`, `*_KEY`, `*_SECRET`,
+# `*PASSWORD*`, `*_PAT`, credentials, cookies, auth, and URLs that carry a password.
+_SECRET_NAME = re.compile(
+    r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|PRIVATE|_PAT$|^PAT$|"
+    r"^REDIS_URL$|^DATABASE_URL$|_DSN$)",
+    re.IGNORECASE,
+)
+# Shorter values are too likely to be ordinary words ("true", "1234").
+_MIN_SECRET_LEN = 8
+
+_TOKEN_SHAPES = re.compile(
+    r"""
+    sk-ant-[A-Za-z0-9_\-]{8,}                       # Anthropic keys
+  | sk-(?:proj-)?[A-Za-z0-9_\-]{20,}                # OpenAI-style keys
+  | gh[pousr]_[A-Za-z0-9]{20,}                      # GitHub tokens
+  | github_pat_[A-Za-z0-9_]{20,}
+  | glpat-[A-Za-z0-9_\-]{20,}                       # GitLab
+  | xox[abprs]-[A-Za-z0-9\-]{10,}                   # Slack
+  | (?:AKIA|ASIA)[0-9A-Z]{16}                       # AWS access key id
+  | eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}  # JWTs
+  | (?<=[Bb]earer\s)[A-Za-z0-9._\-~+/=]{12,}        # Authorization: Bearer ...
+  | (?<=x-api-key:\s)\S{8,}
+  | (?<=://)[^/\s:@]*:[^/\s@]{4,}(?=@)              # user:password@ in a URL
+    """,
+    re.VERBOSE,
+)
+
+# What any program needs to run: the agent's tools and the project's checks.
+BASE_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TERM",
+    "COLORTERM",
+    "NO_COLOR",
+    "TZ",
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "VIRTUAL_ENV",
+    "NODE_PATH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+# What an agent additionally needs: its own model credentials and settings. These are
+# the agent's, not the harness's; they are still redacted wherever they are printed.
+AGENT_ENV = (
+    "ANTHROPIC_*",
+    "CLAUDE_*",
+    "CLAUDECODE",
+    "DISABLE_*",
+    "OPENAI_*",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+)
+# Never passed to an agent or a check, whatever a pattern or a passthrough says: the
+# harness's own credentials and anything that redirects git.
+_NEVER = re.compile(
+    r"^(LOOPS_(?!AGENT_ARGS$).*|REDIS_.*|RQ_.*|GIT_DIR|GIT_WORK_TREE|GIT_INDEX_FILE|"
+    r"GIT_OBJECT_DIRECTORY|GIT_ALTERNATE_OBJECT_DIRECTORIES|GIT_COMMON_DIR|GIT_CONFIG.*|"
+    r"GIT_ASKPASS|SSH_AUTH_SOCK|SSH_ASKPASS|DOCKER_HOST)$"
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a variable called `name` holds a secret (`*_TOKEN`, `*_KEY`, ...)."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """The values of secret-looking variables in `env` (default: os.environ), longest first."""
+    source = os.environ if env is None else env
+    values = {
+        value
+        for name, value in source.items()
+        if is_secret_name(name) and len(value) >= _MIN_SECRET_LEN
+    }
+    for value in list(values):  # a URL's password on its own, too
+        match = re.search(r"://[^/\s:@]*:([^/\s@]+)@", value)
+        if match and len(match.group(1)) >= 4:
+            values.add(match.group(1))
+    return sorted(values, key=len, reverse=True)
+
+
+_extra_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Hide `value` everywhere from now on (a password or token this process made or
+    read from a file, not from its environment)."""
+    if value and len(value) >= 4:
+        _extra_secrets.add(value)
+
+
+def redact(text: str, env: Mapping[str, str] | None = None, extra: Iterable[str] = ()) -> str:
+    """`text` with every secret replaced by `[REDACTED]`.
+
+    `env` defaults to os.environ; pass the agent's own environment when it differs.
+    `extra` adds literal values to hide (registered secrets are always hidden).
+    """
+    if not text:
+        return text
+    values = [*secret_values(env), *extra, *_extra_secrets]
+    for value in sorted(set(values), key=len, reverse=True):
+        if value and value in text:
+            text = text.replace(value, MASK)
+    return _TOKEN_SHAPES.sub(MASK, text)
+
+
+def redact_obj(value: Any, env: Mapping[str, str] | None = None) -> Any:
+    """`value` (a JSON-like structure) with every string redacted; other values as they are."""
+    if isinstance(value, str):
+        return redact(value, env)
+    if isinstance(value, Mapping):
+        return {k: redact_obj(v, env) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_obj(v, env) for v in value]
+    return value
+
+
+def allowed_env(
+    base: Mapping[str, str] | None = None,
+    *,
+    agent: bool = False,
+    passthrough: Iterable[str] = (),
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment for an untrusted program (an agent, or a check when `agent` is
+    False): the variables of `base` (default: os.environ) named by `BASE_ENV` (and
+    `AGENT_ENV` for an agent) or by `passthrough` (names or globs the operator listed),
+    never the harness's own (`LOOPS_*`, `REDIS_*`, git redirects); then `extra`, which
+    the harness sets itself (`LOOPS_LOOP`, `TMPDIR`, ...)."""
+    source = os.environ if base is None else base
+    patterns = [*BASE_ENV, *(AGENT_ENV if agent else ()), *passthrough]
+    env = {
+        name: value
+        for name, value in source.items()
+        if not _NEVER.match(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    }
+    env.update(extra or {})
+    return env
