@@ -78,8 +78,9 @@ def up_lock(directory: Path) -> Iterator[None]:
         pid = fh.read().strip() or "?"
         fh.close()
         raise ConfigError(
-            f"another `loops up` is already running on {directory} (pid {pid}); "
-            "watch it with `loops status`, or stop it first"
+            f"another `loops up` or `loops worker` is already running on {directory} "
+            f"(pid {pid}); watch it with `loops status`, or stop it first (to run several "
+            "loops together on one machine, use one `loops up`)"
         ) from None
     try:
         fh.seek(0)
@@ -176,16 +177,31 @@ def stop_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stop_on_sigterm()
     directory = project_dir(args.dir)
     project = load_checked(directory)
+    options = SystemOptions(
+        agent=args.agent,
+        dashboard=(args.host, args.port) if args.port else None,
+        model=args.model,
+        max_iterations=args.max_iterations,
+    )
+    return run_system(directory, project, options, redis_url=args.redis, serve=args.serve)
+
+
+def run_system(
+    directory: Path,
+    project: Project,
+    options: SystemOptions,
+    *,
+    redis_url: str | None = None,
+    serve: bool = False,
+) -> int:
+    """Run `project` (every loop, or `options.only`) with every role on this machine until
+    no loop can progress (or, with `serve`, until stopped); print the summary; exit code."""
+    stop_on_sigterm()
     repo, main = repo_and_main(directory, project)
     log_file = logs_to_file_on_a_terminal(directory)
-    with up_lock(directory), open_system_bus(args.redis, directory) as bus:
-        options = SystemOptions(
-            agent=args.agent,
-            dashboard=(args.host, args.port) if args.port else None,
-        )
+    with up_lock(directory), open_system_bus(redis_url, directory) as bus:
         system = System(project, bus, repo, main, options)
         table = LiveTable(bus)
         code = 1
@@ -193,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             system.start()
             if system.dashboard_url:
                 print(f"dashboard: {system.dashboard_url}", flush=True)
-            if args.serve:
+            if serve:
                 while True:
                     system.supervise()
                     table.tick()

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agents.human import HumanAgent
@@ -51,6 +51,9 @@ class SystemOptions:
     dashboard: tuple[str, int] | None = None  # (host, port)
     dashboard_token: str | None = None
     test_command: str | None = None  # run on every merged tree
+    model: str | None = None  # overrides every loop's model (`--model`)
+    max_iterations: int | None = None  # agent runs per loop in this run (`--max-iterations`)
+    only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
 
 
 @dataclass
@@ -81,12 +84,20 @@ class System:
         self.main = main
         self.options = options
         self.roles = Threads()
-        self.slots = {lp.name: LoopSlot(lp.name, self._factory(lp.name)) for lp in project.loops}
+        self.slots = {
+            lp.name: LoopSlot(lp.name, self._factory(lp.name))
+            for lp in project.loops
+            if options.only is None or lp.name in options.only
+        }
         self.dashboard_url: str | None = None
 
     # ------------------------------------------------------------------ wiring
     def _factory(self, name: str) -> Callable[[], WorkerService]:
         loop = self.project.loop(name)
+        if self.options.model:  # precedence: flag, then the loop's config, then the agent's
+            loop = replace(
+                loop, config=loop.config.model_copy(update={"model": self.options.model})
+            )
 
         def make() -> WorkerService:
             agent = self.options.agent or loop.config.agent or "claude"
@@ -94,7 +105,7 @@ class System:
             heartbeat = self.options.heartbeat_s or loop.config.health_check.interval_seconds
             return WorkerService(
                 self.bus,
-                HarnessBook(loop),
+                HarnessBook(loop, max_iterations=self.options.max_iterations),
                 runner,
                 self.repo,
                 main_branch=self.main,

@@ -109,8 +109,9 @@ class StateFileBook:
 class HarnessBook(StateFileBook):
     """A loop directory of the coding-loops harness (seed layout)."""
 
-    def __init__(self, loop: Loop) -> None:
+    def __init__(self, loop: Loop, *, max_iterations: int | None = None) -> None:
         self.spec_loop = loop
+        self.max_iterations = max_iterations  # the harness's --max-iterations (per run)
         self.loop = loop.name
         self.config = loop.config
         self.display_name = loop.display_name

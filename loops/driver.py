@@ -70,6 +70,7 @@ def run_worker(
     if resume is not None:
         resume()
     worker.heartbeat()
+    first_iteration = worker.state.iteration  # `-n` / `--max-iterations` count this run's
     done = threading.Event()
     beat = _heartbeats(worker, done)
     problems: list[str] = []
@@ -107,7 +108,7 @@ def run_worker(
                 poll(idle_block_ms)
                 continue
             limit = worker.book.max_iterations
-            if limit and worker.state.iteration >= limit:
+            if limit and worker.state.iteration - first_iteration >= limit:
                 # The task needs another agent run and the budget is spent.
                 worker.budget_exhausted = True
                 log.error("Max iterations (%d) reached without a promise.", limit)

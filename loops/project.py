@@ -230,10 +230,12 @@ def load_loop(
     root: Path | None = None,
     project_dir: str | os.PathLike[str] | None = None,
     within: Path | None = None,
+    config_path: Path | None = None,
 ) -> Loop:
-    """One loop directory: config.json, then its specs dir and state file."""
+    """One loop directory: config.json (or `config_path`, the harness's `--config`), then
+    its specs dir and state file."""
     loop_dir = Path(loop_dir)
-    config_path = loop_dir / "config.json"
+    config_path = Path(config_path) if config_path is not None else loop_dir / "config.json"
     config = load_config(config_path)
     specs = resolve_specs_dir(
         loop_dir, config.specs_dir, root=root, project_dir=project_dir, within=within
