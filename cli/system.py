@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -159,6 +160,10 @@ class System:
     def _start_dashboard(self, host: str, port: int) -> None:
         from cli.dashboard import resolve_token, serve
 
+        busy = port and not _port_free(host, port)
+        if busy:  # another project's dashboard, say: take a free port, never refuse to start
+            log.warning("dashboard port %d is busy: using a free port", port)
+            port = 0
         token, token_file = resolve_token(self.project.root)
         token = self.options.dashboard_token or token
         ready = threading.Event()
@@ -166,7 +171,12 @@ class System:
         def on_ready(url: str) -> None:
             # The token itself never goes to the terminal or a log (invariant 7).
             where = f"token in {token_file}" if token_file else "token from $LOOPS_DASHBOARD_TOKEN"
-            self.dashboard_url = f"{url}  ({where})"
+            note = (
+                f"; port {self.options.dashboard[1]} was busy"
+                if busy and self.options.dashboard
+                else ""
+            )
+            self.dashboard_url = f"{url}  ({where}{note})"
             ready.set()
 
         self.roles.start(
@@ -259,6 +269,18 @@ class System:
             if slot.thread:
                 slot.thread.join(timeout=timeout)
         self.roles.shutdown(timeout=timeout)
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether `host:port` can be bound now (SO_REUSEADDR, as uvicorn binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def notifier_from_env() -> BackgroundNotifier | None:
