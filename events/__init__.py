@@ -16,6 +16,7 @@ from events.errors import ConfigError, DecodeError, LoopsError, NotBuiltYet, Val
 from events.models import *  # noqa: F403 - every event class is part of the public API
 from events.models import __all__ as _models_all
 from events.types import (
+    AgentSign,
     Check,
     Criterion,
     CriterionResult,
@@ -37,6 +38,7 @@ __all__ = [
     "EVENT_CLASSES",
     "EVENT_TYPES",
     "SCHEMA_VERSION",
+    "AgentSign",
     "AnyEvent",
     "Check",
     "ConfigError",

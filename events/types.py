@@ -72,6 +72,16 @@ class MonitorActionKind(StrEnum):
     PAUSE_LOOP = "pause_loop"
     BLOCK_TASK = "block_task"
     ESCALATE = "escalate"
+    ABORT_ITERATION = "abort_iteration"  # kill a silent agent's process group, retry
+
+
+class AgentSign(StrEnum):
+    """A running agent's last sign of life, as its heartbeat reports it."""
+
+    STARTED = "started"  # the run began; nothing since
+    OUTPUT = "output"  # a line on stdout/stderr, or a stream-json event
+    TOOL_CALL = "tool_call"  # the agent called a tool
+    FILE_CHANGE = "file_change"  # a file changed in the workspace
 
 
 class VerificationVerdict(StrEnum):
