@@ -4,8 +4,9 @@ person's answer to its own escalations.
 
 The worker side is expected to obey: `loop.stop` restart=True (stop, then start again;
 a supervisor restarts a dead worker), `task.reset` (its hint goes into the next prompt),
-`loop.pause` / `loop.resume`, `task.hint`, and a `monitor.action` with
-action=block_task (mark that task blocked and move on to the next one).
+`loop.pause` / `loop.resume`, `task.hint`, a `monitor.action` with action=block_task
+(mark that task blocked and move on to the next one), and `iteration.abort` (kill the
+named agent run's process group; with retry=True run the iteration again with the hint).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from events import (
     EscalationKind,
     EscalationRaised,
     Event,
+    IterationAbort,
     LoopPause,
     LoopResume,
     LoopStop,
@@ -59,7 +61,7 @@ class Responder:
         return MonitorAction(
             source=self.source,
             loop=f.loop,
-            causation_id=f.started_by,
+            causation_id=f.cause,
             action=kind,
             rule=f.rule.value,
             reason=f.reason,
@@ -69,15 +71,21 @@ class Responder:
         )
 
     def do(self, kind: A, f: Finding, rp: RulePolicy, scope: str) -> list[Event]:
-        env = _Env(source=self.source, loop=f.loop, causation_id=f.started_by)
+        env = _Env(source=self.source, loop=f.loop, causation_id=f.cause)
         reason = f"monitor: {f.rule.value}: {f.reason}"
-        if kind in (A.RESET_TASK, A.REFINE_TASK, A.BLOCK_TASK) and f.task_id is None:
+        if kind == A.ABORT_ITERATION and f.agent_started_at is None:
+            kind = A.RESET_TASK  # no agent run to abort: reset the task with the hint
+        if kind in (A.RESET_TASK, A.REFINE_TASK, A.BLOCK_TASK, A.ABORT_ITERATION) and (
+            f.task_id is None
+        ):
             kind = A.RESTART_WORKER  # nothing to reset without a task: start afresh
         if kind == A.RESTART_WORKER:
             return [self.action(kind, f), LoopStop(**env, reason=reason, restart=True)]
         if kind == A.RESET_TASK:
             assert f.task_id is not None
             return [self.action(kind, f, f.hint), TaskReset(**env, task_id=f.task_id, hint=f.hint)]
+        if kind == A.ABORT_ITERATION:
+            return [self.action(kind, f, f.hint), self.abort(f, reason, retry=True)]
         if kind == A.PAUSE_LOOP:
             return [self.action(kind, f), LoopPause(**env, reason=reason)]
         if kind == A.BLOCK_TASK:
@@ -85,6 +93,22 @@ class Responder:
         if kind == A.REFINE_TASK:
             return self.refine(f, rp, scope)
         return self.escalate(f, rp, scope, tried=0)
+
+    def abort(self, f: Finding, reason: str, *, retry: bool) -> IterationAbort:
+        """The command that kills `f`'s agent run (and, with `retry`, runs it again)."""
+        assert f.task_id is not None
+        return IterationAbort(
+            source=self.source,
+            loop=f.loop,
+            causation_id=f.cause,
+            task_id=f.task_id,
+            iteration=f.iteration,
+            agent_started_at=f.agent_started_at,
+            reason=reason,
+            hint=f.hint if retry else None,
+            retry=retry,
+            incident_id=f.incident_id,
+        )
 
     def refine(self, f: Finding, rp: RulePolicy, scope: str) -> list[Event]:
         assert f.task_id is not None
@@ -99,7 +123,7 @@ class Responder:
             hint = TaskHint(
                 source=self.source,
                 loop=f.loop,
-                causation_id=f.started_by,
+                causation_id=f.cause,
                 task_id=f.task_id,
                 text=proposal,
             )
@@ -125,7 +149,7 @@ class Responder:
             EscalationRaised(
                 source=self.source,
                 loop=f.loop,
-                causation_id=f.started_by,
+                causation_id=f.cause,
                 escalation_id=esc,
                 kind=EscalationKind.APPROVAL,
                 severity=rp.severity,
@@ -172,7 +196,7 @@ class Responder:
             EscalationRaised(
                 source=self.source,
                 loop=f.loop,
-                causation_id=f.started_by,
+                causation_id=f.cause,
                 escalation_id=esc,
                 kind=EscalationKind.INCIDENT,
                 severity=rp.severity,
@@ -181,6 +205,9 @@ class Responder:
                 options=["retry", "skip", "abort"],
             ),
         ]
+        if f.agent_started_at is not None and f.task_id is not None:
+            # A silent run is still hanging: kill it, and do not run it again on its own.
+            out.append(self.abort(f, f"monitor: {f.rule.value}: {f.reason}", retry=False))
         if then is not None:
             out += self.do(then, f, rp, scope)
         return out
