@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from agents.answers import intents, is_bare, read_by_rules
 from agents.health import Finding
 from agents.policy import Policy, RulePolicy
 from agents.refiner import RefineFailed, Refiner, RefineRequest
@@ -37,7 +38,12 @@ from events import (
 )
 
 A = MonitorActionKind
-_APPROVE_WORDS = {"approve", "approved", "yes", "y", "ok", "apply"}
+# The options of the monitor's own escalations, by the kind it records.
+_OPTIONS: dict[str, tuple[list[str], EscalationKind]] = {
+    "refine": (["approve", "reject"], EscalationKind.APPROVAL),
+    "incident": (["retry", "skip", "abort"], EscalationKind.INCIDENT),
+    "mass": (["retry", "abort"], EscalationKind.INCIDENT),
+}
 
 
 class _Env(TypedDict):
@@ -216,21 +222,25 @@ class Responder:
 
     def answered(self, event: EscalationAnswered) -> list[Event]:
         doc = self.store.doc_get("escalations", event.escalation_id)
-        if doc is None or not self.store.claim(f"answered:{event.escalation_id}"):
+        if doc is None:
+            return []
+        options, kind = _OPTIONS.get(str(doc["kind"]), _OPTIONS["incident"])
+        decision = event.decision or read_by_rules(event.answer, options, kind)
+        if decision is None:
+            # Words the rules cannot read as approve or reject: the human interface
+            # publishes its reading (or asks again); act on that.
+            return []
+        if not self.store.claim(f"answered:{event.escalation_id}"):
             return []
         loop, task = doc.get("loop"), doc.get("task_id")
         env = _Env(
             source=self.source, loop=None if loop is None else str(loop), causation_id=event.id
         )
         out: list[Event] = []
-        words = event.answer.strip().lower()
         if doc["kind"] == "refine":
-            approved = event.decision == Decision.APPROVE or (
-                event.decision is None and words in _APPROVE_WORDS
-            )
-            if approved:
+            if decision == Decision.APPROVE:
                 out.append(TaskHint(**env, task_id=str(task), text=str(doc["proposal"])))
-        elif doc["kind"] == "mass" and (event.decision == Decision.RETRY or words == "retry"):
+        elif doc["kind"] == "mass" and decision == Decision.RETRY:
             self.store.doc_delete("mass", "current")
             for name in doc.get("loops", []):
                 out.append(
@@ -242,11 +252,11 @@ class Responder:
                         restart=True,
                     )
                 )
-        elif doc["kind"] == "incident" and event.decision == Decision.ABORT and loop:
+        elif doc["kind"] == "incident" and decision == Decision.ABORT and loop:
             out.append(
                 LoopStop(**env, reason=f"escalation {event.escalation_id}: aborted by {event.by}")
             )
-        elif doc["kind"] == "incident" and event.decision == Decision.SKIP and task:
+        elif doc["kind"] == "incident" and decision == Decision.SKIP and task:
             if doc.get("then") != A.BLOCK_TASK.value:
                 out.append(
                     MonitorAction(
@@ -258,12 +268,12 @@ class Responder:
                         task_id=str(task),
                     )
                 )
-        elif doc["kind"] == "incident" and event.decision in (None, Decision.RETRY):
+        elif doc["kind"] == "incident" and decision == Decision.RETRY:
             scope = str(doc["scope"])
             self.store.delete(f"escalated:{scope}", f"count:{scope}")
             text = event.answer.strip() or None
-            if text and text.lower() == "retry":
-                text = None
+            if text and is_bare(text) and intents(text):
+                text = None  # "retry", "ok": a decision, not a hint
             if doc.get("then") == A.PAUSE_LOOP.value:
                 out.append(LoopResume(**env, reason=f"escalation {event.escalation_id} answered"))
             if task is not None and (doc.get("then") == A.BLOCK_TASK.value or text):
