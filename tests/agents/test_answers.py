@@ -15,15 +15,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agents.answers import AnthropicAnswerReader, fit, intents, read_by_rules
-from agents.escalations import EscalationStatus, fold_escalations
+from agents.escalations import EscalationStatus, fold_escalations, open_escalations_on
 from agents.human import HumanAgent, HumanConfig
 from agents.monitor import Monitor
 from agents.policy import parse_policy
 from agents.store import Store
+from bus import RedisBus
 from events import (
     Decision,
     EscalationAcknowledged,
     EscalationAnswered,
+    EscalationDelivered,
     EscalationKind,
     EscalationRaised,
     Event,
@@ -37,6 +39,8 @@ from events import (
     TaskReset,
 )
 from tests.agents.helpers import WORKER, Clock, iteration
+from tests.agents.test_on_bus import Counting, running, settle
+from tests.conftest import RedisBackend, wait_until
 from tests.fakes.mock_anthropic import MockAnthropic
 
 D = Decision
@@ -505,3 +509,64 @@ def test_no_task_ever_waits_on_a_person_without_an_open_question(
             if event.interprets is not None:
                 assert event.decision.value in options
     client.close()
+
+
+# --------------------------------------------------------------------------- on a real bus
+
+
+def test_on_the_bus_a_gate_that_acts_on_decisions_only_is_never_left_waiting(
+    bus: RedisBus, redis_backend: RedisBackend
+) -> None:
+    """The human agent runs on the bus; a stand-in for the gate does what
+    `gates/gate.py` does with answers: act on `decision` (or its fixed words) only,
+    then publish `escalation.delivered`."""
+    clock = Clock()
+    human = Counting(
+        HumanAgent(Store(redis_backend.client, redis_backend.prefix, "human"), clock=clock)
+    )
+    acted: dict[str, Decision] = {}
+
+    def gate(event: Event) -> None:
+        if not isinstance(event, EscalationAnswered) or event.escalation_id in acted:
+            return
+        word = event.answer.strip().lower()
+        decision = event.decision or {"approve": D.APPROVE, "reject": D.REJECT}.get(word)
+        if decision in (D.APPROVE, D.REJECT):
+            acted[event.escalation_id] = decision
+            bus.publish(
+                EscalationDelivered(
+                    source=GATE,
+                    loop="a",
+                    causation_id=event.id,
+                    escalation_id=event.escalation_id,
+                    task_id="T1",
+                )
+            )
+
+    stand_in = bus.subscribe("gate", "g", gate, types={"escalation.answered"})
+
+    def until(cond: Any) -> None:
+        """Run the stand-in gate until `cond` holds, then let the human agent settle."""
+        wait_until(lambda: (stand_in.poll(block_ms=1), cond())[1])
+        settle(human, 3)
+        wait_until(lambda: stand_in.poll(block_ms=1) == 0)
+
+    with running(human, bus, clock, "human"):
+        bus.publish(signoff("e-1", clock))
+        bus.publish(signoff("e-2", clock))
+        wait_until(lambda: human.handled >= 2)
+        bus.publish(answer("e-1", "Looks right to me", loop="a"))
+        bus.publish(answer("e-2", "hmm, the colours", loop="a"))
+        until(
+            lambda: (
+                "e-1" in acted
+                and any(isinstance(e, EscalationRaised) and e.reopens for _, e in bus.replay())
+            )
+        )
+        [open_one] = open_escalations_on(bus)
+        assert open_one.id == "e-2" and open_one.question.startswith("I could not tell")
+        bus.publish(answer("e-2", "don't merge this", loop="a"))
+        until(lambda: "e-2" in acted)
+    assert acted == {"e-1": D.APPROVE, "e-2": D.REJECT}
+    assert open_escalations_on(bus, include_answered=True) == []
+    assert waiting_without_a_question([e for _, e in bus.replay()]) == []
