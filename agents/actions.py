@@ -116,6 +116,17 @@ class Responder:
             incident_id=f.incident_id,
         )
 
+    def kill(self, f: Finding) -> list[Event]:
+        """Kill a silent run of a task a person was already asked about; block the task."""
+        if f.task_id is None:
+            return []
+        reason = f"monitor: {f.rule.value}: {f.reason} (a person was asked already)"
+        return [
+            self.action(A.ABORT_ITERATION, f),
+            self.abort(f, reason, retry=False),
+            self.action(A.BLOCK_TASK, f),
+        ]
+
     def refine(self, f: Finding, rp: RulePolicy, scope: str) -> list[Event]:
         assert f.task_id is not None
         if self.refiner is None:

@@ -112,6 +112,7 @@ class LoopHealth:
     last_ts: datetime | None = None  # the latest event's own time (the worker's clock)
     heartbeat: LoopHeartbeat | None = None
     heartbeat_seen: datetime | None = None  # when `heartbeat` arrived (observer's clock)
+    # (None when it came from a replay: the next live heartbeat is an interval away)
     agent_run: tuple[datetime, str] | None = None  # (agent_started_at, first heartbeat id)
     host: str | None = None
     pid: int | None = None
@@ -139,7 +140,7 @@ class LoopHealth:
         if isinstance(event, LoopHeartbeat):
             if self.heartbeat is None or event.ts >= self.heartbeat.ts:
                 self.heartbeat = event
-                self.heartbeat_seen = received or event.ts
+                self.heartbeat_seen = received  # None in a replay: not by our clock
                 self.host, self.pid = event.host, event.pid
                 started = event.agent_started_at
                 if started is None:
@@ -205,7 +206,8 @@ class LoopHealth:
         if hb.agent_activity_at is not None and hb.agent_activity_at > last:
             last = hb.agent_activity_at
         gap = max(0.0, (hb.ts - last).total_seconds())
-        since = max(0.0, (now - (self.heartbeat_seen or hb.ts)).total_seconds())
+        seen = self.heartbeat_seen
+        since = 0.0 if seen is None else max(0.0, (now - seen).total_seconds())
         return gap + since
 
     def waiting(self, now: datetime) -> bool:

@@ -273,8 +273,14 @@ class Monitor:
             return self._maybe_escalate_late(f, rp, record, scope, now)
         if self.store.get(f"escalated:{scope}") is not None:
             # A person was already asked about this loop, rule and task.
-            self.store.claim(f"acted:{f.incident_id}", "suppressed")
-            return []
+            if not self.store.claim(f"acted:{f.incident_id}", "suppressed"):
+                return []
+            if f.agent_started_at is None:
+                return []
+            out = self.respond.kill(f)  # but a hung agent is never left running
+            for e in out:
+                self.observe(e)
+            return out
         if not self.store.claim(f"acted:{f.incident_id}", now.isoformat()):
             return []  # another monitor instance took it
         count = int(self.store.get(f"count:{scope}") or 0)

@@ -355,3 +355,30 @@ def test_on_the_bus_the_hung_agent_is_aborted_and_the_busy_one_is_not(
     assert [a.loop for a in of_type(bus, MonitorAction)] == ["hung"]
     [ack] = of_type(bus, CommandAcknowledged)
     assert ack.command == "iteration.abort" and ack.command_id == abort.id
+
+
+def test_a_silent_run_after_the_escalation_is_still_killed_without_asking_again(
+    store: Store, clock: Clock
+) -> None:
+    mon = make(store, clock)
+    out: list[Event] = []
+    for n in (1, 2, 3):
+        out += silent_run(mon, clock, n)
+    assert len([e for e in out if isinstance(e, EscalationRaised)]) == 1
+    # The task runs again before anyone answers (an operator reset it): it hangs again.
+    more = silent_run(mon, clock, 4)
+    assert [a.action for a in actions(more)] == [A.ABORT_ITERATION, A.BLOCK_TASK]
+    assert [a.retry for a in aborts(more)] == [False]
+    assert not any(isinstance(e, EscalationRaised) for e in more)
+
+
+def test_a_replayed_heartbeat_is_not_judged_on_the_workers_clock(
+    store: Store, clock: Clock
+) -> None:
+    """After a restart the monitor replays heartbeats stamped by a worker clock 20 min
+    behind; until a live one arrives it has no receipt time for them."""
+    mon = make(store, clock)
+    behind = timedelta(minutes=20)
+    started = clock.now - behind
+    mon.warm_up([agent_beat("a", clock.now - behind, started, started, AgentSign.OUTPUT)])
+    assert mon.tick(clock.advance(1)) == []
