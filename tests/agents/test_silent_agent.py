@@ -8,6 +8,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agents.monitor import Monitor
 from agents.policy import Rule, load_policy
 from agents.store import Store
@@ -382,3 +385,82 @@ def test_a_replayed_heartbeat_is_not_judged_on_the_workers_clock(
     started = clock.now - behind
     mon.warm_up([agent_beat("a", clock.now - behind, started, started, AgentSign.OUTPUT)])
     assert mon.tick(clock.advance(1)) == []
+
+
+# --------------------------------------------------------------------------- a property
+
+SHORT = 60.0  # a short limit keeps the generated runs small
+INTERVAL = 5.0
+
+
+def schedule_run(gaps: list[int], tail: int) -> list[Event]:
+    """One agent run with signs of life `gaps` seconds apart, then `tail` quiet seconds;
+    heartbeats every INTERVAL report the latest sign the worker has seen. The monitor
+    ticks every second. Returns what it published."""
+    import fakeredis
+
+    clock = Clock()
+    policy = load_policy().model_copy(
+        update={
+            "thresholds": load_policy().thresholds.model_copy(
+                update={"silent_agent_after_s": SHORT}
+            )
+        }
+    )
+    client = fakeredis.FakeRedis()
+    mon = make(Store(client, "p", "monitor"), clock, policy=policy)
+    started = clock.now
+    signs = [started + timedelta(seconds=s) for s in _cumulative(gaps)]
+    end = (signs[-1] if signs else started) + timedelta(seconds=tail)
+    out: list[Event] = []
+    t = 0
+    while clock.now < end:
+        now = clock.advance(1)
+        t += 1
+        if t % INTERVAL == 0:
+            seen = [s for s in signs if s <= now]
+            out += mon.handle(
+                agent_beat(
+                    "a",
+                    now,
+                    started,
+                    seen[-1] if seen else None,
+                    AgentSign.OUTPUT,
+                    interval_s=INTERVAL,
+                )
+            )
+        out += mon.tick(now)
+    client.close()
+    return out
+
+
+def _cumulative(gaps: list[int]) -> list[int]:
+    total, out = 0, []
+    for g in gaps:
+        total += g
+        out.append(total)
+    return out
+
+
+@settings(max_examples=40)
+@given(
+    gaps=st.lists(st.integers(1, int(SHORT - INTERVAL)), min_size=1, max_size=8),
+    tail=st.integers(0, int(SHORT - INTERVAL)),
+)
+def test_an_agent_that_shows_life_within_the_limit_is_never_acted_on(
+    gaps: list[int], tail: int
+) -> None:
+    assert schedule_run(gaps, tail) == []
+
+
+@settings(max_examples=40)
+@given(
+    gaps=st.lists(st.integers(1, int(SHORT - INTERVAL)), max_size=6),
+    silence=st.integers(int(SHORT + INTERVAL), int(2 * SHORT)),
+)
+def test_an_agent_silent_past_the_limit_is_aborted_exactly_once(
+    gaps: list[int], silence: int
+) -> None:
+    out = schedule_run(gaps, silence)
+    assert [a.action for a in actions(out)] == [A.ABORT_ITERATION]
+    assert len(aborts(out)) == 1
