@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from agents.answers import intents, is_bare, read_by_rules
+from agents.answers import fit, intents, is_bare, read_by_rules
 from agents.health import Finding
 from agents.policy import Policy, RulePolicy
 from agents.refiner import RefineFailed, Refiner, RefineRequest
@@ -236,7 +236,10 @@ class Responder:
         if doc is None:
             return []
         options, kind = _OPTIONS.get(str(doc["kind"]), _OPTIONS["incident"])
-        decision = event.decision or read_by_rules(event.answer, options, kind)
+        if event.decision is not None:
+            decision = fit(event.decision, options)  # "approve" to retry/skip/abort: retry
+        else:
+            decision = read_by_rules(event.answer, options, kind)
         if decision is None:
             # Words the rules cannot read as approve or reject: the human interface
             # publishes its reading (or asks again); act on that.

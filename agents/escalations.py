@@ -80,12 +80,20 @@ class Escalation:
         return self.first_question or self.question
 
     @property
+    def decided(self) -> bool:
+        """Its decision is one of its options (what the asker can act on)."""
+        return self.decision is not None and self.decision.value in {
+            o.strip().lower() for o in self.options
+        }
+
+    @property
     def undecided(self) -> bool:
-        """Answered in words nobody has read as a decision yet, though it has options
-        that are decisions: the asker (gate, merge queue) acts on decisions only."""
+        """Answered, but not with one of its options, though they are decisions (words
+        nobody has read yet, or `skip` to approve/reject): the asker (gate, merge queue)
+        acts on those decisions only, so its task would wait with no question open."""
         return (
             self.status == EscalationStatus.ANSWERED
-            and self.decision is None
+            and not self.decided
             and any(o.strip().lower() in _DECISIONS for o in self.options)
         )
 
@@ -162,7 +170,7 @@ def apply(current: Escalation | None, event: Event) -> Escalation | None:
         return current
     if isinstance(event, EscalationAnswered):
         if event.interprets is not None:  # a decision read from a person's answer
-            if event.interprets in current.unreadable or current.decision is not None:
+            if event.interprets in current.unreadable or current.decided:
                 return None
             if current.status == EscalationStatus.ANSWERED and current.answer_id not in (
                 None,

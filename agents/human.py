@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from agents.answers import AnswerReader, decision_options, derived_id, read_by_rules
+from agents.answers import AnswerReader, decision_options, derived_id, fit, read_by_rules
 from agents.escalations import (
     ESCALATION_TYPES,
     Escalation,
@@ -207,7 +207,7 @@ class HumanAgent:
 
     def _read_answer(self, answer: EscalationAnswered) -> list[Event]:
         """The decision a person's words mean, published; or the question asked again."""
-        if answer.decision is not None or answer.interprets is not None:
+        if answer.interprets is not None:
             return []
         esc = self.get(answer.escalation_id)
         if esc is None:
@@ -216,9 +216,12 @@ class HumanAgent:
         if reading is None:  # not read yet (else: a redelivery; publish the same again)
             if esc.answer_id != answer.id or not esc.undecided:
                 return []
-            decision = read_by_rules(answer.answer, esc.options, esc.kind)
             read_by = "rules"
-            if decision is None and self.reader is not None:
+            if answer.decision is not None:  # a decision, but not one of the options
+                decision = fit(answer.decision, esc.options)
+            else:
+                decision = read_by_rules(answer.answer, esc.options, esc.kind)
+            if decision is None and answer.decision is None and self.reader is not None:
                 decision = self.reader.read(esc.asked, esc.options, answer.answer)
                 read_by = self.reader.name
             reading = {
@@ -253,16 +256,17 @@ class HumanAgent:
         either = " or ".join(choices) if len(choices) <= 2 else ", ".join(choices)
         words = " ".join(answer.answer.split())
         words = words if len(words) <= 120 else words[:119] + "…"
+        if answer.decision is not None:
+            note = f"{answer.decision.value} is not an answer to this question: answer {either}."
+        else:
+            note = f"I could not tell whether \u201c{words}\u201d means {either}: answer {either}."
         return EscalationRaised(
             **env,  # type: ignore[arg-type]
             id=derived_id(answer.id, "reopened"),
             escalation_id=esc.id,
             kind=esc.kind,
             severity=esc.severity,
-            question=(
-                f"I could not tell whether \u201c{words}\u201d means {either}: answer {either}. "
-                f"The question was: {esc.asked}"
-            ),
+            question=f"{note} The question was: {esc.asked}",
             task_id=esc.task_id,
             options=esc.options,
             repeat=int(str(reading["repeat"])),

@@ -271,6 +271,25 @@ def test_an_unreadable_answer_asks_again_and_the_question_stays_open(
     ].decision == (D.REJECT)
 
 
+def test_a_decision_that_is_not_an_option_is_fitted_or_asked_again(
+    store: Store, clock: Clock
+) -> None:
+    """`loops answer e-1 --decision retry` to a sign-off: the gate acts on approve or
+    reject only. Retry is reject with the text as the hint; skip is no answer to it."""
+    human = HumanAgent(store, reader=FakeReader(), clock=clock)
+    human.handle(signoff("e-1", clock))
+    human.handle(signoff("e-2", clock))
+    said = answer("e-1", "the form needs a label", decision=D.RETRY)
+    [fitted] = human.handle(said)
+    assert isinstance(fitted, EscalationAnswered) and fitted.decision == D.REJECT
+    assert fitted.interprets == said.id and fitted.answer == "the form needs a label"
+    [again] = human.handle(answer("e-2", "", decision=D.SKIP))
+    assert isinstance(again, EscalationRaised) and again.question.startswith(
+        "skip is not an answer to this question: answer approve or reject."
+    )
+    assert [e.id for e in human.open()] == ["e-2"]
+
+
 def test_the_model_is_asked_only_when_the_rules_cannot_tell(store: Store, clock: Clock) -> None:
     reader = FakeReader({"the colours work for me": D.APPROVE})
     human = HumanAgent(store, reader=reader, clock=clock)
