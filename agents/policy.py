@@ -48,7 +48,7 @@ class Thresholds(_Model):
     restart_grace_s: float = Field(default=60.0, gt=0)
     mass_death_count: int = Field(default=3, ge=2)
     mass_death_window_s: float = Field(default=60.0, gt=0)
-    silent_agent_after_s: float = Field(default=300.0, gt=0)
+    silent_agent_after_s: float = Field(default=600.0, gt=0)
 
 
 class EscalateAfter(_Model):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.monitor import Monitor
-from agents.policy import Rule, load_policy
+from agents.policy import Policy, Rule, load_policy
 from agents.store import Store
 from bus import RedisBus
 from events import (
@@ -37,7 +37,7 @@ from tests.conftest import RedisBackend, wait_until
 
 A = MonitorActionKind
 OP = Source(role=Role.OPERATOR, instance="cli")
-LIMIT = 300.0  # the default policy's silent_agent_after_s
+LIMIT = 600.0  # the default policy's silent_agent_after_s
 
 
 def alive(host: str, pid: int) -> bool | None:
@@ -169,10 +169,10 @@ def test_a_worker_clock_far_off_changes_nothing(store: Store, clock: Clock) -> N
 def test_silence_is_judged_on_the_monitors_clock_between_heartbeats(
     store: Store, clock: Clock
 ) -> None:
-    """The last heartbeat said 'silent 250 s'; heartbeats keep their interval but the
-    monitor's clock runs on: 51 s after that heartbeat arrived, the agent is due."""
+    """The last heartbeat said 'silent LIMIT - 50 s'; heartbeats keep their interval but
+    the monitor's clock runs on: 51 s after that heartbeat arrived, the agent is due."""
     mon = make(store, clock, policy=load_policy())
-    started = clock.now - timedelta(seconds=250)
+    started = clock.now - timedelta(seconds=LIMIT - 50)
     mon.handle(agent_beat("a", clock.now, started, interval_s=60.0))
     assert mon.tick(clock.advance(50)) == []
     [abort] = aborts(mon.tick(clock.advance(1)))
@@ -311,6 +311,7 @@ def test_on_the_bus_the_hung_agent_is_aborted_and_the_busy_one_is_not(
     mon = Counting(
         Monitor(
             Store(redis_backend.client, redis_backend.prefix, "monitor"),
+            short_policy(60.0),
             clock=clock,
             pid_alive=alive,
         )
@@ -333,7 +334,7 @@ def test_on_the_bus_the_hung_agent_is_aborted_and_the_busy_one_is_not(
     started = clock.now
     published = 0
     with running(mon, bus, clock, "monitor"):
-        for _ in range(40):  # 400 s in 10 s steps, heartbeats every 10 s
+        for _ in range(10):  # 100 s in 10 s steps, heartbeats every 10 s; the limit is 60 s
             now = clock.advance(10)
             bus.publish_many(
                 [
@@ -400,13 +401,7 @@ def schedule_run(gaps: list[int], tail: int) -> list[Event]:
     import fakeredis
 
     clock = Clock()
-    policy = load_policy().model_copy(
-        update={
-            "thresholds": load_policy().thresholds.model_copy(
-                update={"silent_agent_after_s": SHORT}
-            )
-        }
-    )
+    policy = short_policy(SHORT)
     client = fakeredis.FakeRedis()
     mon = make(Store(client, "p", "monitor"), clock, policy=policy)
     started = clock.now
@@ -432,6 +427,13 @@ def schedule_run(gaps: list[int], tail: int) -> list[Event]:
         out += mon.tick(now)
     client.close()
     return out
+
+
+def short_policy(limit: float) -> Policy:
+    """The default policy with a silence limit of `limit` seconds."""
+    default = load_policy()
+    thresholds = default.thresholds.model_copy(update={"silent_agent_after_s": limit})
+    return default.model_copy(update={"thresholds": thresholds})
 
 
 def _cumulative(gaps: list[int]) -> list[int]:
