@@ -27,7 +27,14 @@ from agents.store import Store
 from bus import RedisBus
 from cli.cmd_status import open_bus
 from cli.cmd_up import load_checked, project_dir, repo_and_main, run_system
-from cli.compose import judge_from_env, loader_with_fallback, make_gate, make_merge, pm_config
+from cli.compose import (
+    answer_reader_from_env,
+    judge_from_env,
+    loader_with_fallback,
+    make_gate,
+    make_merge,
+    pm_config,
+)
 from cli.runtime import run_role
 from cli.system import SystemOptions, notifier_from_env
 from events import ConfigError, ValidationFailed
@@ -158,7 +165,11 @@ def _agent(role: str, bus: RedisBus, directory: Path) -> Agent:
     if role == "monitor":
         return Monitor(Store(bus.client, bus.prefix, "monitor"))
     if role == "human":
-        return HumanAgent(Store(bus.client, bus.prefix, "human"), notifier=notifier_from_env())
+        return HumanAgent(
+            Store(bus.client, bus.prefix, "human"),
+            notifier=notifier_from_env(),
+            reader=answer_reader_from_env(),
+        )
     config = PMConfig()
     try:
         config = pm_config(load_checked(directory))

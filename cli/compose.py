@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
 from bus import RedisBus, Subscription
 from events import Criterion, LoopsError, Role, Source, ValidationFailed
@@ -39,6 +40,13 @@ def judge_from_env() -> Judge | None:
         return None
     model = os.environ.get("LOOPS_JUDGE_MODEL")
     return AnthropicJudge(model) if model else AnthropicJudge()
+
+
+def answer_reader_from_env() -> AnthropicAnswerReader | None:
+    """The model that reads free-text answers the rules cannot, when one is configured."""
+    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")):
+        return None
+    return AnthropicAnswerReader()
 
 
 def loader_with_fallback(fallback: dict[str, list[Criterion]] | None = None) -> CriteriaLoader:

@@ -27,6 +27,7 @@ from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
 from bus import RedisBus
 from cli.compose import (
     Threads,
+    answer_reader_from_env,
     judge_from_env,
     loader_with_fallback,
     make_gate,
@@ -147,7 +148,9 @@ class System:
         monitor = Monitor(Store(self.bus.client, self.bus.prefix, "monitor"), refiner=refiner)
         pm = ProjectManager(pm_config(self.project))
         human = HumanAgent(
-            Store(self.bus.client, self.bus.prefix, "human"), notifier=notifier_from_env()
+            Store(self.bus.client, self.bus.prefix, "human"),
+            notifier=notifier_from_env(),
+            reader=answer_reader_from_env(),
         )
         for group, agent in (("monitor", monitor), ("pm", pm), ("human", human)):
             self.roles.start(
