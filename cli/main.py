@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="git repository to work in (default: the spec's directory)",
     )
     p.add_argument(
+        "--test-command",
+        metavar="CMD",
+        default=None,
+        help="the project's full test suite, run on every merged tree before main moves "
+        "(overrides test_command in project.json)",
+    )
+    p.add_argument(
         "--trust-agent",
         action="store_true",
         help="accept the agent's <promise> without running the checks (ralph_loop's old behaviour)",
@@ -103,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of the embedded one")
     p.add_argument("--agent", metavar="A", default=None, help="override every loop's agent")
+    p.add_argument(
+        "--test-command",
+        metavar="CMD",
+        default=None,
+        help="the project's full test suite, run on every merged tree before main moves "
+        "(overrides test_command in project.json)",
+    )
     p.add_argument(
         "--serve",
         action="store_true",
@@ -179,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
         if role == "dashboard":
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8765)
+        if role == "merge":
+            p.add_argument(
+                "--test-command",
+                metavar="CMD",
+                default=None,
+                help="the project's full test suite, run on every merged tree before main "
+                "moves (overrides test_command in project.json)",
+            )
 
     p = sub.add_parser("health", help="exit 0 if a role process is alive (compose health checks)")
     _add_redis(p)

@@ -160,11 +160,13 @@ class Project:
         self.gate = VerificationGate(
             self.bus, gate_settings, loader=load_tasks, judge=self.judge, store=self.store
         )
-        merge_settings = MergeSettings(
-            repo=self.clone("merge"), test_command=self.test_command, **(merge or {})
-        )
+        merge = dict(merge or {})
+        merge.setdefault("protected", gate_settings.protected)
+        merge.setdefault("default_check", gate_settings.default_check)
+        merge.setdefault("test_command", self.test_command)
+        merge_settings = MergeSettings(repo=self.clone("merge"), **merge)
         queue_cls = BatchMergeQueue if batch else MergeQueue
-        self.merge = queue_cls(self.bus, merge_settings, store=self.store)
+        self.merge = queue_cls(self.bus, merge_settings, loader=load_tasks, store=self.store)
         self._subs = [self.gate.subscribe("gate-1"), self.merge.subscribe("merge-1")]
 
     def pump(self) -> int:
