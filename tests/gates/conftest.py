@@ -196,7 +196,12 @@ class Project:
         assert not unverified, f"main held commits never checked on their tree: {unverified}"
 
 
-def make_project(tmp_path: Path, bus: RedisBus, tasks: dict[str, object] | None = None) -> Project:
+def make_project(
+    tmp_path: Path,
+    bus: RedisBus,
+    tasks: dict[str, object] | None = None,
+    files: dict[str, str] | None = None,
+) -> Project:
     origin = tmp_path / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
     git(origin, "config", "core.logAllRefUpdates", "always")
@@ -211,6 +216,7 @@ def make_project(tmp_path: Path, bus: RedisBus, tasks: dict[str, object] | None 
         "pytest.ini": "[pytest]\n",
         ".gitignore": "__pycache__/\n.pytest_cache/\n",
         "README.md": "# tiny\n",
+        **(files or {}),
     }
     for rel, text in files.items():
         (seed / rel).parent.mkdir(parents=True, exist_ok=True)
