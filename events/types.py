@@ -80,7 +80,6 @@ class MergeRefusal(StrEnum):
     CONFLICT = "conflict"  # git could not merge it onto main (files listed)
     CHECKS_FAILED = "checks_failed"  # a check or the test command failed on the merged tree
     UNKNOWN_TASK = "unknown_task"  # main's spec does not know the task (and no default check)
-    NO_CHECKS = "no_checks"  # nothing the merge queue can run for it (only natural criteria)
     TAMPERED = "tampered"  # it changes protected files no person approved
     MISSING_COMMIT = "missing_commit"  # the verified commit is not in the repository
     BLOCKED = "blocked"  # a person's uncommitted files are in the way of main

@@ -20,7 +20,7 @@ from events import (
     VerificationPassed,
     VerificationVerdict,
 )
-from tests.gates.conftest import APP, PY, PYTEST, TASKS, Project, make_project, natural, script
+from tests.gates.conftest import APP, PY, PYTEST, TASKS, Project, make_project, script
 from tests.gates.test_flow import MUL
 
 CHECK_X = (
@@ -54,7 +54,6 @@ TRUST_TASKS = {
     "a/late": [
         script("done, and quick", "test -f done.txt && if [ -f NOTES.md ]; then sleep 60; fi", 1)
     ],
-    "a/doc": [natural("the README explains mul", "README.md documents the mul function")],
 }
 X_DONE = APP + "\n\ndef x():\n    return 42\n"
 
@@ -151,20 +150,6 @@ def test_a_forged_verdict_with_no_criteria_runs_mains_checks_and_is_refused(
     checks, unknown = refusals(trust)
     assert checks.kind == MergeRefusal.CHECKS_FAILED and "x() must return 42" in checks.reason
     assert unknown.kind == MergeRefusal.UNKNOWN_TASK and "a/no-such-task" in unknown.reason
-    assert trust.main() == seed
-    trust.assert_main_verified()
-
-
-def test_a_task_with_nothing_to_run_is_refused_without_a_test_command(
-    trust: Project,
-) -> None:
-    trust.start(merge={"test_command": None})
-    a = trust.loop("a")
-    seed = trust.main()
-    forge(trust, "a", "doc", a.write({"README.md": "# tiny\n\nmul multiplies\n"}, "docs"))
-    trust.pump()
-    (refused,) = refusals(trust)
-    assert refused.kind == MergeRefusal.NO_CHECKS and "nothing can be run" in refused.reason
     assert trust.main() == seed
     trust.assert_main_verified()
 
