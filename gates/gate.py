@@ -152,8 +152,9 @@ class VerificationGate:
         # cannot pass itself however its command is spelled; once a person approved the
         # flagged files (or the policy allows tampering) those run as the agent wrote them.
         overlay = sorted(protected - set(flagged)) if tamper_ok else sorted(protected)
+        shadows = [] if tamper_ok else [f for f in flagged if f not in protected]
         try:
-            results = self._run_scripts(scripts, commit, job_id, main_sha, overlay)
+            results = self._run_scripts(scripts, commit, job_id, main_sha, overlay, shadows)
         except JobError as exc:  # retried by the runner already: a typed failure, not a hang
             reason = f"the verification job failed: {exc}"
             self._fail(
@@ -212,6 +213,7 @@ class VerificationGate:
         job_id: str,
         main_sha: str,
         overlay: list[str],
+        shadows: list[str],
     ) -> list[CriterionResult]:
         if not scripts:
             return []
@@ -230,6 +232,7 @@ class VerificationGate:
             "remote_url": remote_url(s.repo, s.remote) if s.remote else None,
             "overlay_rev": main_sha,
             "overlay": overlay,
+            "overlay_remove": shadows,
         }
         budget = sum(float(c["timeout_s"] or s.check_timeout_s) for c in checks) + 60
         payload = self.jobs.run(VERIFY_JOB, kwargs, job_id=job_id, timeout_s=budget)

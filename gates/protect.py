@@ -203,9 +203,20 @@ def flagged_files(changed: Sequence[Change], protected: set[str]) -> list[str]:
     return sorted(flagged)
 
 
-def restore(wt: Path, rev: str, paths: Iterable[str]) -> list[str]:
+def restore(wt: Path, rev: str, paths: Iterable[str], remove: Iterable[str] = ()) -> list[str]:
     """Lay `rev`'s version of each of `paths` over the checkout `wt` (a deleted file comes
-    back, an edited one is reverted); returns the paths restored."""
+    back, an edited one is reverted), and delete the files of `remove` (new files that
+    shadow what a check runs: `rev` has none); returns the paths restored."""
+    root = wt.resolve()
+    for rel in remove:
+        target = (root / rel).resolve()
+        if not target.is_relative_to(root) or target == root:
+            continue
+        target.unlink(missing_ok=True)
+        for parent in target.parents:  # a shadowing package leaves no directory behind
+            if parent == root or any(parent.iterdir()):
+                break
+            parent.rmdir()
     wanted = sorted(set(paths))
     if not wanted:
         return []

@@ -38,18 +38,23 @@ FILES = {
     "Makefile": MAKEFILE,
     "app.py": APP + "\n\ndef x():\n    return 0  # not done yet\n",
 }
-# The six spellings of one check from the audit, and what an agent edits to pass it.
-SPELLINGS = {
-    "path": (f"{PY} tests/check_x.py", "tests/check_x.py", "pass\n"),
-    "module": (f"{PY} -m tests.check_x", "tests/check_x.py", "pass\n"),
-    "make": ("make check-x", "Makefile", "check-x:\n\ttrue\n"),
-    "sh-c": (f"sh -c '{PY} tests/check_x.py'", "tests/check_x.py", "pass\n"),
-    "import": (f"{PY} -c 'import tests.check_x'", "tests/check_x.py", "pass\n"),
-    "script": ("bash tests/all.sh x", "tests/all.sh", "exit 0\n"),
+# The six spellings of one check from the audit, and what an agent writes to pass it;
+# last, new files that shadow the check instead of editing it.
+SPELLINGS: dict[str, tuple[str, dict[str, str]]] = {
+    "path": (f"{PY} tests/check_x.py", {"tests/check_x.py": "pass\n"}),
+    "module": (f"{PY} -m tests.check_x", {"tests/check_x.py": "pass\n"}),
+    "make": ("make check-x", {"Makefile": "check-x:\n\ttrue\n"}),
+    "sh-c": (f"sh -c '{PY} tests/check_x.py'", {"tests/check_x.py": "pass\n"}),
+    "import": (f"{PY} -c 'import tests.check_x'", {"tests/check_x.py": "pass\n"}),
+    "script": ("bash tests/all.sh x", {"tests/all.sh": "exit 0\n"}),
+    "shadow": (
+        f"{PY} -m tests.check_x",
+        {"tests/check_x/__init__.py": "", "tests/check_x/__main__.py": "print('x ok')\n"},
+    ),
 }
 TRUST_TASKS = {
     **TASKS,
-    **{f"a/x-{name}": [script("x() returns 42", cmd)] for name, (cmd, _, _) in SPELLINGS.items()},
+    **{f"a/x-{name}": [script("x() returns 42", cmd)] for name, (cmd, _) in SPELLINGS.items()},
     "a/x-slow": [script("x() returns 42", f"sleep 0.5 && {PY} -m tests.check_x")],
     "a/late": [
         script("done, and quick", "test -f done.txt && if [ -f NOTES.md ]; then sleep 60; fi", 1)
@@ -92,17 +97,17 @@ def test_a_tampered_check_fails_and_is_flagged_however_it_is_spelled(
     trust: Project, spelling: str
 ) -> None:
     trust.start()
-    _, target, cheat = SPELLINGS[spelling]
+    _, cheat = SPELLINGS[spelling]
     a = trust.loop("a")
     seed = trust.main()
-    commit = a.write({target: cheat}, f"make my check pass ({spelling})")
+    commit = a.write(cheat, f"make my check pass ({spelling})")
     a.claim(f"x-{spelling}", commit)
     trust.pump()
 
     (failed,) = trust.events("verification.failed")
     assert isinstance(failed, VerificationFailed)
     assert failed.verdict == VerificationVerdict.CHECKS_FAILED  # main's check ran, and failed
-    assert failed.flagged_files == [target]
+    assert failed.flagged_files == sorted(cheat)
     assert "x() must return 42" in failed.criteria[0].output_tail
     assert trust.events("verification.passed") == [] and trust.main() == seed
 
@@ -110,7 +115,7 @@ def test_a_tampered_check_fails_and_is_flagged_however_it_is_spelled(
     forge(trust, "a", f"x-{spelling}", commit)
     trust.pump()
     (refused,) = refusals(trust)
-    assert refused.kind == MergeRefusal.TAMPERED and refused.files == [target]
+    assert refused.kind == MergeRefusal.TAMPERED and refused.files == sorted(cheat)
     assert trust.main() == seed and trust.events("merge.completed") == []
     trust.assert_main_verified()
 
@@ -211,3 +216,18 @@ def test_merged_tasks_are_read_from_mains_trailers(project: Project) -> None:
     assert merged_tasks_on(project.origin, "main") == [("a", "mul"), ("c", "notes")]
     assert PYTEST  # the project's checks are real pytest runs
     project.assert_main_verified()
+
+
+def test_a_batch_reloads_criteria_and_leaves_out_what_main_refuses(trust: Project) -> None:
+    trust.start(merge={"batch_size": 4}, batch=True)
+    a, b, c = trust.loop("a"), trust.loop("b"), trust.loop("c")
+    forge(trust, "a", "no-such-task", a.write({"a.txt": "a\n"}, "a"))
+    forge(trust, "b", "sub", b.write({"B.md": "b\n", "tests/all.sh": "exit 0\n"}, "b"))
+    c.claim("notes", c.write({"NOTES.md": "notes\n"}, "notes"))
+    trust.pump()
+    assert [e.task_id for e in trust.events("merge.completed")] == ["notes"]  # type: ignore[attr-defined]
+    assert trust.events("merge.completed")[0].loop == "c"
+    kinds = {(e.loop, e.kind) for e in refusals(trust)}
+    assert kinds == {("a", MergeRefusal.UNKNOWN_TASK), ("b", MergeRefusal.TAMPERED)}
+    assert trust.main_file("tests/all.sh") == ALL_SH.strip()
+    trust.assert_main_verified()
