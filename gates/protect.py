@@ -55,9 +55,14 @@ DEFAULT_PROTECTED: tuple[str, ...] = (
     "package.json",
 )
 
-# New files that change what an existing check runs by being there.
+# New files that change what an existing check runs by being there, or that the
+# harness would read criteria from once they are on main.
 SHADOWING_NAMES = frozenset(
     {
+        "SPEC.yaml",
+        "SPEC.yml",
+        "test-state.json",
+        "project.json",
         "conftest.py",
         "pytest.ini",
         ".pytest.ini",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fakeredis
 import pytest
 import yaml
 
@@ -124,3 +125,25 @@ def test_loops_run_runs_the_test_command_on_the_merged_tree(
     assert (out.returncode == 0) is merged, out.stderr
     files = git(root, "ls-tree", "--name-only", "main").split()
     assert ("greet.py" in files) is merged
+
+
+def test_the_cli_test_command_overrides_project_json_in_the_merge_queue(tmp_path: Path) -> None:
+    from bus import BusSettings, RedisBus
+    from cli.compose import loader_with_fallback, make_gate, make_merge
+    from gates import DEFAULT_PROTECTED
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)), protocol=2)
+    bus = RedisBus(client, settings=BusSettings(prefix="t-compose"))
+    config = ProjectConfig(
+        test_command="make test", protected=("data/**",), recheck_merged=False, check_timeout_s=5
+    )
+    loader = loader_with_fallback()
+    from_file = make_merge(bus, tmp_path, "main", loader, project=config).settings
+    assert from_file.test_command == "make test" and from_file.recheck_merged is False
+    assert from_file.protected == (*DEFAULT_PROTECTED, "data/**")
+    assert from_file.check_timeout_s == 5
+    flag = make_merge(bus, tmp_path, "main", loader, test_command="pytest", project=config)
+    assert flag.settings.test_command == "pytest"
+    gate = make_gate(bus, tmp_path, "main", loader, project=config).settings
+    assert gate.protected == from_file.protected and gate.check_timeout_s == 5
+    client.close()

@@ -76,6 +76,8 @@ def test_new_files_that_shadow_what_a_check_runs_are_tampering() -> None:
         "tests/check_x/__init__.py",  # a package is imported before the module
         "tests/check_x.cpython-311-x86_64-linux-gnu.so",
         "evil.pth",
+        "SPEC.yaml",  # criteria the harness would read once it is on main
+        "loop-9/specs/test-state.json",
     ]
     assert flagged_files([Change("A", p) for p in added], protected) == sorted(added)
     harmless = ["tests/test_more.py", "tests/check_z.py", "app2.py", "tests/data/x.json"]
