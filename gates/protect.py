@@ -83,8 +83,7 @@ SHADOWING_NAMES = frozenset(
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
-@functools.lru_cache(maxsize=512)
-def _compile(pattern: str) -> re.Pattern[str]:
+def _translate(pattern: str) -> str:
     pattern = pattern.strip().lstrip("/")
     if pattern.endswith("/"):
         pattern += "**"
@@ -108,12 +107,20 @@ def _compile(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(pattern[i]))
             i += 1
-    return re.compile("".join(out) + r"\Z")
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regular expression for all of `patterns` (a tree may hold 100k files)."""
+    parts = [f"(?:{_translate(p)})" for p in patterns if p.strip()]
+    return re.compile("(?:" + "|".join(parts) + r")\Z") if parts else None
 
 
 def matches(path: str, patterns: Iterable[str]) -> bool:
     """True when `path` (relative, `/`-separated) matches one of the globs."""
-    return any(_compile(p).match(path) for p in patterns if p.strip())
+    regex = _compile(tuple(patterns))
+    return bool(regex and regex.match(path))
 
 
 @dataclass(frozen=True)
@@ -176,7 +183,8 @@ def protected_files(
 ) -> set[str]:
     """The files of a tree (`files`, e.g. `tree_files(repo, main)`) that are protected."""
     files = list(files)
-    found = {p for p in files if matches(p, patterns)}
+    regex = _compile(tuple(patterns))
+    found = {p for p in files if regex and regex.match(p)}
     return found | named_paths(commands, files)
 
 
