@@ -97,11 +97,21 @@ def _role(
             remote=remote,
             judge=judge_from_env(),
             jobs=jobs,
+            project=project.config,
         )
         sub = gate.subscribe(f"gate-{os.getpid()}")
         return (lambda stop: sub.run(stop, block_ms=1000)), "gate"
     if role == "merge":
-        sub = make_merge(bus, repo, main, remote=remote).subscribe("merge")
+        queue = make_merge(
+            bus,
+            repo,
+            main,
+            loader_with_fallback(),
+            remote=remote,
+            test_command=getattr(args, "test_command", None),
+            project=project.config,
+        )
+        sub = queue.subscribe("merge")
         return (lambda stop: sub.run(stop, block_ms=1000)), "merge"
     # worker LOOP
     config = Path(args.config).resolve() if args.config else None

@@ -1,4 +1,5 @@
-"""`loops up [DIR] [--redis URL] [--agent A] [--serve] [--host H] [--port P]`.
+"""`loops up [DIR] [--redis URL] [--agent A] [--test-command CMD] [--serve] [--host H]
+[--port P]`.
 
 Runs every loop in DIR (seed layout: DIR/loop-*/config.json) with the gate, the merge
 queue, the monitor, the PM, the human interface and the dashboard. Without --serve it
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         dashboard=(args.host, args.port) if args.port else None,
         model=args.model,
         max_iterations=args.max_iterations,
+        test_command=args.test_command,
     )
     return run_system(directory, project, options, redis_url=args.redis, serve=args.serve)
 

@@ -45,6 +45,16 @@ def _add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true", help="send the command and return at once")
 
 
+def _add_test_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--test-command",
+        metavar="CMD",
+        default=None,
+        help="the project's full test suite, run on every merged tree before main moves "
+        "(overrides test_command in project.json)",
+    )
+
+
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
@@ -112,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="git repository to work in (default: the spec's directory)",
     )
+    _add_test_command(p)
     p.add_argument(
         "--trust-agent",
         action="store_true",
@@ -128,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of the embedded one")
     p.add_argument("--agent", metavar="A", default=None, help="override every loop's agent")
     _add_harness_overrides(p, "every loop")
+    _add_test_command(p)
     p.add_argument(
         "--serve",
         action="store_true",
@@ -220,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         if role == "dashboard":
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8765)
+        if role == "merge":
+            _add_test_command(p)
 
     p = sub.add_parser("health", help="exit 0 if a role process is alive (compose health checks)")
     _add_redis(p)

@@ -52,7 +52,7 @@ class SystemOptions:
     monitor_tick_s: float = 0.5
     dashboard: tuple[str, int] | None = None  # (host, port)
     dashboard_token: str | None = None
-    test_command: str | None = None  # run on every merged tree
+    test_command: str | None = None  # run on every merged tree (else project.json's)
     model: str | None = None  # overrides every loop's model (`--model`)
     max_iterations: int | None = None  # agent runs per loop in this run (`--max-iterations`)
     only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
@@ -121,16 +121,27 @@ class System:
         if self.options.dashboard:
             self._start_dashboard(*self.options.dashboard)
         default_check = None
+        loader = loader_with_fallback()
+        config = self.project.config
         gate = make_gate(
             self.bus,
             self.repo,
             self.main,
-            loader_with_fallback(),
+            loader,
             default_check=default_check,
             judge=judge_from_env(),
+            project=config,
         )
         self.roles.poll_forever("gate", gate.subscribe("up"))
-        merge = make_merge(self.bus, self.repo, self.main, test_command=self.options.test_command)
+        merge = make_merge(
+            self.bus,
+            self.repo,
+            self.main,
+            loader,
+            test_command=self.options.test_command,
+            default_check=default_check,
+            project=config,
+        )
         self.roles.poll_forever("merge", merge.subscribe("up"))
         self._start_agents()
         supervisor = self.bus.subscribe("supervisor", "up", self._on_event, types={"loop.stop"})

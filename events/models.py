@@ -19,6 +19,7 @@ from events.types import (
     FailureKind,
     IterationOutcome,
     LoopStatus,
+    MergeRefusal,
     MonitorActionKind,
     Severity,
     TokenUsage,
@@ -306,7 +307,8 @@ class MergeCompleted(Event):
 
 
 class MergeConflicted(Event):
-    """The verified commit does not merge cleanly onto main, or its checks fail once merged."""
+    """The verified commit did not land: it does not merge cleanly onto main, its checks
+    (reloaded from main) fail once merged, or the merge queue refuses it (`kind`)."""
 
     type: Literal["merge.conflicted"] = "merge.conflicted"
     task_id: str
@@ -314,6 +316,7 @@ class MergeConflicted(Event):
     files: list[str]
     tries: int
     reason: str = "conflict"
+    kind: MergeRefusal = MergeRefusal.CONFLICT
     escalation_id: str | None = None  # set when a person was asked (after N tries)
     producers = (MERGE,)
     consumers = (W, PM, MON, DASH)

@@ -84,6 +84,17 @@ class AgentSign(StrEnum):
     FILE_CHANGE = "file_change"  # a file changed in the workspace
 
 
+class MergeRefusal(StrEnum):
+    """Why the merge queue did not land a verified commit (`merge.conflicted` `kind`)."""
+
+    CONFLICT = "conflict"  # git could not merge it onto main (files listed)
+    CHECKS_FAILED = "checks_failed"  # a check or the test command failed on the merged tree
+    UNKNOWN_TASK = "unknown_task"  # main's spec does not know the task (and no default check)
+    TAMPERED = "tampered"  # it changes protected files no person approved
+    MISSING_COMMIT = "missing_commit"  # the verified commit is not in the repository
+    BLOCKED = "blocked"  # a person's uncommitted files are in the way of main
+
+
 class VerificationVerdict(StrEnum):
     """Why a verification failed (or `passed`)."""
 

@@ -1,4 +1,5 @@
-"""The coding-loops harness files: config.json, test-state.json and health.json.
+"""The coding-loops harness files: config.json, test-state.json, health.json, and the
+optional project-wide project.json.
 
 Fields and statuses are the seed's (`seeds/coding-loops-README.md`). Extensions are
 additive: a config may name its `agent`, a default `check_command` and its branches;
@@ -11,7 +12,8 @@ Which models keep unknown fields, deliberately:
   them (`extra="allow"`) and write them back: these are the seed harness's files,
   the loop rewrites the state file, and a user's data must never be lost.
 - `acceptance_criteria` is new input we own, so its criteria forbid unknown keys:
-  a misspelt `chek` is an error, not a silently unverified criterion.
+  a misspelt `chek` is an error, not a silently unverified criterion. So does
+  project.json (ours too: a misspelt `test_comand` must not silently skip the tests).
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ from loops.spec import check_criteria
 
 __all__ = [
     "AGENT_PATTERN",
+    "PROJECT_FILE",
     "Health",
     "HealthCheckConfig",
     "LoopConfig",
     "LoopState",
     "Progress",
+    "ProjectConfig",
     "StateSummary",
     "TaskEntry",
     "TaskStatus",
@@ -58,7 +62,9 @@ __all__ = [
     "health_from_data",
     "load_config",
     "load_health",
+    "load_project_config",
     "load_state",
+    "project_config_from_data",
     "save_state",
     "state_from_data",
     "write_health",
@@ -154,6 +160,70 @@ def load_config(path: str | os.PathLike[str]) -> LoopConfig:
 
 def config_from_data(data: object, source: str = "config.json") -> LoopConfig:
     return _validated(LoopConfig, data, source, "a loop config with 'name' and 'specs_dir'")
+
+
+# -- project.json ---------------------------------------------------------------------
+
+PROJECT_FILE = "project.json"
+
+
+class ProjectConfig(BaseModel):
+    """`DIR/project.json`, next to the `loop-*` directories: settings of the whole
+    project (optional; every field has a default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    test_command: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the project's full test suite, run on every merged tree "
+        "(`--test-command` overrides it)",
+    )
+    protected: tuple[str, ...] = Field(
+        default=(),
+        description="extra globs of files a claim must not change, added to the defaults "
+        "(tests/checks dirs, spec/state files, Makefile, pyproject.toml, conftest.py ...); "
+        "`**` spans directories, a name without `/` matches at any depth",
+    )
+    recheck_merged: bool = Field(
+        default=True,
+        description="re-run the script checks of every task already merged on each merge, "
+        "so a later merge cannot break an earlier task",
+    )
+    check_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="timeout of a check that has no `timeout_s` of its own (default 600)",
+    )
+    check_workers: int = Field(
+        default=2, ge=1, description="checks of one merge run concurrently, at most this many"
+    )
+
+    @field_validator("test_command")
+    @classmethod
+    def _test_command(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a shell command, or leave it out")
+        return value
+
+    @field_validator("protected")
+    @classmethod
+    def _protected(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for glob in value:
+            if not glob.strip():
+                raise ValueError("globs must not be empty")
+        return value
+
+
+def load_project_config(path: str | os.PathLike[str]) -> ProjectConfig:
+    """Read and validate a project.json; `ValidationFailed` lists every problem."""
+    source = os.fspath(path)
+    text = read_text(Path(source), source, f"Project file not found: {source}")
+    return project_config_from_data(parse_json(text, source), source)
+
+
+def project_config_from_data(data: object, source: str = PROJECT_FILE) -> ProjectConfig:
+    return _validated(ProjectConfig, data, source, "project settings such as 'test_command'")
 
 
 # -- test-state.json ------------------------------------------------------------------
