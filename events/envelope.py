@@ -45,9 +45,10 @@ class Causation(TypedDict):
 
 
 class Frozen(BaseModel):
-    """Base for every value carried on the bus: immutable, no unknown fields."""
+    """Base for every value carried on the bus: immutable, no unknown fields, no NaN or
+    Infinity (JSON has neither; a consumer must never fold one into sums or views)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Source(Frozen):
