@@ -9,16 +9,19 @@ follows verification. Bus events (verdicts, merges, answers, commands) are handl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bus import PassedLedger
 from events import (
+    DecodeError,
     EscalationDelivered,
     EscalationKind,
     EscalationRaised,
@@ -34,10 +37,12 @@ from events import (
     Role,
     Severity,
     Source,
+    StateRejected,
     TaskBlocked,
     TaskClaimed,
     TaskFailed,
     TaskStarted,
+    decode_json,
     new_id,
     short_id,
 )
@@ -48,7 +53,7 @@ from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRu
 from loops.runners.outcome import parse_outcome
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
 from loops.transcripts import Transcripts
-from loops.workspace import Workspace
+from loops.workspace import GitError, Workspace, git
 
 log = logging.getLogger("loops.worker")
 
@@ -75,8 +80,10 @@ class LoopWorker:
         agent_timeout_s: float = 30 * 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         remote: str | None = None,
+        ledger: PassedLedger | None = None,
     ) -> None:
         self.book = book
+        self.ledger = ledger
         self.runner = runner
         self.ws = workspace
         self.publish_event = publish
@@ -98,8 +105,32 @@ class LoopWorker:
         self.budget_exhausted = False
         self.cancel: threading.Event | None = None  # set: kill the running agent (shutdown)
         self._lock = threading.Lock()
+        self._deferring = False
 
     # ------------------------------------------------------------------ publishing
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Inside: `emit` only queues events in the outbox (a reaction to a bus event
+        saves its state, its handled mark and its events in one write first)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def flush(self) -> None:
+        """Publish the outbox, oldest first; each event leaves it once the bus has it.
+        A failure raises and leaves the rest for the next flush (same ids: a copy that
+        did land before a lost reply dedupes at every consumer)."""
+        while self.state.outbox:
+            try:
+                event = decode_json(self.state.outbox[0])
+            except DecodeError as exc:  # a hand-mangled state file: not worth a crash
+                log.error("dropping an unreadable event from the outbox: %s", exc.reason)
+            else:
+                self.publish_event(event)
+            self.state.outbox.pop(0)
+
     def emit(self, event_cls: type[Event], task_id: str | None = None, **fields: object) -> Event:
         rt = self.state.tasks.get(task_id) if task_id else None
         data: dict[str, object] = {
@@ -110,7 +141,9 @@ class LoopWorker:
         if task_id and "task_id" in event_cls.model_fields:
             data["task_id"] = task_id
         event = event_cls.model_validate({**data, **fields})
-        self.publish_event(event)
+        self.state.outbox.append(event.model_dump_json())
+        if not self._deferring:
+            self.flush()
         return event
 
     def save(self) -> None:
@@ -124,13 +157,82 @@ class LoopWorker:
                 loop, _, tid = dep.partition("/")
                 if loop == self.loop:
                     dep = tid
-                elif dep in self.state.external_passed:
+                elif dep in self.state.external_passed or self._merged_elsewhere(dep):
                     continue
                 else:
                     return False, dep
             if self.book.record(dep).status is not TaskStatus.PASSED:
                 return False, dep
         return True, None
+
+    def _merged_elsewhere(self, task: str) -> bool:
+        """`task` (`loop/TASK`) is in the durable record of merged tasks (it may be
+        long gone from the stream)."""
+        return self.ledger is not None and self.ledger.get(task) is not None
+
+    def merged_on_main(self, task_id: str) -> str | None:
+        """The commit that merged our `task_id`: from the durable record, else the
+        merge queue's `Loops-Task: loop/TASK` trailer on main. None: never merged."""
+        if self.ledger is not None:
+            merged = self.ledger.get(f"{self.loop}/{task_id}")
+            if merged:
+                return merged
+        trailer = f"Loops-Task: {self.loop}/{task_id}"
+        try:
+            log_ = git(
+                self.ws.repo,
+                "log",
+                "--format=%H%x00%B%x01",
+                "--fixed-strings",
+                f"--grep={trailer}",
+                self.ws.main_branch,
+            )
+        except GitError:
+            return None
+        for record in log_.split("\x01"):
+            sha, _, body = record.strip().partition("\x00")
+            if sha and trailer in (line.strip() for line in body.splitlines()):
+                return sha
+        return None
+
+    def passed_and_merged(self, task_id: str) -> bool:
+        """The task counts as a success: passed in the state file and merged on main."""
+        return (
+            self.book.record(task_id).status is TaskStatus.PASSED
+            and self.merged_on_main(task_id) is not None
+        )
+
+    def reject_unmerged_passes(self, before: dict[str, TaskStatus] | None = None) -> list[str]:
+        """A `passed` in the state file that no merge on main backs (an agent's or a
+        person's edit) is set back (to its previous status, else pending) and reported.
+        `before`: statuses known good; only tasks not passed in it are checked (None:
+        all). Returns the problems, one per rejected task."""
+        problems: list[str] = []
+        path = getattr(self.book, "state_path", "test-state.json")
+        for task in self.book.tasks():
+            if self.book.record(task.id).status is not TaskStatus.PASSED:
+                continue
+            if before is not None and before.get(task.id) is TaskStatus.PASSED:
+                continue
+            if self.merged_on_main(task.id) is not None:
+                continue
+            back = (before or {}).get(task.id, TaskStatus.PENDING)
+            if back is TaskStatus.PASSED:
+                back = TaskStatus.PENDING
+            self.book.update(
+                task.id, status=back, last_result="rejected: passed without a merge on main"
+            )
+            problems.append(
+                f"{path}: tests[{task.id}].status: 'passed' without a merged commit on "
+                f"{self.ws.main_branch} (no Loops-Task: {self.loop}/{task.id} trailer): "
+                f"set back to {back.value}; a task passes only when its verified commit merges"
+            )
+        for problem in problems:
+            log.error("ignored an edit: %s", problem)
+        return problems
+
+    def statuses(self) -> dict[str, TaskStatus]:
+        return {t.id: self.book.record(t.id).status for t in self.book.tasks()}
 
     def in_flight(self) -> str | None:
         """The task with a claim, merge or conflict in progress (at most one)."""
@@ -197,6 +299,7 @@ class LoopWorker:
                         break
 
     def progress(self) -> tuple[int, int]:
+        """(tasks passed, tasks) as the state file says (rejected edits already undone)."""
         tasks = self.book.tasks()
         passed = sum(self.book.record(t.id).status is TaskStatus.PASSED for t in tasks)
         return passed, len(tasks)
@@ -484,6 +587,11 @@ class LoopWorker:
 
     def started(self) -> None:
         self.ws.ensure()
+        problems = self.reject_unmerged_passes()
+        if problems:
+            self.emit(
+                StateRejected, path=str(getattr(self.book, "state_path", "")), problems=problems
+            )
         passed, total = self.progress()
         self.status = LoopStatus.RUNNING
         self.emit(
