@@ -15,6 +15,7 @@ from pathlib import Path
 from events import ValidationFailed
 from loops.book import TaskDef, TaskRecord, TaskStatus
 from loops.harness import LoopState, TaskEntry, load_state, save_state
+from loops.names import safe_component
 from loops.project import Loop
 from loops.spec import Spec
 
@@ -184,6 +185,5 @@ class SpecBook(StateFileBook):
 
 def _loop_name(spec_path: Path) -> str:
     """The spec's stem, lower-cased, safe in a branch name (`SPEC.yaml` -> `spec`)."""
-    stem = spec_path.stem.lower()
-    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-.")
-    return name or "spec"
+    name = safe_component(spec_path.stem.lower())
+    return "spec" if name == "x" and spec_path.stem.lower() != "x" else name

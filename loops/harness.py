@@ -42,6 +42,7 @@ from loops.files import (
     type_name,
     write_json_atomic,
 )
+from loops.names import ref_problem, task_id_problem
 from loops.spec import check_criteria
 
 __all__ = [
@@ -135,6 +136,15 @@ class LoopConfig(BaseModel):
                 f"unknown agent '{show(value)}' — use 'claude', 'anthropic', "
                 "'command:CMD' or 'script:FILE'"
             )
+        return value
+
+    @field_validator("branch", "main_branch")
+    @classmethod
+    def _ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            why = ref_problem(value)
+            if why:
+                raise ValueError(f"'{show(value)}' is not a valid git branch name: it {why}")
         return value
 
     @field_validator("check_command")
@@ -334,6 +344,9 @@ def _check_entry(raw: object, i: int, source: str, seen: set[str], problems: lis
                 )
             )
         seen.add(task_id)
+        odd = task_id_problem(task_id)
+        if odd:
+            problems.append(problem(source, f"{where}.id", odd))
 
 
 def save_state(path: str | os.PathLike[str], state: LoopState) -> LoopState:
