@@ -148,12 +148,17 @@ def redact(text: str, env: Mapping[str, str] | None = None, extra: Iterable[str]
 
 def redact_obj(value: Any, env: Mapping[str, str] | None = None) -> Any:
     """`value` (a JSON-like structure) with every string redacted; other values as they are."""
+    values = [*secret_values(env), *_extra_secrets]  # once, not once per string
+    return _redact_all(value, values)
+
+
+def _redact_all(value: Any, values: list[str]) -> Any:
     if isinstance(value, str):
-        return redact(value, env)
+        return redact(value, {}, values)
     if isinstance(value, Mapping):
-        return {k: redact_obj(v, env) for k, v in value.items()}
+        return {k: _redact_all(v, values) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [redact_obj(v, env) for v in value]
+        return [_redact_all(v, values) for v in value]
     return value
 
 

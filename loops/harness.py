@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from events import Criterion, LoopStatus, ValidationFailed
+from events.secrets import redact_obj
 from loops.files import (
     parse_json,
     problem,
@@ -352,7 +353,9 @@ def _check_entry(raw: object, i: int, source: str, seen: set[str], problems: lis
 def save_state(path: str | os.PathLike[str], state: LoopState) -> LoopState:
     """Write test-state.json atomically with a fresh summary; returns what was written."""
     state = state.recomputed()
-    write_json_atomic(Path(path), state)
+    # Invariant 7: lastResult and notes can quote what an agent or a check printed.
+    data = state.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    write_json_atomic(Path(path), redact_obj(data))
     return state
 
 
@@ -407,7 +410,7 @@ def _validated(model: type[M], data: object, source: str, what: str) -> M:
 
 def write_health(path: str | os.PathLike[str], health: Health) -> None:
     """Write health.json atomically (every field, so readers see the seed's shape)."""
-    write_json_atomic(Path(path), health.model_dump(mode="json", by_alias=True))
+    write_json_atomic(Path(path), redact_obj(health.model_dump(mode="json", by_alias=True)))
 
 
 def _need_object(data: object, source: str, what: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from events.secrets import redact_obj
 from loops.files import write_json_atomic
 
 
@@ -98,4 +99,5 @@ class StateFile:
         for rt in state.tasks.values():
             del rt.history[:-_HISTORY_KEEP]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, state.model_dump(mode="json"))
+        # Invariant 7: guidance, failure reports and history quote agents and checks.
+        write_json_atomic(self.path, redact_obj(state.model_dump(mode="json")))
