@@ -5,6 +5,7 @@ written by hand (or by an agent) without a merge on main is set back and reporte
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -108,6 +109,21 @@ def of(bus: RedisBus, etype: str, **match: object) -> list[ev.Event]:
     ]
 
 
+def write(path: Path, data: object) -> None:
+    """As an editor that saves atomically would (a half-written file is another test)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def forged(bus: RedisBus) -> list[ev.Event]:
+    return [
+        e
+        for e in of(bus, "state.rejected", loop="loop-a")
+        if isinstance(e, ev.StateRejected) and "without a merged commit" in e.problems[0]
+    ]
+
+
 def merge(bus: RedisBus, claim: ev.TaskClaimed, merged: str) -> None:
     bus.publish(
         ev.MergeCompleted(
@@ -155,9 +171,9 @@ def test_a_forged_passed_is_set_back_and_reported_an_operator_reset_is_taken_up(
 ) -> None:
     state_path = project / "loop-a" / "specs" / "test-state.json"
     # Before the run: an agent (or a person) wrote "passed"; nothing merged.
-    state_path.write_text(json.dumps({"tests": [{"id": "A1", "status": "passed"}]}))
+    write(state_path, {"tests": [{"id": "A1", "status": "passed"}]})
     a = start("loop-a")
-    rejected = wait_until(lambda: of(bus, "state.rejected", loop="loop-a"))[0]
+    rejected = wait_until(lambda: forged(bus))[0]
     assert isinstance(rejected, ev.StateRejected)
     assert "A1" in rejected.problems[0] and "without a merged commit" in rejected.problems[0]
     claim = wait_until(lambda: of(bus, "task.claimed", task_id="A1"))[0]
@@ -165,8 +181,8 @@ def test_a_forged_passed_is_set_back_and_reported_an_operator_reset_is_taken_up(
     # During the run: the same forgery while the claim waits for the gate.
     data = json.loads(state_path.read_text())
     data["tests"][0]["status"] = "passed"
-    state_path.write_text(json.dumps(data))
-    wait_until(lambda: len(of(bus, "state.rejected", loop="loop-a")) == 2)
+    write(state_path, data)
+    wait_until(lambda: len(forged(bus)) == 2)
     assert json.loads(state_path.read_text())["tests"][0]["status"] == "pending"
     assert not a.service.worker.passed_and_merged("A1")
     # The real merge passes it; an operator's reset to pending is then taken up.
@@ -176,6 +192,6 @@ def test_a_forged_passed_is_set_back_and_reported_an_operator_reset_is_taken_up(
     assert a.service.worker.passed_and_merged("A1")
     data = json.loads(state_path.read_text())
     data["tests"][0]["status"] = "pending"
-    state_path.write_text(json.dumps(data))
+    write(state_path, data)
     wait_until(lambda: len(of(bus, "iteration.started", task_id="A1")) == 2)
-    assert len(of(bus, "state.rejected", loop="loop-a")) == 2
+    assert len(forged(bus)) == 2
