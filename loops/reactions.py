@@ -88,10 +88,9 @@ def handle(w: LoopWorker, event: Event) -> None:
             _react(w, event)
             w.state.mark(event.id)
             w.save()
+    # Not saved again here: should the process die before the next save, its restart
+    # publishes these events once more, with the same ids, and consumers drop them.
     w.flush()
-    if w.state.outbox:
-        return
-    w.save()  # the outbox is empty now: a restart has nothing to publish again
 
 
 def _react(w: LoopWorker, event: Event) -> None:
