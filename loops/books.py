@@ -59,6 +59,11 @@ class StateFileBook:
     def entries(self) -> tuple[TaskEntry, ...]:
         return self._state.tests
 
+    def statuses(self) -> dict[str, TaskStatus]:
+        """Each task's status, cheaply (no criteria or spec files read): the tasks the
+        harness runs, not the ones a person verifies by hand (`automatable: false`)."""
+        return {e.id: e.status for e in self._state.tests if e.automatable}
+
     def record(self, task_id: str) -> TaskRecord:
         try:
             entry = self._state.task(task_id)

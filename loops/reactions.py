@@ -288,7 +288,7 @@ def reload_book(w: LoopWorker, last_problems: list[str]) -> list[str]:
     """Take up hand edits of the state file; report an invalid edit once. A valid
     edit is taken up (reset a task to pending, add a task, block one), except a
     `passed` that no merge on main backs: that is set back and reported."""
-    before = w.statuses()
+    before = w.book.statuses()
     problems = w.book.reload()
     if problems and problems != last_problems:
         log.error("ignored an invalid edit: %s", problems[0])

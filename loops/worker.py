@@ -209,30 +209,27 @@ class LoopWorker:
         all). Returns the problems, one per rejected task."""
         problems: list[str] = []
         path = getattr(self.book, "state_path", "test-state.json")
-        for task in self.book.tasks():
-            if self.book.record(task.id).status is not TaskStatus.PASSED:
+        for task_id, status in self.book.statuses().items():
+            if status is not TaskStatus.PASSED:
                 continue
-            if before is not None and before.get(task.id) is TaskStatus.PASSED:
+            if before is not None and before.get(task_id) is TaskStatus.PASSED:
                 continue
-            if self.merged_on_main(task.id) is not None:
+            if self.merged_on_main(task_id) is not None:
                 continue
-            back = (before or {}).get(task.id, TaskStatus.PENDING)
+            back = (before or {}).get(task_id, TaskStatus.PENDING)
             if back is TaskStatus.PASSED:
                 back = TaskStatus.PENDING
             self.book.update(
-                task.id, status=back, last_result="rejected: passed without a merge on main"
+                task_id, status=back, last_result="rejected: passed without a merge on main"
             )
             problems.append(
-                f"{path}: tests[{task.id}].status: 'passed' without a merged commit on "
-                f"{self.ws.main_branch} (no Loops-Task: {self.loop}/{task.id} trailer): "
+                f"{path}: tests[{task_id}].status: 'passed' without a merged commit on "
+                f"{self.ws.main_branch} (no Loops-Task: {self.loop}/{task_id} trailer): "
                 f"set back to {back.value}; a task passes only when its verified commit merges"
             )
         for problem in problems:
             log.error("ignored an edit: %s", problem)
         return problems
-
-    def statuses(self) -> dict[str, TaskStatus]:
-        return {t.id: self.book.record(t.id).status for t in self.book.tasks()}
 
     def in_flight(self) -> str | None:
         """The task with a claim, merge or conflict in progress (at most one)."""

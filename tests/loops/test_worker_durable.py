@@ -195,3 +195,16 @@ def test_a_forged_passed_is_set_back_and_reported_an_operator_reset_is_taken_up(
     write(state_path, data)
     wait_until(lambda: len(of(bus, "iteration.started", task_id="A1")) == 2)
     assert len(forged(bus)) == 2
+
+
+def test_a_manual_test_a_person_marked_passed_is_left_alone(
+    bus: RedisBus, start: Callable[[str], Running], project: Path
+) -> None:
+    """`automatable: false` entries are verified by a person, not merged by the harness."""
+    state_path = project / "loop-a" / "specs" / "test-state.json"
+    manual = {"id": "M1", "status": "passed", "automatable": False}
+    write(state_path, {"tests": [{"id": "A1", "status": "pending"}, manual]})
+    start("loop-a")
+    wait_until(lambda: of(bus, "task.claimed", task_id="A1"))
+    assert not forged(bus)
+    assert json.loads(state_path.read_text())["tests"][1]["status"] == "passed"
