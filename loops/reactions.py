@@ -167,8 +167,7 @@ def _merged(w: LoopWorker, rt: TaskRuntime, event: MergeCompleted) -> None:
     file, then `task.passed`, whose id derives from the merge: taking the same merge
     in again (after a crash or a lost publish) publishes nothing new."""
     record = w.book.record(event.task_id)
-    if w.ledger is not None:
-        w.ledger.record(w.loop, event.task_id, event.merged_commit)
+    w.merged.record(event.task_id, event.merged_commit)
     rt.phase = Phase.DONE
     w.book.update(
         event.task_id,

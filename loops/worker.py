@@ -48,12 +48,13 @@ from events import (
 )
 from events.secrets import redact
 from loops.book import TaskBook, TaskDef, TaskStatus
+from loops.merged import MergedTasks
 from loops.prompt import PromptInput, build_prompt
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRunner
 from loops.runners.outcome import parse_outcome
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
 from loops.transcripts import Transcripts
-from loops.workspace import GitError, Workspace, git
+from loops.workspace import Workspace
 
 log = logging.getLogger("loops.worker")
 
@@ -83,7 +84,7 @@ class LoopWorker:
         ledger: PassedLedger | None = None,
     ) -> None:
         self.book = book
-        self.ledger = ledger
+        self.merged = MergedTasks(book.loop, workspace.repo, workspace.main_branch, ledger)
         self.runner = runner
         self.ws = workspace
         self.publish_event = publish
@@ -157,7 +158,7 @@ class LoopWorker:
                 loop, _, tid = dep.partition("/")
                 if loop == self.loop:
                     dep = tid
-                elif dep in self.state.external_passed or self._merged_elsewhere(dep):
+                elif dep in self.state.external_passed or self.merged.has(dep):
                     continue
                 else:
                     return False, dep
@@ -165,68 +166,17 @@ class LoopWorker:
                 return False, dep
         return True, None
 
-    def _merged_elsewhere(self, task: str) -> bool:
-        """`task` (`loop/TASK`) is in the durable record of merged tasks (it may be
-        long gone from the stream)."""
-        return self.ledger is not None and self.ledger.get(task) is not None
-
-    def merged_on_main(self, task_id: str) -> str | None:
-        """The commit that merged our `task_id`: from the durable record, else the
-        merge queue's `Loops-Task: loop/TASK` trailer on main. None: never merged."""
-        if self.ledger is not None:
-            merged = self.ledger.get(f"{self.loop}/{task_id}")
-            if merged:
-                return merged
-        trailer = f"Loops-Task: {self.loop}/{task_id}"
-        try:
-            log_ = git(
-                self.ws.repo,
-                "log",
-                "--format=%H%x00%B%x01",
-                "--fixed-strings",
-                f"--grep={trailer}",
-                self.ws.main_branch,
-            )
-        except GitError:
-            return None
-        for record in log_.split("\x01"):
-            sha, _, body = record.strip().partition("\x00")
-            if sha and trailer in (line.strip() for line in body.splitlines()):
-                return sha
-        return None
-
     def passed_and_merged(self, task_id: str) -> bool:
         """The task counts as a success: passed in the state file and merged on main."""
         return (
             self.book.record(task_id).status is TaskStatus.PASSED
-            and self.merged_on_main(task_id) is not None
+            and self.merged.commit(task_id) is not None
         )
 
     def reject_unmerged_passes(self, before: dict[str, TaskStatus] | None = None) -> list[str]:
-        """A `passed` in the state file that no merge on main backs (an agent's or a
-        person's edit) is set back (to its previous status, else pending) and reported.
-        `before`: statuses known good; only tasks not passed in it are checked (None:
-        all). Returns the problems, one per rejected task."""
-        problems: list[str] = []
-        path = getattr(self.book, "state_path", "test-state.json")
-        for task_id, status in self.book.statuses().items():
-            if status is not TaskStatus.PASSED:
-                continue
-            if before is not None and before.get(task_id) is TaskStatus.PASSED:
-                continue
-            if self.merged_on_main(task_id) is not None:
-                continue
-            back = (before or {}).get(task_id, TaskStatus.PENDING)
-            if back is TaskStatus.PASSED:
-                back = TaskStatus.PENDING
-            self.book.update(
-                task_id, status=back, last_result="rejected: passed without a merge on main"
-            )
-            problems.append(
-                f"{path}: tests[{task_id}].status: 'passed' without a merged commit on "
-                f"{self.ws.main_branch} (no Loops-Task: {self.loop}/{task_id} trailer): "
-                f"set back to {back.value}; a task passes only when its verified commit merges"
-            )
+        """Set back every `passed` in the state file that no merge backs (see
+        `MergedTasks.reject_unmerged`); returns the problems, one per task."""
+        problems = self.merged.reject_unmerged(self.book, before)
         for problem in problems:
             log.error("ignored an edit: %s", problem)
         return problems
