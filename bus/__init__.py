@@ -8,6 +8,7 @@ from bus.consumer import RedisSubscription, SubscriptionStats
 from bus.deadletter import DeadLetter, read_dead_letters
 from bus.embedded import EmbeddedServer, ServerStartFailed, recorded_url, resolve_url, state_dir
 from bus.idempotency import Idempotency
+from bus.ledger import PassedLedger
 from bus.settings import BusSettings, TrimPolicy, connect
 from bus.streams import RedisBus, stream_id
 
@@ -18,6 +19,7 @@ __all__ = [
     "EmbeddedServer",
     "Handler",
     "Idempotency",
+    "PassedLedger",
     "RedisBus",
     "RedisSubscription",
     "ServerStartFailed",

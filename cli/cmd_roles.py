@@ -24,7 +24,7 @@ from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from agents.runner import run as run_agent
 from agents.store import Store
-from bus import RedisBus
+from bus import PassedLedger, RedisBus
 from cli.cmd_status import open_bus
 from cli.cmd_up import load_checked, project_dir, repo_and_main, run_system
 from cli.compose import (
@@ -186,4 +186,4 @@ def _agent(role: str, bus: RedisBus, directory: Path) -> Agent:
     except (ValidationFailed, ConfigError) as exc:
         # The PM also works without the project's files (no priorities or dependencies).
         log.warning("pm: no project files (%s)", exc)
-    return ProjectManager(config)
+    return ProjectManager(config, merged=PassedLedger(bus.client, bus.prefix).all())

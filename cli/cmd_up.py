@@ -150,13 +150,20 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
         worker = slot.service.worker if slot.service else None
         if worker is None:
             continue
-        passed, total = worker.progress()
-        lines.append(f"  {slot.name}: {passed}/{total} tasks verified and merged")
-        for task in worker.book.tasks():
+        # What merged on main (the durable record, or the merge's trailer on main), not
+        # what the state file says: an agent or a person can write "passed" into it.
+        tasks = worker.book.tasks()
+        merged = {t.id for t in tasks if worker.passed_and_merged(t.id)}
+        lines.append(f"  {slot.name}: {len(merged)}/{len(tasks)} tasks verified and merged")
+        for task in tasks:
+            if task.id in merged:
+                continue
             record = worker.book.record(task.id)
-            if record.status.value != "passed":
-                why = f" — {record.last_result}" if record.last_result else ""
-                lines.append(f"    {task.id}: {record.status.value}{why}")
+            status = record.status.value
+            if status == "passed":
+                status = "passed in the state file but not merged on main"
+            why = f" — {record.last_result}" if record.last_result else ""
+            lines.append(f"    {task.id}: {status}{why}")
     escalations = open_escalations(e for _, e in bus.replay())
     if escalations:
         lines.append("  Open escalations (answer with `loops answer ID TEXT`):")

@@ -31,6 +31,7 @@ from loops.harness import (
     load_project_config,
     load_state,
 )
+from loops.names import loop_name_problem
 from loops.project import (
     ENV_PROJECT_DIR,
     Loop,
@@ -160,6 +161,9 @@ def _validate_file(path: Path, kind: str, results: Results) -> None:
     if kind == "spec":
         load_spec(path)
     elif kind == "config":
+        odd = loop_name_problem(path.resolve().parent.name)
+        if odd:
+            results[source].append(problem(source, "", odd))
         config = load_config(path)
         results[source].extend(_config_extras(path, config))
         specs = resolve_specs_dir(
@@ -244,6 +248,10 @@ def _validate_loop(
     def check() -> None:
         source = str(config_path)
         results[source] = []
+        odd = loop_name_problem(loop_dir.name)
+        if odd:
+            results[source].append(problem(source, "", odd))
+            return
         config = load_config(config_path)
         results[source].extend(_config_extras(config_path, config))
         specs = resolve_specs_dir(loop_dir, config.specs_dir, root=root, project_dir=env_dir)

@@ -24,7 +24,7 @@ from agents.refiner import AnthropicRefiner
 from agents.runner import run as run_agent
 from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
-from bus import RedisBus
+from bus import PassedLedger, RedisBus
 from cli.compose import (
     Threads,
     answer_reader_from_env,
@@ -157,7 +157,9 @@ class System:
             else None
         )
         monitor = Monitor(Store(self.bus.client, self.bus.prefix, "monitor"), refiner=refiner)
-        pm = ProjectManager(pm_config(self.project))
+        pm = ProjectManager(
+            pm_config(self.project), merged=PassedLedger(self.bus.client, self.bus.prefix).all()
+        )
         human = HumanAgent(
             Store(self.bus.client, self.bus.prefix, "human"),
             notifier=notifier_from_env(),

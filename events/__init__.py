@@ -11,7 +11,17 @@ from events.codec import (
     encode,
     entry_type,
 )
-from events.envelope import SCHEMA_VERSION, Event, Frozen, Role, Source, new_id, short_id, utcnow
+from events.envelope import (
+    SCHEMA_VERSION,
+    Event,
+    Frozen,
+    Role,
+    Source,
+    derived_id,
+    new_id,
+    short_id,
+    utcnow,
+)
 from events.errors import ConfigError, DecodeError, LoopsError, NotBuiltYet, ValidationFailed
 from events.models import *  # noqa: F403 - every event class is part of the public API
 from events.models import __all__ as _models_all
@@ -67,6 +77,7 @@ __all__ = [
     "ValidationFailed",
     "VerificationVerdict",
     "decode",
+    "derived_id",
     "decode_json",
     "encode",
     "entry_type",

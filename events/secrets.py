@@ -18,6 +18,7 @@ Imports nothing of the project: events, bus, loops, gates, agents and cli all us
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -148,13 +149,28 @@ def redact(text: str, env: Mapping[str, str] | None = None, extra: Iterable[str]
 
 def redact_obj(value: Any, env: Mapping[str, str] | None = None) -> Any:
     """`value` (a JSON-like structure) with every string redacted; other values as they are."""
+    # The secret values once per call, not once per string; and each string once per
+    # set of values (state files are written again and again with mostly the same text).
+    values = tuple(sorted({*secret_values(env), *_extra_secrets}, key=len, reverse=True))
+    return _redact_all(value, values)
+
+
+def _redact_all(value: Any, values: tuple[str, ...]) -> Any:
     if isinstance(value, str):
-        return redact(value, env)
+        return _redact_text(value, values) if value else value
     if isinstance(value, Mapping):
-        return {k: redact_obj(v, env) for k, v in value.items()}
+        return {k: _redact_all(v, values) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [redact_obj(v, env) for v in value]
+        return [_redact_all(v, values) for v in value]
     return value
+
+
+@functools.lru_cache(maxsize=2048)
+def _redact_text(text: str, values: tuple[str, ...]) -> str:
+    for value in values:
+        if value and value in text:
+            text = text.replace(value, MASK)
+    return _TOKEN_SHAPES.sub(MASK, text)
 
 
 def allowed_env(

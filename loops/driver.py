@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from events import LoopStatus
-from loops.book import TaskStatus
 from loops.reactions import reload_book
 from loops.runtime import Phase
 from loops.worker import LoopWorker
@@ -131,5 +130,7 @@ def run_worker(
 
 
 def all_passed(worker: LoopWorker) -> bool:
+    """Every task passed and merged on main: the state file alone is never enough
+    (an agent or a person can write `passed` into it)."""
     tasks = worker.book.tasks()
-    return bool(tasks) and all(worker.book.record(t.id).status is TaskStatus.PASSED for t in tasks)
+    return bool(tasks) and all(worker.passed_and_merged(t.id) for t in tasks)

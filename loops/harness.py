@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from events import Criterion, LoopStatus, ValidationFailed
+from events.secrets import redact_obj
 from loops.files import (
     parse_json,
     problem,
@@ -44,6 +45,7 @@ from loops.files import (
     type_name,
     write_json_atomic,
 )
+from loops.names import ref_problem, task_id_problem
 from loops.spec import check_criteria
 
 __all__ = [
@@ -141,6 +143,15 @@ class LoopConfig(BaseModel):
                 f"unknown agent '{show(value)}' — use 'claude', 'anthropic', "
                 "'command:CMD' or 'script:FILE'"
             )
+        return value
+
+    @field_validator("branch", "main_branch")
+    @classmethod
+    def _ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            why = ref_problem(value)
+            if why:
+                raise ValueError(f"'{show(value)}' is not a valid git branch name: it {why}")
         return value
 
     @field_validator("check_command")
@@ -404,12 +415,17 @@ def _check_entry(raw: object, i: int, source: str, seen: set[str], problems: lis
                 )
             )
         seen.add(task_id)
+        odd = task_id_problem(task_id)
+        if odd:
+            problems.append(problem(source, f"{where}.id", odd))
 
 
 def save_state(path: str | os.PathLike[str], state: LoopState) -> LoopState:
     """Write test-state.json atomically with a fresh summary; returns what was written."""
     state = state.recomputed()
-    write_json_atomic(Path(path), state)
+    # Invariant 7: lastResult and notes can quote what an agent or a check printed.
+    data = state.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    write_json_atomic(Path(path), redact_obj(data))
     return state
 
 
@@ -464,7 +480,7 @@ def _validated(model: type[M], data: object, source: str, what: str) -> M:
 
 def write_health(path: str | os.PathLike[str], health: Health) -> None:
     """Write health.json atomically (every field, so readers see the seed's shape)."""
-    write_json_atomic(Path(path), health.model_dump(mode="json", by_alias=True))
+    write_json_atomic(Path(path), redact_obj(health.model_dump(mode="json", by_alias=True)))
 
 
 def _need_object(data: object, source: str, what: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from loops.harness import (
     load_project_config,
     load_state,
 )
+from loops.names import loop_name_problem
 from loops.spec import load_spec
 
 __all__ = [
@@ -260,6 +261,9 @@ def load_loop(
     its specs dir and state file."""
     loop_dir = Path(loop_dir)
     config_path = Path(config_path) if config_path is not None else loop_dir / "config.json"
+    odd = loop_name_problem(loop_dir.name)
+    if odd:
+        raise ValidationFailed([problem(str(config_path), "", odd)], path=str(config_path))
     config = load_config(config_path)
     specs = resolve_specs_dir(
         loop_dir, config.specs_dir, root=root, project_dir=project_dir, within=within
