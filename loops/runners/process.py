@@ -14,13 +14,18 @@ import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-# Output kept for the transcript; the line callback still sees everything.
+# Output kept for the reply and the transcript: the head and the tail (where a reply's
+# `<promise>` is), with the middle cut and the cut said. The line callback still sees
+# everything.
 OUTPUT_CAP_BYTES = 8 * 1024 * 1024
+HEAD_BYTES = OUTPUT_CAP_BYTES // 2
+TAIL_BYTES = OUTPUT_CAP_BYTES - HEAD_BYTES
 # After SIGTERM, how long the group gets before SIGKILL.
 KILL_GRACE_S = 1.0
 CANCEL_POLL_S = 0.1  # how quickly a stopping loop kills its agent
@@ -46,16 +51,13 @@ class _Reader(threading.Thread):
         super().__init__(daemon=True)
         self.stream = stream
         self.on_line = on_line
-        self.chunks: list[str] = []
-        self.size = 0
+        self.output = CappedText()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             for line in self.stream:
-                if self.size < OUTPUT_CAP_BYTES:
-                    self.chunks.append(line)
-                    self.size += len(line)
+                self.output.add(line)
                 if self.on_line is not None:
                     try:
                         self.on_line(line)
@@ -67,7 +69,54 @@ class _Reader(threading.Thread):
 
     @property
     def text(self) -> str:
-        return "".join(self.chunks)
+        return self.output.text()
+
+
+class CappedText:
+    """The first `head` and the last `tail` characters of a stream of text, with a
+    `[... N bytes cut ...]` line between them when the middle did not fit."""
+
+    def __init__(self, head: int = HEAD_BYTES, tail: int = TAIL_BYTES) -> None:
+        self.head_cap = head
+        self.tail_cap = tail
+        self.head: list[str] = []
+        self.head_size = 0
+        self.tail: deque[str] = deque()
+        self.tail_size = 0
+        self.cut = 0
+
+    def add(self, text: str) -> None:
+        if self.head_size < self.head_cap:
+            room = self.head_cap - self.head_size
+            self.head.append(text[:room])
+            self.head_size += min(len(text), room)
+            text = text[room:]
+            if not text:
+                return
+        if len(text) > self.tail_cap:
+            self.cut += len(text) - self.tail_cap
+            text = text[-self.tail_cap :]
+        self.tail.append(text)
+        self.tail_size += len(text)
+        while self.tail_size > self.tail_cap:
+            first = self.tail[0]
+            over = self.tail_size - self.tail_cap
+            if len(first) <= over:
+                self.tail.popleft()
+                self.tail_size -= len(first)
+                self.cut += len(first)
+            else:
+                self.tail[0] = first[over:]
+                self.tail_size -= over
+                self.cut += over
+
+    def text(self) -> str:
+        head = "".join(self.head)
+        tail = "".join(self.tail)
+        if not self.cut:
+            return head + tail
+        newline = "" if head.endswith("\n") else "\n"
+        return f"{head}{newline}[... {self.cut} bytes cut ...]\n{tail}"
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
