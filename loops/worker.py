@@ -47,6 +47,7 @@ from loops.prompt import PromptInput, build_prompt
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRunner
 from loops.runners.outcome import parse_outcome
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
+from loops.sandbox import SandboxPolicy
 from loops.transcripts import Transcripts
 from loops.workspace import Workspace
 
@@ -97,7 +98,24 @@ class LoopWorker:
         self.restart_requested = False
         self.budget_exhausted = False
         self.cancel: threading.Event | None = None  # set: kill the running agent (shutdown)
+        self._sandbox: SandboxPolicy | None = None
         self._lock = threading.Lock()
+
+    @property
+    def sandbox(self) -> SandboxPolicy:
+        """How this loop's agent is isolated: the book's `sandbox` config with the
+        LOOPS_SANDBOX* overrides; the checkout and the state dir hidden, the object
+        store and the loop's private git dir readable, TMPDIRs in the state dir."""
+        if self._sandbox is None:
+            hidden, readable = self.ws.sandbox_view()
+            self._sandbox = SandboxPolicy.build(
+                self.book.sandbox,
+                base=self.ws.repo,
+                hidden=hidden,
+                readable=readable,
+                tmp_root=self.ws.root.parent / "tmp" / self.loop,
+            )
+        return self._sandbox
 
     # ------------------------------------------------------------------ publishing
     def emit(self, event_cls: type[Event], task_id: str | None = None, **fields: object) -> Event:
@@ -299,6 +317,7 @@ class LoopWorker:
                 model=self.book.model,
                 task_iteration=rt.iterations + 1,
                 cancel=self.cancel,
+                sandbox=self.sandbox,
             )
         )
         interrupted = self.cancel is not None and self.cancel.is_set()
@@ -483,6 +502,9 @@ class LoopWorker:
         return event
 
     def started(self) -> None:
+        """Set up the workspace; `SandboxUnavailable` when the sandbox is required and
+        cannot run here (nothing starts)."""
+        self.sandbox.check()
         self.ws.ensure()
         passed, total = self.progress()
         self.status = LoopStatus.RUNNING
