@@ -107,14 +107,7 @@ class LoopWorker:
         LOOPS_SANDBOX* overrides; the checkout and the state dir hidden, the object
         store and the loop's private git dir readable, TMPDIRs in the state dir."""
         if self._sandbox is None:
-            hidden, readable = self.ws.sandbox_view()
-            self._sandbox = SandboxPolicy.build(
-                self.book.sandbox,
-                base=self.ws.repo,
-                hidden=hidden,
-                readable=readable,
-                tmp_root=self.ws.root.parent / "tmp" / self.loop,
-            )
+            self._sandbox = self.ws.sandbox_policy(self.book.sandbox)
         return self._sandbox
 
     # ------------------------------------------------------------------ publishing

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from events import DiffStat, LoopsError
+from loops.sandbox import SandboxConfig, SandboxPolicy
 
 GIT_TIMEOUT_S = 60.0
 _IDENTITY = ["-c", "user.name=coding-loops", "-c", "user.email=loops@localhost"]
@@ -58,6 +59,10 @@ _SAFE = [
     "diff.ignoreSubmodules=all",
     "-c",
     "submodule.recurse=false",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "maintenance.auto=false",
 ]
 # Variables of the caller's environment that would redirect git.
 _GIT_REDIRECTS = (
@@ -183,7 +188,10 @@ class Workspace:
         if self._env is None:
             env = {k: v for k, v in os.environ.items() if k not in _GIT_REDIRECTS}
             env["GIT_TERMINAL_PROMPT"] = "0"
+            # New objects go straight into the operator's store; objects an agent wrote
+            # into the private dir (possible only unsandboxed) are still readable.
             env["GIT_OBJECT_DIRECTORY"] = str(self.objects)
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(self.git_dir / "objects")
             self._env = env
         argv = [
             "git",
@@ -264,8 +272,25 @@ class Workspace:
         git(self.repo, "worktree", "prune", check=False)
 
     def _publish(self, commit: str) -> None:
-        """Point the operator repo's `loop/<name>` at `commit` (its objects are there)."""
-        git(self.repo, "update-ref", f"refs/heads/{self.branch}", commit)
+        """Point the operator repo's `loop/<name>` at `commit`. The harness wrote its
+        objects into the operator's store, so `update-ref` is enough; when an agent
+        wrote objects of its own into the private dir (a `git commit` with the sandbox
+        off), a fetch of the private branch (which is at `commit`) brings whatever is
+        missing."""
+        ref = f"refs/heads/{self.branch}"
+        if _holds_objects(self.git_dir / "objects"):
+            git(
+                self.repo,
+                *_SAFE,
+                "fetch",
+                "-q",
+                "--no-tags",
+                "--no-write-fetch-head",
+                str(self.git_dir),
+                f"+{ref}:{ref}",
+            )
+        else:
+            git(self.repo, "update-ref", ref, commit)
 
     def head(self) -> str:
         return self._git("rev-parse", "HEAD")
@@ -367,13 +392,36 @@ class Workspace:
         )
 
     # ------------------------------------------------------------------ sandbox
-    def sandbox_view(self) -> tuple[list[Path], list[Path]]:
-        """What an agent of this loop must not see (the operator's checkout, the state
-        directory with every loop's work tree) and what it reads inside those (the
-        object store, its private git dir). The work tree itself is writable."""
-        hidden = [self.repo.absolute(), self.root.parent]
-        readable = [self.objects, self.git_dir]
-        return hidden, readable
+    def sandbox_policy(self, config: SandboxConfig | None = None) -> SandboxPolicy:
+        """How an agent of this loop is isolated: `config` (with the LOOPS_SANDBOX*
+        overrides); hidden, the operator's checkout and the state directory (every
+        loop's work tree, git dir, TMPDIR, the Redis URL, tokens, logs); readable again
+        inside them, the object store and this loop's private git dir; TMPDIRs under
+        `<state dir>/tmp/<loop>`. The work tree itself is writable."""
+        return SandboxPolicy.build(
+            config,
+            base=self.repo,
+            hidden=[self.repo.absolute(), self.root.parent],
+            readable=[self.objects, self.git_dir],
+            tmp_root=self.root.parent / "tmp" / self.loop,
+        )
+
+
+def _holds_objects(objects: Path) -> bool:
+    """Whether an object directory has any object (loose or packed)."""
+    try:
+        with os.scandir(objects) as entries:
+            for entry in entries:
+                if entry.name == "info":
+                    continue
+                if entry.name != "pack":
+                    return True
+                with os.scandir(entry.path) as packs:
+                    if any(True for _ in packs):
+                        return True
+    except OSError:
+        return False
+    return False
 
 
 def _read(path: Path) -> str | None:
