@@ -139,7 +139,7 @@ def test_harness_git_never_runs_what_the_agent_configured(repo: Path, tmp_path: 
         # the private dir the gitfile names, then a `.git` dir of the agent's own
         f'd=$(sed "s/^gitdir: //" .git) && mkdir -p "$d/hooks" && {hooks}'
         f'printf "{config}" >> "$d/config" && echo "* filter=x" > .gitattributes'
-        f' && rm .git && mkdir -p .git && d=.git && mkdir -p .git/hooks && {hooks}'
+        f" && rm .git && mkdir -p .git && d=.git && mkdir -p .git/hooks && {hooks}"
         f'printf "{config}" > .git/config',
     )
     assert proc.returncode == 0, proc.stderr
