@@ -119,7 +119,8 @@ class SandboxConfig(BaseModel):
 
 @dataclass(frozen=True)
 class SandboxStatus:
-    """Whether agents will run sandboxed here; `warning` is the line to show, if any."""
+    """Whether agents will run sandboxed here; `warning` is the one line to show (in
+    `loops up`, `loops run`, `loops status`) when they will not, else None."""
 
     mode: SandboxMode
     active: bool
@@ -192,7 +193,7 @@ def sandbox_status(
             mode,
             False,
             None,
-            f"WARNING: the agent sandbox is off ({ENV_MODE}=off or sandbox: off): agents "
+            f"the agent sandbox is off ({ENV_MODE}=off or sandbox: off): agents "
             "see the whole checkout and the project's state directory",
         )
     bwrap = find_bwrap(env)
@@ -200,7 +201,7 @@ def sandbox_status(
     if reason is None:
         return SandboxStatus(mode, True, bwrap, None)
     what = "agents will not run" if mode is SandboxMode.REQUIRED else "agents run unsandboxed"
-    return SandboxStatus(mode, False, bwrap, f"WARNING: {reason}: {what}")
+    return SandboxStatus(mode, False, bwrap, f"{reason}: {what}")
 
 
 # Always: a read-only view of everything, our own /dev and /proc, PID namespace, and
@@ -317,8 +318,7 @@ class SandboxPolicy:
 def _reason(status: SandboxStatus) -> str:
     if status.warning is None:
         return "unknown"
-    text = status.warning.removeprefix("WARNING: ")
-    return text.rsplit(": agents", 1)[0]
+    return status.warning.rsplit(": agents", 1)[0]
 
 
 def _outermost(paths: Iterable[Path]) -> list[Path]:
