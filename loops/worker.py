@@ -46,6 +46,7 @@ from loops.book import TaskBook, TaskDef, TaskStatus
 from loops.prompt import PromptInput, build_prompt
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRunner
 from loops.runners.outcome import parse_outcome
+from loops.runners.process import kill_strays
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
 from loops.sandbox import SandboxPolicy
 from loops.transcripts import Transcripts
@@ -499,6 +500,8 @@ class LoopWorker:
         cannot run here (nothing starts)."""
         self.sandbox.check()
         self.ws.ensure()
+        if kill_strays(self.ws.path):  # agents of a worker that was killed (unsandboxed)
+            log.warning("killed processes left over from an earlier agent run")
         passed, total = self.progress()
         self.status = LoopStatus.RUNNING
         self.emit(

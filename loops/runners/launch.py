@@ -19,7 +19,7 @@ from pathlib import Path
 
 from events.secrets import allowed_env
 from loops.runners import AgentRequest
-from loops.runners.process import ProcessResult, run_process
+from loops.runners.process import ProcessResult, kill_strays, run_process
 from loops.sandbox import SandboxPolicy
 
 __all__ = ["Launch", "agent_env", "launch"]
@@ -103,4 +103,6 @@ def launch(request: AgentRequest, **extra_env: str) -> Iterator[Launch]:
         )
         yield Launch(request, policy, tmpdir, prompt_file, env)
     finally:
+        if policy is None or not policy.status().active:
+            kill_strays(request.worktree)  # no PID namespace took them down
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -125,6 +125,35 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pid, sig)
 
 
+def kill_strays(worktree: Path) -> int:
+    """Kill every process left over from agent runs in `worktree`: those whose
+    environment says `LOOPS_WORKTREE=<worktree>` (set for every agent process, and
+    inherited by `setsid` and double-forked children, which escape the process group).
+    The sandbox's PID namespace makes this unnecessary; it is the fallback where the
+    agent runs unsandboxed, after each run and when a loop starts again after a crash.
+    Returns how many were killed (0 where there is no /proc)."""
+    needle = f"\0LOOPS_WORKTREE={worktree}\0".encode()
+    me = os.getpid()
+    killed = 0
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return 0
+    for name in entries:
+        if int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                environ = b"\0" + fh.read()
+        except OSError:
+            continue
+        if needle in environ or environ.endswith(needle[:-1]):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
 def run_process(
     argv: Sequence[str],
     *,

@@ -368,6 +368,25 @@ def test_setsid_child_dies_with_a_killed_supervisor(
             os.kill(pid, signal.SIGKILL)
 
 
+def test_unsandboxed_setsid_child_is_swept_after_the_run(
+    project: tuple[Path, Workspace, Workspace], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the sandbox (off, or no bwrap) the harness still kills what the agent
+    left running, by the LOOPS_WORKTREE its processes inherit."""
+    monkeypatch.setenv("LOOPS_SANDBOX", "off")
+    _, a, _ = project
+    marker = f"loops-setsid-{uuid.uuid4().hex}"
+    out = a.path / "writes.log"
+    command = f"{writer(out, marker)} while [ ! -s {out} ]; do :; done; echo '<promise>x</promise>'"
+    try:
+        result, _ = run(a, command)
+        assert result.failure is None, result.failure_detail
+        wait_until(lambda: not processes_with(marker), timeout=10)
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_fifty_megabytes_then_a_promise_keeps_the_promise(tmp_path: Path) -> None:
     wt = tmp_path / "wt"
     wt.mkdir()
