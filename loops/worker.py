@@ -326,10 +326,9 @@ class LoopWorker:
         )
         if result.session_id:
             rt.session_id = result.session_id
-        done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}")
+        done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}", keep=task.id)
         if done.commit:
             rt.branch_head = done.commit
-            self.ws.keep(task.id, done.commit)
         outcome = parse_outcome(result.reply) if result.ok and not interrupted else None
         kind = outcome.kind if outcome else IterationOutcome.FAILED
         failure = result.failure

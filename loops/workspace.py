@@ -107,6 +107,7 @@ def _run(
     check: bool,
     timeout: float,
     env: Mapping[str, str] | None = None,
+    input: str | None = None,
 ) -> str:
     try:
         proc = subprocess.run(
@@ -115,7 +116,8 @@ def _run(
             capture_output=True,
             text=True,
             timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
             env=dict(env) if env is not None else None,
         )
     except subprocess.TimeoutExpired:
@@ -126,10 +128,16 @@ def _run(
     return proc.stdout.strip()
 
 
-def git(cwd: Path, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S) -> str:
+def git(
+    cwd: Path,
+    *args: str,
+    check: bool = True,
+    timeout: float = GIT_TIMEOUT_S,
+    input: str | None = None,
+) -> str:
     """Run git in `cwd` (a trusted repository: the operator's); returns stdout (stripped).
     Raises GitError on failure. Never use it inside an agent's work tree: see `Workspace`."""
-    return _run(["git", *_IDENTITY, *args], args, cwd, check=check, timeout=timeout)
+    return _run(["git", *_IDENTITY, *args], args, cwd, check=check, timeout=timeout, input=input)
 
 
 def repo_root(path: Path) -> Path:
@@ -271,13 +279,14 @@ class Workspace:
         shutil.rmtree(self.path, ignore_errors=True)
         git(self.repo, "worktree", "prune", check=False)
 
-    def _publish(self, commit: str) -> None:
-        """Point the operator repo's `loop/<name>` at `commit`. The harness wrote its
-        objects into the operator's store, so `update-ref` is enough; when an agent
-        wrote objects of its own into the private dir (a `git commit` with the sandbox
-        off), a fetch of the private branch (which is at `commit`) brings whatever is
-        missing."""
+    def _publish(self, commit: str, keep: str | None = None) -> None:
+        """Point the operator repo's `loop/<name>` (and, with `keep`, the task's
+        keep-ref) at `commit`. The harness wrote its objects into the operator's store,
+        so one `update-ref` is enough; when an agent wrote objects of its own into the
+        private dir (a `git commit` with the sandbox off), a fetch of the private branch
+        (which is at `commit`) first brings whatever is missing."""
         ref = f"refs/heads/{self.branch}"
+        refs = [ref] if keep is None else [ref, self._keep_ref(keep)]
         if _holds_objects(self.git_dir / "objects"):
             git(
                 self.repo,
@@ -289,8 +298,13 @@ class Workspace:
                 str(self.git_dir),
                 f"+{ref}:{ref}",
             )
-        else:
-            git(self.repo, "update-ref", ref, commit)
+            refs = refs[1:]
+        if refs:
+            lines = "".join(f"update {r} {commit}\n" for r in refs)
+            git(self.repo, "update-ref", "--stdin", input=lines)
+
+    def _keep_ref(self, task_id: str) -> str:
+        return f"refs/loops/tasks/{self.loop}/{task_id}"
 
     def head(self) -> str:
         return self._git("rev-parse", "HEAD")
@@ -318,7 +332,7 @@ class Workspace:
 
     def keep(self, task_id: str, commit: str) -> None:
         """Reference a task's work so that switching tasks never loses it."""
-        git(self.repo, "update-ref", f"refs/loops/tasks/{self.loop}/{task_id}", commit)
+        git(self.repo, "update-ref", self._keep_ref(task_id), commit)
 
     def _status(self) -> str:
         return self._git("status", "--porcelain", "--ignore-submodules=all")
@@ -343,9 +357,10 @@ class Workspace:
         return conflicted
 
     # ------------------------------------------------------------------ iterations
-    def commit_iteration(self, message: str) -> IterationCommit:
+    def commit_iteration(self, message: str, keep: str | None = None) -> IterationCommit:
         """Commit everything the agent changed (including a merge it resolved), and
-        bring the commit into the operator's repo as `loop/<name>`."""
+        bring the commit into the operator's repo as `loop/<name>` (and, with `keep`,
+        as that task's keep-ref, in the same ref transaction)."""
         self._clean_at = None
         self._guard()
         self._git("add", "-A")
@@ -369,7 +384,7 @@ class Workspace:
             files.append(parts[2])
             ins += int(parts[0]) if parts[0].isdigit() else 0
             dels += int(parts[1]) if parts[1].isdigit() else 0
-        self._publish(sha)
+        self._publish(sha, keep)
         self._clean_at = sha
         return IterationCommit(
             sha, files, DiffStat(files=len(files), insertions=ins, deletions=dels)

@@ -44,6 +44,9 @@ def test_reset_to_switches_task_lines_without_losing_work(repo: Path) -> None:
     sha = ws.commit_iteration("work").commit
     assert sha
     ws.keep("T-1", sha)
+    (ws.path / "b.txt").write_text("b\n")
+    other = ws.commit_iteration("more work", keep="T-2").commit
+    assert other and git(repo, "rev-parse", "refs/loops/tasks/l/T-2") == other
     (ws.path / "dirty.txt").write_text("uncommitted\n")
     ws.reset_to(ws.main_head())
     assert ws.head() == ws.main_head()
@@ -109,8 +112,9 @@ def test_workspace_shares_no_refs_with_the_operator_repo(repo: Path) -> None:
     # The harness commits on top of what the agent did, and the operator's repo gets
     # every object of it (the agent's own commit was written into the private dir).
     (ws.path / "more.txt").write_text("more\n")
-    done = ws.commit_iteration("l: T iteration 1")
+    done = ws.commit_iteration("l: T iteration 1", keep="T")
     assert done.commit and git(repo, "rev-parse", "loop/l") == done.commit
+    assert git(repo, "rev-parse", "refs/loops/tasks/l/T") == done.commit
     git(repo, "rev-list", "--objects", "loop/l")  # complete history, no missing object
     assert git(repo, "rev-parse", "main") == main
 
