@@ -260,7 +260,10 @@ class ClaudeRunner:
     def _run_once(self, request: AgentRequest, *, resume: bool) -> AgentResult:
         argv = self.command(request, resume=resume)
         parser = StreamParser()
-        with launch(request) as run:
+        # Claude Code skips permission prompts as root only with IS_SANDBOX=1; an
+        # operator who set it means it for the agent, so it passes the allow-list.
+        marked = {"IS_SANDBOX": os.environ["IS_SANDBOX"]} if "IS_SANDBOX" in os.environ else {}
+        with launch(request, **marked) as run:
             env = run.env
             try:
                 proc = run.run(

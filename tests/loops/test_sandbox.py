@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -328,6 +329,31 @@ def test_setsid_child_dies_with_the_run(
     wait_until(lambda: not processes_with(marker), timeout=10)
     # Nothing writes any more: every process that could is gone.
     assert not processes_with(marker)
+
+
+def test_setsid_child_dies_when_the_run_is_cancelled(
+    bwrap: str, project: tuple[Path, Workspace, Workspace]
+) -> None:
+    """A cancelled (or timed-out: the same kill) run takes its setsid child down."""
+    _, a, _ = project
+    marker = f"loops-setsid-{uuid.uuid4().hex}"
+    out = a.path / "writes.log"
+    cancel = threading.Event()
+    results: list[AgentResult] = []
+    thread = threading.Thread(
+        target=lambda: results.append(
+            run(a, f"{writer(out, marker)} sleep 300 # {marker}", cancel=cancel)[0]
+        )
+    )
+    thread.start()
+    try:
+        wait_until(lambda: out.exists() and out.stat().st_size > 0, timeout=30)
+        assert processes_with(marker)
+    finally:
+        cancel.set()
+        thread.join(30)
+    assert results and results[0].failure is FailureKind.AGENT_ERROR
+    wait_until(lambda: not processes_with(marker), timeout=10)
 
 
 def test_setsid_child_dies_with_a_killed_supervisor(
