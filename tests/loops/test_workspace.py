@@ -173,3 +173,23 @@ def test_old_linked_worktree_is_replaced(repo: Path) -> None:
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     (ws.path / "next.txt").write_text("next\n")
     assert ws.commit_iteration("next").commit == git(repo, "rev-parse", "loop/l")
+
+
+def test_push_publishes_the_loop_branch_from_the_operator_repo(repo: Path, tmp_path: Path) -> None:
+    """Distributed mode: the loop branch goes to the shared remote, force-with-lease,
+    from the operator's repo (its remotes), never from the work tree."""
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(origin))
+    git(repo, "remote", "add", "origin", str(origin))
+    git(repo, "fetch", "-q", "origin")
+    ws = Workspace(repo, "l", "main")
+    ws.ensure()
+    (ws.path / "a.txt").write_text("a\n")
+    first = ws.commit_iteration("first").commit
+    ws.push("origin")
+    assert git(origin, "rev-parse", "refs/heads/loop/l") == first
+    ws.reset_to(ws.main_head())  # a new task starts from main: the branch moves back
+    (ws.path / "b.txt").write_text("b\n")
+    second = ws.commit_iteration("second").commit
+    ws.push("origin")
+    assert git(origin, "rev-parse", "refs/heads/loop/l") == second
