@@ -8,8 +8,10 @@ Inside the sandbox (DESIGN.md invariant 8, issue 9 item 1):
   `~/.claude` and `~/.claude.json`), and the operator's `sandbox.writable` paths;
 - hidden (an empty read-only tmpfs over them): the operator's checkout and the
   project's state directory (`.loops/`: Redis URL, tokens, state, logs, other loops'
-  work trees). Inside them, only what the agent's git needs is visible again,
-  read-only: the object store and the loop's private git dir;
+  work trees), and the credentials in the home directory (`SECRET_HOME_PATHS`:
+  `~/.ssh`, `~/.aws`, `~/.config/gh`, `~/.git-credentials`, ...). Inside them, only
+  what the agent's git needs is visible again, read-only: the object store and the
+  loop's private git dir (and whatever `sandbox.readable` lists);
 - its own PID namespace with `--die-with-parent`: when the run ends, times out, is
   cancelled, or the supervisor dies, every process the agent started dies with it,
   `setsid` and double-forked children included;
@@ -56,6 +58,24 @@ ENV_WRITABLE = "LOOPS_SANDBOX_WRITABLE"
 ENV_READABLE = "LOOPS_SANDBOX_READABLE"
 ENV_PASSTHROUGH = "LOOPS_SANDBOX_ENV"
 PROBE_TIMEOUT_S = 10.0
+# Credentials in the home directory, hidden from the agent like the state directory
+# (`sandbox.readable` shows one again): keys and tokens of git hosts, clouds, registries.
+SECRET_HOME_PATHS = (
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".azure",
+    ".config/gcloud",
+    ".config/gh",
+    ".config/hub",
+    ".docker",
+    ".kube",
+    ".netrc",
+    ".git-credentials",
+    ".pgpass",
+    ".pypirc",
+    ".npmrc",
+)
 
 
 class SandboxUnavailable(ConfigError):
@@ -253,12 +273,14 @@ class SandboxPolicy:
         writable = [*cfg.writable, *_split_paths(env.get(ENV_WRITABLE, ""))]
         extra_readable = [*cfg.readable, *_split_paths(env.get(ENV_READABLE, ""))]
         names = [*cfg.env, *re.split(r"[\s,:]+", env.get(ENV_PASSTHROUGH, "").strip())]
+        home = Path(env.get("HOME") or Path.home())
+        secrets = [home / p for p in SECRET_HOME_PATHS]
         return cls(
             mode=_mode(cfg, env),
             network=cfg.network,
             writable=tuple(_path(p, base) for p in writable),
             readable=(*(Path(p) for p in readable), *(_path(p, base) for p in extra_readable)),
-            hidden=tuple(Path(p).absolute() for p in hidden),
+            hidden=tuple(Path(p).absolute() for p in (*hidden, *secrets)),
             env=tuple(n for n in names if n),
             tmp_root=tmp_root,
             environ=environ,
@@ -302,7 +324,10 @@ class SandboxPolicy:
             args.append("--unshare-net")
         hidden = _outermost(p for p in self.hidden if p.exists())
         for path in hidden:
-            args += ["--tmpfs", str(path)]
+            if path.is_dir():
+                args += ["--tmpfs", str(path)]
+            else:
+                args += ["--ro-bind", "/dev/null", str(path)]
         for path in self.readable:
             args += ["--ro-bind-try", str(path), str(path)]
         for path in self.writable:
@@ -310,7 +335,8 @@ class SandboxPolicy:
         for path in (cwd, *writable):
             args += ["--bind", str(path), str(path)]
         for path in hidden:
-            args += ["--remount-ro", str(path)]
+            if path.is_dir():
+                args += ["--remount-ro", str(path)]
         args += ["--chdir", str(cwd), "--", *argv]
         return args
 

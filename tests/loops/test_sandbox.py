@@ -177,6 +177,10 @@ def test_agent_writes_its_workspace_and_tmpdir_only(
     repo, a, _ = project
     home = tmp_path / "home"
     (home / ".config").mkdir(parents=True)
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / ".git-credentials").write_text("https://u:ghp_x@github.com\n")
+    (home / ".profile").write_text("# profile\n")
     monkeypatch.setenv("HOME", str(home))
     stray = Path("/tmp") / f"loops-sandbox-probe-{uuid.uuid4().hex}"
     extra = tmp_path / "cache"
@@ -191,12 +195,17 @@ def test_agent_writes_its_workspace_and_tmpdir_only(
         f"attempt('repo', lambda: Path({str(repo)!r}, 'x.txt').write_text('x'))\n"
         f"attempt('state', lambda: Path({str(repo)!r}, '.loops', 'x').write_text('x'))\n"
         f"attempt('extra', lambda: Path({str(extra)!r}, 'x').write_text('x'))\n"
+        f"attempt('ssh_key', lambda: Path({str(home)!r}, '.ssh', 'id_ed25519').read_text())\n"
+        f"attempt('git_credentials', lambda: Path({str(home)!r}, '.git-credentials').read_text())\n"
+        f"attempt('profile', lambda: Path({str(home)!r}, '.profile').read_text())\n"
     )
     result, report = run(a, agent(tmp_path, body))
     assert result.failure is None, result.failure_detail
     assert ok(report, "workspace") and ok(report, "tmpdir") and ok(report, "extra")
     assert report["prompt"] == ["ok", "probe"]
-    for name in ("home", "tmp", "repo", "state"):
+    assert report["profile"] == ["ok", "# profile\n"]  # the rest of HOME reads as it is
+    assert "ghp_x" not in str(report["git_credentials"])  # credentials are hidden
+    for name in ("home", "tmp", "repo", "state", "ssh_key"):
         assert not ok(report, name), (name, report[name])
     assert not stray.exists() and not (home / ".config" / "x").exists()
     assert not (repo / "x.txt").exists()
