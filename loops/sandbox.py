@@ -119,8 +119,9 @@ class SandboxConfig(BaseModel):
     )
     readable: list[str] = Field(
         default_factory=list,
-        description="paths to show read-only even inside hidden ones (the checkout, "
-        ".loops/); LOOPS_SANDBOX_READABLE adds colon-separated paths",
+        description="paths to show read-only even where hidden (inside the checkout or "
+        ".loops/, or credentials such as ~/.ssh); LOOPS_SANDBOX_READABLE adds "
+        "colon-separated paths",
     )
     env: list[str] = Field(
         default_factory=list,
