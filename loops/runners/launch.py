@@ -90,7 +90,9 @@ def launch(request: AgentRequest, **extra_env: str) -> Iterator[Launch]:
     root = policy.tmp_root if policy is not None else None
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f"loops-agent-{request.loop}-", dir=root))
+    # Short: programs put unix sockets in TMPDIR, whose paths have a 108-byte limit.
+    prefix = "run-" if root is not None else "loops-agent-"
+    tmpdir = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     try:
         prompt_file = tmpdir / "prompt.md"
         prompt_file.write_text(request.prompt, encoding="utf-8")
