@@ -409,14 +409,22 @@ class Workspace:
     # ------------------------------------------------------------------ sandbox
     def sandbox_policy(self, config: SandboxConfig | None = None) -> SandboxPolicy:
         """How an agent of this loop is isolated: `config` (with the LOOPS_SANDBOX*
-        overrides); hidden, the operator's checkout and the state directory (every
-        loop's work tree, git dir, TMPDIR, the Redis URL, tokens, logs); readable again
+        overrides); hidden, the operator's checkout (and its main checkout and git dir
+        when it is a linked worktree) and the state directory (every loop's work tree,
+        git dir, TMPDIR, the Redis URL, tokens, logs); readable again
         inside them, the object store and this loop's private git dir; TMPDIRs under
         `<state dir>/tmp/<loop>`. The work tree itself is writable."""
+        common = Path(git(self.repo, "rev-parse", "--git-common-dir"))
+        common = (common if common.is_absolute() else self.repo / common).resolve()
+        # The operator's repo may be a linked worktree: its git dir and main checkout
+        # live elsewhere, and are hidden too.
+        hidden = [self.repo.absolute(), self.root.parent, common]
+        if common.name == ".git":
+            hidden.append(common.parent)
         return SandboxPolicy.build(
             config,
             base=self.repo,
-            hidden=[self.repo.absolute(), self.root.parent],
+            hidden=hidden,
             readable=[self.objects, self.git_dir],
             tmp_root=self.root.parent / "tmp" / self.loop,
         )

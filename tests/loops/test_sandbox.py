@@ -540,3 +540,29 @@ def test_sandbox_config_forms() -> None:
         SandboxConfig.model_validate({"writeable": ["x"]})
     policy = SandboxPolicy.build(cfg, base=Path("/p"), environ={"LOOPS_SANDBOX_WRITABLE": "a:/b"})
     assert policy.writable == (Path.home() / ".cache", Path("/p/a"), Path("/b"))
+
+
+def test_linked_worktree_repo_hides_its_main_checkout_too(bwrap: str, tmp_path: Path) -> None:
+    """The operator works in a linked worktree: the main checkout and the shared git dir
+    (elsewhere on disk) are hidden as well; the agent's git still works."""
+    main = tmp_path / "main"
+    main.mkdir()
+    git(main, "init", "-q", "-b", "main")
+    (main / "app.py").write_text("x = 1\n")
+    git(main, "add", "-A")
+    git(main, "commit", "-qm", "init")
+    (main / "notes.txt").write_text("private notes\n")
+    linked = tmp_path / "linked"
+    git(main, "worktree", "add", "-q", "-b", "work", str(linked))
+    ws = Workspace(linked, "a", "work")
+    ws.ensure()
+    body = (
+        f"attempt('notes', lambda: Path({str(main / 'notes.txt')!r}).read_text())\n"
+        f"attempt('config', lambda: Path({str(main / '.git' / 'config')!r}).read_text())\n"
+        "attempt('log', lambda: subprocess.run(['git', 'log', '--oneline'],"
+        " capture_output=True, text=True, check=True).stdout)\n"
+    )
+    result, report = run(ws, agent(tmp_path, body))
+    assert result.failure is None, result.failure_detail
+    assert not ok(report, "notes") and not ok(report, "config")
+    assert "init" in str(report["log"][1])
