@@ -236,7 +236,6 @@ _BASE = (
     "--proc",
     "/proc",
     "--unshare-pid",
-    "--unshare-ipc",
     "--die-with-parent",
     "--new-session",
 )
