@@ -262,7 +262,11 @@ class ClaudeRunner:
         parser = StreamParser()
         # Claude Code skips permission prompts as root only with IS_SANDBOX=1; an
         # operator who set it means it for the agent, so it passes the allow-list.
-        marked = {"IS_SANDBOX": os.environ["IS_SANDBOX"]} if "IS_SANDBOX" in os.environ else {}
+        marked = (
+            {"IS_SANDBOX": os.environ["IS_SANDBOX"]}
+            if "IS_SANDBOX" in os.environ and "IS_SANDBOX" not in request.env
+            else {}
+        )
         with launch(request, **marked) as run:
             env = run.env
             try:

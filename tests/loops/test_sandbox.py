@@ -37,21 +37,10 @@ from loops.sandbox import (
     sandbox_status,
 )
 from loops.workspace import Workspace, git
-from tests.conftest import IN_CI, wait_until
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = shlex.quote(sys.executable)
-
-
-@pytest.fixture
-def bwrap() -> str:
-    status = sandbox_status(SandboxConfig())
-    if not status.active or status.bwrap is None:
-        message = f"the sandbox cannot run here: {status.warning}"
-        if IN_CI:
-            pytest.fail(message + "; CI=true requires bubblewrap (apt-get install bubblewrap)")
-        pytest.skip(message)
-    return status.bwrap
 
 
 @pytest.fixture
