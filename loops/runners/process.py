@@ -115,8 +115,15 @@ class CappedText:
         tail = "".join(self.tail)
         if not self.cut:
             return head + tail
+        cut = self.cut
+        # The tail may start in the middle of a line: drop that piece, so that no marker
+        # (a `PASSED` cut out of `TEST PASSED`) is made up by the cut.
+        first_newline = tail.find("\n")
+        if 0 <= first_newline < len(tail) - 1:
+            cut += first_newline + 1
+            tail = tail[first_newline + 1 :]
         newline = "" if head.endswith("\n") else "\n"
-        return f"{head}{newline}[... {self.cut} bytes cut ...]\n{tail}"
+        return f"{head}{newline}[... {cut} bytes cut ...]\n{tail}"
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
