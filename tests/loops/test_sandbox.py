@@ -555,3 +555,36 @@ def test_linked_worktree_repo_hides_its_main_checkout_too(bwrap: str, tmp_path: 
     assert result.failure is None, result.failure_detail
     assert not ok(report, "notes") and not ok(report, "config")
     assert "init" in str(report["log"][1])
+
+
+def test_a_loop_with_sandbox_required_does_not_start_without_bwrap(
+    project: tuple[Path, Workspace, Workspace], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`loops up`/`loops run` refuse at the worker's start, before any agent runs."""
+    from loops.books import SpecBook
+    from loops.spec import parse_spec
+    from loops.worker import LoopWorker
+
+    repo, a, _ = project
+    spec = (
+        'goal: "g"\ntasks:\n  - id: t\n    title: "t"\n    description: "d"\n'
+        '    acceptance_criteria:\n      - criterion: "c"\n        check: {type: script, run: "true"}\n'
+    )
+    book = SpecBook(parse_spec(spec), repo / "SPEC.yaml", repo / ".loops" / "state", 3)
+    published: list[object] = []
+    worker = LoopWorker(
+        book,
+        CommandRunner("true"),
+        a,
+        published.append,
+        state_file=tmp_path / "w.json",
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    git_bin = subprocess.run(["which", "git"], capture_output=True, text=True).stdout.strip()
+    (bin_dir / "git").symlink_to(git_bin)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("LOOPS_SANDBOX", "required")
+    with pytest.raises(SandboxUnavailable, match=r"bwrap .* not on PATH"):
+        worker.started()
+    assert published == []
