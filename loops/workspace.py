@@ -224,14 +224,18 @@ class Workspace:
         for name in _REDIRECT_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (self.git_dir / name).unlink()
+        # `<worktree>/.git` is only for the agent's own git: whatever it made of it
+        # (a directory, a symlink), it becomes the gitfile again, written in place.
         gitfile = self.path / ".git"
         want = f"gitdir: {self.git_dir}\n"
-        if gitfile.is_dir() and not gitfile.is_symlink():
-            shutil.rmtree(gitfile)
-        if _read(gitfile) != want:
+        if gitfile.is_symlink() or _read(gitfile) != want:
+            if gitfile.is_dir() and not gitfile.is_symlink():
+                shutil.rmtree(gitfile)
             with contextlib.suppress(FileNotFoundError):
                 gitfile.unlink()
-            _write(gitfile, want)
+            fd = os.open(gitfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(want)
 
     # ------------------------------------------------------------------ setup
     def ensure(self) -> None:

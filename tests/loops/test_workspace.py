@@ -133,23 +133,30 @@ def test_harness_git_never_runs_what_the_agent_configured(repo: Path, tmp_path: 
         f'ln -s {evil} "$d/hooks/{hook}"; '
         for hook in ("pre-commit", "post-commit", "commit-msg", "post-checkout", "post-merge")
     )
-    config = (
-        f"[core]\\n\\tfsmonitor = {evil}\\n\\thooksPath = hooks\\n"
-        f"[commit]\\n\\tgpgsign = true\\n[gpg]\\n\\tprogram = {evil}\\n"
-        f'[filter "x"]\\n\\tclean = {evil}\\n\\tsmudge = {evil}\\n'
+    config = tmp_path / "evil.config"
+    config.write_text(
+        f"[core]\n\tfsmonitor = {evil}\n\thooksPath = hooks\n"
+        f"[commit]\n\tgpgsign = true\n[gpg]\n\tprogram = {evil}\n"
+        f'[filter "x"]\n\tclean = {evil}\n\tsmudge = {evil}\n'
     )
     proc = agent_shell(
         ws,
         # the private dir the gitfile names, then a `.git` dir of the agent's own
         f'd=$(sed "s/^gitdir: //" .git) && mkdir -p "$d/hooks" && {hooks}'
-        f'printf "{config}" >> "$d/config" && echo "* filter=x" > .gitattributes'
+        f'cat {config} >> "$d/config" && echo "* filter=x" > .gitattributes'
         f" && rm .git && mkdir -p .git && d=.git && mkdir -p .git/hooks && {hooks}"
-        f'printf "{config}" > .git/config',
+        f"cat {config} > .git/config"
+        # and a nested repository of its own, committed, with the same config
+        " && git init -q sub && echo s > sub/s && git -C sub add s"
+        " && git -C sub -c user.name=a -c user.email=a@b commit -qm s"
+        f" && d=sub/.git && {hooks}cat {config} >> sub/.git/config",
     )
     assert proc.returncode == 0, proc.stderr
     (ws.path / "app.py").write_text("print('changed')\n")
     done = ws.commit_iteration("l: T iteration 1")
     assert done.commit and "app.py" in done.changed_files
+    (ws.path / "sub" / "s").write_text("changed\n")  # a dirty nested repo
+    assert ws.commit_iteration("l: T iteration 2").commit is None
     ws.reset_to(ws.main_head())
     ws.merge_main()
     ws.reset_to(done.commit)
