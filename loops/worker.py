@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Callable
@@ -501,6 +502,8 @@ class LoopWorker:
         self.ws.ensure()
         if kill_strays(self.ws.path):  # agents of a worker that was killed (unsandboxed)
             log.warning("killed processes left over from an earlier agent run")
+        if self.sandbox.tmp_root is not None:  # TMPDIRs of runs a crash left behind
+            shutil.rmtree(self.sandbox.tmp_root, ignore_errors=True)
         passed, total = self.progress()
         self.status = LoopStatus.RUNNING
         self.emit(
