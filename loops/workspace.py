@@ -345,7 +345,7 @@ class Workspace:
         if self._status() or self._merging():
             self._git("merge", "--abort", check=False)
             self._git("reset", "-q", "--hard")
-            self._git("clean", "-qfd")
+            self._git("clean", "-qffd")  # -ff: repositories the agent made, too
 
     def merge_main(self) -> list[str]:
         """Merge current main into the loop branch (for a conflicted merge). Returns the
@@ -367,7 +367,17 @@ class Workspace:
         as that task's keep-ref, in the same ref transaction)."""
         self._clean_at = None
         self._guard()
-        self._git("add", "-A")
+        try:
+            self._git("add", "-A")
+        except GitError:
+            # A repository the agent made inside its work tree (a clone, `git init`)
+            # is added as a gitlink, which makes git read its config; a broken one
+            # fails the whole add. Such a repository cannot be merged anyway: leave
+            # the untracked ones out and commit the rest.
+            nested = self._untracked_repositories()
+            if not nested:
+                raise
+            self._git("add", "-A", "--", ".", *(f":(top,literal,exclude){p}" for p in nested))
         try:
             self._git("commit", "-q", "--no-verify", "-m", message)
         except GitError:
@@ -393,6 +403,14 @@ class Workspace:
         return IterationCommit(
             sha, files, DiffStat(files=len(files), insertions=ins, deletions=dels)
         )
+
+    def _untracked_repositories(self) -> list[str]:
+        out = self._git("ls-files", "-z", "--others", "--directory", "--exclude-standard")
+        return [
+            path.rstrip("/")
+            for path in out.split("\0")
+            if path.endswith("/") and (self.path / path / ".git").exists()
+        ]
 
     def _merging(self) -> bool:
         return (self.git_dir / "MERGE_HEAD").exists()

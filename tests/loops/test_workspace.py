@@ -200,3 +200,19 @@ def test_push_publishes_the_loop_branch_from_the_operator_repo(repo: Path, tmp_p
     second = ws.commit_iteration("second").commit
     ws.push("origin")
     assert git(origin, "rev-parse", "refs/heads/loop/l") == second
+
+
+def test_a_broken_nested_repository_does_not_stop_the_commit(repo: Path) -> None:
+    """An agent's `git init sub` with a config git cannot parse would fail `git add`;
+    the harness commits everything else."""
+    ws = Workspace(repo, "l", "main")
+    ws.ensure()
+    proc = agent_shell(
+        ws, "git init -q sub && echo s > sub/s && printf '[core\\nbroken' > sub/.git/config"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (ws.path / "app.py").write_text("print('changed')\n")
+    done = ws.commit_iteration("l: T iteration 1")
+    assert done.changed_files == ["app.py"]
+    ws.reset_to(ws.main_head())  # and the loop goes on, without the leftover
+    assert ws.head() == ws.main_head() and not (ws.path / "sub").exists()
