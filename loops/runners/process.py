@@ -3,7 +3,9 @@
 The agent runs in a session of its own (`start_new_session=True`), so on timeout
 `os.killpg` takes down everything it started (shells, test servers, sub-agents),
 not just the leader. After the leader exits, stragglers still holding our pipes are
-killed too: an agent run never leaves processes behind.
+killed too. Processes that left the group (`setsid`, double forks) die with the
+sandbox's PID namespace (`loops/sandbox.py`); unsandboxed, `kill_strays` finds them by
+the `LOOPS_WORKTREE` they inherited.
 """
 
 from __future__ import annotations
