@@ -24,6 +24,7 @@ from loops.harness import (
     TaskEntry,
 )
 from loops.runners.script import Replace, Script, Step
+from loops.sandbox import SandboxConfig
 from loops.spec import Spec, Task
 
 ENVIRONMENT = [
@@ -36,13 +37,17 @@ ENVIRONMENT = [
     ("LOOPS_DASHBOARD_TOKEN", "Token for the dashboard's actions; else one is generated into `.loops/dashboard.token`."),
     ("LOOPS_WEBHOOK_URLS / LOOPS_WEBHOOK_SECRET", "Comma-separated URLs that get escalation notifications, HMAC-SHA256 signed with the secret."),
     ("LOOPS_REMOTE", "Git remote the gate, merge queue and workers share in distributed mode (e.g. `origin`)."),
+    ("LOOPS_SANDBOX", "`auto` (default: agents run in bubblewrap where `bwrap` works, else with a warning), `off` (warned) or `required` (refuse to run without it). Overrides `sandbox.mode`."),
+    ("LOOPS_SANDBOX_WRITABLE / LOOPS_SANDBOX_READABLE", "Colon-separated extra paths the agent may write / read (added to `sandbox.writable` / `sandbox.readable`)."),
+    ("LOOPS_SANDBOX_ENV", "Comma-separated variable names or globs passed to agents beyond the allow-list (added to `sandbox.env`)."),
 ]  # fmt: skip
 
 SECTIONS: list[tuple[str, str, list[type[BaseModel]]]] = [
     ("SPEC.yaml (ralph_loop)", "The spec `loops run` takes, exactly as ralph_loop reads it.",
      [Spec, Task, Criterion, ScriptCheck, NaturalCheck]),
     ("config.json (one per loop)", "`DIR/loop-*/config.json`, the seed harness's format plus "
-     "`agent`, `check_command`, `branch`, `main_branch`.", [LoopConfig, HealthCheckConfig]),
+     "`agent`, `check_command`, `branch`, `main_branch`, `sandbox`.",
+     [LoopConfig, HealthCheckConfig, SandboxConfig]),
     ("test-state.json", "`specs/test-state.json`: the loop's tests; the loop rewrites it "
      "atomically and takes up valid hand edits. `acceptance_criteria` uses the SPEC.yaml form.",
      [TaskEntry, StateSummary]),
@@ -67,6 +72,7 @@ def _type(field: FieldInfo) -> str:
         "loops.spec.",
         "agents.policy.",
         "loops.runners.script.",
+        "loops.sandbox.",
         "typing_extensions.",
     ):
         text = text.replace(noise, "")

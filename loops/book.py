@@ -14,6 +14,7 @@ from typing import Protocol
 
 from events import Criterion
 from loops.harness import TaskStatus
+from loops.sandbox import SandboxConfig
 
 __all__ = ["TaskBook", "TaskDef", "TaskRecord", "TaskStatus"]
 
@@ -56,6 +57,7 @@ class TaskBook(Protocol):
     agent: str | None
     model: str | None
     state_dir: Path  # where health.json and logs/transcripts go
+    sandbox: SandboxConfig  # the agent's isolation (config.json's `sandbox`)
 
     def tasks(self) -> list[TaskDef]: ...
 

@@ -18,6 +18,7 @@ from loops.files import load_settled
 from loops.harness import LoopState, TaskEntry, load_state, save_state
 from loops.names import safe_component
 from loops.project import Loop
+from loops.sandbox import SandboxConfig
 from loops.spec import Spec
 
 DEFAULT_ATTEMPT_ITERATIONS = 10
@@ -39,6 +40,7 @@ class StateFileBook:
     agent: str | None = None
     model: str | None = None
     state_dir: Path
+    sandbox: SandboxConfig = SandboxConfig()
 
     def __init__(self, state_path: Path, initial: LoopState) -> None:
         self.state_path = state_path
@@ -133,6 +135,7 @@ class HarnessBook(StateFileBook):
         self.agent = loop.config.agent
         self.model = loop.config.model
         self.priority = loop.config.priority
+        self.sandbox = loop.config.sandbox
         super().__init__(loop.state_path, loop.state)
 
     def tasks(self) -> list[TaskDef]:

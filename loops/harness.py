@@ -11,9 +11,10 @@ Which models keep unknown fields, deliberately:
 - config.json, test-state.json (document, entries, summary) and health.json keep
   them (`extra="allow"`) and write them back: these are the seed harness's files,
   the loop rewrites the state file, and a user's data must never be lost.
-- `acceptance_criteria` is new input we own, so its criteria forbid unknown keys:
-  a misspelt `chek` is an error, not a silently unverified criterion. So does
-  project.json (ours too: a misspelt `test_comand` must not silently skip the tests).
+- `acceptance_criteria` and `sandbox` are new input we own, so they forbid unknown
+  keys: a misspelt `chek` is an error, not a silently unverified criterion, and a
+  misspelt `writeable` is not a silently read-only path. So does project.json (ours
+  too: a misspelt `test_comand` must not silently skip the tests).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from loops.files import (
     write_json_atomic,
 )
 from loops.names import ref_problem, task_id_problem
+from loops.sandbox import SandboxConfig
 from loops.spec import check_criteria
 
 __all__ = [
@@ -134,6 +136,11 @@ class LoopConfig(BaseModel):
     )
     branch: str | None = Field(default=None, description="the loop's branch (default loop/<dir>)")
     main_branch: str | None = Field(default=None, description="the branch merges go to")
+    sandbox: SandboxConfig = Field(
+        default_factory=SandboxConfig,
+        description="what the agent may see, write and reach (mode, network, writable, "
+        'readable, env); a bare "off" or "required" sets the mode',
+    )
 
     @field_validator("agent")
     @classmethod

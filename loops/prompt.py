@@ -135,7 +135,9 @@ def build_prompt(p: PromptInput, limit: int = DEFAULT_LIMIT) -> str:
     parts.append(
         _clip_head(
             "# How to finish\n"
-            "Work in the current directory (a git worktree of your own). When every "
+            "Work in the current directory (a git work tree of your own). Do not commit: "
+            "the harness commits your changes after each run, and its refs are read-only "
+            "to you. When every "
             "acceptance criterion holds, end your reply with "
             f"<promise>{p.task_id} done</promise>. The harness then verifies the criteria "
             "itself; a false claim only costs an attempt. If you cannot go on without a "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -52,7 +53,9 @@ from loops.merged import MergedTasks
 from loops.prompt import PromptInput, build_prompt
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRunner
 from loops.runners.outcome import parse_outcome
+from loops.runners.process import kill_strays
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
+from loops.sandbox import SandboxPolicy
 from loops.transcripts import Transcripts
 from loops.workspace import Workspace
 
@@ -105,8 +108,18 @@ class LoopWorker:
         self.restart_requested = False
         self.budget_exhausted = False
         self.cancel: threading.Event | None = None  # set: kill the running agent (shutdown)
+        self._sandbox: SandboxPolicy | None = None
         self._lock = threading.Lock()
         self._deferring = False
+
+    @property
+    def sandbox(self) -> SandboxPolicy:
+        """How this loop's agent is isolated: the book's `sandbox` config with the
+        LOOPS_SANDBOX* overrides; the checkout and the state dir hidden, the object
+        store and the loop's private git dir readable, TMPDIRs in the state dir."""
+        if self._sandbox is None:
+            self._sandbox = self.ws.sandbox_policy(self.book.sandbox)
+        return self._sandbox
 
     # ------------------------------------------------------------------ publishing
     @contextlib.contextmanager
@@ -349,6 +362,7 @@ class LoopWorker:
                 model=self.book.model,
                 task_iteration=rt.iterations + 1,
                 cancel=self.cancel,
+                sandbox=self.sandbox,
             )
         )
         interrupted = self.cancel is not None and self.cancel.is_set()
@@ -363,10 +377,9 @@ class LoopWorker:
         )
         if result.session_id:
             rt.session_id = result.session_id
-        done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}")
+        done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}", keep=task.id)
         if done.commit:
             rt.branch_head = done.commit
-            self.ws.keep(task.id, done.commit)
         outcome = parse_outcome(result.reply) if result.ok and not interrupted else None
         kind = outcome.kind if outcome else IterationOutcome.FAILED
         failure = result.failure
@@ -533,7 +546,14 @@ class LoopWorker:
         return event
 
     def started(self) -> None:
+        """Set up the workspace; `SandboxUnavailable` when the sandbox is required and
+        cannot run here (nothing starts)."""
+        self.sandbox.check()
         self.ws.ensure()
+        if kill_strays(self.ws.path):  # agents of a worker that was killed (unsandboxed)
+            log.warning("killed processes left over from an earlier agent run")
+        if self.sandbox.tmp_root is not None:  # TMPDIRs of runs a crash left behind
+            shutil.rmtree(self.sandbox.tmp_root, ignore_errors=True)
         problems = self.reject_unmerged_passes()
         if problems:
             self.emit(

@@ -1,21 +1,93 @@
-"""A loop's git workspace: its branch `loop/<name>` in a worktree of its own.
+"""A loop's git workspace: its branch `loop/<name>` in a work tree of its own, with a
+git directory of its own that shares no refs and no config with the operator's repo.
 
-The agent runs in the worktree; after each iteration the worker commits whatever the
-agent changed, so a crash loses at most the iteration in flight. Every git call has a
-timeout.
+Layout (DIR is the project's state directory, `REPO/.loops` by default):
+
+- `DIR/worktrees/<loop>`: the work tree the agent edits. Its `.git` is a gitfile
+  (`gitdir: DIR/git/<loop>.git`) so the agent's own `git status`/`diff`/`log` work.
+- `DIR/git/<loop>.git`: the harness's private git directory of the loop. Its refs are
+  its own, so an agent's `git push . HEAD:main` or `branch -f main` moves nothing in the
+  operator's repo; inside the sandbox it is mounted read-only, so those commands fail.
+  It has no objects of its own worth speaking of: `objects/info/alternates` points at
+  the operator's object store, which the agent reads (read-only) through it.
+
+Git's security model: running git inside an untrusted repository is unsafe (its
+config can name programs: `core.fsmonitor`, hooks, filters, `gpg.program`). So the
+harness never runs git on `<worktree>/.git`: every call names the private git dir and
+the work tree explicitly, with defensive `-c` overrides, and the private dir's config
+and alternates are rewritten by the harness before use if anything changed them (an
+agent with the sandbox off). The harness writes the objects of its commits straight
+into the operator's object store (`GIT_OBJECT_DIRECTORY`), then moves
+`refs/heads/loop/<name>` there with `update-ref`: the operator's repo holds each
+iteration's commit before anything (a claim, a keep-ref) refers to it.
+
+After each iteration the worker commits whatever the agent changed, so a crash loses
+at most the iteration in flight. Every git call has a timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import os
+import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from events import DiffStat, LoopsError
+from loops.sandbox import SandboxConfig, SandboxPolicy
 
 GIT_TIMEOUT_S = 60.0
 _IDENTITY = ["-c", "user.name=coding-loops", "-c", "user.email=loops@localhost"]
+# Whatever a config file says, the harness's own git runs no program of anyone's
+# choosing. `-c` values reach child git processes too (GIT_CONFIG_PARAMETERS), and the
+# command line wins over every config file.
+_SAFE = [
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "commit.gpgSign=false",
+    "-c",
+    "tag.gpgSign=false",
+    "-c",
+    "diff.ignoreSubmodules=all",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "maintenance.auto=false",
+]
+# Variables of the caller's environment that would redirect git.
+_GIT_REDIRECTS = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+)
+# The whole config of a private git dir: the harness's, never the agent's.
+_PRIVATE_CONFIG = (
+    "[core]\n"
+    "\trepositoryformatversion = 0\n"
+    "\tfilemode = true\n"
+    "\tbare = false\n"
+    "\tlogallrefupdates = true\n"
+    "[gc]\n"
+    "\tauto = 0\n"
+)
+# Files that would make git read another directory's config or refs.
+_REDIRECT_FILES = ("commondir", "config.worktree", "gitdir")
 
 
 class GitError(LoopsError):
@@ -27,16 +99,26 @@ class GitError(LoopsError):
         self.detail = detail
 
 
-def git(cwd: Path, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S) -> str:
-    """Run git in `cwd`; returns stdout (stripped). Raises GitError on failure."""
+def _run(
+    argv: list[str],
+    args: tuple[str, ...],
+    cwd: Path,
+    *,
+    check: bool,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+) -> str:
     try:
         proc = subprocess.run(
-            ["git", *_IDENTITY, *args],
+            argv,
             cwd=cwd,
             capture_output=True,
             text=True,
             timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
+            env=dict(env) if env is not None else None,
         )
     except subprocess.TimeoutExpired:
         raise GitError(list(args), f"timed out after {timeout:.0f}s") from None
@@ -46,6 +128,18 @@ def git(cwd: Path, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_
     return proc.stdout.strip()
 
 
+def git(
+    cwd: Path,
+    *args: str,
+    check: bool = True,
+    timeout: float = GIT_TIMEOUT_S,
+    input: str | None = None,
+) -> str:
+    """Run git in `cwd` (a trusted repository: the operator's); returns stdout (stripped).
+    Raises GitError on failure. Never use it inside an agent's work tree: see `Workspace`."""
+    return _run(["git", *_IDENTITY, *args], args, cwd, check=check, timeout=timeout, input=input)
+
+
 def repo_root(path: Path) -> Path:
     """The top of the git work tree that contains `path`."""
     return Path(git(path, "rev-parse", "--show-toplevel"))
@@ -53,6 +147,12 @@ def repo_root(path: Path) -> Path:
 
 def current_branch(repo: Path) -> str:
     return git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+
+
+def object_dir(repo: Path) -> Path:
+    """The object store of `repo` (its common git dir's, for a linked worktree)."""
+    path = Path(git(repo, "rev-parse", "--git-path", "objects"))
+    return (path if path.is_absolute() else repo / path).resolve()
 
 
 @dataclass(frozen=True)
@@ -65,100 +165,229 @@ class IterationCommit:
 
 
 class Workspace:
-    """The worktree of one loop, on branch `loop/<name>`, inside the project repo."""
+    """The work tree of one loop, on branch `loop/<name>`, with a private git dir.
+
+    `root` is where the work trees go (default `repo/.loops/worktrees`); the private
+    git dirs go beside it (`<root>/../git/<loop>.git`).
+    """
 
     def __init__(self, repo: Path, loop: str, main_branch: str, root: Path | None = None) -> None:
         self.repo = repo
         self.loop = loop
         self.main_branch = main_branch
         self.branch = f"loop/{loop}"
-        self.path = (root or repo / ".loops" / "worktrees") / loop
+        self.root = (root or repo / ".loops" / "worktrees").absolute()
+        self.path = self.root / loop
+        self.git_dir = self.root.parent / "git" / f"{loop}.git"
         self._clean_at: str | None = None  # HEAD when we last left the worktree clean
-        self._git_dir: Path | None = None
+        self._objects: Path | None = None
+        self._env: dict[str, str] | None = None
+
+    # ------------------------------------------------------------------ git
+    @property
+    def objects(self) -> Path:
+        """The operator's object store, shared (read-only for the agent) by the loop."""
+        if self._objects is None:
+            self._objects = object_dir(self.repo)
+        return self._objects
+
+    def _git(self, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S) -> str:
+        """git on the private dir and the work tree, never on `<worktree>/.git`."""
+        if self._env is None:
+            env = {k: v for k, v in os.environ.items() if k not in _GIT_REDIRECTS}
+            env["GIT_TERMINAL_PROMPT"] = "0"
+            # New objects go straight into the operator's store; objects an agent wrote
+            # into the private dir (possible only unsandboxed) are still readable.
+            env["GIT_OBJECT_DIRECTORY"] = str(self.objects)
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(self.git_dir / "objects")
+            self._env = env
+        argv = [
+            "git",
+            f"--git-dir={self.git_dir}",
+            f"--work-tree={self.path}",
+            *_SAFE,
+            *_IDENTITY,
+            *args,
+        ]
+        return _run(argv, args, self.path, check=check, timeout=timeout, env=self._env)
+
+    def _guard(self) -> None:
+        """Put the private git dir's config and alternates back as the harness wrote
+        them (only an agent with the sandbox off can have changed them)."""
+        config = self.git_dir / "config"
+        alternates = self.git_dir / "objects" / "info" / "alternates"
+        want_alt = f"{self.objects}\n"
+        if _read(config) != _PRIVATE_CONFIG:
+            _write(config, _PRIVATE_CONFIG)
+        if _read(alternates) != want_alt:
+            _write(alternates, want_alt)
+        for name in _REDIRECT_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (self.git_dir / name).unlink()
+        # `<worktree>/.git` is only for the agent's own git: whatever it made of it
+        # (a directory, a symlink), it becomes the gitfile again, written in place.
+        gitfile = self.path / ".git"
+        want = f"gitdir: {self.git_dir}\n"
+        if gitfile.is_symlink() or _read(gitfile) != want:
+            if gitfile.is_dir() and not gitfile.is_symlink():
+                shutil.rmtree(gitfile)
+            with contextlib.suppress(FileNotFoundError):
+                gitfile.unlink()
+            fd = os.open(gitfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(want)
 
     # ------------------------------------------------------------------ setup
     def ensure(self) -> None:
-        """Create the branch (from main) and the worktree if they do not exist yet."""
+        """Create the private git dir, the branch (from the operator's `loop/<name>`
+        if it exists, else main) and the work tree if they do not exist yet."""
         _exclude_state_dir(self.repo)
-        if (self.path / ".git").exists():
+        if (self.git_dir / "HEAD").is_file() and self.path.is_dir():
+            self._guard()
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Loops start together (threads of `loops up`, or worker processes on one repo):
-        # git's worktree bookkeeping is not safe against a concurrent prune.
-        with open(self.path.parent / ".lock", "w") as lock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Loops start together (threads of `loops up`, or worker processes on one repo).
+        with open(self.root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                git(self.repo, "worktree", "prune")
-                if bool(git(self.repo, "branch", "--list", self.branch)):
-                    git(self.repo, "worktree", "add", str(self.path), self.branch)
-                else:
-                    git(
-                        self.repo,
-                        "worktree",
-                        "add",
-                        "-b",
-                        self.branch,
-                        str(self.path),
-                        self.main_branch,
-                    )
+                self._create()
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _create(self) -> None:
+        self._forget_linked_worktree()
+        fresh = not (self.git_dir / "HEAD").is_file()
+        if fresh:
+            shutil.rmtree(self.git_dir, ignore_errors=True)
+            self.git_dir.parent.mkdir(parents=True, exist_ok=True)
+            git(self.repo, "init", "-q", "--bare", str(self.git_dir))
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._guard()
+        if fresh:
+            start = git(
+                self.repo, "rev-parse", "--verify", "-q", f"refs/heads/{self.branch}", check=False
+            ) or git(self.repo, "rev-parse", "--verify", f"{self.main_branch}^{{commit}}")
+            self._git("update-ref", f"refs/heads/{self.branch}", start)
+            self._git("symbolic-ref", "HEAD", f"refs/heads/{self.branch}")
+            self._publish(start)
+        self._git("reset", "-q", "--hard")
+
+    def _forget_linked_worktree(self) -> None:
+        """A work tree of the old layout (a `git worktree` of the operator's repo, which
+        shares its refs) is unregistered and replaced."""
+        gitfile = self.path / ".git"
+        text = _read(gitfile) or ""
+        if not text.startswith("gitdir:") or Path(text[7:].strip()) == self.git_dir:
+            return
+        git(self.repo, "worktree", "remove", "--force", str(self.path), check=False)
+        shutil.rmtree(self.path, ignore_errors=True)
+        git(self.repo, "worktree", "prune", check=False)
+
+    def _publish(self, commit: str, keep: str | None = None) -> None:
+        """Point the operator repo's `loop/<name>` (and, with `keep`, the task's
+        keep-ref) at `commit`. The harness wrote its objects into the operator's store,
+        so one `update-ref` is enough; when an agent wrote objects of its own into the
+        private dir (a `git commit` with the sandbox off), a fetch of the private branch
+        (which is at `commit`) first brings whatever is missing."""
+        ref = f"refs/heads/{self.branch}"
+        refs = [ref] if keep is None else [ref, self._keep_ref(keep)]
+        if _holds_objects(self.git_dir / "objects"):
+            git(
+                self.repo,
+                *_SAFE,
+                "fetch",
+                "-q",
+                "--no-tags",
+                "--no-write-fetch-head",
+                str(self.git_dir),
+                f"+{ref}:{ref}",
+            )
+            refs = refs[1:]
+        if refs:
+            lines = "".join(f"update {r} {commit}\n" for r in refs)
+            git(self.repo, "update-ref", "--stdin", input=lines)
+
+    def _keep_ref(self, task_id: str) -> str:
+        return f"refs/loops/tasks/{self.loop}/{task_id}"
+
     def head(self) -> str:
-        return git(self.path, "rev-parse", "HEAD")
+        return self._git("rev-parse", "HEAD")
 
     def main_head(self) -> str:
         return git(self.repo, "rev-parse", self.main_branch)
 
     def unmerged_commits(self) -> int:
         """Commits on the loop branch that main does not have."""
-        return int(git(self.path, "rev-list", "--count", f"{self.main_branch}..HEAD") or 0)
+        return int(self._git("rev-list", "--count", f"{self.main_head()}..HEAD") or 0)
 
     def reset_to(self, commit: str) -> None:
         """Point the loop branch at `commit` (main for a fresh task, the task's own last
         commit for a resumed one), discarding uncommitted leftovers of a crash."""
         if self._clean_at == commit:
             return  # we committed it ourselves and nothing ran since
-        if self.head() == commit and not git(self.path, "status", "--porcelain"):
+        self._guard()
+        if self.head() == commit and not self._status():
             self._clean_at = commit
             return
         self.discard_uncommitted()
-        git(self.path, "reset", "-q", "--hard", commit)
+        self._git("reset", "-q", "--hard", commit)
+        self._publish(commit)
         self._clean_at = commit
 
     def keep(self, task_id: str, commit: str) -> None:
         """Reference a task's work so that switching tasks never loses it."""
-        git(self.repo, "update-ref", f"refs/loops/tasks/{self.loop}/{task_id}", commit)
+        git(self.repo, "update-ref", self._keep_ref(task_id), commit)
+
+    def _status(self) -> str:
+        return self._git("status", "--porcelain", "--ignore-submodules=all")
 
     def discard_uncommitted(self) -> None:
-        if git(self.path, "status", "--porcelain"):
-            git(self.path, "merge", "--abort", check=False)
-            git(self.path, "reset", "-q", "--hard")
-            git(self.path, "clean", "-qfd")
+        if self._status() or self._merging():
+            self._git("merge", "--abort", check=False)
+            self._git("reset", "-q", "--hard")
+            self._git("clean", "-qffd")  # -ff: repositories the agent made, too
 
     def merge_main(self) -> list[str]:
         """Merge current main into the loop branch (for a conflicted merge). Returns the
         conflicted files; they are left with conflict markers for the agent to resolve."""
         self._clean_at = None
-        out = git(self.path, "merge", "--no-edit", self.main_head(), check=False)
-        conflicted = git(self.path, "diff", "--name-only", "--diff-filter=U").splitlines()
+        self._guard()
+        out = self._git("merge", "--no-edit", self.main_head(), check=False)
+        conflicted = self._git("diff", "--name-only", "--diff-filter=U").splitlines()
         if not conflicted and "CONFLICT" in out:
             conflicted = ["(see git status)"]
+        if not conflicted and not self._merging():
+            self._publish(self.head())
         return conflicted
 
     # ------------------------------------------------------------------ iterations
-    def commit_iteration(self, message: str) -> IterationCommit:
-        """Commit everything the agent changed (including a merge it resolved)."""
+    def commit_iteration(self, message: str, keep: str | None = None) -> IterationCommit:
+        """Commit everything the agent changed (including a merge it resolved), and
+        bring the commit into the operator's repo as `loop/<name>` (and, with `keep`,
+        as that task's keep-ref, in the same ref transaction)."""
         self._clean_at = None
-        git(self.path, "add", "-A")
+        self._guard()
         try:
-            git(self.path, "commit", "-q", "--no-verify", "-m", message)
+            self._git("add", "-A")
         except GitError:
-            if git(self.path, "status", "--porcelain") or self._merging():
+            # A repository the agent made inside its work tree (a clone, `git init`)
+            # is added as a gitlink, which makes git read its config; a broken one
+            # fails the whole add. Such a repository cannot be merged anyway: leave
+            # the untracked ones out and commit the rest.
+            nested = self._untracked_repositories()
+            if not nested:
+                raise
+            self._git("add", "-A", "--", ".", *(f":(top,literal,exclude){p}" for p in nested))
+        try:
+            self._git("commit", "-q", "--no-verify", "-m", message)
+        except GitError:
+            if self._status() or self._merging():
                 raise
             return IterationCommit(None, [], DiffStat())  # the agent changed nothing
         # One call for the new commit's id and what it changed against its first parent.
-        out = git(self.path, "show", "--first-parent", "--numstat", "--format=%H", "HEAD")
+        out = self._git(
+            "show", "--no-ext-diff", "--first-parent", "--numstat", "--format=%H", "HEAD"
+        )
         sha, *lines = out.splitlines()
         files: list[str] = []
         ins = dels = 0
@@ -169,20 +398,94 @@ class Workspace:
             files.append(parts[2])
             ins += int(parts[0]) if parts[0].isdigit() else 0
             dels += int(parts[1]) if parts[1].isdigit() else 0
+        self._publish(sha, keep)
         self._clean_at = sha
         return IterationCommit(
             sha, files, DiffStat(files=len(files), insertions=ins, deletions=dels)
         )
 
+    def _untracked_repositories(self) -> list[str]:
+        out = self._git("ls-files", "-z", "--others", "--directory", "--exclude-standard")
+        return [
+            path.rstrip("/")
+            for path in out.split("\0")
+            if path.endswith("/") and (self.path / path / ".git").exists()
+        ]
+
     def _merging(self) -> bool:
-        if self._git_dir is None:
-            found = Path(git(self.path, "rev-parse", "--git-dir"))
-            self._git_dir = found if found.is_absolute() else self.path / found
-        return (self._git_dir / "MERGE_HEAD").exists()
+        return (self.git_dir / "MERGE_HEAD").exists()
 
     def push(self, remote: str) -> None:
-        """Publish the loop branch to a shared remote (distributed mode)."""
-        git(self.path, "push", "-q", remote, f"HEAD:refs/heads/{self.branch}", "--force-with-lease")
+        """Publish the loop branch to a shared remote (distributed mode), from the
+        operator's repo (its remotes and credentials), never from the work tree."""
+        self._publish(self.head())
+        git(
+            self.repo,
+            "push",
+            "-q",
+            remote,
+            f"refs/heads/{self.branch}:refs/heads/{self.branch}",
+            "--force-with-lease",
+        )
+
+    # ------------------------------------------------------------------ sandbox
+    def sandbox_policy(self, config: SandboxConfig | None = None) -> SandboxPolicy:
+        """How an agent of this loop is isolated: `config` (with the LOOPS_SANDBOX*
+        overrides); hidden, the operator's checkout (and its main checkout and git dir
+        when it is a linked worktree) and the state directory (every loop's work tree,
+        git dir, TMPDIR, the Redis URL, tokens, logs); readable again
+        inside them, the object store and this loop's private git dir; TMPDIRs under
+        `<state dir>/tmp/<loop>`. The work tree itself is writable."""
+        common = Path(git(self.repo, "rev-parse", "--git-common-dir"))
+        common = (common if common.is_absolute() else self.repo / common).resolve()
+        # The operator's repo may be a linked worktree: its git dir and main checkout
+        # live elsewhere, and are hidden too.
+        hidden = [self.repo.absolute(), self.root.parent, common]
+        if common.name == ".git":
+            hidden.append(common.parent)
+        return SandboxPolicy.build(
+            config,
+            base=self.repo,
+            hidden=hidden,
+            readable=[self.objects, self.git_dir],
+            tmp_root=self.root.parent / "tmp" / self.loop,
+        )
+
+
+def _holds_objects(objects: Path) -> bool:
+    """Whether an object directory has any object (loose or packed)."""
+    try:
+        with os.scandir(objects) as entries:
+            for entry in entries:
+                if entry.name == "info":
+                    continue
+                if entry.name != "pack":
+                    return True
+                with os.scandir(entry.path) as packs:
+                    if any(True for _ in packs):
+                        return True
+    except OSError:
+        return False
+    return False
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _write(path: Path, text: str) -> None:
+    """Write atomically, never through a symlink someone left at the temporary name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.loops-tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    tmp.replace(path)
 
 
 def _exclude_state_dir(repo: Path) -> None:

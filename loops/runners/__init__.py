@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from events import ConfigError, FailureKind, TokenUsage
+from loops.sandbox import SandboxPolicy
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -47,7 +48,8 @@ class AgentRequest:
     runs on this task only, and `script:` replays steps by it (it falls back to
     `iteration` when not given). `session_id` is the loop's own session, resumed by
     id (`--resume`), never "the newest one". `env` adds variables to the agent's
-    environment.
+    environment. `sandbox` is how the agent is isolated (the worker always sets it);
+    None runs its processes unsandboxed, for a runner used on its own.
     """
 
     prompt: str
@@ -61,6 +63,7 @@ class AgentRequest:
     env: Mapping[str, str] = field(default_factory=dict)
     task_iteration: int | None = None
     cancel: threading.Event | None = field(default=None, compare=False)  # set: stop the agent
+    sandbox: SandboxPolicy | None = field(default=None, compare=False)
 
     @property
     def step(self) -> int:

@@ -23,9 +23,9 @@ import anthropic
 from events import ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
-from loops.runners.command import agent_env
+from loops.runners.launch import Launch, launch
 from loops.runners.outcome import detect_usage_limit, retry_at_from_headers
-from loops.runners.process import run_process
+from loops.sandbox import SandboxUnavailable
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 OUTPUT_CAP = 20_000  # characters of a tool result the model sees
@@ -94,12 +94,16 @@ class ToolError(Exception):
 class _Run:
     request: AgentRequest
     deadline: float
-    env: dict[str, str]
+    agent: Launch  # TMPDIR, environment and sandbox of the shell tool's commands
     commands: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     tokens: dict[str, int] = field(
         default_factory=lambda: {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
     )
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.agent.env
 
     def usage(self) -> TokenUsage:
         t = self.tokens
@@ -158,8 +162,12 @@ class AnthropicRunner:
             self._client = None
 
     def run(self, request: AgentRequest) -> AgentResult:
+        with launch(request) as agent:
+            return self._run(request, agent)
+
+    def _run(self, request: AgentRequest, agent: Launch) -> AgentResult:
         start = time.monotonic()
-        run = _Run(request, start + request.timeout_s, agent_env(request))
+        run = _Run(request, start + request.timeout_s, agent)
         model = request.model or self.model or DEFAULT_MODEL
         messages: list[dict[str, Any]] = [{"role": "user", "content": request.prompt}]
         system = SYSTEM.format(worktree=request.worktree)
@@ -324,14 +332,13 @@ class AnthropicRunner:
             case "run_shell":
                 command = _arg(args, "command")
                 remaining = run.deadline - time.monotonic()
-                proc = run_process(
-                    ["/bin/sh", "-c", command],
-                    cwd=root,
-                    env=run.env,
-                    stdin_text="",
-                    timeout_s=max(min(self.shell_timeout_s, remaining), 0.01),
-                    cancel=run.request.cancel,
-                )
+                try:
+                    proc = run.agent.run(
+                        ["/bin/sh", "-c", command],
+                        timeout_s=max(min(self.shell_timeout_s, remaining), 0.01),
+                    )
+                except SandboxUnavailable as exc:
+                    raise ToolError(str(exc)) from exc
                 status = "timed out (killed)" if proc.timed_out else f"exit code {proc.exit_code}"
                 return f"{status}\n{proc.stdout}{proc.stderr}"
         raise ToolError(f"unknown tool {name!r}")

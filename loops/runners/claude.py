@@ -18,14 +18,16 @@ import os
 import re
 import shlex
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from events import ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
-from loops.runners.command import agent_env
+from loops.runners.launch import launch
 from loops.runners.outcome import (
     Failure,
     classify_run,
@@ -33,7 +35,7 @@ from loops.runners.outcome import (
     detect_usage_limit,
     parse_reset,
 )
-from loops.runners.process import run_process
+from loops.sandbox import SandboxUnavailable
 
 PERMISSION_MODES = (
     "acceptEdits",
@@ -257,26 +259,38 @@ class ClaudeRunner:
 
     def _run_once(self, request: AgentRequest, *, resume: bool) -> AgentResult:
         argv = self.command(request, resume=resume)
-        env = agent_env(request)
         parser = StreamParser()
-        try:
-            proc = run_process(
-                argv,
-                cwd=request.worktree,
-                env=env,
-                stdin_text=request.prompt,
-                timeout_s=request.timeout_s,
-                cancel=request.cancel,
-                on_stdout_line=parser.feed,
-            )
-        except OSError as exc:
-            return AgentResult(
-                reply="",
-                exit_code=None,
-                failure=FailureKind.AGENT_ERROR,
-                failure_detail=f"could not start {argv[0]!r} ({exc.strerror}); "
-                "install Claude Code or set LOOPS_CLAUDE_BIN",
-            )
+        # Claude Code skips permission prompts as root only with IS_SANDBOX=1; an
+        # operator who set it means it for the agent, so it passes the allow-list.
+        marked = (
+            {"IS_SANDBOX": os.environ["IS_SANDBOX"]}
+            if "IS_SANDBOX" in os.environ and "IS_SANDBOX" not in request.env
+            else {}
+        )
+        with launch(request, **marked) as run:
+            env = run.env
+            try:
+                proc = run.run(
+                    argv,
+                    stdin_text=request.prompt,
+                    on_stdout_line=parser.feed,
+                    writable=config_paths(env) if request.sandbox is not None else (),
+                )
+            except SandboxUnavailable as exc:
+                return AgentResult(
+                    reply="",
+                    exit_code=None,
+                    failure=FailureKind.AGENT_ERROR,
+                    failure_detail=str(exc),
+                )
+            except OSError as exc:
+                return AgentResult(
+                    reply="",
+                    exit_code=None,
+                    failure=FailureKind.AGENT_ERROR,
+                    failure_detail=f"could not start {argv[0]!r} ({exc.strerror}); "
+                    "install Claude Code or set LOOPS_CLAUDE_BIN",
+                )
         now = datetime.now(UTC)
         if proc.cancelled:
             failure: Failure | None = Failure(FailureKind.AGENT_ERROR, INTERRUPTED_DETAIL)
@@ -304,6 +318,30 @@ class ClaudeRunner:
             retry_at=failure.retry_at if failure else None,
             transcript=redact(transcript, env),
         )
+
+
+def config_paths(env: Mapping[str, str]) -> list[Path]:
+    """Where Claude Code keeps its settings, logins and sessions (writable in the
+    sandbox, so `--resume` and subscription logins work): `$CLAUDE_CONFIG_DIR`, else
+    `~/.claude` and `~/.claude.json`. Created when missing, so they can be mounted."""
+    configured = env.get("CLAUDE_CONFIG_DIR")
+    if configured:
+        paths = [Path(configured).expanduser()]
+    else:
+        home = Path(env.get("HOME") or Path.home())
+        paths = [home / ".claude", home / ".claude.json"]
+    found: list[Path] = []
+    for path in paths:
+        try:
+            if path.suffix == ".json":
+                if not path.exists():
+                    path.write_text("{}\n", encoding="utf-8")
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue  # a read-only home: the CLI then runs without saving
+        found.append(path)
+    return found
 
 
 def _split(name: str, value: str) -> list[str]:

@@ -1,41 +1,26 @@
 """`command:CMD`: any agent CLI (codex, aider, gemini, a shell script) under DESIGN.md's contract.
 
 - The command line runs through `/bin/sh -c`, so it may use `$LOOPS_PROMPT_FILE`.
-- The prompt arrives on stdin and in the file `$LOOPS_PROMPT_FILE` (outside the worktree,
-  removed afterwards).
-- Environment: `LOOPS_LOOP`, `LOOPS_TASK_ID`, `LOOPS_ITERATION`, `LOOPS_WORKTREE`, plus
-  the request's own `env`.
-- It runs in the loop's worktree; its stdout is the reply.
-- The timeout kills its whole process group.
+- The prompt arrives on stdin and in the file `$LOOPS_PROMPT_FILE` (in the run's
+  private `$TMPDIR`, outside the worktree, removed afterwards).
+- Environment: an allow-list (`loops.runners.launch.agent_env`) plus `LOOPS_LOOP`,
+  `LOOPS_TASK_ID`, `LOOPS_ITERATION`, `LOOPS_WORKTREE`, `TMPDIR` and the request's own `env`.
+- It runs in the loop's worktree, in the sandbox; its stdout is the reply.
+- The timeout kills its whole process group (and, sandboxed, its PID namespace).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 
 from events import FailureKind
 from events.secrets import redact
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
+from loops.runners.launch import agent_env, launch
 from loops.runners.outcome import Failure, classify_run
-from loops.runners.process import run_process
+from loops.sandbox import SandboxUnavailable
 
-
-def agent_env(request: AgentRequest, **extra: str) -> dict[str, str]:
-    """The environment of an agent process: ours, the request's, and the LOOPS_* contract."""
-    env = dict(os.environ)
-    env.update(request.env)
-    env.update(
-        LOOPS_LOOP=request.loop,
-        LOOPS_TASK_ID=request.task_id,
-        LOOPS_ITERATION=str(request.iteration),
-        LOOPS_WORKTREE=str(request.worktree),
-    )
-    env.update(extra)
-    return env
+__all__ = ["CommandRunner", "agent_env"]
 
 
 class CommandRunner:
@@ -48,19 +33,16 @@ class CommandRunner:
         self.name = f"command:{redact(command)}"
 
     def run(self, request: AgentRequest) -> AgentResult:
-        tmp = Path(tempfile.mkdtemp(prefix="loops-prompt-"))
-        try:
-            prompt_file = tmp / "prompt.md"
-            prompt_file.write_text(request.prompt, encoding="utf-8")
-            env = agent_env(request, LOOPS_PROMPT_FILE=str(prompt_file))
+        with launch(request) as run:
+            env = run.env
             try:
-                proc = run_process(
-                    [self.shell, "-c", self.command],
-                    cwd=request.worktree,
-                    env=env,
-                    stdin_text=request.prompt,
-                    timeout_s=request.timeout_s,
-                    cancel=request.cancel,
+                proc = run.run([self.shell, "-c", self.command], stdin_text=request.prompt)
+            except SandboxUnavailable as exc:
+                return AgentResult(
+                    reply="",
+                    exit_code=None,
+                    failure=FailureKind.AGENT_ERROR,
+                    failure_detail=str(exc),
                 )
             except OSError as exc:
                 return AgentResult(
@@ -69,8 +51,6 @@ class CommandRunner:
                     failure=FailureKind.AGENT_ERROR,
                     failure_detail=redact(f"could not start {self.command!r}: {exc}", env),
                 )
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         failure = (
             Failure(FailureKind.AGENT_ERROR, INTERRUPTED_DETAIL)
             if proc.cancelled

@@ -3,7 +3,9 @@
 The agent runs in a session of its own (`start_new_session=True`), so on timeout
 `os.killpg` takes down everything it started (shells, test servers, sub-agents),
 not just the leader. After the leader exits, stragglers still holding our pipes are
-killed too: an agent run never leaves processes behind.
+killed too. Processes that left the group (`setsid`, double forks) die with the
+sandbox's PID namespace (`loops/sandbox.py`); unsandboxed, `kill_strays` finds them by
+the `LOOPS_WORKTREE` they inherited.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-# Output kept for the transcript; the line callback still sees everything.
+# Output kept for the reply and the transcript: the head and the tail (where a reply's
+# `<promise>` is), with the middle cut and the cut said. The line callback still sees
+# everything.
 OUTPUT_CAP_BYTES = 8 * 1024 * 1024
+HEAD_BYTES = OUTPUT_CAP_BYTES // 2
+TAIL_BYTES = OUTPUT_CAP_BYTES - HEAD_BYTES
 # After SIGTERM, how long the group gets before SIGKILL.
 KILL_GRACE_S = 1.0
 CANCEL_POLL_S = 0.1  # how quickly a stopping loop kills its agent
@@ -46,16 +53,13 @@ class _Reader(threading.Thread):
         super().__init__(daemon=True)
         self.stream = stream
         self.on_line = on_line
-        self.chunks: list[str] = []
-        self.size = 0
+        self.output = CappedText()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             for line in self.stream:
-                if self.size < OUTPUT_CAP_BYTES:
-                    self.chunks.append(line)
-                    self.size += len(line)
+                self.output.add(line)
                 if self.on_line is not None:
                     try:
                         self.on_line(line)
@@ -67,13 +71,96 @@ class _Reader(threading.Thread):
 
     @property
     def text(self) -> str:
-        return "".join(self.chunks)
+        return self.output.text()
+
+
+class CappedText:
+    """The first `head` and the last `tail` characters of a stream of text, with a
+    `[... N bytes cut ...]` line between them when the middle did not fit."""
+
+    def __init__(self, head: int = HEAD_BYTES, tail: int = TAIL_BYTES) -> None:
+        self.head_cap = head
+        self.tail_cap = tail
+        self.head: list[str] = []
+        self.head_size = 0
+        self.tail: deque[str] = deque()
+        self.tail_size = 0
+        self.cut = 0
+
+    def add(self, text: str) -> None:
+        if self.head_size < self.head_cap:
+            room = self.head_cap - self.head_size
+            self.head.append(text[:room])
+            self.head_size += min(len(text), room)
+            text = text[room:]
+            if not text:
+                return
+        if len(text) > self.tail_cap:
+            self.cut += len(text) - self.tail_cap
+            text = text[-self.tail_cap :]
+        self.tail.append(text)
+        self.tail_size += len(text)
+        while self.tail_size > self.tail_cap:
+            first = self.tail[0]
+            over = self.tail_size - self.tail_cap
+            if len(first) <= over:
+                self.tail.popleft()
+                self.tail_size -= len(first)
+                self.cut += len(first)
+            else:
+                self.tail[0] = first[over:]
+                self.tail_size -= over
+                self.cut += over
+
+    def text(self) -> str:
+        head = "".join(self.head)
+        tail = "".join(self.tail)
+        if not self.cut:
+            return head + tail
+        cut = self.cut
+        # The tail may start in the middle of a line: drop that piece, so that no marker
+        # (a `PASSED` cut out of `TEST PASSED`) is made up by the cut.
+        first_newline = tail.find("\n")
+        if 0 <= first_newline < len(tail) - 1:
+            cut += first_newline + 1
+            tail = tail[first_newline + 1 :]
+        newline = "" if head.endswith("\n") else "\n"
+        return f"{head}{newline}[... {cut} bytes cut ...]\n{tail}"
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
     """Send `sig` to the process group led by `pid`; a group that is gone is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def kill_strays(worktree: Path) -> int:
+    """Kill every process left over from agent runs in `worktree`: those whose
+    environment says `LOOPS_WORKTREE=<worktree>` (set for every agent process, and
+    inherited by `setsid` and double-forked children, which escape the process group).
+    The sandbox's PID namespace makes this unnecessary; it is the fallback where the
+    agent runs unsandboxed, after each run and when a loop starts again after a crash.
+    Returns how many were killed (0 where there is no /proc)."""
+    needle = f"\0LOOPS_WORKTREE={worktree}\0".encode()
+    me = os.getpid()
+    killed = 0
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return 0
+    for name in entries:
+        if int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                environ = b"\0" + fh.read()
+        except OSError:
+            continue
+        if needle in environ or environ.endswith(needle[:-1]):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(name), signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def run_process(

@@ -38,8 +38,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from events import ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
-from loops.runners.command import agent_env
-from loops.runners.process import run_process
+from loops.runners.launch import Launch, launch
+from loops.sandbox import SandboxUnavailable
 
 STATE_NAME = "loops-script-state.json"
 
@@ -133,6 +133,10 @@ class ScriptRunner:
         self._memory: dict[str, dict[str, list[int]]] = {}
 
     def run(self, request: AgentRequest) -> AgentResult:
+        with launch(request) as agent:
+            return self._run(request, agent)
+
+    def _run(self, request: AgentRequest, agent: Launch) -> AgentResult:
         start = time.monotonic()
         steps = self.script.steps_for(request.task_id)
         session = request.session_id or f"script-{request.loop}-{request.task_id}"
@@ -144,7 +148,7 @@ class ScriptRunner:
                 failure_detail=f"agent script {self.path} has no steps for task {request.task_id}",
             )
         index, step = self._next_step(request, steps)
-        env = agent_env(request)
+        env = agent.env
         log: list[str] = [f"# script step {index + 1} of {len(steps)} for {request.task_id}"]
         commands: list[str] = []
         deadline = start + request.timeout_s
@@ -174,14 +178,12 @@ class ScriptRunner:
         for command in step.run:
             commands.append(command)
             remaining = deadline - time.monotonic()
-            proc = run_process(
-                ["/bin/sh", "-c", command],
-                cwd=request.worktree,
-                env=env,
-                stdin_text="",
-                timeout_s=max(remaining, 0.01),
-                cancel=request.cancel,
-            )
+            try:
+                proc = agent.run(["/bin/sh", "-c", command], timeout_s=max(remaining, 0.01))
+            except SandboxUnavailable as exc:
+                return result(
+                    exit_code=None, failure=FailureKind.AGENT_ERROR, failure_detail=str(exc)
+                )
             log.append(f"$ {command}\n{proc.stdout}{proc.stderr}[exit {proc.exit_code}]")
             if proc.cancelled:
                 return interrupted_result(result)

@@ -42,7 +42,8 @@ def claude_env(record: Path) -> dict[str, str]:
         **env(),
         "LOOPS_CLAUDE_BIN": str(FAKE_CLAUDE),
         "FAKE_CLAUDE_RECORD": str(record),
-        "LOOPS_AGENT_ENV": "FAKE_CLAUDE_*",
+        "LOOPS_SANDBOX_ENV": "FAKE_CLAUDE_*",  # the agent's environment is an allow-list
+        "LOOPS_SANDBOX_WRITABLE": str(record.parent),  # and it writes only where allowed
     }
 
 

@@ -60,6 +60,7 @@ def test_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "LOOPS_CLAUDE_BIN", f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}"
     )
     monkeypatch.setenv("FAKE_CLAUDE_SCENARIO", "hang")
+    monkeypatch.setenv("LOOPS_SANDBOX_ENV", "FAKE_CLAUDE_*")
     monkeypatch.setenv("FAKE_CLAUDE_CHILD_PID", str(pid_file))
     result = run_and_cancel(
         make_runner("claude"), tmp_path, lambda: pid_file.exists() and pid_file.read_text()

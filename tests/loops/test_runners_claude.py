@@ -33,6 +33,9 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     monkeypatch.setenv("FAKE_CLAUDE_RECORD", str(record))
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    # The fake's knobs reach it as the operator's passthrough (the agent's environment
+    # is an allow-list).
+    monkeypatch.setenv("LOOPS_SANDBOX_ENV", "FAKE_CLAUDE_*")
     return record
 
 

@@ -186,3 +186,62 @@ def test_loops_run_with_the_real_cli_catches_a_false_claim_then_merges(
     assert len(mock_anthropic.agent_requests) == 3
     # The second iteration resumed the first one's session: it still sees the first claim.
     assert "All good." in str(mock_anthropic.agent_requests[1].body["messages"])
+
+
+def test_real_cli_in_the_sandbox_keeps_its_session_and_sees_no_state(
+    tmp_path: Path, mock_anthropic: MockAnthropic, claude_env: dict[str, str], bwrap: str
+) -> None:
+    """Sandboxed: the CLI writes its work tree and its own config dir (so `--resume`
+    works), and its Bash tool finds nothing of the project's state directory."""
+    from loops.workspace import Workspace, git
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("hi\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    (repo / ".loops").mkdir()
+    (repo / ".loops" / "redis.url").write_text("redis://:hunter2hunter2@127.0.0.1:6379/0\n")
+    ws = Workspace(repo, "real", "main")
+    ws.ensure()
+    mock_anthropic.script(
+        [
+            {
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "name": "Write",
+                        "input": {"file_path": str(ws.path / "hello.txt"), "content": "hello\n"},
+                    }
+                ]
+            },
+            {
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "name": "Bash",
+                        "input": {
+                            "command": f"cat {repo}/.loops/redis.url; ls -a {repo}",
+                            "description": "Look around",
+                        },
+                    }
+                ]
+            },
+            {"content": [{"type": "text", "text": "Done.\n<promise>hello written</promise>"}]},
+        ]
+    )
+    runner = make_runner("claude", model="claude-mock-model", skip_permissions=True)
+    sandboxed = {"worktree": ws.path, "sandbox": ws.sandbox_policy()}
+    result = runner.run(req(tmp_path, claude_env, **sandboxed))
+    assert result.failure is None, f"{result.failure_detail}\n{result.transcript[-3000:]}"
+    assert (ws.path / "hello.txt").read_text() == "hello\n"
+    tool_output = str(mock_anthropic.agent_requests[2].body["messages"][-1])
+    assert "hunter2" not in tool_output and "README.md" not in tool_output
+    mock_anthropic.script([{"content": [{"type": "text", "text": "Still done."}]}])
+    again = runner.run(
+        req(tmp_path, claude_env, iteration=2, session_id=result.session_id, **sandboxed)
+    )
+    assert again.failure is None, again.failure_detail
+    assert again.session_id == result.session_id
+    assert "hello written" in str(mock_anthropic.agent_requests[-1].body["messages"])

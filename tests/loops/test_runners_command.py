@@ -183,3 +183,19 @@ def test_env_of_the_test_process_is_not_leaked_into_results(tmp_path: Path) -> N
     finally:
         del os.environ["LOOPS_TEST_SECRET_KEY"]
     assert "very-secret-value-42" not in result.reply
+
+
+def test_capped_output_keeps_head_and_tail_and_makes_up_no_marker() -> None:
+    from loops.runners.process import CappedText
+
+    capped = CappedText(head=10, tail=11)
+    for line in ["0123456789abc\n", "TEST PASSED\n", "end\n"]:
+        capped.add(line)
+    # the tail window starts inside "TEST PASSED": "PASSED\nend\n"
+    assert "".join(capped.tail) == "PASSED\nend\n"
+    text = capped.text()
+    assert text == "0123456789\n[... 16 bytes cut ...]\nend\n"
+    assert "PASSED" not in text  # the tail's cut first line is dropped, not half kept
+    whole = CappedText(head=100, tail=100)
+    whole.add("short\n")
+    assert whole.text() == "short\n"
