@@ -323,15 +323,31 @@ class SandboxPolicy:
         if not self.network:
             args.append("--unshare-net")
         hidden = _outermost(p for p in self.hidden if p.exists())
+
+        def inside_hidden(path: Path) -> bool:
+            return any(path.absolute().is_relative_to(h) for h in hidden)
+
+        def extra(inside: bool) -> list[str]:
+            out: list[str] = []
+            for path in self.readable:
+                if inside_hidden(path) == inside:
+                    out += ["--ro-bind-try", str(path), str(path)]
+            for path in self.writable:
+                if inside_hidden(path) == inside:
+                    out += ["--bind-try", str(path), str(path)]
+            return out
+
+        # Mount order is the policy: the operator's paths outside the hidden ones first
+        # (one may hold the checkout: it is covered again right after), then the hidden
+        # paths, then what is shown again inside them (the object store, this loop's git
+        # dir, listed paths inside), last the work tree and the run's own paths.
+        args += extra(inside=False)
         for path in hidden:
             if path.is_dir():
                 args += ["--tmpfs", str(path)]
             else:
                 args += ["--ro-bind", "/dev/null", str(path)]
-        for path in self.readable:
-            args += ["--ro-bind-try", str(path), str(path)]
-        for path in self.writable:
-            args += ["--bind-try", str(path), str(path)]
+        args += extra(inside=True)
         for path in (cwd, *writable):
             args += ["--bind", str(path), str(path)]
         for path in hidden:

@@ -588,3 +588,23 @@ def test_a_loop_with_sandbox_required_does_not_start_without_bwrap(
     with pytest.raises(SandboxUnavailable, match=r"bwrap .* not on PATH"):
         worker.started()
     assert published == []
+
+
+def test_a_listed_path_holding_the_checkout_does_not_show_it(
+    bwrap: str, project: tuple[Path, Workspace, Workspace], tmp_path: Path
+) -> None:
+    # The operator lists a parent of the repository as writable (say, a scratch dir
+    # that happens to hold it): the checkout and the state dir stay hidden inside it.
+    repo, a, _ = project
+    outside = tmp_path / "scratch.txt"
+    body = (
+        f"attempt('redis_url', lambda: Path({str(repo / '.loops' / 'redis.url')!r}).read_text())\n"
+        f"attempt('secret', lambda: Path({str(repo / 'secret.txt')!r}).read_text())\n"
+        f"attempt('scratch', lambda: Path({str(outside)!r}).write_text('x'))\n"
+    )
+    config = SandboxConfig(writable=[str(tmp_path)])
+    result, report = run(a, agent(tmp_path, body), config)
+    assert result.failure is None, result.failure_detail
+    assert ok(report, "scratch"), report["scratch"]
+    assert not ok(report, "redis_url"), report["redis_url"]
+    assert not ok(report, "secret"), report["secret"]
