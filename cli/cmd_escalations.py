@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import shlex
 import sys
 from datetime import UTC, datetime
 
+from agents.answers import decision_options, read_by_rules
 from bus import RedisBus
 from cli.cmd_status import ago, open_bus
 from cli.view import EscalationView, SystemView, clean
@@ -130,6 +132,20 @@ def run_answer(args: argparse.Namespace) -> int:
         if not esc.status.is_open:
             print(f"loops: {closed_reason(esc)}", file=sys.stderr)
             return EXIT_FAIL
+        if decision is None and decision_options(esc.options):
+            decision = read_by_rules(text, esc.options)  # "approve", "don't merge", ...
+            if decision is None:  # nothing sent: the question stays open for the answer
+                print(
+                    f"loops: could not tell which of {', '.join(esc.options)} that means; "
+                    "nothing was sent. Run one of:",
+                    file=sys.stderr,
+                )
+                for choice in decision_options(esc.options):
+                    print(
+                        f"  loops answer {esc.id} --decision {choice.value} {shlex.quote(text)}",
+                        file=sys.stderr,
+                    )
+                return EXIT_FAIL
         event = answer(bus, esc, text, decision, operator_name())
     where = f"loop {esc.loop}" + (f", task {esc.task_id}" if esc.task_id else "")
     decided = f" [{decision.value}]" if decision else ""

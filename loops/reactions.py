@@ -192,13 +192,17 @@ def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
         if rt.question is None:
             # Another role's question. The gate answers with a new verdict; after the
             # merge queue's, the loop itself tries the merge again (or skips, or stops).
-            if rt.resume is not None:
-                rt.escalation_id = None
+            # An answer without a decision changes nothing: the human interface reads
+            # one from its text (a follow-up answer) or asks again.
+            if rt.resume is not None and event.decision is not None:
                 if event.decision is Decision.SKIP:
+                    rt.escalation_id = None
                     _block(w, task_id, "skipped by a person")
                 elif event.decision is Decision.ABORT:
+                    rt.escalation_id = None
                     w.stop_requested = "aborted by a person"
-                else:
+                elif event.decision in (Decision.RETRY, Decision.APPROVE):
+                    rt.escalation_id = None
                     rt.phase, rt.resume = rt.resume, None
             return
         if event.answer.strip():

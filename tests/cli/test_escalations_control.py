@@ -4,6 +4,7 @@ against the real Redis. Control commands are acknowledged by a tiny fake worker.
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 from collections.abc import Iterator
 
@@ -183,3 +184,37 @@ def test_unknown_loop_sends_nothing(system: System) -> None:
         == "loops: no loop 'loop-apj' on this system (loops: loop-api, loop-ui); nothing sent\n"
     )
     assert published(system, "loop.pause") == []
+
+
+def test_answer_reads_a_decision_from_plain_words_and_says_how_to_decide_when_it_cannot(
+    system: System,
+) -> None:
+    signoff = ev.EscalationRaised(
+        source=W,
+        loop="loop-api",
+        escalation_id="e-5ign0f",
+        kind=ev.EscalationKind.SIGNOFF,
+        severity=ev.Severity.MEDIUM,
+        question="loop-api/API-2 needs a sign-off: the page looks right",
+        task_id="API-2",
+        options=["approve", "reject"],
+    )
+    other = signoff.model_copy(update={"id": ev.new_id(), "escalation_id": "e-0ther1"})
+    system.bus.publish_many([signoff, other])
+    proc = system.loops("answer", "e-5ign0f", "don't", "merge", "this", check=True)
+    assert "[reject]" in proc.stdout
+    proc = system.loops("answer", "e-0ther1", "hmm,", "maybe", "later")
+    assert proc.returncode == 1
+    hints = [ln.strip() for ln in proc.stderr.splitlines() if ln.startswith("  loops answer")]
+    assert hints == [
+        "loops answer e-0ther1 --decision approve 'hmm, maybe later'",
+        "loops answer e-0ther1 --decision reject 'hmm, maybe later'",
+    ]
+    # The hint works verbatim: the question was left open for it.
+    system.loops(*shlex.split(hints[0])[1:], check=True)
+    decisions = {
+        e.escalation_id: e.decision
+        for e in published(system, "escalation.answered")
+        if isinstance(e, ev.EscalationAnswered)
+    }
+    assert decisions == {"e-5ign0f": ev.Decision.REJECT, "e-0ther1": ev.Decision.APPROVE}
