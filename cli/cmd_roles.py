@@ -35,6 +35,7 @@ from cli.compose import (
     make_merge,
     pm_config,
 )
+from cli.metrics import metrics_address
 from cli.runtime import run_role
 from cli.system import SystemOptions, notifier_from_env
 from events import ConfigError, ValidationFailed
@@ -69,7 +70,15 @@ def run(args: argparse.Namespace) -> int:
     with open_bus(args) as bus:
         bus.client.ping()
         step, name = _role(args, bus, directory)
-        return run_role(name, None, bus.client, step, stop=threading.Event(), prefix=bus.prefix)
+        return run_role(
+            name,
+            None,
+            bus.client,
+            step,
+            stop=threading.Event(),
+            prefix=bus.prefix,
+            metrics=metrics_address(args.metrics_port, args.metrics_host),
+        )
 
 
 def _role(

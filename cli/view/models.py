@@ -104,6 +104,7 @@ class TaskView(BaseModel):
     reason: str = ""  # why it failed or is blocked/held
     commit: str | None = None  # the claimed (then verified) commit
     merged_commit: str | None = None
+    claimed_at: datetime | None = None  # the claim now in verification or the merge queue
     tokens: Tokens = Field(default_factory=Tokens)
     cost_usd: float = 0.0
     verification: Verification | None = None
@@ -202,6 +203,59 @@ class CommandView(BaseModel):
     task_id: str | None = None
     acknowledged: bool = False
     detail: str = ""
+
+
+CLAIM_TO_MERGE_BUCKETS: tuple[float, ...] = (
+    5,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1200,
+    1800,
+    3600,
+    7200,
+    14400,
+    43200,
+    86400,
+)
+"""Upper bounds (seconds) of the claim-to-merge histogram; +Inf is implied."""
+
+
+class Histogram(BaseModel):
+    """Observations in fixed buckets (cumulative counts are built by the reader)."""
+
+    bounds: list[float] = Field(default_factory=lambda: list(CLAIM_TO_MERGE_BUCKETS))
+    counts: list[int] = Field(default_factory=lambda: [0] * (len(CLAIM_TO_MERGE_BUCKETS) + 1))
+    sum: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        slot = next((i for i, b in enumerate(self.bounds) if value <= b), len(self.bounds))
+        self.counts[slot] += 1
+        self.sum += value
+        self.count += 1
+
+
+class Counts(BaseModel):
+    """What happened so far, counted per loop (the outer key): iterations by outcome,
+    failures by kind, verifications by verdict, merges by result, monitor actions by
+    kind, and the time from a claim to its merge. The Prometheus metrics read these."""
+
+    iterations: dict[str, dict[str, int]] = Field(default_factory=dict)
+    failures: dict[str, dict[str, int]] = Field(default_factory=dict)
+    verifications: dict[str, dict[str, int]] = Field(default_factory=dict)
+    merges: dict[str, dict[str, int]] = Field(default_factory=dict)
+    monitor_actions: dict[str, dict[str, int]] = Field(default_factory=dict)
+    escalations: dict[str, dict[str, int]] = Field(default_factory=dict)
+    claim_to_merge: Histogram = Field(default_factory=Histogram)
+
+    @staticmethod
+    def bump(table: dict[str, dict[str, int]], loop: str | None, key: str) -> None:
+        row = table.setdefault(loop or "-", {})
+        row[key] = row.get(key, 0) + 1
 
 
 class EventLine(BaseModel):

@@ -15,6 +15,7 @@ from cli.view.models import (
     RECENT_EVENTS,
     SEEN_IDS,
     CommandView,
+    Counts,
     EscalationView,
     EventLine,
     LoopView,
@@ -36,6 +37,7 @@ class SystemView(BaseModel):
     monitor_actions: list[MonitorActionView] = Field(default_factory=list)
     commands: list[CommandView] = Field(default_factory=list)
     recent: list[EventLine] = Field(default_factory=list)
+    counts: Counts = Field(default_factory=Counts)
     last_stream_id: str | None = None
     last_event: datetime | None = None
     events_seen: int = 0
