@@ -234,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the loop's directory name (e.g. loop-1-critical-path); optional with --config",
     )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="run every loop of the project (DIR/loop-*/) in this process, one thread each: "
+        "what compose's `loops` service runs",
+    )
     p.add_argument("--agent", metavar="A", default=None)
     p.add_argument(
         "--config",
