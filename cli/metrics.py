@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 import events as ev
 from bus import RedisBus
-from cli.view import MergeStatus, SystemView, TaskStatus
+from cli.view import Attention, MergeStatus, SystemView, TaskStatus
 
 __all__ = [
     "CONTENT_TYPE",
@@ -139,6 +139,15 @@ def view_families(view: SystemView) -> list[Metric]:
     for name in sorted({lp.health.value for lp in loops} | {"healthy", "stale", "dead"}):
         health.add_metric([name], sum(lp.health.value == name for lp in loops))
     out.append(health)
+
+    attention = GaugeMetricFamily(
+        "loops_loops_by_attention",
+        "Loops by what they need (blocked, waiting on a person, silent, failing, ...).",
+        labels=["attention"],
+    )
+    for group in Attention:
+        attention.add_metric([group.value], sum(lp.attention is group for lp in loops))
+    out.append(attention)
 
     state = GaugeMetricFamily(
         "loops_loop_state", "1 for each loop's current state.", labels=["loop", "state"]

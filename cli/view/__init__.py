@@ -10,6 +10,7 @@ read this one fold.
 from cli.view.models import (
     DEAD_AFTER,
     STALE_AFTER,
+    Attention,
     CommandView,
     Counts,
     EscalationStatus,
@@ -18,6 +19,7 @@ from cli.view.models import (
     Health,
     Histogram,
     LoopView,
+    Mark,
     MergeEntry,
     MergeStatus,
     MonitorActionView,
@@ -32,6 +34,7 @@ from cli.view.text import clean, event_fields, event_line
 __all__ = [
     "DEAD_AFTER",
     "STALE_AFTER",
+    "Attention",
     "CommandView",
     "Counts",
     "EscalationStatus",
@@ -40,6 +43,7 @@ __all__ = [
     "Health",
     "Histogram",
     "LoopView",
+    "Mark",
     "MergeEntry",
     "MergeStatus",
     "MonitorActionView",

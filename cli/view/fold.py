@@ -84,6 +84,7 @@ def _iteration_finished(view: SystemView, e: ev.IterationFinished) -> None:
     if e.outcome is ev.IterationOutcome.FAILED and e.failure is not None:
         task.reason = f"{e.failure.value}: {e.failure_detail or ''}".rstrip(": ")
     Counts.bump(view.counts.iterations, e.loop, e.outcome.value)
+    loop.mark(e.ts, "failed" if e.outcome is ev.IterationOutcome.FAILED else "iteration")
     if e.failure is not None:
         Counts.bump(view.counts.failures, e.loop, e.failure.value)
 
@@ -113,6 +114,7 @@ def _verification_passed(view: SystemView, e: ev.VerificationPassed) -> None:
         ts=e.ts,
     )
     Counts.bump(view.counts.verifications, e.loop, ev.VerificationVerdict.PASSED.value)
+    view.loop(e.loop).mark(e.ts, "verified")
 
 
 def _verification_failed(view: SystemView, e: ev.VerificationFailed) -> None:
@@ -130,6 +132,7 @@ def _verification_failed(view: SystemView, e: ev.VerificationFailed) -> None:
     )
     task.claimed_at = None
     Counts.bump(view.counts.verifications, e.loop, e.verdict.value)
+    view.loop(e.loop).mark(e.ts, "rejected")
 
 
 def _merge_queued(view: SystemView, e: ev.MergeQueued) -> None:
@@ -170,6 +173,7 @@ def _merge_completed(view: SystemView, e: ev.MergeCompleted) -> None:
         view.counts.claim_to_merge.observe(max((e.ts - task.claimed_at).total_seconds(), 0.0))
         task.claimed_at = None
     Counts.bump(view.counts.merges, e.loop, MergeStatus.MERGED.value)
+    view.loop(e.loop).mark(e.ts, "merged")
 
 
 def _merge_conflicted(view: SystemView, e: ev.MergeConflicted) -> None:
@@ -180,6 +184,7 @@ def _merge_conflicted(view: SystemView, e: ev.MergeConflicted) -> None:
     task.reason = f"merge {e.reason}: {', '.join(e.files)}".rstrip(": ")
     task.claimed_at = None
     Counts.bump(view.counts.merges, e.loop, MergeStatus.CONFLICTED.value)
+    view.loop(e.loop).mark(e.ts, "conflicted")
 
 
 def _merged(view: SystemView, e: ev.Event, task_id: str) -> TaskView:

@@ -16,6 +16,7 @@ RECENT_EVENTS = 200
 MONITOR_ACTIONS = 100
 COMMANDS = 50
 SEEN_IDS = 20_000  # dedupe window: delivery is at least once
+TIMELINE = 120  # marks kept per loop for its timeline chart
 
 
 class TaskStatus(StrEnum):
@@ -41,6 +42,31 @@ class Health(StrEnum):
     STALE = "stale"  # more than STALE_AFTER intervals without a heartbeat
     DEAD = "dead"  # more than DEAD_AFTER intervals, or the worker stopped with an error
     STOPPED = "stopped"  # the worker exited on purpose
+
+
+class Attention(StrEnum):
+    """What a loop needs from the operator, most urgent first (the dashboard groups
+    loops by it, problem loops on top)."""
+
+    BLOCKED = "blocked"  # a task is blocked, or the worker stopped with an error
+    PERSON = "waiting on a person"  # an open escalation
+    SILENT = "silent"  # no heartbeat for too long (stale or dead)
+    FAILING = "failing"  # a task's last attempt failed; the loop retries it
+    WORKING = "working"
+    WAITING = "waiting"  # paused, or waiting out a usage limit
+    STOPPED = "stopped"
+    DONE = "done"  # every task merged
+
+    @property
+    def rank(self) -> int:
+        return list(Attention).index(self)
+
+
+class Mark(BaseModel):
+    """One point of a loop's timeline: an iteration, a verdict or a merge."""
+
+    ts: datetime
+    kind: str  # iteration | failed | verified | rejected | merged | conflicted
 
 
 class EscalationStatus(StrEnum):
@@ -131,6 +157,31 @@ class LoopView(BaseModel):
     rate_per_hour: float | None = None
     eta_s: float | None = None
     tasks: dict[str, TaskView] = Field(default_factory=dict)
+    attention: Attention = Attention.WORKING  # judged with health (`SystemView.refresh`)
+    timeline: list[Mark] = Field(default_factory=list)
+
+    def mark(self, ts: datetime, kind: str) -> None:
+        self.timeline.append(Mark(ts=ts, kind=kind))
+        del self.timeline[:-TIMELINE]
+
+    def judge_attention(self, escalated: bool) -> Attention:
+        """Where this loop belongs on the operator's list (health judged first)."""
+        statuses = {t.status for t in self.tasks.values()}
+        if escalated:
+            return Attention.PERSON
+        if self.status is ev.LoopStatus.ERROR or TaskStatus.BLOCKED in statuses:
+            return Attention.BLOCKED
+        if self.health in (Health.STALE, Health.DEAD):
+            return Attention.SILENT
+        if TaskStatus.FAILED in statuses:
+            return Attention.FAILING
+        if self.total and self.passed >= self.total:
+            return Attention.DONE
+        if self.status in (ev.LoopStatus.PAUSED, ev.LoopStatus.WAITING):
+            return Attention.WAITING
+        if self.status is ev.LoopStatus.STOPPED:
+            return Attention.STOPPED
+        return Attention.WORKING
 
     def judge(self, now: datetime) -> Health:
         """Health at `now` from the heartbeat's age against its interval."""

@@ -102,8 +102,10 @@ class SystemView(BaseModel):
     def refresh(self, now: datetime | None = None) -> SystemView:
         """Judge every loop's health at `now` (default: the wall clock)."""
         self.as_of = now or datetime.now(UTC)
+        escalated = {e.loop for e in self.open_escalations()}
         for loop in self.loops.values():
             loop.health = loop.judge(self.as_of)
+            loop.attention = loop.judge_attention(loop.name in escalated)
         return self
 
     def open_escalations(self) -> list[EscalationView]:

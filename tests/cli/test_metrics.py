@@ -98,6 +98,7 @@ def test_every_family_from_the_stream_and_redis(bus: RedisBus) -> None:
     assert value(found, "loops_loops", state="waiting") == 1
     assert value(found, "loops_loops", state="running") == 1
     assert value(found, "loops_loops", state="paused") == 0
+    assert value(found, "loops_loops_by_attention", attention="waiting on a person") == 1
     assert value(found, "loops_loop_state", loop="loop-api", state="waiting") == 1
     assert value(found, "loops_tasks", loop="loop-api", status="merged") == 1
     assert value(found, "loops_iterations_total", loop="loop-api", outcome="claimed") == 1
