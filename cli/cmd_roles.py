@@ -1,6 +1,6 @@
 """One role per process (distributed mode, what docker-compose runs):
 
-    loops worker LOOP | gate | merge | monitor | pm | human | dashboard
+    loops worker LOOP | worker --all | gate | merge | monitor | pm | human | dashboard
 
 Each reaches the bus through `--redis`, `$REDIS_URL`, or the embedded server of the
 project in `--dir`; keeps a presence key for `loops health ROLE`; and stops cleanly on
@@ -35,6 +35,7 @@ from cli.compose import (
     make_merge,
     pm_config,
 )
+from cli.metrics import metrics_address
 from cli.runtime import run_role
 from cli.system import SystemOptions, notifier_from_env
 from events import ConfigError, ValidationFailed
@@ -69,7 +70,15 @@ def run(args: argparse.Namespace) -> int:
     with open_bus(args) as bus:
         bus.client.ping()
         step, name = _role(args, bus, directory)
-        return run_role(name, None, bus.client, step, stop=threading.Event(), prefix=bus.prefix)
+        return run_role(
+            name,
+            None,
+            bus.client,
+            step,
+            stop=threading.Event(),
+            prefix=bus.prefix,
+            metrics=metrics_address(args.metrics_port, args.metrics_host),
+        )
 
 
 def _role(
@@ -113,6 +122,10 @@ def _role(
         )
         sub = queue.subscribe("merge")
         return (lambda stop: sub.run(stop, block_ms=1000)), "merge"
+    if getattr(args, "all", False):
+        if args.loop or args.config:
+            raise ConfigError("loops worker --all runs every loop: name no LOOP and no --config")
+        return _every_loop(args, bus, project, repo, main, remote), "worker:all"
     # worker LOOP
     config = Path(args.config).resolve() if args.config else None
     project, loop = _worker_loop(args, project, directory, config)
@@ -120,21 +133,77 @@ def _role(
     def work(stop: threading.Event) -> None:
         # A fresh worker per run: a restart (the monitor's, or after a crash) reloads
         # its state from disk.
-        agent = args.agent or loop.config.agent or "claude"
-        service = WorkerService(
-            bus,
-            HarnessBook(loop, max_iterations=args.max_iterations),
-            make_runner(agent, model=loop.config.model, base_dir=loop.dir),
-            repo,
-            main_branch=main,
-            heartbeat_s=loop.config.health_check.interval_seconds,
-            remote=remote,
-        )
-        done = service.run(stop)
+        done = _service(args, bus, loop, repo, main, remote).run(stop)
         if not done.restart:
             stop.set()  # stopped by a command: the process exits (0)
 
     return work, f"worker:{loop.name}"
+
+
+def _service(
+    args: argparse.Namespace, bus: RedisBus, loop: Loop, repo: Path, main: str, remote: str | None
+) -> WorkerService:
+    agent = args.agent or loop.config.agent or "claude"
+    return WorkerService(
+        bus,
+        HarnessBook(loop, max_iterations=args.max_iterations),
+        make_runner(agent, model=loop.config.model, base_dir=loop.dir),
+        repo,
+        main_branch=main,
+        heartbeat_s=loop.config.health_check.interval_seconds,
+        remote=remote,
+    )
+
+
+def _every_loop(
+    args: argparse.Namespace,
+    bus: RedisBus,
+    project: Project,
+    repo: Path,
+    main: str,
+    remote: str | None,
+) -> Callable[[threading.Event], None]:
+    """`loops worker --all`: every loop of the project, one thread each, in this process
+    (what compose's `loops` service runs, so adding a loop needs no YAML). A loop stopped
+    by a command ends alone; the process exits (0) once every loop has; a loop that
+    crashes stops the others and the process exits non-zero, for its supervisor to
+    restart it."""
+    loops = [
+        lp
+        if not args.model
+        else replace(lp, config=lp.config.model_copy(update={"model": args.model}))
+        for lp in project.loops
+    ]
+    if not loops:
+        raise ConfigError(f"no loops in {project.root} (expected DIR/loop-*/config.json)")
+
+    def fleet(stop: threading.Event) -> None:
+        crashed: list[BaseException] = []
+
+        def one(loop: Loop) -> None:
+            try:
+                while not stop.is_set():
+                    if not _service(args, bus, loop, repo, main, remote).run(stop).restart:
+                        return
+            except BaseException as exc:
+                log.exception("loop %s crashed", loop.name)
+                crashed.append(exc)
+                stop.set()
+
+        threads = [
+            threading.Thread(target=one, args=(lp,), name=f"worker-{lp.name}") for lp in loops
+        ]
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads) and not stop.wait(0.5):
+            pass
+        stop.set()  # every loop stopped by a command, or the process is stopping
+        for thread in threads:
+            thread.join()
+        if crashed:
+            raise crashed[0]
+
+    return fleet
 
 
 def _worker_loop(
@@ -161,12 +230,13 @@ def _worker_loop(
 def _embedded_worker(args: argparse.Namespace, directory: Path, config: Path | None) -> int:
     """`loops worker` with no Redis given: the loop alone on this machine, with its gate and
     merge queue (and the monitor, PM and human interface), like `loops up` for one loop."""
-    project, loop = _worker_loop(args, load_checked(directory), directory, config)
+    project = load_checked(directory)
+    only = None
+    if not getattr(args, "all", False):
+        project, loop = _worker_loop(args, project, directory, config)
+        only = frozenset({loop.name})
     options = SystemOptions(
-        agent=args.agent,
-        model=args.model,
-        max_iterations=args.max_iterations,
-        only=frozenset({loop.name}),
+        agent=args.agent, model=args.model, max_iterations=args.max_iterations, only=only
     )
     return run_system(directory, project, options)
 

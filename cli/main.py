@@ -55,6 +55,23 @@ def _add_test_command(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: "
+        "$LOOPS_METRICS_PORT, else off; 0 = a free port)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        default=None,
+        help="address of /metrics (default: $LOOPS_METRICS_HOST, else 127.0.0.1)",
+    )
+
+
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
@@ -217,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the loop's directory name (e.g. loop-1-critical-path); optional with --config",
     )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="run every loop of the project (DIR/loop-*/) in this process, one thread each: "
+        "what compose's `loops` service runs",
+    )
     p.add_argument("--agent", metavar="A", default=None)
     p.add_argument(
         "--config",
@@ -226,14 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
         "PATH's directory, with this config",
     )
     _add_harness_overrides(p, "the loop")
+    _add_metrics(p)
     for role in ROLES[1:]:
         p = sub.add_parser(role, help=f"role: run the {role} as its own process")
         _add_redis(p)
-        if role == "dashboard":
+        if role == "dashboard":  # serves /metrics on its own port
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8765)
         if role == "merge":
             _add_test_command(p)
+        if role != "dashboard":
+            _add_metrics(p)
 
     p = sub.add_parser("health", help="exit 0 if a role process is alive (compose health checks)")
     _add_redis(p)

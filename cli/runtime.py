@@ -20,12 +20,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from events import ConfigError
+
+if TYPE_CHECKING:
+    from cli.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,18 @@ class PresenceBeat:
                 self._client.close()
 
 
+def _serve_metrics(
+    client: redis.Redis, prefix: str, role: str, host: str, port: int
+) -> MetricsServer:
+    from bus import RedisBus
+    from cli.metrics import serve_metrics
+
+    try:
+        return serve_metrics(RedisBus(client, prefix), host, port, role=role)
+    except OSError as exc:
+        raise ConfigError(f"{role}: cannot serve metrics on {host}:{port}: {exc}") from exc
+
+
 @contextmanager
 def graceful_signals(stop: threading.Event, name: str) -> Iterator[None]:
     """SIGTERM and SIGINT set `stop`; a second one interrupts at once.
@@ -238,6 +253,7 @@ def run_role(
     prefix: str = "loops",
     presence_interval_s: float = DEFAULT_PRESENCE_INTERVAL_S,
     poll_block_ms: int = 1000,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Run one role in this process until `stop` is set (by SIGTERM/SIGINT or the
     caller); returns 0 after a graceful stop.
@@ -248,6 +264,8 @@ def run_role(
     runs in turn, so keep their blocks short. An exception from a step propagates
     (the process exits non-zero and its supervisor restarts it); the presence is
     removed either way. Raises `ConfigError` when Redis is unreachable at the start.
+    `metrics` (host, port) serves the system's Prometheus metrics at /metrics while the
+    role runs (`cli.metrics`); a port that cannot be bound is a `ConfigError`.
     """
     instance = instance or default_instance()
     steps: list[Step] = list(step) if isinstance(step, Sequence) else [step]
@@ -258,7 +276,10 @@ def run_role(
         except redis.RedisError as exc:
             raise ConfigError(f"{name}: cannot reach Redis: {exc}") from exc
         log.info("%s started (instance %s)", name, instance)
+        server = None
         try:
+            if metrics is not None:
+                server = _serve_metrics(client, prefix, name, *metrics)
             while not stop.is_set():
                 for one in steps:
                     if stop.is_set():
@@ -268,6 +289,8 @@ def run_role(
                     else:
                         one(stop)
         finally:
+            if server is not None:
+                server.close()
             beat.stop()
     log.info("%s stopped", name)
     return 0

@@ -1,5 +1,6 @@
-"""The dashboard's web app: one page, a JSON view, a server-sent event feed, and two
-actions (answer an escalation, control a loop) that need the token.
+"""The dashboard's web app: one page, a JSON view, a server-sent event feed, Prometheus
+metrics (`/metrics`), and two actions (answer an escalation, control a loop) that need
+the token.
 
 A single `Feed` tails the bus for every open page: it keeps one `SystemView` current
 and fans each new event out to the pages' SSE streams. Every piece of text on the page
@@ -19,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from starlette.applications import Starlette
@@ -31,6 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bus import RedisBus
+from cli import metrics
 from cli.cmd_control import build_command
 from cli.cmd_escalations import answer as publish_answer
 from cli.view import EventLine, SystemView
@@ -54,6 +56,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+T = TypeVar("T")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 
 
@@ -104,6 +107,11 @@ class Feed:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return self.view.to_dict()
+
+    def read(self, fn: Callable[[SystemView], T]) -> T:
+        """`fn(view)` while the tail cannot change the view (a `cli.metrics.ViewSource`)."""
+        with self.lock:
+            return fn(self.view)
 
     def _run(self) -> None:
         backoff = 0.5
@@ -179,6 +187,13 @@ def create_app(
             )
 
         return serve_file
+
+    scrape = metrics.registry(feed, bus.client, bus.prefix, role="dashboard")
+
+    async def api_metrics(request: Request) -> Response:
+        # No token: the metrics hold names, states and counts, never event text.
+        body = await run_in_threadpool(metrics.exposition, scrape)
+        return Response(body, media_type=metrics.CONTENT_TYPE, headers=SECURITY_HEADERS)
 
     async def api_view(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(feed.snapshot), headers=SECURITY_HEADERS)
@@ -288,6 +303,7 @@ def create_app(
         Route("/static/app.js", page("app.js")),
         Route("/static/style.css", page("style.css")),
         Route("/api/view", api_view),
+        Route("/metrics", api_metrics),
         Route("/api/events", api_events),
         Route("/api/token", api_check, methods=["POST"]),
         Route("/api/answer", api_answer, methods=["POST"]),

@@ -12,6 +12,7 @@ from cli.view.models import (
     MONITOR_ACTIONS,
     RECENT_EVENTS,
     CommandView,
+    Counts,
     EscalationStatus,
     MergeEntry,
     MergeStatus,
@@ -82,11 +83,16 @@ def _iteration_finished(view: SystemView, e: ev.IterationFinished) -> None:
         task.status = TaskStatus.CLAIMED
     if e.outcome is ev.IterationOutcome.FAILED and e.failure is not None:
         task.reason = f"{e.failure.value}: {e.failure_detail or ''}".rstrip(": ")
+    Counts.bump(view.counts.iterations, e.loop, e.outcome.value)
+    loop.mark(e.ts, "failed" if e.outcome is ev.IterationOutcome.FAILED else "iteration")
+    if e.failure is not None:
+        Counts.bump(view.counts.failures, e.loop, e.failure.value)
 
 
 def _claimed(view: SystemView, e: ev.TaskClaimed) -> None:
     task = view._task(e, e.task_id)
     task.status, task.attempts, task.commit = TaskStatus.CLAIMED, e.attempt, e.commit
+    task.claimed_at = e.ts
 
 
 def _verification_started(view: SystemView, e: ev.VerificationStarted) -> None:
@@ -107,6 +113,8 @@ def _verification_passed(view: SystemView, e: ev.VerificationPassed) -> None:
         flagged_files=list(e.flagged_files),
         ts=e.ts,
     )
+    Counts.bump(view.counts.verifications, e.loop, ev.VerificationVerdict.PASSED.value)
+    view.loop(e.loop).mark(e.ts, "verified")
 
 
 def _verification_failed(view: SystemView, e: ev.VerificationFailed) -> None:
@@ -122,6 +130,9 @@ def _verification_failed(view: SystemView, e: ev.VerificationFailed) -> None:
         flagged_files=list(e.flagged_files),
         ts=e.ts,
     )
+    task.claimed_at = None
+    Counts.bump(view.counts.verifications, e.loop, e.verdict.value)
+    view.loop(e.loop).mark(e.ts, "rejected")
 
 
 def _merge_queued(view: SystemView, e: ev.MergeQueued) -> None:
@@ -158,6 +169,11 @@ def _merge_completed(view: SystemView, e: ev.MergeCompleted) -> None:
     entry.merged_commit = e.merged_commit
     task = _merged(view, e, e.task_id)
     task.merged_commit = e.merged_commit
+    if entry.status is MergeStatus.MERGED and task.claimed_at is not None:
+        view.counts.claim_to_merge.observe(max((e.ts - task.claimed_at).total_seconds(), 0.0))
+        task.claimed_at = None
+    Counts.bump(view.counts.merges, e.loop, MergeStatus.MERGED.value)
+    view.loop(e.loop).mark(e.ts, "merged")
 
 
 def _merge_conflicted(view: SystemView, e: ev.MergeConflicted) -> None:
@@ -166,6 +182,9 @@ def _merge_conflicted(view: SystemView, e: ev.MergeConflicted) -> None:
     task = view._task(e, e.task_id)
     task.status = TaskStatus.FAILED
     task.reason = f"merge {e.reason}: {', '.join(e.files)}".rstrip(": ")
+    task.claimed_at = None
+    Counts.bump(view.counts.merges, e.loop, MergeStatus.CONFLICTED.value)
+    view.loop(e.loop).mark(e.ts, "conflicted")
 
 
 def _merged(view: SystemView, e: ev.Event, task_id: str) -> TaskView:
@@ -218,6 +237,7 @@ def _monitor_action(view: SystemView, e: ev.MonitorAction) -> None:
         )
     )
     del view.monitor_actions[:-MONITOR_ACTIONS]
+    Counts.bump(view.counts.monitor_actions, e.loop, e.action.value)
 
 
 def _progress(view: SystemView, e: ev.ProgressReported) -> None:
@@ -232,6 +252,7 @@ def _escalation_raised(view: SystemView, e: ev.EscalationRaised) -> None:
     esc.question, esc.options, esc.repeat = e.question, list(e.options), e.repeat
     if esc.raised is None:
         esc.raised = e.ts
+        Counts.bump(view.counts.escalations, e.loop, e.kind.value)
     if e.reopens is not None and esc.status is EscalationStatus.ANSWERED:
         # The human interface could not read the answer: the question is open again.
         esc.status = EscalationStatus.OPEN

@@ -16,6 +16,7 @@ RECENT_EVENTS = 200
 MONITOR_ACTIONS = 100
 COMMANDS = 50
 SEEN_IDS = 20_000  # dedupe window: delivery is at least once
+TIMELINE = 120  # marks kept per loop for its timeline chart
 
 
 class TaskStatus(StrEnum):
@@ -41,6 +42,31 @@ class Health(StrEnum):
     STALE = "stale"  # more than STALE_AFTER intervals without a heartbeat
     DEAD = "dead"  # more than DEAD_AFTER intervals, or the worker stopped with an error
     STOPPED = "stopped"  # the worker exited on purpose
+
+
+class Attention(StrEnum):
+    """What a loop needs from the operator, most urgent first (the dashboard groups
+    loops by it, problem loops on top)."""
+
+    BLOCKED = "blocked"  # a task is blocked, or the worker stopped with an error
+    PERSON = "waiting on a person"  # an open escalation
+    SILENT = "silent"  # no heartbeat for too long (stale or dead)
+    FAILING = "failing"  # a task's last attempt failed; the loop retries it
+    WORKING = "working"
+    WAITING = "waiting"  # paused, or waiting out a usage limit
+    STOPPED = "stopped"
+    DONE = "done"  # every task merged
+
+    @property
+    def rank(self) -> int:
+        return list(Attention).index(self)
+
+
+class Mark(BaseModel):
+    """One point of a loop's timeline: an iteration, a verdict or a merge."""
+
+    ts: datetime
+    kind: str  # iteration | failed | verified | rejected | merged | conflicted
 
 
 class EscalationStatus(StrEnum):
@@ -104,6 +130,7 @@ class TaskView(BaseModel):
     reason: str = ""  # why it failed or is blocked/held
     commit: str | None = None  # the claimed (then verified) commit
     merged_commit: str | None = None
+    claimed_at: datetime | None = None  # the claim now in verification or the merge queue
     tokens: Tokens = Field(default_factory=Tokens)
     cost_usd: float = 0.0
     verification: Verification | None = None
@@ -130,6 +157,31 @@ class LoopView(BaseModel):
     rate_per_hour: float | None = None
     eta_s: float | None = None
     tasks: dict[str, TaskView] = Field(default_factory=dict)
+    attention: Attention = Attention.WORKING  # judged with health (`SystemView.refresh`)
+    timeline: list[Mark] = Field(default_factory=list)
+
+    def mark(self, ts: datetime, kind: str) -> None:
+        self.timeline.append(Mark(ts=ts, kind=kind))
+        del self.timeline[:-TIMELINE]
+
+    def judge_attention(self, escalated: bool) -> Attention:
+        """Where this loop belongs on the operator's list (health judged first)."""
+        statuses = {t.status for t in self.tasks.values()}
+        if escalated:
+            return Attention.PERSON
+        if self.status is ev.LoopStatus.ERROR or TaskStatus.BLOCKED in statuses:
+            return Attention.BLOCKED
+        if self.health in (Health.STALE, Health.DEAD):
+            return Attention.SILENT
+        if TaskStatus.FAILED in statuses:
+            return Attention.FAILING
+        if self.total and self.passed >= self.total:
+            return Attention.DONE
+        if self.status in (ev.LoopStatus.PAUSED, ev.LoopStatus.WAITING):
+            return Attention.WAITING
+        if self.status is ev.LoopStatus.STOPPED:
+            return Attention.STOPPED
+        return Attention.WORKING
 
     def judge(self, now: datetime) -> Health:
         """Health at `now` from the heartbeat's age against its interval."""
@@ -202,6 +254,59 @@ class CommandView(BaseModel):
     task_id: str | None = None
     acknowledged: bool = False
     detail: str = ""
+
+
+CLAIM_TO_MERGE_BUCKETS: tuple[float, ...] = (
+    5,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1200,
+    1800,
+    3600,
+    7200,
+    14400,
+    43200,
+    86400,
+)
+"""Upper bounds (seconds) of the claim-to-merge histogram; +Inf is implied."""
+
+
+class Histogram(BaseModel):
+    """Observations in fixed buckets (cumulative counts are built by the reader)."""
+
+    bounds: list[float] = Field(default_factory=lambda: list(CLAIM_TO_MERGE_BUCKETS))
+    counts: list[int] = Field(default_factory=lambda: [0] * (len(CLAIM_TO_MERGE_BUCKETS) + 1))
+    sum: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        slot = next((i for i, b in enumerate(self.bounds) if value <= b), len(self.bounds))
+        self.counts[slot] += 1
+        self.sum += value
+        self.count += 1
+
+
+class Counts(BaseModel):
+    """What happened so far, counted per loop (the outer key): iterations by outcome,
+    failures by kind, verifications by verdict, merges by result, monitor actions by
+    kind, and the time from a claim to its merge. The Prometheus metrics read these."""
+
+    iterations: dict[str, dict[str, int]] = Field(default_factory=dict)
+    failures: dict[str, dict[str, int]] = Field(default_factory=dict)
+    verifications: dict[str, dict[str, int]] = Field(default_factory=dict)
+    merges: dict[str, dict[str, int]] = Field(default_factory=dict)
+    monitor_actions: dict[str, dict[str, int]] = Field(default_factory=dict)
+    escalations: dict[str, dict[str, int]] = Field(default_factory=dict)
+    claim_to_merge: Histogram = Field(default_factory=Histogram)
+
+    @staticmethod
+    def bump(table: dict[str, dict[str, int]], loop: str | None, key: str) -> None:
+        row = table.setdefault(loop or "-", {})
+        row[key] = row.get(key, 0) + 1
 
 
 class EventLine(BaseModel):

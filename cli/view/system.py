@@ -15,6 +15,7 @@ from cli.view.models import (
     RECENT_EVENTS,
     SEEN_IDS,
     CommandView,
+    Counts,
     EscalationView,
     EventLine,
     LoopView,
@@ -36,6 +37,7 @@ class SystemView(BaseModel):
     monitor_actions: list[MonitorActionView] = Field(default_factory=list)
     commands: list[CommandView] = Field(default_factory=list)
     recent: list[EventLine] = Field(default_factory=list)
+    counts: Counts = Field(default_factory=Counts)
     last_stream_id: str | None = None
     last_event: datetime | None = None
     events_seen: int = 0
@@ -100,8 +102,10 @@ class SystemView(BaseModel):
     def refresh(self, now: datetime | None = None) -> SystemView:
         """Judge every loop's health at `now` (default: the wall clock)."""
         self.as_of = now or datetime.now(UTC)
+        escalated = {e.loop for e in self.open_escalations()}
         for loop in self.loops.values():
             loop.health = loop.judge(self.as_of)
+            loop.attention = loop.judge_attention(loop.name in escalated)
         return self
 
     def open_escalations(self) -> list[EscalationView]:

@@ -22,10 +22,12 @@ import redis
 
 from bus import BusSettings, RedisBus, connect
 from cli import demo
+from loops.workspace import git
 from tests.conftest import require_real_redis, wait_until
 from tests.deploy import compose
 
-LOOP = "loop-1-clean"  # the demo loop that implements add() and finishes cleanly
+# The demo loop kept: loop-1-clean implements add() and finishes cleanly.
+OTHER_LOOPS = ("loop-2-false-claim", "loop-3-stuck", "loop-4-question")
 
 
 @dataclass
@@ -101,11 +103,14 @@ class Stack:
 def stack(tmp_path: Path) -> Iterator[Stack]:
     url = require_real_redis()
     repo = demo.create(tmp_path / "demo")
+    # The `loops` service runs every loop of the project: keep only the clean one.
+    git(repo, "rm", "-rq", *OTHER_LOOPS)
+    git(repo, "commit", "-qm", "one loop")
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    tree = compose.load({"LOOPS_LOOP": LOOP})
+    tree = compose.load()
     ours = {s.name: s for s in compose.services(tree) if s.is_ours}  # Redis: the local one
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -164,15 +169,15 @@ def test_kill_9_and_restart_at_each_stage_still_merges_the_task(stack: Stack) ->
         return bool(list(bus.replay(types=[event_type])))
 
     try:
-        stack.up("worker", "rq", "monitor", "pm", "human", "dashboard")
+        stack.up("loops", "rq", "monitor", "pm", "human", "dashboard")
         wait_until(lambda: seen("task.claimed"), timeout=60)
-        stack.kill_9("worker", "rq")
-        stack.up("worker", "rq", "gate")  # restarted, and the gate comes up late
+        stack.kill_9("loops", "rq")
+        stack.up("loops", "rq", "gate")  # restarted, and the gate comes up late
 
         wait_until(lambda: seen("verification.passed"), timeout=90)
         assert not _main_has_add(stack.local.repo)  # no merge queue yet
-        stack.kill_9("worker", "gate", "rq")
-        stack.up("worker", "gate", "rq", "merge")
+        stack.kill_9("loops", "gate", "rq")
+        stack.up("loops", "gate", "rq", "merge")
 
         _wait_for_main(stack, timeout=90)
         assert not seen("verification.failed")

@@ -149,76 +149,127 @@
     return details;
   }
 
+  // Problem loops first: the groups in the order of the view's `Attention`.
+  const ATTENTION = ["blocked", "waiting on a person", "silent", "failing", "working", "waiting", "stopped", "done"];
+  const MARKS = ["iteration", "failed", "verified", "rejected", "merged", "conflicted"];
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs)) el.setAttribute(key, String(value));
+    for (const child of children) el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    return el;
+  }
+
+  // Iterations, verdicts and merges of one loop over time: one row per kind of mark.
+  function timeline(loop, now) {
+    const marks = loop.timeline || [];
+    const width = 600, row = 7, height = row * 3 + 2;
+    const box = svg("svg", { class: "timeline", viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img" });
+    if (!marks.length) return h("div", { class: "timeline-wrap muted" }, "no iterations yet");
+    const start = Date.parse(marks[0].ts);
+    const span = Math.max(now - start, 60000);
+    const rows = { iteration: 0, failed: 0, verified: 1, rejected: 1, merged: 2, conflicted: 2 };
+    box.append(svg("title", {}, `${marks.length} events since ${time(marks[0].ts)}: iterations, verdicts, merges`));
+    for (const mark of marks) {
+      const x = ((Date.parse(mark.ts) - start) / span) * (width - 4) + 2;
+      const y = 1 + (rows[mark.kind] ?? 0) * row;
+      box.append(svg("rect", { class: `tl-mark tl-${MARKS.includes(mark.kind) ? mark.kind : "iteration"}`, x: x.toFixed(1), y, width: 3, height: row - 1 }));
+    }
+    return h("div", { class: "timeline-wrap", dataset: { marks: marks.length } }, box, h("span", { class: "muted legend" }, `since ${time(marks[0].ts)}`));
+  }
+
   function renderLoops(view) {
-    const loops = Object.values(view.loops).sort((a, b) => a.name.localeCompare(b.name));
+    const now = Date.parse(view.as_of || new Date().toISOString());
+    const rank = (loop) => {
+      const i = ATTENTION.indexOf(loop.attention);
+      return i < 0 ? ATTENTION.length : i;
+    };
+    const loops = Object.values(view.loops).sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name));
     if (!loops.length) {
       $("loops").replaceChildren(h("p", { class: "muted" }, "No loop has reported yet."));
       return;
     }
+    const counts = {};
+    for (const loop of loops) counts[loop.attention] = (counts[loop.attention] || 0) + 1;
+    const summary = h(
+      "div",
+      { class: "attention-summary" },
+      ATTENTION.filter((a) => counts[a]).map((a) => h("span", { class: `badge attention attention-${a.replace(/ /g, "-")}` }, `${a}: ${counts[a]}`)),
+    );
+    let group = null;
     $("loops").replaceChildren(
-      ...loops.map((loop) => {
-        const tasks = Object.values(loop.tasks).sort((a, b) => a.task_id.localeCompare(b.task_id));
-        const control = (action, label) =>
-          h("button", { class: `small ${action === "stop" ? "danger" : ""}`, dataset: { action, loop: loop.name }, onclick: () => control_(action, loop.name) }, label);
-        return h(
-          "article",
-          { class: `loop health-${loop.health}`, dataset: { loop: loop.name } },
-          h(
-            "header",
-            {},
-            h("h3", {}, loop.name),
-            badge(loop.status, "status"),
-            badge(loop.health, "health"),
-            h("span", { class: "muted" }, loop.agent || ""),
-            h(
-              "span",
-              { class: "current" },
-              loop.task_id ? `on ${loop.task_id}` : "idle",
-              loop.iteration ? ` · iteration ${loop.iteration}` : "",
-              loop.waiting_until ? ` · waiting until ${time(loop.waiting_until)}` : "",
-            ),
-            h("span", { class: "spacer" }),
-            control("pause", "Pause"),
-            control("resume", "Resume"),
-            control("stop", "Stop"),
-          ),
-          h(
-            "div",
-            { class: "loop-stats" },
-            h("progress", { max: Math.max(loop.total, 1), value: loop.passed }),
-            h("span", {}, `${loop.passed}/${loop.total} merged`),
-            h("span", {}, `${tokens(loop.tokens.input + loop.tokens.output + loop.tokens.cache_read + loop.tokens.cache_write)} tokens`),
-            h("span", {}, money(loop.cost_usd)),
-            loop.eta_s ? h("span", {}, `ETA ${Math.round(loop.eta_s / 60)} min`) : null,
-            h("span", { class: "muted" }, loop.last_seen ? `heartbeat ${ago(loop.last_seen)}` : "no heartbeat yet"),
-            loop.stopped_reason ? h("span", { class: "reason" }, `stopped: ${loop.stopped_reason}`) : null,
-          ),
-          tasks.length
-            ? h(
-                "table",
-                { class: "tasks" },
-                h("thead", {}, h("tr", {}, ["task", "status", "attempts", "iter", "cost", "verification evidence", ""].map((c) => h("th", {}, c)))),
-                h(
-                  "tbody",
-                  {},
-                  tasks.map((task) =>
-                    h(
-                      "tr",
-                      { dataset: { task: task.task_id } },
-                      h("td", { class: "task-id" }, task.task_id),
-                      h("td", {}, badge(task.status, "task"), task.reason ? h("div", { class: "reason" }, task.reason) : null),
-                      h("td", { class: "num" }, task.attempts),
-                      h("td", { class: "num" }, task.iterations),
-                      h("td", { class: "num" }, money(task.cost_usd)),
-                      h("td", {}, evidence(loop.name, task)),
-                      h("td", {}, h("button", { class: "small", onclick: () => openReset(loop.name, task.task_id) }, "Reset…")),
-                    ),
-                  ),
-                ),
-              )
-            : h("p", { class: "muted" }, "No task started yet."),
-        );
+      summary,
+      ...loops.flatMap((loop) => {
+        const heading = loop.attention !== group ? h("h3", { class: "attention-group", dataset: { group: loop.attention } }, `${loop.attention} (${counts[loop.attention]})`) : null;
+        group = loop.attention;
+        return [heading, article(loop, now)].filter(Boolean);
       }),
+    );
+  }
+
+  function article(loop, now) {
+    const tasks = Object.values(loop.tasks).sort((a, b) => a.task_id.localeCompare(b.task_id));
+    const control = (action, label) =>
+      h("button", { class: `small ${action === "stop" ? "danger" : ""}`, dataset: { action, loop: loop.name }, onclick: () => control_(action, loop.name) }, label);
+    return h(
+      "article",
+      { class: `loop health-${loop.health}`, dataset: { loop: loop.name } },
+      h(
+        "header",
+        {},
+        h("h3", {}, loop.name),
+        badge(loop.status, "status"),
+        badge(loop.health, "health"),
+        h("span", { class: "muted" }, loop.agent || ""),
+        h(
+          "span",
+          { class: "current" },
+          loop.task_id ? `on ${loop.task_id}` : "idle",
+          loop.iteration ? ` · iteration ${loop.iteration}` : "",
+          loop.waiting_until ? ` · waiting until ${time(loop.waiting_until)}` : "",
+        ),
+        h("span", { class: "spacer" }),
+        control("pause", "Pause"),
+        control("resume", "Resume"),
+        control("stop", "Stop"),
+      ),
+      h(
+        "div",
+        { class: "loop-stats" },
+        h("progress", { max: Math.max(loop.total, 1), value: loop.passed }),
+        h("span", {}, `${loop.passed}/${loop.total} merged`),
+        h("span", {}, `${tokens(loop.tokens.input + loop.tokens.output + loop.tokens.cache_read + loop.tokens.cache_write)} tokens`),
+        h("span", {}, money(loop.cost_usd)),
+        loop.eta_s ? h("span", {}, `ETA ${Math.round(loop.eta_s / 60)} min`) : null,
+        h("span", { class: "muted" }, loop.last_seen ? `heartbeat ${ago(loop.last_seen)}` : "no heartbeat yet"),
+        loop.stopped_reason ? h("span", { class: "reason" }, `stopped: ${loop.stopped_reason}`) : null,
+      ),
+      timeline(loop, now),
+      tasks.length
+        ? h(
+            "table",
+            { class: "tasks" },
+            h("thead", {}, h("tr", {}, ["task", "status", "attempts", "iter", "cost", "verification evidence", ""].map((c) => h("th", {}, c)))),
+            h(
+              "tbody",
+              {},
+              tasks.map((task) =>
+                h(
+                  "tr",
+                  { dataset: { task: task.task_id } },
+                  h("td", { class: "task-id" }, task.task_id),
+                  h("td", {}, badge(task.status, "task"), task.reason ? h("div", { class: "reason" }, task.reason) : null),
+                  h("td", { class: "num" }, task.attempts),
+                  h("td", { class: "num" }, task.iterations),
+                  h("td", { class: "num" }, money(task.cost_usd)),
+                  h("td", {}, evidence(loop.name, task)),
+                  h("td", {}, h("button", { class: "small", onclick: () => openReset(loop.name, task.task_id) }, "Reset…")),
+                ),
+              ),
+            ),
+          )
+        : h("p", { class: "muted" }, "No task started yet."),
     );
   }
 
