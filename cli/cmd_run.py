@@ -18,6 +18,7 @@ from agents.escalations import Escalation, open_escalations
 from bus import EmbeddedServer, RedisBus, connect
 from cli.compose import (
     Threads,
+    check_sandboxes,
     judge_from_env,
     loader_with_fallback,
     make_gate,
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         "Starting — spec=%r, goal=%r, max_iterations=%d", str(spec_path), spec.goal, max_iterations
     )
     runner = make_runner(agent, base_dir=Path.cwd())
+    for warning in check_sandboxes([None]):
+        log.warning("%s", warning)
     snapshot = {t.id: list(t.acceptance_criteria) for t in spec.tasks}
 
     with EmbeddedServer(repo) as server:

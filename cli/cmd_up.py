@@ -23,6 +23,7 @@ from pathlib import Path
 from agents.escalations import open_escalations
 from bus import BusSettings, EmbeddedServer, RedisBus
 from cli.cmd_status import render
+from cli.compose import check_sandboxes
 from cli.system import System, SystemOptions
 from cli.view import SystemView
 from events import ConfigError, ValidationFailed
@@ -209,6 +210,9 @@ def run_system(
     no loop can progress (or, with `serve`, until stopped); print the summary; exit code."""
     stop_on_sigterm()
     repo, main = repo_and_main(directory, project)
+    running = [lp for lp in project.loops if options.only is None or lp.name in options.only]
+    for warning in check_sandboxes(lp.config.sandbox for lp in running):
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     log_file = logs_to_file_on_a_terminal(directory)
     with up_lock(directory), open_system_bus(redis_url, directory) as bus:
         system = System(project, bus, repo, main, options)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
 from bus import RedisBus, Subscription
-from events import Criterion, LoopsError, Role, ScriptCheck, Source, ValidationFailed
+from events import ConfigError, Criterion, LoopsError, Role, ScriptCheck, Source, ValidationFailed
 from gates import (
     DEFAULT_PROTECTED,
     AnthropicJudge,
@@ -33,6 +33,7 @@ from gates import (
 from gates.checks import DEFAULT_TIMEOUT_S
 from loops.harness import ProjectConfig
 from loops.project import Project, UnknownTask, criteria_for
+from loops.sandbox import SandboxConfig, SandboxMode, sandbox_status
 
 log = logging.getLogger("loops.system")
 
@@ -50,6 +51,22 @@ def answer_reader_from_env() -> AnthropicAnswerReader | None:
     if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")):
         return None
     return AnthropicAnswerReader()
+
+
+def check_sandboxes(configs: Iterable[SandboxConfig | None]) -> list[str]:
+    """The warnings to print before any agent runs (agents unsandboxed, and why), once
+    each; `ConfigError` when a loop requires the sandbox and it cannot run here."""
+    warnings: list[str] = []
+    for config in configs:
+        status = sandbox_status(config)
+        if status.mode is SandboxMode.REQUIRED and not status.active:
+            raise ConfigError(
+                f"{status.warning} (sandbox: required) — install bubblewrap "
+                "(apt-get install bubblewrap) or set the loop's sandbox mode to auto"
+            )
+        if status.warning and status.warning not in warnings:
+            warnings.append(status.warning)
+    return warnings
 
 
 def loader_with_fallback(fallback: dict[str, list[Criterion]] | None = None) -> CriteriaLoader:

@@ -50,6 +50,8 @@ class LoopStarted(Event):
     host: str
     tasks_total: int = 0
     tasks_passed: int = 0
+    # None: the agent runs sandboxed; else the one line saying it does not, and why
+    sandbox_warning: str | None = None
     producers = (W,)
     consumers = (MON, PM, DASH)
 

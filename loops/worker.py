@@ -568,6 +568,7 @@ class LoopWorker:
             host=_host(),
             tasks_total=total,
             tasks_passed=passed,
+            sandbox_warning=self.sandbox.status().warning,
         )
 
     def resume(self, claimed: set[str], raised: set[str]) -> None:

@@ -31,6 +31,7 @@ def _loop_started(view: SystemView, e: ev.LoopStarted) -> None:
     loop.status = ev.LoopStatus.STARTING
     loop.agent, loop.host, loop.pid = e.agent, e.host, e.pid
     loop.total, loop.passed = e.tasks_total, e.tasks_passed
+    loop.sandbox_warning = e.sandbox_warning
     loop.last_seen = e.ts
     loop.stopped_reason = None
 

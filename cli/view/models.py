@@ -152,6 +152,7 @@ class LoopView(BaseModel):
     interval_s: float = DEFAULT_INTERVAL_S
     last_seen: datetime | None = None  # the last heartbeat (or start)
     stopped_reason: str | None = None
+    sandbox_warning: str | None = None  # the agent does not run sandboxed: why
     tokens: Tokens = Field(default_factory=Tokens)
     cost_usd: float = 0.0
     rate_per_hour: float | None = None
