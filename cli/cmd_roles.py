@@ -23,7 +23,7 @@ from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from agents.runner import run as run_agent
 from agents.store import Store
-from bus import RedisBus
+from bus import RedisBus, connect
 from cli.cmd_status import open_bus
 from cli.cmd_up import load_checked, project_dir, repo_and_main
 from cli.compose import judge_from_env, loader_with_fallback, make_gate, make_merge, pm_config
@@ -65,10 +65,10 @@ def _role(
     if role == "gate":
         jobs = None
         if os.environ.get("REDIS_URL"):
-            from redis import Redis
             from rq import Queue
 
-            jobs = RqJobs(Queue(VERIFY_QUEUE, connection=Redis.from_url(os.environ["REDIS_URL"])))
+            # The bus's own credentials (a password in the URL or $LOOPS_REDIS_PASSWORD).
+            jobs = RqJobs(Queue(VERIFY_QUEUE, connection=connect(bus.settings)))
         gate = make_gate(
             bus,
             repo,

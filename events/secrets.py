@@ -18,6 +18,9 @@ Imports nothing of the project: events, bus, loops, gates, agents and cli all us
 from __future__ import annotations
 
 import fnmatch
+import functools
+import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -50,6 +53,25 @@ _TOKEN_SHAPES = re.compile(
   | (?<=://)[^/\s:@]*:[^/\s@]{4,}(?=@)              # user:password@ in a URL
     """,
     re.VERBOSE,
+)
+# Every alternative of _TOKEN_SHAPES needs one of these literals: keep them in step
+# (tests/events/test_secrets_fast.py checks a sample of each shape).
+_TOKEN_ANCHORS = (
+    "sk-",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xox",
+    "AKIA",
+    "ASIA",
+    "eyJ",
+    "earer",
+    "x-api-key:",
+    "://",
 )
 
 # What any program needs to run: the agent's tools and the project's checks.
@@ -101,14 +123,13 @@ _NEVER = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a variable called `name` holds a secret (`*_TOKEN`, `*_KEY`, ...)."""
     return bool(_SECRET_NAME.search(name))
 
 
-def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
-    """The values of secret-looking variables in `env` (default: os.environ), longest first."""
-    source = os.environ if env is None else env
+def _scan_values(source: Mapping[str, str]) -> list[str]:
     values = {
         value
         for name, value in source.items()
@@ -121,6 +142,45 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name_bytes(name: bytes) -> bool:
+    return is_secret_name(name.decode("utf-8", "replace"))
+
+
+class _Needles:
+    """The literal values to hide, cached against this process's environment and the
+    registered secrets: publishing an event checks them, and rescanning the whole
+    environment each time would cost more than the rest of a publish."""
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self.values: list[str] = []
+        self.escaped: list[str] = []  # the same, as they appear inside JSON strings
+
+    def current(self) -> _Needles:
+        data: Any = getattr(os.environ, "_data", None)
+        if isinstance(data, dict):  # CPython: the raw bytes, no decoding per variable
+            pairs = tuple(v for k, v in data.items() if _is_secret_name_bytes(k))
+        else:
+            pairs = tuple(v for k, v in os.environ.items() if is_secret_name(k))
+        key = (pairs, len(_extra_secrets))
+        if key != self._key:
+            values = sorted({*_scan_values(os.environ), *_extra_secrets}, key=len, reverse=True)
+            escaped = [json.dumps(v, ensure_ascii=False)[1:-1] for v in values]
+            self.values = values
+            self.escaped = [e for e, v in zip(escaped, values, strict=True) if e != v]
+            self._key = key
+        return self
+
+
+_needles = _Needles()
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """The values of secret-looking variables in `env` (default: os.environ), longest first."""
+    return _scan_values(os.environ if env is None else env)
+
+
 _extra_secrets: set[str] = set()
 
 
@@ -131,6 +191,12 @@ def register_secret(value: str | None) -> None:
         _extra_secrets.add(value)
 
 
+def _may_hold_token(text: str) -> bool:
+    """False only when no `_TOKEN_SHAPES` pattern can match `text` (each needs one of
+    these literals): a substring search is much cheaper than the regex."""
+    return any(anchor in text for anchor in _TOKEN_ANCHORS)
+
+
 def redact(text: str, env: Mapping[str, str] | None = None, extra: Iterable[str] = ()) -> str:
     """`text` with every secret replaced by `[REDACTED]`.
 
@@ -139,11 +205,60 @@ def redact(text: str, env: Mapping[str, str] | None = None, extra: Iterable[str]
     """
     if not text:
         return text
-    values = [*secret_values(env), *extra, *_extra_secrets]
+    known = _needles.current().values if env is None else [*_scan_values(env), *_extra_secrets]
+    values = [*known, *extra] if extra else known
     for value in sorted(set(values), key=len, reverse=True):
         if value and value in text:
             text = text.replace(value, MASK)
-    return _TOKEN_SHAPES.sub(MASK, text)
+    return _TOKEN_SHAPES.sub(MASK, text) if _may_hold_token(text) else text
+
+
+def contains_secret(
+    text: str, env: Mapping[str, str] | None = None, *, json_escaped: bool = False
+) -> bool:
+    """Whether `redact(text, env)` would change `text`: a cheap test before redacting
+    (one substring search per known value, a few for token shapes, the regex only
+    when one of those hits). With `json_escaped`, a value is also looked for as it
+    appears inside a JSON string (quotes, backslashes, control characters escaped)."""
+    if not text:
+        return False
+    if env is None:
+        needles = _needles.current()
+        values, escaped = needles.values, needles.escaped if json_escaped else []
+    else:
+        values = [*_scan_values(env), *_extra_secrets]
+        escaped = [json.dumps(v, ensure_ascii=False)[1:-1] for v in values] if json_escaped else []
+    if any(v in text for v in values) or any(e in text for e in escaped):
+        return True
+    return _may_hold_token(text) and _TOKEN_SHAPES.search(text) is not None
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secrets in every record (message, arguments and
+    traceback) before any handler writes it. Install it on handlers, not loggers:
+    a logger's filters do not see records propagated from its children."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a bad format string: keep what there is
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def install_log_redaction(logger: logging.Logger | None = None) -> None:
+    """Add a `RedactingFilter` to every handler of `logger` (default: the root logger)
+    that has none yet. Call it after configuring handlers."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def redact_obj(value: Any, env: Mapping[str, str] | None = None) -> Any:

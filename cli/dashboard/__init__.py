@@ -93,6 +93,7 @@ def serve(
         host=host,
         port=port,
         log_level="warning",
+        log_config=None,  # uvicorn's records go to our handlers, which redact them
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=2,
