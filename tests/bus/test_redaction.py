@@ -58,7 +58,7 @@ def pg_password(monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.mark.usefixtures("pg_password")
 @pytest.mark.parametrize("many", [False, True], ids=["publish", "publish_many"])
 def test_secrets_in_any_field_are_masked_on_the_stream(bus: RedisBus, many: bool) -> None:
-    tail = f"env:\nANTHROPIC_API_KEY={ANTHROPIC}\nPGPASSWORD={PG}\nquote: \"{PG}\"\n"
+    tail = f'env:\nANTHROPIC_API_KEY={ANTHROPIC}\nPGPASSWORD={PG}\nquote: "{PG}"\n'
     event = failed(tail)
     if many:
         bus.publish_many([event, event])

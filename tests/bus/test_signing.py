@@ -94,16 +94,12 @@ def test_every_event_type_is_either_a_decision_or_a_report() -> None:
 
 
 @pytest.mark.parametrize("make", [passed, answered], ids=["verification.passed", "answered"])
-def test_a_forged_decision_is_dead_lettered_and_never_handled(
-    signed: RedisBus, make: Any
-) -> None:
+def test_a_forged_decision_is_dead_lettered_and_never_handled(signed: RedisBus, make: Any) -> None:
     forged = make()
     entry = forge(signed, forged)
     assert handled_by(signed) == []
     dead = signed.dead_letters()
-    assert [(d.entry_id, d.reason.split(":")[0]) for d in dead] == [
-        (entry, signing.UNSIGNED)
-    ]
+    assert [(d.entry_id, d.reason.split(":")[0]) for d in dead] == [(entry, signing.UNSIGNED)]
     assert forged.id in dead[0].reason
     # the same event, published by a role that holds the key, is handled
     genuine = make()
