@@ -178,7 +178,7 @@ class BusSettings:
         none) and `LOOPS_SIGNING_KEY` (else derived from the password), plus overrides.
 
         With neither a password nor a key, events are published unsigned and nothing is
-        verified (an old setup): that is logged as a warning."""
+        verified (an old setup; roles say so with `warn_if_unsigned`)."""
         env = os.environ if env is None else env
         url = overrides.pop("url", None) or env.get("REDIS_URL") or DEFAULT_URL
         if "prefix" not in overrides and env.get("LOOPS_PREFIX"):
@@ -195,18 +195,24 @@ class BusSettings:
 
 
 def key_from_env(env: Mapping[str, str], password: str | None) -> bytes | None:
-    """`$LOOPS_SIGNING_KEY`, else the key derived from `password`, else None (warned)."""
+    """`$LOOPS_SIGNING_KEY`, else the key derived from `password`, else None."""
     text = env.get(SIGNING_KEY_ENV, "").strip()
     if text:
         return parse_signing_key(text)
     if password:
         return derive_signing_key(password)
-    log.warning(
-        "bus: no %s or %s: events are not signed and forged decisions are not dropped",
-        PASSWORD_ENV,
-        SIGNING_KEY_ENV,
-    )
     return None
+
+
+def warn_if_unsigned(settings: BusSettings) -> None:
+    """One warning line when a role runs without a signing key (a distributed setup
+    with neither `$LOOPS_REDIS_PASSWORD` nor `$LOOPS_SIGNING_KEY`)."""
+    if settings.signing_key is None:
+        log.warning(
+            "bus: no %s or %s: events are not signed and forged decisions are not dropped",
+            PASSWORD_ENV,
+            SIGNING_KEY_ENV,
+        )
 
 
 def connect(settings_or_url: BusSettings | str | None = None) -> redis.Redis:

@@ -24,6 +24,7 @@ from agents.runner import Agent
 from agents.runner import run as run_agent
 from agents.store import Store
 from bus import RedisBus, connect
+from bus.settings import warn_if_unsigned
 from cli.cmd_status import open_bus
 from cli.cmd_up import load_checked, project_dir, repo_and_main
 from cli.compose import judge_from_env, loader_with_fallback, make_gate, make_merge, pm_config
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     directory = project_dir(getattr(args, "project_dir", None))
     with open_bus(args) as bus:
         bus.client.ping()
+        warn_if_unsigned(bus.settings)
         step, name = _role(args, bus, directory)
         return run_role(name, None, bus.client, step, stop=threading.Event(), prefix=bus.prefix)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agents.escalations import open_escalations
 from bus import BusSettings, EmbeddedServer, RedisBus
+from bus.settings import warn_if_unsigned
 from cli.cmd_status import render
 from cli.system import System, SystemOptions
 from cli.view import SystemView
@@ -229,5 +230,6 @@ def open_system_bus(
         else:
             server = stack.enter_context(EmbeddedServer(directory))
             settings = server.settings()  # its password and the project's signing key
+        warn_if_unsigned(settings)
         bus = stack.enter_context(RedisBus.from_settings(settings))
         yield bus
