@@ -70,7 +70,16 @@ def test_a_printed_key_reaches_neither_logs_nor_stream_nor_aof(tmp_path: Path) -
     }
     env["PGPASSWORD"] = PG  # the operator's own environment holds it
     proc = subprocess.run(
-        [LOOPS, "run", "SPEC.yaml", "-n", "1", "-v", "--agent", f"script:{tmp_path / 'agent.yaml'}"],
+        [
+            LOOPS,
+            "run",
+            "SPEC.yaml",
+            "-n",
+            "1",
+            "-v",
+            "--agent",
+            f"script:{tmp_path / 'agent.yaml'}",
+        ],
         cwd=repo,
         capture_output=True,
         text=True,

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bus import BusSettings, EmbeddedServer, RedisBus, connect, signing
+from bus import EmbeddedServer, RedisBus, signing
 from events import (
     Decision,
     EscalationAnswered,
@@ -38,17 +36,10 @@ from events import (
     VerificationPassed,
     encode,
 )
-from tests.conftest import IN_CI, wait_until
+from tests.bus.protected import need_redis_server, protected_redis_server
 
 LOOPS = str(Path(sys.executable).with_name("loops"))
 ESCALATION = "e-5ec0de"
-
-
-def _need_redis_server() -> None:
-    if shutil.which("redis-server") is None:
-        if IN_CI:
-            pytest.fail("no redis-server on PATH; CI=true requires it")
-        pytest.skip("no redis-server on PATH")
 
 
 def operator_env() -> dict[str, str]:
@@ -64,7 +55,7 @@ def operator_env() -> dict[str, str]:
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedServer]:
-    _need_redis_server()
+    need_redis_server()
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.delenv("LOOPS_PREFIX", raising=False)
     project = tmp_path / "project"
@@ -212,46 +203,11 @@ def test_forged_decisions_are_dropped_and_the_operators_answer_is_taken(
 # ------------------------------------------------------------------ distributed mode
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def protected_redis(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A redis-server of this test's own, with `requirepass` (as compose runs it);
-    yields its URL (no password) and the password."""
-    _need_redis_server()
-    port, password = _free_port(), "compose-pw-" + os.urandom(8).hex()
-    proc = subprocess.Popen(
-        ["redis-server", "-", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(f"requirepass {password}\n".encode())
-    proc.stdin.close()
-    url = f"redis://127.0.0.1:{port}/0"
-    settings = BusSettings(url=url, password=password, socket_connect_timeout=0.5)
-
-    def up() -> bool:
-        client = connect(settings)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    try:
-        wait_until(up, timeout=15)
-        yield url, password
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """A redis-server of this test's own, with `requirepass` (as compose runs it)."""
+    with protected_redis_server(tmp_path) as server:
+        yield server
 
 
 def run_with(env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
