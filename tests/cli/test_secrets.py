@@ -108,3 +108,46 @@ def test_a_printed_key_reaches_neither_logs_nor_stream_nor_aof(tmp_path: Path) -
         if path.is_file():
             data = path.read_bytes()
             assert ANTHROPIC.encode() not in data and PG.encode() not in data, path
+
+
+def test_loops_up_log_file_is_redacted(tmp_path: Path) -> None:
+    """On a terminal `loops up` logs to `.loops/loops.log`; a secret in what the roles
+    log (here the agent's promise, which the worker logs) is masked there."""
+    if shutil.which("script") is None or shutil.which("redis-server") is None:
+        if IN_CI:
+            pytest.fail("`script` (util-linux) and redis-server are needed; CI=true requires them")
+        pytest.skip("no `script` or redis-server on PATH")
+    from tests.cli.test_up import ADD_DONE, one_loop_project
+
+    root = one_loop_project(
+        tmp_path / "p",
+        [
+            {
+                "write": {"calc/ops.py": ADD_DONE},
+                "reply": f"<promise>ADD-1 {ANTHROPIC} {PG}</promise>",
+            }
+        ],
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANTHROPIC_", "LOOPS_")) and k != "REDIS_URL"
+    }
+    env["PGPASSWORD"] = PG
+    command = f"{LOOPS} up {root} --port 0"
+    # `script` gives `loops up` a terminal, as a person's shell does
+    proc = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    log_file = root / ".loops" / "loops.log"
+    assert log_file.exists(), proc.stdout[-2000:]
+    text = log_file.read_text()
+    assert "Promise detected" in text and MASK in text, text[-2000:]
+    for secret in (ANTHROPIC, PG):
+        assert secret not in text
+        assert secret not in proc.stdout + proc.stderr
