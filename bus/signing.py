@@ -22,7 +22,6 @@ the consumer already holds.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any
@@ -83,7 +82,7 @@ type is in exactly one of the two sets (a test keeps new types from slipping by)
 
 def sign(key: bytes, data: bytes) -> bytes:
     """The `sig` field for an entry whose `data` field is `data` (hex, ASCII)."""
-    return hmac.new(key, data, hashlib.sha256).hexdigest().encode()
+    return hmac.digest(key, data, "sha256").hex().encode()  # a name: OpenSSL's one-shot path
 
 
 def _field(fields: Mapping[Any, Any], name: str) -> Any:

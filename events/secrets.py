@@ -154,16 +154,23 @@ class _Needles:
 
     def __init__(self) -> None:
         self._key: tuple[object, ...] | None = None
+        self._names: frozenset[Any] = frozenset()  # every variable name, last scan
+        self._secret_names: tuple[Any, ...] = ()  # those that look secret
         self.values: list[str] = []
         self.escaped: list[str] = []  # the same, as they appear inside JSON strings
 
     def current(self) -> _Needles:
         data: Any = getattr(os.environ, "_data", None)
-        if isinstance(data, dict):  # CPython: the raw bytes, no decoding per variable
-            pairs = tuple(v for k, v in data.items() if _is_secret_name_bytes(k))
-        else:
-            pairs = tuple(v for k, v in os.environ.items() if is_secret_name(k))
-        key = (pairs, len(_extra_secrets))
+        if not isinstance(data, dict):  # not CPython's os.environ: decode every time
+            data = dict(os.environ)
+        if data.keys() != self._names:  # a variable came or went (one C-level compare)
+            self._names = frozenset(data)
+            self._secret_names = tuple(
+                k
+                for k in data
+                if (_is_secret_name_bytes(k) if isinstance(k, bytes) else is_secret_name(k))
+            )
+        key = (tuple(data.get(k) for k in self._secret_names), len(_extra_secrets))
         if key != self._key:
             values = sorted({*_scan_values(os.environ), *_extra_secrets}, key=len, reverse=True)
             escaped = [json.dumps(v, ensure_ascii=False)[1:-1] for v in values]
