@@ -152,8 +152,8 @@ class BusSettings:
 
     @property
     def effective_password(self) -> str | None:
-        """The password the client logs in with: `password`, else the URL's."""
-        return self.password or url_password(self.url)
+        """The password the client logs in with: the URL's, else `password`."""
+        return url_password(self.url) or self.password
 
     @property
     def effective_socket_timeout(self) -> float:
@@ -186,7 +186,8 @@ class BusSettings:
         if "password" not in overrides:
             overrides["password"] = env.get(PASSWORD_ENV) or None
         if "signing_key" not in overrides:
-            overrides["signing_key"] = key_from_env(env, overrides["password"] or url_password(url))
+            # derived from the password the client logs in with (the URL's wins)
+            overrides["signing_key"] = key_from_env(env, url_password(url) or overrides["password"])
         return cls.from_dsn(url, **overrides)
 
     def with_(self, **changes: Any) -> BusSettings:

@@ -55,7 +55,7 @@ _TOKEN_SHAPES = re.compile(
     re.VERBOSE,
 )
 # Every alternative of _TOKEN_SHAPES needs one of these literals: keep them in step
-# (tests/events/test_secrets_fast.py checks a sample of each shape).
+# (tests/bus/test_redaction.py checks a sample of each shape).
 _TOKEN_ANCHORS = (
     "sk-",
     "ghp_",

@@ -86,3 +86,29 @@ def test_an_event_without_secrets_is_written_as_it_is(bus: RedisBus) -> None:
     event = event.model_copy(update={"reason": "assertion failed"})
     bus.publish(event)
     assert stored(bus) == [event.model_dump_json().encode()]
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        ANTHROPIC,
+        "sk-proj-" + "a1B2" * 6,
+        GITHUB,
+        "github_pat_" + "A1b2" * 6,
+        "glpat-" + "x9Y8" * 6,
+        "xoxb-" + "1234567890-abc",
+        "AKIA" + "ABCDEFGHIJKLMNOP",
+        "eyJhbGciOiJI.eyJzdWIiOiIx.c2lnbmF0dXJl",
+        "Authorization: Bearer abcdefghijklmnop",
+        "x-api-key: abcdefghij",
+        "postgres://user:hunter22@db/x",
+    ],
+)
+def test_the_quick_check_sees_every_token_shape(sample: str) -> None:
+    """`contains_secret` (what publish runs on every event) skips the token regex unless
+    a literal of some shape is present: every shape must have one."""
+    from events.secrets import contains_secret, redact
+
+    text = f"output: {sample} end"
+    assert redact(text) != text
+    assert contains_secret(text) and contains_secret(text, json_escaped=True)
