@@ -360,6 +360,8 @@ class EmbeddedServer:
                 _write(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
                 log.info("bus: adopted the embedded server at %s (pid %d)", url, pid)
                 return url
+            if url and pid and _alive(pid) and reachable(url):
+                self._replace_open_server(url, pid)
             last_error = "not started"
             for _ in range(3):  # a free port can be taken before the server binds it
                 port = _free_port()
@@ -381,6 +383,25 @@ class EmbeddedServer:
                 f"(see {self.state_dir / 'redis.log'}, or set REDIS_URL)",
                 command,
             )
+
+    def _replace_open_server(self, url: str, pid: int) -> None:
+        """Stop a server that answers without a password (started by a coding-loops
+        from before servers had one), so that a protected one takes its place. A
+        redis-server writes its append-only file as it stops, and the new one reads
+        it from the same directory: the data stays. Refuses while the process that
+        started it still runs (it would lose its server)."""
+        owner = self._read_pid(OWNER_FILE)
+        if owner and owner != os.getpid() and _alive(owner):
+            raise ServerStartFailed(
+                f"the embedded server at {url} (pid {pid}) has no password: an older "
+                f"coding-loops (pid {owner}) runs it; stop that one, then start again"
+            )
+        log.warning("bus: the embedded server at %s had no password; restarting it with one", url)
+        self.pid = pid
+        self._terminate()
+        self.pid = None
+        for name in (URL_FILE, PID_FILE, OWNER_FILE):
+            (self.state_dir / name).unlink(missing_ok=True)
 
     def _launch(self, command: list[str], url: str) -> bool:
         env = dict(os.environ)

@@ -7,7 +7,9 @@ their owner can read, never in `redis.url`, on a command line or in a `repr`."""
 from __future__ import annotations
 
 import shutil
+import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from bus import BusSettings, EmbeddedServer, RedisBus, connect, resolve_settings
 from bus.embedded import reachable
 from bus.settings import derive_signing_key
 from events import Role, Source, TaskHint
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, wait_until
 
 
 @pytest.fixture(params=["redis-server", "fakeredis"])
@@ -125,3 +127,47 @@ def test_distributed_settings_take_the_password_from_the_url_or_the_environment(
     assert given.signing_key == bytes.fromhex("ab" * 32)
     assert "s3cret-pw" not in repr(from_url)
     assert BusSettings.from_env({"REDIS_URL": "redis://redis:6379/0"}).signing_key is None
+
+
+def test_a_server_from_before_passwords_is_replaced_with_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade: the project's server was started without a password and its owner
+    is gone. The next start stops it and starts a protected one on the same AOF."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    from tests.bus.protected import need_redis_server
+
+    need_redis_server()
+    state = tmp_path / ".loops"
+    (state / "redis").mkdir(parents=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    old = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "yes", "--dir", str(state / "redis")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_until(lambda: reachable(url), timeout=15)
+        with connect(url) as client:
+            client.set("kept", "yes")
+        (state / "redis.url").write_text(url + "\n")
+        (state / "redis.pid").write_text(f"{old.pid}\n")
+        (state / "redis.owner").write_text("999999999\n")  # no such process
+        server = EmbeddedServer(tmp_path, kind="redis-server")
+        server.start()
+        try:
+            assert old.wait(timeout=10) == 0  # stopped cleanly: its AOF is written
+            assert server.url != url and not reachable(str(server.url))
+            with connect(server.settings()) as client:
+                assert client.get("kept") == b"yes"
+        finally:
+            server.stop()
+    finally:
+        if old.poll() is None:
+            old.kill()
+            old.wait(timeout=10)
