@@ -5,6 +5,7 @@ returning the events to publish; `agents.runner.run` puts one on a bus.
 
 Imports `events` and `bus` only (of this project)."""
 
+from agents.answers import AnswerReader, AnthropicAnswerReader, read_by_rules
 from agents.escalations import (
     ESCALATION_TYPES,
     Escalation,
@@ -33,6 +34,8 @@ from agents.webhooks import (
 __all__ = [
     "ESCALATION_TYPES",
     "Agent",
+    "AnswerReader",
+    "AnthropicAnswerReader",
     "AnthropicRefiner",
     "BackgroundNotifier",
     "Escalation",
@@ -59,6 +62,7 @@ __all__ = [
     "open_escalations",
     "open_escalations_on",
     "parse_policy",
+    "read_by_rules",
     "run",
     "sign",
     "verify",

@@ -4,14 +4,16 @@ person's answer to its own escalations.
 
 The worker side is expected to obey: `loop.stop` restart=True (stop, then start again;
 a supervisor restarts a dead worker), `task.reset` (its hint goes into the next prompt),
-`loop.pause` / `loop.resume`, `task.hint`, and a `monitor.action` with
-action=block_task (mark that task blocked and move on to the next one).
+`loop.pause` / `loop.resume`, `task.hint`, a `monitor.action` with action=block_task
+(mark that task blocked and move on to the next one), and `iteration.abort` (kill the
+named agent run's process group; with retry=True run the iteration again with the hint).
 """
 
 from __future__ import annotations
 
 from typing import TypedDict
 
+from agents.answers import fit, intents, is_bare, read_by_rules
 from agents.health import Finding
 from agents.policy import Policy, RulePolicy
 from agents.refiner import RefineFailed, Refiner, RefineRequest
@@ -23,6 +25,7 @@ from events import (
     EscalationKind,
     EscalationRaised,
     Event,
+    IterationAbort,
     LoopPause,
     LoopResume,
     LoopStop,
@@ -35,7 +38,12 @@ from events import (
 )
 
 A = MonitorActionKind
-_APPROVE_WORDS = {"approve", "approved", "yes", "y", "ok", "apply"}
+# The options of the monitor's own escalations, by the kind it records.
+_OPTIONS: dict[str, tuple[list[str], EscalationKind]] = {
+    "refine": (["approve", "reject"], EscalationKind.APPROVAL),
+    "incident": (["retry", "skip", "abort"], EscalationKind.INCIDENT),
+    "mass": (["retry", "abort"], EscalationKind.INCIDENT),
+}
 
 
 class _Env(TypedDict):
@@ -59,7 +67,7 @@ class Responder:
         return MonitorAction(
             source=self.source,
             loop=f.loop,
-            causation_id=f.started_by,
+            causation_id=f.cause,
             action=kind,
             rule=f.rule.value,
             reason=f.reason,
@@ -69,15 +77,21 @@ class Responder:
         )
 
     def do(self, kind: A, f: Finding, rp: RulePolicy, scope: str) -> list[Event]:
-        env = _Env(source=self.source, loop=f.loop, causation_id=f.started_by)
+        env = _Env(source=self.source, loop=f.loop, causation_id=f.cause)
         reason = f"monitor: {f.rule.value}: {f.reason}"
-        if kind in (A.RESET_TASK, A.REFINE_TASK, A.BLOCK_TASK) and f.task_id is None:
+        if kind == A.ABORT_ITERATION and f.agent_started_at is None:
+            kind = A.RESET_TASK  # no agent run to abort: reset the task with the hint
+        if kind in (A.RESET_TASK, A.REFINE_TASK, A.BLOCK_TASK, A.ABORT_ITERATION) and (
+            f.task_id is None
+        ):
             kind = A.RESTART_WORKER  # nothing to reset without a task: start afresh
         if kind == A.RESTART_WORKER:
             return [self.action(kind, f), LoopStop(**env, reason=reason, restart=True)]
         if kind == A.RESET_TASK:
             assert f.task_id is not None
             return [self.action(kind, f, f.hint), TaskReset(**env, task_id=f.task_id, hint=f.hint)]
+        if kind == A.ABORT_ITERATION:
+            return [self.action(kind, f, f.hint), self.abort(f, reason, retry=True)]
         if kind == A.PAUSE_LOOP:
             return [self.action(kind, f), LoopPause(**env, reason=reason)]
         if kind == A.BLOCK_TASK:
@@ -85,6 +99,33 @@ class Responder:
         if kind == A.REFINE_TASK:
             return self.refine(f, rp, scope)
         return self.escalate(f, rp, scope, tried=0)
+
+    def abort(self, f: Finding, reason: str, *, retry: bool) -> IterationAbort:
+        """The command that kills `f`'s agent run (and, with `retry`, runs it again)."""
+        assert f.task_id is not None
+        return IterationAbort(
+            source=self.source,
+            loop=f.loop,
+            causation_id=f.cause,
+            task_id=f.task_id,
+            iteration=f.iteration,
+            agent_started_at=f.agent_started_at,
+            reason=reason,
+            hint=f.hint if retry else None,
+            retry=retry,
+            incident_id=f.incident_id,
+        )
+
+    def kill(self, f: Finding) -> list[Event]:
+        """Kill a silent run of a task a person was already asked about; block the task."""
+        if f.task_id is None:
+            return []
+        reason = f"monitor: {f.rule.value}: {f.reason} (a person was asked already)"
+        return [
+            self.action(A.ABORT_ITERATION, f),
+            self.abort(f, reason, retry=False),
+            self.action(A.BLOCK_TASK, f),
+        ]
 
     def refine(self, f: Finding, rp: RulePolicy, scope: str) -> list[Event]:
         assert f.task_id is not None
@@ -99,7 +140,7 @@ class Responder:
             hint = TaskHint(
                 source=self.source,
                 loop=f.loop,
-                causation_id=f.started_by,
+                causation_id=f.cause,
                 task_id=f.task_id,
                 text=proposal,
             )
@@ -125,7 +166,7 @@ class Responder:
             EscalationRaised(
                 source=self.source,
                 loop=f.loop,
-                causation_id=f.started_by,
+                causation_id=f.cause,
                 escalation_id=esc,
                 kind=EscalationKind.APPROVAL,
                 severity=rp.severity,
@@ -172,7 +213,7 @@ class Responder:
             EscalationRaised(
                 source=self.source,
                 loop=f.loop,
-                causation_id=f.started_by,
+                causation_id=f.cause,
                 escalation_id=esc,
                 kind=EscalationKind.INCIDENT,
                 severity=rp.severity,
@@ -181,6 +222,9 @@ class Responder:
                 options=["retry", "skip", "abort"],
             ),
         ]
+        if f.agent_started_at is not None and f.task_id is not None:
+            # A silent run is still hanging: kill it, and do not run it again on its own.
+            out.append(self.abort(f, f"monitor: {f.rule.value}: {f.reason}", retry=False))
         if then is not None:
             out += self.do(then, f, rp, scope)
         return out
@@ -189,21 +233,28 @@ class Responder:
 
     def answered(self, event: EscalationAnswered) -> list[Event]:
         doc = self.store.doc_get("escalations", event.escalation_id)
-        if doc is None or not self.store.claim(f"answered:{event.escalation_id}"):
+        if doc is None:
+            return []
+        options, kind = _OPTIONS.get(str(doc["kind"]), _OPTIONS["incident"])
+        if event.decision is not None:
+            decision = fit(event.decision, options)  # "approve" to retry/skip/abort: retry
+        else:
+            decision = read_by_rules(event.answer, options, kind)
+        if decision is None:
+            # Words the rules cannot read as approve or reject: the human interface
+            # publishes its reading (or asks again); act on that.
+            return []
+        if not self.store.claim(f"answered:{event.escalation_id}"):
             return []
         loop, task = doc.get("loop"), doc.get("task_id")
         env = _Env(
             source=self.source, loop=None if loop is None else str(loop), causation_id=event.id
         )
         out: list[Event] = []
-        words = event.answer.strip().lower()
         if doc["kind"] == "refine":
-            approved = event.decision == Decision.APPROVE or (
-                event.decision is None and words in _APPROVE_WORDS
-            )
-            if approved:
+            if decision == Decision.APPROVE:
                 out.append(TaskHint(**env, task_id=str(task), text=str(doc["proposal"])))
-        elif doc["kind"] == "mass" and (event.decision == Decision.RETRY or words == "retry"):
+        elif doc["kind"] == "mass" and decision == Decision.RETRY:
             self.store.doc_delete("mass", "current")
             for name in doc.get("loops", []):
                 out.append(
@@ -215,11 +266,11 @@ class Responder:
                         restart=True,
                     )
                 )
-        elif doc["kind"] == "incident" and event.decision == Decision.ABORT and loop:
+        elif doc["kind"] == "incident" and decision == Decision.ABORT and loop:
             out.append(
                 LoopStop(**env, reason=f"escalation {event.escalation_id}: aborted by {event.by}")
             )
-        elif doc["kind"] == "incident" and event.decision == Decision.SKIP and task:
+        elif doc["kind"] == "incident" and decision == Decision.SKIP and task:
             if doc.get("then") != A.BLOCK_TASK.value:
                 out.append(
                     MonitorAction(
@@ -231,12 +282,12 @@ class Responder:
                         task_id=str(task),
                     )
                 )
-        elif doc["kind"] == "incident" and event.decision in (None, Decision.RETRY):
+        elif doc["kind"] == "incident" and decision == Decision.RETRY:
             scope = str(doc["scope"])
             self.store.delete(f"escalated:{scope}", f"count:{scope}")
             text = event.answer.strip() or None
-            if text and text.lower() == "retry":
-                text = None
+            if text and is_bare(text) and intents(text):
+                text = None  # "retry", "ok": a decision, not a hint
             if doc.get("then") == A.PAUSE_LOOP.value:
                 out.append(LoopResume(**env, reason=f"escalation {event.escalation_id} answered"))
             if task is not None and (doc.get("then") == A.BLOCK_TASK.value or text):

@@ -32,6 +32,7 @@ ESCALATION_TYPES = (
     "escalation.expired",
 )
 
+_DECISIONS = {d.value for d in Decision}
 SEVERITY_RANK = {Severity.LOW: 0, Severity.MEDIUM: 1, Severity.HIGH: 2, Severity.CRITICAL: 3}
 
 
@@ -68,6 +69,33 @@ class Escalation:
     answered_by: str | None = None
     closed_reason: str | None = None
     raised_by: str | None = None  # the role that asked
+    answer_id: str | None = None  # the answer event it holds
+    read_by: str | None = None  # who read `decision` from free text ("rules", "model:...")
+    unreadable: list[str] = field(default_factory=list)  # answers that reopened it
+    first_question: str | None = None  # the question as first asked, once reopened
+
+    @property
+    def asked(self) -> str:
+        """The question as first asked (before any "I could not tell ..." note)."""
+        return self.first_question or self.question
+
+    @property
+    def decided(self) -> bool:
+        """Its decision is one of its options (what the asker can act on)."""
+        return self.decision is not None and self.decision.value in {
+            o.strip().lower() for o in self.options
+        }
+
+    @property
+    def undecided(self) -> bool:
+        """Answered, but not with one of its options, though they are decisions (words
+        nobody has read yet, or `skip` to approve/reject): the asker (gate, merge queue)
+        acts on those decisions only, so its task would wait with no question open."""
+        return (
+            self.status == EscalationStatus.ANSWERED
+            and not self.decided
+            and any(o.strip().lower() in _DECISIONS for o in self.options)
+        )
 
     @property
     def waiting(self) -> bool:
@@ -122,6 +150,15 @@ def apply(current: Escalation | None, event: Event) -> Escalation | None:
             return None
         current.repeat = event.repeat
         current.last_raised_at = event.ts
+        if event.reopens is not None and event.reopens not in current.unreadable:
+            current.unreadable.append(event.reopens)
+            if current.status == EscalationStatus.ANSWERED and current.answer_id == event.reopens:
+                # The answer could not be read as a decision: the question is open again.
+                current.first_question = current.asked
+                current.question = event.question
+                current.status = EscalationStatus.RAISED
+                current.answer = current.decision = current.answered_by = None
+                current.answer_id = current.read_by = None
         return current
     if current is None or current.closed:
         return None
@@ -132,9 +169,21 @@ def apply(current: Escalation | None, event: Event) -> Escalation | None:
         current.acknowledged_by = event.by
         return current
     if isinstance(event, EscalationAnswered):
-        if current.status == EscalationStatus.ANSWERED:
+        if event.interprets is not None:  # a decision read from a person's answer
+            if event.interprets in current.unreadable or current.decided:
+                return None
+            if current.status == EscalationStatus.ANSWERED and current.answer_id not in (
+                None,
+                event.interprets,
+            ):
+                return None
+            answer_id, current.read_by = event.interprets, event.read_by
+        elif current.status == EscalationStatus.ANSWERED or event.id in current.unreadable:
             return None
+        else:
+            answer_id = event.id
         current.status = EscalationStatus.ANSWERED
+        current.answer_id = answer_id
         current.answer, current.decision, current.answered_by = (
             event.answer,
             event.decision,

@@ -49,6 +49,14 @@ class Finding:
     reason: str
     hint: str | None = None
     evidence: tuple[str, ...] = ()
+    caused_by: str | None = None  # the event to name as the cause, when not `started_by`
+    iteration: int | None = None  # the agent run a silent-agent finding is about
+    agent_started_at: datetime | None = None
+
+    @property
+    def cause(self) -> str:
+        """The id for `causation_id` of the events acting on this finding."""
+        return self.caused_by or self.started_by
 
     @property
     def key(self) -> str:
@@ -103,6 +111,9 @@ class LoopHealth:
     last_seen: datetime | None = None  # when its latest event arrived (observer's clock)
     last_ts: datetime | None = None  # the latest event's own time (the worker's clock)
     heartbeat: LoopHeartbeat | None = None
+    heartbeat_seen: datetime | None = None  # when `heartbeat` arrived (observer's clock)
+    # (None when it came from a replay: the next live heartbeat is an interval away)
+    agent_run: tuple[datetime, str] | None = None  # (agent_started_at, first heartbeat id)
     host: str | None = None
     pid: int | None = None
     stopped: LoopStopped | None = None
@@ -129,7 +140,13 @@ class LoopHealth:
         if isinstance(event, LoopHeartbeat):
             if self.heartbeat is None or event.ts >= self.heartbeat.ts:
                 self.heartbeat = event
+                self.heartbeat_seen = received  # None in a replay: not by our clock
                 self.host, self.pid = event.host, event.pid
+                started = event.agent_started_at
+                if started is None:
+                    self.agent_run = None
+                elif self.agent_run is None or self.agent_run[0] != started:
+                    self.agent_run = (started, event.id)
                 if event.task_id:
                     self._switch_task(event.task_id)
         elif isinstance(event, LoopStarted):
@@ -177,6 +194,21 @@ class LoopHealth:
             return 0.0
         seen = max(self.last_seen, watched_since) if watched_since else self.last_seen
         return max(0.0, (now - seen).total_seconds() / hb.interval_s)
+
+    def agent_silence(self, now: datetime) -> float | None:
+        """Seconds since the running agent's last sign of life; None when no agent runs.
+        The worker's own gap (heartbeat time - last sign) plus the time since that
+        heartbeat arrived, by the observer's clock: a skewed worker clock cancels out."""
+        hb = self.heartbeat
+        if hb is None or hb.agent_started_at is None:
+            return None
+        last = hb.agent_started_at
+        if hb.agent_activity_at is not None and hb.agent_activity_at > last:
+            last = hb.agent_activity_at
+        gap = max(0.0, (hb.ts - last).total_seconds())
+        seen = self.heartbeat_seen
+        since = 0.0 if seen is None else max(0.0, (now - seen).total_seconds())
+        return gap + since
 
     def waiting(self, now: datetime) -> bool:
         """Waiting out a usage limit (or on a person): not stuck."""
@@ -227,6 +259,7 @@ class LoopHealth:
         found = [
             f
             for f in (
+                self._silent_agent(now, t),
                 self._repeated_failure(t),
                 self._permission_denials(t),
                 self._no_changes(t),
@@ -300,6 +333,40 @@ class LoopHealth:
                 f"no heartbeat for {age:.1f}s (interval {hb.interval_s:g}s)",
             )
         return None
+
+    def _silent_agent(self, now: datetime, t: Thresholds) -> Finding | None:
+        """An agent runs and has given no sign of life for `silent_agent_after_s`."""
+        hb = self.heartbeat
+        silence = self.agent_silence(now)
+        if hb is None or silence is None or hb.status != LoopStatus.RUNNING:
+            return None
+        if silence <= t.silent_agent_after_s or self.agent_run is None:
+            return None
+        started, first_hb = self.agent_run
+        task = hb.task_id or self.task_id
+        seen = (
+            "it has printed nothing, called no tool and changed no file since it started"
+            if hb.agent_activity_at is None or hb.agent_activity_at <= started
+            else f"its last sign of life was {(hb.agent_activity or 'activity').replace('_', ' ')}"
+        )
+        hint = (
+            f"Your previous run on {task} gave no sign of life for {silence:.0f}s ({seen}) and "
+            "was stopped. Work in small steps that show progress. Do not run commands that "
+            "wait for input or never end (servers, watchers, `sleep`, interactive prompts): "
+            "give long commands a timeout and start servers in the background."
+        )
+        return Finding(
+            self.loop,
+            Rule.SILENT_AGENT,
+            task,
+            f"agent-run:{hb.iteration}:{started.isoformat()}",
+            f"the agent of iteration {hb.iteration} has been silent for {silence:.0f}s "
+            f"(limit {t.silent_agent_after_s:g}s)",
+            hint=hint,
+            caused_by=first_hb,
+            iteration=hb.iteration,
+            agent_started_at=started,
+        )
 
     def _counted_iterations(self) -> list[Observation]:
         return [o for o in self._recent() if o.iteration and o.counted]

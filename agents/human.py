@@ -7,6 +7,16 @@ told through a `Notifier` (webhooks). A worker's `BLOCKED` reply arrives here as
 `escalation.raised` of kind question; answers come from `loops answer` as
 `escalation.answered` and the asking loop publishes `escalation.delivered`.
 
+Every answer moves its task on. A person's free text to a question with options
+("Looks right to me" to a sign-off) is read as one of the options, by rules and then by
+the judge model when one is configured (`agents/answers.py`), and published again as
+`escalation.answered` with that `decision` (`interprets` = the person's answer id,
+`read_by`), which is what the gate and the merge queue act on. An answer that cannot be
+read re-raises the same escalation (`repeat + 1`, `reopens` = that answer id) with "I
+could not tell whether ... means approve or reject": the question stays open. Both
+follow-ups have ids derived from the answer's, and the reading is kept in the store, so
+a redelivered answer publishes the same events again, which consumers dedupe.
+
 Escalations live in Redis (the `Store`), so a restarted agent neither loses one nor
 re-raises one twice.
 """
@@ -17,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from agents.answers import AnswerReader, decision_options, derived_id, fit, read_by_rules
 from agents.escalations import (
     ESCALATION_TYPES,
     Escalation,
@@ -28,6 +39,7 @@ from agents.escalations import (
 from agents.store import Store
 from agents.webhooks import Notifier, Payload
 from events import (
+    Decision,
     EscalationAcknowledged,
     EscalationAnswered,
     EscalationExpired,
@@ -106,12 +118,14 @@ class HumanAgent:
         config: HumanConfig | None = None,
         *,
         notifier: Notifier | None = None,
+        reader: AnswerReader | None = None,
         clock: Clock = utcnow,
         source: Source | None = None,
     ) -> None:
         self.store = store
         self.config = config or HumanConfig()
         self.notifier = notifier
+        self.reader = reader
         self.clock = clock
         self.source = source or Source(role=Role.HUMAN)
 
@@ -147,7 +161,10 @@ class HumanAgent:
     def handle(self, event: Event) -> list[Event]:
         eid = escalation_id(event)
         if eid is not None:
-            return self._lifecycle(eid, event)
+            out = self._lifecycle(eid, event)
+            if isinstance(event, EscalationAnswered):
+                out += self._read_answer(event)
+            return out
         if isinstance(event, TaskPassed):
             return self._expire(event, "task passed", include_answered=True, task=event.task_id)
         if isinstance(event, TaskReset):
@@ -185,6 +202,76 @@ class HumanAgent:
         elif isinstance(event, EscalationAnswered | EscalationExpired):
             self._notify(updated, event.type)
         return out
+
+    # ----------------------------------------------------------------- answers
+
+    def _read_answer(self, answer: EscalationAnswered) -> list[Event]:
+        """The decision a person's words mean, published; or the question asked again."""
+        if answer.interprets is not None:
+            return []
+        esc = self.get(answer.escalation_id)
+        if esc is None:
+            return []
+        reading = self.store.doc_get("readings", answer.id)
+        if reading is None:  # not read yet (else: a redelivery; publish the same again)
+            if esc.answer_id != answer.id or not esc.undecided:
+                return []
+            read_by = "rules"
+            if answer.decision is not None:  # a decision, but not one of the options
+                decision = fit(answer.decision, esc.options)
+            else:
+                decision = read_by_rules(answer.answer, esc.options, esc.kind)
+            if decision is None and answer.decision is None and self.reader is not None:
+                decision = self.reader.read(esc.asked, esc.options, answer.answer)
+                read_by = self.reader.name
+            reading = {
+                "decision": None if decision is None else decision.value,
+                "read_by": read_by,
+                "at": self.clock().isoformat(),
+                "repeat": esc.repeat + 1,
+            }
+            self.store.doc_put("readings", answer.id, reading)
+        follow = self._follow_up(esc, answer, reading)
+        return [follow, *self._lifecycle(esc.id, follow)]
+
+    def _follow_up(
+        self, esc: Escalation, answer: EscalationAnswered, reading: dict[str, object]
+    ) -> Event:
+        at = datetime.fromisoformat(str(reading["at"]))
+        env = {"source": self.source, "loop": esc.loop, "ts": at, "causation_id": answer.id}
+        if reading["decision"] is not None:
+            return EscalationAnswered(
+                **env,  # type: ignore[arg-type]
+                id=derived_id(answer.id, "decided"),
+                correlation_id=answer.correlation_id,
+                escalation_id=esc.id,
+                answer=answer.answer,
+                decision=Decision(str(reading["decision"])),
+                by=answer.by,
+                task_id=answer.task_id or esc.task_id,
+                interprets=answer.id,
+                read_by=str(reading["read_by"]),
+            )
+        choices = [d.value for d in decision_options(esc.options)]
+        either = " or ".join(choices) if len(choices) <= 2 else ", ".join(choices)
+        words = " ".join(answer.answer.split())
+        words = words if len(words) <= 120 else words[:119] + "…"
+        if answer.decision is not None:
+            note = f"{answer.decision.value} is not an answer to this question: answer {either}."
+        else:
+            note = f"I could not tell whether \u201c{words}\u201d means {either}: answer {either}."
+        return EscalationRaised(
+            **env,  # type: ignore[arg-type]
+            id=derived_id(answer.id, "reopened"),
+            escalation_id=esc.id,
+            kind=esc.kind,
+            severity=esc.severity,
+            question=f"{note} The question was: {esc.asked}",
+            task_id=esc.task_id,
+            options=esc.options,
+            repeat=int(str(reading["repeat"])),
+            reopens=answer.id,
+        )
 
     def _expire(
         self, event: Event, reason: str, *, include_answered: bool = False, task: str | None = None

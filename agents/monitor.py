@@ -5,7 +5,8 @@
 when a person is asked instead, is the policy's (`agents/default-policy.yaml`).
 
 Commands it publishes, and what it expects of the worker side:
-restart -> `loop.stop` restart=True; reset -> `task.reset` with a hint; refine ->
+restart -> `loop.stop` restart=True; reset -> `task.reset` with a hint; abort ->
+`iteration.abort` (kill the silent agent's process group, retry with the hint); refine ->
 `task.hint` (or an approval escalation); pause -> `loop.pause`; block -> a
 `monitor.action` with action=block_task and the task id (the worker marks that task
 blocked and moves on). Every action is a `monitor.action` with an incident id.
@@ -22,6 +23,7 @@ import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from agents.actions import Responder
@@ -34,6 +36,8 @@ from events import (
     EscalationKind,
     EscalationRaised,
     Event,
+    FailureKind,
+    IterationFinished,
     MonitorAction,
     MonitorActionKind,
     Role,
@@ -140,6 +144,9 @@ class Monitor:
             return []
         if isinstance(event, EscalationAnswered):
             return self.respond.answered(event)
+        if isinstance(event, IterationFinished) and event.failure != FailureKind.TIMEOUT:
+            # A run that ended by itself breaks a streak of silent (killed) runs.
+            self.store.delete(f"count:{event.loop}|{Rule.SILENT_AGENT}|{event.task_id}")
         if event.loop is None or event.loop not in self.loops:
             return []
         found = self._findings([self.loops[event.loop]], now)
@@ -266,8 +273,14 @@ class Monitor:
             return self._maybe_escalate_late(f, rp, record, scope, now)
         if self.store.get(f"escalated:{scope}") is not None:
             # A person was already asked about this loop, rule and task.
-            self.store.claim(f"acted:{f.incident_id}", "suppressed")
-            return []
+            if not self.store.claim(f"acted:{f.incident_id}", "suppressed"):
+                return []
+            if f.agent_started_at is None:
+                return []
+            out = self.respond.kill(f)  # but a hung agent is never left running
+            for e in out:
+                self.observe(e)
+            return out
         if not self.store.claim(f"acted:{f.incident_id}", now.isoformat()):
             return []  # another monitor instance took it
         count = int(self.store.get(f"count:{scope}") or 0)
@@ -312,15 +325,7 @@ class Monitor:
         self.store.doc_put("incidents", f.incident_id, record)
         if self.store.get(f"escalated:{scope}") is not None:
             return []
-        late = Finding(
-            f.loop,
-            f.rule,
-            f.task_id,
-            f.started_by,
-            f"{f.reason}, still after {after:g}s",
-            f.hint,
-            f.evidence,
-        )
+        late = replace(f, reason=f"{f.reason}, still after {after:g}s")
         out = self.respond.escalate(
             late, rp, scope, tried=int(self.store.get(f"count:{scope}") or 1)
         )

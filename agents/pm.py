@@ -118,12 +118,15 @@ class ProjectManager:
         *,
         clock: Clock = utcnow,
         source: Source | None = None,
+        merged: Iterable[str] = (),
     ) -> None:
         self.config = config or PMConfig()
         self.clock = clock
         self.source = source or Source(role=Role.PM)
         self.loops: dict[str, LoopFacts] = {}
-        self.merged: set[str] = set()  # "loop/TASK" merged into main
+        # "loop/TASK" merged into main: seeded from the durable record (`merged`, the
+        # keys of `bus.PassedLedger.all()`), since the stream may be trimmed.
+        self.merged: set[str] = set(merged)
         # task -> the other loops' tasks it waits on (from config, and from task.blocked)
         self.deps: dict[Key, set[str]] = {}
         for task, deps in self.config.dependencies.items():

@@ -24,6 +24,7 @@ class Rule(StrEnum):
     REPLY_COLLAPSE = "reply_collapse"
     VARIED_FAILURES = "varied_failures"
     MASS_DEATH = "mass_death"
+    SILENT_AGENT = "silent_agent"
 
 
 DEATH_RULES = frozenset({Rule.STALE_HEARTBEAT, Rule.WORKER_DEAD})
@@ -47,6 +48,7 @@ class Thresholds(_Model):
     restart_grace_s: float = Field(default=60.0, gt=0)
     mass_death_count: int = Field(default=3, ge=2)
     mass_death_window_s: float = Field(default=60.0, gt=0)
+    silent_agent_after_s: float = Field(default=600.0, gt=0)
 
 
 class EscalateAfter(_Model):

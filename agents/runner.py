@@ -6,15 +6,21 @@ events. It is what `loops monitor|pm|human` call (group = role name).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
+import redis
+
 from bus import Bus
 from events import Event, utcnow
+
+log = logging.getLogger("loops.agents")
 
 
 class Agent(Protocol):
@@ -61,8 +67,13 @@ def run(
     Time-based rules fire up to one `tick_s` after their threshold (a stale heartbeat:
     2 intervals + `tick_s` at worst).
 
-    A handler that raises leaves its event pending for redelivery (the bus's rule);
-    a tick that raises ends the run, and the supervisor restarts the role."""
+    What `handle` and `tick` return goes through an outbox: an event leaves it only
+    once the bus has it. A publish that fails makes the handler raise, so the bus
+    delivers the event again; the agent has folded it in already (its `handle`
+    returns nothing the second time), and the redelivery publishes what the outbox
+    still holds, with the same ids (a copy that did land dedupes). A lost Redis
+    connection is retried with back-off; any other error from a tick ends the run,
+    and the supervisor restarts the role."""
     if warm_up_since is None:
         warm_up_since = agent.warm_up_window
     if warm_up_since is False:
@@ -72,15 +83,31 @@ def run(
     if warm_up_since is not None:
         warm_up(agent, bus, warm_up_since)
 
+    outbox: deque[Event] = deque()
+
+    def flush() -> None:
+        while outbox:
+            batch = list(outbox)
+            bus.publish_many(batch)
+            for _ in batch:
+                outbox.popleft()
+
     def handler(event: Event) -> None:
-        out = agent.handle(event)
-        if out:
-            bus.publish_many(out)
+        outbox.extend(agent.handle(event))
+        flush()
 
     sub = bus.subscribe(group, consumer or consumer_name(group), handler, types=agent.types)
     block_ms = max(1, int(tick_s * 1000))
+    backoff = 0.1
     while not stop.is_set():
-        sub.poll(block_ms=block_ms)
-        out = agent.tick(clock())
-        if out:
-            bus.publish_many(out)
+        try:
+            sub.poll(block_ms=block_ms)
+            outbox.extend(agent.tick(clock()))
+            flush()
+            backoff = 0.1
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning(
+                "%s: lost Redis (%s); %d events to publish; retrying", group, exc, len(outbox)
+            )
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)

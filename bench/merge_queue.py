@@ -119,7 +119,7 @@ def run_system(origin: Path, work: list[Work], root: Path, batch_size: int = 1) 
         repo=clone(origin, root / "merge"), test_command=CHECK, batch_size=batch_size
     )
     queue_cls = BatchMergeQueue if batch_size > 1 else MergeQueue
-    queue = queue_cls(merge_bus, merge_settings)
+    queue = queue_cls(merge_bus, merge_settings, loader=loader)
     gate_sub, merge_sub = gate.subscribe("gate-1"), queue.subscribe("merge-1")
     source = Source(role=Role.WORKER, instance="bench")
     done = threading.Event()

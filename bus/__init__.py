@@ -16,6 +16,7 @@ from bus.embedded import (
     state_dir,
 )
 from bus.idempotency import Idempotency
+from bus.ledger import PassedLedger
 from bus.settings import BusSettings, TrimPolicy, connect
 from bus.streams import RedisBus, stream_id
 
@@ -26,6 +27,7 @@ __all__ = [
     "EmbeddedServer",
     "Handler",
     "Idempotency",
+    "PassedLedger",
     "RedisBus",
     "RedisSubscription",
     "ServerStartFailed",

@@ -17,6 +17,7 @@ import redis
 from events import DecodeError, Event, decode
 
 _FIELD = "field:"  # original fields are copied under this prefix, so names never clash
+COPY_CAP = 64 * 1024  # bytes of each original field kept (a huge entry is not copied whole)
 
 
 def _text(value: Any) -> str:
@@ -44,8 +45,19 @@ def dead_fields(
     }
     for key, value in (fields or {}).items():
         name = key if isinstance(key, bytes) else str(key).encode()
-        out[_FIELD.encode() + name] = value if isinstance(value, bytes | str) else str(value)
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+        if len(raw) > COPY_CAP:
+            out["truncated"] = "1"
+            raw = raw[:COPY_CAP]
+        out[_FIELD.encode() + name[:COPY_CAP]] = raw
     return out
+
+
+def _count(text: str) -> int:
+    try:
+        return max(int(text), 0)
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ class DeadLetter:
             group=get("group"),
             consumer=get("consumer"),
             reason=get("reason"),
-            deliveries=int(deliveries) if deliveries.isdigit() else 0,
+            deliveries=_count(deliveries),
             fields=original,
         )
 

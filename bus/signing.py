@@ -57,6 +57,9 @@ DECISION_TYPES: frozenset[str] = frozenset(
         "task.released",
         "command.acknowledged",
         "monitor.action",
+        "iteration.abort",
+        # a shared pause of every loop on one account: never on someone else's word
+        "usage.limited",
     }
 )
 """Event types a consumer with a key accepts only with a valid signature."""

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from agents.human import HumanAgent
@@ -23,16 +24,24 @@ from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from agents.runner import run as run_agent
 from agents.store import Store
-from bus import RedisBus, connect
+from bus import PassedLedger, RedisBus, connect
 from bus.settings import warn_if_unsigned
 from cli.cmd_status import open_bus
-from cli.cmd_up import load_checked, project_dir, repo_and_main
-from cli.compose import judge_from_env, loader_with_fallback, make_gate, make_merge, pm_config
+from cli.cmd_up import load_checked, project_dir, repo_and_main, run_system
+from cli.compose import (
+    answer_reader_from_env,
+    judge_from_env,
+    loader_with_fallback,
+    make_gate,
+    make_merge,
+    pm_config,
+)
 from cli.runtime import run_role
-from cli.system import notifier_from_env
+from cli.system import SystemOptions, notifier_from_env
 from events import ConfigError, ValidationFailed
 from gates import RqJobs
 from loops.books import HarnessBook
+from loops.project import Loop, Project, load_loop
 from loops.runners import make_runner
 from loops.service import WorkerService
 
@@ -46,7 +55,18 @@ def run(args: argparse.Namespace) -> int:
         from cli import cmd_dashboard
 
         return cmd_dashboard.run(args)
-    directory = project_dir(getattr(args, "project_dir", None))
+    if args.command == "worker":
+        config = Path(args.config).resolve() if args.config else None
+        if config is not None and not config.is_file():
+            raise ConfigError(f"--config {args.config}: no such file")
+        if config is not None and args.loop is None and getattr(args, "project_dir", None) is None:
+            directory = config.parent.parent  # DIR/loop-x/config.json
+        else:
+            directory = project_dir(getattr(args, "project_dir", None))
+        if not (args.redis or os.environ.get("REDIS_URL")):
+            return _embedded_worker(args, directory, config)
+    else:
+        directory = project_dir(getattr(args, "project_dir", None))
     with open_bus(args) as bus:
         bus.client.ping()
         warn_if_unsigned(bus.settings)
@@ -79,18 +99,25 @@ def _role(
             remote=remote,
             judge=judge_from_env(),
             jobs=jobs,
+            project=project.config,
         )
         sub = gate.subscribe(f"gate-{os.getpid()}")
         return (lambda stop: sub.run(stop, block_ms=1000)), "gate"
     if role == "merge":
-        sub = make_merge(bus, repo, main, remote=remote).subscribe("merge")
+        queue = make_merge(
+            bus,
+            repo,
+            main,
+            loader_with_fallback(),
+            remote=remote,
+            test_command=getattr(args, "test_command", None),
+            project=project.config,
+        )
+        sub = queue.subscribe("merge")
         return (lambda stop: sub.run(stop, block_ms=1000)), "merge"
     # worker LOOP
-    try:
-        loop = project.loop(args.loop)
-    except KeyError:
-        names = ", ".join(lp.name for lp in project.loops)
-        raise ConfigError(f"no loop {args.loop!r} in {directory} (loops: {names})") from None
+    config = Path(args.config).resolve() if args.config else None
+    project, loop = _worker_loop(args, project, directory, config)
 
     def work(stop: threading.Event) -> None:
         # A fresh worker per run: a restart (the monitor's, or after a crash) reloads
@@ -98,7 +125,7 @@ def _role(
         agent = args.agent or loop.config.agent or "claude"
         service = WorkerService(
             bus,
-            HarnessBook(loop),
+            HarnessBook(loop, max_iterations=args.max_iterations),
             make_runner(agent, model=loop.config.model, base_dir=loop.dir),
             repo,
             main_branch=main,
@@ -112,15 +139,53 @@ def _role(
     return work, f"worker:{loop.name}"
 
 
+def _worker_loop(
+    args: argparse.Namespace, project: Project, directory: Path, config: Path | None
+) -> tuple[Project, Loop]:
+    """The loop `loops worker` runs, with `--config` and `--model` applied (precedence:
+    flag, then config.json, then the default), and the project holding it."""
+    name = args.loop or (config.parent.name if config is not None else None)
+    if name is None:
+        raise ConfigError("loops worker: name a LOOP, or give --config PATH/TO/config.json")
+    try:
+        loop = project.loop(name)
+    except KeyError:
+        names = ", ".join(lp.name for lp in project.loops)
+        raise ConfigError(f"no loop {name!r} in {directory} (loops: {names})") from None
+    if config is not None and config != loop.config_path.resolve():
+        loop = load_loop(loop.dir, root=project.root, config_path=config)
+    if args.model:
+        loop = replace(loop, config=loop.config.model_copy(update={"model": args.model}))
+    loops = tuple(loop if lp.name == loop.name else lp for lp in project.loops)
+    return replace(project, loops=loops), loop
+
+
+def _embedded_worker(args: argparse.Namespace, directory: Path, config: Path | None) -> int:
+    """`loops worker` with no Redis given: the loop alone on this machine, with its gate and
+    merge queue (and the monitor, PM and human interface), like `loops up` for one loop."""
+    project, loop = _worker_loop(args, load_checked(directory), directory, config)
+    options = SystemOptions(
+        agent=args.agent,
+        model=args.model,
+        max_iterations=args.max_iterations,
+        only=frozenset({loop.name}),
+    )
+    return run_system(directory, project, options)
+
+
 def _agent(role: str, bus: RedisBus, directory: Path) -> Agent:
     if role == "monitor":
         return Monitor(Store(bus.client, bus.prefix, "monitor"))
     if role == "human":
-        return HumanAgent(Store(bus.client, bus.prefix, "human"), notifier=notifier_from_env())
+        return HumanAgent(
+            Store(bus.client, bus.prefix, "human"),
+            notifier=notifier_from_env(),
+            reader=answer_reader_from_env(),
+        )
     config = PMConfig()
     try:
         config = pm_config(load_checked(directory))
     except (ValidationFailed, ConfigError) as exc:
         # The PM also works without the project's files (no priorities or dependencies).
         log.warning("pm: no project files (%s)", exc)
-    return ProjectManager(config)
+    return ProjectManager(config, merged=PassedLedger(bus.client, bus.prefix).all())

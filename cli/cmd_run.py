@@ -1,4 +1,5 @@
-"""`loops run [SPEC] [-n N] [-v] [--agent A] [--repo DIR] [--trust-agent]`: ralph_loop,
+"""`loops run [SPEC] [-n N] [-v] [--agent A] [--repo DIR] [--test-command CMD]
+[--trust-agent]`: ralph_loop,
 with one difference: a `<promise>` is verified by the harness before it counts.
 
 The worker, the gate and the merge queue run in this process on the embedded bus
@@ -15,7 +16,14 @@ from pathlib import Path
 
 from agents.escalations import Escalation, open_escalations
 from bus import EmbeddedServer, RedisBus, connect
-from cli.compose import Threads, judge_from_env, loader_with_fallback, make_gate, make_merge
+from cli.compose import (
+    Threads,
+    judge_from_env,
+    loader_with_fallback,
+    make_gate,
+    make_merge,
+    trusting_loader,
+)
 from events import (
     ConfigError,
     Event,
@@ -97,12 +105,18 @@ def run(args: argparse.Namespace) -> int:
                     "gate",
                     bus.subscribe("gate", "run", TrustingGate(bus).handle, types={"task.claimed"}),
                 )
-            else:
-                gate = make_gate(
-                    bus, repo, branch, loader_with_fallback(snapshot), judge=judge_from_env()
-                )
+            loader = loader_with_fallback(snapshot)
+            if not args.trust_agent:
+                gate = make_gate(bus, repo, branch, loader, judge=judge_from_env())
                 roles.poll_forever("gate", gate.subscribe("run"))
-            roles.poll_forever("merge", make_merge(bus, repo, branch).subscribe("run"))
+            test_command = getattr(args, "test_command", None)
+            if args.trust_agent:  # the merge queue trusts nothing, unless told to here
+                merge = make_merge(
+                    bus, repo, branch, trusting_loader, test_command=test_command, protected=()
+                )
+            else:
+                merge = make_merge(bus, repo, branch, loader, test_command=test_command)
+            roles.poll_forever("merge", merge.subscribe("run"))
             outcome = service.run(threading.Event(), until_idle=True)
         finally:
             roles.shutdown()

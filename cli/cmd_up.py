@@ -1,4 +1,5 @@
-"""`loops up [DIR] [--redis URL] [--agent A] [--serve] [--host H] [--port P]`.
+"""`loops up [DIR] [--redis URL] [--agent A] [--test-command CMD] [--serve] [--host H]
+[--port P]`.
 
 Runs every loop in DIR (seed layout: DIR/loop-*/config.json) with the gate, the merge
 queue, the monitor, the PM, the human interface and the dashboard. Without --serve it
@@ -80,8 +81,9 @@ def up_lock(directory: Path) -> Iterator[None]:
         pid = fh.read().strip() or "?"
         fh.close()
         raise ConfigError(
-            f"another `loops up` is already running on {directory} (pid {pid}); "
-            "watch it with `loops status`, or stop it first"
+            f"another `loops up` or `loops worker` is already running on {directory} "
+            f"(pid {pid}); watch it with `loops status`, or stop it first (to run several "
+            "loops together on one machine, use one `loops up`)"
         ) from None
     try:
         fh.seek(0)
@@ -151,13 +153,20 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
         worker = slot.service.worker if slot.service else None
         if worker is None:
             continue
-        passed, total = worker.progress()
-        lines.append(f"  {slot.name}: {passed}/{total} tasks verified and merged")
-        for task in worker.book.tasks():
+        # What merged on main (the durable record, or the merge's trailer on main), not
+        # what the state file says: an agent or a person can write "passed" into it.
+        tasks = worker.book.tasks()
+        merged = {t.id for t in tasks if worker.passed_and_merged(t.id)}
+        lines.append(f"  {slot.name}: {len(merged)}/{len(tasks)} tasks verified and merged")
+        for task in tasks:
+            if task.id in merged:
+                continue
             record = worker.book.record(task.id)
-            if record.status.value != "passed":
-                why = f" — {record.last_result}" if record.last_result else ""
-                lines.append(f"    {task.id}: {record.status.value}{why}")
+            status = record.status.value
+            if status == "passed":
+                status = "passed in the state file but not merged on main"
+            why = f" — {record.last_result}" if record.last_result else ""
+            lines.append(f"    {task.id}: {status}{why}")
     escalations = open_escalations(e for _, e in bus.replay())
     if escalations:
         lines.append("  Open escalations (answer with `loops answer ID TEXT`):")
@@ -179,16 +188,32 @@ def stop_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stop_on_sigterm()
     directory = project_dir(args.dir)
     project = load_checked(directory)
+    options = SystemOptions(
+        agent=args.agent,
+        dashboard=(args.host, args.port) if args.port else None,
+        model=args.model,
+        max_iterations=args.max_iterations,
+        test_command=args.test_command,
+    )
+    return run_system(directory, project, options, redis_url=args.redis, serve=args.serve)
+
+
+def run_system(
+    directory: Path,
+    project: Project,
+    options: SystemOptions,
+    *,
+    redis_url: str | None = None,
+    serve: bool = False,
+) -> int:
+    """Run `project` (every loop, or `options.only`) with every role on this machine until
+    no loop can progress (or, with `serve`, until stopped); print the summary; exit code."""
+    stop_on_sigterm()
     repo, main = repo_and_main(directory, project)
     log_file = logs_to_file_on_a_terminal(directory)
-    with up_lock(directory), open_system_bus(args.redis, directory) as bus:
-        options = SystemOptions(
-            agent=args.agent,
-            dashboard=(args.host, args.port) if args.port else None,
-        )
+    with up_lock(directory), open_system_bus(redis_url, directory) as bus:
         system = System(project, bus, repo, main, options)
         table = LiveTable(bus)
         code = 1
@@ -196,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
             system.start()
             if system.dashboard_url:
                 print(f"dashboard: {system.dashboard_url}", flush=True)
-            if args.serve:
+            if serve:
                 while True:
                     system.supervise()
                     table.tick()

@@ -1,7 +1,9 @@
-"""`loops validate PATH...`: check SPEC.yaml, config.json, test-state.json, health.json.
+"""`loops validate PATH...`: check SPEC.yaml, config.json, test-state.json, health.json
+and project.json.
 
 A directory means every file of the project in it (SPEC.yaml, or each `loop-*/` with
-its config, state and health files, and the dependencies between loops). Prints
+its config, state and health files, the project.json next to them, and the dependencies
+between loops). Prints
 `OK path` per good file and one line per problem, naming file and field; exits 1 if
 anything is wrong. Never a traceback: whatever the input, the answer is a line.
 """
@@ -26,14 +28,17 @@ from loops.harness import (
     TaskEntry,
     load_config,
     load_health,
+    load_project_config,
     load_state,
 )
+from loops.names import loop_name_problem
 from loops.project import (
     ENV_PROJECT_DIR,
     Loop,
     Project,
     find_loop_dirs,
     parse_task_ref,
+    project_config_path,
     resolve_specs_dir,
 )
 from loops.spec import load_spec
@@ -112,7 +117,7 @@ def _validate_path(path: Path, results: Results) -> None:
                     source,
                     "",
                     "cannot tell what this file is — give a SPEC.yaml (*.yaml), config.json, "
-                    "test-state.json or health.json, or a project directory",
+                    "test-state.json, health.json or project.json, or a project directory",
                 )
             ]
         return
@@ -123,6 +128,8 @@ def _kind(path: Path) -> str | None:
     name = path.name.lower()
     if name.endswith((".yaml", ".yml")):
         return "spec"
+    if name == "project.json":
+        return "project"
     if name.endswith("config.json"):
         return "config"
     if name.endswith("state.json"):
@@ -154,6 +161,9 @@ def _validate_file(path: Path, kind: str, results: Results) -> None:
     if kind == "spec":
         load_spec(path)
     elif kind == "config":
+        odd = loop_name_problem(path.resolve().parent.name)
+        if odd:
+            results[source].append(problem(source, "", odd))
         config = load_config(path)
         results[source].extend(_config_extras(path, config))
         specs = resolve_specs_dir(
@@ -164,6 +174,8 @@ def _validate_file(path: Path, kind: str, results: Results) -> None:
         )
         if specs is None:
             results[source].append(_specs_missing(path, config))
+    elif kind == "project":
+        load_project_config(path)
     elif kind == "state":
         state = load_state(path)
         results[source].extend(_state_extras(path, state))
@@ -193,7 +205,14 @@ def _validate_dir(directory: Path, results: Results) -> None:
     loops: list[Loop] = []
     complete = True
     env_dir = os.environ.get(ENV_PROJECT_DIR) or None
-    for loop_dir in find_loop_dirs(directory):
+    loop_dirs = find_loop_dirs(directory)
+    config_path = project_config_path(loop_dirs) if loop_dirs else directory / "project.json"
+    if config_path.is_file():
+        found = True
+        _guarded(
+            results, str(config_path), partial(_validate_file, config_path, "project", results)
+        )
+    for loop_dir in loop_dirs:
         found = True
         loop = _validate_loop(loop_dir, directory, env_dir, results)
         if loop is None:
@@ -229,6 +248,10 @@ def _validate_loop(
     def check() -> None:
         source = str(config_path)
         results[source] = []
+        odd = loop_name_problem(loop_dir.name)
+        if odd:
+            results[source].append(problem(source, "", odd))
+            return
         config = load_config(config_path)
         results[source].extend(_config_extras(config_path, config))
         specs = resolve_specs_dir(loop_dir, config.specs_dir, root=root, project_dir=env_dir)

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
 from bus import RedisBus, Subscription
-from events import Criterion, LoopsError, Role, Source, ValidationFailed
+from events import Criterion, LoopsError, Role, ScriptCheck, Source, ValidationFailed
 from gates import (
+    DEFAULT_PROTECTED,
     AnthropicJudge,
     CriteriaLoader,
     GateSettings,
@@ -28,6 +30,8 @@ from gates import (
     TamperPolicy,
     VerificationGate,
 )
+from gates.checks import DEFAULT_TIMEOUT_S
+from loops.harness import ProjectConfig
 from loops.project import Project, UnknownTask, criteria_for
 
 log = logging.getLogger("loops.system")
@@ -39,6 +43,13 @@ def judge_from_env() -> Judge | None:
         return None
     model = os.environ.get("LOOPS_JUDGE_MODEL")
     return AnthropicJudge(model) if model else AnthropicJudge()
+
+
+def answer_reader_from_env() -> AnthropicAnswerReader | None:
+    """The model that reads free-text answers the rules cannot, when one is configured."""
+    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")):
+        return None
+    return AnthropicAnswerReader()
 
 
 def loader_with_fallback(fallback: dict[str, list[Criterion]] | None = None) -> CriteriaLoader:
@@ -57,6 +68,12 @@ def loader_with_fallback(fallback: dict[str, list[Criterion]] | None = None) -> 
     return load
 
 
+def trusting_loader(root: Path, loop: str, task_id: str) -> list[Criterion]:
+    """`loops run --trust-agent`: every task's only check is `true` (ralph_loop's old
+    behaviour, chosen by the operator: a claim is taken as verified)."""
+    return [Criterion(criterion="trusted (--trust-agent)", check=ScriptCheck(run="true"))]
+
+
 def make_gate(
     bus: RedisBus,
     repo: Path,
@@ -69,11 +86,20 @@ def make_gate(
     judge: Judge | None = None,
     jobs: JobRunner | None = None,
     instance: str = "gate",
+    project: ProjectConfig | None = None,
 ) -> VerificationGate:
+    """The gate; `project` (project.json) adds protected globs and the checks' timeout."""
+    project = project or ProjectConfig()
     return VerificationGate(
         bus,
         GateSettings(
-            repo=repo, remote=remote, main=main, policy=policy, default_check=default_check
+            repo=repo,
+            remote=remote,
+            main=main,
+            policy=policy,
+            default_check=default_check,
+            protected=(*DEFAULT_PROTECTED, *project.protected),
+            check_timeout_s=project.check_timeout_s or DEFAULT_TIMEOUT_S,
         ),
         loader=loader,
         judge=judge,
@@ -87,14 +113,36 @@ def make_merge(
     bus: RedisBus,
     repo: Path,
     main: str,
+    loader: CriteriaLoader,
     *,
     remote: str | None = None,
     test_command: str | None = None,
+    default_check: str | None = None,
     instance: str = "merge",
+    project: ProjectConfig | None = None,
+    protected: tuple[str, ...] | None = None,
 ) -> MergeQueue:
+    """The merge queue, reloading criteria from main with `loader` (the gate's).
+    `test_command` (the CLI's `--test-command`) overrides project.json's; `protected`
+    replaces the protected globs (only `loops run --trust-agent` does: it trusts the agent)."""
+    project = project or ProjectConfig()
+    if protected is None:
+        protected = (*DEFAULT_PROTECTED, *project.protected)
+    settings = MergeSettings(
+        repo=repo,
+        remote=remote,
+        main=main,
+        test_command=test_command or project.test_command,
+        default_check=default_check,
+        protected=protected,
+        check_timeout_s=project.check_timeout_s or DEFAULT_TIMEOUT_S,
+        recheck_merged=project.recheck_merged,
+        check_workers=project.check_workers,
+    )
     return MergeQueue(
         bus,
-        MergeSettings(repo=repo, remote=remote, main=main, test_command=test_command),
+        settings,
+        loader=loader,
         store=RedisStore(bus.client, f"{bus.prefix}:merge"),
         source=Source(role=Role.MERGE, instance=instance),
     )

@@ -15,7 +15,14 @@ from pydantic_core import PydanticUndefined
 
 from agents.policy import EscalateAfter, Policy, RefinePolicy, RulePolicy, Thresholds
 from events import Criterion, NaturalCheck, ScriptCheck
-from loops.harness import Health, HealthCheckConfig, LoopConfig, StateSummary, TaskEntry
+from loops.harness import (
+    Health,
+    HealthCheckConfig,
+    LoopConfig,
+    ProjectConfig,
+    StateSummary,
+    TaskEntry,
+)
 from loops.runners.script import Replace, Script, Step
 from loops.spec import Spec, Task
 
@@ -42,6 +49,9 @@ SECTIONS: list[tuple[str, str, list[type[BaseModel]]]] = [
      "atomically and takes up valid hand edits. `acceptance_criteria` uses the SPEC.yaml form.",
      [TaskEntry, StateSummary]),
     ("health.json", "Written by each loop every heartbeat (seed fields).", [Health]),
+    ("project.json (optional, one per project)", "`DIR/project.json`, next to the `loop-*` "
+     "directories: settings of the whole project. Unknown fields are errors. CLI flags "
+     "(`--test-command`) override it.", [ProjectConfig]),
     ("Monitor policy (YAML)", "The monitor's auto-unblock policy; the default is "
      "`agents/default-policy.yaml`.", [Policy, Thresholds, RulePolicy, EscalateAfter, RefinePolicy]),
     ("script: agent (YAML)", "Deterministic replay for demos and tests "

@@ -46,6 +46,40 @@ def _add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true", help="send the command and return at once")
 
 
+def _add_test_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--test-command",
+        metavar="CMD",
+        default=None,
+        help="the project's full test suite, run on every merged tree before main moves "
+        "(overrides test_command in project.json)",
+    )
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_harness_overrides(p: argparse.ArgumentParser, what: str) -> None:
+    """The coding-loops harness's run_loop.py flags (precedence: flag, config, default)."""
+    p.add_argument(
+        "--max-iterations",
+        type=_at_least_one,
+        metavar="N",
+        default=None,
+        help=f"at most N agent runs for {what} in this run (default: no limit)",
+    )
+    p.add_argument(
+        "--model", metavar="M", default=None, help=f"the model for {what} (overrides config.json)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loops",
@@ -89,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="git repository to work in (default: the spec's directory)",
     )
+    _add_test_command(p)
     p.add_argument(
         "--trust-agent",
         action="store_true",
@@ -104,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of the embedded one")
     p.add_argument("--agent", metavar="A", default=None, help="override every loop's agent")
+    _add_harness_overrides(p, "every loop")
+    _add_test_command(p)
     p.add_argument(
         "--serve",
         action="store_true",
@@ -168,18 +205,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK")
     p.add_argument("--hint", default=None, help="guidance for the task's next prompt")
 
-    p = sub.add_parser("worker", help="role: run one loop (needs REDIS_URL or --redis)")
+    p = sub.add_parser(
+        "worker",
+        help="run one loop: alone with its gate and merge queue (embedded), or as the "
+        "worker role of a distributed system (--redis or $REDIS_URL)",
+    )
     _add_redis(p)
     p.add_argument(
-        "loop", metavar="LOOP", help="the loop's directory name (e.g. loop-1-critical-path)"
+        "loop",
+        metavar="LOOP",
+        nargs="?",
+        default=None,
+        help="the loop's directory name (e.g. loop-1-critical-path); optional with --config",
     )
     p.add_argument("--agent", metavar="A", default=None)
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="the loop's config.json (the harness's run_loop.py --config): runs the loop in "
+        "PATH's directory, with this config",
+    )
+    _add_harness_overrides(p, "the loop")
     for role in ROLES[1:]:
         p = sub.add_parser(role, help=f"role: run the {role} as its own process")
         _add_redis(p)
         if role == "dashboard":
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8765)
+        if role == "merge":
+            _add_test_command(p)
 
     p = sub.add_parser("health", help="exit 0 if a role process is alive (compose health checks)")
     _add_redis(p)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agents.human import HumanAgent
@@ -23,9 +24,10 @@ from agents.refiner import AnthropicRefiner
 from agents.runner import run as run_agent
 from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
-from bus import RedisBus
+from bus import PassedLedger, RedisBus
 from cli.compose import (
     Threads,
+    answer_reader_from_env,
     judge_from_env,
     loader_with_fallback,
     make_gate,
@@ -50,7 +52,10 @@ class SystemOptions:
     monitor_tick_s: float = 0.5
     dashboard: tuple[str, int] | None = None  # (host, port)
     dashboard_token: str | None = None
-    test_command: str | None = None  # run on every merged tree
+    test_command: str | None = None  # run on every merged tree (else project.json's)
+    model: str | None = None  # overrides every loop's model (`--model`)
+    max_iterations: int | None = None  # agent runs per loop in this run (`--max-iterations`)
+    only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
 
 
 @dataclass
@@ -81,12 +86,20 @@ class System:
         self.main = main
         self.options = options
         self.roles = Threads()
-        self.slots = {lp.name: LoopSlot(lp.name, self._factory(lp.name)) for lp in project.loops}
+        self.slots = {
+            lp.name: LoopSlot(lp.name, self._factory(lp.name))
+            for lp in project.loops
+            if options.only is None or lp.name in options.only
+        }
         self.dashboard_url: str | None = None
 
     # ------------------------------------------------------------------ wiring
     def _factory(self, name: str) -> Callable[[], WorkerService]:
         loop = self.project.loop(name)
+        if self.options.model:  # precedence: flag, then the loop's config, then the agent's
+            loop = replace(
+                loop, config=loop.config.model_copy(update={"model": self.options.model})
+            )
 
         def make() -> WorkerService:
             agent = self.options.agent or loop.config.agent or "claude"
@@ -94,7 +107,7 @@ class System:
             heartbeat = self.options.heartbeat_s or loop.config.health_check.interval_seconds
             return WorkerService(
                 self.bus,
-                HarnessBook(loop),
+                HarnessBook(loop, max_iterations=self.options.max_iterations),
                 runner,
                 self.repo,
                 main_branch=self.main,
@@ -108,16 +121,27 @@ class System:
         if self.options.dashboard:
             self._start_dashboard(*self.options.dashboard)
         default_check = None
+        loader = loader_with_fallback()
+        config = self.project.config
         gate = make_gate(
             self.bus,
             self.repo,
             self.main,
-            loader_with_fallback(),
+            loader,
             default_check=default_check,
             judge=judge_from_env(),
+            project=config,
         )
         self.roles.poll_forever("gate", gate.subscribe("up"))
-        merge = make_merge(self.bus, self.repo, self.main, test_command=self.options.test_command)
+        merge = make_merge(
+            self.bus,
+            self.repo,
+            self.main,
+            loader,
+            test_command=self.options.test_command,
+            default_check=default_check,
+            project=config,
+        )
         self.roles.poll_forever("merge", merge.subscribe("up"))
         self._start_agents()
         supervisor = self.bus.subscribe("supervisor", "up", self._on_event, types={"loop.stop"})
@@ -133,9 +157,13 @@ class System:
             else None
         )
         monitor = Monitor(Store(self.bus.client, self.bus.prefix, "monitor"), refiner=refiner)
-        pm = ProjectManager(pm_config(self.project))
+        pm = ProjectManager(
+            pm_config(self.project), merged=PassedLedger(self.bus.client, self.bus.prefix).all()
+        )
         human = HumanAgent(
-            Store(self.bus.client, self.bus.prefix, "human"), notifier=notifier_from_env()
+            Store(self.bus.client, self.bus.prefix, "human"),
+            notifier=notifier_from_env(),
+            reader=answer_reader_from_env(),
         )
         for group, agent in (("monitor", monitor), ("pm", pm), ("human", human)):
             self.roles.start(
@@ -148,6 +176,10 @@ class System:
     def _start_dashboard(self, host: str, port: int) -> None:
         from cli.dashboard import resolve_token, serve
 
+        busy = port and not _port_free(host, port)
+        if busy:  # another project's dashboard, say: take a free port, never refuse to start
+            log.warning("dashboard port %d is busy: using a free port", port)
+            port = 0
         token, token_file = resolve_token(self.project.root)
         token = self.options.dashboard_token or token
         ready = threading.Event()
@@ -155,7 +187,12 @@ class System:
         def on_ready(url: str) -> None:
             # The token itself never goes to the terminal or a log (invariant 7).
             where = f"token in {token_file}" if token_file else "token from $LOOPS_DASHBOARD_TOKEN"
-            self.dashboard_url = f"{url}  ({where})"
+            note = (
+                f"; port {self.options.dashboard[1]} was busy"
+                if busy and self.options.dashboard
+                else ""
+            )
+            self.dashboard_url = f"{url}  ({where}{note})"
             ready.set()
 
         self.roles.start(
@@ -248,6 +285,18 @@ class System:
             if slot.thread:
                 slot.thread.join(timeout=timeout)
         self.roles.shutdown(timeout=timeout)
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether `host:port` can be bound now (SO_REUSEADDR, as uvicorn binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def notifier_from_env() -> BackgroundNotifier | None:

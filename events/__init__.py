@@ -11,11 +11,22 @@ from events.codec import (
     encode,
     entry_type,
 )
-from events.envelope import SCHEMA_VERSION, Event, Frozen, Role, Source, new_id, short_id, utcnow
+from events.envelope import (
+    SCHEMA_VERSION,
+    Event,
+    Frozen,
+    Role,
+    Source,
+    derived_id,
+    new_id,
+    short_id,
+    utcnow,
+)
 from events.errors import ConfigError, DecodeError, LoopsError, NotBuiltYet, ValidationFailed
 from events.models import *  # noqa: F403 - every event class is part of the public API
 from events.models import __all__ as _models_all
 from events.types import (
+    AgentSign,
     Check,
     Criterion,
     CriterionResult,
@@ -25,6 +36,7 @@ from events.types import (
     FailureKind,
     IterationOutcome,
     LoopStatus,
+    MergeRefusal,
     MonitorActionKind,
     NaturalCheck,
     ScriptCheck,
@@ -37,6 +49,7 @@ __all__ = [
     "EVENT_CLASSES",
     "EVENT_TYPES",
     "SCHEMA_VERSION",
+    "AgentSign",
     "AnyEvent",
     "Check",
     "ConfigError",
@@ -52,6 +65,7 @@ __all__ = [
     "IterationOutcome",
     "LoopStatus",
     "LoopsError",
+    "MergeRefusal",
     "MonitorActionKind",
     "NaturalCheck",
     "NotBuiltYet",
@@ -63,6 +77,7 @@ __all__ = [
     "ValidationFailed",
     "VerificationVerdict",
     "decode",
+    "derived_id",
     "decode_json",
     "encode",
     "entry_type",

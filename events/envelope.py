@@ -19,6 +19,15 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+_DERIVED_NS = uuid.UUID("6f0c3a52-6c1e-4f5e-9a57-1c0a3f1b2d11")
+
+
+def derived_id(*parts: str) -> str:
+    """An event id determined by its cause (32 hex chars), so that an outcome
+    published again after a lost reply or a redelivery dedupes at every consumer."""
+    return uuid.uuid5(_DERIVED_NS, "|".join(parts)).hex
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -45,9 +54,10 @@ class Causation(TypedDict):
 
 
 class Frozen(BaseModel):
-    """Base for every value carried on the bus: immutable, no unknown fields."""
+    """Base for every value carried on the bus: immutable, no unknown fields, no NaN or
+    Infinity (JSON has neither; a consumer must never fold one into sums or views)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Source(Frozen):

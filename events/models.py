@@ -11,6 +11,7 @@ from pydantic import Field
 
 from events.envelope import Event, Role
 from events.types import (
+    AgentSign,
     CriterionResult,
     Decision,
     DiffStat,
@@ -18,6 +19,7 @@ from events.types import (
     FailureKind,
     IterationOutcome,
     LoopStatus,
+    MergeRefusal,
     MonitorActionKind,
     Severity,
     TokenUsage,
@@ -53,7 +55,9 @@ class LoopStarted(Event):
 
 
 class LoopHeartbeat(Event):
-    """Every `interval_s` seconds while a loop worker is alive, whatever it is doing."""
+    """Every `interval_s` seconds while a loop worker is alive, whatever it is doing.
+    While an agent runs, the `agent_*` fields say since when, and when it last gave a
+    sign of life (the worker's clock): the monitor's silent-agent rule reads them."""
 
     type: Literal["loop.heartbeat"] = "loop.heartbeat"
     status: LoopStatus
@@ -65,6 +69,10 @@ class LoopHeartbeat(Event):
     waiting_until: datetime | None = None  # set while waiting out a usage limit
     passed: int = 0
     total: int = 0
+    agent_started_at: datetime | None = None  # this iteration's agent run began; None: none runs
+    agent_activity_at: datetime | None = None  # its last sign of life (None: none since start)
+    agent_activity: AgentSign | None = None  # what that sign was
+    agent_pid: int | None = None  # the agent's process (group leader), for the operator
     producers = (W,)
     consumers = (MON, DASH)
 
@@ -131,6 +139,22 @@ class IterationFinished(Event):
     counted: bool = True  # False when the iteration does not count (usage limit, outage)
     producers = (W,)
     consumers = (MON, PM, DASH)
+
+
+class UsageLimited(Event):
+    """An agent hit its account's usage or rate limit: no loop calls that account
+    before `reset_at` (the shared record is `bus.usage.UsageWindows`). Published by the
+    loop that hit it, once per window it recorded."""
+
+    type: Literal["usage.limited"] = "usage.limited"
+    account: str  # `bus.usage.account_key(...)`: runner kind and a hash, never a secret
+    runner: str  # the agent kind: claude, anthropic, command
+    reset_at: datetime
+    estimated: bool = False  # True when the agent gave no reset time (the loop's back-off)
+    task_id: str | None = None
+    iteration: int | None = None
+    producers = (W,)
+    consumers = (DASH,)
 
 
 class TaskClaimed(Event):
@@ -283,7 +307,8 @@ class MergeCompleted(Event):
 
 
 class MergeConflicted(Event):
-    """The verified commit does not merge cleanly onto main, or its checks fail once merged."""
+    """The verified commit did not land: it does not merge cleanly onto main, its checks
+    (reloaded from main) fail once merged, or the merge queue refuses it (`kind`)."""
 
     type: Literal["merge.conflicted"] = "merge.conflicted"
     task_id: str
@@ -291,6 +316,7 @@ class MergeConflicted(Event):
     files: list[str]
     tries: int
     reason: str = "conflict"
+    kind: MergeRefusal = MergeRefusal.CONFLICT
     escalation_id: str | None = None  # set when a person was asked (after N tries)
     producers = (MERGE,)
     consumers = (W, PM, MON, DASH)
@@ -339,6 +365,7 @@ class EscalationRaised(Event):
     task_id: str | None = None
     options: list[str] = Field(default_factory=list)
     repeat: int = 0
+    reopens: str | None = None  # the id of an answer that could not be read: open again
     producers = (W, GATE, MERGE, MON, PM, HUM)  # the human interface re-raises
     consumers = (HUM, DASH)
 
@@ -354,7 +381,10 @@ class EscalationAcknowledged(Event):
 
 
 class EscalationAnswered(Event):
-    """A person answered: text for the asking loop's next prompt, and/or a decision."""
+    """A person answered: text for the asking loop's next prompt, and/or a decision.
+    When a person's free text answers a question with options, the human interface
+    publishes it again with the `decision` it read from the text (`interprets` names
+    the person's answer): act on the decision, not on the words."""
 
     type: Literal["escalation.answered"] = "escalation.answered"
     escalation_id: str
@@ -362,6 +392,8 @@ class EscalationAnswered(Event):
     decision: Decision | None = None
     by: str
     task_id: str | None = None
+    interprets: str | None = None  # id of the person's answer this decision was read from
+    read_by: str | None = None  # how: "rules" or "model:<name>"
     producers = (OP, HUM)
     consumers = (W, GATE, MERGE, MON, HUM, DASH)
 
@@ -442,8 +474,26 @@ class TaskHint(Event):
     is_command = True
 
 
+class IterationAbort(Event):
+    """Command: the agent of this run gave no sign of life for too long. Kill its whole
+    process group; with `retry`, run the iteration again with `hint` in the prompt.
+    Only the run that started at `agent_started_at` is meant; a later run is left alone."""
+
+    type: Literal["iteration.abort"] = "iteration.abort"
+    task_id: str
+    iteration: int | None = None
+    agent_started_at: datetime | None = None
+    reason: str
+    hint: str | None = None
+    retry: bool = True
+    incident_id: str | None = None
+    producers = (MON, OP)
+    consumers = (W,)
+    is_command = True
+
+
 class CommandAcknowledged(Event):
-    """A worker acknowledges a command it obeyed (pause, resume, stop, reset, hint)."""
+    """A worker acknowledges a command it obeyed (pause, resume, stop, reset, hint, abort)."""
 
     type: Literal["command.acknowledged"] = "command.acknowledged"
     command: str  # the command's type, e.g. "loop.pause"
@@ -460,6 +510,7 @@ __all__ = [
     "EscalationDelivered",
     "EscalationExpired",
     "EscalationRaised",
+    "IterationAbort",
     "IterationFinished",
     "IterationStarted",
     "LoopHeartbeat",
@@ -483,6 +534,7 @@ __all__ = [
     "TaskReleased",
     "TaskReset",
     "TaskStarted",
+    "UsageLimited",
     "VerificationFailed",
     "VerificationPassed",
     "VerificationStarted",

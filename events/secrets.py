@@ -270,13 +270,31 @@ def install_log_redaction(logger: logging.Logger | None = None) -> None:
 
 def redact_obj(value: Any, env: Mapping[str, str] | None = None) -> Any:
     """`value` (a JSON-like structure) with every string redacted; other values as they are."""
+    # The secret values once per call, not once per string; and each string once per
+    # set of values (state files are written again and again with mostly the same text).
+    if env is None:
+        values = tuple(_needles.current().values)  # cached against os.environ
+    else:
+        values = tuple(sorted({*secret_values(env), *_extra_secrets}, key=len, reverse=True))
+    return _redact_all(value, values)
+
+
+def _redact_all(value: Any, values: tuple[str, ...]) -> Any:
     if isinstance(value, str):
-        return redact(value, env)
+        return _redact_text(value, values) if value else value
     if isinstance(value, Mapping):
-        return {k: redact_obj(v, env) for k, v in value.items()}
+        return {k: _redact_all(v, values) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [redact_obj(v, env) for v in value]
+        return [_redact_all(v, values) for v in value]
     return value
+
+
+@functools.lru_cache(maxsize=2048)
+def _redact_text(text: str, values: tuple[str, ...]) -> str:
+    for value in values:
+        if value and value in text:
+            text = text.replace(value, MASK)
+    return _TOKEN_SHAPES.sub(MASK, text) if _may_hold_token(text) else text
 
 
 def allowed_env(

@@ -72,6 +72,27 @@ class MonitorActionKind(StrEnum):
     PAUSE_LOOP = "pause_loop"
     BLOCK_TASK = "block_task"
     ESCALATE = "escalate"
+    ABORT_ITERATION = "abort_iteration"  # kill a silent agent's process group, retry
+
+
+class AgentSign(StrEnum):
+    """A running agent's last sign of life, as its heartbeat reports it."""
+
+    STARTED = "started"  # the run began; nothing since
+    OUTPUT = "output"  # a line on stdout/stderr, or a stream-json event
+    TOOL_CALL = "tool_call"  # the agent called a tool
+    FILE_CHANGE = "file_change"  # a file changed in the workspace
+
+
+class MergeRefusal(StrEnum):
+    """Why the merge queue did not land a verified commit (`merge.conflicted` `kind`)."""
+
+    CONFLICT = "conflict"  # git could not merge it onto main (files listed)
+    CHECKS_FAILED = "checks_failed"  # a check or the test command failed on the merged tree
+    UNKNOWN_TASK = "unknown_task"  # main's spec does not know the task (and no default check)
+    TAMPERED = "tampered"  # it changes protected files no person approved
+    MISSING_COMMIT = "missing_commit"  # the verified commit is not in the repository
+    BLOCKED = "blocked"  # a person's uncommitted files are in the way of main
 
 
 class VerificationVerdict(StrEnum):

@@ -49,11 +49,13 @@ from gates.gate import VerificationGate  # noqa: E402
 from gates.gitutil import GitError, ensure_loop_branch, ensure_loop_worktree  # noqa: E402
 from gates.jobs import InlineJobs, JobRunner, RqJobs  # noqa: E402
 from gates.judge import AnthropicJudge  # noqa: E402
-from gates.merge import MergeQueue  # noqa: E402
+from gates.merge import MergedTasks, MergeQueue, merged_tasks_on  # noqa: E402
+from gates.protect import DEFAULT_PROTECTED  # noqa: E402
 from gates.settings import GateSettings, MergeSettings, TamperPolicy  # noqa: E402
 from gates.store import MemoryStore, RedisStore, StateStore  # noqa: E402
 
 __all__ = [
+    "DEFAULT_PROTECTED",
     "AnthropicJudge",
     "BatchMergeQueue",
     "CriteriaLoader",
@@ -68,6 +70,7 @@ __all__ = [
     "MergeError",
     "MergeQueue",
     "MergeSettings",
+    "MergedTasks",
     "RedisStore",
     "RqJobs",
     "StateStore",
@@ -75,4 +78,5 @@ __all__ = [
     "VerificationGate",
     "ensure_loop_branch",
     "ensure_loop_worktree",
+    "merged_tasks_on",
 ]

@@ -3,8 +3,10 @@
 `BatchMergeQueue` takes each `verification.passed` into a durable queue (the
 `StateStore`) and acks it; after every poll of its subscription it merges what is
 queued, up to `MergeSettings.batch_size` tasks at a time: each is squashed onto the
-current main in turn (a conflicting one is reported and left out), the checks of every
-task in the batch and the repository's test command run once on the combined tree,
+current main in turn (a conflicting one, or one main does not know, or one that changes
+protected files no person approved, is reported and left out), the checks of every task
+in the batch (reloaded from main), of every task merged before and the repository's test
+command run once on the combined tree,
 and main moves to ONE commit carrying every task's trailers, so main still only holds
 trees whose checks ran. A batch whose checks fail is split in halves, each merged (and
 split) again, down to single tasks, whose failures are reported as usual.
@@ -26,8 +28,9 @@ from events import (
     MergeQueued,
     VerificationPassed,
 )
+from gates.checks import Check
 from gates.gitutil import fetch, git, main_ref, resolve_commit, scratch
-from gates.merge import GROUP, TYPES, MergeQueue, _caused, landed_as
+from gates.merge import GROUP, TYPES, MergeQueue, Refused, _caused, landed_as
 from gates.settings import derived_id
 
 log = logging.getLogger(__name__)
@@ -104,24 +107,40 @@ class BatchMergeQueue(MergeQueue):
                     self.merge(vp)
                 return
             with scratch(s.repo, base, pool="merge") as wt:
-                included: list[VerificationPassed] = []
+                planned: list[tuple[VerificationPassed, list[Check]]] = []
                 for vp in todo:
+                    try:
+                        planned.append((vp, self._checks_of(wt, vp)))  # `wt` is main here
+                    except Refused as exc:
+                        self._conflicted(vp, exc.files, exc.reason, exc.kind)
+                tasks = {(vp.loop or "", vp.task_id) for vp, _ in planned}
+                others = self._recheck(wt, base, tasks)
+                protected = self._protected(base, [c for _, cs in planned for c in cs])
+                included: list[VerificationPassed] = []
+                checks: list[Check] = []
+                for vp, own in planned:
                     head = git(wt, "rev-parse", "HEAD")
-                    if self._squash(wt, vp, head):
-                        self._commit(wt, [vp])
-                        included.append(vp)
+                    if not self._squash(wt, vp, head):
+                        continue
+                    try:
+                        self._refuse_tampering(vp, head, self._commit(wt, [vp]), protected)
+                    except Refused as exc:
+                        git(wt, "reset", "--hard", "--quiet", head)
+                        self._conflicted(vp, exc.files, exc.reason, exc.kind)
+                        continue
+                    included.append(vp)
+                    checks += own
                 if not included:
                     return
                 git(wt, "reset", "--soft", "--quiet", base)
                 merged = self._commit(wt, included)
-                failed = self._run_checks(wt, included)
-                if failed is not None:
+                try:
+                    self._run_checks(wt, checks, others)
+                except Refused as exc:
                     if len(included) == 1:
                         self.merge(included[0])  # reports the failure as a single merge does
                         return
-                    log.info(
-                        "merge: batch of %d failed %s; bisecting", len(included), failed.criterion
-                    )
+                    log.info("merge: batch of %d failed (%s); bisecting", len(included), exc)
                     half = len(included) // 2
                     self.merge_batch(included[:half])
                     self.merge_batch(included[half:])

@@ -1,4 +1,4 @@
-"""Running script checks safely, and finding the files a claim must not touch.
+"""Running script checks safely.
 
 A check runs in its own process group (killed as a whole at its timeout), with an
 environment stripped of secrets, its output kept in a file and cut to a tail."""
@@ -6,14 +6,14 @@ environment stripped of secrets, its output kept in a file and cut to a tail."""
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
-import shlex
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from events import CriterionResult
@@ -21,9 +21,6 @@ from events.secrets import allowed_env
 
 DEFAULT_TIMEOUT_S = 600.0
 OUTPUT_TAIL_BYTES = 4000
-
-# Files that change what a test runner does without being named on its command line.
-_RUNNER_CONFIG = ("conftest.py", "*/conftest.py", "pytest.ini", "tox.ini", "setup.cfg")
 
 
 def scrubbed_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -73,8 +70,9 @@ def run_script(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a timeout kills every child
         )
+        note = leftover_file(cwd, proc.pid)
         if record_group:
-            leftover_file(cwd).write_text(str(proc.pid))
+            note.write_text(str(proc.pid))
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -84,7 +82,7 @@ def run_script(
         finally:
             _kill_group(proc)  # stragglers the command left behind
             if record_group:
-                leftover_file(cwd).unlink(missing_ok=True)
+                note.unlink(missing_ok=True)
     try:
         tail = _tail(out_path, tail_bytes)
     finally:
@@ -104,20 +102,68 @@ def run_script(
     )
 
 
-def leftover_file(wt: Path) -> Path:
-    """Where a check running in worktree `wt` notes its process group."""
-    return wt.parent / f"{wt.name}.pgid"
+@dataclass(frozen=True)
+class Check:
+    """One script check to run: what it verifies, its command, its own timeout."""
+
+    criterion: str
+    run: str
+    timeout_s: float | None = None
+
+
+def run_checks(
+    checks: Sequence[Check],
+    cwd: Path,
+    *,
+    workers: int = 2,
+    default_timeout_s: float = DEFAULT_TIMEOUT_S,
+    tail_bytes: int = OUTPUT_TAIL_BYTES,
+    env: Mapping[str, str] | None = None,
+) -> list[CriterionResult]:
+    """Run `checks` in `cwd`, at most `workers` at a time, each with its own timeout
+    (else `default_timeout_s`) and output cap; the results in the order of `checks`."""
+    env = dict(env) if env is not None else scrubbed_env()
+
+    def one(check: Check) -> CriterionResult:
+        return run_script(
+            check.run,
+            cwd,
+            criterion=check.criterion,
+            timeout_s=check.timeout_s or default_timeout_s,
+            tail_bytes=tail_bytes,
+            env=env,
+            record_group=True,
+        )
+
+    if not checks:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="check") as pool:
+        return list(pool.map(one, checks))
+
+
+def leftover_file(wt: Path, pgid: int) -> Path:
+    """Where a check running in worktree `wt` as process group `pgid` notes it (one note
+    per check: the merge queue runs several checks in one worktree at once)."""
+    return wt.parent / f"{wt.name}.pgid.{pgid}"
 
 
 def kill_leftovers(wt: Path) -> int:
     """Kill the processes of a check that a crashed runner left running in `wt` (those
     of the noted process group whose working directory is inside `wt`: a recycled
     group id never matches). Returns how many were killed."""
-    note = leftover_file(wt)
-    try:
-        pgid = int(note.read_text())
-    except (OSError, ValueError):
-        return 0
+    killed = 0
+    for note in wt.parent.glob(f"{wt.name}.pgid*"):
+        try:
+            pgid = int(note.read_text())
+        except (OSError, ValueError):
+            note.unlink(missing_ok=True)
+            continue
+        killed += _kill_group_in(wt, pgid)
+        note.unlink(missing_ok=True)
+    return killed
+
+
+def _kill_group_in(wt: Path, pgid: int) -> int:
     root = str(wt.resolve())
     killed = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -130,65 +176,4 @@ def kill_leftovers(wt: Path) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(stat.parent.name), signal.SIGKILL)
                 killed += 1
-    note.unlink(missing_ok=True)
     return killed
-
-
-def _candidate_paths(command: str) -> Iterable[str]:
-    try:
-        tokens = shlex.split(command, comments=True)
-    except ValueError:
-        tokens = command.split()
-    for token in tokens:
-        if token in {"&&", "||", ";", "|"}:
-            continue
-        for part in token.split("="):
-            part = part.split("::", 1)[0].strip().rstrip(";")
-            if part and not part.startswith("-") and part not in {".", "./"}:
-                yield part
-
-
-def command_paths(commands: Sequence[str], root: Path) -> tuple[set[str], set[str]]:
-    """Files and directories (relative to `root`) that `commands` name and that exist."""
-    files: set[str] = set()
-    dirs: set[str] = set()
-    root = root.resolve()
-    for command in commands:
-        for token in _candidate_paths(command):
-            candidate = (root / token).resolve()
-            try:
-                rel = candidate.relative_to(root).as_posix()
-            except ValueError:
-                continue  # outside the tree: not something a claim can change
-            if rel == ".":
-                continue
-            if candidate.is_file():
-                files.add(rel)
-            elif candidate.is_dir():
-                dirs.add(rel.rstrip("/") + "/")
-    return files, dirs
-
-
-def flagged_files(
-    changed: Sequence[str],
-    *,
-    commands: Sequence[str],
-    root: Path,
-    protected: Sequence[str],
-) -> list[str]:
-    """The changed files that touch the spec/state/config (`protected` globs) or that the
-    check commands run (files they name, everything under directories they name, and the
-    test runner's configuration files)."""
-    files, dirs = command_paths(commands, root)
-    patterns = list(protected)
-    if any("pytest" in c for c in commands):
-        patterns += _RUNNER_CONFIG
-    flagged = []
-    for path in changed:
-        if (
-            path in files
-            or any(path.startswith(d) for d in dirs)
-            or any(fnmatch.fnmatchcase(path, p) for p in patterns)
-        ):
-            flagged.append(path)
-    return sorted(flagged)

@@ -35,10 +35,9 @@ from events import (
     VerificationVerdict,
 )
 from gates import CriteriaLoader, Judge
-from gates.checks import flagged_files
+from gates.criteria import load_criteria
 from gates.errors import JobError, JudgeError
 from gates.gitutil import (
-    changed_files,
     diff_text,
     fetch,
     main_ref,
@@ -47,6 +46,7 @@ from gates.gitutil import (
     scratch,
 )
 from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
+from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
 from gates.store import MemoryStore, StateStore
 
@@ -139,19 +139,22 @@ class VerificationGate:
             if not criteria:
                 self._fail(at, VerificationVerdict.BAD_CLAIM, why, commit=commit)
                 return
-            scripts = [c for c in criteria if isinstance(c.check, ScriptCheck)]
-            commands = [c.check.run for c in scripts if isinstance(c.check, ScriptCheck)]
-            changed = changed_files(s.repo, main_sha, commit)
-            flagged = flagged_files(
-                changed, commands=commands, root=main_root, protected=s.protected
-            )
+        scripts = [c for c in criteria if isinstance(c.check, ScriptCheck)]
+        commands = [c.check.run for c in scripts if isinstance(c.check, ScriptCheck)]
+        protected = protected_files(tree_files(s.repo, main_sha), s.protected, commands)
+        flagged = flagged_files(changes(s.repo, main_sha, commit), protected)
         tamper_ok = s.policy == TamperPolicy.ALLOW or "tamper" in at.approvals
         if flagged and s.policy == TamperPolicy.REJECT:
             reason = f"the claim changes its own checks or spec: {', '.join(flagged)}"
             self._fail(at, VerificationVerdict.TAMPERED, reason, commit=commit, flagged=flagged)
             return
+        # The checks run with main's version of every protected file, so a tampered check
+        # cannot pass itself however its command is spelled; once a person approved the
+        # flagged files (or the policy allows tampering) those run as the agent wrote them.
+        overlay = sorted(protected - set(flagged)) if tamper_ok else sorted(protected)
+        shadows = [] if tamper_ok else [f for f in flagged if f not in protected]
         try:
-            results = self._run_scripts(scripts, commit, job_id)
+            results = self._run_scripts(scripts, commit, job_id, main_sha, overlay, shadows)
         except JobError as exc:  # retried by the runner already: a typed failure, not a hang
             reason = f"the verification job failed: {exc}"
             self._fail(
@@ -201,19 +204,16 @@ class VerificationGate:
         )
 
     def _criteria(self, root: Path, loop: str, task_id: str) -> tuple[list[Criterion], str]:
-        why = f"unknown task {loop}/{task_id} in main's spec"
-        try:
-            criteria = list(self.loader(root, loop, task_id) or [])
-        except Exception as exc:  # the loader is foreign code; its failure is a verdict
-            criteria = []
-            why = f"{why}: {type(exc).__name__}: {exc}"
-        if not criteria and self.settings.default_check:
-            check = ScriptCheck(run=self.settings.default_check)
-            criteria = [Criterion(criterion="the default check passes", check=check)]
-        return criteria, why
+        return load_criteria(self.loader, root, loop, task_id, self.settings.default_check)
 
     def _run_scripts(
-        self, scripts: Sequence[Criterion], commit: str, job_id: str
+        self,
+        scripts: Sequence[Criterion],
+        commit: str,
+        job_id: str,
+        main_sha: str,
+        overlay: list[str],
+        shadows: list[str],
     ) -> list[CriterionResult]:
         if not scripts:
             return []
@@ -230,6 +230,9 @@ class VerificationGate:
             "default_timeout_s": s.check_timeout_s,
             "tail_bytes": s.tail_bytes,
             "remote_url": remote_url(s.repo, s.remote) if s.remote else None,
+            "overlay_rev": main_sha,
+            "overlay": overlay,
+            "overlay_remove": shadows,
         }
         budget = sum(float(c["timeout_s"] or s.check_timeout_s) for c in checks) + 60
         payload = self.jobs.run(VERIFY_JOB, kwargs, job_id=job_id, timeout_s=budget)

@@ -123,12 +123,6 @@ def is_ancestor(repo: Path | str, ancestor: str, descendant: str) -> bool:
     return proc.returncode == 0
 
 
-def changed_files(repo: Path | str, base: str, commit: str) -> list[str]:
-    """Files the commit side changed since the merge base (`git diff base...commit`)."""
-    out = git(repo, "diff", "--name-only", "--no-renames", f"{base}...{commit}")
-    return [line for line in out.splitlines() if line]
-
-
 def diff_text(repo: Path | str, base: str, commit: str, max_bytes: int = 60_000) -> str:
     """The patch of `base...commit`, cut to `max_bytes` (for a judge to read)."""
     out = git(repo, "diff", "--stat", "--patch", f"{base}...{commit}")

@@ -19,6 +19,7 @@ from events import CriterionResult
 from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES, run_script, scrubbed_env
 from gates.errors import JobError
 from gates.gitutil import cached_clone, scratch
+from gates.protect import restore
 
 VERIFY_JOB = "gates.jobs.verify_claim"
 
@@ -30,16 +31,23 @@ def verify_claim(
     default_timeout_s: float = DEFAULT_TIMEOUT_S,
     tail_bytes: int = OUTPUT_TAIL_BYTES,
     remote_url: str | None = None,
+    overlay_rev: str | None = None,
+    overlay: list[str] | None = None,
+    overlay_remove: list[str] | None = None,
 ) -> str:
     """Run `checks` (`[{"criterion", "run", "timeout_s"}]`) on a clean checkout of
-    `commit`; returns the `CriterionResult`s as a JSON list. `repo` is the gate's clone;
-    on a host without it (an rq worker elsewhere) a clone of `remote_url` is used."""
+    `commit`, with `overlay_rev`'s version of each path of `overlay` laid over it (main's
+    protected files) and the files of `overlay_remove` deleted (new files that shadow a
+    check); returns the `CriterionResult`s as a JSON list. `repo` is the gate's
+    clone; on a host without it (an rq worker elsewhere) a clone of `remote_url` is used."""
     results: list[dict[str, Any]] = []
     env = scrubbed_env()
     where: str | Path = repo
     if not Path(repo).is_dir() and remote_url:
         where = cached_clone(remote_url)
     with scratch(where, commit, pool="verify") as root:
+        if overlay_rev and (overlay or overlay_remove):
+            restore(Path(root), overlay_rev, overlay or [], overlay_remove or [])
         for check in checks:
             timeout = check.get("timeout_s") or default_timeout_s
             result = run_script(

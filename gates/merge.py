@@ -1,10 +1,13 @@
 """The merge queue: one merge slot between verified commits and main.
 
-For each `verification.passed`, in order: merge the verified commit onto the current
-main in a scratch worktree, run the task's checks and the repository's test command on
-the merged tree, and move main only if they pass, by a non-force push (or a
-compare-and-swap of the ref when there is no remote). Main therefore only ever holds
-commits whose checks ran on exactly that tree.
+For each `verification.passed`, in order: reload the task's criteria from the main it
+merges onto (the event's own list of criteria is never trusted: a `verification.passed`
+is a hint to go and look, not a licence), merge the verified commit onto that main in a
+scratch worktree, refuse it if it changes protected files no person approved, run the
+task's script checks, the script checks of every task merged before and the
+repository's test command on the merged tree, and move main only if they pass, by a
+non-force push (or a compare-and-swap of the ref when there is no remote). Main
+therefore only ever holds commits whose checks ran on exactly that tree.
 
 Crash safety: before merging, the queue asks whether the commit is already in main
 (a retried job after a crash finds its own work done); the merged commit and the main
@@ -30,12 +33,15 @@ from events import (
     MergeCompleted,
     MergeConflicted,
     MergeQueued,
+    MergeRefusal,
     Role,
     Severity,
     Source,
     VerificationPassed,
 )
-from gates.checks import run_script, scrubbed_env
+from gates import CriteriaLoader
+from gates.checks import Check, run_checks, scrubbed_env
+from gates.criteria import load_criteria, script_checks
 from gates.errors import MergeError, WorktreeBlocked
 from gates.gitutil import (
     conflicted_files,
@@ -49,6 +55,7 @@ from gates.gitutil import (
     scratch,
     update_ref_cas,
 )
+from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import MergeSettings, derived_escalation_id, derived_id
 from gates.store import MemoryStore, StateStore
 
@@ -56,6 +63,36 @@ log = logging.getLogger(__name__)
 
 GROUP = "merge"
 TYPES = ("verification.passed", "escalation.answered")
+TEST_COMMAND = "the repository's test command"
+
+MergedTasks = Callable[[Path, str], list[tuple[str, str]]]
+"""`(repo, rev) -> [(loop, task_id)]`: the tasks already merged into `rev`, whose script
+checks the merge queue runs again on every merged tree (`recheck_merged`)."""
+
+
+def merged_tasks_on(repo: Path, rev: str) -> list[tuple[str, str]]:
+    """The tasks merged into `rev`, read from the `Loops-Task:` trailers of the commits the
+    merge queue landed (git history: nothing to lose in a crash), oldest first, once each."""
+    out = run_git(
+        repo, "log", "--reverse", "--format=%B", "--fixed-strings", "--grep=Loops-Task: ", rev
+    ).stdout
+    found: dict[tuple[str, str], None] = {}
+    for line in out.splitlines():
+        if line.startswith("Loops-Task: "):
+            loop, sep, task = line.removeprefix("Loops-Task: ").strip().partition("/")
+            if sep and loop and task:
+                found[(loop, task)] = None
+    return list(found)
+
+
+class Refused(Exception):
+    """A task the merge queue will not land, and why (reported as `merge.conflicted`)."""
+
+    def __init__(self, kind: MergeRefusal, reason: str, files: Sequence[str] = ()) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.files = list(files)
 
 
 class MergeQueue:
@@ -67,12 +104,18 @@ class MergeQueue:
         bus: Bus,
         settings: MergeSettings,
         *,
+        loader: CriteriaLoader,
+        merged_tasks: MergedTasks = merged_tasks_on,
         store: StateStore | None = None,
         source: Source | None = None,
         before_main_moves: Callable[[str], None] | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings
+        # The same reader of main's criteria as the gate's (injected by `cli/compose.py`).
+        self.loader = loader
+        self.merged_tasks = merged_tasks
+        self._recheck_cache: tuple[str, list[tuple[tuple[str, str], Check]]] | None = None
         self.store = store or MemoryStore()
         self.source = source or Source(role=Role.MERGE)
         # Called with the merged commit once its checks passed, just before main moves
@@ -111,9 +154,8 @@ class MergeQueue:
                 fetch(s.repo, s.remote)
             commit, base = resolve_commits(s.repo, vp.commit, main_ref(s.main, s.remote))
             if commit is None:
-                self._conflicted(
-                    vp, [], f"verified commit {vp.commit[:12]} is not in the repository"
-                )
+                reason = f"verified commit {vp.commit[:12]} is not in the repository"
+                self._conflicted(vp, [], reason, MergeRefusal.MISSING_COMMIT)
                 return
             if base is None:
                 raise MergeError(f"no {s.main!r} branch", vp.task_id, vp.commit)
@@ -123,14 +165,21 @@ class MergeQueue:
                 self._already_merged(vp, key, base, landed)
                 return
             with scratch(s.repo, base, pool="merge") as wt:
+                try:
+                    checks = self._checks_of(wt, vp)  # read while `wt` is main
+                    others = self._recheck(wt, base, {(vp.loop or "", vp.task_id)})
+                    protected = self._protected(base, checks)
+                except Refused as exc:
+                    self._conflicted(vp, exc.files, exc.reason, exc.kind)
+                    return
                 merged = self._build(wt, vp, base)
                 if merged is None:
                     return  # conflicted: reported
-                failed = self._run_checks(wt, [vp])
-                if failed is not None:
-                    tail = failed.output_tail[-800:]
-                    reason = f"checks failed on the merged tree: {failed.criterion}\n{tail}"
-                    self._conflicted(vp, [], reason)
+                try:
+                    self._refuse_tampering(vp, base, merged, protected)
+                    self._run_checks(wt, checks, others)
+                except Refused as exc:
+                    self._conflicted(vp, exc.files, exc.reason, exc.kind)
                     return
                 self.store.set(key, json.dumps({"merged": merged, "main_before": base}))
                 if self.before_main_moves is not None:
@@ -139,13 +188,68 @@ class MergeQueue:
                     moved = self._move_main(merged, base)
                 except WorktreeBlocked as exc:
                     self.store.delete(key)
-                    self._conflicted(vp, exc.files, str(exc))
+                    self._conflicted(vp, exc.files, str(exc), MergeRefusal.BLOCKED)
                     return
                 if moved:
                     self._completed(vp, merged, base)
                     return
             log.info("merge: main moved under %s/%s; merging again", vp.loop, vp.task_id)
         raise MergeError(f"main moved {s.max_races} times during one merge", vp.task_id, vp.commit)
+
+    # ------------------------------------------------------------------ what to check
+
+    def _checks_of(self, main_root: Path, vp: VerificationPassed) -> list[Check]:
+        """The task's script checks, as main (checked out at `main_root`) says; `Refused`
+        when main does not know the task (no criteria, no default check)."""
+        s = self.settings
+        criteria, why = load_criteria(
+            self.loader, main_root, vp.loop or "", vp.task_id, s.default_check
+        )
+        if not criteria:
+            raise Refused(MergeRefusal.UNKNOWN_TASK, f"refused: {why}")
+        # Natural-language criteria: the queue cannot judge them; it relies on the gate's
+        # verdict (signed, so an agent cannot forge it) and runs what it can run.
+        return [Check(c, sc.run, sc.timeout_s) for c, sc in script_checks(criteria)]
+
+    def _protected(self, base: str, checks: Sequence[Check]) -> set[str]:
+        files = tree_files(self.settings.repo, base)
+        return protected_files(files, self.settings.protected, [c.run for c in checks])
+
+    def _recheck(self, main_root: Path, base: str, skip: set[tuple[str, str]]) -> list[Check]:
+        """The script checks of every task already merged into `base` (criteria from
+        main at `main_root`): a later merge must not break an earlier task's criteria."""
+        s = self.settings
+        if not s.recheck_merged:
+            return []
+        if self._recheck_cache is None or self._recheck_cache[0] != base:
+            found = []
+            for loop, task_id in self.merged_tasks(s.repo, base):
+                # A task main no longer knows (its spec changed) has nothing to re-run.
+                criteria, _ = load_criteria(self.loader, main_root, loop, task_id, None)
+                for criterion, sc in script_checks(criteria):
+                    label = f"{loop}/{task_id} (merged): {criterion}"
+                    found.append(((loop, task_id), Check(label, sc.run, sc.timeout_s)))
+            self._recheck_cache = (base, found)
+        return [c for task, c in self._recheck_cache[1] if task not in skip]
+
+    def _refuse_tampering(
+        self, vp: VerificationPassed, before: str, after: str, protected: set[str]
+    ) -> None:
+        """`Refused` when the change `before..after` (one task's) touches protected files
+        that the gate did not list as approved. On the merged tree such a file differs
+        from main only because the task changed it, and checking main's version instead
+        would check a tree other than the one landing: the queue refuses instead. The
+        gate lists `flagged_files` in a `verification.passed` only after a person
+        approved them (or under policy `allow`); decision events are signed, so an agent
+        cannot forge that list."""
+        flagged = flagged_files(changes(self.settings.repo, before, after), protected)
+        unapproved = [f for f in flagged if f not in set(vp.flagged_files)]
+        if unapproved:
+            raise Refused(
+                MergeRefusal.TAMPERED,
+                "refused: it changes protected files no person approved: " + ", ".join(unapproved),
+                unapproved,
+            )
 
     def _build(self, wt: Path, vp: VerificationPassed, base: str) -> str | None:
         """The merged commit, built in `wt` (checked out at `base`); None on a conflict.
@@ -193,33 +297,29 @@ class MergeQueue:
         )
         return git(wt, "rev-parse", "HEAD")
 
-    def _run_checks(self, wt: Path, vps: Sequence[VerificationPassed]) -> CriterionResult | None:
-        """Runs the tasks' script checks (as the gate ran them, from main's criteria) and
-        the repository's test command, each command once; the first failure, or None."""
+    def _run_checks(self, wt: Path, checks: Sequence[Check], others: Sequence[Check]) -> None:
+        """Run on the merged tree in `wt` the tasks' script checks (from main's criteria),
+        the repository's test command and the checks of the tasks merged before
+        (`others`), each command once, concurrently (`check_workers`), each with its own
+        timeout; `Refused` with the first failure."""
         s = self.settings
-        env = scrubbed_env()
-        commands = [
-            (r.criterion, r.command) for vp in vps for r in vp.criteria if r.kind == "script"
-        ]
+        todo = list(checks)
         if s.test_command:
-            commands.append(("the repository's test command", s.test_command))
-        seen: set[str] = set()
-        for criterion, command in commands:
-            if not command or command in seen:
-                continue
-            seen.add(command)
-            result = run_script(
-                command,
-                wt,
-                criterion=criterion,
-                timeout_s=s.check_timeout_s,
-                tail_bytes=s.tail_bytes,
-                env=env,
-                record_group=True,
-            )
-            if not result.passed:
-                return result
-        return None
+            todo.append(Check(TEST_COMMAND, s.test_command))
+        unique: dict[str, Check] = {}
+        for check in [*todo, *others]:
+            unique.setdefault(check.run, check)
+        results = run_checks(
+            list(unique.values()),
+            wt,
+            workers=s.check_workers,
+            default_timeout_s=s.check_timeout_s,
+            tail_bytes=s.tail_bytes,
+            env=scrubbed_env(),
+        )
+        failed = next((r for r in results if not r.passed), None)
+        if failed is not None:
+            raise Refused(MergeRefusal.CHECKS_FAILED, _failure(failed))
 
     def _move_main(self, merged: str, base: str) -> bool:
         s = self.settings
@@ -248,7 +348,13 @@ class MergeQueue:
             )
         )
 
-    def _conflicted(self, vp: VerificationPassed, files: list[str], reason: str) -> None:
+    def _conflicted(
+        self,
+        vp: VerificationPassed,
+        files: list[str],
+        reason: str,
+        kind: MergeRefusal = MergeRefusal.CONFLICT,
+    ) -> None:
         seen = self.store.get(f"conflicted:{vp.id}")  # a redelivery is not another try
         tries = int(seen) if seen else self.store.incr(f"tries:{vp.loop}:{vp.task_id}")
         self.store.set(f"conflicted:{vp.id}", str(tries))
@@ -263,6 +369,7 @@ class MergeQueue:
                 files=files,
                 tries=tries,
                 reason=reason,
+                kind=kind,
                 escalation_id=eid,
                 **_caused(vp),
             )
@@ -313,6 +420,11 @@ def landed_as(repo: Path, commit: str, main: str, *, squashed: bool = True) -> s
         repo, "log", "--format=%H", "-1", "--fixed-strings", f"--grep=Loops-Commit: {commit}", main
     )
     return found or None
+
+
+def _failure(result: CriterionResult) -> str:
+    tail = result.output_tail[-800:]
+    return f"checks failed on the merged tree: {result.criterion}\n{tail}"
 
 
 def _caused(event: Event) -> dict[str, Any]:

@@ -9,16 +9,16 @@ from enum import StrEnum
 from pathlib import Path
 
 from gates.checks import DEFAULT_TIMEOUT_S, OUTPUT_TAIL_BYTES
+from gates.protect import DEFAULT_PROTECTED
 
-DEFAULT_PROTECTED = (
-    "SPEC.yaml",
-    "*/SPEC.yaml",
-    "test-state.json",
-    "*/test-state.json",
-    "config.json",
-    "*/config.json",
-    ".loops/*",
-)
+__all__ = [
+    "DEFAULT_PROTECTED",
+    "GateSettings",
+    "MergeSettings",
+    "TamperPolicy",
+    "derived_escalation_id",
+    "derived_id",
+]
 _NS = uuid.UUID("6f0c3a52-6c1e-4f5e-9a57-1c0a3f1b2d11")
 
 
@@ -36,7 +36,7 @@ class TamperPolicy(StrEnum):
 
     REJECT = "reject"  # verification.failed, verdict tampered
     ESCALATE = "escalate"  # a person approves or rejects (the default)
-    ALLOW = "allow"  # verified as usual; the files are still listed
+    ALLOW = "allow"  # verified with the agent's versions; the files are still listed
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ class GateSettings:
     remote: str | None = "origin"
     main: str = "main"
     policy: TamperPolicy = TamperPolicy.ESCALATE
-    protected: tuple[str, ...] = DEFAULT_PROTECTED  # globs of spec/state/config files
+    # Globs of files a claim must not change (`gates.protect`); a project's extra globs
+    # are added to these, never instead of them.
+    protected: tuple[str, ...] = DEFAULT_PROTECTED
     default_check: str | None = None  # a config's default check command, for unknown tasks
     check_timeout_s: float = DEFAULT_TIMEOUT_S
     tail_bytes: int = OUTPUT_TAIL_BYTES
@@ -61,7 +63,11 @@ class MergeSettings:
     remote: str | None = "origin"
     main: str = "main"
     test_command: str | None = None  # the repository's configured test command
-    check_timeout_s: float = DEFAULT_TIMEOUT_S
+    default_check: str | None = None  # as the gate's: the check of a task without criteria
+    protected: tuple[str, ...] = DEFAULT_PROTECTED  # as the gate's
+    check_timeout_s: float = DEFAULT_TIMEOUT_S  # for a check without its own `timeout_s`
+    recheck_merged: bool = True  # also run the script checks of every task merged before
+    check_workers: int = 2  # checks of one merge run concurrently, at most this many
     tail_bytes: int = OUTPUT_TAIL_BYTES
     max_conflicts: int = 3  # conflicts of one task before a person is asked
     batch_size: int = 1  # tasks tested together by a `BatchMergeQueue`

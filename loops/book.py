@@ -61,6 +61,9 @@ class TaskBook(Protocol):
 
     def record(self, task_id: str) -> TaskRecord: ...
 
+    def statuses(self) -> dict[str, TaskStatus]:
+        """Every task's status, without building the tasks (called on every turn)."""
+
     def update(
         self,
         task_id: str,

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from events import ValidationFailed
 from loops.book import TaskDef, TaskRecord, TaskStatus
+from loops.files import load_settled
 from loops.harness import LoopState, TaskEntry, load_state, save_state
+from loops.names import safe_component
 from loops.project import Loop
 from loops.spec import Spec
 
@@ -47,6 +49,7 @@ class StateFileBook:
         else:
             self._state = save_state(state_path, initial)
         self._stamp = self._file_stamp()
+        self._rejected: tuple[tuple[int, int] | None, list[str]] | None = None
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -57,6 +60,11 @@ class StateFileBook:
 
     def entries(self) -> tuple[TaskEntry, ...]:
         return self._state.tests
+
+    def statuses(self) -> dict[str, TaskStatus]:
+        """Each task's status, cheaply (no criteria or spec files read): the tasks the
+        harness runs, not the ones a person verifies by hand (`automatable: false`)."""
+        return {e.id: e.status for e in self._state.tests if e.automatable}
 
     def record(self, task_id: str) -> TaskRecord:
         try:
@@ -94,12 +102,16 @@ class StateFileBook:
         stamp = self._file_stamp()
         if stamp == self._stamp:
             return []
+        if self._rejected is not None and self._rejected[0] == stamp:
+            return self._rejected[1]  # the same bad edit: not read (and waited for) again
         try:
-            state = load_state(self.state_path)
+            state = load_settled(load_state, self.state_path)
         except ValidationFailed as exc:
+            self._rejected = (self._file_stamp(), exc.problems)
             return exc.problems
         self._state = self._adopt(state)
-        self._stamp = stamp
+        self._stamp = self._file_stamp()
+        self._rejected = None
         return []
 
     def _adopt(self, state: LoopState) -> LoopState:
@@ -109,8 +121,9 @@ class StateFileBook:
 class HarnessBook(StateFileBook):
     """A loop directory of the coding-loops harness (seed layout)."""
 
-    def __init__(self, loop: Loop) -> None:
+    def __init__(self, loop: Loop, *, max_iterations: int | None = None) -> None:
         self.spec_loop = loop
+        self.max_iterations = max_iterations  # the harness's --max-iterations (per run)
         self.loop = loop.name
         self.config = loop.config
         self.display_name = loop.display_name
@@ -183,6 +196,5 @@ class SpecBook(StateFileBook):
 
 def _loop_name(spec_path: Path) -> str:
     """The spec's stem, lower-cased, safe in a branch name (`SPEC.yaml` -> `spec`)."""
-    stem = spec_path.stem.lower()
-    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-.")
-    return name or "spec"
+    name = safe_component(spec_path.stem.lower())
+    return "spec" if name == "x" and spec_path.stem.lower() != "x" else name

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from events import LoopStatus
-from loops.book import TaskStatus
 from loops.reactions import reload_book
 from loops.runtime import Phase
 from loops.worker import LoopWorker
@@ -70,6 +69,7 @@ def run_worker(
     if resume is not None:
         resume()
     worker.heartbeat()
+    first_iteration = worker.state.iteration  # `-n` / `--max-iterations` count this run's
     done = threading.Event()
     beat = _heartbeats(worker, done)
     problems: list[str] = []
@@ -107,7 +107,7 @@ def run_worker(
                 poll(idle_block_ms)
                 continue
             limit = worker.book.max_iterations
-            if limit and worker.state.iteration >= limit:
+            if limit and worker.state.iteration - first_iteration >= limit:
                 # The task needs another agent run and the budget is spent.
                 worker.budget_exhausted = True
                 log.error("Max iterations (%d) reached without a promise.", limit)
@@ -130,5 +130,7 @@ def run_worker(
 
 
 def all_passed(worker: LoopWorker) -> bool:
+    """Every task passed and merged on main: the state file alone is never enough
+    (an agent or a person can write `passed` into it)."""
     tasks = worker.book.tasks()
-    return bool(tasks) and all(worker.book.record(t.id).status is TaskStatus.PASSED for t in tasks)
+    return bool(tasks) and all(worker.passed_and_merged(t.id) for t in tasks)

@@ -10,10 +10,12 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from difflib import get_close_matches
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -206,6 +208,24 @@ def translate_errors(
             text = f"{err['msg']} (got {type_name(value)})"
         out.append(problem(source, field_path(loc), text))
     return out if out or skip_fields else [problem(source, field_path(prefix), "is invalid")]
+
+
+HAND_EDIT_SETTLE_S = 0.15
+T = TypeVar("T")
+
+
+def load_settled(load: Callable[[Path], T], path: Path, *, tries: int = 3) -> T:
+    """`load(path)` for a file people edit by hand: a file an editor is still writing
+    fails to parse half-way, so a `ValidationFailed` stands only after the file was read
+    again `tries` times, `HAND_EDIT_SETTLE_S` apart."""
+    for attempt in range(tries):
+        try:
+            return load(path)
+        except ValidationFailed:
+            if attempt == tries - 1:
+                raise
+            time.sleep(HAND_EDIT_SETTLE_S)  # let the writer finish, then read again
+    raise AssertionError("unreachable")
 
 
 def write_json_atomic(path: Path, data: object) -> None:

@@ -1,4 +1,5 @@
-"""The coding-loops harness files: config.json, test-state.json and health.json.
+"""The coding-loops harness files: config.json, test-state.json, health.json, and the
+optional project-wide project.json.
 
 Fields and statuses are the seed's (`seeds/coding-loops-README.md`). Extensions are
 additive: a config may name its `agent`, a default `check_command` and its branches;
@@ -11,7 +12,8 @@ Which models keep unknown fields, deliberately:
   them (`extra="allow"`) and write them back: these are the seed harness's files,
   the loop rewrites the state file, and a user's data must never be lost.
 - `acceptance_criteria` is new input we own, so its criteria forbid unknown keys:
-  a misspelt `chek` is an error, not a silently unverified criterion.
+  a misspelt `chek` is an error, not a silently unverified criterion. So does
+  project.json (ours too: a misspelt `test_comand` must not silently skip the tests).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pydantic import (
 )
 
 from events import Criterion, LoopStatus, ValidationFailed
+from events.secrets import redact_obj
 from loops.files import (
     parse_json,
     problem,
@@ -42,15 +45,18 @@ from loops.files import (
     type_name,
     write_json_atomic,
 )
+from loops.names import ref_problem, task_id_problem
 from loops.spec import check_criteria
 
 __all__ = [
     "AGENT_PATTERN",
+    "PROJECT_FILE",
     "Health",
     "HealthCheckConfig",
     "LoopConfig",
     "LoopState",
     "Progress",
+    "ProjectConfig",
     "StateSummary",
     "TaskEntry",
     "TaskStatus",
@@ -58,7 +64,9 @@ __all__ = [
     "health_from_data",
     "load_config",
     "load_health",
+    "load_project_config",
     "load_state",
+    "project_config_from_data",
     "save_state",
     "state_from_data",
     "write_health",
@@ -137,6 +145,15 @@ class LoopConfig(BaseModel):
             )
         return value
 
+    @field_validator("branch", "main_branch")
+    @classmethod
+    def _ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            why = ref_problem(value)
+            if why:
+                raise ValueError(f"'{show(value)}' is not a valid git branch name: it {why}")
+        return value
+
     @field_validator("check_command")
     @classmethod
     def _check_command(cls, value: str | None) -> str | None:
@@ -154,6 +171,70 @@ def load_config(path: str | os.PathLike[str]) -> LoopConfig:
 
 def config_from_data(data: object, source: str = "config.json") -> LoopConfig:
     return _validated(LoopConfig, data, source, "a loop config with 'name' and 'specs_dir'")
+
+
+# -- project.json ---------------------------------------------------------------------
+
+PROJECT_FILE = "project.json"
+
+
+class ProjectConfig(BaseModel):
+    """`DIR/project.json`, next to the `loop-*` directories: settings of the whole
+    project (optional; every field has a default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    test_command: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the project's full test suite, run on every merged tree "
+        "(`--test-command` overrides it)",
+    )
+    protected: tuple[str, ...] = Field(
+        default=(),
+        description="extra globs of files a claim must not change, added to the defaults "
+        "(tests/checks dirs, spec/state files, Makefile, pyproject.toml, conftest.py ...); "
+        "`**` spans directories, a name without `/` matches at any depth",
+    )
+    recheck_merged: bool = Field(
+        default=True,
+        description="re-run the script checks of every task already merged on each merge, "
+        "so a later merge cannot break an earlier task",
+    )
+    check_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="timeout of a check that has no `timeout_s` of its own (default 600)",
+    )
+    check_workers: int = Field(
+        default=2, ge=1, description="checks of one merge run concurrently, at most this many"
+    )
+
+    @field_validator("test_command")
+    @classmethod
+    def _test_command(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a shell command, or leave it out")
+        return value
+
+    @field_validator("protected")
+    @classmethod
+    def _protected(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for glob in value:
+            if not glob.strip():
+                raise ValueError("globs must not be empty")
+        return value
+
+
+def load_project_config(path: str | os.PathLike[str]) -> ProjectConfig:
+    """Read and validate a project.json; `ValidationFailed` lists every problem."""
+    source = os.fspath(path)
+    text = read_text(Path(source), source, f"Project file not found: {source}")
+    return project_config_from_data(parse_json(text, source), source)
+
+
+def project_config_from_data(data: object, source: str = PROJECT_FILE) -> ProjectConfig:
+    return _validated(ProjectConfig, data, source, "project settings such as 'test_command'")
 
 
 # -- test-state.json ------------------------------------------------------------------
@@ -334,12 +415,17 @@ def _check_entry(raw: object, i: int, source: str, seen: set[str], problems: lis
                 )
             )
         seen.add(task_id)
+        odd = task_id_problem(task_id)
+        if odd:
+            problems.append(problem(source, f"{where}.id", odd))
 
 
 def save_state(path: str | os.PathLike[str], state: LoopState) -> LoopState:
     """Write test-state.json atomically with a fresh summary; returns what was written."""
     state = state.recomputed()
-    write_json_atomic(Path(path), state)
+    # Invariant 7: lastResult and notes can quote what an agent or a check printed.
+    data = state.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    write_json_atomic(Path(path), redact_obj(data))
     return state
 
 
@@ -394,7 +480,7 @@ def _validated(model: type[M], data: object, source: str, what: str) -> M:
 
 def write_health(path: str | os.PathLike[str], health: Health) -> None:
     """Write health.json atomically (every field, so readers see the seed's shape)."""
-    write_json_atomic(Path(path), health.model_dump(mode="json", by_alias=True))
+    write_json_atomic(Path(path), redact_obj(health.model_dump(mode="json", by_alias=True)))
 
 
 def _need_object(data: object, source: str, what: str) -> dict[str, Any]:

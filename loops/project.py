@@ -15,12 +15,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from events import Criterion, LoopsError, ScriptCheck, ValidationFailed
 from loops.files import problem, show
-from loops.harness import LoopConfig, LoopState, TaskEntry, TaskStatus, load_config, load_state
+from loops.harness import (
+    PROJECT_FILE,
+    LoopConfig,
+    LoopState,
+    ProjectConfig,
+    TaskEntry,
+    TaskStatus,
+    load_config,
+    load_project_config,
+    load_state,
+)
+from loops.names import loop_name_problem
 from loops.spec import load_spec
 
 __all__ = [
@@ -34,6 +45,7 @@ __all__ = [
     "load_loop",
     "load_project",
     "parse_task_ref",
+    "project_config_path",
     "resolve_specs_dir",
     "spec_content",
 ]
@@ -141,6 +153,7 @@ class Project:
 
     root: Path
     loops: tuple[Loop, ...]
+    config: ProjectConfig = field(default_factory=ProjectConfig)  # project.json, if any
 
     def loop(self, name: str) -> Loop:
         """A loop by directory name (or, failing that, display name); `KeyError` if none."""
@@ -213,6 +226,13 @@ def load_project(
         )
     loops: list[Loop] = []
     problems: list[str] = []
+    config = ProjectConfig()
+    config_path = project_config_path(loop_dirs)
+    if config_path.is_file():
+        try:
+            config = load_project_config(config_path)
+        except ValidationFailed as exc:
+            problems.extend(exc.problems)
     for loop_dir in loop_dirs:
         try:
             loops.append(load_loop(loop_dir, root=root, project_dir=project_dir))
@@ -221,7 +241,12 @@ def load_project(
     if problems:
         raise ValidationFailed(problems, path=str(root))
     loops.sort(key=lambda lp: (lp.config.priority, lp.name))
-    return Project(root=root, loops=tuple(loops))
+    return Project(root=root, loops=tuple(loops), config=config)
+
+
+def project_config_path(loop_dirs: list[Path]) -> Path:
+    """Where a project's optional project.json is: next to its `loop-*` directories."""
+    return loop_dirs[0].parent / PROJECT_FILE
 
 
 def load_loop(
@@ -230,10 +255,15 @@ def load_loop(
     root: Path | None = None,
     project_dir: str | os.PathLike[str] | None = None,
     within: Path | None = None,
+    config_path: Path | None = None,
 ) -> Loop:
-    """One loop directory: config.json, then its specs dir and state file."""
+    """One loop directory: config.json (or `config_path`, the harness's `--config`), then
+    its specs dir and state file."""
     loop_dir = Path(loop_dir)
-    config_path = loop_dir / "config.json"
+    config_path = Path(config_path) if config_path is not None else loop_dir / "config.json"
+    odd = loop_name_problem(loop_dir.name)
+    if odd:
+        raise ValidationFailed([problem(str(config_path), "", odd)], path=str(config_path))
     config = load_config(config_path)
     specs = resolve_specs_dir(
         loop_dir, config.specs_dir, root=root, project_dir=project_dir, within=within

@@ -31,6 +31,7 @@ from events import (
     VerificationFailed,
     VerificationPassed,
     VerificationVerdict,
+    derived_id,
 )
 from loops.book import TaskStatus
 from loops.runtime import Phase, TaskRuntime
@@ -75,9 +76,24 @@ def _relevant(w: LoopWorker, event: Event) -> bool:
 
 
 def handle(w: LoopWorker, event: Event) -> None:
-    """React to one event from the bus (idempotent; state saved before the ack)."""
-    if not _relevant(w, event) or w.state.seen(event.id):
+    """React to one event from the bus. The reaction's state, the event's handled mark
+    and the events it decided (the outbox) are saved in one write; then the outbox is
+    published. Only when that succeeded does this return (and the bus ack the entry):
+    a publish that fails raises, the entry is delivered again, and its redelivery
+    publishes what the outbox still holds, without reacting twice."""
+    if not _relevant(w, event):
         return
+    if not w.state.seen(event.id):
+        with w.deferring():
+            _react(w, event)
+            w.state.mark(event.id)
+            w.save()
+    # Not saved again here: should the process die before the next save, its restart
+    # publishes these events once more, with the same ids, and consumers drop them.
+    w.flush()
+
+
+def _react(w: LoopWorker, event: Event) -> None:
     if isinstance(event, TaskPassed):
         w.state.external_passed.add(f"{event.loop}/{event.task_id}")
     elif isinstance(event, LoopPause | LoopResume | LoopStop | TaskReset | TaskHint):
@@ -92,12 +108,13 @@ def handle(w: LoopWorker, event: Event) -> None:
         _answer(w, event)
     elif isinstance(event, MonitorAction) and event.task_id:
         _block(w, event.task_id, f"blocked by the monitor: {event.reason}")
-    w.save()
 
 
-def _current_claim(w: LoopWorker, task_id: str, commit: str) -> TaskRuntime | None:
+def _current_claim(
+    w: LoopWorker, task_id: str, commit: str, *, done_too: bool = False
+) -> TaskRuntime | None:
     rt = w.state.tasks.get(task_id)
-    if rt is None or rt.claim_commit != commit or rt.phase is Phase.DONE:
+    if rt is None or rt.claim_commit != commit or (rt.phase is Phase.DONE and not done_too):
         return None  # a stale verdict for an earlier claim (or a duplicate): ignore it
     return rt
 
@@ -105,7 +122,8 @@ def _current_claim(w: LoopWorker, task_id: str, commit: str) -> TaskRuntime | No
 def _verdict(
     w: LoopWorker, event: VerificationPassed | VerificationFailed | MergeCompleted | MergeConflicted
 ) -> None:
-    rt = _current_claim(w, event.task_id, event.commit)
+    merged = isinstance(event, MergeCompleted)
+    rt = _current_claim(w, event.task_id, event.commit, done_too=merged)
     if rt is None:
         return
     if isinstance(event, VerificationPassed):
@@ -126,22 +144,7 @@ def _verdict(
                 log.warning("  ✗ %s%s", c.criterion, f": {lines[-1][-300:]}" if lines else "")
         w.fail_attempt(event.task_id, f"verification failed: {event.reason}")
     elif isinstance(event, MergeCompleted):
-        record = w.book.record(event.task_id)
-        rt.phase = Phase.DONE
-        w.book.update(
-            event.task_id,
-            status=TaskStatus.PASSED,
-            last_result=f"merged as {event.merged_commit[:12]}",
-        )
-        w.save()
-        w.emit(
-            TaskPassed,
-            event.task_id,
-            attempt=record.attempts + 1,
-            commit=event.commit,
-            merged_commit=event.merged_commit,
-        )
-        log.info("Task %s verified and merged (%s).", event.task_id, event.merged_commit[:12])
+        _merged(w, rt, event)
     else:
         rt.conflict_tries = event.tries
         rt.conflict_files = list(event.files)
@@ -157,6 +160,29 @@ def _verdict(
             rt.resume = Phase.CONFLICT
         else:
             rt.phase = Phase.CONFLICT
+
+
+def _merged(w: LoopWorker, rt: TaskRuntime, event: MergeCompleted) -> None:
+    """The durable record first (what dependents and summaries trust), then the state
+    file, then `task.passed`, whose id derives from the merge: taking the same merge
+    in again (after a crash or a lost publish) publishes nothing new."""
+    record = w.book.record(event.task_id)
+    w.merged.record(event.task_id, event.merged_commit)
+    rt.phase = Phase.DONE
+    w.book.update(
+        event.task_id,
+        status=TaskStatus.PASSED,
+        last_result=f"merged as {event.merged_commit[:12]}",
+    )
+    w.emit(
+        TaskPassed,
+        event.task_id,
+        id=derived_id(event.id, "task.passed"),
+        attempt=record.attempts + 1,
+        commit=event.commit,
+        merged_commit=event.merged_commit,
+    )
+    log.info("Task %s verified and merged (%s).", event.task_id, event.merged_commit[:12])
 
 
 def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
@@ -237,6 +263,7 @@ def _command(
     w.save()
     w.emit(
         CommandAcknowledged,
+        id=derived_id(event.id, "ack"),
         command=event.type,
         command_id=event.id,
         detail=detail,
@@ -257,9 +284,16 @@ def _unblock_dependents(w: LoopWorker, task_id: str) -> None:
 
 
 def reload_book(w: LoopWorker, last_problems: list[str]) -> list[str]:
-    """Take up hand edits of the state file; report an invalid edit once."""
+    """Take up hand edits of the state file; report an invalid edit once. A valid
+    edit is taken up (reset a task to pending, add a task, block one), except a
+    `passed` that no merge on main backs: that is set back and reported."""
+    before = w.book.statuses()
     problems = w.book.reload()
     if problems and problems != last_problems:
         log.error("ignored an invalid edit: %s", problems[0])
         w.emit(StateRejected, path=str(getattr(w.book, "state_path", "")), problems=problems)
+    if not problems:
+        forged = w.reject_unmerged_passes(before)
+        if forged:
+            w.emit(StateRejected, path=str(getattr(w.book, "state_path", "")), problems=forged)
     return problems

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from events.secrets import redact_obj
 from loops.files import write_json_atomic
 
 
@@ -55,17 +56,23 @@ class WorkerState(BaseModel):
     tasks: dict[str, TaskRuntime] = Field(default_factory=dict)
     external_passed: set[str] = Field(default_factory=set)  # "loop/TASK" merged elsewhere
     handled: list[str] = Field(default_factory=list)  # recent event ids (idempotency)
+    # Events decided but not yet on the bus (JSON, oldest first): saved in the same
+    # write as the state change and the handled mark that produced them, published
+    # after it, removed once the bus has them (the outbox).
+    outbox: list[str] = Field(default_factory=list)
 
     def task(self, task_id: str) -> TaskRuntime:
         return self.tasks.setdefault(task_id, TaskRuntime())
 
     def seen(self, event_id: str) -> bool:
-        """True if the event was handled already; otherwise records it."""
-        if event_id in self.handled:
-            return True
-        self.handled.append(event_id)
-        del self.handled[:-500]
-        return False
+        """True if the event was handled already (its reaction is saved)."""
+        return event_id in self.handled
+
+    def mark(self, event_id: str) -> None:
+        """Record the event as handled: call it only once its reaction is done."""
+        if event_id not in self.handled:
+            self.handled.append(event_id)
+            del self.handled[:-500]
 
 
 _HISTORY_KEEP = 200
@@ -92,4 +99,5 @@ class StateFile:
         for rt in state.tasks.values():
             del rt.history[:-_HISTORY_KEEP]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, state.model_dump(mode="json"))
+        # Invariant 7: guidance, failure reports and history quote agents and checks.
+        write_json_atomic(self.path, redact_obj(state.model_dump(mode="json")))

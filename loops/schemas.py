@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from loops.harness import Health, LoopConfig, LoopState
+from loops.harness import Health, LoopConfig, LoopState, ProjectConfig
 from loops.spec import Spec
 
 __all__ = ["SCHEMAS", "render", "schema_of", "write_all"]
@@ -30,6 +30,7 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {
     "config.schema.json": (LoopConfig, "config.json of a coding loop"),
     "test-state.schema.json": (LoopState, "test-state.json of a coding loop"),
     "health.schema.json": (Health, "health.json written by a running loop"),
+    "project.schema.json": (ProjectConfig, "project.json of a coding-loops project"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from bus import RedisBus
+from bus import PassedLedger, RedisBus
 from events import EscalationRaised, TaskClaimed, TaskPassed
 from loops.book import TaskBook
 from loops.driver import WorkerExit, run_worker
@@ -47,6 +47,7 @@ class WorkerService:
             heartbeat_s=heartbeat_s,
             agent_timeout_s=agent_timeout_s,
             remote=remote,
+            ledger=PassedLedger(bus.client, bus.prefix),
         )
         # Other loops' merged tasks (cross-loop dependencies), even from before this
         # worker's group existed; and what the stream holds of our own claims and

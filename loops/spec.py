@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from events import Criterion, ValidationFailed
 from loops.files import PARSE_ERRORS, problem, read_text, show, translate_errors, type_name
+from loops.names import task_id_problem
 
 __all__ = [
     "DEFAULT_MAX_ITERATIONS",
@@ -320,6 +321,9 @@ def _check_task(
         if task_id in seen:
             problems.append(problem(source, f"{where}.id", f"Duplicate task id: '{show(task_id)}'"))
         seen.add(task_id)
+        odd = task_id_problem(task_id)
+        if odd:
+            problems.append(problem(source, f"{where}.id", odd))
     clean: dict[str, Any] = {"id": task_id}
     for key in ("title", "description"):
         clean[key] = _required(

@@ -9,16 +9,19 @@ follows verification. Bus events (verdicts, merges, answers, commands) are handl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bus import PassedLedger
 from events import (
+    DecodeError,
     EscalationDelivered,
     EscalationKind,
     EscalationRaised,
@@ -34,15 +37,18 @@ from events import (
     Role,
     Severity,
     Source,
+    StateRejected,
     TaskBlocked,
     TaskClaimed,
     TaskFailed,
     TaskStarted,
+    decode_json,
     new_id,
     short_id,
 )
 from events.secrets import redact
 from loops.book import TaskBook, TaskDef, TaskStatus
+from loops.merged import MergedTasks
 from loops.prompt import PromptInput, build_prompt
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRunner
 from loops.runners.outcome import parse_outcome
@@ -75,8 +81,10 @@ class LoopWorker:
         agent_timeout_s: float = 30 * 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         remote: str | None = None,
+        ledger: PassedLedger | None = None,
     ) -> None:
         self.book = book
+        self.merged = MergedTasks(book.loop, workspace.repo, workspace.main_branch, ledger)
         self.runner = runner
         self.ws = workspace
         self.publish_event = publish
@@ -98,8 +106,32 @@ class LoopWorker:
         self.budget_exhausted = False
         self.cancel: threading.Event | None = None  # set: kill the running agent (shutdown)
         self._lock = threading.Lock()
+        self._deferring = False
 
     # ------------------------------------------------------------------ publishing
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Inside: `emit` only queues events in the outbox (a reaction to a bus event
+        saves its state, its handled mark and its events in one write first)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def flush(self) -> None:
+        """Publish the outbox, oldest first; each event leaves it once the bus has it.
+        A failure raises and leaves the rest for the next flush (same ids: a copy that
+        did land before a lost reply dedupes at every consumer)."""
+        while self.state.outbox:
+            try:
+                event = decode_json(self.state.outbox[0])
+            except DecodeError as exc:  # a hand-mangled state file: not worth a crash
+                log.error("dropping an unreadable event from the outbox: %s", exc.reason)
+            else:
+                self.publish_event(event)
+            self.state.outbox.pop(0)
+
     def emit(self, event_cls: type[Event], task_id: str | None = None, **fields: object) -> Event:
         rt = self.state.tasks.get(task_id) if task_id else None
         data: dict[str, object] = {
@@ -110,7 +142,9 @@ class LoopWorker:
         if task_id and "task_id" in event_cls.model_fields:
             data["task_id"] = task_id
         event = event_cls.model_validate({**data, **fields})
-        self.publish_event(event)
+        self.state.outbox.append(event.model_dump_json())
+        if not self._deferring:
+            self.flush()
         return event
 
     def save(self) -> None:
@@ -124,13 +158,28 @@ class LoopWorker:
                 loop, _, tid = dep.partition("/")
                 if loop == self.loop:
                     dep = tid
-                elif dep in self.state.external_passed:
+                elif dep in self.state.external_passed or self.merged.has(dep):
                     continue
                 else:
                     return False, dep
             if self.book.record(dep).status is not TaskStatus.PASSED:
                 return False, dep
         return True, None
+
+    def passed_and_merged(self, task_id: str) -> bool:
+        """The task counts as a success: passed in the state file and merged on main."""
+        return (
+            self.book.record(task_id).status is TaskStatus.PASSED
+            and self.merged.commit(task_id) is not None
+        )
+
+    def reject_unmerged_passes(self, before: dict[str, TaskStatus] | None = None) -> list[str]:
+        """Set back every `passed` in the state file that no merge backs (see
+        `MergedTasks.reject_unmerged`); returns the problems, one per task."""
+        problems = self.merged.reject_unmerged(self.book, before)
+        for problem in problems:
+            log.error("ignored an edit: %s", problem)
+        return problems
 
     def in_flight(self) -> str | None:
         """The task with a claim, merge or conflict in progress (at most one)."""
@@ -197,6 +246,7 @@ class LoopWorker:
                         break
 
     def progress(self) -> tuple[int, int]:
+        """(tasks passed, tasks) as the state file says (rejected edits already undone)."""
         tasks = self.book.tasks()
         passed = sum(self.book.record(t.id).status is TaskStatus.PASSED for t in tasks)
         return passed, len(tasks)
@@ -484,6 +534,11 @@ class LoopWorker:
 
     def started(self) -> None:
         self.ws.ensure()
+        problems = self.reject_unmerged_passes()
+        if problems:
+            self.emit(
+                StateRejected, path=str(getattr(self.book, "state_path", "")), problems=problems
+            )
         passed, total = self.progress()
         self.status = LoopStatus.RUNNING
         self.emit(

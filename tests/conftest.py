@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import fakeredis
@@ -14,7 +15,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
-from bus import BusSettings, RedisBus, connect
+from bus import BusSettings, EmbeddedServer, RedisBus, connect
 from tests.fakes.mock_anthropic import MockAnthropic
 
 T = TypeVar("T")
@@ -120,6 +121,20 @@ def redis_backend(request: pytest.FixtureRequest) -> Iterator[RedisBackend]:
 def bus(redis_backend: RedisBackend) -> RedisBus:
     """A RedisBus with default settings on `redis_backend`, under a unique prefix."""
     return redis_backend.bus()
+
+
+@pytest.fixture(params=["fakeredis-tcp", "real"])
+def fault_upstream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a Redis reachable over TCP (fakeredis's server, or the real one), to
+    put a `tests.faultproxy.FaultProxy` in front of. Tests use their own prefixes."""
+    if request.param == "real":
+        yield require_real_redis()
+        return
+    server = EmbeddedServer(tmp_path / "fakeredis-tcp", kind="fakeredis")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.fixture

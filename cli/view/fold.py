@@ -232,6 +232,10 @@ def _escalation_raised(view: SystemView, e: ev.EscalationRaised) -> None:
     esc.question, esc.options, esc.repeat = e.question, list(e.options), e.repeat
     if esc.raised is None:
         esc.raised = e.ts
+    if e.reopens is not None and esc.status is EscalationStatus.ANSWERED:
+        # The human interface could not read the answer: the question is open again.
+        esc.status = EscalationStatus.OPEN
+        esc.answer = esc.decision = esc.answered_by = None
 
 
 def _escalation_acknowledged(view: SystemView, e: ev.EscalationAcknowledged) -> None:
@@ -243,7 +247,8 @@ def _escalation_acknowledged(view: SystemView, e: ev.EscalationAcknowledged) -> 
 
 def _escalation_answered(view: SystemView, e: ev.EscalationAnswered) -> None:
     esc = view.escalation(e.escalation_id)
-    if esc.status.is_open:
+    # A decision the human interface read from a free-text answer completes that answer.
+    if esc.status.is_open or (e.interprets is not None and esc.status is EscalationStatus.ANSWERED):
         esc.status = EscalationStatus.ANSWERED
         esc.answer, esc.decision, esc.answered_by = e.answer, e.decision, e.by
 

@@ -228,3 +228,31 @@ def test_status_finds_the_embedded_server_of_dir(system: System) -> None:
     assert gone.returncode == 1
     assert gone.stderr.startswith(f"loops: no coding-loops system is running in {never}")
     assert gone.stderr.count("\n") == 1
+
+
+def test_operator_readers_read_past_hostile_entries(system: System) -> None:
+    """Issue 9, row 6: an entry whose `type` is one non-UTF-8 byte (and others no event
+    can be made of) stops neither `loops events` nor `loops status`."""
+    history = scenario()
+    system.bus.publish_many(history[:3])
+    for fields in (
+        {b"type": b"\xff", b"id": b"x", b"data": b"{}"},
+        {b"\xfe": b"\xff"},
+        {b"type": b"task.started", b"data": b'{"type": "task.started", "attempt": NaN}'},
+    ):
+        system.bus.client.xadd(system.bus.stream, fields)  # type: ignore[arg-type]
+    system.bus.publish_many(history[3:])
+    for args in (("events",), ("events", "--type", "task.*"), ("events", "--json")):
+        proc = system.loops(*args, check=True)
+        assert "Traceback" not in proc.stderr
+    assert len(system.loops("events", check=True).stdout.splitlines()) == len(history)
+    out = system.loops("status", check=True).stdout
+    assert "loop-api" in out and "Traceback" not in out
+    follow = Lines(system.popen("events", "--follow"))
+    try:
+        wait_until(lambda: follow.proc.poll() is None)
+        system.bus.client.xadd(system.bus.stream, {b"type": b"\xff", b"data": b"\xff"})  # type: ignore[dict-item]
+        system.bus.publish(ev.TaskStarted(source=W, loop="loop-api", task_id="API-9", attempt=1))
+        wait_until(lambda: any("API-9" in x for x in follow.lines))
+    finally:
+        assert follow.interrupt() == 0

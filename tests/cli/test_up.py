@@ -305,3 +305,23 @@ def test_serve_keeps_running_after_the_work_and_sigterm_stops_it(tmp_path: Path)
             up.kill()
         bus.delete_all()
         bus.close()
+
+
+def test_a_forged_passed_in_the_state_file_is_no_success(tmp_path: Path) -> None:
+    """Issue 9, row 4: "passed" written into the main checkout's test-state.json, with
+    nothing merged, made `loops up` report success. It is set back, and exit is 1."""
+    root = one_loop_project(tmp_path / "p", [{"reply": "BLOCKED: add ints or floats?"}])
+    state_path = root / "loop-1-clean" / "specs" / "test-state.json"
+    state = json.loads(state_path.read_text())
+    state["tests"][0]["status"] = "passed"
+    state_path.write_text(json.dumps(state, indent=2))
+    proc = subprocess.run(
+        [LOOPS, "up", str(root)], capture_output=True, text=True, timeout=120, env=env()
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "All tasks verified and merged" not in out and "Traceback" not in out
+    assert "loop-1-clean: 0/1 tasks verified and merged" in out
+    assert "without a merged commit on main" in out  # the state.rejected, logged
+    assert json.loads(state_path.read_text())["tests"][0]["status"] != "passed"
+    assert "return a + b" not in git(root, "show", "main:calc/ops.py")

@@ -362,3 +362,49 @@ def test_terminal_text_is_escaped_and_cut() -> None:
     assert len(clean("x" * 500)) == 120
     event = ev.TaskBlocked(source=W, loop="l\x1b]0;x", ts=at(0), task_id="T", reason="\x07bell")
     assert "\x1b" not in event_line(event) and "\x07" not in event_line(event)
+
+
+def test_an_unreadable_answer_reopens_the_question_and_a_read_one_completes_it() -> None:
+    human = ev.Source(role=ev.Role.HUMAN, instance="h:1")
+    raised = ev.EscalationRaised(
+        source=GATE,
+        loop="l1",
+        ts=at(1),
+        escalation_id="e-1",
+        kind=ev.EscalationKind.SIGNOFF,
+        severity=ev.Severity.MEDIUM,
+        question="Sign off T1?",
+        task_id="T1",
+        options=["approve", "reject"],
+    )
+    view = SystemView.from_events([raised])
+    esc = view.escalations["e-1"]
+    first = ev.EscalationAnswered(
+        source=OP, ts=at(2), escalation_id="e-1", answer="hmm, maybe", by="ann"
+    )
+    view.apply(first)
+    assert esc.status is EscalationStatus.ANSWERED and esc.decision is None
+    view.apply(
+        ev.EscalationRaised(
+            **{**raised.model_dump(), "id": ev.new_id(), "repeat": 1, "reopens": first.id}
+        )
+    )
+    assert esc.status is EscalationStatus.OPEN and esc.answer is None
+    assert view.open_escalations() == [esc]  # `loops answer` takes the next answer
+    second = ev.EscalationAnswered(
+        source=OP, ts=at(3), escalation_id="e-1", answer="Looks right to me", by="ann"
+    )
+    view.apply(second)
+    view.apply(
+        ev.EscalationAnswered(
+            source=human,
+            ts=at(4),
+            escalation_id="e-1",
+            answer="Looks right to me",
+            by="ann",
+            decision=ev.Decision.APPROVE,
+            interprets=second.id,
+            read_by="rules",
+        )
+    )
+    assert esc.status is EscalationStatus.ANSWERED and esc.decision is ev.Decision.APPROVE

@@ -160,11 +160,13 @@ class Project:
         self.gate = VerificationGate(
             self.bus, gate_settings, loader=load_tasks, judge=self.judge, store=self.store
         )
-        merge_settings = MergeSettings(
-            repo=self.clone("merge"), test_command=self.test_command, **(merge or {})
-        )
+        merge = dict(merge or {})
+        merge.setdefault("protected", gate_settings.protected)
+        merge.setdefault("default_check", gate_settings.default_check)
+        merge.setdefault("test_command", self.test_command)
+        merge_settings = MergeSettings(repo=self.clone("merge"), **merge)
         queue_cls = BatchMergeQueue if batch else MergeQueue
-        self.merge = queue_cls(self.bus, merge_settings, store=self.store)
+        self.merge = queue_cls(self.bus, merge_settings, loader=load_tasks, store=self.store)
         self._subs = [self.gate.subscribe("gate-1"), self.merge.subscribe("merge-1")]
 
     def pump(self) -> int:
@@ -194,7 +196,12 @@ class Project:
         assert not unverified, f"main held commits never checked on their tree: {unverified}"
 
 
-def make_project(tmp_path: Path, bus: RedisBus, tasks: dict[str, object] | None = None) -> Project:
+def make_project(
+    tmp_path: Path,
+    bus: RedisBus,
+    tasks: dict[str, object] | None = None,
+    files: dict[str, str] | None = None,
+) -> Project:
     origin = tmp_path / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
     git(origin, "config", "core.logAllRefUpdates", "always")
@@ -209,6 +216,7 @@ def make_project(tmp_path: Path, bus: RedisBus, tasks: dict[str, object] | None 
         "pytest.ini": "[pytest]\n",
         ".gitignore": "__pycache__/\n.pytest_cache/\n",
         "README.md": "# tiny\n",
+        **(files or {}),
     }
     for rel, text in files.items():
         (seed / rel).parent.mkdir(parents=True, exist_ok=True)

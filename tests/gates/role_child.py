@@ -48,6 +48,7 @@ def main() -> None:
         queue = MergeQueue(
             bus,
             MergeSettings(repo=repo, test_command=cfg["test_command"]),
+            loader=load_tasks,
             store=store,
             before_main_moves=hook if hook_file else None,
         )

@@ -8,7 +8,7 @@ import pytest
 from events import MergeConflicted
 from gates import BatchMergeQueue
 from gates.gitutil import git
-from tests.gates.conftest import APP, TEST_BASE, Project
+from tests.gates.conftest import APP, Project, load_tasks
 from tests.gates.test_flow import MUL
 
 SUB = {"sub.py": "def sub(a, b):\n    return a - b\n", "app.py": "from sub import sub\n" + APP}
@@ -38,8 +38,8 @@ def test_a_failing_batch_is_bisected(project: Project) -> None:
     a, b, c = project.loop("a"), project.loop("b"), project.loop("c")
     a.claim("mul", a.write({"app.py": MUL}, "mul"))
     b.claim("sub", b.write(SUB, "sub"))
-    broken = TEST_BASE.replace("== 5", "== 6")  # c's change breaks another test
-    c.claim("notes", c.write({"NOTES.md": "n\n", "tests/test_base.py": broken}, "notes"))
+    # c's change breaks the other tests (a package `app/` hides app.py) but not its own
+    c.claim("notes", c.write({"NOTES.md": "n\n", "app/__init__.py": ""}, "notes"))
     project.pump()
 
     assert sorted(e.task_id for e in project.events("merge.completed")) == ["mul", "sub"]  # type: ignore[attr-defined]
@@ -90,7 +90,9 @@ def test_a_batch_interrupted_before_main_moves_lands_once_after_restart(
     assert project.main() == seed and project.events("merge.completed") == []
 
     # A new process: same durable store, same bus; the queued tasks are still queued.
-    restarted = BatchMergeQueue(project.bus, project.merge.settings, store=project.store)
+    restarted = BatchMergeQueue(
+        project.bus, project.merge.settings, loader=load_tasks, store=project.store
+    )
     assert [vp.task_id for vp in restarted.pending()] == ["mul", "sub"]
     assert restarted.flush() == 2
     assert sorted(e.task_id for e in project.events("merge.completed")) == ["mul", "sub"]  # type: ignore[attr-defined]

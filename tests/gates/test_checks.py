@@ -1,5 +1,5 @@
-"""Script checks: secrets stripped, output capped, hanging process groups killed; and
-which changed files count as tampering."""
+"""Script checks: secrets stripped, output capped, hanging process groups killed, each
+check of a concurrent run held to its own timeout."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from gates.checks import command_paths, flagged_files, run_script, scrubbed_env
+from gates.checks import Check, run_checks, run_script, scrubbed_env
 from tests.conftest import wait_until
 
 
@@ -64,52 +64,15 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
-def _tree(root: Path) -> Path:
-    for rel in ("tests/test_app.py", "tests/unit/test_x.py", "scripts/check.sh", "app.py"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text("")
-    return root
-
-
-def test_command_paths_are_the_existing_files_and_dirs_a_command_names(tmp_path: Path) -> None:
-    root = _tree(tmp_path)
-    files, dirs = command_paths(
-        [
-            "pytest tests/test_app.py::test_health -v -k health",
-            "bash scripts/check.sh && echo ok",
-            "pytest --rootdir=. tests/unit/",
-            "cat /etc/passwd ../outside missing.txt",
-        ],
-        root,
-    )
-    assert files == {"tests/test_app.py", "scripts/check.sh"}
-    assert dirs == {"tests/unit/"}
-
-
-def test_flagged_files_cover_named_tests_dirs_protected_globs_and_conftest(
-    tmp_path: Path,
-) -> None:
-    root = _tree(tmp_path)
-    changed = [
-        "app.py",
-        "tests/test_app.py",
-        "tests/unit/test_new.py",
-        "tests/conftest.py",
-        "loop-1/specs/test-state.json",
-        "SPEC.yaml",
-        "docs/readme.md",
+def test_concurrent_checks_keep_their_order_and_their_own_timeouts(tmp_path: Path) -> None:
+    checks = [
+        Check("slow but in time", "sleep 0.2; echo one", timeout_s=30),
+        Check("hangs", "sleep 60", timeout_s=0.5),
+        Check("fails", "echo two; exit 4"),
     ]
-    flagged = flagged_files(
-        changed,
-        commands=["pytest tests/test_app.py", "pytest tests/unit"],
-        root=root,
-        protected=("SPEC.yaml", "*/test-state.json"),
-    )
-    assert flagged == [
-        "SPEC.yaml",
-        "loop-1/specs/test-state.json",
-        "tests/conftest.py",
-        "tests/test_app.py",
-        "tests/unit/test_new.py",
-    ]
-    assert flagged_files(["app.py"], commands=["pytest tests/"], root=root, protected=()) == []
+    results = run_checks(checks, tmp_path, workers=2, default_timeout_s=30)
+    assert [r.criterion for r in results] == ["slow but in time", "hangs", "fails"]
+    assert results[0].passed and "one" in results[0].output_tail
+    assert results[1].timed_out and results[1].passed is False
+    assert results[2].exit_code == 4 and "two" in results[2].output_tail
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}.pgid*"))  # notes removed

@@ -485,3 +485,24 @@ def test_nasty_json(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ValidationFailed):
         load_state(path)
+
+
+def test_a_hand_edit_read_half_written_is_read_again_before_it_is_rejected(tmp_path: Path) -> None:
+    import threading
+
+    from events import ValidationFailed
+    from loops.files import HAND_EDIT_SETTLE_S, load_settled
+    from loops.harness import load_state
+
+    path = tmp_path / "test-state.json"
+    whole = '{"tests": [{"id": "T1", "status": "pending"}]}'
+    path.write_text(whole[:17])  # an editor half-way through its write
+    finisher = threading.Timer(HAND_EDIT_SETTLE_S / 3, path.write_text, args=(whole,))
+    finisher.start()
+    try:
+        assert load_settled(load_state, path).tests[0].id == "T1"
+    finally:
+        finisher.join()
+    path.write_text(whole[:17])  # nobody finishes it: the problem stands
+    with pytest.raises(ValidationFailed):
+        load_settled(load_state, path)

@@ -16,11 +16,12 @@ def test_schemas_are_up_to_date() -> None:
     assert stale() == [], "docs/schemas is out of date: run `python -m loops.schemas`"
 
 
-def test_schema_files_are_the_four_documented_ones() -> None:
+def test_schema_files_are_the_five_documented_ones() -> None:
     assert DEFAULT_DIR == ROOT / "docs" / "schemas"
     assert sorted(SCHEMAS) == [
         "config.schema.json",
         "health.schema.json",
+        "project.schema.json",
         "spec.schema.json",
         "test-state.schema.json",
     ]
@@ -38,6 +39,6 @@ def test_check_mode_reports_stale_files(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "loops.schemas", "--dir", str(tmp_path)]
     assert subprocess.run([*cmd, "--check"], capture_output=True, timeout=60).returncode == 1
     assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
-    assert len(list(tmp_path.glob("*.schema.json"))) == 4
+    assert len(list(tmp_path.glob("*.schema.json"))) == 5
     done = subprocess.run([*cmd, "--check"], capture_output=True, timeout=60)
     assert done.returncode == 0

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from loops.runners.redact import MASK
 
 from events import ConfigError, FailureKind, IterationOutcome
+from events.secrets import MASK
 from loops.runners import AgentRequest, AgentResult, make_runner
 from loops.runners.claude import ClaudeRunner, StreamParser
 from loops.runners.outcome import outcome_of

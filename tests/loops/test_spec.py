@@ -383,8 +383,10 @@ def test_models_are_frozen_and_check_ids_when_built_directly() -> None:
 
 def test_problems_are_single_lines() -> None:
     text = 'goal: g\ntasks:\n  - id: "a\\nb"\n    title: t\n    description: d\n'
-    (line,) = problems_of(text)
-    assert "\n" not in line and "Task 'a\\nb' has no acceptance_criteria" in line
+    lines = problems_of(text)
+    assert all("\n" not in line for line in lines)
+    assert any("Task 'a\\nb' has no acceptance_criteria" in line for line in lines)
+    assert any("task id 'a\\nb' contains a control character" in line for line in lines)
 
 
 # -- fuzzing: no input raises anything but ValidationFailed ----------------------------

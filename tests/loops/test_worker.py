@@ -418,3 +418,60 @@ def test_a_held_task_stops_iterating_until_released(make_harness) -> None:  # ty
     assert len([e for e in h.events("iteration.started") if e.task_id == "hello"]) == held_at  # type: ignore[attr-defined]
     h.bus.publish(ev.TaskReleased(source=pm, loop="spec", task_id="hello", reason="merged"))
     h.wait_event("iteration.started", held_at + 1, task_id="hello")
+
+
+def test_state_files_never_hold_a_secret(make_harness, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Invariant 7 for what the harness writes: worker.json (history, failure reports,
+    hints), test-state.json (lastResult) and health.json."""
+    pg = "pg-Very-Secret-Value-42"
+    key = "sk-ant-api03-" + "Q" * 40
+    monkeypatch.setenv("PGPASSWORD", pg)
+    leak = f"PGPASSWORD={pg} ANTHROPIC={key}"
+    h = make_harness(
+        {
+            "tasks": {
+                "hello": [
+                    {
+                        "write": {"hello.py": "print('hi')\n"},
+                        "reply": f"{leak} <promise>done</promise>",
+                    },
+                    {"reply": f"still {leak}"},
+                ]
+            }
+        },
+        max_iterations=1000,
+    )
+    claim = h.wait_event("task.claimed", task_id="hello")
+    assert isinstance(claim, ev.TaskClaimed)
+    h.bus.publish(ev.TaskHint(source=OPERATOR, loop="spec", task_id="hello", text=f"try {leak}"))
+    h.bus.publish(
+        ev.VerificationFailed(
+            source=GATE,
+            task_id="hello",
+            commit=claim.commit,
+            attempt=claim.attempt,
+            verdict=ev.VerificationVerdict.CHECKS_FAILED,
+            reason=f"check printed {leak}",
+            criteria=[
+                ev.CriterionResult(
+                    criterion="hello.py runs",
+                    kind="script",
+                    passed=False,
+                    command="env",
+                    exit_code=1,
+                    output_tail=f"env: {leak}",
+                )
+            ],
+            **claim.caused(),
+        )
+    )
+    h.wait_event("task.failed", task_id="hello")
+    h.wait_event("iteration.finished", 2, task_id="hello")
+    worker_json = h.service.worker.store.path
+    health = h.book.state_dir / "health.json"
+    wait_until(lambda: health.exists(), timeout=15)
+    files = {p: p.read_text() for p in (worker_json, h.book.state_path, health)}
+    assert "check printed" in files[h.book.state_path]  # lastResult is there, redacted
+    assert "env:" in files[worker_json] and "try" in files[worker_json]
+    for path, text in files.items():
+        assert pg not in text and key not in text, path
