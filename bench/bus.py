@@ -67,8 +67,10 @@ def interleaved(variants: dict[str, Callable[[], int]], rounds: int) -> dict[str
 
 
 class Bench:
-    def __init__(self, client: redis.Redis, quick: bool) -> None:
+    def __init__(self, client: redis.Redis, quick: bool, signed: bool = True) -> None:
         self.client = client
+        # Roles sign every event (bus/signing.py); --unsigned measures without it.
+        self.key = b"bench-signing-key-0123456789abcdef" if signed else None
         self.r: Any = client
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
         self.rounds = 10 if quick else 40
@@ -80,7 +82,8 @@ class Bench:
         self.results: dict[str, float] = {}
 
     def bus(self, name: str) -> RedisBus:
-        return RedisBus(self.client, settings=BusSettings(prefix=f"{self.prefix}:{name}"))
+        settings = BusSettings(prefix=f"{self.prefix}:{name}", signing_key=self.key)
+        return RedisBus(self.client, settings=settings)
 
     def clear(self) -> None:
         keys = list(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
@@ -283,9 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         "--redis", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     )
     parser.add_argument("--quick", action="store_true", help="fewer events, for a smoke run")
+    parser.add_argument(
+        "--unsigned", action="store_true", help="publish without a signing key (old setups)"
+    )
     args = parser.parse_args(argv)
     client = connect(BusSettings.from_dsn(args.redis, block_ms=1000))
-    bench = Bench(client, args.quick)
+    bench = Bench(client, args.quick, signed=not args.unsigned)
     started = time.perf_counter()
     try:
         client.ping()

@@ -6,7 +6,15 @@ Imports `events` only. Nothing connects at import time: clients are passed in.""
 from bus.api import Bus, Handler, Subscription
 from bus.consumer import RedisSubscription, SubscriptionStats
 from bus.deadletter import DeadLetter, read_dead_letters
-from bus.embedded import EmbeddedServer, ServerStartFailed, recorded_url, resolve_url, state_dir
+from bus.embedded import (
+    EmbeddedServer,
+    ServerStartFailed,
+    recorded_settings,
+    recorded_url,
+    resolve_settings,
+    resolve_url,
+    state_dir,
+)
 from bus.idempotency import Idempotency
 from bus.ledger import PassedLedger
 from bus.settings import BusSettings, TrimPolicy, connect
@@ -28,7 +36,9 @@ __all__ = [
     "TrimPolicy",
     "connect",
     "read_dead_letters",
+    "recorded_settings",
     "recorded_url",
+    "resolve_settings",
     "resolve_url",
     "state_dir",
     "stream_id",

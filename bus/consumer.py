@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
+from bus import signing
 from bus.api import Handler
 from bus.deadletter import dead_fields
 from events import EVENT_TYPES, DecodeError, decode, entry_type
@@ -287,6 +288,11 @@ class RedisSubscription:
                 acks.append(entry_id)
                 self.stats.skipped += 1
                 continue
+            forged = self.bus.rejects(event.type, fields)
+            if forged is not None:
+                # Invariant 8: a decision without a valid signature never reaches a handler.
+                dead.append((entry_id, fields, f"{forged}: {event.type} {event.id}", deliveries))
+                continue
             try:
                 handler(event)
             except Exception as exc:
@@ -325,7 +331,8 @@ class RedisSubscription:
             return
         records = []
         for entry_id, fields, reason, deliveries in dead:
-            if reason.startswith("undecodable") and not self.bus.first_dead_letter(entry_id):
+            once = reason.startswith(("undecodable", signing.UNSIGNED, signing.BAD_SIGNATURE))
+            if once and not self.bus.first_dead_letter(entry_id):
                 continue  # another group already recorded this entry
             records.append((entry_id, fields, reason, deliveries))
         pipe = self._client.pipeline(transaction=False)

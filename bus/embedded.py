@@ -11,6 +11,17 @@ memory only, and every pipeline costs it ~44 ms.
 The server runs in its own session, so it outlives a `kill -9` of its owner; the
 next `EmbeddedServer.start()` in that directory adopts it, state intact.
 `DIR/.loops/redis.owner` holds the pid of the process that stops it.
+
+Credentials (invariant 8): the server refuses every client that has not logged in
+as the ACL user `loops` (the `default` user is off). Its password is in
+`DIR/.loops/redis.auth` and the key events are signed with in `DIR/.loops/signing.key`,
+both mode 0600, created on the first start and kept (the AOF keeps signed events
+across runs, so the key must outlive the server). `redis.url` holds no secret
+(`redis://loops@127.0.0.1:PORT/0`): whoever can read `.loops/` (the operator; never an
+agent, whose sandbox hides the directory) reads the password from its own file.
+`EmbeddedServer.settings()` and `recorded_settings(DIR)` put the three together. The
+password reaches `redis-server` on its stdin (config `-`) and the fakeredis fallback
+through the file, never on a command line.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,12 +39,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import redis
 
-from bus.settings import BusSettings, connect
+from bus.settings import BusSettings, connect, parse_signing_key, redact_url, url_password
 from events import ConfigError, LoopsError
+from events.secrets import register_secret
 
 log = logging.getLogger("loops.bus")
 
@@ -40,6 +54,9 @@ STATE_DIR = ".loops"
 URL_FILE = "redis.url"
 PID_FILE = "redis.pid"
 OWNER_FILE = "redis.owner"  # pid of the process that stops the server when it is done
+AUTH_FILE = "redis.auth"  # the password of the ACL user USER (mode 0600)
+KEY_FILE = "signing.key"  # the key events are signed with, hex (mode 0600)
+USER = "loops"
 Kind = Literal["auto", "redis-server", "fakeredis"]
 
 
@@ -66,10 +83,74 @@ def recorded_url(project_dir: str | os.PathLike[str] | None = None) -> str | Non
     return url or None
 
 
-def reachable(url: str, timeout: float = 1.0) -> bool:
-    """Whether a Redis at `url` answers PING within `timeout` seconds."""
+def _read_secret(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    register_secret(text)
+    return text or None
+
+
+def recorded_password(project_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """The embedded server's password (`DIR/.loops/redis.auth`), if readable."""
+    return _read_secret(state_dir(project_dir) / AUTH_FILE)
+
+
+def recorded_signing_key(project_dir: str | os.PathLike[str] | None = None) -> bytes | None:
+    """The project's event signing key (`DIR/.loops/signing.key`), if readable."""
+    text = _read_secret(state_dir(project_dir) / KEY_FILE)
+    return parse_signing_key(text) if text else None
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by its owner only, atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def ensure_credentials(directory: Path) -> tuple[str, bytes]:
+    """The password and signing key of the project whose state dir is `directory`,
+    created (random, mode 0600) when missing; a file another user could read is made
+    private again. Call under the state dir's lock."""
+    for name in (AUTH_FILE, KEY_FILE):
+        path = directory / name
+        if path.exists() and path.stat().st_mode & 0o077:
+            log.warning("bus: %s was readable by others; made it private (0600)", path)
+            path.chmod(0o600)
+    password = _read_secret(directory / AUTH_FILE)
+    if not password:
+        password = secrets.token_urlsafe(32)
+        _write_secret(directory / AUTH_FILE, password)
+        register_secret(password)
+    key_text = _read_secret(directory / KEY_FILE)
+    if not key_text:
+        key_text = secrets.token_hex(32)
+        _write_secret(directory / KEY_FILE, key_text)
+        register_secret(key_text)
+    return password, parse_signing_key(key_text)
+
+
+def _same_server(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.hostname, pa.port, pa.path or "/0") == (pb.hostname, pb.port, pb.path or "/0")
+
+
+def reachable(url: str, timeout: float = 1.0, password: str | None = None) -> bool:
+    """Whether a Redis at `url` answers PING within `timeout` seconds (logging in with
+    `password` when given)."""
     client = connect(
-        BusSettings(url=url, block_ms=0, socket_timeout=timeout, socket_connect_timeout=timeout)
+        BusSettings(
+            url=url,
+            block_ms=0,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            password=password,
+        )
     )
     try:
         return bool(client.ping())
@@ -84,12 +165,54 @@ def resolve_url(
 ) -> str:
     """The Redis to use: `--redis URL`, else `$REDIS_URL`, else the running embedded
     server of `project_dir`. `ConfigError` when there is none."""
-    for url in (explicit_url, os.environ.get("REDIS_URL")):
-        if url:
-            return BusSettings.from_dsn(url).url
+    return resolve_settings(explicit_url, project_dir).url
+
+
+def recorded_settings(
+    project_dir: str | os.PathLike[str] | None = None, **overrides: Any
+) -> BusSettings | None:
+    """Settings for the embedded server `project_dir` recorded (URL, password, key),
+    or None when there is no record (the server may be gone: check `reachable`)."""
     url = recorded_url(project_dir)
-    if url and reachable(url):
-        return url
+    if not url:
+        return None
+    overrides.setdefault("password", recorded_password(project_dir))
+    overrides.setdefault("signing_key", recorded_signing_key(project_dir))
+    return BusSettings.from_dsn(url, **overrides)
+
+
+def resolve_settings(
+    explicit_url: str | None = None,
+    project_dir: str | os.PathLike[str] | None = None,
+    env: Any = None,
+    **overrides: Any,
+) -> BusSettings:
+    """How to reach the running system, credentials included, with nothing typed:
+
+    - `--redis URL`, else `$REDIS_URL`: its password is the URL's or
+      `$LOOPS_REDIS_PASSWORD`; the key `$LOOPS_SIGNING_KEY` or derived from the
+      password. A URL naming the embedded server of `project_dir` (`--redis` copied
+      from `loops status`) takes that server's password and key from `.loops/`;
+    - else the embedded server of `project_dir`, if it answers.
+
+    `ConfigError` when there is none. `overrides` are `BusSettings` fields."""
+    env = os.environ if env is None else env
+    url = explicit_url or env.get("REDIS_URL")
+    if url:
+        BusSettings.from_dsn(url)  # a clear error for a malformed URL
+        recorded = recorded_url(project_dir)
+        if (
+            recorded
+            and _same_server(url, recorded)
+            and not url_password(url)
+            and not env.get("LOOPS_REDIS_PASSWORD")
+        ):
+            overrides.setdefault("password", recorded_password(project_dir))
+            overrides.setdefault("signing_key", recorded_signing_key(project_dir))
+        return BusSettings.from_env(env, url=url, **overrides)
+    settings = recorded_settings(project_dir, **overrides)
+    if settings is not None and reachable(settings.url, password=settings.password):
+        return settings
     shown = project_dir or "."
     raise ConfigError(
         f"no coding-loops system is running in {shown} "
@@ -148,6 +271,8 @@ class EmbeddedServer:
         self.pid: int | None = None
         self.adopted = False  # took over a server whose owner died
         self.owned = False  # this object stops the server on `stop()`
+        self.password: str | None = None
+        self.signing_key: bytes | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> EmbeddedServer:
@@ -157,9 +282,29 @@ class EmbeddedServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def settings(self, **overrides: Any) -> BusSettings:
+        """`BusSettings` for this server: its URL, password and signing key (the key
+        prefix from `$LOOPS_PREFIX` unless given). Call after `start()`."""
+        if self.url is None:
+            raise ServerStartFailed("the embedded server is not started")
+        if "prefix" not in overrides and os.environ.get("LOOPS_PREFIX"):
+            overrides["prefix"] = os.environ["LOOPS_PREFIX"]
+        overrides.setdefault("password", self.password)
+        overrides.setdefault("signing_key", self.signing_key)
+        return BusSettings.from_dsn(self.url, **overrides)
+
+    def client_url(self) -> str:
+        """The URL with the password in it, for a client that takes only a URL (a test's
+        subprocess). Never write it down or print it: `url` is the one to show."""
+        if self.url is None or self.password is None:
+            raise ServerStartFailed("the embedded server is not started")
+        parts = urlsplit(self.url)
+        netloc = f"{USER}:{self.password}@{parts.hostname}:{parts.port}"
+        return parts._replace(netloc=netloc).geturl()
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.state_dir / "redis.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -176,6 +321,7 @@ class EmbeddedServer:
             data.mkdir(exist_ok=True)
             return [
                 binary,
+                "-",  # the ACL (with the password) comes on stdin, see _launch
                 "--port", str(port),
                 "--bind", "127.0.0.1",
                 # Persistent, so that `loops up` again resumes with the stream,
@@ -187,16 +333,22 @@ class EmbeddedServer:
                 "--logfile", str(self.state_dir / "redis.log"),
                 "--daemonize", "no",
             ]  # fmt: skip
-        return [sys.executable, "-m", "bus.fakeserver", "--port", str(port)]
+        return [
+            sys.executable, "-m", "bus.fakeserver",
+            "--port", str(port),
+            "--user", USER,
+            "--auth-file", str(self.state_dir / AUTH_FILE),
+        ]  # fmt: skip
 
     def start(self) -> str:
         """Start (or adopt) the server, record its URL and pid; returns the URL."""
         if self.url is not None:
             return self.url
         with self._locked():
+            self.password, self.signing_key = ensure_credentials(self.state_dir)
             url = recorded_url(self.project_dir)
             pid = self._read_pid(PID_FILE)
-            if url and pid and _alive(pid) and reachable(url):
+            if url and pid and _alive(pid) and reachable(url, password=self.password):
                 self.url, self.pid = url, pid
                 owner = self._read_pid(OWNER_FILE)
                 if owner and owner != os.getpid() and _alive(owner):
@@ -208,18 +360,22 @@ class EmbeddedServer:
                 _write(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
                 log.info("bus: adopted the embedded server at %s (pid %d)", url, pid)
                 return url
+            if url and pid and _alive(pid) and reachable(url):
+                self._replace_open_server(url, pid)
             last_error = "not started"
             for _ in range(3):  # a free port can be taken before the server binds it
                 port = _free_port()
                 command = self._command(port)
-                url = f"redis://127.0.0.1:{port}/0"
+                url = f"redis://{USER}@127.0.0.1:{port}/0"
                 if self._launch(command, url):
                     self.url, self.pid = url, self._proc.pid if self._proc else None
                     self.owned = True
                     _write(self.state_dir / URL_FILE, url + "\n")
                     _write(self.state_dir / PID_FILE, f"{self.pid}\n")
                     _write(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
-                    log.info("bus: embedded server %s at %s", Path(command[0]).name, url)
+                    log.info(
+                        "bus: embedded server %s at %s", Path(command[0]).name, redact_url(url)
+                    )
                     return url
                 last_error = f"{Path(command[0]).name} exited with {self._exit_code()}"
             raise ServerStartFailed(
@@ -228,24 +384,52 @@ class EmbeddedServer:
                 command,
             )
 
+    def _replace_open_server(self, url: str, pid: int) -> None:
+        """Stop a server that answers without a password (started by a coding-loops
+        from before servers had one), so that a protected one takes its place. A
+        redis-server writes its append-only file as it stops, and the new one reads
+        it from the same directory: the data stays. Refuses while the process that
+        started it still runs (it would lose its server)."""
+        owner = self._read_pid(OWNER_FILE)
+        if owner and owner != os.getpid() and _alive(owner):
+            raise ServerStartFailed(
+                f"the embedded server at {url} (pid {pid}) has no password: an older "
+                f"coding-loops (pid {owner}) runs it; stop that one, then start again"
+            )
+        log.warning("bus: the embedded server at %s had no password; restarting it with one", url)
+        self.pid = pid
+        self._terminate()
+        self.pid = None
+        for name in (URL_FILE, PID_FILE, OWNER_FILE):
+            (self.state_dir / name).unlink(missing_ok=True)
+
     def _launch(self, command: list[str], url: str) -> bool:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)  # so `-m bus.fakeserver` imports
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        redis_server = "-" in command
         with open(self.state_dir / "redis.log", "ab") as out:
             self._proc = subprocess.Popen(
                 command,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if redis_server else subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
                 env=env,
                 start_new_session=True,  # outlives a kill -9 of its owner (see module doc)
             )
+        if redis_server and self._proc.stdin is not None:
+            # Only the ACL user may do anything; the default user is off (NOAUTH).
+            acl = f"user default off\nuser {USER} on >{self.password} ~* &* +@all\n"
+            try:
+                self._proc.stdin.write(acl.encode())
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it exited at once; poll() below says so
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 return False
-            if reachable(url, timeout=0.5):
+            if reachable(url, timeout=0.5, password=self.password):
                 return True
             time.sleep(0.02)  # waiting for a child process to bind its port
         self._terminate()
@@ -289,3 +473,4 @@ class EmbeddedServer:
                         (self.state_dir / name).unlink(missing_ok=True)
             self.url = self.pid = None
             self.adopted = self.owned = False
+            self.password = self.signing_key = None

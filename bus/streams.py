@@ -1,7 +1,9 @@
 """`RedisBus`: the `bus.api.Bus` over one Redis stream, `{prefix}:events`.
 
 Entries are `events.encode(event)`: `type` and `id` readable without decoding, and
-`data`, the event as JSON. Every XADD trims the stream approximately (see
+`data`, the event as JSON, plus `sig` (its HMAC, see `bus/signing.py`) when the bus
+has a signing key. Every string of an event is redacted before it is written
+(`events.secrets`, invariant 7). Every XADD trims the stream approximately (see
 `BusSettings.trim`). Only Redis 7.0 commands are used.
 """
 
@@ -14,13 +16,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
+from pydantic import ValidationError
 
+from bus import signing
 from bus.api import Bus, Handler, Subscription
 from bus.consumer import RedisSubscription, blocking_read
 from bus.deadletter import DeadLetter, read_dead_letters
 from bus.idempotency import Idempotency
 from bus.settings import BusSettings, TrimPolicy, connect
 from events import EVENT_TYPES, DecodeError, Event, decode, entry_type
+from events.secrets import contains_secret, redact_obj
 
 log = logging.getLogger("loops.bus")
 
@@ -31,26 +36,53 @@ def _sid(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _pack_head(args: tuple[bytes, ...]) -> bytes:
-    """RESP for `args` plus `* type T id I data D`: the array header and the bulk
-    strings up to the entry id; `_pack_xadd` appends the six field strings."""
+def _pack_head(args: tuple[bytes, ...], signed: bool = False) -> bytes:
+    """RESP for `args` plus `* type T id I data D [sig S]`: the array header and the
+    bulk strings up to the entry id; `_pack_xadd` appends the field strings."""
     bulks = b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in (*args, b"*"))
-    return b"*%d\r\n%b" % (len(args) + 7, bulks)
+    return b"*%d\r\n%b" % (len(args) + (9 if signed else 7), bulks)
 
 
-def _pack_xadd(head: bytes, event: Event) -> bytes:
-    """RESP for one XADD of `event` (fields as `events.encode` writes them)."""
-    etype, eid = event.type.encode(), event.id.encode()
+def redacted_json(event: Event) -> bytes:
+    """The event's JSON with every secret in any of its strings masked.
+
+    The common case costs one scan of the JSON text (`contains_secret`); only an event
+    that holds a secret is rebuilt through its model from redacted values."""
     data = event.__pydantic_serializer__.to_json(event)  # bytes: no str round trip
-    return b"%b$4\r\ntype\r\n$%d\r\n%b\r\n$2\r\nid\r\n$%d\r\n%b\r\n$4\r\ndata\r\n$%d\r\n%b\r\n" % (
-        head,
-        len(etype),
-        etype,
-        len(eid),
-        eid,
-        len(data),
-        data,
+    if not contains_secret(data.decode("utf-8", "replace"), json_escaped=True):
+        return data
+    clean = redact_obj(event.model_dump(mode="json"))
+    try:
+        safe = type(event).model_validate(clean)
+    except ValidationError:
+        # A field whose constraints the mask breaks: publish the masked values anyway
+        # (a consumer dead-letters what it cannot decode); never the secret.
+        log.warning("bus: %s %s no longer validates once redacted", event.type, event.id)
+        safe = type(event).model_construct(**clean)
+        return safe.__pydantic_serializer__.to_json(safe, warnings=False)
+    return safe.__pydantic_serializer__.to_json(safe)
+
+
+def _pack_xadd(head: bytes, event: Event, key: bytes | None = None) -> bytes:
+    """RESP for one XADD of `event` (fields as `events.encode` writes them, redacted,
+    plus `sig` when `key` is given; `head` must be packed with `signed=key is not None`)."""
+    etype, eid = event.type.encode(), event.id.encode()
+    data = redacted_json(event)
+    packed = (
+        b"%b$4\r\ntype\r\n$%d\r\n%b\r\n$2\r\nid\r\n$%d\r\n%b\r\n$4\r\ndata\r\n$%d\r\n%b\r\n"
+        % (
+            head,
+            len(etype),
+            etype,
+            len(eid),
+            eid,
+            len(data),
+            data,
+        )
     )
+    if key is None:
+        return packed
+    return packed + b"$3\r\nsig\r\n$64\r\n%b\r\n" % signing.sign(key, data)
 
 
 def stream_id(at: str | datetime, *, end: bool = False) -> str:
@@ -95,7 +127,8 @@ class RedisBus:
         self._xadd_head: tuple[bytes, ...] = (b"XADD", self.stream.encode())
         if settings.trim is TrimPolicy.MAXLEN:
             self._xadd_head += (b"MAXLEN", b"~", str(settings.maxlen).encode())
-        self._packed_head = _pack_head(self._xadd_head)
+        self._key = settings.signing_key
+        self._packed_head = _pack_head(self._xadd_head, signed=self._key is not None)
 
     @classmethod
     def from_settings(cls, settings: BusSettings) -> RedisBus:
@@ -120,7 +153,9 @@ class RedisBus:
         """`XADD key [trim] *`, packed, for the next publish (MINID moves with the clock)."""
         if self.settings.trim is TrimPolicy.MINID:
             cutoff = max(int((time.time() - self.settings.retention_s) * 1000), 0)
-            return _pack_head((*self._xadd_head, b"MINID", b"~", b"%d-0" % cutoff))
+            return _pack_head(
+                (*self._xadd_head, b"MINID", b"~", b"%d-0" % cutoff), signed=self._key is not None
+            )
         return self._packed_head
 
     def _send(self, packed: list[bytes]) -> list[Any]:
@@ -141,16 +176,25 @@ class RedisBus:
             pool.release(conn)
 
     def publish(self, event: Event) -> str:
-        """Append one event; returns its stream id. Not retried: after a timeout the
-        entry may or may not exist, which is why consumers dedupe on `event.id`."""
-        return _sid(self._send([_pack_xadd(self._head(), event)])[0])
+        """Append one event (redacted, and signed when the bus has a key); returns its
+        stream id. Not retried: after a timeout the entry may or may not exist, which
+        is why consumers dedupe on `event.id`."""
+        return _sid(self._send([_pack_xadd(self._head(), event, self._key)])[0])
 
     def publish_many(self, events: Sequence[Event]) -> list[str]:
         """Append several events in one pipelined round trip; returns their stream ids."""
         if not events:
             return []
-        head = self._head()
-        return [_sid(i) for i in self._send([_pack_xadd(head, e) for e in events])]
+        head, key = self._head(), self._key
+        return [_sid(i) for i in self._send([_pack_xadd(head, e, key) for e in events])]
+
+    def rejects(self, event_type: str, fields: Any) -> str | None:
+        """Why a consumer of this bus must drop the entry `fields` of decoded type
+        `event_type` (a decision without a valid signature), or None. A bus without a
+        key checks nothing."""
+        if self._key is None:
+            return None
+        return signing.check(self._key, event_type, fields)
 
     # ------------------------------------------------------------------ consume
 
@@ -203,6 +247,10 @@ class RedisBus:
             log.debug("bus: skipping undecodable entry: %s", exc.reason)
             return None
         if loop is not None and event.loop != loop:
+            return None
+        reason = self.rejects(event.type, fields)
+        if reason is not None:
+            log.debug("bus: skipping %s %s: %s", event.type, event.id, reason)
             return None
         return event
 

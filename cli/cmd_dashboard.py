@@ -1,8 +1,9 @@
 """`loops dashboard [--host H] [--port P]`: the web page, as its own process.
 
-Prints the page's address with the token (unless it came from
-`$LOOPS_DASHBOARD_TOKEN`), and runs until SIGINT/SIGTERM, keeping a presence key so
-`loops health dashboard` can tell it is alive.
+Prints the page's address and where the token is, and runs until SIGINT/SIGTERM,
+keeping a presence key so `loops health dashboard` can tell it is alive. The token
+itself is printed (in the address, ready to click) only to a terminal: the output of
+a service (compose, systemd) is a log, and the token never goes to a log.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         def ready(page: str) -> None:
             if token_file is not None:
                 where = f"token in {token_file}"
-                page += f"#token={token}"
+                if sys.stdout.isatty():
+                    page += f"#token={token}"
             else:
                 where = "token from $LOOPS_DASHBOARD_TOKEN"
             print(f"dashboard: {page}  ({where}; events from {url})", flush=True)

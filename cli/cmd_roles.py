@@ -24,7 +24,8 @@ from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from agents.runner import run as run_agent
 from agents.store import Store
-from bus import PassedLedger, RedisBus
+from bus import PassedLedger, RedisBus, connect
+from bus.settings import warn_if_unsigned
 from cli.cmd_status import open_bus
 from cli.cmd_up import load_checked, project_dir, repo_and_main, run_system
 from cli.compose import (
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         directory = project_dir(getattr(args, "project_dir", None))
     with open_bus(args) as bus:
         bus.client.ping()
+        warn_if_unsigned(bus.settings)
         step, name = _role(args, bus, directory)
         return run_role(
             name,
@@ -94,10 +96,10 @@ def _role(
     if role == "gate":
         jobs = None
         if os.environ.get("REDIS_URL"):
-            from redis import Redis
             from rq import Queue
 
-            jobs = RqJobs(Queue(VERIFY_QUEUE, connection=Redis.from_url(os.environ["REDIS_URL"])))
+            # The bus's own credentials (a password in the URL or $LOOPS_REDIS_PASSWORD).
+            jobs = RqJobs(Queue(VERIFY_QUEUE, connection=connect(bus.settings)))
         gate = make_gate(
             bus,
             repo,

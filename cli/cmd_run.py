@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
     snapshot = {t.id: list(t.acceptance_criteria) for t in spec.tasks}
 
     with EmbeddedServer(repo) as server:
-        assert server.url, "the embedded server did not start"
-        client = connect(server.url)
-        bus = RedisBus(client)
+        settings = server.settings(prefix="loops")
+        client = connect(settings)
+        bus = RedisBus(client, settings=settings)
         roles = Threads()
         try:
             book = SpecBook(spec, spec_path, repo / ".loops" / "state", max_iterations)

@@ -16,12 +16,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 import bus as busmod
 from bus import BusSettings, RedisBus
+from bus.settings import redact_url
 from cli.runtime import Presence, alive_roles
 from cli.view import (
     Health,
@@ -40,23 +40,19 @@ WATCH_REFRESH_S = 2.0  # health ages even when nothing is published
 # ---------------------------------------------------------------------- reaching the system
 
 
-def redact(url: str) -> str:
-    """`url` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+redact = redact_url  # `url` without its password, for messages
 
 
 def bus_settings(args: argparse.Namespace) -> BusSettings:
-    """Where the running system is: `--redis`, else `$REDIS_URL`, else the embedded
-    server of the project in `--dir`; key prefix from `$LOOPS_PREFIX` (default loops)."""
+    """Where the running system is, and its credentials, with nothing typed: `--redis`,
+    else `$REDIS_URL` (password in the URL or `$LOOPS_REDIS_PASSWORD`, signing key
+    `$LOOPS_SIGNING_KEY` or derived from it), else the embedded server of the project
+    in `--dir` (password and key from its `.loops/`); key prefix from `$LOOPS_PREFIX`
+    (default loops)."""
     explicit = getattr(args, "redis", None)
     project_dir = getattr(args, "project_dir", None) or os.environ.get("CODING_LOOP_PROJECT_DIR")
-    url = busmod.resolve_url(explicit, project_dir)
     prefix = os.environ.get("LOOPS_PREFIX") or BusSettings().prefix
-    return BusSettings.from_dsn(url, prefix=prefix)
+    return busmod.resolve_settings(explicit, project_dir, prefix=prefix)
 
 
 def _embedded_data(project_dir: str | None) -> Path | None:
@@ -82,9 +78,8 @@ def open_bus(args: argparse.Namespace) -> Iterator[RedisBus]:
             if project is None:
                 raise
             server = stack.enter_context(busmod.EmbeddedServer(project, kind="redis-server"))
-            assert server.url is not None
             prefix = os.environ.get("LOOPS_PREFIX") or BusSettings().prefix
-            settings = BusSettings.from_dsn(server.url, prefix=prefix)
+            settings = server.settings(prefix=prefix)
         bus = stack.enter_context(RedisBus.from_settings(settings))
         try:
             yield bus

@@ -22,11 +22,13 @@ from pathlib import Path
 
 from agents.escalations import open_escalations
 from bus import BusSettings, EmbeddedServer, RedisBus
+from bus.settings import warn_if_unsigned
 from cli.cmd_status import render
 from cli.compose import check_sandboxes
 from cli.system import System, SystemOptions
 from cli.view import SystemView
 from events import ConfigError, ValidationFailed
+from events.secrets import RedactingFilter
 from loops.project import Project, load_project
 from loops.workspace import GitError, current_branch, git, repo_root
 
@@ -106,6 +108,7 @@ def logs_to_file_on_a_terminal(directory: Path) -> Path | None:
         root.removeHandler(handler)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())  # invariant 7: no secret in the log file
     root.addHandler(handler)
     return path
 
@@ -251,10 +254,11 @@ def open_system_bus(
     server it starts (and stops) for DIR. Key prefix from `$LOOPS_PREFIX`."""
     url = redis_url or (os.environ.get("REDIS_URL") if from_env else None)
     with contextlib.ExitStack() as stack:
-        if not url:
+        if url:
+            settings = BusSettings.from_env(url=url)
+        else:
             server = stack.enter_context(EmbeddedServer(directory))
-            assert server.url, "the embedded server did not start"
-            url = server.url
-        settings = BusSettings.from_env(url=url)
+            settings = server.settings()  # its password and the project's signing key
+        warn_if_unsigned(settings)
         bus = stack.enter_context(RedisBus.from_settings(settings))
         yield bus

@@ -29,6 +29,8 @@ from loops.spec import Spec, Task
 
 ENVIRONMENT = [
     ("REDIS_URL", "Redis of a distributed system (what docker-compose sets). Unset: the embedded server of the project."),
+    ("LOOPS_REDIS_PASSWORD", "Password of that Redis when `REDIS_URL` has none (compose requires it). Embedded: a random one in `.loops/redis.auth` (0600)."),
+    ("LOOPS_SIGNING_KEY", "Key (hex, >= 16 bytes) every role signs events with; decisions without a valid signature are dropped. Unset: derived from the Redis password. Embedded: `.loops/signing.key` (0600)."),
     ("LOOPS_PREFIX", "Key prefix of every Redis key and stream (default `loops`): several systems on one Redis."),
     ("CODING_LOOP_PROJECT_DIR", "The project directory (the seed's variable); `specs_dir` is resolved against it."),
     ("LOOPS_CLAUDE_BIN", "The Claude Code CLI binary for the `claude` agent (default `claude` on PATH)."),

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from events import LoopsError, ValidationFailed
+from events.secrets import install_log_redaction, redact
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -305,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # invariant 7: whatever a role logs, no secret gets out
     module_name = f"cli.cmd_{MODULES.get(args.command, args.command)}"
     try:
         module = importlib.import_module(module_name)
@@ -317,10 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(args))
     except ValidationFailed as exc:
         for problem in exc.problems:
-            print(f"ERROR main: {problem}", file=sys.stderr)
+            print(f"ERROR main: {redact(problem)}", file=sys.stderr)
         return EXIT_FAIL
     except LoopsError as exc:
-        print(f"loops: {exc}", file=sys.stderr)
+        print(f"loops: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         print("loops: interrupted", file=sys.stderr)

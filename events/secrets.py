@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -51,6 +53,25 @@ _TOKEN_SHAPES = re.compile(
   | (?<=://)[^/\s:@]*:[^/\s@]{4,}(?=@)              # user:password@ in a URL
     """,
     re.VERBOSE,
+)
+# Every alternative of _TOKEN_SHAPES needs one of these literals: keep them in step
+# (tests/bus/test_redaction.py checks a sample of each shape).
+_TOKEN_ANCHORS = (
+    "sk-",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xox",
+    "AKIA",
+    "ASIA",
+    "eyJ",
+    "earer",
+    "x-api-key:",
+    "://",
 )
 
 # What any program needs to run: the agent's tools and the project's checks.
@@ -102,14 +123,13 @@ _NEVER = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a variable called `name` holds a secret (`*_TOKEN`, `*_KEY`, ...)."""
     return bool(_SECRET_NAME.search(name))
 
 
-def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
-    """The values of secret-looking variables in `env` (default: os.environ), longest first."""
-    source = os.environ if env is None else env
+def _scan_values(source: Mapping[str, str]) -> list[str]:
     values = {
         value
         for name, value in source.items()
@@ -122,6 +142,52 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name_bytes(name: bytes) -> bool:
+    return is_secret_name(name.decode("utf-8", "replace"))
+
+
+class _Needles:
+    """The literal values to hide, cached against this process's environment and the
+    registered secrets: publishing an event checks them, and rescanning the whole
+    environment each time would cost more than the rest of a publish."""
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self._names: frozenset[Any] = frozenset()  # every variable name, last scan
+        self._secret_names: tuple[Any, ...] = ()  # those that look secret
+        self.values: list[str] = []
+        self.escaped: list[str] = []  # the same, as they appear inside JSON strings
+
+    def current(self) -> _Needles:
+        data: Any = getattr(os.environ, "_data", None)
+        if not isinstance(data, dict):  # not CPython's os.environ: decode every time
+            data = dict(os.environ)
+        if data.keys() != self._names:  # a variable came or went (one C-level compare)
+            self._names = frozenset(data)
+            self._secret_names = tuple(
+                k
+                for k in data
+                if (_is_secret_name_bytes(k) if isinstance(k, bytes) else is_secret_name(k))
+            )
+        key = (tuple(data.get(k) for k in self._secret_names), len(_extra_secrets))
+        if key != self._key:
+            values = sorted({*_scan_values(os.environ), *_extra_secrets}, key=len, reverse=True)
+            escaped = [json.dumps(v, ensure_ascii=False)[1:-1] for v in values]
+            self.values = values
+            self.escaped = [e for e, v in zip(escaped, values, strict=True) if e != v]
+            self._key = key
+        return self
+
+
+_needles = _Needles()
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """The values of secret-looking variables in `env` (default: os.environ), longest first."""
+    return _scan_values(os.environ if env is None else env)
+
+
 _extra_secrets: set[str] = set()
 
 
@@ -132,6 +198,12 @@ def register_secret(value: str | None) -> None:
         _extra_secrets.add(value)
 
 
+def _may_hold_token(text: str) -> bool:
+    """False only when no `_TOKEN_SHAPES` pattern can match `text` (each needs one of
+    these literals): a substring search is much cheaper than the regex."""
+    return any(anchor in text for anchor in _TOKEN_ANCHORS)
+
+
 def redact(text: str, env: Mapping[str, str] | None = None, extra: Iterable[str] = ()) -> str:
     """`text` with every secret replaced by `[REDACTED]`.
 
@@ -140,18 +212,70 @@ def redact(text: str, env: Mapping[str, str] | None = None, extra: Iterable[str]
     """
     if not text:
         return text
-    values = [*secret_values(env), *extra, *_extra_secrets]
+    known = _needles.current().values if env is None else [*_scan_values(env), *_extra_secrets]
+    values = [*known, *extra] if extra else known
     for value in sorted(set(values), key=len, reverse=True):
         if value and value in text:
             text = text.replace(value, MASK)
-    return _TOKEN_SHAPES.sub(MASK, text)
+    return _TOKEN_SHAPES.sub(MASK, text) if _may_hold_token(text) else text
+
+
+def contains_secret(
+    text: str, env: Mapping[str, str] | None = None, *, json_escaped: bool = False
+) -> bool:
+    """Whether `redact(text, env)` would change `text`: a cheap test before redacting
+    (one substring search per known value, a few for token shapes, the regex only
+    when one of those hits). With `json_escaped`, a value is also looked for as it
+    appears inside a JSON string (quotes, backslashes, control characters escaped)."""
+    if not text:
+        return False
+    if env is None:
+        needles = _needles.current()
+        values, escaped = needles.values, needles.escaped if json_escaped else []
+    else:
+        values = [*_scan_values(env), *_extra_secrets]
+        escaped = [json.dumps(v, ensure_ascii=False)[1:-1] for v in values] if json_escaped else []
+    if any(v in text for v in values) or any(e in text for e in escaped):
+        return True
+    return _may_hold_token(text) and _TOKEN_SHAPES.search(text) is not None
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secrets in every record (message, arguments and
+    traceback) before any handler writes it. Install it on handlers, not loggers:
+    a logger's filters do not see records propagated from its children."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a bad format string: keep what there is
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def install_log_redaction(logger: logging.Logger | None = None) -> None:
+    """Add a `RedactingFilter` to every handler of `logger` (default: the root logger)
+    that has none yet. Call it after configuring handlers."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def redact_obj(value: Any, env: Mapping[str, str] | None = None) -> Any:
     """`value` (a JSON-like structure) with every string redacted; other values as they are."""
     # The secret values once per call, not once per string; and each string once per
     # set of values (state files are written again and again with mostly the same text).
-    values = tuple(sorted({*secret_values(env), *_extra_secrets}, key=len, reverse=True))
+    if env is None:
+        values = tuple(_needles.current().values)  # cached against os.environ
+    else:
+        values = tuple(sorted({*secret_values(env), *_extra_secrets}, key=len, reverse=True))
     return _redact_all(value, values)
 
 
@@ -170,7 +294,7 @@ def _redact_text(text: str, values: tuple[str, ...]) -> str:
     for value in values:
         if value and value in text:
             text = text.replace(value, MASK)
-    return _TOKEN_SHAPES.sub(MASK, text)
+    return _TOKEN_SHAPES.sub(MASK, text) if _may_hold_token(text) else text
 
 
 def allowed_env(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +18,8 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
-from bus import BusSettings, EmbeddedServer, RedisBus, connect
+from bus import BusSettings, RedisBus, connect
+from bus.embedded import reachable
 from tests.fakes.mock_anthropic import MockAnthropic
 
 T = TypeVar("T")
@@ -130,11 +134,29 @@ def fault_upstream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     if request.param == "real":
         yield require_real_redis()
         return
-    server = EmbeddedServer(tmp_path / "fakeredis-tcp", kind="fakeredis")
+    # fakeredis's TCP server without a password (the embedded server always has one,
+    # and the proxy's clients know only a URL): `python -m bus.fakeserver` as is.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bus.fakeserver", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
     try:
-        yield server.start()
+        wait_until(lambda: proc.poll() is None and reachable(url), timeout=15)
+        yield url
     finally:
-        server.stop()
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import uvicorn
 from bus import RedisBus
 from cli.dashboard.app import Feed, create_app
 from events import ConfigError
+from events.secrets import register_secret
 
 __all__ = ["Feed", "create_app", "dashboard_url", "resolve_token", "serve"]
 
@@ -38,13 +39,20 @@ def resolve_token(project_dir: str | Path | None = None) -> tuple[str, Path | No
     (None when it came from the environment)."""
     from_env = os.environ.get(TOKEN_ENV, "").strip()
     if from_env:
+        register_secret(from_env)
         return from_env, None
     token = secrets.token_urlsafe(24)
+    register_secret(token)  # redact() hides it in every log line from now on
     path = Path(project_dir or os.environ.get("CODING_LOOP_PROJECT_DIR") or ".") / TOKEN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A fresh file each time: O_CREAT's mode does not apply to an existing file, and
+    # an older one may have been readable by others.
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
+    os.replace(tmp, path)
     return token, path
 
 
@@ -93,6 +101,7 @@ def serve(
         host=host,
         port=port,
         log_level="warning",
+        log_config=None,  # uvicorn's records go to our handlers, which redact them
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=2,

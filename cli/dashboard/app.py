@@ -37,6 +37,7 @@ from cli.cmd_control import build_command
 from cli.cmd_escalations import answer as publish_answer
 from cli.view import EventLine, SystemView
 from events import Decision, Role, Source
+from events.secrets import redact_obj
 
 log = logging.getLogger("loops.dashboard")
 
@@ -195,8 +196,13 @@ def create_app(
         body = await run_in_threadpool(metrics.exposition, scrape)
         return Response(body, media_type=metrics.CONTENT_TYPE, headers=SECURITY_HEADERS)
 
+    def redacted_snapshot() -> Any:
+        # Events are redacted when published; this also covers an entry someone
+        # XADDed past the bus (invariant 7: nothing secret leaves by the page).
+        return redact_obj(feed.snapshot())
+
     async def api_view(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(feed.snapshot), headers=SECURITY_HEADERS)
+        return JSONResponse(await run_in_threadpool(redacted_snapshot), headers=SECURITY_HEADERS)
 
     async def api_events(request: Request) -> Response:
         queue = feed.subscribe()
@@ -215,7 +221,10 @@ def create_app(
                         continue
                     if line is None:
                         return
-                    yield f"id: {line.stream_id}\nevent: event\ndata: {line.model_dump_json()}\n\n"
+                    data = json.dumps(
+                        redact_obj(line.model_dump(mode="json")), separators=(",", ":")
+                    )
+                    yield f"id: {line.stream_id}\nevent: event\ndata: {data}\n\n"
             finally:
                 feed.unsubscribe(queue)
 

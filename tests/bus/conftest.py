@@ -14,10 +14,12 @@ from tests.conftest import RedisBackend, require_real_redis
 
 @pytest.fixture(scope="module")
 def fakeredis_tcp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """fakeredis's TCP server (the embedded fallback), one per test module."""
+    """fakeredis's TCP server (the embedded fallback), one per test module; the URL
+    carries its password, so that subprocesses given only a URL can log in."""
     server = EmbeddedServer(tmp_path_factory.mktemp("fakeredis-tcp"), kind="fakeredis")
     try:
-        yield server.start()
+        server.start()
+        yield server.client_url()
     finally:
         server.stop()
 

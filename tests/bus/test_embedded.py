@@ -19,16 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SECOND_PROCESS = """
 import sys
-from bus import RedisBus, connect, resolve_url
+from bus import RedisBus, connect, resolve_settings
 from events import Role, Source, TaskHint
 
-url = resolve_url(None, sys.argv[1])
-client = connect(url)
-RedisBus(client, prefix="embedded").publish(
+settings = resolve_settings(None, sys.argv[1], prefix="embedded")
+client = connect(settings)
+RedisBus(client, settings=settings).publish(
     TaskHint(source=Source(role=Role.OPERATOR), loop="a", task_id="T-1", text="from afar")
 )
 client.close()
-print(url)
+print(settings.url)
 """
 
 
@@ -50,7 +50,7 @@ def test_embedded_server_lifecycle(tmp_path: Path, kind: str) -> None:
     server = EmbeddedServer(tmp_path, kind=kind)  # type: ignore[arg-type]
     url = server.start()
     try:
-        assert url.startswith("redis://127.0.0.1:")
+        assert url.startswith("redis://loops@127.0.0.1:")  # no password in it
         assert (tmp_path / ".loops" / "redis.url").read_text().strip() == url
         assert int((tmp_path / ".loops" / "redis.pid").read_text()) == server.pid
         assert recorded_url(tmp_path) == url
@@ -67,10 +67,11 @@ def test_embedded_server_lifecycle(tmp_path: Path, kind: str) -> None:
             check=True,
         )
         assert out.stdout.strip() == url
-        client = connect(url)
+        settings = server.settings(prefix="embedded")
+        client = connect(settings)
         try:
             got: list[Event] = []
-            RedisBus(client, prefix="embedded").subscribe("g", "c", got.append).drain()
+            RedisBus(client, settings=settings).subscribe("g", "c", got.append).drain()
             assert [getattr(e, "text", None) for e in got] == ["from afar"]
         finally:
             client.close()
@@ -86,8 +87,9 @@ def test_embedded_server_lifecycle(tmp_path: Path, kind: str) -> None:
 def test_a_running_server_is_adopted(tmp_path: Path) -> None:
     first = EmbeddedServer(tmp_path, kind="fakeredis")
     url = first.start()
+    password = first.password
     try:
-        client = connect(url)
+        client = connect(first.settings())
         client.set("kept", "yes")
         client.close()
         # the owner died (kill -9): its pid in redis.owner is no process any more
@@ -102,11 +104,12 @@ def test_a_running_server_is_adopted(tmp_path: Path) -> None:
         second = EmbeddedServer(tmp_path)
         assert second.start() == url
         assert second.adopted and second.owned
-        client = connect(url)
+        assert second.password == password  # the same credentials, from .loops/
+        client = connect(second.settings())
         assert client.get("kept") == b"yes"
         client.close()
         second.stop()
-        assert not reachable(url)
+        assert not reachable(url, password=password)
         assert recorded_url(tmp_path) is None
     finally:
         first.stop()
@@ -116,6 +119,7 @@ def test_a_running_server_is_adopted(tmp_path: Path) -> None:
 def test_a_server_owned_by_a_live_process_is_shared_not_stopped(tmp_path: Path) -> None:
     owner = EmbeddedServer(tmp_path, kind="fakeredis")
     url = owner.start()
+    password = owner.password
     try:
         # pretend another live process owns it (another terminal's `loops up`)
         sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -125,7 +129,7 @@ def test_a_server_owned_by_a_live_process_is_shared_not_stopped(tmp_path: Path) 
             assert guest.start() == url
             assert not guest.owned
             guest.stop()
-            assert reachable(url)
+            assert reachable(url, password=password)
             assert recorded_url(tmp_path) == url
         finally:
             sleeper.kill()
@@ -133,7 +137,7 @@ def test_a_server_owned_by_a_live_process_is_shared_not_stopped(tmp_path: Path) 
         (tmp_path / ".loops" / "redis.owner").write_text(f"{os.getpid()}\n")
     finally:
         owner.stop()
-    assert not reachable(url)
+    assert not reachable(url, password=password)
     assert not (tmp_path / ".loops" / "redis.owner").exists()
 
 

@@ -192,8 +192,11 @@ def test_loops_dashboard_process_prints_its_address_and_stops_on_sigterm(system:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("dashboard: http://127.0.0.1:"), line
-        token = (system.cwd / ".loops" / "dashboard.token").read_text().strip()
-        assert f"#token={token}" in line
+        token_file = system.cwd / ".loops" / "dashboard.token"
+        token = token_file.read_text().strip()
+        assert oct(token_file.stat().st_mode & 0o777) == oct(0o600)
+        # not a terminal: the output is a log, which never gets the token
+        assert token not in line and f"token in {token_file}" in line
         page = line.split()[1].split("#")[0]
         assert httpx.get(page + "api/view", timeout=5).status_code == 200
         proc.terminate()
@@ -202,3 +205,39 @@ def test_loops_dashboard_process_prints_its_address_and_stops_on_sigterm(system:
         proc.kill()
         _, err = proc.communicate()
     assert "Traceback" not in err
+
+
+def test_a_planted_secret_never_reaches_an_api_response(system: System) -> None:
+    """Published through the bus (redacted there) or XADDed past it by someone with
+    bus access: neither the view nor the live feed shows the secret."""
+    published_key = "sk-ant-api03-" + "Pl4nted0" * 6
+    raw_key = "ghp_" + "R4wXadd3d" * 4
+    stop = threading.Event()
+    urls: list[str] = []
+    thread = threading.Thread(
+        target=serve, args=(system.bus, "127.0.0.1", 0, TOKEN, stop, urls.append)
+    )
+    thread.start()
+    try:
+        url = wait_until(lambda: urls and urls[0])
+        with httpx.stream("GET", url + "api/events", timeout=10) as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("event:")) == "event: hello"
+            system.bus.publish(
+                raised("e-pub").model_copy(update={"question": f"is {published_key} ok?"})
+            )
+            bypass = raised("e-raw").model_copy(update={"question": f"and {raw_key}?"})
+            system.bus.client.xadd(system.bus.stream, ev.encode(bypass))
+            feed = [
+                next(line for line in lines if line.startswith("data:") and eid in line)
+                for eid in ("e-pub", "e-raw")
+            ]
+        view = wait_until(
+            lambda: (r := httpx.get(url + "api/view", timeout=5).text) and "e-raw" in r and r
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    for text in (*feed, view):
+        assert published_key not in text and raw_key not in text
+        assert "[REDACTED]" in text

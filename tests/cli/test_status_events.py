@@ -10,7 +10,7 @@ import subprocess
 import threading
 
 import events as ev
-from bus import BusSettings, EmbeddedServer, RedisBus, recorded_url
+from bus import EmbeddedServer, RedisBus, recorded_url
 from cli.runtime import PresenceBeat
 from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import W, heartbeat, scenario
@@ -192,8 +192,7 @@ def test_status_finds_the_embedded_server_of_dir(system: System) -> None:
     project.mkdir()
     env = {**system.env, "LOOPS_PREFIX": "loops"}
     with EmbeddedServer(project) as server:
-        url = server.start()
-        with RedisBus.from_settings(BusSettings.from_dsn(url)) as embedded:
+        with RedisBus.from_settings(server.settings(prefix="loops")) as embedded:
             embedded.publish_many(scenario())
         proc = subprocess.run(
             [LOOPS, "status", "--json", "--dir", str(project)],

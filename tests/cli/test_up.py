@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bus import BusSettings, RedisBus, connect
+from bus import BusSettings, RedisBus, connect, recorded_settings
 from cli import demo
 from events import Event
 from loops.workspace import git
@@ -71,9 +71,11 @@ def project_bus(root: Path) -> Iterator[RedisBus]:
         ),
         timeout=30,
     )
-    client = connect(url)
+    settings = recorded_settings(root, prefix="loops")  # the password from .loops/ too
+    assert settings is not None and settings.url == url
+    client = connect(settings)
     try:
-        yield RedisBus(client)
+        yield RedisBus(client, settings=settings)
     finally:
         client.close()
 

@@ -2,8 +2,8 @@
 local process: the engine's part of `docker compose up`, for machines without one.
 
 Interpolation covers the forms the file uses (`${VAR}`, `${VAR:-default}`,
-`${VAR-default}`, `$$`); `test_compose.py` checks the result against
-`docker-compose config` where that binary exists.
+`${VAR-default}`, `${VAR:?message}`, `$$`); `test_compose.py` checks the result
+against `docker-compose config` where that binary exists.
 """
 
 from __future__ import annotations
@@ -23,11 +23,19 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 BIN = Path(sys.executable).parent
 CONTAINER_REPO = "/repo"
 CONTAINER_REDIS_URL = "redis://redis:6379/0"
+# The compose network's Redis, with or without a password in the URL (RQ_REDIS_URL).
+_CONTAINER_REDIS = re.compile(r"redis://(?::[^@/]*@)?redis:6379/0")
+# What a user exports before `docker compose up` (the file refuses to start without it).
+HOST_ENV = {"LOOPS_REDIS_PASSWORD": "password-from-the-environment"}
 
 _VAR = re.compile(
-    r"\$(?:(?P<dollar>\$)|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
+    r"\$(?:(?P<dollar>\$)|\{(?P<braced>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}"
     r"|(?P<bare>[A-Za-z_]\w*))"
 )
+
+
+class MissingVariable(ValueError):
+    """Raised when a `${VAR:?message}` variable is unset, as compose refuses to start."""
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
@@ -40,6 +48,10 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
             return value or m["default"]
         if m["op"] == "-":
             return m["default"] if value is None else value
+        if m["op"] in (":?", "?"):
+            if (value is None) or (m["op"] == ":?" and not value):
+                raise MissingVariable(f"{name}: {m['default']}")
+            return value
         return value or ""
 
     return _VAR.sub(sub, text)
@@ -57,10 +69,10 @@ def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
 
 def load(env: Mapping[str, str] | None = None, path: Path = COMPOSE_FILE) -> dict[str, Any]:
     """The compose file with anchors merged and variables interpolated from `env`
-    (default: none set, so every default applies)."""
+    (default: `HOST_ENV`, the required ones, so every default applies)."""
     data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict), f"{path} is not a mapping"
-    tree: dict[str, Any] = _interpolate_tree(data, env or {})
+    tree: dict[str, Any] = _interpolate_tree(data, HOST_ENV if env is None else env)
     return tree
 
 
@@ -121,15 +133,24 @@ def services(tree: Mapping[str, Any]) -> list[Service]:
 
 @dataclass
 class Local:
-    """How to run a service's command (and its health check) on this machine."""
+    """How to run a service's command (and its health check) on this machine.
+
+    `password` is what the user exported as `LOOPS_REDIS_PASSWORD` (the Redis at
+    `redis_url` requires it), None for a Redis without one."""
 
     repo: Path
     redis_url: str
     prefix: str
     port: int
+    password: str | None = None
+
+    def _redis(self, match: re.Match[str]) -> str:
+        if not self.password:
+            return self.redis_url
+        return self.redis_url.replace("redis://", f"redis://:{self.password}@", 1)
 
     def _arg(self, arg: str) -> str:
-        arg = arg.replace(CONTAINER_REDIS_URL, self.redis_url)
+        arg = _CONTAINER_REDIS.sub(self._redis, arg)
         if arg == CONTAINER_REPO or arg.startswith(CONTAINER_REPO + "/"):
             arg = str(self.repo) + arg[len(CONTAINER_REPO) :]
         return arg
@@ -150,16 +171,19 @@ class Local:
 
     def env(self, service: Service, base: Mapping[str, str]) -> dict[str, str]:
         """The host environment (without secrets or our own settings) plus the
-        service's, translated. Pass-through variables stay unset: no real key leaks
-        into a test."""
+        service's, translated. Pass-through variables stay unset (no real key leaks
+        into a test), but for the Redis password the user exported."""
         env = {
             k: v
             for k, v in base.items()
-            if not k.startswith(("ANTHROPIC_", "LOOPS_", "CODING_LOOP_")) and k != "REDIS_URL"
+            if not k.startswith(("ANTHROPIC_", "LOOPS_", "CODING_LOOP_", "RQ_"))
+            and k != "REDIS_URL"
         }
         for key, value in environment(service.spec).items():
             if value is not None:
                 env[key] = self._arg(value)
+            elif key == "LOOPS_REDIS_PASSWORD" and self.password:
+                env[key] = self.password
         env["LOOPS_PREFIX"] = self.prefix
         env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
         return env

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import click
 import pytest
-import redis
 import yaml
 
-from bus import connect
 from cli.main import ROLES, build_parser
-from tests.conftest import IN_CI, require_real_redis, wait_until
+from tests.bus.protected import protected_redis_server
+from tests.conftest import IN_CI, wait_until
 from tests.deploy import compose
 from tests.deploy.compose import CONTAINER_REDIS_URL, CONTAINER_REPO, ROOT, Service
 
@@ -63,7 +62,7 @@ def _clean_env() -> dict[str, str]:
 def test_docker_compose_config_accepts_the_file_and_agrees_with_our_reading() -> None:
     result = subprocess.run(
         [_docker_compose(), "-f", str(compose.COMPOSE_FILE), "config"],
-        env=_clean_env(),
+        env={**_clean_env(), **compose.HOST_ENV},
         capture_output=True,
         text=True,
         timeout=60,
@@ -76,7 +75,51 @@ def test_docker_compose_config_accepts_the_file_and_agrees_with_our_reading() ->
         assert theirs.command == service.command, name
         assert theirs.entrypoint == service.entrypoint, name
         assert theirs.healthcheck == service.healthcheck, name
-        assert compose.environment(normalized[name]) == compose.environment(service.spec), name
+        # a pass-through variable (None here) takes the value the user exported
+        ours = {
+            key: compose.HOST_ENV.get(key) if value is None else value
+            for key, value in compose.environment(service.spec).items()
+        }
+        assert compose.environment(normalized[name]) == ours, name
+
+
+def test_without_a_redis_password_compose_refuses_to_start() -> None:
+    with pytest.raises(compose.MissingVariable, match="set LOOPS_REDIS_PASSWORD"):
+        compose.load({})
+    result = subprocess.run(
+        [_docker_compose(), "-f", str(compose.COMPOSE_FILE), "config"],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "set LOOPS_REDIS_PASSWORD" in result.stderr
+
+
+def test_the_password_comes_from_the_environment_and_stays_off_command_lines() -> None:
+    """The file holds no secret value; the one the user exports reaches Redis (as
+    `requirepass`), its health check and rq's URL, each role as a pass-through, and no
+    command line of ours (where `ps` would show it)."""
+    text = compose.COMPOSE_FILE.read_text()
+    for name in ("LOOPS_REDIS_PASSWORD", "LOOPS_SIGNING_KEY"):
+        for line in text.splitlines():
+            code = line.split("#", 1)[0]
+            if name in code:
+                assert f"${{{name}" in code or code.strip() == f"{name}:", line
+    secret = compose.HOST_ENV["LOOPS_REDIS_PASSWORD"]
+    redis_service = SERVICES["redis"]
+    assert redis_service.command[1:3] == ["--requirepass", secret]
+    assert compose.environment(redis_service.spec)["REDISCLI_AUTH"] == secret
+    for name in OURS:
+        service = SERVICES[name]
+        env = compose.environment(service.spec)
+        assert env["LOOPS_REDIS_PASSWORD"] is None and env["LOOPS_SIGNING_KEY"] is None, name
+        argv = [*service.entrypoint, *service.command, *service.healthcheck]
+        assert not any(secret in arg for arg in argv), name
+    assert compose.environment(SERVICES["rq"].spec)["RQ_REDIS_URL"] == (
+        f"redis://:{secret}@redis:6379/0"
+    )
 
 
 def test_redis_keeps_its_data_and_reports_health() -> None:
@@ -117,22 +160,32 @@ def test_dashboard_is_published_and_listens_beyond_loopback() -> None:
     assert any(str(p).endswith(f":{args.port}") for p in dashboard.spec["ports"])
 
 
-def _check_rq_args(args: list[str]) -> None:
+def _check_rq_args(args: list[str], env: dict[str, str | None]) -> None:
     from rq.cli.cli import main as rq_main
 
+    assert "--url" not in args and "-u" not in args, "the URL (with the password) is RQ_REDIS_URL"
     parent = click.Context(rq_main, info_name="rq")
     command = rq_main.get_command(parent, args[0])
     assert command is not None, f"rq has no command {args[0]!r}"
-    params = command.make_context(args[0], args[1:], parent=parent).params
-    assert params["url"] == CONTAINER_REDIS_URL
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RQ_REDIS_URL", str(env["RQ_REDIS_URL"]))
+        params = command.make_context(args[0], args[1:], parent=parent).params
+    assert params["url"] == env["RQ_REDIS_URL"]
+    assert str(params["url"]).endswith("@" + CONTAINER_REDIS_URL.removeprefix("redis://"))
     assert params["queues"], "an rq worker must name its queue"
+    if params.get("worker_class"):
+        from rq.utils import import_attribute
+        from rq.worker import Worker
+
+        worker_class = import_attribute(params["worker_class"])
+        assert isinstance(worker_class, type) and issubclass(worker_class, Worker)
 
 
 @pytest.mark.parametrize("name", OURS)
 def test_service_command_and_health_check_are_valid(name: str) -> None:
     service = SERVICES[name]
     if service.entrypoint == ["rq"]:
-        _check_rq_args(service.command)
+        _check_rq_args(service.command, compose.environment(service.spec))
     else:
         assert service.entrypoint == ["loops"]
         args = build_parser().parse_args(service.command)  # SystemExit fails the test
@@ -197,20 +250,15 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def local(repo: Path) -> Iterator[compose.Local]:
-    url = require_real_redis()
+def local(repo: Path, tmp_path: Path) -> Iterator[compose.Local]:
+    """The services' Redis: a redis-server of this test's own that needs the password
+    (as compose's does), which the services get as the user exported it."""
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    yield compose.Local(repo=repo, redis_url=url, prefix=prefix, port=port)
-    client: redis.Redis = connect(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with protected_redis_server(tmp_path) as (url, password):
+        yield compose.Local(repo=repo, redis_url=url, prefix=prefix, port=port, password=password)
 
 
 @pytest.mark.parametrize("name", OURS)

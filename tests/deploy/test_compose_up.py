@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 
-from bus import BusSettings, RedisBus, connect
+from bus import BusSettings, RedisBus
+from bus.settings import derive_signing_key
 from cli import demo
 from loops.workspace import git
-from tests.conftest import require_real_redis, wait_until
+from tests.bus.protected import protected_redis_server
+from tests.conftest import wait_until
 from tests.deploy import compose
 
 # The demo loop kept: loop-1-clean implements add() and finishes cleanly.
@@ -101,7 +102,8 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    url = require_real_redis()
+    """The services on a Redis of their own that needs the password (as compose's
+    does): every role logs in with it and signs with the key derived from it."""
     repo = demo.create(tmp_path / "demo")
     # The `loops` service runs every loop of the project: keep only the clean one.
     git(repo, "rm", "-rq", *OTHER_LOOPS)
@@ -110,22 +112,17 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    tree = compose.load()
+    tree = compose.load(compose.HOST_ENV)
     ours = {s.name: s for s in compose.services(tree) if s.is_ours}  # Redis: the local one
     logs = tmp_path / "logs"
     logs.mkdir()
-    stack = Stack(compose.Local(repo=repo, redis_url=url, prefix=prefix, port=port), logs, ours)
-    try:
-        yield stack
-    finally:
-        stack.kill_all()
-        client: redis.Redis = connect(url)
+    with protected_redis_server(tmp_path) as (url, password):
+        local = compose.Local(repo=repo, redis_url=url, prefix=prefix, port=port, password=password)
+        stack = Stack(local, logs, ours)
         try:
-            keys = list(client.scan_iter(match=f"{prefix}:*"))
-            if keys:
-                client.delete(*keys)
+            yield stack
         finally:
-            client.close()
+            stack.kill_all()
 
 
 def _main_has_add(repo: Path) -> bool:
@@ -163,7 +160,18 @@ def test_compose_up_verifies_on_rq_and_merges_into_main(stack: Stack) -> None:
 def test_kill_9_and_restart_at_each_stage_still_merges_the_task(stack: Stack) -> None:
     """Each stage is held by a service that is down, so every kill lands where it is
     meant to: the claim waiting for a gate, the verdict waiting for the merge queue."""
-    bus = RedisBus.from_settings(BusSettings(url=stack.local.redis_url, prefix=stack.local.prefix))
+    # With the key every role derives from the password: the decisions seen here are
+    # the signed ones (an unsigned one would be skipped, and the test would hang).
+    password = stack.local.password
+    assert password is not None
+    bus = RedisBus.from_settings(
+        BusSettings(
+            url=stack.local.redis_url,
+            prefix=stack.local.prefix,
+            password=password,
+            signing_key=derive_signing_key(password),
+        )
+    )
 
     def seen(event_type: str) -> bool:
         return bool(list(bus.replay(types=[event_type])))
