@@ -5,14 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import wait_until
 from tests.security.conftest import (
+    AGENTS,
+    SUB_CHECK,
     Loop,
+    Task,
     agent,
     assert_kept_running,
+    assert_merged,
     assert_no_false_success,
     assert_not_on_main,
+    commit,
     make_project,
+    our_processes,
+    reports,
+    require_bwrap,
     up,
+    write_loop,
 )
 
 
@@ -22,3 +34,40 @@ def test_forged_verification_passed_does_not_merge(tmp_path: Path) -> None:
     assert_not_on_main(root, "forge_passed")
     assert_no_false_success(root, result, ["loop-1/ADD-1"])
     assert_kept_running(result)
+
+
+@pytest.mark.parametrize("mode", ["cli", "forge"])
+def test_own_escalation_answered_from_the_workspace_does_not_merge(
+    tmp_path: Path, mode: str
+) -> None:
+    """The agent tampers with its check (flagged: a person must approve), then
+    approves it itself from a setsid child: with `loops answer` or a forged XADD."""
+    if mode == "cli":
+        require_bwrap()  # the operator's credentials are only out of reach in the sandbox
+    name = f"self_answer_{mode}"
+    root = make_project(tmp_path / "p", [Loop("loop-1", agent("self_answer", name, mode))])
+    first = up(root)
+    # The child may answer after `loops up` has returned: wait for it to be gone (it
+    # gives up by itself), then run again so that a late answer would be acted on.
+    wait_until(lambda: not our_processes(str(AGENTS / "self_answer.py")), timeout=45)
+    second = up(root)
+    for result in (first, second):
+        assert_not_on_main(root, name)
+        assert_no_false_success(root, result, ["loop-1/ADD-1"])
+        assert_kept_running(result)
+
+
+def test_poisoned_stream_keeps_the_system_running(tmp_path: Path) -> None:
+    """A loop poisons the stream; on the next `loops up` a new, honest loop's task
+    still merges, and neither run crashes."""
+    root = make_project(tmp_path / "p", [Loop("loop-1", agent("poison", "poison"))])
+    first = up(root)
+    assert_kept_running(first)
+    assert reports(root, "poisoned"), "the poison was not written: " + first.output[-2000:]
+    write_loop(root, Loop("loop-2", agent("honest"), tasks=[Task("SUB-1", SUB_CHECK)]))
+    commit(root, "a second loop")
+    second = up(root)
+    assert_kept_running(second)
+    assert_merged(root, "def sub(a, b):\n    return a - b")
+    assert_not_on_main(root, "poison")
+    assert_no_false_success(root, second, ["loop-1/ADD-1"])
