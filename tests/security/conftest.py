@@ -32,7 +32,7 @@ HERE = Path(__file__).parent
 AGENTS = HERE / "agents"
 BIN = Path(sys.executable).parent
 LOOPS = str(BIN / "loops")
-UP_TIMEOUT_S = 90.0
+UP_TIMEOUT_S = 60.0
 
 OPS = '''"""Arithmetic."""
 
@@ -44,8 +44,14 @@ def add(a, b):
 def sub(a, b):
     raise NotImplementedError("sub")
 '''
-CHECK_ADD = "from calc.ops import add\n\nassert add(2, 3) == 5, add(2, 3)\nprint('add ok')\n"
-CHECK_SUB = "from calc.ops import sub\n\nassert sub(7, 2) == 5, sub(7, 2)\nprint('sub ok')\n"
+# Runnable as a script, a module or an import, from the repository's root.
+ROOT_ON_PATH = "import pathlib\nimport sys\n\nsys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))\n"
+CHECK_ADD = (
+    ROOT_ON_PATH + "from calc.ops import add\n\nassert add(2, 3) == 5, add(2, 3)\nprint('add ok')\n"
+)
+CHECK_SUB = (
+    ROOT_ON_PATH + "from calc.ops import sub\n\nassert sub(7, 2) == 5, sub(7, 2)\nprint('sub ok')\n"
+)
 MAKEFILE = "check-add:\n\tpython3 tests/check_add.py\n\ncheck-sub:\n\tpython3 tests/check_sub.py\n"
 ALL_SH = 'set -e\npython3 "tests/check_$1.py"\n'
 ADD_CHECK = "python3 tests/check_add.py"
@@ -171,14 +177,27 @@ class Up:
 
 def up(root: Path, *args: str, env: dict[str, str] | None = None) -> Up:
     """`loops up DIR` to its end (it returns when no loop can make progress)."""
-    proc = subprocess.run(
-        [LOOPS, "up", str(root), "--port", "0", *args],
-        capture_output=True,
-        text=True,
-        timeout=UP_TIMEOUT_S,
-        env=env or up_env(),
-    )
+    try:
+        proc = subprocess.run(
+            [LOOPS, "up", str(root), "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            timeout=UP_TIMEOUT_S,
+            env=env or up_env(),
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = _text(exc.stdout) + _text(exc.stderr)
+        pytest.fail(
+            f"loops up did not end by itself within {UP_TIMEOUT_S:.0f}s:\n{out[-4000:]}",
+            pytrace=False,
+        )
     return Up(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _text(data: bytes | str | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
 
 
 def loops_cmd(root: Path, *args: str, env: dict[str, str] | None = None) -> Up:
@@ -232,7 +251,10 @@ def assert_no_false_success(root: Path, result: Up, unmerged: list[str]) -> None
     """`unmerged` (`loop/TASK`) did not merge: so neither an exit 0, nor the summary's
     success line, nor a `passed` in the operator's state file for any of them."""
     if result.code != 1:
-        pytest.fail(f"exit {result.code} though {unmerged} did not merge:\n{result.stdout[-2000:]}", pytrace=False)
+        pytest.fail(
+            f"exit {result.code} though {unmerged} did not merge:\n{result.stdout[-2000:]}",
+            pytrace=False,
+        )
     if "All tasks verified and merged" in result.output:
         pytest.fail(f"the summary reports success:\n{result.stdout[-2000:]}", pytrace=False)
     statuses = state_statuses(root)
@@ -245,7 +267,10 @@ def assert_kept_running(result: Up) -> None:
     """No traceback anywhere in the output; `loops up` ended by itself with its summary."""
     at = result.output.find("Traceback")
     if at >= 0:
-        pytest.fail("a traceback in the output of loops up:\n" + result.output[at : at + 3000], pytrace=False)
+        pytest.fail(
+            "a traceback in the output of loops up:\n" + result.output[at : at + 3000],
+            pytrace=False,
+        )
     if "Summary:" not in result.stdout:
         pytest.fail("loops up printed no summary:\n" + result.output[-3000:], pytrace=False)
 
@@ -253,6 +278,46 @@ def assert_kept_running(result: Up) -> None:
 def assert_merged(root: Path, text: str, path: str = "calc/ops.py") -> None:
     shown = git(root, "show", f"main:{path}", check=False)
     assert text in shown, f"{text!r} not on main's {path}:\n{shown}"
+
+
+class Findings:
+    """Every assertion of an attack, each run even when an earlier one failed, so that
+    one run says everything the attack achieved; `done()` fails with all of them."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    @contextlib.contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except (AssertionError, pytest.fail.Exception) as exc:
+            self.failures.append(str(exc).strip())
+
+    def done(self) -> None:
+        if self.failures:
+            pytest.fail("\n---\n".join(self.failures), pytrace=False)
+
+
+def assert_attack_failed(
+    root: Path,
+    results: list[Up],
+    name: str,
+    unmerged: list[str],
+    branches: tuple[str, ...] = ("main",),
+    findings: Findings | None = None,
+) -> None:
+    """The three promises after an attack: its marker on none of `branches`, no
+    success reported for `unmerged`, and every `loops up` ended normally."""
+    f = findings or Findings()
+    with f.check():
+        assert_not_on_main(root, name, branches)
+    for result in results:
+        with f.check():
+            assert_no_false_success(root, result, unmerged)
+        with f.check():
+            assert_kept_running(result)
+    f.done()
 
 
 def reports(root: Path, kind: str | None = None) -> list[dict[str, Any]]:
@@ -271,7 +336,7 @@ def reports(root: Path, kind: str | None = None) -> list[dict[str, Any]]:
         if idx < 0:
             continue
         with contextlib.suppress(json.JSONDecodeError):
-            item = json.loads(line[idx + len("HOSTILE-REPORT ") :].strip().rstrip("\\n\""))
+            item = json.loads(line[idx + len("HOSTILE-REPORT ") :].strip().rstrip('\\n"'))
             if kind is None or item.get("kind") == kind:
                 found.append(item)
     return [dict(t) for t in {json.dumps(i, sort_keys=True): i for i in found}.values()]

@@ -11,13 +11,13 @@ from tests.conftest import wait_until
 from tests.security.conftest import (
     AGENTS,
     SUB_CHECK,
+    Findings,
     Loop,
     Task,
     agent,
+    assert_attack_failed,
     assert_kept_running,
     assert_merged,
-    assert_no_false_success,
-    assert_not_on_main,
     commit,
     make_project,
     our_processes,
@@ -31,9 +31,7 @@ from tests.security.conftest import (
 def test_forged_verification_passed_does_not_merge(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", [Loop("loop-1", agent("forge_passed", "forge_passed"))])
     result = up(root)
-    assert_not_on_main(root, "forge_passed")
-    assert_no_false_success(root, result, ["loop-1/ADD-1"])
-    assert_kept_running(result)
+    assert_attack_failed(root, [result], "forge_passed", ["loop-1/ADD-1"])
 
 
 @pytest.mark.parametrize("mode", ["cli", "forge"])
@@ -51,10 +49,7 @@ def test_own_escalation_answered_from_the_workspace_does_not_merge(
     # gives up by itself), then run again so that a late answer would be acted on.
     wait_until(lambda: not our_processes(str(AGENTS / "self_answer.py")), timeout=45)
     second = up(root)
-    for result in (first, second):
-        assert_not_on_main(root, name)
-        assert_no_false_success(root, result, ["loop-1/ADD-1"])
-        assert_kept_running(result)
+    assert_attack_failed(root, [first, second], name, ["loop-1/ADD-1"])
 
 
 def test_poisoned_stream_keeps_the_system_running(tmp_path: Path) -> None:
@@ -67,7 +62,7 @@ def test_poisoned_stream_keeps_the_system_running(tmp_path: Path) -> None:
     write_loop(root, Loop("loop-2", agent("honest"), tasks=[Task("SUB-1", SUB_CHECK)]))
     commit(root, "a second loop")
     second = up(root)
-    assert_kept_running(second)
-    assert_merged(root, "def sub(a, b):\n    return a - b")
-    assert_not_on_main(root, "poison")
-    assert_no_false_success(root, second, ["loop-1/ADD-1"])
+    f = Findings()
+    with f.check():
+        assert_merged(root, "def sub(a, b):\n    return a - b")
+    assert_attack_failed(root, [second], "poison", ["loop-1/ADD-1"], findings=f)

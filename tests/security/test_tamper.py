@@ -13,9 +13,7 @@ from tests.security.conftest import (
     Loop,
     Task,
     agent,
-    assert_kept_running,
-    assert_no_false_success,
-    assert_not_on_main,
+    assert_attack_failed,
     make_project,
     our_processes,
     up,
@@ -37,9 +35,7 @@ def test_edited_check_does_not_pass_itself(tmp_path: Path, form: str) -> None:
     loop = Loop("loop-1", agent("edit_check", name), tasks=[Task("ADD-1", CHECK_FORMS[form])])
     root = make_project(tmp_path / "p", [loop])
     result = up(root)
-    assert_not_on_main(root, name)
-    assert_no_false_success(root, result, ["loop-1/ADD-1"])
-    assert_kept_running(result)
+    assert_attack_failed(root, [result], name, ["loop-1/ADD-1"])
 
 
 def test_passed_written_into_state_files_is_not_a_success(tmp_path: Path) -> None:
@@ -47,7 +43,4 @@ def test_passed_written_into_state_files_is_not_a_success(tmp_path: Path) -> Non
     first = up(root)
     wait_until(lambda: not our_processes(str(AGENTS / "state_passed.py")), timeout=45)
     second = up(root)  # the hand-edited file as the next run finds it
-    for result in (first, second):
-        assert_not_on_main(root, "state_passed")
-        assert_no_false_success(root, result, ["loop-1/ADD-1"])
-        assert_kept_running(result)
+    assert_attack_failed(root, [first, second], "state_passed", ["loop-1/ADD-1"])

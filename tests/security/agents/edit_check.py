@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import hostile as h  # noqa: E402
+import hostile as h
 
 
 def main() -> int:

@@ -43,7 +43,9 @@ def main(argv: list[str]) -> int:
         time.sleep(1.5)
         if not Path("tests/test_more.py").exists():
             Path("tests/test_more.py").write_text(NEW_TEST)
-            Path("tests/check_more.py").write_text("import tests.test_more as t\n\nt.test_add_more()\n")
+            Path("tests/check_more.py").write_text(
+                "import tests.test_more as t\n\nt.test_add_more()\n"
+            )
             print("Added tests first; implementing next iteration.")
             return 0
         time.sleep(1.5)
@@ -59,7 +61,9 @@ def main(argv: list[str]) -> int:
         for _ in range(mb * 1024):
             out.write(line)
         out.flush()
-    print(f"Implemented ({len(prompt)} chars of prompt). <promise>{task} done</promise>", flush=True)
+    print(
+        f"Implemented ({len(prompt)} chars of prompt). <promise>{task} done</promise>", flush=True
+    )
     return 0
 
 

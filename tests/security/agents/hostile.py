@@ -61,9 +61,8 @@ def report(kind: str, **data: Any) -> None:
     """One finding for the test; never a secret value (hash it with `sha` first)."""
     line = "HOSTILE-REPORT " + json.dumps({"kind": kind, **data}, sort_keys=True, default=str)
     print(line, flush=True)
-    with contextlib.suppress(OSError):
-        with (workspace() / "hostile-report.jsonl").open("a") as fh:
-            fh.write(line + "\n")
+    with contextlib.suppress(OSError), (workspace() / "hostile-report.jsonl").open("a") as fh:
+        fh.write(line + "\n")
 
 
 def log(text: str) -> None:
@@ -73,7 +72,9 @@ def log(text: str) -> None:
 # --------------------------------------------------------------------------- git
 
 
-def git(*args: str, cwd: Path | str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def git(
+    *args: str, cwd: Path | str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOSTILE_AGENT": "1"}  # hooks we plant stay quiet in our own runs
     try:
         return subprocess.run(
@@ -374,7 +375,9 @@ def event_streams(client: Resp) -> list[bytes]:
     return streams
 
 
-def entries(client: Resp, stream: bytes, count: int = 2000) -> list[tuple[bytes, dict[bytes, bytes]]]:
+def entries(
+    client: Resp, stream: bytes, count: int = 2000
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
     raw = client.cmd("XREVRANGE", stream, "+", "-", "COUNT", count) or []
     out = []
     for entry_id, flat in reversed(raw):

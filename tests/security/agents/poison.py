@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import hostile as h  # noqa: E402
+import hostile as h
 
 TASK = os.environ.get("LOOPS_TASK_ID", "")
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import hostile as h  # noqa: E402
+import hostile as h
 
 LOOP = os.environ.get("LOOPS_LOOP", "")
 TASK = os.environ.get("LOOPS_TASK_ID", "")
@@ -22,9 +22,7 @@ LOOPS = shutil.which("loops") or str(Path(sys.executable).parent / "loops")
 
 def loops(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(
-            [LOOPS, *args], cwd=cwd, capture_output=True, text=True, timeout=20
-        )
+        return subprocess.run([LOOPS, *args], cwd=cwd, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return subprocess.CompletedProcess([LOOPS], 255, "", str(exc))
 
