@@ -175,11 +175,14 @@ class Up:
         return self.stdout + self.stderr
 
 
-def up(root: Path, *args: str, env: dict[str, str] | None = None) -> Up:
-    """`loops up DIR` to its end (it returns when no loop can make progress)."""
+def up(root: Path, *args: str, env: dict[str, str] | None = None, dashboard: bool = False) -> Up:
+    """`loops up DIR` to its end (it returns when no loop can make progress). The
+    dashboard is off (`--port 0`) unless asked for: then it takes its default port
+    (a busy port never stops `loops up`)."""
+    port = () if dashboard else ("--port", "0")
     try:
         proc = subprocess.run(
-            [LOOPS, "up", str(root), "--port", "0", *args],
+            [LOOPS, "up", str(root), *port, *args],
             capture_output=True,
             text=True,
             timeout=UP_TIMEOUT_S,
