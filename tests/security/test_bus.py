@@ -34,6 +34,23 @@ def test_forged_verification_passed_does_not_merge(tmp_path: Path) -> None:
     assert_attack_failed(root, [result], "forge_passed", ["loop-1/ADD-1"])
 
 
+def test_genuine_verdict_replayed_for_another_commit_does_not_merge(tmp_path: Path) -> None:
+    """The agent waits for a real `verification.passed` of the honest loop and
+    re-publishes it with its own loop, task and commit (everything else kept)."""
+    root = make_project(
+        tmp_path / "p",
+        [
+            Loop("loop-1", agent("forge_passed", "forge_replay", "replay")),
+            Loop("loop-2", agent("honest", "--only", "sub"), tasks=[Task("SUB-1", SUB_CHECK)]),
+        ],
+    )
+    result = up(root)
+    f = Findings()
+    with f.check():
+        assert_merged(root, "def sub(a, b):\n    return a - b")
+    assert_attack_failed(root, [result], "forge_replay", ["loop-1/ADD-1"], findings=f)
+
+
 @pytest.mark.parametrize("mode", ["cli", "forge"])
 def test_own_escalation_answered_from_the_workspace_does_not_merge(
     tmp_path: Path, mode: str
@@ -59,7 +76,9 @@ def test_poisoned_stream_keeps_the_system_running(tmp_path: Path) -> None:
     first = up(root)
     assert_kept_running(first)
     assert reports(root, "poisoned"), "the poison was not written: " + first.output[-2000:]
-    write_loop(root, Loop("loop-2", agent("honest"), tasks=[Task("SUB-1", SUB_CHECK)]))
+    write_loop(
+        root, Loop("loop-2", agent("honest", "--only", "sub"), tasks=[Task("SUB-1", SUB_CHECK)])
+    )
     commit(root, "a second loop")
     second = up(root)
     f = Findings()

@@ -79,6 +79,7 @@ def test_kill_9_of_loops_up_kills_the_agent_and_its_setsid_child(tmp_path: Path)
     )
     try:
         tick = wait_until(lambda: tick_file(root), timeout=30)
+        assert tick is not None
         wait_until(lambda: tick.stat().st_size > 0, timeout=10)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

@@ -26,7 +26,7 @@ def test_agent_cannot_move_main_or_another_loops_branch_or_plant_hooks(tmp_path:
         tmp_path / "p",
         [
             Loop("loop-1", agent("move_refs", "move_refs")),
-            Loop("loop-2", agent("honest"), tasks=[Task("SUB-1", SUB_CHECK)]),
+            Loop("loop-2", agent("honest", "--only", "sub"), tasks=[Task("SUB-1", SUB_CHECK)]),
         ],
     )
     result = up(root)

@@ -45,7 +45,7 @@ def test_sandbox_hides_the_state_dir_the_checkout_and_other_workspaces(tmp_path:
         tmp_path / "p",
         [
             Loop("loop-1", agent("peek")),
-            Loop("loop-2", agent("honest"), tasks=[Task("SUB-1", SUB_CHECK)]),
+            Loop("loop-2", agent("honest", "--only", "sub"), tasks=[Task("SUB-1", SUB_CHECK)]),
         ],
     )
     result = up(root)

@@ -2,11 +2,11 @@
 
 Options: `--slow` (two iterations: new tests first, then the code, with pauses, the way a
 careful agent works), `--big MB` (prints MB megabytes of log before its promise),
-`--notes` (leaves a note per task, so every task has a change of its own)."""
+`--only NAME` (implements only that function, so that it never conflicts with a
+loop working on the other one)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -28,11 +28,12 @@ def test_sub_more():
 """
 
 
-def implement() -> None:
+def implement(only: str | None) -> None:
     ops = Path("calc/ops.py")
     text = ops.read_text()
     for old, new in FIXES.items():
-        text = text.replace(old, new)
+        if only is None or f'"{only}"' in old:
+            text = text.replace(old, new)
     ops.write_text(text)
 
 
@@ -49,11 +50,7 @@ def main(argv: list[str]) -> int:
             print("Added tests first; implementing next iteration.")
             return 0
         time.sleep(1.5)
-    implement()
-    if "--notes" in argv:
-        notes = Path("notes")
-        notes.mkdir(exist_ok=True)
-        (notes / (hashlib.sha256(task.encode()).hexdigest()[:12] + ".md")).write_text(task + "\n")
+    implement(argv[argv.index("--only") + 1] if "--only" in argv else None)
     if "--big" in argv:
         mb = int(argv[argv.index("--big") + 1])
         line = ("x" * 1023 + "\n").encode()

@@ -35,9 +35,9 @@ def main() -> int:
             continue
         with contextlib.suppress(OSError):
             listed[str(d)] = sorted(os.listdir(d))
-    for d in list(listed):
-        for name in [*NAMES, *listed[d]]:
-            path = Path(d) / name
+    for where in list(listed):
+        for name in [*NAMES, *listed[where]]:
+            path = Path(where) / name
             with contextlib.suppress(OSError):
                 if path.is_file() and path.stat().st_size < 1_000_000:
                     read[str(path)] = h.sha(path.read_bytes().strip())
