@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from bus import BusSettings, RedisBus
+from bus.embedded import EmbeddedServer
 from tests.conftest import wait_until
+from tests.security.agents.poison import poison_entries
 from tests.security.conftest import (
     AGENTS,
     SUB_CHECK,
@@ -16,12 +19,10 @@ from tests.security.conftest import (
     Task,
     agent,
     assert_attack_failed,
-    assert_kept_running,
     assert_merged,
     commit,
     make_project,
     our_processes,
-    reports,
     require_bwrap,
     up,
     write_loop,
@@ -69,13 +70,22 @@ def test_own_escalation_answered_from_the_workspace_does_not_merge(
     assert_attack_failed(root, [first, second], name, ["loop-1/ADD-1"])
 
 
+def inject_as_operator(root: Path, entries: list[dict[bytes, bytes]]) -> None:
+    """XADD `entries` with the operator's own access to the project's embedded bus."""
+    with EmbeddedServer(root) as server:
+        assert server.url
+        with RedisBus.from_settings(BusSettings.from_env(url=server.url)) as bus:
+            for fields in entries:
+                bus.client.xadd(bus.stream, fields)  # type: ignore[arg-type]
+
+
 def test_poisoned_stream_keeps_the_system_running(tmp_path: Path) -> None:
-    """A loop poisons the stream; on the next `loops up` a new, honest loop's task
-    still merges, and neither run crashes."""
+    """A loop poisons the stream (and so does the test, as the operator, in case the
+    agent cannot reach the bus); on the next `loops up` a new, honest loop's task still
+    merges, and neither run crashes."""
     root = make_project(tmp_path / "p", [Loop("loop-1", agent("poison", "poison"))])
     first = up(root)
-    assert_kept_running(first)
-    assert reports(root, "poisoned"), "the poison was not written: " + first.output[-2000:]
+    inject_as_operator(root, poison_entries("loop-1", "ADD-1"))
     write_loop(
         root, Loop("loop-2", agent("honest", "--only", "sub"), tasks=[Task("SUB-1", SUB_CHECK)])
     )
@@ -84,4 +94,4 @@ def test_poisoned_stream_keeps_the_system_running(tmp_path: Path) -> None:
     f = Findings()
     with f.check():
         assert_merged(root, "def sub(a, b):\n    return a - b")
-    assert_attack_failed(root, [second], "poison", ["loop-1/ADD-1"], findings=f)
+    assert_attack_failed(root, [first, second], "poison", ["loop-1/ADD-1"], findings=f)

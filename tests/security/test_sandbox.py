@@ -34,7 +34,7 @@ def state_digests(root: Path, workspace: Path) -> dict[str, str]:
     found = {}
     for path in (root / ".loops").rglob("*"):
         mine = inside(path, workspace) or ".git" in path.parts or "worktrees" in path.parts
-        if path.is_file() and not mine and path.stat().st_size < 1_000_000:
+        if path.is_file() and not mine and 0 < path.stat().st_size < 1_000_000:
             found[hashlib.sha256(path.read_bytes().strip()).hexdigest()[:16]] = str(path)
     return found
 
@@ -73,7 +73,8 @@ def test_sandbox_hides_the_state_dir_the_checkout_and_other_workspaces(tmp_path:
             if inside(p, git_dir):
                 continue
             if inside(p, root) and not inside(p, ws) and p.is_file():
-                if hashlib.sha256(p.read_bytes().strip()).hexdigest()[:16] == digest:
+                content = p.read_bytes().strip()
+                if content and hashlib.sha256(content).hexdigest()[:16] == digest:
                     leaks.append(f"read {path}")
             elif digest in digests:
                 leaks.append(f"read {path} (= {digests[digest]})")

@@ -15,8 +15,8 @@ import hostile as h
 TASK = os.environ.get("LOOPS_TASK_ID", "")
 
 
-def poison(client: h.Resp, stream: bytes) -> None:
-    loop = os.environ.get("LOOPS_LOOP", "")
+def poison_entries(loop: str, task: str) -> list[dict[bytes, bytes]]:
+    """Stream entries no consumer can decode (the test writes them too, as the operator)."""
     base = {
         "id": uuid.uuid4().hex,
         "version": 1,
@@ -24,24 +24,35 @@ def poison(client: h.Resp, stream: bytes) -> None:
         "source": {"role": "gate", "instance": "x:1"},
         "loop": loop,
     }
-    nan = json.dumps({**base, "type": "task.claimed", "task_id": TASK, "attempt": float("nan"),
+    nan = json.dumps({**base, "type": "task.claimed", "task_id": task, "attempt": float("nan"),
                       "commit": "0" * 40, "branch": "loop/x"})  # fmt: skip
-    huge = json.dumps({**base, "type": "task.claimed", "task_id": TASK, "attempt": 1,
+    huge = json.dumps({**base, "type": "task.claimed", "task_id": task, "attempt": 1,
                        "commit": "0" * 40, "branch": "x" * (8 << 20)})  # fmt: skip
-    bad: list[list[bytes | str]] = [
+    wrong = json.dumps({**base, "type": "merge.completed", "loop": 5})
+    entries: list[list[bytes | str]] = [
         ["type", b"\xff", "id", uuid.uuid4().hex, "data", b"\xff"],
         ["type", "task.claimed", "id", uuid.uuid4().hex, "data", nan],
         ["type", "task.claimed", "id", uuid.uuid4().hex, "data", huge],
         ["type", "verification.passed", "id", uuid.uuid4().hex, "data", "{"],
         ["type", "verification.passed", "id", uuid.uuid4().hex, "data", "[" * 100_000],
-        ["type", "merge.completed", "id", uuid.uuid4().hex, "data", json.dumps({**base, "type": "merge.completed", "loop": 5})],
+        ["type", "merge.completed", "id", uuid.uuid4().hex, "data", wrong],
         ["type", "loop.heartbeat", "id", b"\xfe\xff", "data", json.dumps(1e308 * 10)],
-        [b"\xfe", b"\xff", "data", json.dumps({**base, "type": b"\xff".decode("latin-1")})],
+        [b"\xfe", b"\xff", "data", json.dumps({**base, "type": "\udcff"}, ensure_ascii=False).encode(errors="surrogatepass")],
         ["type", "task.passed"],
     ]  # fmt: skip
-    for fields in bad:
+    return [
+        {
+            (k if isinstance(k, bytes) else k.encode()): (v if isinstance(v, bytes) else v.encode())
+            for k, v in zip(e[::2], e[1::2], strict=True)
+        }
+        for e in entries
+    ]
+
+
+def poison(client: h.Resp, stream: bytes) -> None:
+    for fields in poison_entries(os.environ.get("LOOPS_LOOP", ""), TASK):
         try:
-            entry = client.cmd("XADD", stream, "*", *fields)
+            entry = client.cmd("XADD", stream, "*", *[x for kv in fields.items() for x in kv])
             h.report("poisoned", entry=str(entry))
         except h.RespError as exc:
             h.report("poison-refused", error=str(exc)[:200])

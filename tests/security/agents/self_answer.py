@@ -76,7 +76,7 @@ def main() -> int:
 
     def answer_loop() -> None:
         answered: set[str] = set()
-        for _ in h.for_a_while(20, 0.3):
+        for _ in h.for_a_while(15, 0.3):
             (answer_by_cli if mode == "cli" else answer_by_forgery)(answered)
             if merged():
                 return

@@ -46,7 +46,7 @@ def main() -> int:
         mark_passed(root)
 
     def keep_writing() -> None:
-        for _ in h.for_a_while(20, 0.2):
+        for _ in h.for_a_while(15, 0.2):
             for root in targets[1:]:
                 mark_passed(root)
 
