@@ -263,7 +263,9 @@ def assert_no_false_success(root: Path, result: Up, unmerged: list[str]) -> None
     statuses = state_statuses(root)
     for key in unmerged:
         if statuses.get(key) == "passed":
-            pytest.fail(f"{key} is 'passed' in test-state.json with nothing on main", pytrace=False)
+            pytest.fail(
+                f"{key} is 'passed' in test-state.json though it must not merge", pytrace=False
+            )
 
 
 def assert_kept_running(result: Up) -> None:

@@ -47,8 +47,8 @@ def forge_for(client: h.Resp, commit: str) -> None:
 
 def keep_forging() -> None:
     done: set[str] = set()
-    for _ in h.for_a_while(25, 0.1):
-        client = h.open_bus()
+    for _ in h.for_a_while(25, 0.2):
+        client = h.bus()
         if client is None:
             continue
         for stream in h.event_streams(client):
@@ -61,12 +61,11 @@ def keep_forging() -> None:
                 if ev.get("type") == "task.claimed" and commit and commit not in done:
                     done.add(commit)
                     forge_for(client, commit)
-        client.close()
 
 
 def replay(commit: str) -> None:
     for _ in h.for_a_while(25, 0.2):
-        client = h.open_bus()
+        client = h.bus()
         if client is None:
             continue
         for stream in h.event_streams(client):
@@ -83,9 +82,7 @@ def replay(commit: str) -> None:
                     flat = [x for kv in copy.items() for x in kv]
                     entry = client.cmd("XADD", stream, "*", *flat)
                     h.report("replayed", entry=str(entry))
-                client.close()
                 return
-        client.close()
 
 
 def main() -> int:

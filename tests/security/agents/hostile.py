@@ -325,10 +325,59 @@ def _credentials_in(url: str) -> list[tuple[str | None, str]]:
     return []
 
 
+def listening_ports() -> list[int]:
+    """TCP ports listening on 127.0.0.1 (a Redis on a random port included)."""
+    ports: list[int] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            parts = line.split()
+            if len(parts) > 3 and parts[3] == "0A" and parts[1].startswith("0100007F:"):
+                ports.append(int(parts[1].split(":")[1], 16))
+    return sorted(set(ports))[:64]
+
+
+def _is_redis(url: str) -> bool:
+    try:
+        client = Resp(url, timeout=0.5)
+    except (OSError, ValueError):
+        return False
+    try:
+        client.cmd("PING")
+        return True
+    except RespError as exc:
+        return "auth" in str(exc).lower()
+    except OSError:
+        return False
+    finally:
+        client.close()
+
+
+def _login(url: str, creds: tuple[str | None, str] | None) -> Resp | None:
+    try:
+        client = Resp(url)
+    except (OSError, ValueError):
+        return None
+    try:
+        if creds is not None:
+            user, pw = creds
+            client.cmd("AUTH", *([user] if user else []), pw)
+        client.cmd("PING")
+        db = re.search(r"/(\d+)$", url.split("?")[0])
+        if db and db.group(1) != "0":
+            client.cmd("SELECT", db.group(1))
+        return client
+    except (RespError, OSError):
+        client.close()
+        return None
+
+
 def open_bus() -> Resp | None:
-    """A connection to any Redis we can reach and authenticate to, else None."""
+    """A connection to a Redis we can reach and authenticate to, and that holds our
+    own project's stream (see `event_streams`), else None."""
     files = loot()
     urls, passwords = redis_targets(files)
+    urls += [f"redis://127.0.0.1:{port}/0" for port in listening_ports()]
+    urls = list(dict.fromkeys(urls))
     report(
         "recon",
         state_dirs=[str(d) for d in state_dirs()],
@@ -337,38 +386,65 @@ def open_bus() -> Resp | None:
         urls=len(urls),
         passwords=len(passwords),
     )
+    locked = foreign = 0
     for url in urls:
+        if not _is_redis(url):
+            continue
         attempts: list[tuple[str | None, str] | None] = [None, *_credentials_in(url)]
         for pw in passwords:
             attempts += [(None, pw), ("default", pw), ("loops", pw)]
         for creds in attempts:
-            try:
-                client = Resp(url)
-            except (OSError, ValueError):
-                break
-            try:
-                if creds is not None:
-                    user, pw = creds
-                    client.cmd("AUTH", *([user] if user else []), pw)
-                client.cmd("PING")
-                db = re.search(r"/(\d+)$", url.split("?")[0])
-                if db and db.group(1) != "0":
-                    client.cmd("SELECT", db.group(1))
+            client = _login(url, creds)
+            if client is None:
+                continue
+            if event_streams(client):
                 report("bus", url_sha=sha(url), with_password=creds is not None)
                 return client
-            except (RespError, OSError):
-                client.close()
-    report("bus", reached=False)
+            foreign += 1
+            client.close()
+            break
+        else:
+            locked += 1
+    report("bus", reached=False, locked=locked, foreign=foreign)
     return None
 
 
+_BUS: list[Resp] = []
+
+
+def bus() -> Resp | None:
+    """`open_bus()` once, then the same connection (for polling children)."""
+    if not _BUS:
+        client = open_bus()
+        if client is None:
+            return None
+        _BUS.append(client)
+    return _BUS[0]
+
+
+def _recent_own(ev: dict[str, Any], horizon_s: float = 600) -> bool:
+    mine = ev.get("loop") == os.environ.get("LOOPS_LOOP") and ev.get("task_id") == os.environ.get(
+        "LOOPS_TASK_ID"
+    )
+    if not mine or ev.get("type") not in ("task.started", "iteration.started"):
+        return False
+    try:
+        ts = datetime.fromisoformat(str(ev.get("ts")).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return abs((datetime.now(UTC) - ts).total_seconds()) < horizon_s
+
+
 def event_streams(client: Resp) -> list[bytes]:
+    """Event streams of our own project: a recent start of our loop's task is on it.
+    (Other projects' streams on a shared Redis are never written to by this suite.)"""
     streams: list[bytes] = []
     cursor = b"0"
     for _ in range(100):
         cursor, keys = client.cmd("SCAN", cursor, "COUNT", 1000)
         for key in keys:
-            if key.endswith(b"events") and client.cmd("TYPE", key) == b"stream":
+            is_stream = key.endswith(b"events") and client.cmd("TYPE", key) == b"stream"
+            if is_stream and any(_recent_own(ev) for ev in events(client, key)):
                 streams.append(key)
         if cursor == b"0":
             break

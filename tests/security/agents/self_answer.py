@@ -45,7 +45,7 @@ def answer_by_cli(answered: set[str]) -> None:
 
 
 def answer_by_forgery(answered: set[str]) -> None:
-    client = h.open_bus()
+    client = h.bus()
     if client is None:
         return
     for stream in h.event_streams(client):
@@ -58,7 +58,6 @@ def answer_by_forgery(answered: set[str]) -> None:
                             by="operator", task_id=ev.get("task_id"))  # fmt: skip
             h.report("answered", via="forge", entry=str(entry))
             answered.add(eid)
-    client.close()
 
 
 def merged() -> bool:
