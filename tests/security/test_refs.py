@@ -15,6 +15,7 @@ from tests.security.conftest import (
     assert_attack_failed,
     assert_merged,
     make_project,
+    require_bwrap,
     up,
 )
 
@@ -22,6 +23,8 @@ NO_HOOKS = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
 
 
 def test_agent_cannot_move_main_or_another_loops_branch_or_plant_hooks(tmp_path: Path) -> None:
+    # Without a sandbox the agent (same user) can write the operator's .git directly.
+    require_bwrap()
     root = make_project(
         tmp_path / "p",
         [
