@@ -255,7 +255,7 @@ def assert_no_false_success(root: Path, result: Up, unmerged: list[str]) -> None
     success line, nor a `passed` in the operator's state file for any of them."""
     if result.code != 1:
         pytest.fail(
-            f"exit {result.code} though {unmerged} did not merge:\n{result.stdout[-2000:]}",
+            f"exit {result.code}, though {unmerged} must not merge:\n{result.stdout[-2000:]}",
             pytrace=False,
         )
     if "All tasks verified and merged" in result.output:
