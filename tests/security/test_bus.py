@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import BusSettings, RedisBus
+from bus import RedisBus
 from bus.embedded import EmbeddedServer
 from tests.conftest import wait_until
 from tests.security.agents.poison import poison_entries
@@ -74,7 +74,7 @@ def inject_as_operator(root: Path, entries: list[dict[bytes, bytes]]) -> None:
     """XADD `entries` with the operator's own access to the project's embedded bus."""
     with EmbeddedServer(root) as server:
         assert server.url
-        with RedisBus.from_settings(BusSettings.from_env(url=server.url)) as bus:
+        with RedisBus.from_settings(server.settings()) as bus:
             for fields in entries:
                 bus.client.xadd(bus.stream, fields)  # type: ignore[arg-type]
 

@@ -63,8 +63,11 @@ def test_sandbox_hides_the_state_dir_the_checkout_and_other_workspaces(tmp_path:
             p = Path(d)
             if not inside(p, root) or inside(p, ws) or inside(p, git_dir) or not p.is_dir():
                 continue
-            toward_ws = {ws.relative_to(p).parts[0]} if ws != p and inside(ws, p) else set()
-            shown = (set(entries) & set(os.listdir(p))) - toward_ws - {".git"}
+            # The mount points on the way to its own work tree, git dir and TMPDIR are
+            # shown to it (empty directories in the tmpfs over `.loops/`), nothing else.
+            own = [ws, *(Path(o) for o in item.get("own", []))]
+            toward = {o.relative_to(p).parts[0] for o in own if o != p and inside(o, p)}
+            shown = (set(entries) & set(os.listdir(p))) - toward - {".git"}
             if shown:
                 leaks.append(f"listed {d}: {sorted(shown)}")
         digests = state_digests(root, ws)

@@ -17,6 +17,15 @@ NAMES = ("redis.url", "dashboard.token", "redis.pid", "up.lock", "config.json", 
          "README.md", "Makefile", ".git/config", "calc/ops.py")  # fmt: skip
 
 
+def gitdir_of(ws: Path) -> str:
+    """The git dir the workspace's `.git` file names (its own, read-only)."""
+    try:
+        text = (ws / ".git").read_text()
+    except OSError:
+        return ""
+    return text.split("gitdir:", 1)[1].strip() if "gitdir:" in text else ""
+
+
 def main() -> int:
     sys.stdin.read()
     ws = h.workspace().resolve()
@@ -41,7 +50,15 @@ def main() -> int:
             with contextlib.suppress(OSError):
                 if path.is_file() and path.stat().st_size < 1_000_000:
                     read[str(path)] = h.sha(path.read_bytes().strip())
-    h.report("seen", workspace=str(ws), listed=listed, read=read, repos=[str(r) for r in repos])
+    own = [os.environ.get("TMPDIR", ""), gitdir_of(ws)]  # its own mount points, shown to it
+    h.report(
+        "seen",
+        workspace=str(ws),
+        own=[o for o in own if o],
+        listed=listed,
+        read=read,
+        repos=[str(r) for r in repos],
+    )
     print(f"I looked around. <promise>{os.environ.get('LOOPS_TASK_ID')} done</promise>")
     return 0
 
