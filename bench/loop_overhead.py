@@ -8,14 +8,21 @@ prompt building. No checks run.
 
     python bench/loop_overhead.py [--iterations 50] [--redis URL]
 
+Then the same loop with a real agent process (`command:`, a shell one-liner that edits
+a file and replies), with the bubblewrap sandbox on and off: the time from one agent
+launch to the next, which is the harness's work plus starting the (sandboxed) process,
+an upper bound of the overhead an agent CLI sees.
+
 Prints a table, then as its last line one JSON object:
-{"overhead_ms_p50": ..., "overhead_ms_p99": ..., "prompt_bytes_max": ...}
+{"overhead_ms_p50": ..., "overhead_ms_p99": ..., "prompt_bytes_max": ...,
+ "process_iteration_ms_p50_sandbox_on": ..., "process_iteration_ms_p50_sandbox_off": ...}
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -30,7 +37,8 @@ import fakeredis
 
 from bus import BusSettings, RedisBus, connect
 from loops.books import SpecBook
-from loops.runners import AgentRequest, AgentResult
+from loops.runners import AgentRequest, AgentResult, AgentRunner, make_runner
+from loops.sandbox import sandbox_status
 from loops.service import WorkerService
 from loops.spec import parse_spec
 from loops.workspace import git
@@ -67,6 +75,47 @@ class InstantAgent:
         return AgentResult(reply=reply, duration_s=0.0)
 
 
+class TimedRunner:
+    """A real runner, timed: when each run starts (its process launch included)."""
+
+    def __init__(self, runner: AgentRunner) -> None:
+        self.runner = runner
+        self.name = runner.name
+        self.starts: list[float] = []
+
+    def run(self, request: AgentRequest) -> AgentResult:
+        self.starts.append(time.perf_counter())
+        return self.runner.run(request)
+
+
+AGENT = 'command:echo "$LOOPS_ITERATION" > work.txt && echo still working'
+
+
+def process_iterations(iterations: int, sandbox: str) -> list[float]:
+    """Start-to-start milliseconds of a loop whose agent is a real process."""
+    os.environ["LOOPS_SANDBOX"] = sandbox
+    with tempfile.TemporaryDirectory(prefix="loops-bench-") as tmp:
+        repo = make_repo(Path(tmp))
+        client = fakeredis.FakeRedis(protocol=2)
+        bus = RedisBus(client, settings=BusSettings(prefix=f"bench-{uuid.uuid4().hex[:8]}"))
+        book = SpecBook(parse_spec(SPEC), repo / "SPEC.yaml", repo / ".loops" / "state", iterations)
+        agent = TimedRunner(make_runner(AGENT))
+        service = WorkerService(bus, book, agent, repo, heartbeat_s=60)
+        service.run(threading.Event(), until_idle=True)
+        client.close()
+    return [(b - a) * 1000 for a, b in zip(agent.starts, agent.starts[1:], strict=False)]
+
+
+def make_repo(tmp: Path) -> Path:
+    repo = tmp / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("bench\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    return repo
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -79,12 +128,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="loops-bench-") as tmp:
-        repo = Path(tmp) / "repo"
-        repo.mkdir()
-        git(repo, "init", "-q", "-b", "main")
-        (repo / "README.md").write_text("bench\n")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-qm", "init")
+        repo = make_repo(Path(tmp))
         prefix = f"bench-{uuid.uuid4().hex[:8]}"
         if args.redis:
             client = connect(args.redis)
@@ -112,10 +156,16 @@ def main() -> None:
         client.close()
 
     gaps_ms = [(s - e) * 1000 for e, s in zip(agent.ends, agent.starts[1:], strict=False)]
+    sandboxed = process_iterations(args.iterations, "auto")
+    status = sandbox_status()  # with LOOPS_SANDBOX=auto, as the sandboxed run had it
+    unsandboxed = process_iterations(args.iterations, "off")
     figures = {
         "overhead_ms_p50": round(statistics.median(gaps_ms), 2),
         "overhead_ms_p99": round(percentile(gaps_ms, 0.99), 2),
         "prompt_bytes_max": max(agent.prompt_bytes),
+        "process_iteration_ms_p50_sandbox_on": round(statistics.median(sandboxed), 2),
+        "process_iteration_ms_p50_sandbox_off": round(statistics.median(unsandboxed), 2),
+        "sandbox_active": status.active,
     }
     print(f"loop overhead: {len(agent.starts)} iterations on {backend}, {wall:.1f}s wall")
     print(f"{'figure':<28}{'value':>12}")
@@ -124,6 +174,15 @@ def main() -> None:
     print(f"{'overhead max (ms)':<28}{round(max(gaps_ms), 2):>12}")
     print(f"{'prompt bytes, first run':<28}{agent.prompt_bytes[0]:>12}")
     print(f"{'prompt bytes, max':<28}{figures['prompt_bytes_max']:>12}")
+    print(f"real agent process ({AGENT}), launch to launch:")
+    on, off = (
+        figures["process_iteration_ms_p50_sandbox_on"],
+        figures["process_iteration_ms_p50_sandbox_off"],
+    )
+    print(
+        f"{'p50, sandbox on (ms)':<28}{on:>12}" + ("" if status.active else "  (bwrap unavailable)")
+    )
+    print(f"{'p50, sandbox off (ms)':<28}{off:>12}")
     print(json.dumps(figures))
 
 
