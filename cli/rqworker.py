@@ -11,13 +11,14 @@ wait; commands (`rq` stop-job, shutdown) still arrive within a second.
 
 from __future__ import annotations
 
+from rq.worker import SimpleWorker as RqSimpleWorker
 from rq.worker import Worker as RqWorker
 
 PUBSUB_READ_S = 1.0
 
 
-class Worker(RqWorker):
-    """rq's worker whose warm shutdown does not wait out a 60 s pubsub read."""
+class _ShortReads(RqWorker):
+    """The pubsub thread reads in `PUBSUB_READ_S` slices (mixed into rq's classes)."""
 
     def subscribe(self) -> None:
         self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
@@ -26,3 +27,11 @@ class Worker(RqWorker):
         self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
             sleep_time=PUBSUB_READ_S, daemon=True, exception_handler=self._pubsub_exception_handler
         )
+
+
+class Worker(_ShortReads):
+    """rq's worker whose warm shutdown does not wait out a 60 s pubsub read."""
+
+
+class SimpleWorker(_ShortReads, RqSimpleWorker):
+    """rq's `SimpleWorker` (jobs in the worker process, no fork), same fix."""

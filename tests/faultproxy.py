@@ -59,7 +59,11 @@ class FaultProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.upstream, timeout=10)
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:  # the upstream is gone (the test is over): refuse this client
+                _shut(client)
+                continue
             server.settimeout(None)
             with self._lock:
                 self._sockets += [client, server]

@@ -112,11 +112,13 @@ def test_a_worker_process_runs_the_verification_job(
     remove_scratch(loop.path)
 
 
-# A SimpleWorker (no fork) polling until terminated; what `rq worker` does, minus the CLI.
+# A SimpleWorker (no fork) polling until terminated; what `rq worker` does, minus the CLI
+# (our class: rq's own may wait out a 60 s pubsub read when it is terminated).
 _WORKER = """
 import sys
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
+from cli.rqworker import SimpleWorker
 conn = Redis.from_url(sys.argv[1])
 SimpleWorker([Queue(sys.argv[2], connection=conn)], connection=conn).work(with_scheduler=False)
 """
