@@ -14,6 +14,7 @@ from events import (
     Decision,
     EscalationAnswered,
     Event,
+    IterationAbort,
     LoopPause,
     LoopResume,
     LoopStop,
@@ -62,6 +63,7 @@ WORKER_TYPES = frozenset({
     "task.passed", "loop.pause", "loop.resume", "loop.stop", "task.reset", "task.hint",
     "task.held", "task.released", "verification.passed", "verification.failed",
     "merge.completed", "merge.conflicted", "escalation.answered", "monitor.action",
+    "iteration.abort",
 })  # fmt: skip
 
 
@@ -106,6 +108,8 @@ def _react(w: LoopWorker, event: Event) -> None:
         _verdict(w, event)
     elif isinstance(event, EscalationAnswered):
         _answer(w, event)
+    elif isinstance(event, IterationAbort):
+        _abort(w, event)
     elif isinstance(event, MonitorAction) and event.task_id:
         _block(w, event.task_id, f"blocked by the monitor: {event.reason}")
 
@@ -271,6 +275,21 @@ def _command(
         command=event.type,
         command_id=event.id,
         detail=detail,
+        causation_id=event.id,
+    )
+
+
+def _abort(w: LoopWorker, event: IterationAbort) -> None:
+    """The run was killed while it ran (`loops.liveness.RunWatch`) and recorded; here
+    the command is acknowledged. A command for no running agent (a run that already
+    ended, or another run) changes nothing."""
+    killed = w.state.aborted.get(event.id)
+    w.emit(
+        CommandAcknowledged,
+        id=derived_id(event.id, "ack"),
+        command=event.type,
+        command_id=event.id,
+        detail=killed or "not running",
         causation_id=event.id,
     )
 

@@ -60,6 +60,9 @@ class WorkerState(BaseModel):
     # write as the state change and the handled mark that produced them, published
     # after it, removed once the bus has them (the outbox).
     outbox: list[str] = Field(default_factory=list)
+    # `iteration.abort` commands that killed a run (id -> what was done), so the
+    # command is acknowledged with it when it comes in by the event path.
+    aborted: dict[str, str] = Field(default_factory=dict)
 
     def task(self, task_id: str) -> TaskRuntime:
         return self.tasks.setdefault(task_id, TaskRuntime())

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bus import PassedLedger
+from bus.usage import UsageWindows
 from events import (
     DecodeError,
     EscalationDelivered,
@@ -28,6 +29,7 @@ from events import (
     EscalationRaised,
     Event,
     FailureKind,
+    IterationAbort,
     IterationFinished,
     IterationOutcome,
     IterationStarted,
@@ -43,15 +45,23 @@ from events import (
     TaskClaimed,
     TaskFailed,
     TaskStarted,
+    UsageLimited,
     decode_json,
     new_id,
     short_id,
 )
 from events.secrets import redact
 from loops.book import TaskBook, TaskDef, TaskStatus
+from loops.liveness import AbortFeed, AgentRun, RunWatch
 from loops.merged import MergedTasks
 from loops.prompt import PromptInput, build_prompt
-from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRunner
+from loops.runners import (
+    DEFAULT_TIMEOUT_S,
+    INTERRUPTED_DETAIL,
+    AgentRequest,
+    AgentResult,
+    AgentRunner,
+)
 from loops.runners.outcome import parse_outcome
 from loops.runners.process import kill_strays
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
@@ -81,10 +91,13 @@ class LoopWorker:
         state_file: Path,
         instance: str | None = None,
         heartbeat_s: float = 30.0,
-        agent_timeout_s: float = 30 * 60.0,
+        agent_timeout_s: float = DEFAULT_TIMEOUT_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         remote: str | None = None,
         ledger: PassedLedger | None = None,
+        aborts: AbortFeed | None = None,
+        usage: UsageWindows | None = None,
+        account: str | None = None,
     ) -> None:
         self.book = book
         self.merged = MergedTasks(book.loop, workspace.repo, workspace.main_branch, ledger)
@@ -111,6 +124,11 @@ class LoopWorker:
         self._sandbox: SandboxPolicy | None = None
         self._lock = threading.Lock()
         self._deferring = False
+        self.aborts = aborts  # where `iteration.abort` is read while an agent runs
+        self.run: AgentRun | None = None  # the agent run in progress (heartbeat reads it)
+        self.usage = usage  # the account-wide usage windows (None: this loop's own only)
+        self.account = account  # `bus.usage.account_key` of this loop's agent
+        self._announced: datetime | None = None  # the usage window already logged
 
     @property
     def sandbox(self) -> SandboxPolicy:
@@ -293,6 +311,8 @@ class LoopWorker:
 
     def iterate(self, task: TaskDef) -> None:
         """Run the agent once on `task` and act on what it produced."""
+        if self.usage_window() is not None:
+            return  # no call inside the account's usage window: the driver waits it out
         rt = self.state.task(task.id)
         if rt.phase in (Phase.IDLE,):
             self._start_attempt(task, rt)
@@ -350,7 +370,9 @@ class LoopWorker:
             n,
             f"/{self.book.max_iterations}" if self.book.max_iterations else "",
         )
-        result = self.runner.run(
+        run = AgentRun(task.id, n, self.clock())
+        result = self._run_agent(
+            run,
             AgentRequest(
                 prompt=prompt,
                 worktree=self.ws.path,
@@ -361,11 +383,14 @@ class LoopWorker:
                 session_id=rt.session_id,
                 model=self.book.model,
                 task_iteration=rt.iterations + 1,
-                cancel=self.cancel,
+                cancel=run.cancel,
                 sandbox=self.sandbox,
-            )
+                on_activity=lambda sign: run.sign(sign, self.clock()),
+                on_spawn=run.spawned,
+            ),
         )
-        interrupted = self.cancel is not None and self.cancel.is_set()
+        aborted = run.abort
+        interrupted = aborted is None and self.cancel is not None and self.cancel.is_set()
         # Invariant 7 at the one place every reply passes: nothing the agent said or
         # printed reaches events, prompts or transcripts with a secret in it.
         result = replace(
@@ -385,13 +410,21 @@ class LoopWorker:
         failure = result.failure
         if outcome and outcome.kind is IterationOutcome.FAILED and failure is None:
             failure = FailureKind.EMPTY_REPLY
-        if interrupted:
+        if aborted is not None:
+            # Killed by the monitor for a silent agent: an agent call (it counts toward
+            # -n), but not the task's failed attempt; the command's hint goes in the next
+            # prompt. Acknowledged once the command comes in by the ordinary event path.
+            failure = FailureKind.TIMEOUT
+            result = replace(result, failure_detail=f"aborted by the monitor: {aborted.reason}")
+        elif interrupted:
             # Stopped by the operator (Ctrl-C, shutdown): not the agent's failure. The
             # work so far is committed; the iteration runs again on restart.
             failure = FailureKind.AGENT_ERROR
             result = replace(result, failure_detail=INTERRUPTED_DETAIL)
         counted = not interrupted and failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
-        retry_at = self._wait_for(result, rt) if not counted and not interrupted else None
+        retry_at = (
+            self._wait_for(result, rt, task.id, n) if not counted and not interrupted else None
+        )
         self.transcripts.write(self.loop, task.id, n, prompt, result)
         self.emit(
             IterationFinished,
@@ -419,10 +452,12 @@ class LoopWorker:
         if counted:
             self.state.iteration = n
             rt.iterations += 1
-            rt.attempt_iterations += 1
+            rt.attempt_iterations += 0 if aborted else 1
             rt.outage_retries = 0
         rt.history.append(_history_line(n, kind, failure, result, done.changed_files))
-        if kind is IterationOutcome.CLAIMED and outcome:
+        if aborted is not None:
+            self._aborted(rt, aborted, run)
+        elif kind is IterationOutcome.CLAIMED and outcome:
             log.info("Promise detected: %r — verifying (iteration %d).", outcome.text, n)
             self._claim(task, rt, attempt, claim=outcome.text)
         elif kind is IterationOutcome.BLOCKED and outcome:
@@ -433,10 +468,84 @@ class LoopWorker:
             )
         self.save()
 
-    def _wait_for(self, result: AgentResult, rt: TaskRuntime) -> datetime:
+    def _run_agent(self, run: AgentRun, request: AgentRequest) -> AgentResult:
+        """Run the agent with a `RunWatch` beside it (liveness, aborts, stop)."""
+        watch = RunWatch(
+            run,
+            worktree=self.ws.path,
+            clock=self.clock,
+            scan_s=min(max(self.heartbeat_s / 2, 0.2), 10.0),
+            stop=self.cancel,
+            feed=self.aborts,
+            cursor=self.aborts.cursor() if self.aborts is not None else None,
+            handled=lambda command_id: command_id in self.state.aborted,
+            on_error=lambda exc: log.warning("watching the agent: %s", exc),
+        )
+        self.run = run
+        watch.start()
+        try:
+            return self.runner.run(request)
+        finally:
+            watch.finish()
+            self.run = None
+
+    def _aborted(self, rt: TaskRuntime, command: IterationAbort, run: AgentRun) -> None:
+        killed = f"killed process group {run.pid}" if run.pid else "killed the agent"
+        self.state.aborted[command.id] = killed
+        for old in list(self.state.aborted)[:-100]:
+            del self.state.aborted[old]
+        if command.hint:
+            rt.guidance.append(command.hint)
+        log.warning(
+            "the monitor aborted %s (iteration %d): %s; %s",
+            command.task_id,
+            run.iteration,
+            command.reason,
+            "retrying with its hint" if command.retry else "not retrying",
+        )
+        if not command.retry:
+            # Not run again on our own: the monitor's block_task follows, and a person's
+            # answer resets the task.
+            rt.phase = Phase.WAITING_HUMAN
+
+    def usage_window(self) -> datetime | None:
+        """When this loop's account may be called again, if a usage window is open now
+        (another loop may have hit the limit): no agent call until then."""
+        if self.usage is None or self.account is None:
+            return None
+        until = self.usage.until(self.account, now=self.clock())
+        if until is None:
+            return None
+        self.state.waiting_until = until
+        self.status = LoopStatus.WAITING
+        if self._announced != until:
+            self._announced = until
+            log.warning(
+                "waiting for usage reset at %s (account shared with other loops)",
+                until.astimezone().strftime("%H:%M"),
+            )
+        return until
+
+    def _wait_for(
+        self, result: AgentResult, rt: TaskRuntime, task_id: str, iteration: int
+    ) -> datetime:
         now = self.clock()
         if result.failure is FailureKind.USAGE_LIMIT:
             until = result.retry_at or now + timedelta(seconds=USAGE_LIMIT_DEFAULT_WAIT_S)
+            if self.usage is not None and self.account is not None:
+                before = self.usage.until(self.account, now=now)
+                until = self.usage.record(self.account, until, now=now)
+                if before is None or until > before:
+                    self.emit(
+                        UsageLimited,
+                        task_id,
+                        account=self.account,
+                        runner=self.account.partition(":")[0],
+                        reset_at=until,
+                        estimated=result.retry_at is None,
+                        iteration=iteration,
+                    )
+                self._announced = until
             log.warning(
                 "usage limit: waiting until %s (not counted as an iteration)", until.isoformat()
             )
@@ -521,6 +630,10 @@ class LoopWorker:
     def heartbeat(self) -> LoopHeartbeat:
         passed, total = self.progress()
         rt = self.state.tasks.get(self.current) if self.current else None
+        run = self.run  # the agent's liveness while one runs (contract: agents/README.md)
+        started, activity_at, activity, pid = (
+            run.snapshot() if run is not None else (None, None, None, None)
+        )
         event = LoopHeartbeat(
             source=self.source,
             loop=self.loop,
@@ -533,6 +646,10 @@ class LoopWorker:
             waiting_until=self.state.waiting_until,
             passed=passed,
             total=total,
+            agent_started_at=started,
+            agent_activity_at=activity_at,
+            agent_activity=activity,
+            agent_pid=pid,
         )
         self.publish_event(event)
         self.transcripts.write_health(

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from events import ConfigError, FailureKind, TokenUsage
+from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from loops.sandbox import SandboxPolicy
 
 __all__ = [
@@ -49,7 +49,9 @@ class AgentRequest:
     `iteration` when not given). `session_id` is the loop's own session, resumed by
     id (`--resume`), never "the newest one". `env` adds variables to the agent's
     environment. `sandbox` is how the agent is isolated (the worker always sets it);
-    None runs its processes unsandboxed, for a runner used on its own.
+    None runs its processes unsandboxed, for a runner used on its own. `on_activity`
+    is told of each sign of life (a line of output, a tool call) and `on_spawn` of the
+    pid of each agent process started (the worker's liveness; both from any thread).
     """
 
     prompt: str
@@ -64,6 +66,13 @@ class AgentRequest:
     task_iteration: int | None = None
     cancel: threading.Event | None = field(default=None, compare=False)  # set: stop the agent
     sandbox: SandboxPolicy | None = field(default=None, compare=False)
+    on_activity: Callable[[AgentSign], None] | None = field(default=None, compare=False)
+    on_spawn: Callable[[int], None] | None = field(default=None, compare=False)
+
+    def signal(self, sign: AgentSign) -> None:
+        """Report a sign of life of this run (no-op without a listener)."""
+        if self.on_activity is not None:
+            self.on_activity(sign)
 
     @property
     def step(self) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import anthropic
 
-from events import ConfigError, FailureKind, TokenUsage
+from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
 from loops.runners.launch import Launch, launch
@@ -287,6 +287,7 @@ class AnthropicRunner:
         assert isinstance(args, dict)
         summary = args.get("command") or args.get("path") or ""
         run.commands.append(f"{name}: {summary}" if summary else name)
+        run.request.signal(AgentSign.TOOL_CALL)
         try:
             output = self._dispatch(run, name, args)
             is_error = False

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from events import ConfigError, FailureKind, TokenUsage
+from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
 from loops.runners.launch import launch
@@ -267,13 +267,20 @@ class ClaudeRunner:
             if "IS_SANDBOX" in os.environ and "IS_SANDBOX" not in request.env
             else {}
         )
+
+        def feed(line: str) -> None:
+            tools = len(parser.tools)
+            parser.feed(line)
+            if len(parser.tools) > tools:
+                request.signal(AgentSign.TOOL_CALL)
+
         with launch(request, **marked) as run:
             env = run.env
             try:
                 proc = run.run(
                     argv,
                     stdin_text=request.prompt,
-                    on_stdout_line=parser.feed,
+                    on_stdout_line=feed,
                     writable=config_paths(env) if request.sandbox is not None else (),
                 )
             except SandboxUnavailable as exc:

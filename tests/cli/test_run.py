@@ -292,3 +292,38 @@ def test_uncommitted_changes_in_the_way_are_kept_and_the_run_ends_with_a_questio
     assert again.returncode == 0, again.stderr
     assert git(repo, "show", "main:greet.py") == GOOD["greet.py"].strip()
     assert (repo / "greet.draft").read_text() == "# my draft, do not touch\n"
+
+
+def test_agent_timeout_flag_kills_a_hanging_agent(repo: Path) -> None:
+    (repo / "SPEC.yaml").write_text(yaml.safe_dump(SPEC))
+    proc = subprocess.run(
+        [
+            LOOPS,
+            "run",
+            "SPEC.yaml",
+            "--agent",
+            "command:sleep 600",
+            "--agent-timeout",
+            "1",
+            "-n",
+            "1",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=proc_env(),
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Max iterations (1) reached" in proc.stderr and "Traceback" not in proc.stderr
+    log = repo / ".loops" / "state" / "logs" / "transcripts" / "global-transcript.log"
+    assert "failure=timeout" in log.read_text()
+    bad = subprocess.run(
+        [LOOPS, "run", "SPEC.yaml", "--agent-timeout", "0"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=proc_env(),
+    )
+    assert bad.returncode != 0 and "--agent-timeout" in bad.stderr
