@@ -399,3 +399,110 @@ def test_a_usage_limit_holds_every_loop_on_the_account(
     # One window, announced once.
     assert len(a.events("usage.limited")) + len(b.events("usage.limited")) == 1
     assert datetime.now(UTC) >= limited.reset_at
+
+
+def test_the_monitor_kills_a_silent_agent_never_a_slow_one_that_shows_life(
+    signed_buses: tuple[RedisBus, RedisBus], tmp_path: Path, loops_started: list[Loop]
+) -> None:
+    """The monitor (a policy with a 2 s silence limit) and three workers on one bus:
+    an agent that prints progress and one that edits files run well past the limit
+    and are left alone; a silent one is killed, and its retry has the monitor's hint."""
+    from agents.monitor import Monitor
+    from agents.policy import load_policy
+    from agents.runner import run as run_agent
+    from agents.store import Store
+
+    bus, monitor_bus = signed_buses
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("thresholds: {silent_agent_after_s: 2, stale_intervals: 50}\n")
+    monitor = Monitor(Store(monitor_bus.client, monitor_bus.prefix, "monitor"), load_policy(policy))
+    stop_monitor = threading.Event()
+    thread = threading.Thread(
+        target=lambda: run_agent(monitor, monitor_bus, stop_monitor, group="monitor", tick_s=0.2),
+        daemon=True,
+    )
+    thread.start()
+    go = tmp_path / "go"
+    until_go = f"while not os.path.exists({str(go)!r}):\n"
+    talker = agent_file(
+        tmp_path,
+        f"import os, time\n{until_go}    print('step', flush=True); time.sleep(0.3)\nprint('done')\n",
+    )
+    editor = agent_file(
+        tmp_path,
+        f"import os, time\n{until_go}"
+        "    open('work.txt', 'w').write(str(time.time())); time.sleep(0.3)\nprint('done')\n",
+    )
+    silent = agent_file(
+        tmp_path,
+        "import os, sys, time\n"
+        "if 'no sign of life' in open(os.environ['LOOPS_PROMPT_FILE']).read():\n"
+        "    print('retried with the hint'); sys.exit(0)\n"
+        "time.sleep(600)\n",
+    )
+    try:
+        loops = {
+            name: make_loop(bus, tmp_path, agent, name=name, heartbeat_s=0.5)
+            for name, agent in (("talker", talker), ("editor", editor), ("silent", silent))
+        }
+        for lp in loops.values():
+            loops_started.append(lp.start())
+        aborted = loops["silent"].wait_event("iteration.finished", timeout=30)
+        assert isinstance(aborted, ev.IterationFinished)
+        assert (aborted.failure_detail or "").startswith("aborted by the monitor: ")
+        retried = loops["silent"].wait_event("iteration.finished", 2, timeout=30)
+        assert isinstance(retried, ev.IterationFinished) and retried.failure is None
+
+        def long_running(lp: Loop) -> bool:
+            return any(
+                isinstance(b, ev.LoopHeartbeat)
+                and b.agent_started_at is not None
+                and (b.ts - b.agent_started_at).total_seconds() > 6  # 3 silence limits
+                for b in lp.events("loop.heartbeat")
+            )
+
+        wait_until(lambda: all(long_running(loops[n]) for n in ("talker", "editor")), timeout=30)
+        go.touch()
+        for name in ("talker", "editor"):
+            finished = loops[name].wait_event("iteration.finished", timeout=30)
+            assert isinstance(finished, ev.IterationFinished) and finished.failure is None, name
+        aborts = [e for _, e in bus.replay(types={"iteration.abort"})]
+        assert [e.loop for e in aborts] == ["silent"]
+    finally:
+        stop_monitor.set()
+        thread.join(timeout=10)
+
+
+def test_an_abort_without_retry_leaves_the_task_to_the_monitor(
+    bus: RedisBus, tmp_path: Path, loops_started: list[Loop]
+) -> None:
+    agent = agent_file(tmp_path, "import time; time.sleep(600)\n")
+    lp = make_loop(bus, tmp_path, agent)
+    loops_started.append(lp.start())
+    beat = lp.wait_event("loop.heartbeat", agent_activity=ev.AgentSign.STARTED)
+    assert isinstance(beat, ev.LoopHeartbeat)
+    abort = ev.IterationAbort(
+        source=MONITOR,
+        loop=lp.name,
+        task_id="hello",
+        agent_started_at=beat.agent_started_at,
+        reason="silent again",
+        retry=False,
+    )
+    bus.publish(abort)
+    lp.wait_event("command.acknowledged", command_id=abort.id)
+    # Not run again on its own: the monitor's block_task comes next.
+    bus.publish(
+        ev.MonitorAction(
+            source=MONITOR,
+            loop=lp.name,
+            task_id="hello",
+            action=ev.MonitorActionKind.BLOCK_TASK,
+            rule="silent_agent",
+            reason="silent three times",
+            incident_id="inc-2",
+        )
+    )
+    blocked = lp.wait_event("task.blocked")
+    assert "silent three times" in blocked.reason  # type: ignore[attr-defined]
+    assert len(lp.events("iteration.started")) == 1
