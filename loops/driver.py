@@ -99,6 +99,8 @@ def run_worker(
             )
             if task is None or phase in (Phase.CLAIMED, Phase.VERIFIED):
                 worker.status = LoopStatus.IDLE if task is None else LoopStatus.RUNNING
+                if task is None and worker.state.crash_hold:
+                    worker.status = LoopStatus.PAUSED  # until a person answers or resumes
                 if task is None:
                     worker.current = None
                 if until_idle and task is None and not worker.waiting_on_dependency():

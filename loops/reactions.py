@@ -214,6 +214,8 @@ def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
                 f"A person answered your question \u201c{rt.question}\u201d: {event.answer.strip()}"
             )
         rt.undelivered.append(event.escalation_id)
+        if w.state.crash_hold == event.escalation_id:
+            w.state.crash_hold = None  # the person fixed the agent (or says go on)
         rt.escalation_id = None
         if event.decision is Decision.SKIP:
             _block(w, task_id, "skipped by a person")
@@ -242,6 +244,8 @@ def _command(
     elif isinstance(event, LoopResume):
         w.state.paused = False
         detail = "resumed"
+        if w.release_crash_hold():
+            detail = "resumed after the agent's crashes"
     elif isinstance(event, LoopStop):
         w.stop_requested = event.reason or "stopped by command"
         w.restart_requested = event.restart

@@ -63,6 +63,10 @@ class WorkerState(BaseModel):
     # `iteration.abort` commands that killed a run (id -> what was done), so the
     # command is acknowledged with it when it comes in by the event path.
     aborted: dict[str, str] = Field(default_factory=dict)
+    crashes: list[str] = Field(default_factory=list)  # the last agent crashes in a row
+    # The escalation of an agent that crashed the same way CRASH_STREAK times in a row:
+    # while set, the loop calls no agent (answer it, or `loops resume`).
+    crash_hold: str | None = None
 
     def task(self, task_id: str) -> TaskRuntime:
         return self.tasks.setdefault(task_id, TaskRuntime())

@@ -74,6 +74,7 @@ log = logging.getLogger("loops.worker")
 Publish = Callable[[Event], object]
 
 USAGE_LIMIT_DEFAULT_WAIT_S = 300.0
+CRASH_STREAK = 3  # the same agent crash this many times in a row holds the loop
 OUTAGE_BACKOFF_MAX_S = 300.0
 
 
@@ -129,6 +130,7 @@ class LoopWorker:
         self.usage = usage  # the account-wide usage windows (None: this loop's own only)
         self.account = account  # `bus.usage.account_key` of this loop's agent
         self._announced: datetime | None = None  # the usage window already logged
+        self.broken_agent: str | None = None  # the agent cannot start: why (no more calls)
 
     @property
     def sandbox(self) -> SandboxPolicy:
@@ -237,6 +239,8 @@ class LoopWorker:
         flight = self.in_flight()
         if flight:
             return next(t for t in tasks if t.id == flight)
+        if self.broken_agent or self.state.crash_hold:
+            return None  # no agent call until a person fixed the agent
         order = sorted(enumerate(tasks), key=lambda it: (it[1].priority, it[0]))
         for _, task in order:
             record = self.book.record(task.id)
@@ -399,6 +403,7 @@ class LoopWorker:
             failure_detail=redact(result.failure_detail) if result.failure_detail else None,
             transcript=redact(result.transcript),
             commands=[redact(c) for c in result.commands],
+            stderr_tail=redact(result.stderr_tail),
         )
         if result.session_id:
             rt.session_id = result.session_id
@@ -421,9 +426,28 @@ class LoopWorker:
             # work so far is committed; the iteration runs again on restart.
             failure = FailureKind.AGENT_ERROR
             result = replace(result, failure_detail=INTERRUPTED_DETAIL)
-        counted = not interrupted and failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
+        counted = (
+            not interrupted
+            and not result.unrunnable
+            and failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
+        )
+        if result.exit_code not in (0, None) and not result.unrunnable:
+            # ralph_loop's warning, with the agent's own last word on stderr.
+            tail = f": {result.stderr_tail}" if result.stderr_tail else ""
+            log.warning("%s exited %d%s", self.runner.name, result.exit_code, tail)
+        crashed = (
+            failure is FailureKind.AGENT_ERROR
+            and aborted is None
+            and not interrupted
+            and not result.unrunnable
+        )
+        self.state.crashes = [*self.state.crashes, result.failure_detail or "?"] if crashed else []
+        del self.state.crashes[:-CRASH_STREAK]
+        same_crash = len(self.state.crashes) == CRASH_STREAK and len(set(self.state.crashes)) == 1
         retry_at = (
-            self._wait_for(result, rt, task.id, n) if not counted and not interrupted else None
+            self._wait_for(result, rt, task.id, n)
+            if failure in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE) and not interrupted
+            else None
         )
         self.transcripts.write(self.loop, task.id, n, prompt, result)
         self.emit(
@@ -457,6 +481,12 @@ class LoopWorker:
         rt.history.append(_history_line(n, kind, failure, result, done.changed_files))
         if aborted is not None:
             self._aborted(rt, aborted, run)
+        elif result.unrunnable:
+            self._cannot_start(task.id, rt, result.failure_detail or "the agent cannot start")
+        elif same_crash:
+            # Not the task's fault: the attempt keeps its iterations for after the fix.
+            rt.attempt_iterations = max(rt.attempt_iterations - CRASH_STREAK, 0)
+            self._crash_hold(task, rt, result.failure_detail or "?")
         elif kind is IterationOutcome.CLAIMED and outcome:
             log.info("Promise detected: %r — verifying (iteration %d).", outcome.text, n)
             self._claim(task, rt, attempt, claim=outcome.text)
@@ -507,6 +537,64 @@ class LoopWorker:
             # Not run again on our own: the monitor's block_task follows, and a person's
             # answer resets the task.
             rt.phase = Phase.WAITING_HUMAN
+
+    def _cannot_start(self, task_id: str, rt: TaskRuntime, detail: str) -> None:
+        """The agent cannot start at all: one line for the operator, the task blocked with
+        the reason, and no more agent calls from this loop (a restart tries again)."""
+        self.broken_agent = detail
+        log.error("The agent cannot run: %s", detail)
+        reason = f"the agent cannot start: {detail}"
+        rt.phase = Phase.IDLE
+        self.book.update(task_id, status=TaskStatus.BLOCKED, last_result=reason)
+        self.save()
+        self.emit(TaskBlocked, task_id, reason=reason)
+        self.block_dependents()
+
+    def _crash_hold(self, task: TaskDef, rt: TaskRuntime, detail: str) -> None:
+        """The agent crashed the same way CRASH_STREAK times in a row: hold the loop and
+        ask a person, without costing the task an attempt."""
+        self.state.crashes = []
+        question = (
+            f"The agent ({self.runner.name}) crashed {CRASH_STREAK} times in a row on "
+            f"{task.id} with: {detail}. Fix the agent, then answer (your answer goes into "
+            f"its next prompt) or run `loops resume {self.loop}`."
+        )
+        rt.phase = Phase.WAITING_HUMAN
+        rt.escalation_id = short_id("e")
+        rt.question = question
+        self.state.crash_hold = rt.escalation_id
+        self.save()
+        self.emit(
+            EscalationRaised,
+            task.id,
+            escalation_id=rt.escalation_id,
+            kind=EscalationKind.INCIDENT,
+            severity=Severity.HIGH,
+            question=question,
+        )
+        self.emit(
+            TaskBlocked, task.id, reason=f"waiting on a person: {question}", waiting_on_human=True
+        )
+        log.error(
+            "Paused: the agent crashed %d times in a row: %s (answer with `loops answer %s ...` "
+            "or `loops resume %s`)",
+            CRASH_STREAK,
+            detail,
+            rt.escalation_id,
+            self.loop,
+        )
+
+    def release_crash_hold(self) -> bool:
+        """A person answered or resumed: the held task works again. False if none held."""
+        held, self.state.crash_hold = self.state.crash_hold, None
+        if held is None:
+            return False
+        for rt in self.state.tasks.values():
+            if rt.escalation_id == held and rt.phase is Phase.WAITING_HUMAN:
+                rt.phase = Phase.WORKING if rt.correlation_id else Phase.IDLE
+                rt.escalation_id = None
+                rt.question = None
+        return True
 
     def usage_window(self) -> datetime | None:
         """When this loop's account may be called again, if a usage window is open now

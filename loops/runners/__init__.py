@@ -32,6 +32,7 @@ __all__ = [
     "AgentResult",
     "AgentRunner",
     "interrupted_result",
+    "last_line",
     "make_runner",
     "timed_out_result",
 ]
@@ -87,7 +88,9 @@ class AgentResult:
     `reply` is the agent's final text (parse it with `loops.runners.outcome`);
     `commands` lists the tool calls and shell commands the agent ran, as one line
     each; `retry_at` is set for a usage limit when the agent said when it resets;
-    `transcript` is the raw output, with secrets already redacted.
+    `transcript` is the raw output, with secrets already redacted. `unrunnable`: the
+    agent could not be started at all, and `failure_detail` says how to fix that; no
+    retry helps until a person does.
     """
 
     reply: str
@@ -102,10 +105,18 @@ class AgentResult:
     failure_detail: str | None = None
     retry_at: datetime | None = None
     transcript: str = ""
+    stderr_tail: str = ""  # the last non-empty line the agent printed on stderr
+    unrunnable: bool = False  # the agent cannot start at all (missing, not executable)
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of `text`, stripped (for a one-line warning)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def interrupted_result(result: Callable[..., AgentResult]) -> AgentResult:

@@ -326,3 +326,23 @@ def test_a_forged_passed_in_the_state_file_is_no_success(tmp_path: Path) -> None
     assert "without a merged commit on main" in out  # the state.rejected, logged
     assert json.loads(state_path.read_text())["tests"][0]["status"] != "passed"
     assert "return a + b" not in git(root, "show", "main:calc/ops.py")
+
+
+def test_an_agent_that_cannot_start_is_one_line_and_the_summary_lists_it(tmp_path: Path) -> None:
+    root = one_loop_project(tmp_path / "p", [{"reply": "unused"}])
+    proc = subprocess.run(
+        [LOOPS, "up", str(root), "--agent", "command:no-such-agent-xyz"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    said = [ln for ln in out.splitlines() if "The agent cannot run:" in ln]
+    assert len(said) == 1 and "'no-such-agent-xyz' cannot start: not found" in said[0], out
+    assert "fix the command" in said[0]
+    assert "ADD-1" in out and "the agent cannot start" in out  # the summary lists the task
+    assert "Traceback" not in out
+    state = json.loads((root / "loop-1-clean" / "specs" / "test-state.json").read_text())
+    assert state["tests"][0]["status"] == "blocked"
