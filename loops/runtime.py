@@ -39,6 +39,7 @@ class TaskRuntime(BaseModel):
     last_failure: str = ""
     conflict_files: list[str] = Field(default_factory=list)
     conflict_tries: int = 0
+    conflict_with: str | None = None  # what landed on main first in the conflict files
     guidance: list[str] = Field(default_factory=list)
     undelivered: list[str] = Field(
         default_factory=list

@@ -322,7 +322,10 @@ class LoopWorker:
             self._start_attempt(task, rt)
         record = self.book.record(task.id)
         attempt = record.attempts + 1
-        if rt.phase is Phase.CONFLICT:
+        merging = False
+        unmerged = rt.conflict_files and rt.branch_head and not self.ws.has_main(rt.branch_head)
+        if rt.phase is Phase.CONFLICT or unmerged:
+            # Main first, mechanically (again after a restart lost the merge in progress).
             self.ws.reset_to(rt.branch_head or self.ws.main_head())
             rt.conflict_files = self.ws.merge_main()
             if not rt.conflict_files:
@@ -332,12 +335,17 @@ class LoopWorker:
                 self.ws.keep(task.id, rt.branch_head)
                 self._claim(task, rt, attempt, claim="merged main after a conflict")
                 return
+            # Real conflicts: the merge stays in progress, markers and all, for the agent.
+            rt.conflict_with = self.ws.landed_first(rt.conflict_files)
             rt.phase = Phase.WORKING
+            merging = True
+            self.save()
         self.current = task.id
         self.status = LoopStatus.RUNNING
         # Each task carries its own line of work: a fresh task starts from main, a retried
         # or resumed one from its last commit (other tasks' work stays on their refs).
-        self.ws.reset_to(rt.branch_head or self.ws.main_head())
+        if not merging:
+            self.ws.reset_to(rt.branch_head or self.ws.main_head())
         n = self.state.iteration + 1
         delivered = list(rt.undelivered)
         prompt = build_prompt(
@@ -355,6 +363,7 @@ class LoopWorker:
                 guidance=rt.guidance,
                 history=rt.history,
                 conflict_files=rt.conflict_files,
+                conflict_with=rt.conflict_with,
             )
         )
         self.emit(
@@ -412,6 +421,19 @@ class LoopWorker:
             rt.branch_head = done.commit
         outcome = parse_outcome(result.reply) if result.ok and not interrupted else None
         kind = outcome.kind if outcome else IterationOutcome.FAILED
+        markers = (
+            self.ws.with_markers(rt.conflict_files)
+            if kind is IterationOutcome.CLAIMED and rt.conflict_files
+            else []
+        )
+        if markers:
+            # Not a claim while the merge holds markers: the agent gets told, and goes on.
+            kind = IterationOutcome.CONTINUE
+            rt.last_failure = (
+                f"Conflict markers remain in {', '.join(markers)}: resolve every conflict "
+                "before you claim the task."
+            )
+            log.warning("%s claimed with conflict markers left in %s", task.id, ", ".join(markers))
         failure = result.failure
         if outcome and outcome.kind is IterationOutcome.FAILED and failure is None:
             failure = FailureKind.EMPTY_REPLY
@@ -651,6 +673,7 @@ class LoopWorker:
         rt.phase = Phase.CLAIMED
         rt.claim_commit = self.ws.head()
         rt.conflict_files = []
+        rt.conflict_with = None
         self.save()
         self._publish_claim(task.id, attempt, rt.claim_commit, claim)
 

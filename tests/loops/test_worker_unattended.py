@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 import events as ev
 from bus import BusSettings, RedisBus, connect
@@ -82,12 +83,20 @@ class Loop:
 
 
 def make_loop(
-    bus: RedisBus, root: Path, agent: str, *, name: str = "spec", **service: object
+    bus: RedisBus,
+    root: Path,
+    agent: str,
+    *,
+    name: str = "spec",
+    files: dict[str, str] | None = None,
+    **service: object,
 ) -> Loop:
     repo = root / name
     repo.mkdir(parents=True)
     git(repo, "init", "-q", "-b", "main")
     (repo / "README.md").write_text("demo\n")
+    for path, text in (files or {}).items():
+        (repo / path).write_text(text)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "init")
     book = SpecBook(parse_spec(SPEC), repo / f"{name}.yaml", repo / ".loops" / "state", 1000)
@@ -506,3 +515,105 @@ def test_an_abort_without_retry_leaves_the_task_to_the_monitor(
     blocked = lp.wait_event("task.blocked")
     assert "silent three times" in blocked.reason  # type: ignore[attr-defined]
     assert len(lp.events("iteration.started")) == 1
+
+
+# ------------------------------------------------------------------ 6. conflicts
+
+MERGE = ev.Source(role=ev.Role.MERGE, instance="test-merge")
+
+
+def land_on_main(repo: Path, path: str, text: str, task: str) -> str:
+    """What the merge queue does for another loop's task: a commit on main with its
+    `Loops-Task:` trailer."""
+    (repo / path).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", f"merge {task}", "-m", f"Loops-Task: {task}\nLoops-Commit: x")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def conflicted(lp: Loop, claim: ev.TaskClaimed, files: list[str]) -> None:
+    lp.bus.publish(
+        ev.MergeConflicted(
+            source=MERGE,
+            loop=lp.name,
+            task_id=claim.task_id,
+            commit=claim.commit,
+            files=files,
+            tries=1,
+            reason="merge conflict",
+        )
+    )
+
+
+def test_a_real_conflict_keeps_the_merge_and_the_agent_resolves_it(
+    bus: RedisBus, tmp_path: Path, loops_started: list[Loop]
+) -> None:
+    script = tmp_path / "agent.yaml"
+    script.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": {
+                    "hello": [
+                        {
+                            "write": {"greet.txt": "hello from us\n"},
+                            "reply": "<promise>done</promise>",
+                        },
+                        # Claims without touching the markers: not a claim.
+                        {"reply": "<promise>done</promise>"},
+                        {
+                            "write": {"greet.txt": "hello from them\nhello from us\n"},
+                            "reply": "<promise>resolved</promise>",
+                        },
+                    ]
+                }
+            }
+        )
+    )
+    lp = make_loop(bus, tmp_path, f"script:{script}", files={"greet.txt": "hello\n"})
+    repo = lp.service.worker.ws.repo
+    loops_started.append(lp.start())
+    first = lp.wait_event("task.claimed")
+    assert isinstance(first, ev.TaskClaimed)
+    main = land_on_main(repo, "greet.txt", "hello from them\n", "other/A-1")
+    conflicted(lp, first, ["greet.txt"])
+    left = lp.wait_event("iteration.finished", 2)
+    assert isinstance(left, ev.IterationFinished)
+    assert left.outcome is ev.IterationOutcome.CONTINUE  # markers left: no claim
+    prompt = lp.transcript(2)
+    assert "other/A-1 landed there first" in prompt and "greet.txt" in prompt
+    assert "<<<<<<< " in git(repo, "show", f"{left.commit}:greet.txt")  # the merge was kept
+    second = lp.wait_event("task.claimed", 2)
+    assert isinstance(second, ev.TaskClaimed) and second.commit != first.commit
+    assert "Conflict markers remain in greet.txt" in lp.transcript(3)
+    assert git(repo, "show", f"{second.commit}:greet.txt") == "hello from them\nhello from us"
+    assert git(repo, "merge-base", main, second.commit) == main  # main is merged in
+    assert len(lp.events("iteration.started")) == 3
+    assert not lp.events("escalation.raised")
+
+
+def test_a_conflict_git_resolves_is_claimed_again_without_an_agent_call(
+    bus: RedisBus, tmp_path: Path, loops_started: list[Loop]
+) -> None:
+    script = tmp_path / "agent.yaml"
+    script.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": {
+                    "hello": [{"write": {"a.txt": "ours\n"}, "reply": "<promise>done</promise>"}]
+                }
+            }
+        )
+    )
+    lp = make_loop(bus, tmp_path, f"script:{script}", files={"a.txt": "a\n", "b.txt": "b\n"})
+    repo = lp.service.worker.ws.repo
+    loops_started.append(lp.start())
+    first = lp.wait_event("task.claimed")
+    assert isinstance(first, ev.TaskClaimed)
+    main = land_on_main(repo, "b.txt", "theirs\n", "other/B-1")
+    conflicted(lp, first, ["b.txt"])
+    second = lp.wait_event("task.claimed", 2)
+    assert isinstance(second, ev.TaskClaimed) and second.claim == "merged main after a conflict"
+    assert git(repo, "merge-base", main, second.commit) == main
+    assert git(repo, "show", f"{second.commit}:a.txt") == "ours"
+    assert git(repo, "show", f"{second.commit}:b.txt") == "theirs"
+    assert len(lp.events("iteration.started")) == 1  # no agent call
