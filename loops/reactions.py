@@ -34,6 +34,7 @@ from events import (
     VerificationVerdict,
     derived_id,
 )
+from loops.agent_failures import release_crash_hold
 from loops.book import TaskStatus
 from loops.runtime import Phase, TaskRuntime
 from loops.worker import LoopWorker
@@ -244,7 +245,7 @@ def _command(
     elif isinstance(event, LoopResume):
         w.state.paused = False
         detail = "resumed"
-        if w.release_crash_hold():
+        if release_crash_hold(w):
             detail = "resumed after the agent's crashes"
     elif isinstance(event, LoopStop):
         w.stop_requested = event.reason or "stopped by command"

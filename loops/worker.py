@@ -29,7 +29,6 @@ from events import (
     EscalationRaised,
     Event,
     FailureKind,
-    IterationAbort,
     IterationFinished,
     IterationOutcome,
     IterationStarted,
@@ -45,12 +44,19 @@ from events import (
     TaskClaimed,
     TaskFailed,
     TaskStarted,
-    UsageLimited,
     decode_json,
     new_id,
     short_id,
 )
 from events.secrets import redact
+from loops.agent_failures import (
+    CRASH_STREAK,
+    aborted_by_monitor,
+    cannot_start,
+    crash_hold,
+    record_usage_limit,
+    usage_window,
+)
 from loops.book import TaskBook, TaskDef, TaskStatus
 from loops.liveness import AbortFeed, AgentRun, RunWatch
 from loops.merged import MergedTasks
@@ -74,13 +80,13 @@ log = logging.getLogger("loops.worker")
 Publish = Callable[[Event], object]
 
 USAGE_LIMIT_DEFAULT_WAIT_S = 300.0
-CRASH_STREAK = 3  # the same agent crash this many times in a row holds the loop
 OUTAGE_BACKOFF_MAX_S = 300.0
 
 
 class LoopWorker:
     """Runs one loop. Thread-safety: `handle` (bus events) and the iteration loop run
-    on the same thread; only the heartbeat runs beside them and only reads."""
+    on the same thread; beside them the heartbeat only reads, and a run's `RunWatch`
+    only touches that run's `AgentRun` (locked) and its cancel event."""
 
     def __init__(
         self,
@@ -129,7 +135,7 @@ class LoopWorker:
         self.run: AgentRun | None = None  # the agent run in progress (heartbeat reads it)
         self.usage = usage  # the account-wide usage windows (None: this loop's own only)
         self.account = account  # `bus.usage.account_key` of this loop's agent
-        self._announced: datetime | None = None  # the usage window already logged
+        self.announced_window: datetime | None = None  # the usage window already logged
         self.broken_agent: str | None = None  # the agent cannot start: why (no more calls)
 
     @property
@@ -315,7 +321,7 @@ class LoopWorker:
 
     def iterate(self, task: TaskDef) -> None:
         """Run the agent once on `task` and act on what it produced."""
-        if self.usage_window() is not None:
+        if usage_window(self) is not None:
             return  # no call inside the account's usage window: the driver waits it out
         rt = self.state.task(task.id)
         if rt.phase in (Phase.IDLE,):
@@ -402,7 +408,9 @@ class LoopWorker:
                 on_spawn=run.spawned,
             ),
         )
-        aborted = run.abort
+        # The monitor's abort, if it killed the run (an agent that ended on its own just
+        # before keeps its result; the command is then acknowledged as "not running").
+        aborted = run.abort if result.failure_detail == INTERRUPTED_DETAIL else None
         interrupted = aborted is None and self.cancel is not None and self.cancel.is_set()
         # Invariant 7 at the one place every reply passes: nothing the agent said or
         # printed reaches events, prompts or transcripts with a secret in it.
@@ -502,13 +510,13 @@ class LoopWorker:
             rt.outage_retries = 0
         rt.history.append(_history_line(n, kind, failure, result, done.changed_files))
         if aborted is not None:
-            self._aborted(rt, aborted, run)
+            aborted_by_monitor(self, rt, aborted, run)
         elif result.unrunnable:
-            self._cannot_start(task.id, rt, result.failure_detail or "the agent cannot start")
+            cannot_start(self, task.id, rt, result.failure_detail or "the agent cannot start")
         elif same_crash:
             # Not the task's fault: the attempt keeps its iterations for after the fix.
             rt.attempt_iterations = max(rt.attempt_iterations - CRASH_STREAK, 0)
-            self._crash_hold(task, rt, result.failure_detail or "?")
+            crash_hold(self, task, rt, result.failure_detail or "?")
         elif kind is IterationOutcome.CLAIMED and outcome:
             log.info("Promise detected: %r — verifying (iteration %d).", outcome.text, n)
             self._claim(task, rt, attempt, claim=outcome.text)
@@ -541,121 +549,15 @@ class LoopWorker:
             watch.finish()
             self.run = None
 
-    def _aborted(self, rt: TaskRuntime, command: IterationAbort, run: AgentRun) -> None:
-        killed = f"killed process group {run.pid}" if run.pid else "killed the agent"
-        self.state.aborted[command.id] = killed
-        for old in list(self.state.aborted)[:-100]:
-            del self.state.aborted[old]
-        if command.hint:
-            rt.guidance.append(command.hint)
-        log.warning(
-            "the monitor aborted %s (iteration %d): %s; %s",
-            command.task_id,
-            run.iteration,
-            command.reason,
-            "retrying with its hint" if command.retry else "not retrying",
-        )
-        if not command.retry:
-            # Not run again on our own: the monitor's block_task follows, and a person's
-            # answer resets the task.
-            rt.phase = Phase.WAITING_HUMAN
-
-    def _cannot_start(self, task_id: str, rt: TaskRuntime, detail: str) -> None:
-        """The agent cannot start at all: one line for the operator, the task blocked with
-        the reason, and no more agent calls from this loop (a restart tries again)."""
-        self.broken_agent = detail
-        log.error("The agent cannot run: %s", detail)
-        reason = f"the agent cannot start: {detail}"
-        rt.phase = Phase.IDLE
-        self.book.update(task_id, status=TaskStatus.BLOCKED, last_result=reason)
-        self.save()
-        self.emit(TaskBlocked, task_id, reason=reason)
-        self.block_dependents()
-
-    def _crash_hold(self, task: TaskDef, rt: TaskRuntime, detail: str) -> None:
-        """The agent crashed the same way CRASH_STREAK times in a row: hold the loop and
-        ask a person, without costing the task an attempt."""
-        self.state.crashes = []
-        question = (
-            f"The agent ({self.runner.name}) crashed {CRASH_STREAK} times in a row on "
-            f"{task.id} with: {detail}. Fix the agent, then answer (your answer goes into "
-            f"its next prompt) or run `loops resume {self.loop}`."
-        )
-        rt.phase = Phase.WAITING_HUMAN
-        rt.escalation_id = short_id("e")
-        rt.question = question
-        self.state.crash_hold = rt.escalation_id
-        self.save()
-        self.emit(
-            EscalationRaised,
-            task.id,
-            escalation_id=rt.escalation_id,
-            kind=EscalationKind.INCIDENT,
-            severity=Severity.HIGH,
-            question=question,
-        )
-        self.emit(
-            TaskBlocked, task.id, reason=f"waiting on a person: {question}", waiting_on_human=True
-        )
-        log.error(
-            "Paused: the agent crashed %d times in a row: %s (answer with `loops answer %s ...` "
-            "or `loops resume %s`)",
-            CRASH_STREAK,
-            detail,
-            rt.escalation_id,
-            self.loop,
-        )
-
-    def release_crash_hold(self) -> bool:
-        """A person answered or resumed: the held task works again. False if none held."""
-        held, self.state.crash_hold = self.state.crash_hold, None
-        if held is None:
-            return False
-        for rt in self.state.tasks.values():
-            if rt.escalation_id == held and rt.phase is Phase.WAITING_HUMAN:
-                rt.phase = Phase.WORKING if rt.correlation_id else Phase.IDLE
-                rt.escalation_id = None
-                rt.question = None
-        return True
-
-    def usage_window(self) -> datetime | None:
-        """When this loop's account may be called again, if a usage window is open now
-        (another loop may have hit the limit): no agent call until then."""
-        if self.usage is None or self.account is None:
-            return None
-        until = self.usage.until(self.account, now=self.clock())
-        if until is None:
-            return None
-        self.state.waiting_until = until
-        self.status = LoopStatus.WAITING
-        if self._announced != until:
-            self._announced = until
-            log.warning(
-                "waiting for usage reset at %s (account shared with other loops)",
-                until.astimezone().strftime("%H:%M"),
-            )
-        return until
-
     def _wait_for(
         self, result: AgentResult, rt: TaskRuntime, task_id: str, iteration: int
     ) -> datetime:
         now = self.clock()
         if result.failure is FailureKind.USAGE_LIMIT:
             until = result.retry_at or now + timedelta(seconds=USAGE_LIMIT_DEFAULT_WAIT_S)
-            if self.usage is not None and self.account is not None:
-                before = self.usage.until(self.account, now=now)
-                until = self.usage.record(self.account, until, now=now)
-                if before is None or until > before:
-                    self.emit(
-                        UsageLimited,
-                        task_id,
-                        account=self.account,
-                        runner=self.account.partition(":")[0],
-                        reset_at=until,
-                        estimated=result.retry_at is None,
-                        iteration=iteration,
-                    )
-                self._announced = until
+            until = record_usage_limit(
+                self, until, estimated=result.retry_at is None, task_id=task_id, iteration=iteration
+            )
             log.warning(
                 "usage limit: waiting until %s (not counted as an iteration)", until.isoformat()
             )
