@@ -197,6 +197,7 @@ class AnthropicRunner:
                 message = self._ask(model, system, messages, min(remaining, self.request_timeout_s))
             except anthropic.APIError as exc:
                 return self._api_failure(exc, result, request)
+            request.signal(AgentSign.OUTPUT)  # the model answered: a sign of life
             self._count(run, message.usage)
             blocks = [block.model_dump(mode="json", exclude_none=True) for block in message.content]
             messages.append({"role": "assistant", "content": [_param(b) for b in blocks]})

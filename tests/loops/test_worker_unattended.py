@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anthropic
 import pytest
 import yaml
 
@@ -24,10 +25,12 @@ from loops.books import SpecBook
 from loops.driver import WorkerExit, run_worker
 from loops.harness import config_from_data
 from loops.runners import AgentRequest, make_runner
+from loops.runners.anthropic_agent import AnthropicRunner
 from loops.service import WorkerService
 from loops.spec import parse_spec
 from loops.workspace import git
 from tests.conftest import require_real_redis, wait_until
+from tests.fakes.mock_anthropic import MockAnthropic
 
 MONITOR = ev.Source(role=ev.Role.MONITOR, instance="test-monitor")
 SPEC = """
@@ -617,3 +620,34 @@ def test_a_conflict_git_resolves_is_claimed_again_without_an_agent_call(
     assert git(repo, "show", f"{second.commit}:a.txt") == "ours"
     assert git(repo, "show", f"{second.commit}:b.txt") == "theirs"
     assert len(lp.events("iteration.started")) == 1  # no agent call
+
+
+def test_the_anthropic_agents_answers_and_tool_calls_are_signs_of_life(
+    tmp_path: Path, mock_anthropic: MockAnthropic
+) -> None:
+    mock_anthropic.script(
+        [
+            {"content": [{"type": "tool_use", "name": "run_shell", "input": {"command": "true"}}]},
+            {"content": [{"type": "text", "text": "done"}]},
+        ]
+    )
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    signs: list[ev.AgentSign] = []
+    client = anthropic.Anthropic(base_url=mock_anthropic.base_url, api_key="k", max_retries=0)
+    try:
+        result = AnthropicRunner(client=client).run(
+            AgentRequest(
+                prompt="p",
+                worktree=wt,
+                loop="l",
+                task_id="T",
+                iteration=1,
+                timeout_s=30,
+                on_activity=signs.append,
+            )
+        )
+    finally:
+        client.close()
+    assert result.ok, result.failure_detail
+    assert signs.count(ev.AgentSign.TOOL_CALL) == 1 and signs.count(ev.AgentSign.OUTPUT) == 2
