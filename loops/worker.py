@@ -528,6 +528,17 @@ class LoopWorker:
             )
         self.save()
 
+    def _abort_cursor(self) -> str | None:
+        """Where the run's watch starts reading for aborts (None: it cannot read them;
+        the run then ends at its timeout, and the command is acknowledged after it)."""
+        if self.aborts is None:
+            return None
+        try:
+            return self.aborts.cursor()
+        except Exception as exc:  # a bus hiccup must not cost the iteration
+            log.warning("cannot watch for the monitor's aborts during this run: %s", exc)
+            return None
+
     def _run_agent(self, run: AgentRun, request: AgentRequest) -> AgentResult:
         """Run the agent with a `RunWatch` beside it (liveness, aborts, stop)."""
         watch = RunWatch(
@@ -537,7 +548,7 @@ class LoopWorker:
             scan_s=min(max(self.heartbeat_s / 2, 0.2), 10.0),
             stop=self.cancel,
             feed=self.aborts,
-            cursor=self.aborts.cursor() if self.aborts is not None else None,
+            cursor=self._abort_cursor(),
             handled=lambda command_id: command_id in self.state.aborted,
             on_error=lambda exc: log.warning("watching the agent: %s", exc),
         )
