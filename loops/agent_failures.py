@@ -40,6 +40,7 @@ def aborted_by_monitor(
         del w.state.aborted[old]
     if command.hint:
         rt.guidance.append(command.hint)
+    w.retry_now = command.retry  # the retry runs at once, without auto_continue_delay
     log.warning(
         "the monitor aborted %s (iteration %d): %s; %s",
         command.task_id,

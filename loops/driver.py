@@ -116,8 +116,9 @@ def run_worker(
                 reason = f"max iterations ({limit}) reached"
                 break
             worker.iterate(task)
-            if worker.book.auto_continue_delay > 0:
+            if worker.book.auto_continue_delay > 0 and not worker.retry_now:
                 _wait(worker, poll, worker.book.auto_continue_delay, stop)
+            worker.retry_now = False
     except BaseException as exc:
         status, reason = LoopStatus.ERROR, f"{type(exc).__name__}: {exc}"
         raise

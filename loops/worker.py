@@ -136,6 +136,7 @@ class LoopWorker:
         self.usage = usage  # the account-wide usage windows (None: this loop's own only)
         self.account = account  # `bus.usage.account_key` of this loop's agent
         self.announced_window: datetime | None = None  # the usage window already logged
+        self.retry_now = False  # the next iteration runs without auto_continue_delay
         self.broken_agent: str | None = None  # the agent cannot start: why (no more calls)
 
     @property

@@ -5,6 +5,7 @@ shared by every loop on one account. Real bus, real git, real agent programs."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import sys
@@ -363,8 +364,13 @@ def test_an_unsigned_abort_is_ignored(
 
 
 def test_a_usage_limit_holds_every_loop_on_the_account(
-    bus: RedisBus, tmp_path: Path, loops_started: list[Loop], monkeypatch: pytest.MonkeyPatch
+    bus: RedisBus,
+    tmp_path: Path,
+    loops_started: list[Loop],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="loops.worker")
     calls = tmp_path / "calls"
     calls.mkdir()
     monkeypatch.setenv("LOOPS_SANDBOX_WRITABLE", str(calls))
@@ -408,8 +414,11 @@ def test_a_usage_limit_holds_every_loop_on_the_account(
     assert isinstance(finished, ev.IterationFinished)
     assert finished.failure is ev.FailureKind.USAGE_LIMIT and not finished.counted
     assert finished.retry_at == limited.reset_at
-    # One window, announced once.
+    # One window, announced once, and said once by the loop that waited it out.
     assert len(a.events("usage.limited")) + len(b.events("usage.limited")) == 1
+    at = limited.reset_at.astimezone().strftime("%H:%M")
+    said = [r.getMessage() for r in caplog.records if "waiting for usage reset" in r.getMessage()]
+    assert said == [f"waiting for usage reset at {at} (account shared with other loops)"]
     assert datetime.now(UTC) >= limited.reset_at
 
 
