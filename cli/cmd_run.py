@@ -101,7 +101,15 @@ def run(args: argparse.Namespace) -> int:
         roles = Threads()
         try:
             book = SpecBook(spec, spec_path, repo / ".loops" / "state", max_iterations)
-            service = WorkerService(bus, book, runner, repo, main_branch=branch, heartbeat_s=5.0)
+            service = WorkerService(
+                bus,
+                book,
+                runner,
+                repo,
+                main_branch=branch,
+                heartbeat_s=5.0,
+                agent_timeout_s=getattr(args, "agent_timeout", None),
+            )
             if args.trust_agent:
                 log.warning("--trust-agent: claims are merged without running the checks")
                 roles.poll_forever(

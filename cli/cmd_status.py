@@ -133,8 +133,15 @@ def ago(ts: datetime | None, now: datetime) -> str:
 
 def _loop_status(loop: LoopView, now: datetime) -> str:
     status = loop.status.value
-    if loop.waiting_until is not None and loop.waiting_until > now:
-        status += f" ({ago(now, loop.waiting_until)} left)"
+    until = loop.waiting_until
+    if until is not None and until > now:
+        at = until.astimezone().strftime("%H:%M")
+        why = (
+            f"API outage, retry at {at}"
+            if until == loop.outage_until
+            else f"waiting for usage reset at {at}"
+        )
+        status += f" ({why}, {ago(now, until)} left)"
     return status
 
 

@@ -46,6 +46,16 @@ def _add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true", help="send the command and return at once")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
 def _add_test_command(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--test-command",
@@ -141,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="git repository to work in (default: the spec's directory)",
     )
     _add_test_command(p)
+    p.add_argument(
+        "--agent-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        default=None,
+        help="kill an agent run (its whole process group) after this many seconds (default 1800)",
+    )
     p.add_argument(
         "--trust-agent",
         action="store_true",

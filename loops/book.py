@@ -58,6 +58,8 @@ class TaskBook(Protocol):
     model: str | None
     state_dir: Path  # where health.json and logs/transcripts go
     sandbox: SandboxConfig  # the agent's isolation (config.json's `sandbox`)
+    agent_timeout_s: float | None  # one agent run's limit (None: the worker's default)
+    account: str | None  # config.json's `account` (loops naming one share usage windows)
 
     def tasks(self) -> list[TaskDef]: ...
 

@@ -41,6 +41,8 @@ class StateFileBook:
     model: str | None = None
     state_dir: Path
     sandbox: SandboxConfig = SandboxConfig()
+    agent_timeout_s: float | None = None
+    account: str | None = None
 
     def __init__(self, state_path: Path, initial: LoopState) -> None:
         self.state_path = state_path
@@ -136,6 +138,8 @@ class HarnessBook(StateFileBook):
         self.model = loop.config.model
         self.priority = loop.config.priority
         self.sandbox = loop.config.sandbox
+        self.agent_timeout_s = loop.config.agent_timeout_s
+        self.account = loop.config.account
         super().__init__(loop.state_path, loop.state)
 
     def tasks(self) -> list[TaskDef]:

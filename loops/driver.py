@@ -99,6 +99,8 @@ def run_worker(
             )
             if task is None or phase in (Phase.CLAIMED, Phase.VERIFIED):
                 worker.status = LoopStatus.IDLE if task is None else LoopStatus.RUNNING
+                if task is None and worker.state.crash_hold:
+                    worker.status = LoopStatus.PAUSED  # until a person answers or resumes
                 if task is None:
                     worker.current = None
                 if until_idle and task is None and not worker.waiting_on_dependency():
@@ -114,8 +116,9 @@ def run_worker(
                 reason = f"max iterations ({limit}) reached"
                 break
             worker.iterate(task)
-            if worker.book.auto_continue_delay > 0:
+            if worker.book.auto_continue_delay > 0 and not worker.retry_now:
                 _wait(worker, poll, worker.book.auto_continue_delay, stop)
+            worker.retry_now = False
     except BaseException as exc:
         status, reason = LoopStatus.ERROR, f"{type(exc).__name__}: {exc}"
         raise

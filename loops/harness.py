@@ -136,6 +136,18 @@ class LoopConfig(BaseModel):
     )
     branch: str | None = Field(default=None, description="the loop's branch (default loop/<dir>)")
     main_branch: str | None = Field(default=None, description="the branch merges go to")
+    agent_timeout_s: float = Field(
+        default=30 * 60,
+        gt=0,
+        description="seconds one agent run may take before its process group is killed "
+        "(`loops run --agent-timeout` sets it for a run)",
+    )
+    account: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the agent account this loop calls; loops naming the same account wait "
+        "out one usage limit together (default: from the agent's credentials or program)",
+    )
     sandbox: SandboxConfig = Field(
         default_factory=SandboxConfig,
         description="what the agent may see, write and reach (mode, network, writable, "

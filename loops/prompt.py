@@ -40,6 +40,7 @@ class PromptInput:
     guidance: list[str] = field(default_factory=list)  # answers and hints, oldest first
     history: list[str] = field(default_factory=list)  # one line per earlier iteration
     conflict_files: list[str] = field(default_factory=list)
+    conflict_with: str | None = None  # what landed on main first in those files
 
 
 def _clip_tail(text: str, budget: int) -> str:
@@ -112,11 +113,15 @@ def build_prompt(p: PromptInput, limit: int = DEFAULT_LIMIT) -> str:
     parts.append(f"{body}\n\n{crit_text}")
 
     if p.conflict_files:
+        first = f" {p.conflict_with} landed there first;" if p.conflict_with else ""
         parts.append(
-            "# Merge conflict\nMain moved on and merging it into your branch conflicted in: "
+            f"# Merge conflict\nMain moved on:{first} merging main into your branch left "
+            "conflict markers in: "
             + ", ".join(p.conflict_files)
-            + ". Resolve the conflict markers in those files, keep both sides' intent, "
-            "and make the criteria pass again."
+            + ". The merge is in progress in your work tree: resolve every conflict (remove "
+            "all <<<<<<< ======= >>>>>>> lines), keep both sides' intent (main's side has "
+            "already passed its checks), do not abort the merge, and make the criteria pass "
+            "again. Claim only once no markers remain."
         )
     if p.last_failure.strip():
         parts.append(

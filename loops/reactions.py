@@ -14,6 +14,7 @@ from events import (
     Decision,
     EscalationAnswered,
     Event,
+    IterationAbort,
     LoopPause,
     LoopResume,
     LoopStop,
@@ -33,6 +34,7 @@ from events import (
     VerificationVerdict,
     derived_id,
 )
+from loops.agent_failures import release_crash_hold
 from loops.book import TaskStatus
 from loops.runtime import Phase, TaskRuntime
 from loops.worker import LoopWorker
@@ -62,6 +64,7 @@ WORKER_TYPES = frozenset({
     "task.passed", "loop.pause", "loop.resume", "loop.stop", "task.reset", "task.hint",
     "task.held", "task.released", "verification.passed", "verification.failed",
     "merge.completed", "merge.conflicted", "escalation.answered", "monitor.action",
+    "iteration.abort",
 })  # fmt: skip
 
 
@@ -106,6 +109,8 @@ def _react(w: LoopWorker, event: Event) -> None:
         _verdict(w, event)
     elif isinstance(event, EscalationAnswered):
         _answer(w, event)
+    elif isinstance(event, IterationAbort):
+        _abort(w, event)
     elif isinstance(event, MonitorAction) and event.task_id:
         _block(w, event.task_id, f"blocked by the monitor: {event.reason}")
 
@@ -210,6 +215,8 @@ def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
                 f"A person answered your question \u201c{rt.question}\u201d: {event.answer.strip()}"
             )
         rt.undelivered.append(event.escalation_id)
+        if w.state.crash_hold == event.escalation_id:
+            w.state.crash_hold = None  # the person fixed the agent (or says go on)
         rt.escalation_id = None
         if event.decision is Decision.SKIP:
             _block(w, task_id, "skipped by a person")
@@ -238,6 +245,8 @@ def _command(
     elif isinstance(event, LoopResume):
         w.state.paused = False
         detail = "resumed"
+        if release_crash_hold(w):
+            detail = "resumed after the agent's crashes"
     elif isinstance(event, LoopStop):
         w.stop_requested = event.reason or "stopped by command"
         w.restart_requested = event.restart
@@ -271,6 +280,21 @@ def _command(
         command=event.type,
         command_id=event.id,
         detail=detail,
+        causation_id=event.id,
+    )
+
+
+def _abort(w: LoopWorker, event: IterationAbort) -> None:
+    """The run was killed while it ran (`loops.liveness.RunWatch`) and recorded; here
+    the command is acknowledged. A command for no running agent (a run that already
+    ended, or another run) changes nothing."""
+    killed = w.state.aborted.get(event.id)
+    w.emit(
+        CommandAcknowledged,
+        id=derived_id(event.id, "ack"),
+        command=event.type,
+        command_id=event.id,
+        detail=killed or "not running",
         causation_id=event.id,
     )
 

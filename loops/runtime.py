@@ -39,6 +39,7 @@ class TaskRuntime(BaseModel):
     last_failure: str = ""
     conflict_files: list[str] = Field(default_factory=list)
     conflict_tries: int = 0
+    conflict_with: str | None = None  # what landed on main first in the conflict files
     guidance: list[str] = Field(default_factory=list)
     undelivered: list[str] = Field(
         default_factory=list
@@ -60,6 +61,13 @@ class WorkerState(BaseModel):
     # write as the state change and the handled mark that produced them, published
     # after it, removed once the bus has them (the outbox).
     outbox: list[str] = Field(default_factory=list)
+    # `iteration.abort` commands that killed a run (id -> what was done), so the
+    # command is acknowledged with it when it comes in by the event path.
+    aborted: dict[str, str] = Field(default_factory=dict)
+    crashes: list[str] = Field(default_factory=list)  # the last agent crashes in a row
+    # The escalation of an agent that crashed the same way CRASH_STREAK times in a row:
+    # while set, the loop calls no agent (answer it, or `loops resume`).
+    crash_hold: str | None = None
 
     def task(self, task_id: str) -> TaskRuntime:
         return self.tasks.setdefault(task_id, TaskRuntime())

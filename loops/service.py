@@ -6,17 +6,45 @@ import threading
 from pathlib import Path
 
 from bus import PassedLedger, RedisBus
-from events import EscalationRaised, TaskClaimed, TaskPassed
+from bus.usage import UsageWindows
+from events import EscalationRaised, IterationAbort, TaskClaimed, TaskPassed
 from loops.book import TaskBook
 from loops.driver import WorkerExit, run_worker
 from loops.reactions import WORKER_TYPES, handle
-from loops.runners import AgentRunner
+from loops.runners import DEFAULT_TIMEOUT_S, AgentRunner
+from loops.runners.account import agent_account
 from loops.worker import LoopWorker
 from loops.workspace import Workspace
 
 
 def worker_group(loop: str) -> str:
     return f"worker:{loop}"
+
+
+class BusAborts:
+    """`loops.liveness.AbortFeed` on the bus: the stream's new entries since a cursor,
+    read by range with the `type` field filtered before decoding (cheap), so the
+    worker sees `iteration.abort` while its main thread is blocked in the agent run."""
+
+    def __init__(self, bus: RedisBus, loop: str) -> None:
+        self.bus = bus
+        self.loop = loop
+
+    def cursor(self) -> str:
+        return self.bus.last_id()
+
+    def since(self, cursor: str) -> tuple[str, list[IterationAbort]]:
+        upto = self.bus.last_id()
+        if upto == cursor:
+            return cursor, []
+        found = [
+            event
+            for _, event in self.bus.replay(
+                since=f"({cursor}", until=upto, types={"iteration.abort"}, loop=self.loop
+            )
+            if isinstance(event, IterationAbort)
+        ]
+        return upto, found
 
 
 class WorkerService:
@@ -33,7 +61,7 @@ class WorkerService:
         state_root: Path | None = None,
         instance: str | None = None,
         heartbeat_s: float = 30.0,
-        agent_timeout_s: float = 30 * 60.0,
+        agent_timeout_s: float | None = None,
         remote: str | None = None,
     ) -> None:
         root = state_root or repo / ".loops"
@@ -45,9 +73,13 @@ class WorkerService:
             state_file=root / "state" / f"{book.loop}.worker.json",
             instance=instance,
             heartbeat_s=heartbeat_s,
-            agent_timeout_s=agent_timeout_s,
+            # The flag of this run, else the loop's config, else the default.
+            agent_timeout_s=agent_timeout_s or book.agent_timeout_s or DEFAULT_TIMEOUT_S,
             remote=remote,
             ledger=PassedLedger(bus.client, bus.prefix),
+            aborts=BusAborts(bus, book.loop),
+            usage=UsageWindows(bus.client, bus.prefix),
+            account=agent_account(runner, name=book.account),
         )
         # Other loops' merged tasks (cross-loop dependencies), even from before this
         # worker's group existed; and what the stream holds of our own claims and

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bus import PassedLedger
+from bus.usage import UsageWindows
 from events import (
     DecodeError,
     EscalationDelivered,
@@ -48,10 +49,25 @@ from events import (
     short_id,
 )
 from events.secrets import redact
+from loops.agent_failures import (
+    CRASH_STREAK,
+    aborted_by_monitor,
+    cannot_start,
+    crash_hold,
+    record_usage_limit,
+    usage_window,
+)
 from loops.book import TaskBook, TaskDef, TaskStatus
+from loops.liveness import AbortFeed, AgentRun, RunWatch
 from loops.merged import MergedTasks
 from loops.prompt import PromptInput, build_prompt
-from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, AgentRunner
+from loops.runners import (
+    DEFAULT_TIMEOUT_S,
+    INTERRUPTED_DETAIL,
+    AgentRequest,
+    AgentResult,
+    AgentRunner,
+)
 from loops.runners.outcome import parse_outcome
 from loops.runners.process import kill_strays
 from loops.runtime import Phase, StateFile, TaskRuntime, WorkerState
@@ -69,7 +85,8 @@ OUTAGE_BACKOFF_MAX_S = 300.0
 
 class LoopWorker:
     """Runs one loop. Thread-safety: `handle` (bus events) and the iteration loop run
-    on the same thread; only the heartbeat runs beside them and only reads."""
+    on the same thread; beside them the heartbeat only reads, and a run's `RunWatch`
+    only touches that run's `AgentRun` (locked) and its cancel event."""
 
     def __init__(
         self,
@@ -81,10 +98,13 @@ class LoopWorker:
         state_file: Path,
         instance: str | None = None,
         heartbeat_s: float = 30.0,
-        agent_timeout_s: float = 30 * 60.0,
+        agent_timeout_s: float = DEFAULT_TIMEOUT_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         remote: str | None = None,
         ledger: PassedLedger | None = None,
+        aborts: AbortFeed | None = None,
+        usage: UsageWindows | None = None,
+        account: str | None = None,
     ) -> None:
         self.book = book
         self.merged = MergedTasks(book.loop, workspace.repo, workspace.main_branch, ledger)
@@ -111,6 +131,13 @@ class LoopWorker:
         self._sandbox: SandboxPolicy | None = None
         self._lock = threading.Lock()
         self._deferring = False
+        self.aborts = aborts  # where `iteration.abort` is read while an agent runs
+        self.run: AgentRun | None = None  # the agent run in progress (heartbeat reads it)
+        self.usage = usage  # the account-wide usage windows (None: this loop's own only)
+        self.account = account  # `bus.usage.account_key` of this loop's agent
+        self.announced_window: datetime | None = None  # the usage window already logged
+        self.retry_now = False  # the next iteration runs without auto_continue_delay
+        self.broken_agent: str | None = None  # the agent cannot start: why (no more calls)
 
     @property
     def sandbox(self) -> SandboxPolicy:
@@ -219,6 +246,8 @@ class LoopWorker:
         flight = self.in_flight()
         if flight:
             return next(t for t in tasks if t.id == flight)
+        if self.broken_agent or self.state.crash_hold:
+            return None  # no agent call until a person fixed the agent
         order = sorted(enumerate(tasks), key=lambda it: (it[1].priority, it[0]))
         for _, task in order:
             record = self.book.record(task.id)
@@ -293,12 +322,17 @@ class LoopWorker:
 
     def iterate(self, task: TaskDef) -> None:
         """Run the agent once on `task` and act on what it produced."""
+        if usage_window(self) is not None:
+            return  # no call inside the account's usage window: the driver waits it out
         rt = self.state.task(task.id)
         if rt.phase in (Phase.IDLE,):
             self._start_attempt(task, rt)
         record = self.book.record(task.id)
         attempt = record.attempts + 1
-        if rt.phase is Phase.CONFLICT:
+        merging = False
+        unmerged = rt.conflict_files and rt.branch_head and not self.ws.has_main(rt.branch_head)
+        if rt.phase is Phase.CONFLICT or unmerged:
+            # Main first, mechanically (again after a restart lost the merge in progress).
             self.ws.reset_to(rt.branch_head or self.ws.main_head())
             rt.conflict_files = self.ws.merge_main()
             if not rt.conflict_files:
@@ -308,12 +342,17 @@ class LoopWorker:
                 self.ws.keep(task.id, rt.branch_head)
                 self._claim(task, rt, attempt, claim="merged main after a conflict")
                 return
+            # Real conflicts: the merge stays in progress, markers and all, for the agent.
+            rt.conflict_with = self.ws.landed_first(rt.conflict_files)
             rt.phase = Phase.WORKING
+            merging = True
+            self.save()
         self.current = task.id
         self.status = LoopStatus.RUNNING
         # Each task carries its own line of work: a fresh task starts from main, a retried
         # or resumed one from its last commit (other tasks' work stays on their refs).
-        self.ws.reset_to(rt.branch_head or self.ws.main_head())
+        if not merging:
+            self.ws.reset_to(rt.branch_head or self.ws.main_head())
         n = self.state.iteration + 1
         delivered = list(rt.undelivered)
         prompt = build_prompt(
@@ -331,6 +370,7 @@ class LoopWorker:
                 guidance=rt.guidance,
                 history=rt.history,
                 conflict_files=rt.conflict_files,
+                conflict_with=rt.conflict_with,
             )
         )
         self.emit(
@@ -350,7 +390,9 @@ class LoopWorker:
             n,
             f"/{self.book.max_iterations}" if self.book.max_iterations else "",
         )
-        result = self.runner.run(
+        run = AgentRun(task.id, n, self.clock())
+        result = self._run_agent(
+            run,
             AgentRequest(
                 prompt=prompt,
                 worktree=self.ws.path,
@@ -361,11 +403,16 @@ class LoopWorker:
                 session_id=rt.session_id,
                 model=self.book.model,
                 task_iteration=rt.iterations + 1,
-                cancel=self.cancel,
+                cancel=run.cancel,
                 sandbox=self.sandbox,
-            )
+                on_activity=lambda sign: run.sign(sign, self.clock()),
+                on_spawn=run.spawned,
+            ),
         )
-        interrupted = self.cancel is not None and self.cancel.is_set()
+        # The monitor's abort, if it killed the run (an agent that ended on its own just
+        # before keeps its result; the command is then acknowledged as "not running").
+        aborted = run.abort if result.failure_detail == INTERRUPTED_DETAIL else None
+        interrupted = aborted is None and self.cancel is not None and self.cancel.is_set()
         # Invariant 7 at the one place every reply passes: nothing the agent said or
         # printed reaches events, prompts or transcripts with a secret in it.
         result = replace(
@@ -374,6 +421,7 @@ class LoopWorker:
             failure_detail=redact(result.failure_detail) if result.failure_detail else None,
             transcript=redact(result.transcript),
             commands=[redact(c) for c in result.commands],
+            stderr_tail=redact(result.stderr_tail),
         )
         if result.session_id:
             rt.session_id = result.session_id
@@ -382,16 +430,56 @@ class LoopWorker:
             rt.branch_head = done.commit
         outcome = parse_outcome(result.reply) if result.ok and not interrupted else None
         kind = outcome.kind if outcome else IterationOutcome.FAILED
+        markers = (
+            self.ws.with_markers(rt.conflict_files)
+            if kind is IterationOutcome.CLAIMED and rt.conflict_files
+            else []
+        )
+        if markers:
+            # Not a claim while the merge holds markers: the agent gets told, and goes on.
+            kind = IterationOutcome.CONTINUE
+            rt.last_failure = (
+                f"Conflict markers remain in {', '.join(markers)}: resolve every conflict "
+                "before you claim the task."
+            )
+            log.warning("%s claimed with conflict markers left in %s", task.id, ", ".join(markers))
         failure = result.failure
         if outcome and outcome.kind is IterationOutcome.FAILED and failure is None:
             failure = FailureKind.EMPTY_REPLY
-        if interrupted:
+        if aborted is not None:
+            # Killed by the monitor for a silent agent: an agent call (it counts toward
+            # -n), but not the task's failed attempt; the command's hint goes in the next
+            # prompt. Acknowledged once the command comes in by the ordinary event path.
+            failure = FailureKind.TIMEOUT
+            result = replace(result, failure_detail=f"aborted by the monitor: {aborted.reason}")
+        elif interrupted:
             # Stopped by the operator (Ctrl-C, shutdown): not the agent's failure. The
             # work so far is committed; the iteration runs again on restart.
             failure = FailureKind.AGENT_ERROR
             result = replace(result, failure_detail=INTERRUPTED_DETAIL)
-        counted = not interrupted and failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
-        retry_at = self._wait_for(result, rt) if not counted and not interrupted else None
+        counted = (
+            not interrupted
+            and not result.unrunnable
+            and failure not in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)
+        )
+        if result.exit_code not in (0, None) and not result.unrunnable:
+            # ralph_loop's warning, with the agent's own last word on stderr.
+            tail = f": {result.stderr_tail}" if result.stderr_tail else ""
+            log.warning("%s exited %d%s", self.runner.name, result.exit_code, tail)
+        crashed = (
+            failure is FailureKind.AGENT_ERROR
+            and aborted is None
+            and not interrupted
+            and not result.unrunnable
+        )
+        self.state.crashes = [*self.state.crashes, result.failure_detail or "?"] if crashed else []
+        del self.state.crashes[:-CRASH_STREAK]
+        same_crash = len(self.state.crashes) == CRASH_STREAK and len(set(self.state.crashes)) == 1
+        retry_at = (
+            self._wait_for(result, rt, task.id, n)
+            if failure in (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE) and not interrupted
+            else None
+        )
         self.transcripts.write(self.loop, task.id, n, prompt, result)
         self.emit(
             IterationFinished,
@@ -419,10 +507,18 @@ class LoopWorker:
         if counted:
             self.state.iteration = n
             rt.iterations += 1
-            rt.attempt_iterations += 1
+            rt.attempt_iterations += 0 if aborted else 1
             rt.outage_retries = 0
         rt.history.append(_history_line(n, kind, failure, result, done.changed_files))
-        if kind is IterationOutcome.CLAIMED and outcome:
+        if aborted is not None:
+            aborted_by_monitor(self, rt, aborted, run)
+        elif result.unrunnable:
+            cannot_start(self, task.id, rt, result.failure_detail or "the agent cannot start")
+        elif same_crash:
+            # Not the task's fault: the attempt keeps its iterations for after the fix.
+            rt.attempt_iterations = max(rt.attempt_iterations - CRASH_STREAK, 0)
+            crash_hold(self, task, rt, result.failure_detail or "?")
+        elif kind is IterationOutcome.CLAIMED and outcome:
             log.info("Promise detected: %r — verifying (iteration %d).", outcome.text, n)
             self._claim(task, rt, attempt, claim=outcome.text)
         elif kind is IterationOutcome.BLOCKED and outcome:
@@ -433,10 +529,47 @@ class LoopWorker:
             )
         self.save()
 
-    def _wait_for(self, result: AgentResult, rt: TaskRuntime) -> datetime:
+    def _abort_cursor(self) -> str | None:
+        """Where the run's watch starts reading for aborts (None: it cannot read them;
+        the run then ends at its timeout, and the command is acknowledged after it)."""
+        if self.aborts is None:
+            return None
+        try:
+            return self.aborts.cursor()
+        except Exception as exc:  # a bus hiccup must not cost the iteration
+            log.warning("cannot watch for the monitor's aborts during this run: %s", exc)
+            return None
+
+    def _run_agent(self, run: AgentRun, request: AgentRequest) -> AgentResult:
+        """Run the agent with a `RunWatch` beside it (liveness, aborts, stop)."""
+        watch = RunWatch(
+            run,
+            worktree=self.ws.path,
+            clock=self.clock,
+            scan_s=min(max(self.heartbeat_s / 2, 0.2), 10.0),
+            stop=self.cancel,
+            feed=self.aborts,
+            cursor=self._abort_cursor(),
+            handled=lambda command_id: command_id in self.state.aborted,
+            on_error=lambda exc: log.warning("watching the agent: %s", exc),
+        )
+        self.run = run
+        watch.start()
+        try:
+            return self.runner.run(request)
+        finally:
+            watch.finish()
+            self.run = None
+
+    def _wait_for(
+        self, result: AgentResult, rt: TaskRuntime, task_id: str, iteration: int
+    ) -> datetime:
         now = self.clock()
         if result.failure is FailureKind.USAGE_LIMIT:
             until = result.retry_at or now + timedelta(seconds=USAGE_LIMIT_DEFAULT_WAIT_S)
+            until = record_usage_limit(
+                self, until, estimated=result.retry_at is None, task_id=task_id, iteration=iteration
+            )
             log.warning(
                 "usage limit: waiting until %s (not counted as an iteration)", until.isoformat()
             )
@@ -454,6 +587,7 @@ class LoopWorker:
         rt.phase = Phase.CLAIMED
         rt.claim_commit = self.ws.head()
         rt.conflict_files = []
+        rt.conflict_with = None
         self.save()
         self._publish_claim(task.id, attempt, rt.claim_commit, claim)
 
@@ -521,6 +655,10 @@ class LoopWorker:
     def heartbeat(self) -> LoopHeartbeat:
         passed, total = self.progress()
         rt = self.state.tasks.get(self.current) if self.current else None
+        run = self.run  # the agent's liveness while one runs (contract: agents/README.md)
+        started, activity_at, activity, pid = (
+            run.snapshot() if run is not None else (None, None, None, None)
+        )
         event = LoopHeartbeat(
             source=self.source,
             loop=self.loop,
@@ -533,6 +671,10 @@ class LoopWorker:
             waiting_until=self.state.waiting_until,
             passed=passed,
             total=total,
+            agent_started_at=started,
+            agent_activity_at=activity_at,
+            agent_activity=activity,
+            agent_pid=pid,
         )
         self.publish_event(event)
         self.transcripts.write_health(

@@ -415,6 +415,48 @@ class Workspace:
     def _merging(self) -> bool:
         return (self.git_dir / "MERGE_HEAD").exists()
 
+    def has_main(self, commit: str) -> bool:
+        """True if current main is already merged into `commit` (an ancestor of it)."""
+        self._guard()
+        main = self.main_head()
+        return self._git("merge-base", main, commit, check=False).strip() == main
+
+    def landed_first(self, files: list[str]) -> str | None:
+        """What changed `files` on main since this branch forked: the task the merge
+        queue landed (its `Loops-Task:` trailer, `loop/TASK`), else the commit's subject."""
+        self._guard()
+        base = self._git("merge-base", self.main_head(), "HEAD", check=False).strip()
+        if not base or not files:
+            return None
+        out = self._git(
+            "log",
+            "--first-parent",
+            "-1",
+            "--format=%s%n%b",
+            self.main_head(),
+            f"^{base}",
+            "--",
+            *files,
+            check=False,
+        )
+        lines = out.strip().splitlines()
+        if not lines:
+            return None
+        tasks = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Loops-Task:")]
+        return ", ".join(tasks) if tasks else f"the commit {lines[0][:100]!r}"
+
+    def with_markers(self, files: list[str]) -> list[str]:
+        """Those of `files` that still hold a conflict marker line (`<<<<<<< `, `>>>>>>> `)."""
+        left = []
+        for name in files:
+            try:
+                text = (self.path / name).read_text(encoding="utf-8", errors="replace")
+            except (OSError, ValueError):
+                continue  # deleted, or a directory: no markers in it
+            if any(ln.startswith(("<<<<<<< ", ">>>>>>> ")) for ln in text.splitlines()):
+                left.append(name)
+        return left
+
     def push(self, remote: str) -> None:
         """Publish the loop branch to a shared remote (distributed mode), from the
         operator's repo (its remotes and credentials), never from the work tree."""

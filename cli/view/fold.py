@@ -74,6 +74,8 @@ def _iteration_finished(view: SystemView, e: ev.IterationFinished) -> None:
     task.iterations = max(task.iterations, e.iteration)
     loop = view.loop(e.loop)
     loop.iteration = max(loop.iteration or 0, e.iteration)
+    if e.failure is ev.FailureKind.OUTAGE:
+        loop.outage_until = e.retry_at
     if e.tokens is not None:
         task.tokens.add(e.tokens)
         loop.tokens.add(e.tokens)

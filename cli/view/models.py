@@ -147,6 +147,7 @@ class LoopView(BaseModel):
     task_id: str | None = None
     iteration: int | None = None
     waiting_until: datetime | None = None
+    outage_until: datetime | None = None  # the last outage back-off (a wait that is not usage)
     passed: int = 0
     total: int = 0
     interval_s: float = DEFAULT_INTERVAL_S

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from events import ConfigError, FailureKind, TokenUsage
+from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from loops.sandbox import SandboxPolicy
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "AgentResult",
     "AgentRunner",
     "interrupted_result",
+    "last_line",
     "make_runner",
     "timed_out_result",
 ]
@@ -49,7 +50,9 @@ class AgentRequest:
     `iteration` when not given). `session_id` is the loop's own session, resumed by
     id (`--resume`), never "the newest one". `env` adds variables to the agent's
     environment. `sandbox` is how the agent is isolated (the worker always sets it);
-    None runs its processes unsandboxed, for a runner used on its own.
+    None runs its processes unsandboxed, for a runner used on its own. `on_activity`
+    is told of each sign of life (a line of output, a tool call) and `on_spawn` of the
+    pid of each agent process started (the worker's liveness; both from any thread).
     """
 
     prompt: str
@@ -64,6 +67,13 @@ class AgentRequest:
     task_iteration: int | None = None
     cancel: threading.Event | None = field(default=None, compare=False)  # set: stop the agent
     sandbox: SandboxPolicy | None = field(default=None, compare=False)
+    on_activity: Callable[[AgentSign], None] | None = field(default=None, compare=False)
+    on_spawn: Callable[[int], None] | None = field(default=None, compare=False)
+
+    def signal(self, sign: AgentSign) -> None:
+        """Report a sign of life of this run (no-op without a listener)."""
+        if self.on_activity is not None:
+            self.on_activity(sign)
 
     @property
     def step(self) -> int:
@@ -78,7 +88,9 @@ class AgentResult:
     `reply` is the agent's final text (parse it with `loops.runners.outcome`);
     `commands` lists the tool calls and shell commands the agent ran, as one line
     each; `retry_at` is set for a usage limit when the agent said when it resets;
-    `transcript` is the raw output, with secrets already redacted.
+    `transcript` is the raw output, with secrets already redacted. `unrunnable`: the
+    agent could not be started at all, and `failure_detail` says how to fix that; no
+    retry helps until a person does.
     """
 
     reply: str
@@ -93,10 +105,18 @@ class AgentResult:
     failure_detail: str | None = None
     retry_at: datetime | None = None
     transcript: str = ""
+    stderr_tail: str = ""  # the last non-empty line the agent printed on stderr
+    unrunnable: bool = False  # the agent cannot start at all (missing, not executable)
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of `text`, stripped (for a one-line warning)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def interrupted_result(result: Callable[..., AgentResult]) -> AgentResult:

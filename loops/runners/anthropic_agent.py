@@ -20,7 +20,7 @@ from typing import Any
 
 import anthropic
 
-from events import ConfigError, FailureKind, TokenUsage
+from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
 from loops.runners.launch import Launch, launch
@@ -197,6 +197,7 @@ class AnthropicRunner:
                 message = self._ask(model, system, messages, min(remaining, self.request_timeout_s))
             except anthropic.APIError as exc:
                 return self._api_failure(exc, result, request)
+            request.signal(AgentSign.OUTPUT)  # the model answered: a sign of life
             self._count(run, message.usage)
             blocks = [block.model_dump(mode="json", exclude_none=True) for block in message.content]
             messages.append({"role": "assistant", "content": [_param(b) for b in blocks]})
@@ -287,6 +288,7 @@ class AnthropicRunner:
         assert isinstance(args, dict)
         summary = args.get("command") or args.get("path") or ""
         run.commands.append(f"{name}: {summary}" if summary else name)
+        run.request.signal(AgentSign.TOOL_CALL)
         try:
             output = self._dispatch(run, name, args)
             is_error = False

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,9 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from events import ConfigError, FailureKind, TokenUsage
+from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
-from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
+from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, last_line
 from loops.runners.launch import launch
 from loops.runners.outcome import (
     Failure,
@@ -267,13 +268,31 @@ class ClaudeRunner:
             if "IS_SANDBOX" in os.environ and "IS_SANDBOX" not in request.env
             else {}
         )
+
+        def feed(line: str) -> None:
+            tools = len(parser.tools)
+            parser.feed(line)
+            if len(parser.tools) > tools:
+                request.signal(AgentSign.TOOL_CALL)
+
         with launch(request, **marked) as run:
             env = run.env
+            missing = _cannot_run(argv[0], env.get("PATH"))
+            if missing:  # inside the sandbox this would only be bwrap's exit 1
+                return AgentResult(
+                    reply="",
+                    exit_code=None,
+                    failure=FailureKind.AGENT_ERROR,
+                    failure_detail=f"could not start {argv[0]!r}: {missing}; install Claude "
+                    "Code (npm install -g @anthropic-ai/claude-code) or point LOOPS_CLAUDE_BIN "
+                    "at it",
+                    unrunnable=True,
+                )
             try:
                 proc = run.run(
                     argv,
                     stdin_text=request.prompt,
-                    on_stdout_line=parser.feed,
+                    on_stdout_line=feed,
                     writable=config_paths(env) if request.sandbox is not None else (),
                 )
             except SandboxUnavailable as exc:
@@ -290,6 +309,7 @@ class ClaudeRunner:
                     failure=FailureKind.AGENT_ERROR,
                     failure_detail=f"could not start {argv[0]!r} ({exc.strerror}); "
                     "install Claude Code or set LOOPS_CLAUDE_BIN",
+                    unrunnable=True,
                 )
         now = datetime.now(UTC)
         if proc.cancelled:
@@ -317,7 +337,21 @@ class ClaudeRunner:
             failure_detail=redact(failure.detail, env) if failure else None,
             retry_at=failure.retry_at if failure else None,
             transcript=redact(transcript, env),
+            stderr_tail=redact(last_line(proc.stderr), env),
         )
+
+
+def _cannot_run(program: str, path: str | None) -> str | None:
+    """Why `program` cannot be started (not found on PATH, not executable), or None."""
+    if os.sep in program:
+        if not os.path.isfile(program):
+            return "no such file"
+        return None if os.access(program, os.X_OK) else "not executable (chmod +x it)"
+    if shutil.which(program, path=path) is not None:
+        return None
+    if shutil.which(program, mode=os.F_OK, path=path) is not None:
+        return "found on PATH but not executable (chmod +x it)"
+    return "not found on PATH"
 
 
 def config_paths(env: Mapping[str, str]) -> list[Path]:

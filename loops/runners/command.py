@@ -15,12 +15,15 @@ from datetime import UTC, datetime
 
 from events import FailureKind
 from events.secrets import redact
-from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
+from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, last_line
 from loops.runners.launch import agent_env, launch
 from loops.runners.outcome import Failure, classify_run
 from loops.sandbox import SandboxUnavailable
 
 __all__ = ["CommandRunner", "agent_env"]
+
+CANNOT_RUN = (126, 127)  # sh: found but not executable; not found
+FIX = "fix the command (--agent, or `agent` in the loop's config.json) and run again"
 
 
 class CommandRunner:
@@ -49,8 +52,28 @@ class CommandRunner:
                     reply="",
                     exit_code=None,
                     failure=FailureKind.AGENT_ERROR,
-                    failure_detail=redact(f"could not start {self.command!r}: {exc}", env),
+                    failure_detail=redact(
+                        f"could not start {self.command!r} ({exc.strerror}); {FIX}", env
+                    ),
+                    unrunnable=True,
                 )
+        tail = last_line(proc.stderr)
+        if proc.exit_code in CANNOT_RUN and not proc.stdout.strip():
+            # The shell's own verdict: 127 not found, 126 found but not executable.
+            why = "not found" if proc.exit_code == 127 else "not executable (chmod +x it)"
+            detail = f"the agent command {self.command!r} cannot start: {why}"
+            return AgentResult(
+                reply="",
+                exit_code=proc.exit_code,
+                duration_s=proc.duration_s,
+                failure=FailureKind.AGENT_ERROR,
+                failure_detail=redact(
+                    f"{detail} ({tail}); {FIX}" if tail else f"{detail}; {FIX}", env
+                ),
+                transcript=redact(proc.stderr, env),
+                stderr_tail=redact(tail, env),
+                unrunnable=True,
+            )
         failure = (
             Failure(FailureKind.AGENT_ERROR, INTERRUPTED_DETAIL)
             if proc.cancelled
@@ -75,4 +98,5 @@ class CommandRunner:
             failure_detail=redact(failure.detail, env) if failure else None,
             retry_at=failure.retry_at if failure else None,
             transcript=redact(transcript, env),
+            stderr_tail=redact(tail, env),
         )

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from events import AgentSign
 from events.secrets import allowed_env
 from loops.runners import AgentRequest
 from loops.runners.process import ProcessResult, kill_strays, run_process
@@ -79,6 +80,12 @@ class Launch:
             timeout_s=self.request.timeout_s if timeout_s is None else timeout_s,
             on_stdout_line=on_stdout_line,
             cancel=self.request.cancel if cancel is None else cancel,
+            on_output=(
+                None
+                if self.request.on_activity is None
+                else lambda: self.request.signal(AgentSign.OUTPUT)
+            ),
+            on_spawn=self.request.on_spawn,
         )
 
 

@@ -49,10 +49,16 @@ class ProcessResult:
 
 
 class _Reader(threading.Thread):
-    def __init__(self, stream: IO[str], on_line: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        on_line: Callable[[str], None] | None,
+        on_output: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.stream = stream
         self.on_line = on_line
+        self.on_output = on_output
         self.output = CappedText()
         self.error: BaseException | None = None
 
@@ -60,6 +66,12 @@ class _Reader(threading.Thread):
         try:
             for line in self.stream:
                 self.output.add(line)
+                if self.on_output is not None:
+                    try:
+                        self.on_output()
+                    except Exception as exc:  # a listener bug: report it, keep draining
+                        self.error = exc
+                        self.on_output = None
                 if self.on_line is not None:
                     try:
                         self.on_line(line)
@@ -172,11 +184,16 @@ def run_process(
     timeout_s: float,
     on_stdout_line: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
+    on_output: Callable[[], None] | None = None,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> ProcessResult:
     """Run `argv` in `cwd` with `stdin_text` on stdin; kill its group after `timeout_s`,
-    or as soon as `cancel` is set (the loop is stopping: Ctrl-C, `loops stop`).
+    or as soon as `cancel` is set (the loop is stopping: Ctrl-C, `loops stop`, or the
+    monitor aborting a silent run).
 
-    `on_stdout_line` is called from a reader thread for each line as it arrives.
+    `on_stdout_line` is called from a reader thread for each line as it arrives;
+    `on_output` for each line on stdout or stderr (a sign of life); `on_spawn` with
+    the pid of the group leader once it started.
     Raises OSError only when the program cannot be started at all.
     """
     start = time.monotonic()
@@ -193,8 +210,10 @@ def run_process(
         start_new_session=True,
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    out = _Reader(proc.stdout, on_stdout_line)
-    err = _Reader(proc.stderr, None)
+    if on_spawn is not None:
+        on_spawn(proc.pid)
+    out = _Reader(proc.stdout, on_stdout_line, on_output)
+    err = _Reader(proc.stderr, None, on_output)
     out.start()
     err.start()
     writer = threading.Thread(target=_feed, args=(proc.stdin, stdin_text), daemon=True)
@@ -226,8 +245,9 @@ def run_process(
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             with contextlib.suppress(OSError):
                 stream.close()
-    if out.error is not None:
-        raise out.error
+    for reader in (out, err):
+        if reader.error is not None:
+            raise reader.error
     return ProcessResult(
         stdout=out.text,
         stderr=err.text,

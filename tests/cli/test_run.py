@@ -292,3 +292,117 @@ def test_uncommitted_changes_in_the_way_are_kept_and_the_run_ends_with_a_questio
     assert again.returncode == 0, again.stderr
     assert git(repo, "show", "main:greet.py") == GOOD["greet.py"].strip()
     assert (repo / "greet.draft").read_text() == "# my draft, do not touch\n"
+
+
+def test_agent_timeout_flag_kills_a_hanging_agent(repo: Path) -> None:
+    (repo / "SPEC.yaml").write_text(yaml.safe_dump(SPEC))
+    proc = subprocess.run(
+        [
+            LOOPS,
+            "run",
+            "SPEC.yaml",
+            "--agent",
+            "command:sleep 600",
+            "--agent-timeout",
+            "1",
+            "-n",
+            "1",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=proc_env(),
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Max iterations (1) reached" in proc.stderr and "Traceback" not in proc.stderr
+    log = repo / ".loops" / "state" / "logs" / "transcripts" / "global-transcript.log"
+    assert "failure=timeout" in log.read_text()
+    bad = subprocess.run(
+        [LOOPS, "run", "SPEC.yaml", "--agent-timeout", "0"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=proc_env(),
+    )
+    assert bad.returncode != 0 and "--agent-timeout" in bad.stderr
+
+
+def run_agent(repo: Path, agent: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    (repo / "SPEC.yaml").write_text(yaml.safe_dump(SPEC))
+    return subprocess.run(
+        [LOOPS, "run", "SPEC.yaml", "--agent", agent, *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**proc_env(), **env},
+    )
+
+
+def state_of(repo: Path) -> dict[str, object]:
+    data = json.loads((repo / ".loops" / "state" / "spec.test-state.json").read_text())
+    return data["tests"][0]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("broken", ["missing", "not-executable", "claude"])
+def test_an_agent_that_cannot_start_is_one_clear_line_and_blocks_at_once(
+    repo: Path, tmp_path: Path, broken: str
+) -> None:
+    env: dict[str, str] = {}
+    if broken == "missing":
+        agent, says = "command:no-such-agent-xyz", "'no-such-agent-xyz' cannot start: not found"
+    elif broken == "not-executable":
+        script = tmp_path / "agent.sh"
+        script.write_text("#!/bin/sh\necho hi\n")
+        agent, says = f"command:{script}", "cannot start: not executable (chmod +x it)"
+    else:
+        agent, says = "claude", "could not start 'no-such-claude-xyz': not found on PATH"
+        env["LOOPS_CLAUDE_BIN"] = "no-such-claude-xyz"
+    proc = run_agent(repo, agent, "-n", "5", **env)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if says in ln]
+    assert len(lines) == 2, proc.stderr  # the line, once; and the summary's
+    assert lines[0].startswith("ERROR loops.worker: The agent cannot run: ")
+    assert "fix the command" in lines[0] or "install Claude Code" in lines[0]
+    assert lines[1].startswith("ERROR loops.run: Task 'greet' is blocked: the agent cannot start")
+    assert "Iteration 2" not in proc.stderr and "Traceback" not in proc.stderr
+    entry = state_of(repo)
+    assert entry["status"] == "blocked" and entry.get("attempts", 0) == 0
+
+
+def test_a_non_zero_exit_prints_ralphs_warning_with_the_last_stderr_line(
+    repo: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "agent.sh"
+    script.write_text(
+        "#!/bin/sh\necho 'still working'\necho 'noise' >&2\necho 'boom at the end' >&2\nexit 3\n"
+    )
+    script.chmod(0o755)
+    proc = run_agent(repo, f"command:{script}", "-n", "1")
+    assert proc.returncode == 1
+    assert f"WARNING loops.worker: command:{script} exited 3: boom at the end" in proc.stderr
+
+
+def test_the_same_crash_three_times_holds_the_loop_and_asks_without_burning_attempts(
+    repo: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "agent.sh"
+    script.write_text("#!/bin/sh\necho 'Segmentation fault in the agent' >&2\nexit 2\n")
+    script.chmod(0o755)
+    proc = run_agent(repo, f"command:{script}", "-n", "10")
+    assert proc.returncode == 1, proc.stderr
+    warnings = [
+        ln
+        for ln in proc.stderr.splitlines()
+        if ln.startswith("WARNING loops.worker: command:")
+        and ln.endswith("exited 2: Segmentation fault in the agent")
+    ]
+    assert len(warnings) == 3, proc.stderr
+    assert "Iteration 4" not in proc.stderr
+    held = [ln for ln in proc.stderr.splitlines() if "crashed 3 times in a row" in ln]
+    assert held and held[0].startswith("ERROR loops.worker: Paused: the agent crashed 3 times")
+    assert "Segmentation fault in the agent" in held[0] and "loops resume spec" in held[0]
+    assert re.search(r"Open question e-\w+: The agent .* crashed 3 times", proc.stderr)
+    assert state_of(repo).get("attempts", 0) == 0

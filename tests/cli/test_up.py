@@ -326,3 +326,90 @@ def test_a_forged_passed_in_the_state_file_is_no_success(tmp_path: Path) -> None
     assert "without a merged commit on main" in out  # the state.rejected, logged
     assert json.loads(state_path.read_text())["tests"][0]["status"] != "passed"
     assert "return a + b" not in git(root, "show", "main:calc/ops.py")
+
+
+def test_an_agent_that_cannot_start_is_one_line_and_the_summary_lists_it(tmp_path: Path) -> None:
+    root = one_loop_project(tmp_path / "p", [{"reply": "unused"}])
+    proc = subprocess.run(
+        [LOOPS, "up", str(root), "--agent", "command:no-such-agent-xyz"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    said = [ln for ln in out.splitlines() if "The agent cannot run:" in ln]
+    assert len(said) == 1 and "'no-such-agent-xyz' cannot start: not found" in said[0], out
+    assert "fix the command" in said[0]
+    assert "ADD-1" in out and "the agent cannot start" in out  # the summary lists the task
+    assert "Traceback" not in out
+    state = json.loads((root / "loop-1-clean" / "specs" / "test-state.json").read_text())
+    assert state["tests"][0]["status"] == "blocked"
+
+
+def test_two_loops_editing_the_same_lines_merge_without_a_person(tmp_path: Path) -> None:
+    """Both loops rewrite the first line of one file. The second to land conflicts;
+    its loop merges main, keeps the merge with its markers, the agent (told which task
+    landed first) resolves it, and both tasks merge: no person, no repeated claim."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "shared.txt").write_text("nobody\n")
+    for side in ("a", "b"):
+        loop = root / f"loop-{side}"
+        (loop / "specs").mkdir(parents=True)
+        config = {
+            "name": f"Loop {side}",
+            "specs_dir": f"loop-{side}/specs",
+            "auto_continue_delay": 0,
+            "health_check": {"interval_seconds": 1},
+            "agent": "script:agent.yaml",
+        }
+        (loop / "config.json").write_text(json.dumps(config))
+        task = f"{side.upper()}-1"
+        state = {
+            "tests": [
+                {
+                    "id": task,
+                    "title": f"Say {side}",
+                    "acceptance_criteria": [
+                        {
+                            "criterion": f"shared.txt says from {side}",
+                            "check": {
+                                "type": "script",
+                                # Naming the file would make it a protected check input.
+                                "run": f"grep -rqx --exclude-dir=.git 'from {side}' .",
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+        (loop / "specs" / "test-state.json").write_text(json.dumps(state))
+        steps = [
+            {"write": {"shared.txt": f"from {side}\n"}, "reply": "<promise>done</promise>"},
+            {
+                "when_prompt": "landed there first",
+                "write": {"shared.txt": "from a\nfrom b\n"},
+                "reply": "<promise>merged both</promise>",
+            },
+        ]
+        (loop / "agent.yaml").write_text(yaml.safe_dump({"tasks": {task: steps}}))
+    (root / ".gitignore").write_text("health.json\nlogs/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "two loops, one line")
+    proc = subprocess.run(
+        [LOOPS, "up", str(root)], capture_output=True, text=True, timeout=240, env=env()
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert git(root, "show", "main:shared.txt") == "from a\nfrom b"
+    conflicts = [ln for ln in out.splitlines() if "WARNING loops.worker: merge of" in ln]
+    assert len(conflicts) == 1 and "(try 1)" in conflicts[0], out  # one conflict, no repeat
+    assert "Open escalations" not in out and "escalation" not in out.lower(), out
+    loser = "loop-a" if "merge of A-1" in conflicts[0] else "loop-b"
+    logs = sorted((root / loser / "specs" / "logs" / "transcripts").glob("*-iter*.log"))
+    assert len(logs) == 2, logs  # the claim, and the one call that resolved the conflict
+    winner = "B-1" if loser == "loop-a" else "A-1"
+    assert f"/{winner} landed there first" in logs[1].read_text()

@@ -408,3 +408,33 @@ def test_an_unreadable_answer_reopens_the_question_and_a_read_one_completes_it()
         )
     )
     assert esc.status is EscalationStatus.ANSWERED and esc.decision is ev.Decision.APPROVE
+
+
+def test_status_says_when_the_usage_window_resets() -> None:
+    from cli.cmd_status import render
+
+    reset = at(600)
+    hhmm = reset.astimezone().strftime("%H:%M")
+    view = SystemView.from_events(
+        [heartbeat("l1", 0, status=ev.LoopStatus.WAITING, task_id="T1", waiting_until=reset)]
+    )
+    assert f"waiting for usage reset at {hhmm}, 9m left" in render(view, now=at(60))
+    # An outage back-off is not a usage window.
+    outage = ev.IterationFinished(
+        source=W,
+        loop="l1",
+        ts=at(61),
+        task_id="T1",
+        iteration=1,
+        attempt=1,
+        outcome=ev.IterationOutcome.FAILED,
+        failure=ev.FailureKind.OUTAGE,
+        duration_s=1.0,
+        retry_at=at(90),
+        counted=False,
+    )
+    view = SystemView.from_events(
+        [outage, heartbeat("l1", 62, status=ev.LoopStatus.WAITING, waiting_until=at(90))]
+    )
+    text = render(view, now=at(62))
+    assert "API outage, retry at" in text and "usage reset" not in text

@@ -35,6 +35,7 @@
   const $ = (id) => document.getElementById(id);
   const badge = (text, kind) => h("span", { class: `badge ${kind || ""} b-${text}` }, text);
   const time = (ts) => new Date(ts).toLocaleTimeString([], { hour12: false });
+  const hhmm = (ts) => new Date(ts).toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit" });
   const money = (usd) => `$${(usd || 0).toFixed(2)}`;
   const short = (sha) => (sha ? sha.slice(0, 8) : "");
 
@@ -227,7 +228,11 @@
           { class: "current" },
           loop.task_id ? `on ${loop.task_id}` : "idle",
           loop.iteration ? ` · iteration ${loop.iteration}` : "",
-          loop.waiting_until ? ` · waiting until ${time(loop.waiting_until)}` : "",
+          loop.waiting_until
+            ? loop.waiting_until === loop.outage_until
+              ? ` · API outage, retry at ${hhmm(loop.waiting_until)}`
+              : ` · waiting for usage reset at ${hhmm(loop.waiting_until)}`
+            : "",
         ),
         h("span", { class: "spacer" }),
         control("pause", "Pause"),
