@@ -1,58 +1,113 @@
-"""Batch merging: test several verified tasks together, bisect when the batch fails.
+"""Batch-and-bisect: the default merge queue whenever more than one verified claim waits.
 
 `BatchMergeQueue` takes each `verification.passed` into a durable queue (the
-`StateStore`) and acks it; after every poll of its subscription it merges what is
-queued, up to `MergeSettings.batch_size` tasks at a time: each is squashed onto the
-current main in turn (a conflicting one, or one main does not know, or one that changes
-protected files no person approved, is reported and left out), the checks of every task
-in the batch (reloaded from main), of every task merged before and the repository's test
-command run once on the combined tree,
-and main moves to ONE commit carrying every task's trailers, so main still only holds
-trees whose checks ran. A batch whose checks fail is split in halves, each merged (and
-split) again, down to single tasks, whose failures are reported as usual.
+`StateStore`) and acks it. After every poll of its subscription it takes up to
+`batch_size` claims, in fair order (`gates.order`: ageing, a cost per retry), once `batch_size`
+wait or the oldest has waited `fill_wait_s`; a lone claim merges as the one-slot queue
+merges it.
+
+A batch is a **stack**: each claim is squash-merged onto the one before, as a commit of
+its own (`Loops-Task:`, `Loops-Commit:` and `Loops-Batch: <id>` trailers). A claim that
+conflicts inside the stack (or that main does not know, or that changes protected files
+no person approved) is dropped from the batch and reported (`merge.conflicted` with its
+`kind`; a conflict goes to the loop's conflict resolution). Then:
+
+1. The merge checks run once on the tip: the stacked tasks' criteria (reloaded from
+   main), the checks of every task merged before, the repository's test command.
+   Green: main moves to the tip in one compare-and-set.
+2. Red: the same checks run again on the unchanged tip. A check that failed and now
+   passes is **flaky** (`check.flaky`, counted per command; more than
+   `flaky_escalate_after` times and a person is asked to fix it); `flaky_policy`
+   decides whether the batch lands (`pass`) or stays queued (`block`).
+3. Red twice: bisect the prefixes of the stack (known good: main; known bad: the tip),
+   at most ceil(log2 n) runs. The first failing prefix ends with the **culprit**: it
+   goes back to its loop with the failing output (`kind: checks_failed`). The longest
+   green prefix was checked on exactly the tree that lands (that is its re-verification)
+   and main moves to it; the claims after the culprit stay queued for the next batch.
+
+Invariant 3 per landing: main's ref only ever points to a tree whose checks ran. The
+commits inside a landing below its tip were never checked alone; each carries
+`Loops-Batch: <id>`, and the landing's tip (the last commit of that batch id on main) is
+the tree that was checked. See gates/README.md.
 
 A crash leaves the queue in the store; the restarted queue finds what already landed
 (`landed_as`) and merges the rest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from bus.api import Subscription
 from events import (
+    CheckFlaky,
+    CriterionResult,
+    EscalationAnswered,
+    EscalationKind,
+    EscalationRaised,
     Event,
     LoopsError,
     MergeQueued,
+    MergeRefusal,
+    Severity,
     VerificationPassed,
 )
 from gates.checks import Check
 from gates.gitutil import fetch, git, main_ref, resolve_commit, scratch
-from gates.merge import GROUP, TYPES, MergeQueue, Refused, _caused, landed_as
-from gates.settings import derived_id
+from gates.merge import GROUP, TYPES, MergeQueue, Refused, _caused, _failure, landed_as
+from gates.order import Waiting, pick
+from gates.settings import FlakyPolicy, derived_escalation_id, derived_id
 
 log = logging.getLogger(__name__)
 
 QUEUE_KEY = "merge-queue"
 
 
+@dataclass
+class _Stacked:
+    vp: VerificationPassed
+    commit: str  # its squash commit, on top of the one before
+    checks: list[Check]  # its script checks, from main's criteria
+
+
+@dataclass
+class _Verdict:
+    """What testing a stack decided: land its first `land` commits; the culprit (index)."""
+
+    land: int
+    culprit: int | None = None
+    failure: CriterionResult | None = None
+    requeue: list[VerificationPassed] = field(default_factory=list)
+
+
 class BatchMergeQueue(MergeQueue):
-    """A `MergeQueue` that merges up to `settings.batch_size` verified tasks at once."""
+    """A `MergeQueue` that stacks up to `settings.batch_size` verified claims, tests the
+    tip once and bisects a red stack."""
+
+    def __init__(self, *args: Any, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = clock  # wall clock: queue times survive a restart
 
     def subscribe(self, consumer: str) -> Subscription:
         inner = self.bus.subscribe(GROUP, consumer, self.handle, types=TYPES)
         return _FlushingSubscription(inner, self)
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, EscalationAnswered) and self._flaky_answered(event):
+            return
         if not isinstance(event, VerificationPassed):
             super().handle(event)
             return
         queue = self._load()
-        if all(VerificationPassed.model_validate_json(q).id != event.id for q in queue):
-            queue.append(event.model_dump_json())
-            self.store.set(QUEUE_KEY, json.dumps(queue))
+        if all(w.vp.id != event.id for w in queue):
+            queue.append(Waiting(event, self.clock()))
+            self._save(queue)
         self._publish(
             MergeQueued(
                 id=derived_id(event.id, "queued"),
@@ -65,27 +120,35 @@ class BatchMergeQueue(MergeQueue):
         )
 
     def pending(self) -> list[VerificationPassed]:
-        return [VerificationPassed.model_validate_json(q) for q in self._load()]
+        return [w.vp for w in self._load()]
 
-    def flush(self) -> int:
-        """Merge everything queued, batch by batch; returns the number of tasks handled."""
+    def flush(self, *, force: bool = True) -> int:
+        """Merge what is queued, batch by batch; returns the number of claims settled.
+        Without `force`, a queue shorter than a batch waits until its oldest claim has
+        waited `fill_wait_s` (the run loop polls again meanwhile)."""
+        s = self.settings
         done = 0
+        held: set[str] = set()  # kept queued by the flaky policy: tried on the next flush
         while True:
-            batch = self.pending()[: max(1, self.settings.batch_size)]
-            if not batch:
+            queue = [w for w in self._load() if w.vp.id not in held]
+            if not queue:
                 return done
-            self.merge_batch(batch)
-            handled = {vp.id for vp in batch}
-            left = [
-                q
-                for q in self._load()
-                if VerificationPassed.model_validate_json(q).id not in handled
-            ]
-            self.store.set(QUEUE_KEY, json.dumps(left))
-            done += len(batch)
+            now = self.clock()
+            oldest = min(w.since for w in queue)
+            if not force and len(queue) < s.batch_size and now - oldest < s.fill_wait_s:
+                return done
+            batch = pick(
+                queue, s.batch_size, now=now, tries=self._tries, retry_cost_s=s.retry_cost_s
+            )
+            keep = {vp.id for vp in self.merge_batch([w.vp for w in batch])}
+            if keep == {w.vp.id for w in batch}:
+                held |= keep  # nothing settled: do not spin on it
+            settled = {w.vp.id for w in batch} - keep
+            self._save([w for w in self._load() if w.vp.id not in settled])
+            done += len(settled)
 
-    def merge_batch(self, batch: Sequence[VerificationPassed]) -> None:
-        """Land `batch` (or each half of it, recursively, when its checks fail)."""
+    def merge_batch(self, batch: Sequence[VerificationPassed]) -> list[VerificationPassed]:
+        """Land what of `batch` can land; returns the claims to keep queued."""
         s = self.settings
         for _ in range(s.max_races):
             if s.remote:
@@ -105,61 +168,180 @@ class BatchMergeQueue(MergeQueue):
             if len(todo) <= 1 or base is None:
                 for vp in todo:
                     self.merge(vp)
-                return
+                return []
             with scratch(s.repo, base, pool="merge") as wt:
-                planned: list[tuple[VerificationPassed, list[Check]]] = []
-                for vp in todo:
-                    try:
-                        planned.append((vp, self._checks_of(wt, vp)))  # `wt` is main here
-                    except Refused as exc:
-                        self._conflicted(vp, exc.files, exc.reason, exc.kind)
-                tasks = {(vp.loop or "", vp.task_id) for vp, _ in planned}
-                others = self._recheck(wt, base, tasks)
-                protected = self._protected(base, [c for _, cs in planned for c in cs])
-                included: list[VerificationPassed] = []
-                checks: list[Check] = []
-                for vp, own in planned:
-                    head = git(wt, "rev-parse", "HEAD")
-                    if not self._squash(wt, vp, head):
+                stack, others = self._stack(wt, base, todo)
+                if not stack:
+                    return []
+                verdict = self._test(wt, stack, others)
+                if verdict.land:
+                    tip = stack[verdict.land - 1].commit
+                    for item in stack[: verdict.land]:
+                        record = {"merged": tip, "main_before": base}
+                        self.store.set(_key(item.vp), json.dumps(record))
+                    if self.before_main_moves is not None:
+                        self.before_main_moves(tip)
+                    if not self._move_main(tip, base):
+                        log.info("merge: main moved under a batch; merging again")
                         continue
-                    try:
-                        self._refuse_tampering(vp, head, self._commit(wt, [vp]), protected)
-                    except Refused as exc:
-                        git(wt, "reset", "--hard", "--quiet", head)
-                        self._conflicted(vp, exc.files, exc.reason, exc.kind)
-                        continue
-                    included.append(vp)
-                    checks += own
-                if not included:
-                    return
-                git(wt, "reset", "--soft", "--quiet", base)
-                merged = self._commit(wt, included)
-                try:
-                    self._run_checks(wt, checks, others)
-                except Refused as exc:
-                    if len(included) == 1:
-                        self.merge(included[0])  # reports the failure as a single merge does
-                        return
-                    log.info("merge: batch of %d failed (%s); bisecting", len(included), exc)
-                    half = len(included) // 2
-                    self.merge_batch(included[:half])
-                    self.merge_batch(included[half:])
-                    return
-                for vp in included:
-                    self.store.set(_key(vp), json.dumps({"merged": merged, "main_before": base}))
-                if self.before_main_moves is not None:
-                    self.before_main_moves(merged)
-                if self._move_main(merged, base):
-                    for vp in included:
-                        self._completed(vp, merged, base)
-                    return
-            log.info("merge: main moved under a batch of %d; merging again", len(included))
+                    for item in stack[: verdict.land]:
+                        self._completed(item.vp, tip, base)
+                if verdict.culprit is not None and verdict.failure is not None:
+                    culprit = stack[verdict.culprit].vp
+                    reason = _failure(verdict.failure)
+                    self._conflicted(culprit, [], reason, MergeRefusal.CHECKS_FAILED)
+                return verdict.requeue
         for vp in batch:
             self.merge(vp)  # main keeps moving: one at a time, each with its own retries
+        return []
 
-    def _load(self) -> list[str]:
+    # ------------------------------------------------------------------ the stack
+
+    def _stack(
+        self, wt: Any, base: str, todo: Sequence[VerificationPassed]
+    ) -> tuple[list[_Stacked], list[Check]]:
+        """Squash each claim onto the one before in `wt` (checked out at `base`); a claim
+        that main does not know, conflicts or tampers is reported and left out."""
+        planned: list[tuple[VerificationPassed, list[Check]]] = []
+        for vp in todo:
+            try:
+                planned.append((vp, self._checks_of(wt, vp)))  # `wt` is main here
+            except Refused as exc:
+                self._conflicted(vp, exc.files, exc.reason, exc.kind)
+        others = self._recheck(wt, base, {(vp.loop or "", vp.task_id) for vp, _ in planned})
+        protected = self._protected(base, [c for _, cs in planned for c in cs])
+        batch_id = derived_id(*(vp.id for vp, _ in planned))[:12]
+        stack: list[_Stacked] = []
+        for vp, own in planned:
+            head = git(wt, "rev-parse", "HEAD")
+            if not self._squash(wt, vp, head):
+                continue  # reported: the loop resolves it and claims again
+            commit = self._commit(wt, [vp], batch=batch_id)
+            try:
+                self._refuse_tampering(vp, head, commit, protected)
+            except Refused as exc:
+                git(wt, "reset", "--hard", "--quiet", head)
+                self._conflicted(vp, exc.files, exc.reason, exc.kind)
+                continue
+            stack.append(_Stacked(vp, commit, own))
+        return stack, others
+
+    def _run_at(
+        self, wt: Any, stack: Sequence[_Stacked], n: int, others: Sequence[Check]
+    ) -> list[CriterionResult]:
+        """The merge checks of the first `n` stacked claims, on the tree of the n-th."""
+        git(wt, "reset", "--hard", "--quiet", stack[n - 1].commit)
+        git(wt, "clean", "-ffdxq")
+        return self._check_results(wt, [c for item in stack[:n] for c in item.checks], others)
+
+    def _test(self, wt: Any, stack: list[_Stacked], others: Sequence[Check]) -> _Verdict:
+        n = len(stack)
+        first = self._run_at(wt, stack, n, others)
+        if all(r.passed for r in first):
+            return _Verdict(land=n)
+        log.info("merge: a stack of %d failed; trying it again once", n)
+        again = self._run_at(wt, stack, n, others)
+        still = {r.command for r in again if not r.passed}
+        flaky = [r for r in first if not r.passed and r.command not in still]
+        block = self.settings.flaky_policy == FlakyPolicy.BLOCK
+        if flaky:
+            self._flaky(flaky, stack, blocked=block and not still)
+        if not still:
+            return _Verdict(land=0, requeue=[i.vp for i in stack]) if block else _Verdict(land=n)
+        failure = next(r for r in again if not r.passed)
+        good, bad = 0, n  # main is green; the tip is red twice
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            results = self._run_at(wt, stack, mid, others)
+            self.stats["isolate_runs"] += 1
+            red = next((r for r in results if not r.passed), None)
+            if red is None:
+                good = mid  # checked on exactly the tree that would land: re-verified
+            else:
+                bad, failure = mid, red
+        log.info("merge: bisected a stack of %d: %s breaks it", n, stack[bad - 1].vp.task_id)
+        return _Verdict(
+            land=good, culprit=bad - 1, failure=failure, requeue=[i.vp for i in stack[bad:]]
+        )
+
+    # ------------------------------------------------------------------ flaky checks
+
+    def _flaky(
+        self, flaky: Sequence[CriterionResult], stack: list[_Stacked], blocked: bool
+    ) -> None:
+        tree = stack[-1].commit
+        tasks = [f"{i.vp.loop}/{i.vp.task_id}" for i in stack]
+        limit = self.settings.flaky_escalate_after
+        for result in flaky:
+            command = result.command or result.criterion
+            digest = hashlib.sha1(command.encode()).hexdigest()[:12]
+            seen = self.store.get(f"flaky-seen:{tree}:{digest}")  # a rerun is not another
+            count = int(seen) if seen else self.store.incr(f"flaky:{digest}")
+            self.store.set(f"flaky-seen:{tree}:{digest}", str(count))
+            self.stats["flaky"] += 0 if seen else 1
+            eid = derived_escalation_id("flaky", command) if count == limit + 1 else None
+            self._publish(
+                CheckFlaky(
+                    id=derived_id(tree, command, "flaky"),
+                    source=self.source,
+                    criterion=result.criterion,
+                    command=command,
+                    tree=tree,
+                    task_ids=tasks,
+                    count=count,
+                    blocked=blocked,
+                    output_tail=result.output_tail[-800:],
+                    escalation_id=eid,
+                )
+            )
+            if eid is not None:
+                self.store.set(f"flaky-escalation:{eid}", digest)
+                self._publish(
+                    EscalationRaised(
+                        id=derived_id(tree, command, "flaky-escalation"),
+                        source=self.source,
+                        escalation_id=eid,
+                        kind=EscalationKind.INCIDENT,
+                        severity=Severity.MEDIUM,
+                        question=(
+                            f"The merge check `{result.criterion}` ({command}) was flaky "
+                            f"{count} times: it failed, then passed on the unchanged tree. "
+                            "Please fix the check, then answer (its count starts again)."
+                        ),
+                    )
+                )
+
+    def _flaky_answered(self, answer: EscalationAnswered) -> bool:
+        digest = self.store.get(f"flaky-escalation:{answer.escalation_id}")
+        if digest is None:
+            return False
+        self.store.delete(f"flaky:{digest}")
+        self.store.delete(f"flaky-escalation:{answer.escalation_id}")
+        return True
+
+    def flaky_count(self, command: str) -> int:
+        """How often `command` was flaky since a person last answered about it."""
+        raw = self.store.get(f"flaky:{hashlib.sha1(command.encode()).hexdigest()[:12]}")
+        return int(raw) if raw else 0
+
+    # ------------------------------------------------------------------ the queue
+
+    def _tries(self, vp: VerificationPassed) -> int:
+        raw = self.store.get(f"tries:{vp.loop}:{vp.task_id}")
+        return int(raw) if raw else 0
+
+    def _load(self) -> list[Waiting]:
         raw = self.store.get(QUEUE_KEY)
-        return list(json.loads(raw)) if raw else []
+        out = []
+        for item in json.loads(raw) if raw else []:
+            if isinstance(item, str):  # written before queue times were kept
+                item = {"vp": item, "since": 0.0}
+            out.append(Waiting(VerificationPassed.model_validate_json(item["vp"]), item["since"]))
+        return out
+
+    def _save(self, queue: Sequence[Waiting]) -> None:
+        data = [{"vp": w.vp.model_dump_json(), "since": w.since} for w in queue]
+        self.store.set(QUEUE_KEY, json.dumps(data))
 
 
 def _key(vp: VerificationPassed) -> str:
@@ -167,7 +349,8 @@ def _key(vp: VerificationPassed) -> str:
 
 
 class _FlushingSubscription:
-    """The queue's subscription: after each poll, the queued merges are done."""
+    """The queue's subscription: after each poll, the queued merges are done (a short
+    queue waits for the fill wait); `drain` (burst mode) merges everything queued."""
 
     def __init__(self, inner: Subscription, queue: BatchMergeQueue) -> None:
         self.inner = inner
@@ -177,21 +360,21 @@ class _FlushingSubscription:
 
     def poll(self, block_ms: int = 1000) -> int:
         handled = self.inner.poll(block_ms)
-        self._flush()
+        self._flush(force=False)
         return handled
 
     def drain(self, max_rounds: int = 1000) -> int:
         handled = self.inner.drain(max_rounds)
-        self._flush()
+        self._flush(force=True)
         return handled
 
     def run(self, stop: threading.Event, block_ms: int = 1000) -> None:
-        self._flush()  # what a previous (crashed) process left queued
+        self._flush(force=False)  # what a previous (crashed) process left queued
         while not stop.is_set():
             self.poll(block_ms)
 
-    def _flush(self) -> None:
+    def _flush(self, *, force: bool) -> None:
         try:
-            self.queue.flush()
+            self.queue.flush(force=force)
         except LoopsError as exc:  # git or a race: the queue is durable, the next poll retries
             log.warning("merge: flushing the queue failed, will retry: %s", exc)
