@@ -15,15 +15,16 @@ no person approved) is dropped from the batch and reported (`merge.conflicted` w
 1. The merge checks run once on the tip: the stacked tasks' criteria (reloaded from
    main), the checks of every task merged before, the repository's test command.
    Green: main moves to the tip in one compare-and-set.
-2. Red: the same checks run again on the unchanged tip. A check that failed and now
-   passes is **flaky** (`check.flaky`, counted per command; more than
-   `flaky_escalate_after` times and a person is asked to fix it); `flaky_policy`
-   decides whether the batch lands (`pass`) or stays queued (`block`).
-3. Red twice: bisect the prefixes of the stack (known good: main; known bad: the tip),
-   at most ceil(log2 n) runs. The first failing prefix ends with the **culprit**: it
-   goes back to its loop with the failing output (`kind: checks_failed`). The longest
-   green prefix was checked on exactly the tree that lands (that is its re-verification)
-   and main moves to it; the claims after the culprit stay queued for the next batch.
+2. Red: the checks that failed run again on the unchanged tip. One that now passes is
+   **flaky** (`check.flaky`, counted per command; more than `flaky_escalate_after`
+   times and a person is asked to fix it); `flaky_policy` decides whether the batch
+   lands (`pass`) or stays queued (`block`).
+3. Red twice: bisect the prefixes of the stack on the checks that failed twice (main
+   passes them, the tip does not), at most ceil(log2 n) runs of those checks only. The
+   first prefix that fails them ends with the **culprit**: it goes back to its loop with
+   the failing output (`kind: checks_failed`). The claims after it are stacked again on
+   the one before it, and the new tip gets the full merge checks once (the good claims'
+   re-verification): green, main moves to it; red, they stay queued for the next batch.
 
 Invariant 3 per landing: main's ref only ever points to a tree whose checks ran. The
 commits inside a landing below its tip were never checked alone; each carries
@@ -42,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bus.api import Subscription
@@ -77,11 +79,24 @@ class _Stacked:
 
 
 @dataclass
-class _Verdict:
-    """What testing a stack decided: land its first `land` commits; the culprit (index)."""
+class _Stack:
+    """A batch being built in a scratch worktree: what a claim needs to be stacked."""
 
-    land: int
-    culprit: int | None = None
+    wt: Path
+    base: str
+    batch_id: str
+    protected: set[str]
+    others: list[Check]  # the checks of the tasks merged before
+    items: list[_Stacked] = field(default_factory=list)
+
+
+@dataclass
+class _Verdict:
+    """What testing a stack decided: land `landing` (its last commit is the checked
+    tip); the culprit, and the claims to keep queued."""
+
+    landing: list[_Stacked]
+    culprit: _Stacked | None = None
     failure: CriterionResult | None = None
     requeue: list[VerificationPassed] = field(default_factory=list)
 
@@ -170,13 +185,13 @@ class BatchMergeQueue(MergeQueue):
                     self.merge(vp)
                 return []
             with scratch(s.repo, base, pool="merge") as wt:
-                stack, others = self._stack(wt, base, todo)
-                if not stack:
+                stack = self._stack(wt, base, todo)
+                if not stack.items:
                     return []
-                verdict = self._test(wt, stack, others)
-                if verdict.land:
-                    tip = stack[verdict.land - 1].commit
-                    for item in stack[: verdict.land]:
+                verdict = self._test(stack)
+                if verdict.landing:
+                    tip = verdict.landing[-1].commit
+                    for item in verdict.landing:
                         record = {"merged": tip, "main_before": base}
                         self.store.set(_key(item.vp), json.dumps(record))
                     if self.before_main_moves is not None:
@@ -184,12 +199,11 @@ class BatchMergeQueue(MergeQueue):
                     if not self._move_main(tip, base):
                         log.info("merge: main moved under a batch; merging again")
                         continue
-                    for item in stack[: verdict.land]:
+                    for item in verdict.landing:
                         self._completed(item.vp, tip, base)
                 if verdict.culprit is not None and verdict.failure is not None:
-                    culprit = stack[verdict.culprit].vp
                     reason = _failure(verdict.failure)
-                    self._conflicted(culprit, [], reason, MergeRefusal.CHECKS_FAILED)
+                    self._conflicted(verdict.culprit.vp, [], reason, MergeRefusal.CHECKS_FAILED)
                 return verdict.requeue
         for vp in batch:
             self.merge(vp)  # main keeps moving: one at a time, each with its own retries
@@ -197,9 +211,7 @@ class BatchMergeQueue(MergeQueue):
 
     # ------------------------------------------------------------------ the stack
 
-    def _stack(
-        self, wt: Any, base: str, todo: Sequence[VerificationPassed]
-    ) -> tuple[list[_Stacked], list[Check]]:
+    def _stack(self, wt: Path, base: str, todo: Sequence[VerificationPassed]) -> _Stack:
         """Squash each claim onto the one before in `wt` (checked out at `base`); a claim
         that main does not know, conflicts or tampers is reported and left out."""
         planned: list[tuple[VerificationPassed, list[Check]]] = []
@@ -209,68 +221,107 @@ class BatchMergeQueue(MergeQueue):
             except Refused as exc:
                 self._conflicted(vp, exc.files, exc.reason, exc.kind)
         others = self._recheck(wt, base, {(vp.loop or "", vp.task_id) for vp, _ in planned})
-        protected = self._protected(base, [c for _, cs in planned for c in cs])
-        batch_id = derived_id(*(vp.id for vp, _ in planned))[:12]
-        stack: list[_Stacked] = []
+        stack = _Stack(
+            wt=wt,
+            base=base,
+            batch_id=derived_id(*(vp.id for vp, _ in planned))[:12],
+            protected=self._protected(base, [c for _, cs in planned for c in cs]),
+            others=others,
+        )
         for vp, own in planned:
-            head = git(wt, "rev-parse", "HEAD")
-            if not self._squash(wt, vp, head):
-                continue  # reported: the loop resolves it and claims again
-            commit = self._commit(wt, [vp], batch=batch_id)
-            try:
-                self._refuse_tampering(vp, head, commit, protected)
-            except Refused as exc:
-                git(wt, "reset", "--hard", "--quiet", head)
-                self._conflicted(vp, exc.files, exc.reason, exc.kind)
-                continue
-            stack.append(_Stacked(vp, commit, own))
-        return stack, others
+            self._push(stack, vp, own)
+        return stack
 
-    def _run_at(
-        self, wt: Any, stack: Sequence[_Stacked], n: int, others: Sequence[Check]
-    ) -> list[CriterionResult]:
-        """The merge checks of the first `n` stacked claims, on the tree of the n-th."""
-        git(wt, "reset", "--hard", "--quiet", stack[n - 1].commit)
-        git(wt, "clean", "-ffdxq")
-        return self._check_results(wt, [c for item in stack[:n] for c in item.checks], others)
+    def _push(self, stack: _Stack, vp: VerificationPassed, own: list[Check]) -> bool:
+        """Stack `vp` on the worktree's HEAD; False (reported) if it cannot be."""
+        head = git(stack.wt, "rev-parse", "HEAD")
+        if not self._squash(stack.wt, vp, head):
+            return False  # reported: the loop merges main, resolves it and claims again
+        commit = self._commit(stack.wt, [vp], batch=stack.batch_id)
+        try:
+            self._refuse_tampering(vp, head, commit, stack.protected)
+        except Refused as exc:
+            git(stack.wt, "reset", "--hard", "--quiet", head)
+            self._conflicted(vp, exc.files, exc.reason, exc.kind)
+            return False
+        stack.items.append(_Stacked(vp, commit, own))
+        return True
 
-    def _test(self, wt: Any, stack: list[_Stacked], others: Sequence[Check]) -> _Verdict:
-        n = len(stack)
-        first = self._run_at(wt, stack, n, others)
+    def _run_at(self, stack: _Stack, n: int, only: set[str] | None = None) -> list[CriterionResult]:
+        """The merge checks of the first `n` stacked claims (those whose command is in
+        `only`, if given), on the tree of the n-th."""
+        git(stack.wt, "reset", "--hard", "--quiet", stack.items[n - 1].commit)
+        git(stack.wt, "clean", "-ffdxq")
+        own = [c for item in stack.items[:n] for c in item.checks]
+        others = stack.others
+        if only is not None:
+            own = [c for c in own if c.run in only]
+            others = [c for c in others if c.run in only]
+            if self.settings.test_command not in only:
+                return self._check_results(stack.wt, own, others, test_command=False)
+        return self._check_results(stack.wt, own, others)
+
+    def _test(self, stack: _Stack) -> _Verdict:
+        items, n = stack.items, len(stack.items)
+        first = self._run_at(stack, n)
         if all(r.passed for r in first):
-            return _Verdict(land=n)
-        log.info("merge: a stack of %d failed; trying it again once", n)
-        again = self._run_at(wt, stack, n, others)
-        still = {r.command for r in again if not r.passed}
+            return _Verdict(landing=list(items))
+        failed = {r.command or "" for r in first if not r.passed}
+        log.info("merge: a stack of %d failed; running its failed checks again", n)
+        again = self._run_at(stack, n, only=failed)
+        still = {r.command or "" for r in again if not r.passed}
         flaky = [r for r in first if not r.passed and r.command not in still]
         block = self.settings.flaky_policy == FlakyPolicy.BLOCK
         if flaky:
             self._flaky(flaky, stack, blocked=block and not still)
         if not still:
-            return _Verdict(land=0, requeue=[i.vp for i in stack]) if block else _Verdict(land=n)
+            if block:
+                return _Verdict(landing=[], requeue=[i.vp for i in items])
+            return _Verdict(landing=list(items))
+        # Bisect the prefixes on the checks that failed twice: main passes them, the tip
+        # does not; the first prefix that fails them ends with the culprit.
         failure = next(r for r in again if not r.passed)
-        good, bad = 0, n  # main is green; the tip is red twice
+        good, bad = 0, n
         while bad - good > 1:
             mid = (good + bad) // 2
-            results = self._run_at(wt, stack, mid, others)
             self.stats["isolate_runs"] += 1
-            red = next((r for r in results if not r.passed), None)
+            red = next((r for r in self._run_at(stack, mid, only=still) if not r.passed), None)
             if red is None:
-                good = mid  # checked on exactly the tree that would land: re-verified
+                good = mid
             else:
                 bad, failure = mid, red
-        log.info("merge: bisected a stack of %d: %s breaks it", n, stack[bad - 1].vp.task_id)
+        culprit = items[bad - 1]
+        log.info("merge: bisected a stack of %d: %s breaks it", n, culprit.vp.task_id)
+        return self._without(stack, bad - 1, culprit, failure)
+
+    def _without(
+        self, stack: _Stack, index: int, culprit: _Stacked, failure: CriterionResult
+    ) -> _Verdict:
+        """Stack again without the culprit (the claims after it onto the one before it)
+        and check the whole new tip once: that re-verifies the good claims before they
+        land. Red again: they stay queued, for the next batch."""
+        items = stack.items
+        head = items[index - 1].commit if index else stack.base
+        git(stack.wt, "reset", "--hard", "--quiet", head)
+        git(stack.wt, "clean", "-ffdxq")
+        stack.items = items[:index]
+        for item in items[index + 1 :]:
+            self._push(stack, item.vp, item.checks)
+        if not stack.items:
+            return _Verdict(landing=[], culprit=culprit, failure=failure)
+        self.stats["isolate_runs"] += 1
+        results = self._run_at(stack, len(stack.items))
+        if all(r.passed for r in results):
+            return _Verdict(landing=list(stack.items), culprit=culprit, failure=failure)
         return _Verdict(
-            land=good, culprit=bad - 1, failure=failure, requeue=[i.vp for i in stack[bad:]]
+            landing=[], culprit=culprit, failure=failure, requeue=[i.vp for i in stack.items]
         )
 
     # ------------------------------------------------------------------ flaky checks
 
-    def _flaky(
-        self, flaky: Sequence[CriterionResult], stack: list[_Stacked], blocked: bool
-    ) -> None:
-        tree = stack[-1].commit
-        tasks = [f"{i.vp.loop}/{i.vp.task_id}" for i in stack]
+    def _flaky(self, flaky: Sequence[CriterionResult], stack: _Stack, blocked: bool) -> None:
+        tree = stack.items[-1].commit
+        tasks = [f"{i.vp.loop}/{i.vp.task_id}" for i in stack.items]
         limit = self.settings.flaky_escalate_after
         for result in flaky:
             command = result.command or result.criterion

@@ -311,7 +311,12 @@ class MergeQueue:
             raise Refused(MergeRefusal.CHECKS_FAILED, _failure(failed))
 
     def _check_results(
-        self, wt: Path, checks: Sequence[Check], others: Sequence[Check]
+        self,
+        wt: Path,
+        checks: Sequence[Check],
+        others: Sequence[Check],
+        *,
+        test_command: bool = True,
     ) -> list[CriterionResult]:
         """Run on the merged tree in `wt` the tasks' script checks (from main's criteria),
         the repository's test command and the checks of the tasks merged before
@@ -319,7 +324,7 @@ class MergeQueue:
         each with its own timeout and output cap."""
         s = self.settings
         todo = list(checks)
-        if s.test_command:
+        if s.test_command and test_command:
             todo.append(Check(TEST_COMMAND, s.test_command))
         unique: dict[str, Check] = {}
         for check in [*todo, *others]:
