@@ -247,23 +247,35 @@ class BatchMergeQueue(MergeQueue):
         stack.items.append(_Stacked(vp, commit, own))
         return True
 
-    def _run_at(self, stack: _Stack, n: int, only: set[str] | None = None) -> list[CriterionResult]:
+    def _run_at(
+        self, stack: _Stack, n: int, only: set[str] | None = None, fail_fast: bool = False
+    ) -> list[CriterionResult]:
         """The merge checks of the first `n` stacked claims (those whose command is in
         `only`, if given), on the tree of the n-th."""
         git(stack.wt, "reset", "--hard", "--quiet", stack.items[n - 1].commit)
         git(stack.wt, "clean", "-ffdxq")
         own = [c for item in stack.items[:n] for c in item.checks]
         others = stack.others
+        test_command = True
         if only is not None:
             own = [c for c in own if c.run in only]
             others = [c for c in others if c.run in only]
-            if self.settings.test_command not in only:
-                return self._check_results(stack.wt, own, others, test_command=False)
-        return self._check_results(stack.wt, own, others)
+            test_command = self.settings.test_command in only
+        return self._check_results(
+            stack.wt, own, others, test_command=test_command, fail_fast=fail_fast
+        )
+
+    def _commands(self, stack: _Stack, n: int) -> set[str]:
+        """Every command of the merge checks of the first `n` stacked claims."""
+        runs = {c.run for item in stack.items[:n] for c in item.checks}
+        runs |= {c.run for c in stack.others}
+        return runs | ({self.settings.test_command} if self.settings.test_command else set())
 
     def _test(self, stack: _Stack) -> _Verdict:
         items, n = stack.items, len(stack.items)
-        first = self._run_at(stack, n)
+        # Fail fast: a red tip is retried and bisected on its failed checks anyway; the
+        # checks not started are run only if it turns out green after all.
+        first = self._run_at(stack, n, fail_fast=True)
         if all(r.passed for r in first):
             return _Verdict(landing=list(items))
         failed = {r.command or "" for r in first if not r.passed}
@@ -272,6 +284,11 @@ class BatchMergeQueue(MergeQueue):
         still = {r.command or "" for r in again if not r.passed}
         flaky = [r for r in first if not r.passed and r.command not in still]
         block = self.settings.flaky_policy == FlakyPolicy.BLOCK
+        if not still:  # the failed checks now pass: run those the first run skipped
+            rest = self._commands(stack, n) - {r.command or "" for r in first}
+            more = self._run_at(stack, n, only=rest) if rest else []
+            again = [*again, *more]
+            still = {r.command or "" for r in more if not r.passed}
         if flaky:
             self._flaky(flaky, stack, blocked=block and not still)
         if not still:

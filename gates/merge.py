@@ -305,8 +305,10 @@ class MergeQueue:
         return git(wt, "rev-parse", "HEAD")
 
     def _run_checks(self, wt: Path, checks: Sequence[Check], others: Sequence[Check]) -> None:
-        """`_check_results`, `Refused` with the first failure."""
-        failed = next((r for r in self._check_results(wt, checks, others) if not r.passed), None)
+        """`_check_results`, `Refused` with the first failure (checks not started by
+        then are not run)."""
+        results = self._check_results(wt, checks, others, fail_fast=True)
+        failed = next((r for r in results if not r.passed), None)
         if failed is not None:
             raise Refused(MergeRefusal.CHECKS_FAILED, _failure(failed))
 
@@ -317,6 +319,7 @@ class MergeQueue:
         others: Sequence[Check],
         *,
         test_command: bool = True,
+        fail_fast: bool = False,
     ) -> list[CriterionResult]:
         """Run on the merged tree in `wt` the tasks' script checks (from main's criteria),
         the repository's test command and the checks of the tasks merged before
@@ -329,16 +332,18 @@ class MergeQueue:
         unique: dict[str, Check] = {}
         for check in [*todo, *others]:
             unique.setdefault(check.run, check)
-        self.stats["check_rounds"] += 1
-        self.stats["check_commands"] += len(unique)
-        return run_checks(
+        results = run_checks(
             list(unique.values()),
             wt,
             workers=s.check_workers,
             default_timeout_s=s.check_timeout_s,
             tail_bytes=s.tail_bytes,
             env=scrubbed_env(),
+            fail_fast=fail_fast,
         )
+        self.stats["check_rounds"] += 1
+        self.stats["check_commands"] += len(results)
+        return results
 
     def _move_main(self, merged: str, base: str) -> bool:
         s = self.settings
