@@ -1,7 +1,28 @@
-"""Merge-queue benchmark: verified merges per minute against a plain git script.
+"""Merge-queue benchmarks.
 
-    python bench/merge_queue.py                    # 4 loops x 5 tasks, 3 rounds
-    python bench/merge_queue.py --loops 2 --tasks 3 --rounds 1   # a smoke run
+    python bench/merge_queue.py                 # the realistic scenario (the default)
+    python bench/merge_queue.py --arrival-s 1   # ... with a claim every second
+    python bench/merge_queue.py --machinery     # the machinery's own cost, vs plain git
+
+**Realistic** (issue 15): 20 verified claims from 5 loops (4 each), each task one new
+file whose check takes about 1 s (`sleep 1 && test -f FILE`); every merge also re-runs
+the checks of every task merged before (`recheck_merged`, the default), so checks get
+heavier as main grows. Among the claims: one culprit (it changes `config.txt`, which an
+earlier task of another loop checks), one flaky check (fails on its first run only), one
+pair of claims adding the same file. The one-slot `MergeQueue` and the new default
+(`BatchMergeQueue`, batches of 5) each get a fresh copy of the origin, side by side in
+one run; claims go straight onto the bus as `verification.passed` (the gate is not
+measured). Its last line is JSON: merges per minute for both and their ratio, trees
+checked ("check runs") and checks run for both, the runs that isolated the culprit, the
+longest wait of any claim and its ratio to the median, `main_red` (landed trees on which
+a merged task's check fails: 0).
+
+**Machinery** (`--machinery`): verified merges per minute through the gate and the merge
+queue, against a plain script of git commands (the ceiling), with checks that cost
+nothing (`true`):
+
+    python bench/merge_queue.py --machinery                    # 4 loops x 5 tasks, 3 rounds
+    python bench/merge_queue.py --machinery --loops 2 --tasks 3 --rounds 1   # a smoke run
 
 Each loop pushes its tasks' commits (one new file per task) to its branch `loop/<name>`
 on a bare origin; the timed part starts when every claim is on the bus and ends when
@@ -12,13 +33,8 @@ of the claim, the check) and the merge queue (fetch, a scratch worktree, the squ
 merge, the checks on the merged tree, a non-force push). The gate and the queue poll
 on threads of their own, as their processes would; the bus is fakeredis in this
 process. It runs twice: the one-slot `MergeQueue`, and `BatchMergeQueue` (--batch).
-
-The ceiling does the same merges with a plain script of git commands in one clone:
-fetch, squash-merge onto main in a reused worktree, run the check and the test
-command, push; no verification of the claim. The runs take turns, round by round, so
-load from elsewhere on the machine hits all alike; the figures are medians of rounds.
-
-Prints a table, then as its last line one JSON object:
+The ceiling does the same merges with a plain script of git commands in one clone.
+The runs take turns, round by round; the figures are medians of rounds. Last line:
 {"merges_per_min": ..., "ceiling_per_min": ..., "ratio": ..., "batch_merges_per_min": ...,
  "batch_ratio": ..., "loops": ..., "tasks_per_loop": ...}
 """
@@ -27,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -44,7 +61,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import fakeredis
 
 from bus import BusSettings, RedisBus, Subscription
-from events import Criterion, Role, ScriptCheck, Source, TaskClaimed
+from events import (
+    Criterion,
+    MergeConflicted,
+    Role,
+    ScriptCheck,
+    Source,
+    TaskClaimed,
+    VerificationPassed,
+)
 from gates import (
     BatchMergeQueue,
     GateSettings,
@@ -192,13 +217,14 @@ def run_ceiling(origin: Path, work: list[Work], root: Path) -> float:
     return elapsed
 
 
-def main() -> None:
+def machinery(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--machinery", action="store_true")
     parser.add_argument("--loops", type=int, default=4)
     parser.add_argument("--tasks", type=int, default=5, help="tasks per loop")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4, help="batch size of the batch run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     n = args.loops * args.tasks
     runs: dict[str, Callable[[Path, list[Work], Path], float]] = {
         "queue": run_system,
@@ -237,6 +263,265 @@ def main() -> None:
         "tasks_per_loop": args.tasks,
     }
     print(json.dumps(figures))
+
+
+# ---------------------------------------------------------------------- the realistic scenario
+
+STEP_S = 1.0  # each task's check takes about this long
+
+
+@dataclass(frozen=True)
+class Claim:
+    loop: str
+    task_id: str
+    commit: str
+    cond: str  # what its check tests, without the wait (the main_red audit runs this)
+    flaky: bool = False
+
+
+def make_realistic_origin(root: Path, loops: int, tasks: int) -> tuple[Path, list[Claim]]:
+    """`loops` x `tasks` claims, each one new file checked by `sleep 1 && test -f FILE`.
+    Among them: one culprit that changes `config.txt`, which an earlier task of another
+    loop checks (its own check passes; that task's check, run again on every merge,
+    fails), one flaky check (fails on its first run only), one pair of claims writing the
+    same new file."""
+    origin = root / "origin.git"
+    sh("git", "init", "-q", "--bare", "-b", "main", str(origin))
+    git(origin, "config", "core.logAllRefUpdates", "always")
+    seed = root / "seed"
+    sh("git", "init", "-q", "-b", "main", str(seed))
+    (seed / "README.md").write_text("# bench\n")
+    (seed / "config.txt").write_text("mode=ok\n")
+    git(seed, "add", "-A")
+    git(seed, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-q", "-m", "seed")
+    git(seed, "remote", "add", "origin", str(origin))
+    git(seed, "push", "-q", "origin", "main")
+    # The culprit is its loop's last task: a loop's later claims carry its earlier work.
+    # The culprit and the second of the pair are their loops' last tasks: a loop's later
+    # claims carry its earlier work, and would fail or conflict with them.
+    culprit, flaky = ("l2", f"t{tasks - 1}"), ("l3", "t1")
+    pair = {("l1", f"t{tasks - 1}"), (f"l{loops - 1}", f"t{tasks - 1}")}
+    claims: list[Claim] = []
+    for i in range(loops):
+        name = f"l{i}"
+        git(seed, "checkout", "-q", "-B", f"loop/{name}", "main")
+        for j in range(tasks):
+            rel = f"{name}/t{j}.txt"
+            (seed / name).mkdir(exist_ok=True)
+            (seed / rel).write_text(f"{name} task {j}\n")
+            cond = f"test -f {rel}"
+            if (name, f"t{j}") == ("l0", "t0"):
+                cond += " && grep -q mode=ok config.txt"  # what the culprit breaks
+            if (name, f"t{j}") == culprit:
+                (seed / "config.txt").write_text("mode=changed\n")
+            if (name, f"t{j}") in pair:
+                (seed / "shared.txt").write_text(f"written by {name}\n")
+            git(seed, "add", "-A")
+            git(seed, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-q", "-m", rel)
+            commit = git(seed, "rev-parse", "HEAD")
+            claims.append(Claim(name, f"t{j}", commit, cond, (name, f"t{j}") == flaky))
+        git(seed, "push", "-q", "origin", f"loop/{name}")
+    claims.sort(key=lambda c: (int(c.task_id[1:]), c.loop))  # interleaved, as loops finish
+    return origin, claims
+
+
+def check_command(claim: Claim, counter: Path) -> str:
+    wait = f"sleep {STEP_S:g}"
+    if claim.flaky:  # fails on its first run only
+        bump = f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}"
+        return f"{wait} && {claim.cond} && {{ {bump}; test $n -ne 1; }}"
+    return f"{wait} && {claim.cond}"
+
+
+@dataclass
+class Outcome:
+    seconds: float
+    merged: int
+    refused: dict[str, str]  # loop/task -> kind
+    waits: list[float]
+    stats: dict[str, int]
+    main_red: int
+
+
+def run_realistic(
+    origin: Path, claims: list[Claim], root: Path, batch_size: int, arrival_s: float
+) -> Outcome:
+    """Publish the claims as `verification.passed`, one every `arrival_s` (the gate is not
+    what is measured here), while the queue runs on its own thread, polling as its
+    process would, until each claim has an outcome."""
+    server = fakeredis.FakeServer(version=(7, 0))
+    settings = BusSettings(prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    clients = [fakeredis.FakeRedis(server=server, protocol=2) for _ in range(2)]
+    bus, merge_bus = (RedisBus(c, settings=settings) for c in clients)
+    counter = root / "flaky-runs"
+    by_task = {(c.loop, c.task_id): c for c in claims}
+
+    def load(main_root: Path, loop: str, task_id: str) -> list[Criterion]:
+        claim = by_task.get((loop, task_id))
+        if claim is None:
+            return []
+        run = check_command(claim, counter)
+        return [Criterion(criterion=f"{loop}/{task_id} file", check=ScriptCheck(run=run))]
+
+    merge_settings = MergeSettings(
+        repo=clone(origin, root / "merge"),
+        test_command="test -f README.md",
+        batch_size=batch_size,
+        check_workers=2,
+    )
+    queue_cls = BatchMergeQueue if batch_size > 1 else MergeQueue
+    queue = queue_cls(merge_bus, merge_settings, loader=load)
+    sub = queue.subscribe("merge-1")
+    source = Source(role=Role.GATE, instance="bench")
+    outcomes = ("merge.completed", "merge.conflicted")
+    errors: list[BaseException] = []
+
+    def settled() -> int:
+        return sum(1 for _ in merge_bus.replay(types=list(outcomes)))
+
+    def role() -> None:
+        try:
+            while settled() < len(claims):
+                sub.poll(block_ms=20)
+        except BaseException as exc:
+            errors.append(exc)
+
+    sent: dict[str, float] = {}
+    thread = threading.Thread(target=role)
+    start = time.perf_counter()
+    thread.start()
+    for attempt, c in enumerate(claims, 1):
+        if attempt > 1:
+            time.sleep(arrival_s)  # loops finish their tasks one after another
+        sent[f"{c.loop}/{c.task_id}"] = time.time()
+        bus.publish(
+            VerificationPassed(
+                source=source,
+                loop=c.loop,
+                task_id=c.task_id,
+                commit=c.commit,
+                attempt=attempt,
+                criteria=[],
+            )
+        )
+    thread.join(timeout=1800)
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    merged, refused, waits = 0, {}, []
+    for _, e in merge_bus.replay(types=list(outcomes)):
+        key = f"{e.loop}/{getattr(e, 'task_id', '')}"
+        waits.append(e.ts.timestamp() - sent[key])
+        if isinstance(e, MergeConflicted):
+            refused[key] = e.kind.value
+        else:
+            merged += 1
+    red = audit(origin, root, claims)
+    for client in clients:
+        client.close()
+    remove_scratch(queue.settings.repo)
+    return Outcome(elapsed, merged, refused, waits, dict(queue.stats), red)
+
+
+def audit(origin: Path, root: Path, claims: list[Claim]) -> int:
+    """main_red: the trees main pointed at on which a merged task's check (without its
+    wait) fails."""
+    conds = {f"{c.loop}/{c.task_id}": c.cond for c in claims}
+    tips = git(origin, "reflog", "show", "--format=%H", "refs/heads/main").split()[:-1]
+    wt = root / "audit"
+    git(origin, "worktree", "add", "-q", "--detach", str(wt), "main")
+    red = 0
+    for tip in tips:
+        git(wt, "checkout", "-q", "--detach", "--force", tip)
+        body = git(origin, "log", "--format=%B", tip)
+        merged = [
+            ln.removeprefix("Loops-Task: ")
+            for ln in body.splitlines()
+            if ln.startswith("Loops-Task: ")
+        ]
+        script = " && ".join(conds[t] for t in merged) or "true"
+        red += subprocess.run(["bash", "-c", script], cwd=wt, timeout=60).returncode != 0
+    return red
+
+
+def realistic(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="the merge queue on a realistic scenario")
+    parser.add_argument("--loops", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=4, help="tasks per loop")
+    parser.add_argument("--batch", type=int, default=5, help="batch size of the new default")
+    parser.add_argument(
+        "--arrival-s", type=float, default=0.0, help="seconds between claims (0: all waiting)"
+    )
+    args = parser.parse_args(argv)
+    results: dict[str, Outcome] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-merge-") as tmp:
+        (Path(tmp) / "template").mkdir()
+        template, claims = make_realistic_origin(Path(tmp) / "template", args.loops, args.tasks)
+        for name, size in (("one_slot", 1), ("batch", args.batch)):
+            root = Path(tmp) / name
+            root.mkdir()
+            shutil.copytree(template, root / "origin.git")
+            results[name] = run_realistic(root / "origin.git", claims, root, size, args.arrival_s)
+            o = results[name]
+            print(f"{name:9} {o.merged} merged in {o.seconds:6.1f} s", file=sys.stderr)
+    one, new = results["one_slot"], results["batch"]
+
+    def rate(o: Outcome) -> float:
+        return o.merged / o.seconds * 60
+
+    def wait_ratio(o: Outcome) -> float:
+        return max(o.waits) / statistics.median(o.waits)
+
+    n = len(claims)
+    print(
+        f"\nmerge queue, realistic: {n} claims from {args.loops} loops, checks of "
+        f"~{STEP_S:g} s (every merged task's check re-run), one culprit, one flaky check, "
+        f"one conflicting pair; a claim every {args.arrival_s:g} s"
+    )
+    print(f"{'':26}{'one slot':>12}{f'batch {args.batch}':>12}")
+    rows = [
+        ("merged", one.merged, new.merged),
+        ("seconds", f"{one.seconds:.1f}", f"{new.seconds:.1f}"),
+        ("merges/min", f"{rate(one):.1f}", f"{rate(new):.1f}"),
+        ("trees checked", one.stats.get("check_rounds", 0), new.stats.get("check_rounds", 0)),
+        ("checks run", one.stats.get("check_commands", 0), new.stats.get("check_commands", 0)),
+        ("runs to isolate culprit", "-", new.stats.get("isolate_runs", 0)),
+        ("flaky recorded", "-", new.stats.get("flaky", 0)),
+        ("longest wait (s)", f"{max(one.waits):.1f}", f"{max(new.waits):.1f}"),
+        ("longest / median wait", f"{wait_ratio(one):.2f}", f"{wait_ratio(new):.2f}"),
+        ("main_red", one.main_red, new.main_red),
+    ]
+    for label, a, b in rows:
+        print(f"{label:26}{a!s:>12}{b!s:>12}")
+    print(f"refused, one slot: {one.refused}\nrefused, batch:    {new.refused}")
+    figures = {
+        "one_slot_merges_per_min": round(rate(one), 1),
+        "batch_merges_per_min": round(rate(new), 1),
+        "ratio": round(rate(new) / rate(one), 2),
+        "one_slot_check_runs": one.stats.get("check_rounds", 0),
+        "batch_check_runs": new.stats.get("check_rounds", 0),
+        "one_slot_checks": one.stats.get("check_commands", 0),
+        "batch_checks": new.stats.get("check_commands", 0),
+        "culprit_isolation_runs": new.stats.get("isolate_runs", 0),
+        "culprit_isolation_bound": math.ceil(math.log2(args.batch)) + 1,
+        "one_slot_longest_wait_s": round(max(one.waits), 1),
+        "batch_longest_wait_s": round(max(new.waits), 1),
+        "one_slot_wait_max_over_median": round(wait_ratio(one), 2),
+        "batch_wait_max_over_median": round(wait_ratio(new), 2),
+        "one_slot_merged": one.merged,
+        "batch_merged": new.merged,
+        "claims": n,
+        "arrival_s": args.arrival_s,
+        "main_red": one.main_red + new.main_red,
+    }
+    print(json.dumps(figures))
+
+
+def main() -> None:
+    if "--machinery" in sys.argv[1:]:
+        machinery(sys.argv[1:])
+    else:
+        realistic(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ REPORT_TYPES: frozenset[str] = frozenset(
         "iteration.finished",
         "task.claimed",
         "verification.started",
+        "check.flaky",
         "progress.reported",
         "escalation.acknowledged",
         "escalation.delivered",

@@ -20,6 +20,7 @@ from events import ConfigError, Criterion, LoopsError, Role, ScriptCheck, Source
 from gates import (
     DEFAULT_PROTECTED,
     AnthropicJudge,
+    BatchMergeQueue,
     CriteriaLoader,
     GateSettings,
     JobRunner,
@@ -31,6 +32,7 @@ from gates import (
     VerificationGate,
 )
 from gates.checks import DEFAULT_TIMEOUT_S
+from gates.settings import FlakyPolicy
 from loops.harness import ProjectConfig
 from loops.project import Project, UnknownTask, criteria_for
 from loops.sandbox import SandboxConfig, SandboxMode, sandbox_status
@@ -139,7 +141,8 @@ def make_merge(
     project: ProjectConfig | None = None,
     protected: tuple[str, ...] | None = None,
 ) -> MergeQueue:
-    """The merge queue, reloading criteria from main with `loader` (the gate's).
+    """The merge queue (batch-and-bisect: `BatchMergeQueue`, which merges a lone claim as
+    the one-slot queue does), reloading criteria from main with `loader` (the gate's).
     `test_command` (the CLI's `--test-command`) overrides project.json's; `protected`
     replaces the protected globs (only `loops run --trust-agent` does: it trusts the agent)."""
     project = project or ProjectConfig()
@@ -155,8 +158,13 @@ def make_merge(
         check_timeout_s=project.check_timeout_s or DEFAULT_TIMEOUT_S,
         recheck_merged=project.recheck_merged,
         check_workers=project.check_workers,
+        batch_size=project.merge_batch_size,
+        fill_wait_s=project.merge_fill_wait_s,
+        flaky_policy=FlakyPolicy(project.flaky_policy),
+        flaky_escalate_after=project.flaky_escalate_after,
+        retry_cost_s=project.merge_retry_cost_s,
     )
-    return MergeQueue(
+    return BatchMergeQueue(
         bus,
         settings,
         loader=loader,

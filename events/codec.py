@@ -37,6 +37,7 @@ AnyEvent = Annotated[
         m.MergeQueued,
         m.MergeCompleted,
         m.MergeConflicted,
+        m.CheckFlaky,
         m.MonitorAction,
         m.ProgressReported,
         m.EscalationRaised,

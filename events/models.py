@@ -324,6 +324,24 @@ class MergeConflicted(Event):
     consumers = (W, PM, MON, DASH)
 
 
+class CheckFlaky(Event):
+    """A merge check failed and then passed on the unchanged tree when retried: a flaky
+    check (`count` times so far). `blocked`: the queue's flaky policy kept the batch off
+    main this time; `escalation_id`: a person was asked to fix the check."""
+
+    type: Literal["check.flaky"] = "check.flaky"
+    criterion: str
+    command: str
+    tree: str  # the commit both runs checked out
+    task_ids: list[str] = Field(default_factory=list)  # `loop/TASK-ID` of the batch tested
+    count: int
+    blocked: bool = False
+    output_tail: str = ""  # of the failing run
+    escalation_id: str | None = None
+    producers = (MERGE,)
+    consumers = (MON, DASH)
+
+
 # --------------------------------------------------------------------------- coordination
 
 
@@ -506,6 +524,7 @@ class CommandAcknowledged(Event):
 
 
 __all__ = [
+    "CheckFlaky",
     "CommandAcknowledged",
     "EscalationAcknowledged",
     "EscalationAnswered",

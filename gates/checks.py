@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,13 +120,20 @@ def run_checks(
     default_timeout_s: float = DEFAULT_TIMEOUT_S,
     tail_bytes: int = OUTPUT_TAIL_BYTES,
     env: Mapping[str, str] | None = None,
+    fail_fast: bool = False,
 ) -> list[CriterionResult]:
     """Run `checks` in `cwd`, at most `workers` at a time, each with its own timeout
-    (else `default_timeout_s`) and output cap; the results in the order of `checks`."""
+    (else `default_timeout_s`) and output cap; the results in the order of `checks`.
+    `fail_fast`: after the first failure, checks not yet started are not run (and have
+    no result)."""
     env = dict(env) if env is not None else scrubbed_env()
 
-    def one(check: Check) -> CriterionResult:
-        return run_script(
+    stop = threading.Event()  # set by the first failure when `fail_fast`
+
+    def one(check: Check) -> CriterionResult | None:
+        if stop.is_set():
+            return None
+        result = run_script(
             check.run,
             cwd,
             criterion=check.criterion,
@@ -134,11 +142,14 @@ def run_checks(
             env=env,
             record_group=True,
         )
+        if fail_fast and not result.passed:
+            stop.set()
+        return result
 
     if not checks:
         return []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="check") as pool:
-        return list(pool.map(one, checks))
+        return [r for r in pool.map(one, checks) if r is not None]
 
 
 def leftover_file(wt: Path, pgid: int) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 GROUP = "merge"
 TYPES = ("verification.passed", "escalation.answered")
 TEST_COMMAND = "the repository's test command"
+BATCH_TRAILER = "Loops-Batch: "
 
 MergedTasks = Callable[[Path, str], list[tuple[str, str]]]
 """`(repo, rev) -> [(loop, task_id)]`: the tasks already merged into `rev`, whose script
@@ -121,6 +123,8 @@ class MergeQueue:
         # Called with the merged commit once its checks passed, just before main moves
         # (fault injection for crash tests; a no-op in production).
         self.before_main_moves = before_main_moves
+        # What the queue ran (check rounds = trees checked; commands = checks run).
+        self.stats: Counter[str] = Counter()
 
     def subscribe(self, consumer: str) -> Subscription:
         """This queue as consumer `consumer` of the `merge` group. Run one consumer: it is
@@ -273,13 +277,16 @@ class MergeQueue:
         self._conflicted(vp, files, "conflict" if files else proc.stdout[-800:])
         return False
 
-    def _commit(self, wt: Path, vps: Sequence[VerificationPassed]) -> str:
-        """Commit what is staged in `wt` as the landing of `vps`, one trailer pair each."""
+    def _commit(self, wt: Path, vps: Sequence[VerificationPassed], batch: str | None = None) -> str:
+        """Commit what is staged in `wt` as the landing of `vps`, one trailer pair each;
+        `batch`: the commit is stacked in that batch (`Loops-Batch:`, gates/README.md)."""
         names = ", ".join(f"{vp.loop}/{vp.task_id}" for vp in vps)
         subject = f"{names}: verified by coding-loops"
         body = "".join(
             f"Loops-Task: {vp.loop}/{vp.task_id}\nLoops-Commit: {vp.commit}\n" for vp in vps
         )
+        if batch is not None:
+            body += f"{BATCH_TRAILER}{batch}\n"
         git(
             wt,
             "-c",
@@ -298,13 +305,29 @@ class MergeQueue:
         return git(wt, "rev-parse", "HEAD")
 
     def _run_checks(self, wt: Path, checks: Sequence[Check], others: Sequence[Check]) -> None:
+        """`_check_results`, `Refused` with the first failure (checks not started by
+        then are not run)."""
+        results = self._check_results(wt, checks, others, fail_fast=True)
+        failed = next((r for r in results if not r.passed), None)
+        if failed is not None:
+            raise Refused(MergeRefusal.CHECKS_FAILED, _failure(failed))
+
+    def _check_results(
+        self,
+        wt: Path,
+        checks: Sequence[Check],
+        others: Sequence[Check],
+        *,
+        test_command: bool = True,
+        fail_fast: bool = False,
+    ) -> list[CriterionResult]:
         """Run on the merged tree in `wt` the tasks' script checks (from main's criteria),
         the repository's test command and the checks of the tasks merged before
-        (`others`), each command once, concurrently (`check_workers`), each with its own
-        timeout; `Refused` with the first failure."""
+        (`others`), each command once, concurrently in a bounded pool (`check_workers`),
+        each with its own timeout and output cap."""
         s = self.settings
         todo = list(checks)
-        if s.test_command:
+        if s.test_command and test_command:
             todo.append(Check(TEST_COMMAND, s.test_command))
         unique: dict[str, Check] = {}
         for check in [*todo, *others]:
@@ -316,10 +339,11 @@ class MergeQueue:
             default_timeout_s=s.check_timeout_s,
             tail_bytes=s.tail_bytes,
             env=scrubbed_env(),
+            fail_fast=fail_fast,
         )
-        failed = next((r for r in results if not r.passed), None)
-        if failed is not None:
-            raise Refused(MergeRefusal.CHECKS_FAILED, _failure(failed))
+        self.stats["check_rounds"] += 1
+        self.stats["check_commands"] += len(results)
+        return results
 
     def _move_main(self, merged: str, base: str) -> bool:
         s = self.settings
@@ -332,7 +356,9 @@ class MergeQueue:
     def _already_merged(self, vp: VerificationPassed, key: str, base: str, landed: str) -> None:
         raw = self.store.get(key)
         record = json.loads(raw) if raw else {}
-        self._completed(vp, landed, record.get("main_before") or base)
+        # A batch records the tip it landed (the tree whose checks ran), not the task's own
+        # squash inside it.
+        self._completed(vp, record.get("merged") or landed, record.get("main_before") or base)
 
     def _completed(self, vp: VerificationPassed, merged: str, base: str) -> None:
         self.store.delete(f"tries:{vp.loop}:{vp.task_id}")

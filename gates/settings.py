@@ -13,6 +13,7 @@ from gates.protect import DEFAULT_PROTECTED
 
 __all__ = [
     "DEFAULT_PROTECTED",
+    "FlakyPolicy",
     "GateSettings",
     "MergeSettings",
     "TamperPolicy",
@@ -37,6 +38,13 @@ class TamperPolicy(StrEnum):
     REJECT = "reject"  # verification.failed, verdict tampered
     ESCALATE = "escalate"  # a person approves or rejects (the default)
     ALLOW = "allow"  # verified with the agent's versions; the files are still listed
+
+
+class FlakyPolicy(StrEnum):
+    """What a flaky merge check (failed, then passed on the unchanged tree) does."""
+
+    PASS = "pass"  # the batch lands; the flake is recorded (`check.flaky`) and counted
+    BLOCK = "block"  # the batch stays queued and is tried again; the flake is recorded
 
 
 @dataclass(frozen=True)
@@ -70,5 +78,9 @@ class MergeSettings:
     check_workers: int = 2  # checks of one merge run concurrently, at most this many
     tail_bytes: int = OUTPUT_TAIL_BYTES
     max_conflicts: int = 3  # conflicts of one task before a person is asked
-    batch_size: int = 1  # tasks tested together by a `BatchMergeQueue`
+    batch_size: int = 5  # claims stacked and tested together by a `BatchMergeQueue`
+    fill_wait_s: float = 2.0  # how long a lone claim waits for others to batch with
+    flaky_policy: FlakyPolicy = FlakyPolicy.PASS
+    flaky_escalate_after: int = 3  # a check flaky more often is put to a person to fix
+    retry_cost_s: float = 60.0  # each earlier failed try of a task costs this much age
     max_races: int = 5  # times main may move under one merge before the job is retried

@@ -24,7 +24,7 @@ import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -227,6 +227,33 @@ class ProjectConfig(BaseModel):
     )
     check_workers: int = Field(
         default=2, ge=1, description="checks of one merge run concurrently, at most this many"
+    )
+    merge_batch_size: int = Field(
+        default=5,
+        ge=1,
+        description="verified claims the merge queue stacks and checks together at the tip "
+        "(a red stack is retried once, then bisected); 1 merges one at a time",
+    )
+    merge_fill_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="how long a claim waits for others to fill a batch before it merges",
+    )
+    flaky_policy: Literal["pass", "block"] = Field(
+        default="pass",
+        description="a merge check that fails, then passes on the unchanged tree is flaky: "
+        "`pass` lands the batch and records it, `block` keeps the batch queued for a clean run",
+    )
+    flaky_escalate_after: int = Field(
+        default=3,
+        ge=0,
+        description="a check flaky more often than this is put to a person to fix",
+    )
+    merge_retry_cost_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="merge order is oldest first; each earlier failed try of a task costs it "
+        "this many seconds of waiting",
     )
 
     @field_validator("test_command")

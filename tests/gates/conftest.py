@@ -189,11 +189,33 @@ class Project:
         return git(self.origin, "show", f"main:{rel}")
 
     def assert_main_verified(self) -> None:
-        """Every commit main pointed at (after the seed) ran the test command on its tree."""
+        """Invariant 3, per landing: every commit main pointed at (after the seed) ran the
+        test command on its tree; a commit of main's history that main never pointed at
+        was stacked in a batch (`Loops-Batch: <id>`) and landed under a later commit of
+        the same batch that main did point at (the tree that was checked)."""
         tips = git(self.origin, "reflog", "show", "--format=%H", "refs/heads/main").split()
         checked = set(self.marker.read_text().split()) if self.marker.exists() else set()
         unverified = [t for t in tips[:-1] if t not in checked]  # the last one is the seed
         assert not unverified, f"main held commits never checked on their tree: {unverified}"
+        history = git(
+            self.origin, "rev-list", "--reverse", "--first-parent", f"{tips[-1]}..main"
+        ).split()
+        landings = set(tips[:-1])
+        for i, commit in enumerate(history):
+            if commit in landings:
+                continue
+            batch = self.batch_of(commit)
+            assert batch, f"{commit} is on main, main never pointed at it, and no batch has it"
+            tips_after = [c for c in history[i + 1 :] if c in landings]
+            assert tips_after and self.batch_of(tips_after[0]) == batch, (
+                f"{commit} (batch {batch}) did not land under a checked tip of its batch"
+            )
+
+    def batch_of(self, commit: str) -> str | None:
+        """The `Loops-Batch:` trailer of `commit` (None if it was not stacked)."""
+        body = git(self.origin, "log", "-1", "--format=%B", commit)
+        found = [ln.split(": ", 1)[1] for ln in body.splitlines() if ln.startswith("Loops-Batch: ")]
+        return found[0] if found else None
 
 
 def make_project(

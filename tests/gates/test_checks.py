@@ -76,3 +76,12 @@ def test_concurrent_checks_keep_their_order_and_their_own_timeouts(tmp_path: Pat
     assert results[1].timed_out and results[1].passed is False
     assert results[2].exit_code == 4 and "two" in results[2].output_tail
     assert not list(tmp_path.parent.glob(f"{tmp_path.name}.pgid*"))  # notes removed
+
+
+def test_fail_fast_does_not_start_the_checks_after_a_failure(tmp_path: Path) -> None:
+    checks = [Check("fails", "exit 1"), Check("later", "touch later")]
+    results = run_checks(checks, tmp_path, workers=1, fail_fast=True)
+    assert [r.criterion for r in results] == ["fails"] and not results[0].passed
+    assert not (tmp_path / "later").exists()
+    every = run_checks(checks, tmp_path, workers=1)
+    assert [r.passed for r in every] == [False, True] and (tmp_path / "later").exists()
