@@ -95,7 +95,7 @@ def hanging_step(marker: Path) -> list[dict[str, object]]:
     return [
         {
             "write": {"calc/ops.py": ADD_DONE},
-            "run": [f"test -f {marker} || sleep 300 # {marker.name}"],
+            "run": [f"test -f {marker} || sleep 300 # {marker}"],
             "reply": "<promise>ADD-1 done</promise>",
         }
     ]
@@ -103,7 +103,7 @@ def hanging_step(marker: Path) -> list[dict[str, object]]:
 
 def agent_processes(marker: Path) -> list[str]:
     out = subprocess.run(
-        ["pgrep", "-f", f"sleep 300 # {marker.name}"], capture_output=True, text=True
+        ["pgrep", "-f", f"sleep 300 # {marker}"], capture_output=True, text=True
     )
     return out.stdout.split()
 
