@@ -17,10 +17,11 @@ from bus.embedded import (
 )
 from bus.idempotency import Idempotency
 from bus.ledger import PassedLedger
-from bus.settings import BusSettings, TrimPolicy, connect
+from bus.settings import CONNECTION_ERRORS, BusSettings, TrimPolicy, connect
 from bus.streams import RedisBus, stream_id
 
 __all__ = [
+    "CONNECTION_ERRORS",
     "Bus",
     "BusSettings",
     "DeadLetter",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
-from bus import RedisBus, Subscription
+from bus import CONNECTION_ERRORS, RedisBus, Subscription
 from events import ConfigError, Criterion, LoopsError, Role, ScriptCheck, Source, ValidationFailed
 from gates import (
     DEFAULT_PROTECTED,
@@ -174,9 +174,24 @@ class Threads:
     errors: list[BaseException] = field(default_factory=list)
 
     def start(self, name: str, target: Callable[[], object]) -> None:
+        """Run `target` on a thread named `name`. A lost Redis (raised before the role's
+        own retry loop, e.g. while it replays or creates its group) starts it again
+        after a back-off; any other error is kept for the supervisor."""
+
         def body() -> None:
+            backoff = 0.1
             try:
-                target()
+                while True:
+                    try:
+                        target()
+                        return
+                    except CONNECTION_ERRORS as exc:
+                        if self.stop.is_set():
+                            return
+                        log.warning("role %s lost Redis (%s); starting it again", name, exc)
+                        if self.stop.wait(backoff):
+                            return
+                        backoff = min(backoff * 2, 5.0)
             except BaseException as exc:  # re-raised by the supervisor, never swallowed
                 if isinstance(exc, LoopsError):
                     log.error("role %s: %s", name, exc)  # a user-facing error: no traceback

@@ -24,7 +24,7 @@ from agents.refiner import AnthropicRefiner
 from agents.runner import run as run_agent
 from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
-from bus import PassedLedger, RedisBus
+from bus import CONNECTION_ERRORS, PassedLedger, RedisBus
 from cli.compose import (
     Threads,
     answer_reader_from_env,
@@ -68,6 +68,7 @@ class LoopSlot:
     exits: list[WorkerExit] = field(default_factory=list)
     restart_wanted: bool = False
     restarts: int = 0
+    pending_start: bool = False  # its start failed on a lost Redis: supervise() retries
 
     @property
     def alive(self) -> bool:
@@ -149,6 +150,16 @@ class System:
         for slot in self.slots.values():
             self._start_worker(slot)
 
+    def _start_worker(self, slot: LoopSlot) -> None:
+        """Build and start the loop's service; a lost Redis while building it (the
+        replay, the group) is logged and retried by `supervise()`."""
+        try:
+            self._spawn(slot)
+        except CONNECTION_ERRORS as exc:
+            log.warning("loop %s could not start (lost Redis: %s); retrying", slot.name, exc)
+            slot.pending_start = True
+            slot.thread = None
+
     def _start_agents(self) -> None:
         tick = self.options.monitor_tick_s
         refiner = (
@@ -206,7 +217,8 @@ class System:
             if time.monotonic() > deadline:
                 raise ConfigError(f"the dashboard did not start on {host}:{port}")
 
-    def _start_worker(self, slot: LoopSlot) -> None:
+    def _spawn(self, slot: LoopSlot) -> None:
+        slot.pending_start = False
         slot.stop = threading.Event()
         slot.restart_wanted = False
         slot.service = slot.make()
@@ -234,6 +246,9 @@ class System:
         for slot in self.slots.values():
             if slot.alive or self.roles.stop.is_set():
                 continue
+            if slot.pending_start:
+                self._start_worker(slot)
+                continue
             asked = slot.restart_wanted or (slot.exits and slot.exits[-1].restart)
             if asked:
                 slot.restarts += 1
@@ -244,7 +259,7 @@ class System:
         """No loop can make progress: every task merged, blocked, or waiting on a person
         (a claim being verified or merged counts as progress)."""
         for slot in self.slots.values():
-            if slot.restart_wanted:
+            if slot.restart_wanted or slot.pending_start:
                 return False
             worker = slot.service.worker if slot.service else None
             if worker is None or not slot.alive:
@@ -262,10 +277,15 @@ class System:
         """Supervise until no loop can progress for `settle_s` (and `busy` is false)."""
         idle_since: float | None = None
         while True:
-            self.supervise()
-            if on_tick:
-                on_tick()
-            if self.idle() and not busy():
+            try:
+                self.supervise()
+                if on_tick:
+                    on_tick()
+                idle = self.idle() and not busy()
+            except CONNECTION_ERRORS as exc:
+                log.warning("supervisor lost Redis (%s); retrying", exc)
+                idle = False
+            if idle:
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since >= settle_s:
                     return
