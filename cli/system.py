@@ -1,9 +1,12 @@
 """Every role of coding-loops in one process: what `loops up` and `loops demo` run.
 
 Each role polls its own subscription on its own thread, exactly as it would in its
-own process (`loops worker|gate|merge|monitor|pm|human|dashboard`); the supervisor
-here only starts, restarts (when the monitor asks) and stops them, and decides when
-no loop can make progress any more.
+own process (`loops gate|merge|monitor|pm|human|dashboard`). The loops share one
+subscription (`bus.Router`, one consumer group for the set of loops this process
+runs), which hands each event to the loops it concerns: a published event costs the
+same Redis calls at 100 loops as at 10, and idle loops hold no connection. The
+supervisor here only starts, restarts (when the monitor asks) and stops them, and
+decides when no loop can make progress any more.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from agents.refiner import AnthropicRefiner
 from agents.runner import run as run_agent
 from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
-from bus import CONNECTION_ERRORS, PassedLedger, RedisBus
+from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
 from cli.compose import (
     Threads,
     answer_reader_from_env,
@@ -39,8 +42,9 @@ from events import ConfigError, Event, LoopStop
 from loops.books import HarnessBook
 from loops.driver import WorkerExit, all_passed
 from loops.project import Project
+from loops.reactions import WORKER_TYPES
 from loops.runners import make_runner
-from loops.service import WorkerService
+from loops.service import BROADCAST_TYPES, WorkerService
 
 log = logging.getLogger("loops.system")
 
@@ -93,6 +97,7 @@ class System:
             if options.only is None or lp.name in options.only
         }
         self.dashboard_url: str | None = None
+        self.router: Router | None = None
 
     # ------------------------------------------------------------------ wiring
     def _factory(self, name: str) -> Callable[[], WorkerService]:
@@ -113,6 +118,7 @@ class System:
                 self.repo,
                 main_branch=self.main,
                 heartbeat_s=heartbeat,
+                inbox=self.router.inbox(name) if self.router else None,
             )
 
         return make
@@ -147,6 +153,15 @@ class System:
         self._start_agents()
         supervisor = self.bus.subscribe("supervisor", "up", self._on_event, types={"loop.stop"})
         self.roles.poll_forever("supervisor", supervisor)
+        if self.slots:
+            self.router = Router(
+                self.bus,
+                self.slots,
+                consumer="up",  # a restarted `loops up` takes its pending entries back
+                types=WORKER_TYPES,
+                broadcast=BROADCAST_TYPES,
+            )
+            self.roles.poll_forever("router", self.router.subscription)
         for slot in self.slots.values():
             self._start_worker(slot)
 
