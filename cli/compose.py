@@ -6,12 +6,17 @@ gets `loops`' criteria reader, and where in-process roles get their threads.
 
 from __future__ import annotations
 
+import concurrent.futures
+import importlib
 import logging
+import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
@@ -31,6 +36,7 @@ from gates import (
     VerificationGate,
 )
 from gates.checks import DEFAULT_TIMEOUT_S
+from gates.errors import JobError
 from loops.harness import ProjectConfig
 from loops.project import Project, UnknownTask, criteria_for
 from loops.sandbox import SandboxConfig, SandboxMode, sandbox_status
@@ -89,6 +95,47 @@ def trusting_loader(root: Path, loop: str, task_id: str) -> list[Criterion]:
     """`loops run --trust-agent`: every task's only check is `true` (ralph_loop's old
     behaviour, chosen by the operator: a claim is taken as verified)."""
     return [Criterion(criterion="trusted (--trust-agent)", check=ScriptCheck(run="true"))]
+
+
+def call_job(func: str, kwargs: dict[str, Any]) -> str:
+    """Run the job function `func` (an import path, as rq names it) in this process."""
+    module, _, name = func.rpartition(".")
+    job: Callable[..., str] = getattr(importlib.import_module(module), name)
+    return job(**kwargs)
+
+
+class ProcessJobs:
+    """Runs jobs in worker processes (embedded `loops up`), through the same job
+    function an rq worker calls: verification then works on another core instead of
+    queueing for the interpreter behind every loop's thread. Processes come from a
+    forkserver (never a fork of this threaded process)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or max(2, os.cpu_count() or 2)
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver")
+        )
+
+    def run(self, func: str, kwargs: dict[str, Any], *, job_id: str, timeout_s: float) -> str:
+        with self._lock:
+            pool = self._pool
+        try:
+            return pool.submit(call_job, func, kwargs).result(timeout=timeout_s + 30)
+        except concurrent.futures.TimeoutError:
+            raise JobError(f"job {job_id} did not finish in {timeout_s:g}s", job_id) from None
+        except BrokenProcessPool:
+            with self._lock:  # a worker process died (killed): a fresh pool for the next
+                if self._pool is pool:
+                    self._pool = self._new_pool()
+            raise JobError(f"job {job_id}: its worker process died", job_id) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_gate(

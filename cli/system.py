@@ -29,6 +29,7 @@ from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
 from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
 from cli.compose import (
+    ProcessJobs,
     Threads,
     answer_reader_from_env,
     judge_from_env,
@@ -60,6 +61,10 @@ class SystemOptions:
     model: str | None = None  # overrides every loop's model (`--model`)
     max_iterations: int | None = None  # agent runs per loop in this run (`--max-iterations`)
     only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
+    # Verification jobs in worker processes (other cores); False: in the gate's thread
+    job_processes: bool = field(
+        default_factory=lambda: os.environ.get("LOOPS_JOB_PROCESSES", "1") != "0"
+    )
 
 
 @dataclass
@@ -98,6 +103,7 @@ class System:
         }
         self.dashboard_url: str | None = None
         self.router: Router | None = None
+        self.jobs: ProcessJobs | None = None
 
     # ------------------------------------------------------------------ wiring
     def _factory(self, name: str) -> Callable[[], WorkerService]:
@@ -130,6 +136,8 @@ class System:
         default_check = None
         loader = loader_with_fallback()
         config = self.project.config
+        if self.options.job_processes:
+            self.jobs = ProcessJobs()
         gate = make_gate(
             self.bus,
             self.repo,
@@ -137,6 +145,7 @@ class System:
             loader,
             default_check=default_check,
             judge=judge_from_env(),
+            jobs=self.jobs,
             project=config,
         )
         self.roles.poll_forever("gate", gate.subscribe("up"))
@@ -320,6 +329,8 @@ class System:
             if slot.thread:
                 slot.thread.join(timeout=timeout)
         self.roles.shutdown(timeout=timeout)
+        if self.jobs is not None:
+            self.jobs.close()
 
 
 def _port_free(host: str, port: int) -> bool:
