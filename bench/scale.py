@@ -44,10 +44,13 @@ from loops.workspace import git
 LOOPS_BIN = str(Path(sys.executable).parent / "loops")
 
 
-def make_project(root: Path, loops: int, tasks: int) -> list[str]:
+def make_project(root: Path, loops: int, tasks: int, recheck: bool = True) -> list[str]:
     """`loops` loops in the seed layout, `tasks` tasks each; each task's agent writes
-    one file of its own and claims; its check is that the file exists."""
+    one file of its own and claims; its check is that the file exists. `recheck`:
+    project.json's `recheck_merged` (each merge re-runs every merged task's checks)."""
     root.mkdir(parents=True)
+    if not recheck:
+        (root / "project.json").write_text(json.dumps({"recheck_merged": False}))
     (root / "README.md").write_text("scale bench\n")
     (root / ".gitignore").write_text(".loops/\nhealth.json\nlogs/\n")
     names = []
@@ -231,9 +234,9 @@ def claim_to_verify(root: Path) -> float | None:
     return round(statistics.median(waits), 3) if waits else None
 
 
-def run_one(n: int, tasks: int, tmp: Path) -> dict[str, Any]:
+def run_one(n: int, tasks: int, tmp: Path, recheck: bool = True) -> dict[str, Any]:
     root = tmp / f"up-{n}"
-    names = make_project(root, n, tasks)
+    names = make_project(root, n, tasks, recheck)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_URL"))}
     log = tmp / f"up-{n}.log"
     started = time.perf_counter()
@@ -255,6 +258,7 @@ def run_one(n: int, tasks: int, tmp: Path) -> dict[str, Any]:
     total = n * tasks
     return {
         "loops": n,
+        "recheck_merged": recheck,
         "exit": code,
         "wall_s": round(wall, 1),
         "merged": merged,
@@ -277,6 +281,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loops", default="10,30,60,100", help="comma-separated N")
     parser.add_argument("--tasks", type=int, default=2)
+    parser.add_argument(
+        "--no-recheck",
+        action="store_true",
+        help="project.json recheck_merged: false (merges do not re-run merged tasks' checks)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the projects and logs")
     args = parser.parse_args()
     runs = []
@@ -285,10 +294,13 @@ def main() -> None:
         f"{'N':>4} {'wall':>7} {'merged':>9} {'s/task':>7} {'plain':>6} {'ratio':>6} "
         f"{'target':>7} {'thr':>4} {'conns':>5} {'calls/ev':>8} {'MB/loop':>7} {'claim>verify':>12} tb"
     )
-    print(f"scale: `loops up` with N loops x {args.tasks} tasks, instant scripted agent ({tmp})")
+    print(
+        f"scale: `loops up` with N loops x {args.tasks} tasks, instant scripted agent, "
+        f"recheck_merged={not args.no_recheck} ({tmp})"
+    )
     print(header)
     for n in (int(x) for x in args.loops.split(",")):
-        r = run_one(n, args.tasks, tmp)
+        r = run_one(n, args.tasks, tmp, recheck=not args.no_recheck)
         runs.append(r)
         print(
             f"{n:>4} {r['wall_s']:>6}s {r['merged']:>4}/{r['tasks']:<4} {r['s_per_task']:>7} "

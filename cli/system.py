@@ -138,17 +138,22 @@ class System:
         config = self.project.config
         if self.options.job_processes:
             self.jobs = ProcessJobs()
-        gate = make_gate(
-            self.bus,
-            self.repo,
-            self.main,
-            loader,
-            default_check=default_check,
-            judge=judge_from_env(),
-            jobs=self.jobs,
-            project=config,
-        )
-        self.roles.poll_forever("gate", gate.subscribe("up"))
+        # One gate consumer per job process, as if that many `loops gate` processes ran:
+        # claims are shared out by their group, and verifications run side by side.
+        for i in range(self.jobs.workers if self.jobs else 1):
+            gate = make_gate(
+                self.bus,
+                self.repo,
+                self.main,
+                loader,
+                default_check=default_check,
+                judge=judge_from_env(),
+                jobs=self.jobs,
+                instance="gate" if i == 0 else f"gate-{i}",
+                project=config,
+            )
+            name = "gate" if i == 0 else f"gate-{i}"
+            self.roles.poll_forever(name, gate.subscribe("up" if i == 0 else f"up-{i}"))
         merge = make_merge(
             self.bus,
             self.repo,
