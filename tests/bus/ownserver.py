@@ -15,16 +15,22 @@ from tests.conftest import wait_until
 
 
 class OwnRedis:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+        """`persistent`: an append-only file (fsync always) in `workdir`, so that a
+        restart finds the stream, the groups and the ledger again."""
         need_redis_server()
         self.workdir = workdir
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.persistent = persistent
 
     def start(self) -> OwnRedis:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.persistent:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=self.workdir,
