@@ -17,19 +17,23 @@ from bus.embedded import (
 )
 from bus.idempotency import Idempotency
 from bus.ledger import PassedLedger
-from bus.settings import BusSettings, TrimPolicy, connect
+from bus.router import Inbox, Router, router_group
+from bus.settings import CONNECTION_ERRORS, BusSettings, TrimPolicy, connect
 from bus.streams import RedisBus, stream_id
 
 __all__ = [
+    "CONNECTION_ERRORS",
     "Bus",
     "BusSettings",
     "DeadLetter",
     "EmbeddedServer",
     "Handler",
     "Idempotency",
+    "Inbox",
     "PassedLedger",
     "RedisBus",
     "RedisSubscription",
+    "Router",
     "ServerStartFailed",
     "Subscription",
     "SubscriptionStats",
@@ -40,6 +44,7 @@ __all__ = [
     "recorded_url",
     "resolve_settings",
     "resolve_url",
+    "router_group",
     "state_dir",
     "stream_id",
 ]

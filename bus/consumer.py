@@ -26,7 +26,7 @@ import redis
 from bus import signing
 from bus.api import Handler
 from bus.deadletter import dead_fields
-from events import EVENT_TYPES, DecodeError, decode, entry_type
+from events import EVENT_TYPES, DecodeError, Event, decode, entry_type
 
 if TYPE_CHECKING:
     from bus.streams import RedisBus
@@ -260,7 +260,7 @@ class RedisSubscription:
         acks: list[Any] = []
         dead: list[tuple[Any, Mapping[Any, Any] | None, str, int]] = []
         handled = 0
-        types, loop, handler = self.types, self.loop, self.handler
+        types, loop = self.types, self.loop
         limit = self._settings.max_deliveries
         for entry_id, fields in entries:
             if fields is None:
@@ -293,31 +293,41 @@ class RedisSubscription:
                 # Invariant 8: a decision without a valid signature never reaches a handler.
                 dead.append((entry_id, fields, f"{forged}: {event.type} {event.id}", deliveries))
                 continue
-            try:
-                handler(event)
-            except Exception as exc:
-                # At least once: leave the entry pending; it is reclaimed after
-                # reclaim_idle_ms and dead-lettered after max_deliveries attempts.
-                self.stats.failed += 1
-                if len(self._errors) >= _MAX_ERRORS_KEPT:
-                    self._errors.pop(next(iter(self._errors)))
-                self._errors[entry_id] = f"{type(exc).__name__}: {exc}"
-                log.exception(
-                    "bus: handler of %s/%s failed on %s %s (delivery %d of %d)",
-                    self.group,
-                    self.consumer,
-                    event.type,
-                    event.id,
-                    deliveries,
-                    limit,
-                )
-                continue
-            self._errors.pop(entry_id, None)
-            acks.append(entry_id)
-            handled += 1
+            if self._deliver(entry_id, event, deliveries):
+                acks.append(entry_id)
+                handled += 1
         self.stats.handled += handled
         self._finish(acks, dead)
         return handled
+
+    def _deliver(self, entry_id: Any, event: Event, deliveries: int) -> bool:
+        """Call the handler; True when the entry may be acked now. (`bus.router`
+        overrides this to hand the event to a loop and ack once the loop handled it.)"""
+        try:
+            self.handler(event)
+        except Exception as exc:
+            self.failed(entry_id, event, exc, deliveries)
+            return False
+        self._errors.pop(entry_id, None)
+        return True
+
+    def failed(self, entry_id: Any, event: Event, exc: BaseException, deliveries: int) -> None:
+        """Record a handler's failure. At least once: the entry stays pending; it is
+        reclaimed after reclaim_idle_ms and dead-lettered after max_deliveries attempts."""
+        self.stats.failed += 1
+        if len(self._errors) >= _MAX_ERRORS_KEPT:
+            self._errors.pop(next(iter(self._errors)))
+        self._errors[entry_id] = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "bus: handler of %s/%s failed on %s %s (delivery %d of %d)",
+            self.group,
+            self.consumer,
+            event.type,
+            event.id,
+            deliveries,
+            self._settings.max_deliveries,
+            exc_info=exc,
+        )
 
     def _finish(
         self,

@@ -7,7 +7,12 @@ explicit values (after arq's `RedisSettings.from_dsn`), and `connect()`.
 - redis-py retries timed-out commands (10 times by default): a blocking read was
   silently retried for a minute and an XADD during a server stall was written twice.
   We never retry; callers (and consumers, which dedupe on event id) handle errors;
-- RESP3 is the default; we pin RESP2 so replies have one shape on every server.
+- RESP3 is the default; we pin RESP2 so replies have one shape on every server;
+- the default pool is capped at 100 connections and raises "Too many connections"
+  past it (at ~93 loops when each loop held a blocking read). We use a `BlockingConnectionPool` of `max_connections`
+  (sized by roles: one blocking read per subscription of a process, plus short
+  publishes), which waits up to `pool_timeout` for a free connection and then raises
+  a `redis.ConnectionError`, the error every role already retries.
 
 Credentials (DESIGN.md invariant 8): `password` authenticates to Redis (also taken
 from a `redis://:pw@host` URL or `$LOOPS_REDIS_PASSWORD`); `signing_key` signs every
@@ -39,6 +44,9 @@ from events.secrets import register_secret
 log = logging.getLogger("loops.bus")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+# What a role retries with back-off (a server that went away, a pool that stayed full
+# for `pool_timeout`); anything else is a bug or a misconfiguration and propagates.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 PASSWORD_ENV = "LOOPS_REDIS_PASSWORD"
 SIGNING_KEY_ENV = "LOOPS_SIGNING_KEY"
 _DERIVATION = b"coding-loops event signing key v1"
@@ -111,6 +119,11 @@ class BusSettings:
     batch: int = 100
     socket_timeout: float | None = None  # None: block_ms + 5 s
     socket_connect_timeout: float = 5.0
+    # Connections per client (a process's roles share one): blocking reads hold one
+    # each (one per subscription, not per loop: see bus/router.py); publishes borrow
+    # one briefly. Past it a caller waits up to `pool_timeout`, then ConnectionError.
+    max_connections: int = 32
+    pool_timeout: float = 30.0
     # Redis password when the URL has none (the embedded server's, $LOOPS_REDIS_PASSWORD)
     password: str | None = field(default=None, repr=False, compare=False)
     # HMAC-SHA256 key events are signed with; None: unsigned and unchecked (bare tests)
@@ -145,6 +158,8 @@ class BusSettings:
             problems.append(
                 f"prefix must be a non-empty name without spaces or braces: {self.prefix!r}"
             )
+        if self.max_connections < 2 or self.pool_timeout <= 0:
+            problems.append("max_connections must be >= 2 and pool_timeout > 0")
         if self.signing_key is not None and len(self.signing_key) < 16:
             problems.append("signing_key must be at least 16 bytes")
         if problems:
@@ -217,7 +232,9 @@ def warn_if_unsigned(settings: BusSettings) -> None:
 
 
 def connect(settings_or_url: BusSettings | str | None = None) -> redis.Redis:
-    """A redis-py client set up for the bus (RESP2, no retries, timeouts above BLOCK).
+    """A redis-py client set up for the bus (RESP2, no retries, timeouts above BLOCK)
+    over a bounded pool that blocks (`max_connections`, `pool_timeout`) instead of
+    raising "Too many connections".
 
     Accepts `BusSettings`, a URL, or None (`BusSettings.from_env()`). The caller owns
     the client and closes it."""
@@ -228,13 +245,17 @@ def connect(settings_or_url: BusSettings | str | None = None) -> redis.Redis:
     else:
         settings = settings_or_url
     # A password in the URL wins over `password` (redis-py applies the URL's last).
-    return redis.Redis.from_url(
+    retry = Retry(NoBackoff(), 0)
+    pool = redis.BlockingConnectionPool.from_url(
         settings.url,
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout,
         password=settings.password,
         protocol=2,
         socket_timeout=settings.effective_socket_timeout,
         socket_connect_timeout=settings.socket_connect_timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=retry,
         retry_on_timeout=False,
         health_check_interval=0,
     )
+    return redis.Redis.from_pool(pool)  # the client owns the pool: close() closes both

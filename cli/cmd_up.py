@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.escalations import open_escalations
-from bus import BusSettings, EmbeddedServer, RedisBus
+from bus import CONNECTION_ERRORS, BusSettings, EmbeddedServer, RedisBus
 from bus.settings import warn_if_unsigned
 from cli.cmd_status import render
 from cli.compose import check_sandboxes
@@ -127,9 +127,21 @@ class LiveTable:
         self._last_line = ""
 
     def tick(self) -> None:
+        """Fold in new events and redraw; a lost Redis skips this tick (the next one
+        catches up from the cursor)."""
+        try:
+            self._fold()
+        except CONNECTION_ERRORS as exc:
+            log.warning("status table: lost Redis (%s); retrying", exc)
+            return
+        self._draw()
+
+    def _fold(self) -> None:
         for entry_id, event in self.bus.tail(self.cursor, block_ms=0, count=1000):
             self.view.apply(event)
             self.cursor = entry_id
+
+    def _draw(self) -> None:
         now = time.monotonic()
         if now - self._last < self.interval_s:
             return
@@ -227,7 +239,10 @@ def run_system(
                 print(f"dashboard: {system.dashboard_url}", flush=True)
             if serve:
                 while True:
-                    system.supervise()
+                    try:
+                        system.supervise()
+                    except CONNECTION_ERRORS as exc:
+                        log.warning("supervisor lost Redis (%s); retrying", exc)
                     table.tick()
                     time.sleep(0.2)  # supervision cadence
             system.run_until_idle(on_tick=table.tick)

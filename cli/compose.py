@@ -6,16 +6,21 @@ gets `loops`' criteria reader, and where in-process roles get their threads.
 
 from __future__ import annotations
 
+import concurrent.futures
+import importlib
 import logging
+import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
-from bus import RedisBus, Subscription
+from bus import CONNECTION_ERRORS, RedisBus, Subscription
 from events import ConfigError, Criterion, LoopsError, Role, ScriptCheck, Source, ValidationFailed
 from gates import (
     DEFAULT_PROTECTED,
@@ -32,6 +37,7 @@ from gates import (
     VerificationGate,
 )
 from gates.checks import DEFAULT_TIMEOUT_S
+from gates.errors import JobError
 from gates.settings import FlakyPolicy
 from loops.harness import ProjectConfig
 from loops.project import Project, UnknownTask, criteria_for
@@ -91,6 +97,47 @@ def trusting_loader(root: Path, loop: str, task_id: str) -> list[Criterion]:
     """`loops run --trust-agent`: every task's only check is `true` (ralph_loop's old
     behaviour, chosen by the operator: a claim is taken as verified)."""
     return [Criterion(criterion="trusted (--trust-agent)", check=ScriptCheck(run="true"))]
+
+
+def call_job(func: str, kwargs: dict[str, Any]) -> str:
+    """Run the job function `func` (an import path, as rq names it) in this process."""
+    module, _, name = func.rpartition(".")
+    job: Callable[..., str] = getattr(importlib.import_module(module), name)
+    return job(**kwargs)
+
+
+class ProcessJobs:
+    """Runs jobs in worker processes (embedded `loops up`), through the same job
+    function an rq worker calls: verification then works on another core instead of
+    queueing for the interpreter behind every loop's thread. Processes come from a
+    forkserver (never a fork of this threaded process)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or max(2, os.cpu_count() or 2)
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver")
+        )
+
+    def run(self, func: str, kwargs: dict[str, Any], *, job_id: str, timeout_s: float) -> str:
+        with self._lock:
+            pool = self._pool
+        try:
+            return pool.submit(call_job, func, kwargs).result(timeout=timeout_s + 30)
+        except concurrent.futures.TimeoutError:
+            raise JobError(f"job {job_id} did not finish in {timeout_s:g}s", job_id) from None
+        except BrokenProcessPool:
+            with self._lock:  # a worker process died (killed): a fresh pool for the next
+                if self._pool is pool:
+                    self._pool = self._new_pool()
+            raise JobError(f"job {job_id}: its worker process died", job_id) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_gate(
@@ -182,9 +229,24 @@ class Threads:
     errors: list[BaseException] = field(default_factory=list)
 
     def start(self, name: str, target: Callable[[], object]) -> None:
+        """Run `target` on a thread named `name`. A lost Redis (raised before the role's
+        own retry loop, e.g. while it replays or creates its group) starts it again
+        after a back-off; any other error is kept for the supervisor."""
+
         def body() -> None:
+            backoff = 0.1
             try:
-                target()
+                while True:
+                    try:
+                        target()
+                        return
+                    except CONNECTION_ERRORS as exc:
+                        if self.stop.is_set():
+                            return
+                        log.warning("role %s lost Redis (%s); starting it again", name, exc)
+                        if self.stop.wait(backoff):
+                            return
+                        backoff = min(backoff * 2, 5.0)
             except BaseException as exc:  # re-raised by the supervisor, never swallowed
                 if isinstance(exc, LoopsError):
                     log.error("role %s: %s", name, exc)  # a user-facing error: no traceback

@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import redis
+
 from events import LoopsError, ValidationFailed
 from events.secrets import install_log_redaction, redact
 
@@ -344,6 +346,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("loops: interrupted", file=sys.stderr)
         return 130
+    except redis.RedisError as exc:
+        # One line, never a traceback: the roles retry a lost server; this is what
+        # was left when it stayed away (at start, or for the summary).
+        print(
+            f"loops: Redis error: {redact(str(exc))} (is the server up? check --redis / "
+            "$REDIS_URL, or `loops up` again to restart the embedded one)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":

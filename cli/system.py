@@ -1,9 +1,12 @@
 """Every role of coding-loops in one process: what `loops up` and `loops demo` run.
 
 Each role polls its own subscription on its own thread, exactly as it would in its
-own process (`loops worker|gate|merge|monitor|pm|human|dashboard`); the supervisor
-here only starts, restarts (when the monitor asks) and stops them, and decides when
-no loop can make progress any more.
+own process (`loops gate|merge|monitor|pm|human|dashboard`). The loops share one
+subscription (`bus.Router`, one consumer group for the set of loops this process
+runs), which hands each event to the loops it concerns: a published event costs the
+same Redis calls at 100 loops as at 10, and idle loops hold no connection. The
+supervisor here only starts, restarts (when the monitor asks) and stops them, and
+decides when no loop can make progress any more.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from agents.refiner import AnthropicRefiner
 from agents.runner import run as run_agent
 from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
-from bus import PassedLedger, RedisBus
+from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
 from cli.compose import (
+    ProcessJobs,
     Threads,
     answer_reader_from_env,
     judge_from_env,
@@ -39,8 +43,9 @@ from events import ConfigError, Event, LoopStop
 from loops.books import HarnessBook
 from loops.driver import WorkerExit, all_passed
 from loops.project import Project
+from loops.reactions import WORKER_TYPES
 from loops.runners import make_runner
-from loops.service import WorkerService
+from loops.service import BROADCAST_TYPES, WorkerService
 
 log = logging.getLogger("loops.system")
 
@@ -56,6 +61,10 @@ class SystemOptions:
     model: str | None = None  # overrides every loop's model (`--model`)
     max_iterations: int | None = None  # agent runs per loop in this run (`--max-iterations`)
     only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
+    # Verification jobs in worker processes (other cores); False: in the gate's thread
+    job_processes: bool = field(
+        default_factory=lambda: os.environ.get("LOOPS_JOB_PROCESSES", "1") != "0"
+    )
 
 
 @dataclass
@@ -68,6 +77,7 @@ class LoopSlot:
     exits: list[WorkerExit] = field(default_factory=list)
     restart_wanted: bool = False
     restarts: int = 0
+    pending_start: bool = False  # its start failed on a lost Redis: supervise() retries
 
     @property
     def alive(self) -> bool:
@@ -92,6 +102,8 @@ class System:
             if options.only is None or lp.name in options.only
         }
         self.dashboard_url: str | None = None
+        self.router: Router | None = None
+        self.jobs: ProcessJobs | None = None
 
     # ------------------------------------------------------------------ wiring
     def _factory(self, name: str) -> Callable[[], WorkerService]:
@@ -112,6 +124,7 @@ class System:
                 self.repo,
                 main_branch=self.main,
                 heartbeat_s=heartbeat,
+                inbox=self.router.inbox(name) if self.router else None,
             )
 
         return make
@@ -123,16 +136,24 @@ class System:
         default_check = None
         loader = loader_with_fallback()
         config = self.project.config
-        gate = make_gate(
-            self.bus,
-            self.repo,
-            self.main,
-            loader,
-            default_check=default_check,
-            judge=judge_from_env(),
-            project=config,
-        )
-        self.roles.poll_forever("gate", gate.subscribe("up"))
+        if self.options.job_processes:
+            self.jobs = ProcessJobs()
+        # One gate consumer per job process, as if that many `loops gate` processes ran:
+        # claims are shared out by their group, and verifications run side by side.
+        for i in range(self.jobs.workers if self.jobs else 1):
+            gate = make_gate(
+                self.bus,
+                self.repo,
+                self.main,
+                loader,
+                default_check=default_check,
+                judge=judge_from_env(),
+                jobs=self.jobs,
+                instance="gate" if i == 0 else f"gate-{i}",
+                project=config,
+            )
+            name = "gate" if i == 0 else f"gate-{i}"
+            self.roles.poll_forever(name, gate.subscribe("up" if i == 0 else f"up-{i}"))
         merge = make_merge(
             self.bus,
             self.repo,
@@ -146,8 +167,27 @@ class System:
         self._start_agents()
         supervisor = self.bus.subscribe("supervisor", "up", self._on_event, types={"loop.stop"})
         self.roles.poll_forever("supervisor", supervisor)
+        if self.slots:
+            self.router = Router(
+                self.bus,
+                self.slots,
+                consumer="up",  # a restarted `loops up` takes its pending entries back
+                types=WORKER_TYPES,
+                broadcast=BROADCAST_TYPES,
+            )
+            self.roles.poll_forever("router", self.router.subscription)
         for slot in self.slots.values():
             self._start_worker(slot)
+
+    def _start_worker(self, slot: LoopSlot) -> None:
+        """Build and start the loop's service; a lost Redis while building it (the
+        replay, the group) is logged and retried by `supervise()`."""
+        try:
+            self._spawn(slot)
+        except CONNECTION_ERRORS as exc:
+            log.warning("loop %s could not start (lost Redis: %s); retrying", slot.name, exc)
+            slot.pending_start = True
+            slot.thread = None
 
     def _start_agents(self) -> None:
         tick = self.options.monitor_tick_s
@@ -206,7 +246,8 @@ class System:
             if time.monotonic() > deadline:
                 raise ConfigError(f"the dashboard did not start on {host}:{port}")
 
-    def _start_worker(self, slot: LoopSlot) -> None:
+    def _spawn(self, slot: LoopSlot) -> None:
+        slot.pending_start = False
         slot.stop = threading.Event()
         slot.restart_wanted = False
         slot.service = slot.make()
@@ -234,6 +275,9 @@ class System:
         for slot in self.slots.values():
             if slot.alive or self.roles.stop.is_set():
                 continue
+            if slot.pending_start:
+                self._start_worker(slot)
+                continue
             asked = slot.restart_wanted or (slot.exits and slot.exits[-1].restart)
             if asked:
                 slot.restarts += 1
@@ -244,7 +288,7 @@ class System:
         """No loop can make progress: every task merged, blocked, or waiting on a person
         (a claim being verified or merged counts as progress)."""
         for slot in self.slots.values():
-            if slot.restart_wanted:
+            if slot.restart_wanted or slot.pending_start:
                 return False
             worker = slot.service.worker if slot.service else None
             if worker is None or not slot.alive:
@@ -262,10 +306,15 @@ class System:
         """Supervise until no loop can progress for `settle_s` (and `busy` is false)."""
         idle_since: float | None = None
         while True:
-            self.supervise()
-            if on_tick:
-                on_tick()
-            if self.idle() and not busy():
+            try:
+                self.supervise()
+                if on_tick:
+                    on_tick()
+                idle = self.idle() and not busy()
+            except CONNECTION_ERRORS as exc:
+                log.warning("supervisor lost Redis (%s); retrying", exc)
+                idle = False
+            if idle:
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since >= settle_s:
                     return
@@ -285,6 +334,8 @@ class System:
             if slot.thread:
                 slot.thread.join(timeout=timeout)
         self.roles.shutdown(timeout=timeout)
+        if self.jobs is not None:
+            self.jobs.close()
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bus import CONNECTION_ERRORS
 from events import LoopStatus
 from loops.reactions import reload_book
 from loops.runtime import Phase
@@ -54,6 +55,39 @@ def _wait(worker: LoopWorker, poll: Poll, seconds: float, stop: threading.Event)
         remaining_ms -= step
 
 
+def _retry(what: str, call: Callable[[], object], stop: threading.Event) -> None:
+    """`call()` until it gets through: a lost Redis is waited out with back-off
+    (the worker's outbox keeps what it had to publish), never the loop's death."""
+    backoff = 0.1
+    while True:
+        try:
+            call()
+            return
+        except CONNECTION_ERRORS as exc:
+            log.warning("%s: lost Redis (%s); retrying in %.1fs", what, exc, backoff)
+            if stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, 5.0)
+
+
+def _robust(poll: Poll, loop: str, stop: threading.Event) -> Poll:
+    """`poll` that waits out a lost Redis (returns 0 after a back-off) instead of raising."""
+    backoff = [0.1]
+
+    def robust(block_ms: int) -> int:
+        try:
+            handled = poll(block_ms)
+        except CONNECTION_ERRORS as exc:
+            log.warning("loop %s lost Redis (%s); retrying", loop, exc)
+            stop.wait(max(backoff[0], block_ms / 1000))
+            backoff[0] = min(backoff[0] * 2, 5.0)
+            return 0
+        backoff[0] = 0.1
+        return handled
+
+    return robust
+
+
 def run_worker(
     worker: LoopWorker,
     poll: Poll,
@@ -65,60 +99,71 @@ def run_worker(
 ) -> WorkerExit:
     """Run the loop until stopped, or (with `until_idle`) until no task can progress."""
     worker.cancel = stop
-    worker.started()
+    poll = _robust(poll, worker.loop, stop)
+    _retry("loop start", worker.started, stop)
     if resume is not None:
-        resume()
-    worker.heartbeat()
+        _retry("loop resume", resume, stop)
+    _retry("heartbeat", worker.heartbeat, stop)
     first_iteration = worker.state.iteration  # `-n` / `--max-iterations` count this run's
     done = threading.Event()
     beat = _heartbeats(worker, done)
     problems: list[str] = []
     status, reason = LoopStatus.STOPPED, "stopped"
+    backoff = 0.1
     try:
         while not stop.is_set():
-            poll(0)
-            problems = reload_book(worker, problems)
-            if worker.stop_requested:
-                reason = worker.stop_requested
-                break
-            if worker.state.paused:
-                worker.status = LoopStatus.PAUSED
-                poll(idle_block_ms)
-                continue
-            now = worker.clock()
-            if worker.state.waiting_until and worker.state.waiting_until > now:
-                worker.status = LoopStatus.WAITING
-                _wait(worker, poll, (worker.state.waiting_until - now).total_seconds(), stop)
-                continue
-            worker.state.waiting_until = None
-            task = worker.next_task()
-            phase = (
-                worker.state.tasks[task.id].phase
-                if task and task.id in worker.state.tasks
-                else None
-            )
-            if task is None or phase in (Phase.CLAIMED, Phase.VERIFIED):
-                worker.status = LoopStatus.IDLE if task is None else LoopStatus.RUNNING
-                if task is None and worker.state.crash_hold:
-                    worker.status = LoopStatus.PAUSED  # until a person answers or resumes
-                if task is None:
-                    worker.current = None
-                if until_idle and task is None and not worker.waiting_on_dependency():
-                    reason = "no task can make progress"
+            try:
+                if worker.state.outbox:
+                    worker.flush()  # what a lost connection left unpublished
+                poll(0)
+                problems = reload_book(worker, problems)
+                if worker.stop_requested:
+                    reason = worker.stop_requested
                     break
-                poll(idle_block_ms)
-                continue
-            limit = worker.book.max_iterations
-            if limit and worker.state.iteration - first_iteration >= limit:
-                # The task needs another agent run and the budget is spent.
-                worker.budget_exhausted = True
-                log.error("Max iterations (%d) reached without a promise.", limit)
-                reason = f"max iterations ({limit}) reached"
-                break
-            worker.iterate(task)
-            if worker.book.auto_continue_delay > 0 and not worker.retry_now:
-                _wait(worker, poll, worker.book.auto_continue_delay, stop)
-            worker.retry_now = False
+                if worker.state.paused:
+                    worker.status = LoopStatus.PAUSED
+                    poll(idle_block_ms)
+                    continue
+                now = worker.clock()
+                if worker.state.waiting_until and worker.state.waiting_until > now:
+                    worker.status = LoopStatus.WAITING
+                    _wait(worker, poll, (worker.state.waiting_until - now).total_seconds(), stop)
+                    continue
+                worker.state.waiting_until = None
+                task = worker.next_task()
+                phase = (
+                    worker.state.tasks[task.id].phase
+                    if task and task.id in worker.state.tasks
+                    else None
+                )
+                if task is None or phase in (Phase.CLAIMED, Phase.VERIFIED):
+                    worker.status = LoopStatus.IDLE if task is None else LoopStatus.RUNNING
+                    if task is None and worker.state.crash_hold:
+                        worker.status = LoopStatus.PAUSED  # until a person answers or resumes
+                    if task is None:
+                        worker.current = None
+                    if until_idle and task is None and not worker.waiting_on_dependency():
+                        reason = "no task can make progress"
+                        break
+                    poll(idle_block_ms)
+                    continue
+                limit = worker.book.max_iterations
+                if limit and worker.state.iteration - first_iteration >= limit:
+                    # The task needs another agent run and the budget is spent.
+                    worker.budget_exhausted = True
+                    log.error("Max iterations (%d) reached without a promise.", limit)
+                    reason = f"max iterations ({limit}) reached"
+                    break
+                worker.iterate(task)
+                if worker.book.auto_continue_delay > 0 and not worker.retry_now:
+                    _wait(worker, poll, worker.book.auto_continue_delay, stop)
+                worker.retry_now = False
+                backoff = 0.1
+            except CONNECTION_ERRORS as exc:
+                # What it had to publish waits in the outbox; the next round flushes it.
+                log.warning("loop %s lost Redis (%s); retrying", worker.loop, exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
     except BaseException as exc:
         status, reason = LoopStatus.ERROR, f"{type(exc).__name__}: {exc}"
         raise
@@ -126,7 +171,10 @@ def run_worker(
         done.set()
         beat.join(timeout=5)
         worker.current = None
-        worker.stopped(status, reason)
+        try:
+            worker.stopped(status, reason)
+        except CONNECTION_ERRORS as exc:
+            log.warning("loop %s: could not publish its stop (%s)", worker.loop, exc)
     return WorkerExit(
         reason=reason, all_passed=all_passed(worker), restart=worker.restart_requested
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from bus import PassedLedger, RedisBus
+from bus import Inbox, PassedLedger, RedisBus
 from bus.usage import UsageWindows
-from events import EscalationRaised, IterationAbort, TaskClaimed, TaskPassed
+from events import EscalationRaised, Event, IterationAbort, TaskClaimed, TaskPassed
 from loops.book import TaskBook
 from loops.driver import WorkerExit, run_worker
 from loops.reactions import WORKER_TYPES, handle
@@ -47,6 +47,12 @@ class BusAborts:
         return upto, found
 
 
+# What a worker reacts to whatever loop it names (a `bus.Router` hands these to every
+# loop it serves; the rest go to the loop `event.loop` names): another loop's merged
+# task (cross-loop dependencies) and an answer, matched by escalation id.
+BROADCAST_TYPES = frozenset({"task.passed", "escalation.answered"})
+
+
 class WorkerService:
     """A `LoopWorker` plus the subscription that feeds it events (one thread)."""
 
@@ -63,7 +69,11 @@ class WorkerService:
         heartbeat_s: float = 30.0,
         agent_timeout_s: float | None = None,
         remote: str | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
+        """`inbox`: this loop's share of its process's `bus.Router` (what `loops up`
+        gives each loop); without one the worker has its own consumer group
+        (`loops worker LOOP`, one loop per process)."""
         root = state_root or repo / ".loops"
         self.worker = LoopWorker(
             book,
@@ -94,12 +104,20 @@ class WorkerService:
             elif isinstance(event, EscalationRaised) and event.loop == book.loop:
                 raised.add(event.escalation_id)
         self._resume = (claimed, raised)
-        self.subscription = bus.subscribe(
-            worker_group(book.loop),
-            book.loop,  # one worker per loop: a restarted one takes its pending entries back
-            lambda event: handle(self.worker, event),
-            types=WORKER_TYPES,
+        self.inbox = inbox
+        self.subscription = (
+            None
+            if inbox is not None
+            else bus.subscribe(
+                worker_group(book.loop),
+                book.loop,  # one worker per loop: a restarted one takes its pending back
+                self._handle,
+                types=WORKER_TYPES,
+            )
         )
+
+    def _handle(self, event: Event) -> None:
+        handle(self.worker, event)
 
     def resume(self) -> None:
         """Re-publish what a restart lost (call once the worker has started)."""
@@ -110,4 +128,7 @@ class WorkerService:
         return run_worker(self.worker, self.poll, stop, until_idle=until_idle, resume=self.resume)
 
     def poll(self, block_ms: int) -> int:
+        if self.inbox is not None:
+            return self.inbox.poll(self._handle, block_ms)
+        assert self.subscription is not None
         return self.subscription.poll(block_ms)

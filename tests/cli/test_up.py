@@ -102,9 +102,7 @@ def hanging_step(marker: Path) -> list[dict[str, object]]:
 
 
 def agent_processes(marker: Path) -> list[str]:
-    out = subprocess.run(
-        ["pgrep", "-f", f"sleep 300 # {marker}"], capture_output=True, text=True
-    )
+    out = subprocess.run(["pgrep", "-f", f"sleep 300 # {marker}"], capture_output=True, text=True)
     return out.stdout.split()
 
 
