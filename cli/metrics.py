@@ -290,6 +290,8 @@ def redis_families(client: redis.Redis, prefix: str) -> list[Metric]:
     for group in groups:
         name = _text(group.get("name", ""))
         role = name.split(":", 1)[0]
+        if role == "workers":  # a process's loops behind one Router (bus/router.py)
+            role = "worker"
         if group.get("lag") is not None:  # Redis 7; None when it cannot tell
             lag.add_metric([name, role], float(group["lag"]))
         pending.add_metric([name, role], float(group.get("pending") or 0))

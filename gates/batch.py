@@ -88,6 +88,10 @@ class _Stack:
     protected: set[str]
     others: list[Check]  # the checks of the tasks merged before
     items: list[_Stacked] = field(default_factory=list)
+    # Claims that conflict with an earlier claim of this stack, not with main: they wait
+    # for the next round, on the main this batch lands (where a conflict is a real one,
+    # which the loop can resolve against main).
+    deferred: list[VerificationPassed] = field(default_factory=list)
 
 
 @dataclass
@@ -187,7 +191,7 @@ class BatchMergeQueue(MergeQueue):
             with scratch(s.repo, base, pool="merge") as wt:
                 stack = self._stack(wt, base, todo)
                 if not stack.items:
-                    return []
+                    return stack.deferred
                 verdict = self._test(stack)
                 if verdict.landing:
                     tip = verdict.landing[-1].commit
@@ -204,7 +208,7 @@ class BatchMergeQueue(MergeQueue):
                 if verdict.culprit is not None and verdict.failure is not None:
                     reason = _failure(verdict.failure)
                     self._conflicted(verdict.culprit.vp, [], reason, MergeRefusal.CHECKS_FAILED)
-                return verdict.requeue
+                return [*verdict.requeue, *stack.deferred]
         for vp in batch:
             self.merge(vp)  # main keeps moving: one at a time, each with its own retries
         return []
@@ -235,8 +239,10 @@ class BatchMergeQueue(MergeQueue):
     def _push(self, stack: _Stack, vp: VerificationPassed, own: list[Check]) -> bool:
         """Stack `vp` on the worktree's HEAD; False (reported) if it cannot be."""
         head = git(stack.wt, "rev-parse", "HEAD")
-        if not self._squash(stack.wt, vp, head):
-            return False  # reported: the loop merges main, resolves it and claims again
+        if not self._squash(stack.wt, vp, head, report=not stack.items):
+            if stack.items:
+                stack.deferred.append(vp)
+            return False  # else reported: the loop merges main, resolves it, claims again
         commit = self._commit(stack.wt, [vp], batch=stack.batch_id)
         try:
             self._refuse_tampering(vp, head, commit, stack.protected)

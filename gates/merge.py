@@ -266,15 +266,16 @@ class MergeQueue:
             return None
         return self._commit(wt, [vp])
 
-    def _squash(self, wt: Path, vp: VerificationPassed, head: str) -> bool:
+    def _squash(self, wt: Path, vp: VerificationPassed, head: str, *, report: bool = True) -> bool:
         """Stage `vp.commit` merged onto `head` (checked out in `wt`); on a conflict,
-        report it, put `wt` back at `head` and return False."""
+        report it (unless not `report`), put `wt` back at `head` and return False."""
         proc = run_git(wt, "merge", "--squash", "--no-commit", vp.commit, check=False)
         if proc.returncode == 0:
             return True
         files = conflicted_files(wt)
         run_git(wt, "reset", "--hard", "--quiet", head, check=False)
-        self._conflicted(vp, files, "conflict" if files else proc.stdout[-800:])
+        if report:
+            self._conflicted(vp, files, "conflict" if files else proc.stdout[-800:])
         return False
 
     def _commit(self, wt: Path, vps: Sequence[VerificationPassed], batch: str | None = None) -> str:
