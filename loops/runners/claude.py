@@ -28,7 +28,7 @@ from typing import Any
 from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, last_line
-from loops.runners.launch import launch
+from loops.runners.launch import cannot_start, launch
 from loops.runners.outcome import (
     Failure,
     classify_run,
@@ -295,22 +295,8 @@ class ClaudeRunner:
                     on_stdout_line=feed,
                     writable=config_paths(env) if request.sandbox is not None else (),
                 )
-            except SandboxUnavailable as exc:
-                return AgentResult(
-                    reply="",
-                    exit_code=None,
-                    failure=FailureKind.AGENT_ERROR,
-                    failure_detail=str(exc),
-                )
-            except OSError as exc:
-                return AgentResult(
-                    reply="",
-                    exit_code=None,
-                    failure=FailureKind.AGENT_ERROR,
-                    failure_detail=f"could not start {argv[0]!r} ({exc.strerror}); "
-                    "install Claude Code or set LOOPS_CLAUDE_BIN",
-                    unrunnable=True,
-                )
+            except (SandboxUnavailable, OSError) as exc:
+                return cannot_start(exc, argv[0], "install Claude Code or set LOOPS_CLAUDE_BIN")
         now = datetime.now(UTC)
         if proc.cancelled:
             failure: Failure | None = Failure(FailureKind.AGENT_ERROR, INTERRUPTED_DETAIL)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from events import FailureKind
 from events.secrets import redact
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, last_line
-from loops.runners.launch import agent_env, launch
+from loops.runners.launch import agent_env, cannot_start, launch
 from loops.runners.outcome import Failure, classify_run
 from loops.sandbox import SandboxUnavailable
 
@@ -40,23 +40,8 @@ class CommandRunner:
             env = run.env
             try:
                 proc = run.run([self.shell, "-c", self.command], stdin_text=request.prompt)
-            except SandboxUnavailable as exc:
-                return AgentResult(
-                    reply="",
-                    exit_code=None,
-                    failure=FailureKind.AGENT_ERROR,
-                    failure_detail=str(exc),
-                )
-            except OSError as exc:
-                return AgentResult(
-                    reply="",
-                    exit_code=None,
-                    failure=FailureKind.AGENT_ERROR,
-                    failure_detail=redact(
-                        f"could not start {self.command!r} ({exc.strerror}); {FIX}", env
-                    ),
-                    unrunnable=True,
-                )
+            except (SandboxUnavailable, OSError) as exc:
+                return cannot_start(exc, self.command, FIX, env)
         tail = last_line(proc.stderr)
         if proc.exit_code in CANNOT_RUN and not proc.stdout.strip():
             # The shell's own verdict: 127 not found, 126 found but not executable.

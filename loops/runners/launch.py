@@ -12,16 +12,16 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from events import AgentSign
-from events.secrets import allowed_env
-from loops.runners import AgentRequest
+from events import AgentSign, FailureKind
+from events.secrets import allowed_env, redact
+from loops.runners import AgentRequest, AgentResult
 from loops.runners.process import ProcessResult, kill_strays, run_process
-from loops.sandbox import SandboxPolicy
+from loops.sandbox import SandboxPolicy, SandboxUnavailable
 
 __all__ = ["Launch", "agent_env", "launch"]
 
@@ -115,3 +115,21 @@ def launch(request: AgentRequest, **extra_env: str) -> Iterator[Launch]:
         if policy is None or not policy.status().active:
             kill_strays(request.worktree)  # no PID namespace took them down
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def cannot_start(
+    exc: OSError | SandboxUnavailable, what: str, fix: str, env: Mapping[str, str] | None = None
+) -> AgentResult:
+    """The result of a run whose process could not start: the sandbox was required and
+    missing, or the program (`what`) is missing or not executable (`fix`: how to mend it)."""
+    if isinstance(exc, SandboxUnavailable):
+        return AgentResult(
+            reply="", exit_code=None, failure=FailureKind.AGENT_ERROR, failure_detail=str(exc)
+        )
+    return AgentResult(
+        reply="",
+        exit_code=None,
+        failure=FailureKind.AGENT_ERROR,
+        failure_detail=redact(f"could not start {what!r} ({exc.strerror}); {fix}", env),
+        unrunnable=True,
+    )
