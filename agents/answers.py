@@ -29,6 +29,7 @@ from typing import Protocol
 
 import anthropic
 
+from agents.model import model_client
 from events import Decision, EscalationKind
 
 log = logging.getLogger(__name__)
@@ -172,11 +173,8 @@ class AnthropicAnswerReader:
     ) -> None:
         self.model = model or os.environ.get("LOOPS_JUDGE_MODEL") or "claude-sonnet-4-6"
         self.name = f"model:{self.model}"
-        self.client = anthropic.Anthropic(
-            api_key=api_key or os.environ.get("ANTHROPIC_API_KEY") or "unset",
-            base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
-            timeout=timeout_s,
-            max_retries=max_retries,
+        self.client = model_client(
+            api_key=api_key, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries
         )
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import anthropic
 
+from agents.model import model_client
 from events import LoopsError
 
 DescribeTask = Callable[[str, str], str | None]
@@ -77,11 +78,8 @@ class AnthropicRefiner:
         self.model = model or os.environ.get("LOOPS_REFINE_MODEL", "claude-sonnet-4-6")
         self.max_tokens = max_tokens
         self.describe_task = describe_task
-        self.client = anthropic.Anthropic(
-            api_key=api_key or os.environ.get("ANTHROPIC_API_KEY") or "unset",
-            base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
-            timeout=timeout_s,
-            max_retries=max_retries,
+        self.client = model_client(
+            api_key=api_key, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries
         )
 
     def close(self) -> None:
