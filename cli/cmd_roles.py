@@ -14,7 +14,7 @@ import argparse
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from cli.compose import (
 from cli.metrics import metrics_address
 from cli.runtime import run_role
 from cli.system import SystemOptions, notifier_from_env
-from events import ConfigError, ValidationFailed
+from events import ConfigError, ModelPrice, ValidationFailed
 from gates import RqJobs
 from loops.books import HarnessBook
 from loops.project import Loop, Project, load_loop
@@ -135,7 +135,7 @@ def _role(
     def work(stop: threading.Event) -> None:
         # A fresh worker per run: a restart (the monitor's, or after a crash) reloads
         # its state from disk.
-        done = _service(args, bus, loop, repo, main, remote).run(stop)
+        done = _service(args, bus, loop, repo, main, remote, project.config.prices).run(stop)
         if not done.restart:
             stop.set()  # stopped by a command: the process exits (0)
 
@@ -143,7 +143,13 @@ def _role(
 
 
 def _service(
-    args: argparse.Namespace, bus: RedisBus, loop: Loop, repo: Path, main: str, remote: str | None
+    args: argparse.Namespace,
+    bus: RedisBus,
+    loop: Loop,
+    repo: Path,
+    main: str,
+    remote: str | None,
+    prices: Mapping[str, ModelPrice] | None = None,
 ) -> WorkerService:
     agent = args.agent or loop.config.agent or "claude"
     return WorkerService(
@@ -154,6 +160,7 @@ def _service(
         main_branch=main,
         heartbeat_s=loop.config.health_check.interval_seconds,
         remote=remote,
+        prices=prices,
     )
 
 
@@ -185,7 +192,11 @@ def _every_loop(
         def one(loop: Loop) -> None:
             try:
                 while not stop.is_set():
-                    if not _service(args, bus, loop, repo, main, remote).run(stop).restart:
+                    if (
+                        not _service(args, bus, loop, repo, main, remote, project.config.prices)
+                        .run(stop)
+                        .restart
+                    ):
                         return
             except BaseException as exc:
                 log.exception("loop %s crashed", loop.name)

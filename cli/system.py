@@ -125,6 +125,7 @@ class System:
                 main_branch=self.main,
                 heartbeat_s=heartbeat,
                 inbox=self.router.inbox(name) if self.router else None,
+                prices=self.project.config.prices,
             )
 
         return make

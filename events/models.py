@@ -25,6 +25,7 @@ from events.types import (
     TokenUsage,
     VerificationVerdict,
 )
+from events.usage import CostSource, Receipt
 
 W, MON, PM, HUM, GATE, MERGE, DASH, OP = (
     Role.WORKER,
@@ -132,6 +133,9 @@ class IterationFinished(Event):
     commands: list[str] = Field(default_factory=list)
     tokens: TokenUsage | None = None
     cost_usd: float | None = None
+    # where cost_usd came from (None: recorded before sources were); `model`: priced as
+    cost_source: CostSource | None = None
+    model: str | None = None
     reply_chars: int = 0
     reply_tail: str = ""
     permission_denials: int = 0
@@ -304,6 +308,7 @@ class MergeCompleted(Event):
     commit: str
     merged_commit: str
     main_before: str
+    receipt: Receipt | None = None  # what the task cost (`events.receipts`)
     producers = (MERGE,)
     consumers = (W, PM, DASH)
 

@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from events import Criterion, LoopStatus, ValidationFailed
+from events import Criterion, LoopStatus, ModelPrice, ValidationFailed
 from events.secrets import redact_obj
 from loops.files import (
     parse_json,
@@ -248,6 +248,12 @@ class ProjectConfig(BaseModel):
         default=3,
         ge=0,
         description="a check flaky more often than this is put to a person to fix",
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="per-model prices in US dollars per million tokens (`input`, `output`, "
+        "`cache_read`, `cache_write`), over the built-in table; an agent call is priced from "
+        "them when the agent reports tokens but no cost",
     )
     merge_retry_cost_s: float = Field(
         default=60.0,

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from bus import Inbox, PassedLedger, RedisBus
 from bus.usage import UsageWindows
-from events import EscalationRaised, Event, IterationAbort, TaskClaimed, TaskPassed
+from events import (
+    EscalationRaised,
+    Event,
+    IterationAbort,
+    ModelPrice,
+    TaskClaimed,
+    TaskPassed,
+)
 from loops.book import TaskBook
 from loops.driver import WorkerExit, run_worker
 from loops.reactions import WORKER_TYPES, handle
@@ -70,6 +78,7 @@ class WorkerService:
         agent_timeout_s: float | None = None,
         remote: str | None = None,
         inbox: Inbox | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
     ) -> None:
         """`inbox`: this loop's share of its process's `bus.Router` (what `loops up`
         gives each loop); without one the worker has its own consumer group
@@ -90,6 +99,7 @@ class WorkerService:
             aborts=BusAborts(bus, book.loop),
             usage=UsageWindows(bus.client, bus.prefix),
             account=agent_account(runner, name=book.account),
+            prices=prices,
         )
         # Other loops' merged tasks (cross-loop dependencies), even from before this
         # worker's group existed; and what the stream holds of our own claims and

@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ from events import (
     LoopStarted,
     LoopStatus,
     LoopStopped,
+    ModelPrice,
     Role,
     Severity,
     Source,
@@ -58,6 +59,7 @@ from loops.agent_failures import (
     usage_window,
 )
 from loops.book import TaskBook, TaskDef, TaskStatus
+from loops.cost import Pricer
 from loops.liveness import AbortFeed, AgentRun, RunWatch
 from loops.merged import MergedTasks
 from loops.prompt import PromptInput, build_prompt
@@ -105,8 +107,10 @@ class LoopWorker:
         aborts: AbortFeed | None = None,
         usage: UsageWindows | None = None,
         account: str | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
     ) -> None:
         self.book = book
+        self.pricer = Pricer(prices)  # the price table (defaults, then project.json's)
         self.merged = MergedTasks(book.loop, workspace.repo, workspace.main_branch, ledger)
         self.runner = runner
         self.ws = workspace
@@ -481,6 +485,8 @@ class LoopWorker:
             else None
         )
         self.transcripts.write(self.loop, task.id, n, prompt, result)
+        cost = self.pricer.cost(result, self.book.model)
+        log.info("%s", cost.line(result))
         self.emit(
             IterationFinished,
             task.id,
@@ -494,7 +500,9 @@ class LoopWorker:
             diff_stat=done.diff_stat,
             commands=result.commands,
             tokens=result.tokens,
-            cost_usd=result.cost_usd,
+            cost_usd=cost.usd,
+            cost_source=cost.source,
+            model=cost.model,
             reply_chars=len(result.reply),
             reply_tail=result.reply[-500:],
             permission_denials=result.permission_denials,

@@ -100,7 +100,8 @@ class AgentResult:
     commands: list[str] = field(default_factory=list)
     permission_denials: int = 0
     tokens: TokenUsage = field(default_factory=TokenUsage)
-    cost_usd: float | None = None
+    cost_usd: float | None = None  # as the agent reported it (checked by `loops.cost`)
+    model: str | None = None  # the model the agent said it ran
     failure: FailureKind | None = None
     failure_detail: str | None = None
     retry_at: datetime | None = None
