@@ -25,6 +25,8 @@ from cli.compose import (
     make_merge,
     trusting_loader,
 )
+from cli.view import SystemView
+from cli.view.spend import SPEND_TYPES
 from events import (
     ConfigError,
     Event,
@@ -129,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
                 merge = make_merge(bus, repo, branch, loader, test_command=test_command)
             roles.poll_forever("merge", merge.subscribe("run"))
             outcome = service.run(threading.Event(), until_idle=True)
+            for line in SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines():
+                log.info("%s", line.strip())
         finally:
             roles.shutdown()
             client.close()

@@ -27,6 +27,7 @@ from cli.cmd_status import render
 from cli.compose import check_sandboxes
 from cli.system import System, SystemOptions
 from cli.view import SystemView
+from cli.view.spend import SPEND_TYPES
 from events import ConfigError, ValidationFailed
 from events.secrets import RedactingFilter
 from loops.project import Project, load_project
@@ -180,6 +181,7 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
                 status = "passed in the state file but not merged on main"
             why = f" — {record.last_result}" if record.last_result else ""
             lines.append(f"    {task.id}: {status}{why}")
+    lines += SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines()
     escalations = open_escalations(e for _, e in bus.replay())
     if escalations:
         lines.append("  Open escalations (answer with `loops answer ID TEXT`):")

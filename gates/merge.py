@@ -57,6 +57,7 @@ from gates.gitutil import (
     update_ref_cas,
 )
 from gates.protect import changes, flagged_files, protected_files, tree_files
+from gates.receipts import StreamReceipts
 from gates.settings import MergeSettings, derived_escalation_id, derived_id
 from gates.store import MemoryStore, StateStore
 
@@ -119,6 +120,7 @@ class MergeQueue:
         self.merged_tasks = merged_tasks
         self._recheck_cache: tuple[str, list[tuple[tuple[str, str], Check]]] | None = None
         self.store = store or MemoryStore()
+        self.receipts = StreamReceipts(bus)  # what each task cost, for `merge.completed`
         self.source = source or Source(role=Role.MERGE)
         # Called with the merged commit once its checks passed, just before main moves
         # (fault injection for crash tests; a no-op in production).
@@ -371,6 +373,7 @@ class MergeQueue:
                 commit=vp.commit,
                 merged_commit=merged,
                 main_before=base,
+                receipt=self.receipts.receipt(vp.loop, vp.task_id, vp.commit),
                 **_caused(vp),
             )
         )

@@ -24,6 +24,7 @@ from cli.view.models import (
     MonitorActionView,
     TaskView,
 )
+from cli.view.spend import Spend, spend_dict
 from cli.view.text import event_fields
 
 
@@ -42,6 +43,7 @@ class SystemView(BaseModel):
     last_event: datetime | None = None
     events_seen: int = 0
     as_of: datetime | None = None
+    spend: Spend = Field(default_factory=Spend)  # receipts, spend over time, per merged task
     seen: dict[str, None] = Field(default_factory=dict, exclude=True)
 
     # ------------------------------------------------------------------ building
@@ -73,6 +75,7 @@ class SystemView(BaseModel):
         handler = HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
+        self.spend.add(event)
         self.recent.append(
             EventLine(
                 stream_id=stream_id,
@@ -127,6 +130,7 @@ class SystemView(BaseModel):
         """Plain JSON-ready data (health judged at `now`), with totals."""
         self.refresh(now)
         data = self.model_dump(mode="json")
+        data["spend"] = spend_dict(self.spend)
         data["totals"] = {
             "loops": len(self.loops),
             "passed": sum(loop.passed for loop in self.loops.values()),
