@@ -145,3 +145,35 @@ def test_the_iteration_event_carries_the_cost_and_its_source(make_harness) -> No
         (None, ev.CostSource.NONE),
     ]
     assert math.isclose(sum(e.cost_usd or 0 for e in calls), 0.25)
+
+
+STREAM = """\
+{"type": "system", "subtype": "init", "model": "claude-haiku-4-5-20251001", "session_id": "s"}
+{"type": "assistant", "message": {"id": "m1", "content": [{"type": "text", "text": "<promise>done</promise>"}]}}
+{"type": "result", "subtype": "success", "result": "<promise>done</promise>", "usage": {"input_tokens": 2000000, "output_tokens": 100000, "cache_read_input_tokens": NaN}%s}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "source", "usd"),
+    [
+        ("", ev.CostSource.PRICE_TABLE, 2.5),  # 2M in at $1, 0.1M out at $5
+        (', "total_cost_usd": 0.75', ev.CostSource.AGENT, 0.75),
+        (', "total_cost_usd": -1e300', ev.CostSource.PRICE_TABLE, 2.5),  # refused
+    ],
+)
+def test_a_command_agent_reports_usage_in_stream_json(
+    tmp_path: Path, extra: str, source: ev.CostSource, usd: float
+) -> None:
+    (tmp_path / "out.jsonl").write_text(STREAM % extra)
+    runner = make_runner(f"command:cat {tmp_path / 'out.jsonl'}")
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    result = runner.run(
+        AgentRequest(prompt="go", worktree=worktree, loop="l", task_id="T", iteration=1)
+    )
+    assert result.failure is None, result.failure_detail
+    assert result.model == "claude-haiku-4-5-20251001"
+    assert result.tokens == ev.TokenUsage(input_tokens=2_000_000, output_tokens=100_000)
+    cost = Pricer().cost(result)
+    assert cost.source is source and cost.usd == pytest.approx(usd)
