@@ -181,6 +181,7 @@ def render(
         f"{len(loops)} loop(s)  passed {passed}/{total}  tokens {human_tokens(view.tokens)}"
         f"  cost ${view.cost_usd:.2f}  last event {ago(view.last_event, now)} ago"
     )
+    lines += [line.strip() for line in view.spend.lines()[-1:]]  # cost per merged task
     warnings = sorted({loop.sandbox_warning for loop in loops if loop.sandbox_warning})
     lines += [f"WARNING: {clean(w, 300)}" for w in warnings]
     lines += ["", "LOOPS"]

@@ -63,6 +63,7 @@ def test_status_table_shows_loops_tasks_escalations_and_merge_queue(system: Syst
     assert re.search(r"merging\s+loop-ui\s+UI-1\s+cccc2222", out), out
     assert "reset_task" in out
     assert "$0.42" in out
+    assert "Spend: $0.4200 on 1 merged task(s) ($0.4200 per merged task)" in out
 
 
 def test_status_json(system: System) -> None:
