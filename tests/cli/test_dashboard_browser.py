@@ -165,6 +165,10 @@ def test_dashboard_in_chromium(system: System, dashboard: str, browser: object) 
         "#spend .spend-summary"
     )
     assert "loop-ui $1.50" in text("#spend .spend-legend")
+    strokes = {
+        el.value_of_css_property("stroke") for el in driver.find_elements(By.CSS_SELECTOR, lines)
+    }
+    assert len(strokes) == 2 and "none" not in strokes  # a colour per loop, from the CSS
 
     # Answer an escalation through its form.
     card = driver.find_element(By.CSS_SELECTOR, ".esc[data-id='e-1a2b3c']")

@@ -376,7 +376,7 @@
     );
   }
 
-  const COLORS = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b83280", "#2c7a7b", "#975a16", "#4a5568"];
+  const COLORS = 8; // .c0 ... .c7 in style.css (the page's CSP allows no inline style)
 
   // Each loop's spend so far over time, on shared axes: a step line per loop (flat
   // between agent calls, up at each call of known cost), run on to now.
@@ -411,11 +411,10 @@
       coords.push([x(t1), coords[coords.length - 1][1]]);
       chart.append(
         svg("polyline", {
-          class: "spend-line",
+          class: `spend-line c${i % COLORS}`,
           "data-loop": loop,
           "data-calls": points.length,
           "data-usd": points[points.length - 1].cost_usd,
-          stroke: COLORS[i % COLORS.length],
           points: coords.map(([cx, cy]) => `${cx.toFixed(1)},${cy.toFixed(1)}`).join(" "),
         }),
       );
@@ -424,7 +423,7 @@
       "div",
       { class: "spend-legend" },
       loops.map((loop, i) =>
-        h("span", { dataset: { loop } }, h("i", { style: `background:${COLORS[i % COLORS.length]}` }), ` ${loop} ${money(series[loop][series[loop].length - 1].cost_usd)}`),
+        h("span", { dataset: { loop } }, h("i", { class: `c${i % COLORS}` }), ` ${loop} ${money(series[loop][series[loop].length - 1].cost_usd)}`),
       ),
     );
     return h("div", { class: "spend-wrap" }, chart, legend);
