@@ -27,6 +27,8 @@ from events.models import *  # noqa: F403 - every event class is part of the pub
 from events.models import __all__ as _models_all
 from events.types import (
     AgentSign,
+    BudgetLevel,
+    BudgetMetric,
     Check,
     Criterion,
     CriterionResult,
@@ -51,6 +53,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "AgentSign",
     "AnyEvent",
+    "BudgetLevel",
+    "BudgetMetric",
     "Check",
     "ConfigError",
     "Criterion",

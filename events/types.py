@@ -41,6 +41,24 @@ class FailureKind(StrEnum):
     AGENT_ERROR = "agent_error"  # the agent crashed or exited non-zero without a reply
 
 
+class BudgetLevel(StrEnum):
+    """What a budget applies to (issue 14)."""
+
+    TASK = "task"
+    LOOP = "loop"
+    PROJECT = "project"
+    DAY = "day"  # the project's rolling 24 hours
+
+
+class BudgetMetric(StrEnum):
+    """What a budget counts: agent calls, tokens, dollars, seconds of wall time."""
+
+    CALLS = "calls"
+    TOKENS = "tokens"
+    USD = "usd"
+    WALL_S = "wall_s"
+
+
 class Severity(StrEnum):
     LOW = "low"
     MEDIUM = "medium"

@@ -1,0 +1,112 @@
+"""Budget settings (issue 14): `budget` in a loop's config.json and in project.json,
+and how a loop's effective budget is put together. Enforcement is `loops/budget.py`."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events import BudgetLevel, BudgetMetric
+
+DEFAULT_WARN_AT = 0.8
+
+
+class Limits(BaseModel):
+    """One level's budget: any subset of the four (a missing one is unlimited)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    usd: float | None = Field(default=None, gt=0, description="dollars (the agents' cost_usd)")
+    tokens: int | None = Field(
+        default=None, ge=1, description="tokens: input + output + cache reads and writes"
+    )
+    calls: int | None = Field(
+        default=None, ge=1, description="agent calls (each counted when it starts)"
+    )
+    wall_s: float | None = Field(
+        default=None, gt=0, description="seconds of agent wall time (a running call counts)"
+    )
+
+    def get(self, metric: BudgetMetric) -> float | None:
+        value = getattr(self, metric.value)
+        return None if value is None else float(value)
+
+    def merged(self, other: Limits | None) -> Limits:
+        """These limits, with `other`'s where this one has none."""
+        if other is None:
+            return self
+        return Limits.model_validate(
+            {m.value: _first(self.get(m), other.get(m), m) for m in BudgetMetric}
+        )
+
+
+def _first(a: float | None, b: float | None, metric: BudgetMetric) -> float | int | None:
+    value = a if a is not None else b
+    if value is not None and metric in (BudgetMetric.CALLS, BudgetMetric.TOKENS):
+        return int(value)
+    return value
+
+
+class LoopBudget(BaseModel):
+    """`budget` in a loop's config.json: this loop's task and loop budgets."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: Limits | None = Field(default=None, description="what one task may spend, all attempts")
+    loop: Limits | None = Field(default=None, description="what the whole loop may spend")
+    warn_at: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="the fraction of a limit that warns (default 0.8; project.json's if set)",
+    )
+    hard_ceiling: bool | None = Field(
+        default=None,
+        description="kill a running call when its wall time would pass a limit (default: a "
+        "call that started finishes)",
+    )
+
+
+class ProjectBudget(LoopBudget):
+    """`budget` in project.json: the project's and the rolling day's budgets, and
+    defaults of every loop's task and loop budgets."""
+
+    project: Limits | None = Field(default=None, description="what the whole project may spend")
+    day: Limits | None = Field(
+        default=None, description="what the project may spend in any 24 hours (hour buckets)"
+    )
+
+
+def effective(
+    project: ProjectBudget | None,
+    loop: LoopBudget | None = None,
+    *,
+    max_usd: float | None = None,
+    max_tokens: int | None = None,
+    flags_level: BudgetLevel = BudgetLevel.LOOP,
+) -> ProjectBudget:
+    """The budget one loop works under: its own config over the project's defaults,
+    and the `--max-cost` / `--max-tokens` flags over both at `flags_level`."""
+    project = project or ProjectBudget()
+    loop = loop or LoopBudget()
+    data: dict[str, object] = {
+        "task": _merge(loop.task, project.task),
+        "loop": _merge(loop.loop, project.loop),
+        "project": project.project,
+        "day": project.day,
+        "warn_at": loop.warn_at if loop.warn_at is not None else project.warn_at,
+        "hard_ceiling": (
+            loop.hard_ceiling if loop.hard_ceiling is not None else project.hard_ceiling
+        ),
+    }
+    if max_usd is not None or max_tokens is not None:
+        key = flags_level.value
+        flags = Limits(usd=max_usd, tokens=max_tokens)
+        current = data[key]
+        data[key] = flags.merged(current if isinstance(current, Limits) else None)
+    return ProjectBudget.model_validate(data)
+
+
+def _merge(own: Limits | None, default: Limits | None) -> Limits | None:
+    if own is None:
+        return default
+    return own.merged(default)
