@@ -42,6 +42,7 @@ from cli.system import SystemOptions, notifier_from_env
 from events import ConfigError, ValidationFailed
 from gates import RqJobs
 from loops.books import HarnessBook
+from loops.budget_config import effective
 from loops.project import Loop, Project, load_loop
 from loops.runners import make_runner
 from loops.service import WorkerService
@@ -135,7 +136,7 @@ def _role(
     def work(stop: threading.Event) -> None:
         # A fresh worker per run: a restart (the monitor's, or after a crash) reloads
         # its state from disk.
-        done = _service(args, bus, loop, repo, main, remote).run(stop)
+        done = _service(args, bus, project, loop, repo, main, remote).run(stop)
         if not done.restart:
             stop.set()  # stopped by a command: the process exits (0)
 
@@ -143,7 +144,13 @@ def _role(
 
 
 def _service(
-    args: argparse.Namespace, bus: RedisBus, loop: Loop, repo: Path, main: str, remote: str | None
+    args: argparse.Namespace,
+    bus: RedisBus,
+    project: Project,
+    loop: Loop,
+    repo: Path,
+    main: str,
+    remote: str | None,
 ) -> WorkerService:
     agent = args.agent or loop.config.agent or "claude"
     return WorkerService(
@@ -154,6 +161,7 @@ def _service(
         main_branch=main,
         heartbeat_s=loop.config.health_check.interval_seconds,
         remote=remote,
+        budget=effective(project.config.budget, loop.config.budget),
     )
 
 
@@ -185,7 +193,7 @@ def _every_loop(
         def one(loop: Loop) -> None:
             try:
                 while not stop.is_set():
-                    if not _service(args, bus, loop, repo, main, remote).run(stop).restart:
+                    if not _service(args, bus, project, loop, repo, main, remote).run(stop).restart:
                         return
             except BaseException as exc:
                 log.exception("loop %s crashed", loop.name)

@@ -67,8 +67,9 @@ class LoopBudget(BaseModel):
 
 
 class ProjectBudget(LoopBudget):
-    """`budget` in project.json: the project's and the rolling day's budgets, and
-    defaults of every loop's task and loop budgets."""
+    """`budget` in project.json: the project's and the day's budgets, and every loop's defaults.
+
+    A loop's own `task` and `loop` limits override these defaults metric by metric."""
 
     project: Limits | None = Field(default=None, description="what the whole project may spend")
     day: Limits | None = Field(
