@@ -185,9 +185,12 @@ class SpendLedger:
         wall_s: float | None = 0.0,
     ) -> None:
         """A call that already ended (a verification run, a judge call): begin and end
-        in one go, idempotent on `call_id`."""
+        in one go, idempotent on `call_id` (for two days)."""
         started = at - timedelta(seconds=clean(wall_s))
-        if self.begin(call_id, scopes, started, line=line):
+        first = self.client.set(
+            f"{self.prefix}:spend:done:{call_id}", "1", nx=True, ex=_BUCKET_TTL_S
+        )
+        if first and self.begin(call_id, scopes, started, line=line):
             self.end(call_id, at, tokens=tokens, usd=usd, wall_s=wall_s)
 
     def open_calls(self) -> dict[str, dict[str, Any]]:

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loops.worker")
 
+EPSILON = 1e-9  # sums of dollar figures in floating point: $0.1 x 8 is $0.8
+
 # -- reading a raise ------------------------------------------------------------------
 
 _RAISE = re.compile(
@@ -118,10 +120,15 @@ class Level:
 
     @property
     def exhausted(self) -> bool:
-        return self.spent >= self.limit
+        return self.spent >= self.limit - EPSILON
+
+    def near(self, threshold: float) -> bool:
+        """Past `threshold` (a fraction) of the limit, not yet at it."""
+        return self.spent >= threshold * self.limit - EPSILON and not self.exhausted
 
     def line(self) -> str:
-        return f"{self.level.value} budget {_scope_name(self.scope)}: {_fmt(self)}"
+        name = self.scope.partition(":")[2]
+        return f"{self.level.value} budget{f' of {name}' if name else ''}: {_fmt(self)}"
 
 
 def _fmt(lv: Level) -> str:
@@ -129,10 +136,6 @@ def _fmt(lv: Level) -> str:
     if lv.metric is BudgetMetric.USD:
         return f"${lv.spent:.2f} of ${lv.limit:.2f}"
     return f"{lv.spent:g}{unit} of {lv.limit:g}{unit}"
-
-
-def _scope_name(scope: str) -> str:
-    return scope.partition(":")[2] or scope
 
 
 class BudgetGuard:
@@ -222,8 +225,9 @@ def before_call(w: LoopWorker, task: TaskDef) -> bool:
     levels = guard.levels(task.id)
     threshold = guard.budget.warn_at or DEFAULT_WARN_AT
     for lv in levels:
-        near = lv.spent >= threshold * lv.limit and not lv.exhausted
-        if near and guard.ledger.mark_once(f"warn|{lv.scope}|{lv.metric.value}|{lv.limit:g}"):
+        if lv.near(threshold) and guard.ledger.mark_once(
+            f"warn|{lv.scope}|{lv.metric.value}|{lv.limit:g}"
+        ):
             log.warning("Budget warning: %s (%.0f%%)", lv.line(), 100 * lv.spent / lv.limit)
             w.emit(
                 BudgetWarned,
