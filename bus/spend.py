@@ -9,8 +9,8 @@ sum of the lines.
 
 A call is counted when it starts, and its figures are added when it ends: `begin`
 adds one call to each scope and records the call as open (`{prefix}:spend:open`);
-`end` adds its tokens, cost and wall time and closes it. Both are one MULTI
-transaction guarded by WATCH on the open record, so a retry never counts twice. A
+`end` adds its tokens, cost and wall time and closes it (whoever deletes the open
+record adds them, so a retry or a reap never counts twice). A
 process killed mid-call leaves the call open: its call is counted, its wall time keeps
 counting (`spent` adds the open calls' time so far) until `reap` closes it with the
 time until the reap. Nothing here under-counts because of a crash.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -110,36 +110,21 @@ class SpendLedger:
         self, call_id: str, scopes: Iterable[str], started: datetime, *, line: str = "agent"
     ) -> bool:
         """Count one call of `line` in each of `scopes`, and record it as open. False
-        when `call_id` is already counted (a retry)."""
+        when `call_id` is open already (a retry)."""
         keys = self._scopes(scopes, started)
         record = json.dumps({"scopes": keys, "line": line, "started": started.timestamp()})
-
-        def write(pipe: Any) -> bool:
-            if pipe.hexists(self.open_key, call_id):
-                return False
-            pipe.multi()
-            pipe.hset(self.open_key, call_id, record)
+        if self.client.hexists(self.open_key, call_id):
+            return False
+        # Counted first, then recorded as open, in one round trip. No MULTI: the embedded
+        # redis-server (7.0, default user off) drops MULTI blocks when it reloads its AOF.
+        with self.client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hincrby(self._key(key), f"{line}.calls", 1)
                 if key.startswith(f"{DAY}:"):
                     pipe.expire(self._key(key), _BUCKET_TTL_S)
-            return True
-
-        return self._transact(write)
-
-    def _transact(self, write: Callable[[Any], bool]) -> bool:
-        """Run `write` under WATCH of the open calls (it reads, then queues its writes
-        after `multi()`); another writer in between makes it run again."""
-        while True:
-            with self.client.pipeline() as pipe:
-                try:
-                    pipe.watch(self.open_key)  # type: ignore[no-untyped-call]
-                    if not write(pipe):
-                        return False
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+            pipe.hset(self.open_key, call_id, record)
+            pipe.execute()
+        return True
 
     def end(
         self,
@@ -152,26 +137,23 @@ class SpendLedger:
     ) -> bool:
         """Add a call's figures to the scopes it was counted in, and close it. Invalid
         figures count as 0 (`clean`); wall time is the larger of the reported and the
-        measured one. False when the call is not open (ended already, or never begun)."""
-
-        def write(pipe: Any) -> bool:
-            raw = pipe.hget(self.open_key, call_id)
-            if raw is None:
-                return False
-            record = json.loads(raw)
-            measured = max(ended.timestamp() - float(record["started"]), 0.0)
-            wall = max(clean(wall_s), measured)
-            line = record["line"]
-            pipe.multi()
-            pipe.hdel(self.open_key, call_id)
+        measured one. False when the call is not open (ended already, or never begun):
+        whoever removes the open record (HDEL is atomic) adds the figures, once."""
+        raw = self.client.hget(self.open_key, call_id)
+        if raw is None or not self.client.hdel(self.open_key, call_id):
+            return False
+        record = json.loads(raw)  # type: ignore[arg-type]
+        measured = max(ended.timestamp() - float(record["started"]), 0.0)
+        wall = max(clean(wall_s), measured)
+        line = record["line"]
+        with self.client.pipeline(transaction=False) as pipe:
             for key in record["scopes"]:
                 name = self._key(key)
                 pipe.hincrby(name, f"{line}.tokens", int(clean(tokens)))
                 pipe.hincrbyfloat(name, f"{line}.usd", clean(usd))
                 pipe.hincrbyfloat(name, f"{line}.wall_s", wall)
-            return True
-
-        return self._transact(write)
+            pipe.execute()
+        return True
 
     def record(
         self,

@@ -21,6 +21,7 @@ from loops.harness import TaskStatus
 from loops.project import Loop, Project
 
 METRICS = tuple(m.value for m in BudgetMetric)
+SHOWN = ("usd", "tokens", "calls", "wall_s")  # the order a person reads them in
 Worst = dict[str, float | None]  # metric -> worst case (None: unbounded)
 _PROJ = BudgetLevel.PROJECT  # `loops up --max-cost/--max-tokens` cap the whole project
 
@@ -133,9 +134,9 @@ def plan(
 
 
 def show(value: float | None, metric: str) -> str:
-    """One figure for a person: `unbounded`, `$1.50`, `12 calls`, `1h30m`."""
+    """One figure for a person: `tokens unbounded`, `$1.50`, `12 calls`, `1h30m`."""
     if value is None:
-        return "unbounded"
+        return f"{'dollars' if metric == 'usd' else 'time' if metric == 'wall_s' else metric} unbounded"
     if metric == "usd":
         return f"${value:.2f}"
     if metric == "wall_s":
@@ -149,7 +150,7 @@ def lines(p: Plan) -> list[str]:
     out: list[str] = []
 
     def figures(w: Worst) -> str:
-        return ", ".join(show(w[m], m) for m in METRICS)
+        return ", ".join(show(w[m], m) for m in SHOWN)
 
     for lp in p.loops:
         out.append(f"loop {lp.name} ({lp.agent}): worst case {figures(lp.worst)}")
@@ -163,7 +164,9 @@ def lines(p: Plan) -> list[str]:
     if any(v is not None for v in p.day.values()):
         day = ", ".join(show(v, m) for m, v in p.day.items() if v is not None)
         out.append(f"rolling day: at most {day} in any 24 hours")
-    unbounded = [m for m in ("usd", "tokens") if p.worst[m] is None]
+    unbounded = [
+        label for m, label in (("usd", "dollars"), ("tokens", "tokens")) if p.worst[m] is None
+    ]
     if unbounded:
         out.append(
             f"no limit on {' or '.join(unbounded)}: set `budget` in project.json or a loop's "
