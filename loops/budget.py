@@ -26,7 +26,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -247,10 +247,36 @@ def before_call(w: LoopWorker, task: TaskDef) -> bool:
     return False
 
 
-def after_call(w: LoopWorker, result: AgentResult) -> None:
-    """After the call: add its figures to the ledger."""
+def after_call(w: LoopWorker, result: AgentResult) -> AgentResult:
+    """After the call: the agent's usage report made sane (a cost that is not a finite,
+    non-negative number is unknown; so are negative token counts), then its figures
+    added to the ledger. The call and its wall time count whatever it reported."""
+    result = sane_usage(result)
     if w.budget is not None:
         w.budget.end(result)
+    return result
+
+
+def sane_usage(result: AgentResult) -> AgentResult:
+    """`result` with its cost and tokens as the harness trusts them (see `after_call`)."""
+    cost = result.cost_usd
+    bad_cost = cost is not None and not (isinstance(cost, int | float) and clean(cost) == cost)
+    tokens = result.tokens
+    counts = {
+        f: getattr(tokens, f)
+        for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+    }
+    bad_tokens = {f: v for f, v in counts.items() if int(clean(v)) != v}
+    if not bad_cost and not bad_tokens:
+        return result
+    log.warning(
+        "the agent reported invalid usage (cost %r, tokens %s): not trusted; its call and "
+        "wall time still count",
+        cost,
+        bad_tokens or "ok",
+    )
+    fixed = tokens.model_copy(update={f: int(clean(v)) for f, v in bad_tokens.items()})
+    return replace(result, cost_usd=None if bad_cost else cost, tokens=fixed)
 
 
 def _hold(w: LoopWorker, task: TaskDef, lv: Level) -> None:

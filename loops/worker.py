@@ -415,7 +415,7 @@ class LoopWorker:
                 on_spawn=run.spawned,
             ),
         )
-        budgets.after_call(self, result)
+        result = budgets.after_call(self, result)  # usage checked, then added to the ledger
         # The monitor's abort, if it killed the run (an agent that ended on its own just
         # before keeps its result; the command is then acknowledged as "not running").
         aborted = run.abort if result.failure_detail == INTERRUPTED_DETAIL else None
