@@ -6,6 +6,7 @@ cost (or nothing), and the guard's clock injected. Each test calls `iterate` and
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -99,6 +100,7 @@ def make_loop(bus: RedisBus, tmp_path: Path) -> Iterator[MakeLoop]:
         name: str = "spec",
         step: dict[str, object] | None = None,
         clock: Clock | None = None,
+        agent: str | None = None,
     ) -> Loop:
         repo = tmp_path / name
         repo.mkdir()
@@ -109,7 +111,8 @@ def make_loop(bus: RedisBus, tmp_path: Path) -> Iterator[MakeLoop]:
         script = tmp_path / f"{name}.yaml"
         script.write_text(yaml.safe_dump({"default": [step or {"reply": "still working"}]}))
         book = SpecBook(parse_spec(SPEC), repo / f"{name}.yaml", repo / ".loops" / "state", 50)
-        service = WorkerService(bus, book, make_runner(f"script:{script}"), repo, heartbeat_s=5)
+        runner = make_runner(agent or f"script:{script}")
+        service = WorkerService(bus, book, runner, repo, heartbeat_s=5)
         worker = service.worker
         worker.budget = BudgetGuard(
             SpendLedger(bus.client, bus.prefix), budget, worker.loop, clock or Clock()
@@ -299,6 +302,27 @@ def test_reading_a_raise() -> None:
         (ev.BudgetMetric.WALL_S, 10),
     ]
     assert parse_raises("5 usd more") == [] and parse_raises("+0usd") == []
+
+
+def test_claude_stream_json_cost_stops_a_dollar_budget(
+    make_loop: MakeLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The claude runner on a CLI that prints Claude Code's stream-json: every run
+    # reports `total_cost_usd` 0.0421, never a promise.
+    fake = Path(__file__).resolve().parent.parent / "fakes" / "fake_claude.py"
+    monkeypatch.setenv("LOOPS_CLAUDE_BIN", f"{sys.executable} {fake}")
+    monkeypatch.setenv("FAKE_CLAUDE_REPLY", "still working")
+    monkeypatch.setenv("LOOPS_SANDBOX_ENV", "FAKE_CLAUDE_*")
+    lp = make_loop(ProjectBudget(task=Limits(usd=0.1)), agent="claude")
+    calls = 0
+    while lp.call("hello"):
+        calls += 1
+    assert calls == 3  # $0.0842 after two: a third; $0.1263 after it: no fourth
+    finished = lp.events("iteration.finished")
+    assert [e.cost_usd for e in finished] == [0.0421] * 3  # type: ignore[attr-defined]
+    (spent,) = lp.events("budget.exhausted")
+    assert spent.metric is ev.BudgetMetric.USD  # type: ignore[attr-defined]
+    assert spent.spent == pytest.approx(3 * 0.0421)  # type: ignore[attr-defined]
 
 
 def test_the_ledger_counts_every_level_even_without_limits(make_loop: MakeLoop) -> None:
