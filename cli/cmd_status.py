@@ -183,6 +183,7 @@ def render(
     )
     warnings = sorted({loop.sandbox_warning for loop in loops if loop.sandbox_warning})
     lines += [f"WARNING: {clean(w, 300)}" for w in warnings]
+    lines += [f"BUDGET {loop.name}: {loop.budget}" for loop in loops if loop.budget]
     lines += ["", "LOOPS"]
     rows = []
     for loop in loops:
