@@ -71,6 +71,7 @@ class EscalationKind(StrEnum):
     APPROVAL = "approval"  # a flagged change (tampered checks, refined task) needs a yes/no
     SIGNOFF = "signoff"  # a natural check with no model configured to judge it
     INCIDENT = "incident"  # the monitor gave up, or mass death
+    BUDGET = "budget"  # a budget is spent: raise it (+5usd), skip the task, or stop the loop
 
 
 class Decision(StrEnum):

@@ -328,7 +328,7 @@ def _hold(w: LoopWorker, task: TaskDef, lv: Level) -> None:
             EscalationRaised,
             task.id,
             escalation_id=escalation_id,
-            kind=EscalationKind.APPROVAL,
+            kind=EscalationKind.BUDGET,
             severity=Severity.HIGH,
             question=question,
         )
