@@ -357,37 +357,37 @@ def answered(w: LoopWorker, event: EscalationAnswered) -> bool:
         rt.escalation_id = None
         rt.question = None
         rt.phase = Phase.WORKING if rt.correlation_id else Phase.IDLE
+    if w.state.budget_hold == scope:
+        w.state.budget_hold = None
+    raises = parse_raises(event.answer)
+    if raises and event.decision is None:
+        for metric, amount in raises:
+            apply_raise(w, scope, metric, amount, task_id=task_id)
+        return True
+    # Nothing raised: the next call that finds the budget spent asks again (the
+    # project's and the day's question is otherwise asked once per limit).
+    if w.budget is not None:
+        for lv in w.budget.levels(task_id or ""):
+            if lv.scope == scope:
+                w.budget.ledger.unmark(f"stop|{lv.scope}|{lv.metric.value}|{lv.limit:g}")
     text = event.answer.lower()
     decision = event.decision
     if decision is None and re.search(r"\b(stop|abort)\b", text):
         decision = Decision.ABORT
     elif decision is None and re.search(r"\b(skip|give up)\b", text):
         decision = Decision.SKIP
-    if w.state.budget_hold == scope:
-        w.state.budget_hold = None
     if decision is Decision.ABORT:
         w.stop_requested = "stopped by a person at the budget"
-        return True
-    if decision is Decision.SKIP and task_id is not None:
+    elif decision is Decision.SKIP and task_id is not None:
         w.book.update(task_id, status=TaskStatus.BLOCKED, last_result="budget spent; skipped")
         w.emit(TaskBlocked, task_id, reason="budget spent: skipped by a person")
         w.block_dependents()
-        return True
-    raises = parse_raises(event.answer)
-    if not raises:
+    else:
         log.warning(
             "the answer to %s raised no budget (write e.g. %s): asking again at the next call",
             event.escalation_id,
             RAISE_HELP,
         )
-        if w.budget is not None:
-            # Ask again at the next call (the project's question is marked once per limit).
-            for lv in w.budget.levels(task_id or ""):
-                if lv.scope == scope:
-                    w.budget.ledger.unmark(f"stop|{lv.scope}|{lv.metric.value}|{lv.limit:g}")
-        return True
-    for metric, amount in raises:
-        apply_raise(w, scope, metric, amount, task_id=task_id)
     return True
 
 

@@ -188,6 +188,28 @@ def test_the_project_and_the_day_hold_every_loop_with_one_question(
     assert a.call() and b.call()
 
 
+def test_a_project_question_answered_without_a_raise_is_asked_again(
+    make_loop: MakeLoop,
+) -> None:
+    budget = ProjectBudget(project=Limits(calls=1))
+    a = make_loop(budget, name="a")
+    b = make_loop(budget, name="b")
+    assert a.call("hello") and not a.call("hello") and not b.call()
+    (asked,) = a.events("escalation.raised", every_loop=True)
+    a.react(
+        ev.EscalationAnswered(
+            source=PERSON,
+            escalation_id=asked.escalation_id,  # type: ignore[attr-defined]
+            answer="skip it",
+            by="me",
+        )
+    )
+    assert a.worker.book.record("hello").status.value == "blocked"
+    assert not a.call("bye")  # the project is still spent: asked again, not stuck silent
+    assert len(a.events("escalation.raised", every_loop=True)) == 2
+    assert b.worker.state.budget_hold == PROJECT
+
+
 def test_a_warning_fires_once_per_limit(
     make_loop: MakeLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
