@@ -448,8 +448,22 @@ def call_timeout(w: LoopWorker, task_id: str) -> float:
 
 def started(w: LoopWorker) -> None:
     """A worker (re)starts: the calls of this loop a crash left open are closed, their
-    wall time charged until now (their calls were counted when they began)."""
-    if w.budget is not None:
-        closed = w.budget.ledger.reap(loop_scope(w.loop), w.clock())
-        if closed:
-            log.warning("counted %d agent call(s) a crash left open against the budgets", closed)
+    wall time charged until now (their calls were counted when they began); a hold whose
+    budget is no longer spent (a limit raised in the config files) is released."""
+    if w.budget is None:
+        return
+    closed = w.budget.ledger.reap(loop_scope(w.loop), w.clock())
+    if closed:
+        log.warning("counted %d agent call(s) a crash left open against the budgets", closed)
+    held = dict(w.state.budget_escalations)
+    if w.state.budget_hold:
+        held.setdefault("", w.state.budget_hold)
+    for esc, scope in held.items():
+        task_id = scope.partition("/")[2] if scope.startswith("task:") else ""
+        if any(lv.scope == scope and lv.exhausted for lv in w.budget.levels(task_id)):
+            continue
+        log.info("budget %s is no longer spent: released", scope)
+        if w.state.budget_hold == scope:
+            w.state.budget_hold = None
+        if esc:
+            _release(w, esc, f"budget no longer spent: {scope}")

@@ -294,6 +294,21 @@ def test_resume_releases_a_loop_hold_and_the_budget_holds_again(make_loop: MakeL
     assert lp.worker.state.iteration == 1
 
 
+def test_a_limit_raised_in_the_config_releases_the_hold_at_restart(make_loop: MakeLoop) -> None:
+    lp = make_loop(ProjectBudget(loop=Limits(calls=1), task=Limits(calls=5)))
+    assert lp.call() and not lp.call()
+    guard = lp.worker.budget
+    assert guard is not None and lp.worker.state.budget_hold == loop_scope("spec")
+    # The operator edits config.json and starts the loop again.
+    lp.worker.budget = BudgetGuard(
+        guard.ledger, ProjectBudget(loop=Limits(calls=3)), lp.worker.loop, Clock()
+    )
+    lp.worker.started()
+    assert lp.worker.state.budget_hold is None and not lp.worker.state.budget_escalations
+    assert len(lp.events("escalation.expired")) == 1
+    assert lp.call()
+
+
 def test_budget_settings() -> None:
     seed = {"name": "Loop 1", "specs_dir": "specs"}
     assert config_from_data(seed).budget is None  # the seed's files stay valid
