@@ -3,7 +3,7 @@
 
     loops budget                          spend and raises of the project and every loop
     loops budget LOOP +5usd               raise LOOP's budget by $5 (and resume it)
-    loops budget LOOP --task T +3calls    raise one task's budget
+    loops budget LOOP/TASK +3calls        raise one task's budget
     loops budget --project +100k tokens   raise the project's budget (--day: the day's)
 
 A raise is written to the spend ledger on the bus (durable) and announced with a
@@ -70,9 +70,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("budget", help="what was spent against the budgets; raise a budget")
     _add_redis(p)
-    p.add_argument("loop", metavar="LOOP", nargs="?", default=None)
+    p.add_argument(
+        "loop", metavar="LOOP[/TASK]", nargs="?", default=None, help="the loop (or one task)"
+    )
     p.add_argument("amount", metavar="+AMOUNT", nargs="*", help=f"a raise, e.g. {RAISE_EXAMPLES}")
-    p.add_argument("--task", metavar="TASK", default=None, help="raise this task's budget")
     level = p.add_mutually_exclusive_group()
     level.add_argument("--project", action="store_true", help="raise the project's budget")
     level.add_argument("--day", action="store_true", help="raise the project's daily budget")
@@ -122,9 +123,10 @@ def _scope(args: argparse.Namespace) -> tuple[BudgetLevel, str] | str:
         return (BudgetLevel.PROJECT, PROJECT) if args.project else (BudgetLevel.DAY, DAY)
     if not args.loop or args.loop.startswith("+"):
         return "name the LOOP to raise (or --project / --day), e.g. `loops budget LOOP +5usd`"
-    if args.task:
-        return BudgetLevel.TASK, task_scope(args.loop, args.task)
-    return BudgetLevel.LOOP, loop_scope(args.loop)
+    loop, _, task = args.loop.partition("/")
+    if task:
+        return BudgetLevel.TASK, task_scope(loop, task)
+    return BudgetLevel.LOOP, loop_scope(loop)
 
 
 def _budget(args: argparse.Namespace) -> int:
@@ -155,11 +157,12 @@ def _budget(args: argparse.Namespace) -> int:
             print(f"loops: {scope}", file=sys.stderr)
             return EXIT_FAIL
         level, name = scope
+        loop, _, task = (args.loop or "").partition("/")
         loops = known_loops(bus)
-        if level in (BudgetLevel.TASK, BudgetLevel.LOOP) and args.loop not in loops:
+        if level in (BudgetLevel.TASK, BudgetLevel.LOOP) and loop not in loops:
             known = ", ".join(sorted(loops)) or "none yet"
             print(
-                f"loops: no loop {clean(args.loop, 60)!r} on this system (loops: {known}); "
+                f"loops: no loop {clean(loop, 60)!r} on this system (loops: {known}); "
                 "nothing raised",
                 file=sys.stderr,
             )
@@ -169,8 +172,8 @@ def _budget(args: argparse.Namespace) -> int:
             bus.publish(
                 BudgetRaised(
                     source=Source(role=Role.OPERATOR),
-                    loop=args.loop if level in (BudgetLevel.TASK, BudgetLevel.LOOP) else None,
-                    task_id=args.task if level is BudgetLevel.TASK else None,
+                    loop=loop if level in (BudgetLevel.TASK, BudgetLevel.LOOP) else None,
+                    task_id=task if level is BudgetLevel.TASK else None,
                     level=level,
                     scope=name,
                     metric=metric,
@@ -202,5 +205,5 @@ def _show(args: argparse.Namespace, ledger: SpendLedger, loops: list[str]) -> in
         figures = ", ".join(show(v, m) for m, v in spent.items())
         extra = ", ".join(show(v, m) for m, v in raised.items())
         print(f"{scope}: {figures}" + (f" (raised by {extra})" if extra else ""))
-    print("Raise a budget with `loops budget LOOP +5usd` (or --task T, --project, --day).")
+    print("Raise a budget with `loops budget LOOP +5usd` (LOOP/TASK for a task; --project, --day).")
     return EXIT_OK

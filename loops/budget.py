@@ -88,6 +88,12 @@ _UNITS: dict[str, tuple[BudgetMetric, float]] = {
     "second": (BudgetMetric.WALL_S, 1),
     "seconds": (BudgetMetric.WALL_S, 1),
 }
+EXAMPLE_RAISE = {
+    BudgetMetric.USD: "+5usd",
+    BudgetMetric.TOKENS: "+100000tokens",
+    BudgetMetric.CALLS: "+10calls",
+    BudgetMetric.WALL_S: "+30m",
+}
 RAISE_HELP = "+5usd, +$5, +100000tokens, +100k tokens, +3calls, +30m, +2h or +600s"
 
 
@@ -293,13 +299,11 @@ def _hold(w: LoopWorker, task: TaskDef, lv: Level) -> None:
     if lv.level is not BudgetLevel.TASK:
         w.state.budget_hold = lv.scope
         w.status = LoopStatus.PAUSED
-    where = (
-        f"`loops budget {w.loop} --task {task.id} +...`"
-        if lv.level is BudgetLevel.TASK
-        else f"`loops budget {w.loop} +...`"
-        if lv.level is BudgetLevel.LOOP
-        else f"`loops budget --{lv.level.value} +...`"
-    )
+    target = {
+        BudgetLevel.TASK: f"{w.loop}/{task.id}",
+        BudgetLevel.LOOP: w.loop,
+    }.get(lv.level, f"--{lv.level.value}")
+    where = f"`loops budget {target} {EXAMPLE_RAISE[lv.metric]}`"
     question = (
         f"The {lv.line()} is spent: no new agent call at that level. Answer with a raise "
         f"({RAISE_HELP}), `skip` to give up the task, or `stop` to stop the loop; or run {where}."
@@ -456,8 +460,8 @@ def started(w: LoopWorker) -> None:
     if closed:
         log.warning("counted %d agent call(s) a crash left open against the budgets", closed)
     held = dict(w.state.budget_escalations)
-    if w.state.budget_hold:
-        held.setdefault("", w.state.budget_hold)
+    if w.state.budget_hold and w.state.budget_hold not in held.values():
+        held[""] = w.state.budget_hold
     for esc, scope in held.items():
         task_id = scope.partition("/")[2] if scope.startswith("task:") else ""
         if any(lv.scope == scope and lv.exhausted for lv in w.budget.levels(task_id)):
@@ -467,3 +471,4 @@ def started(w: LoopWorker) -> None:
             w.state.budget_hold = None
         if esc:
             _release(w, esc, f"budget no longer spent: {scope}")
+    w.save()
