@@ -11,8 +11,11 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from bus.spend import SpendLedger, loop_scope
 from cli import demo
+from cli.main import main
 from events import utcnow
 from loops.workspace import git
 from tests.cli.test_up import (
@@ -84,28 +87,21 @@ def test_kill_9_mid_call_keeps_the_call_counted_and_the_budget_holds(tmp_path: P
         kill_embedded_server(root)
 
 
-def test_plan_and_dry_run_print_the_estimate_and_start_nothing(tmp_path: Path) -> None:
+def test_plan_and_dry_run_print_the_estimate_and_start_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = demo.create(tmp_path / "p")
     (root / "project.json").write_text(
         json.dumps({"budget": {"task": {"usd": 2, "calls": 4}, "project": {"usd": 5}}})
     )
-    plan = subprocess.run(
-        [LOOPS, "plan", str(root), "--json"], capture_output=True, text=True, timeout=60, env=env()
-    )
-    assert plan.returncode == 0, plan.stderr
-    data = json.loads(plan.stdout)
+    assert main(["plan", str(root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
     first = data["loops"][0]
     assert first["tasks"] and first["tasks"][0]["worst"]["usd"] == 2
     assert first["tasks"][0]["worst"]["calls"] == 4
     assert data["worst"]["usd"] == 5  # the sum of the loops, capped by the project
-    dry = subprocess.run(
-        [LOOPS, "up", str(root), "--dry-run", "--max-tokens", "1000"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env(),
-    )
-    assert dry.returncode == 0, dry.stderr
-    assert "project: worst case $5.00, 1000 tokens" in dry.stdout, dry.stdout
-    assert "Dry run: nothing started." in dry.stdout
+    assert main(["up", str(root), "--dry-run", "--max-tokens", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "project: worst case $5.00, 1000 tokens, 16 calls" in out, out
+    assert "Dry run: nothing started." in out
     assert not (root / ".loops").exists()

@@ -17,7 +17,12 @@ def ledger(project: Project) -> SpendLedger:
     return SpendLedger(project.bus.client, project.bus.prefix)
 
 
-def test_a_verification_run_counts_on_the_project_budget(project: Project) -> None:
+def test_verification_runs_and_judge_calls_count_on_their_own_lines(
+    project: Project,
+    judge: AnthropicJudge,  # noqa: F811
+    model_api: FakeModelAPI,  # noqa: F811
+) -> None:
+    project.judge = judge
     project.start()
     project.gate.spend = ledger(project)
     a = project.loop("a")
@@ -29,20 +34,10 @@ def test_a_verification_run_counts_on_the_project_budget(project: Project) -> No
     assert "agent.calls" not in lines and "judge.calls" not in lines
     later = utcnow() + timedelta(minutes=1)
     assert ledger(project).spent(DAY, later).calls == 1
-
-
-def test_a_judge_call_counts_on_its_own_line(
-    project: Project,
-    judge: AnthropicJudge,  # noqa: F811
-    model_api: FakeModelAPI,  # noqa: F811
-) -> None:
-    project.judge = judge
-    project.start()
-    project.gate.spend = ledger(project)
-    a = project.loop("a")
+    # A natural criterion: one judge call, on its own line (no script check to run).
     model_api.replies = [(200, "PASS\nDocumented.")]
     a.claim("doc", a.write({"README.md": "# tiny\n\nmul(a, b) multiplies.\n"}, "docs"))
     project.pump()
     lines = ledger(project).lines(PROJECT)
-    assert lines["judge.calls"] == 1 and "verify.calls" not in lines  # no script check
-    assert ledger(project).spent(PROJECT, utcnow() + timedelta(minutes=1)).calls == 1
+    assert lines["judge.calls"] == 1 and lines["verify.calls"] == 1
+    assert ledger(project).spent(PROJECT, later).calls == 2
