@@ -232,9 +232,12 @@ class LoopWorker:
             if rt is None:
                 continue
             # A claim already with the gate goes on; a task still in iterations stops
-            # while the PM holds it (file overlap with a loop of higher priority).
+            # while the PM holds it (file overlap with a loop of higher priority), or
+            # while a spent budget holds the loop (no agent call).
             active = rt.phase in (Phase.CLAIMED, Phase.VERIFIED) or (
-                rt.phase in (Phase.WORKING, Phase.CONFLICT) and not rt.held
+                rt.phase in (Phase.WORKING, Phase.CONFLICT)
+                and not rt.held
+                and not self.state.budget_hold
             )
             if active and self.book.record(task.id).status not in (
                 TaskStatus.PASSED,

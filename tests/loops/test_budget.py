@@ -171,6 +171,8 @@ def test_the_project_and_the_day_hold_every_loop_with_one_question(
     assert a.call() and a.call() and b.call()  # 1200 tokens
     assert not a.call() and not b.call()
     assert a.worker.state.budget_hold == b.worker.state.budget_hold == level
+    for lp in (a, b):  # neither loop goes on (b's task was mid-attempt, b has no question)
+        assert lp.worker.next_task() is None and not lp.worker.can_progress()
     assert len(a.events("escalation.raised", every_loop=True)) == 1  # one for the project
     assert len(a.events("budget.exhausted", every_loop=True)) == 2  # each loop says why
     # A person raises it (what `loops budget --project +1000tokens` does).
