@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from bus import CONNECTION_ERRORS
 from bus.spend import DAY, PROJECT, SpendLedger, clean, loop_scope, task_scope
 from events import (
     BudgetExhausted,
@@ -159,6 +160,8 @@ class BudgetGuard:
         self.loop = loop
         self.clock = clock
         self.call: str | None = None  # the call in progress (its id in the ledger)
+        # Ended calls whose figures a lost Redis kept back: (id, ended, tokens, usd, wall).
+        self.unsent: list[tuple[str, datetime, float, float | None, float]] = []
 
     def scopes(self, task_id: str) -> list[tuple[BudgetLevel, str, Limits | None]]:
         b = self.budget
@@ -195,7 +198,8 @@ class BudgetGuard:
 
     def end(self, result: AgentResult) -> None:
         """Add the call's figures (invalid ones count as 0; the measured wall time wins
-        over a smaller reported one)."""
+        over a smaller reported one). A lost Redis must not cost the iteration its work:
+        the figures wait in memory and go in before the next call (`flush`)."""
         if self.call is None:
             return
         call_id, self.call = self.call, None
@@ -204,9 +208,18 @@ class BudgetGuard:
             clean(getattr(tokens, f))
             for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
         )
-        self.ledger.end(
-            call_id, self.clock(), tokens=total, usd=result.cost_usd, wall_s=result.duration_s
-        )
+        self.unsent.append((call_id, self.clock(), total, result.cost_usd, result.duration_s))
+        try:
+            self.flush()
+        except CONNECTION_ERRORS as exc:
+            log.warning("the spend of this call waits for Redis (%s)", exc)
+
+    def flush(self) -> None:
+        """Add the figures of ended calls that a lost Redis kept back (oldest first)."""
+        while self.unsent:
+            call_id, ended, tokens, usd, wall = self.unsent[0]
+            self.ledger.end(call_id, ended, tokens=tokens, usd=usd, wall_s=wall)
+            self.unsent.pop(0)
 
     def timeout_s(self, task_id: str, default: float) -> float:
         """The call's timeout: `default`, cut to the wall time left at the tightest level
@@ -228,6 +241,7 @@ def before_call(w: LoopWorker, task: TaskDef) -> bool:
     guard = w.budget
     if guard is None:
         return True
+    guard.flush()
     levels = guard.levels(task.id)
     threshold = guard.budget.warn_at or DEFAULT_WARN_AT
     for lv in levels:

@@ -6,6 +6,7 @@ cost (or nothing), and the guard's clock injected. Each test calls `iterate` and
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 from pydantic import ValidationError
 
@@ -24,7 +26,7 @@ from loops.books import SpecBook
 from loops.budget import BudgetGuard, call_timeout, parse_raises
 from loops.budget_config import Limits, LoopBudget, ProjectBudget, effective
 from loops.harness import config_from_data
-from loops.runners import make_runner
+from loops.runners import AgentResult, make_runner
 from loops.runtime import Phase
 from loops.service import WorkerService
 from loops.spec import parse_spec
@@ -309,6 +311,24 @@ def test_a_limit_raised_in_the_config_releases_the_hold_at_restart(make_loop: Ma
     assert lp.worker.state.budget_hold is None and not lp.worker.state.budget_escalations
     assert len(lp.events("escalation.expired")) == 1
     assert lp.call()
+
+
+def test_a_lost_redis_after_a_call_keeps_its_work_and_its_spend(bus: RedisBus) -> None:
+    ledger = SpendLedger(bus.client, bus.prefix)
+    clock = Clock(tick_s=10)
+    guard = BudgetGuard(ledger, ProjectBudget(), "l1", clock)
+    guard.begin("T-1")
+    with socket.socket() as s:  # a port nobody listens on: Redis is gone
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    guard.ledger = SpendLedger(redis.Redis(port=port, socket_connect_timeout=0.5), bus.prefix)
+    result = AgentResult(reply="x", tokens=ev.TokenUsage(input_tokens=7), cost_usd=0.5)
+    guard.end(result)  # no exception: the iteration goes on and commits its work
+    assert len(guard.unsent) == 1
+    guard.ledger = ledger  # Redis is back: the next call sends it first
+    guard.flush()
+    spent = ledger.spent(loop_scope("l1"), clock())
+    assert (spent.calls, spent.tokens, spent.usd) == (1, 7, 0.5) and not guard.unsent
 
 
 def test_budget_settings() -> None:
