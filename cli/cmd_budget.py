@@ -135,7 +135,7 @@ def _budget(args: argparse.Namespace) -> int:
     from cli.cmd_status import open_bus
     from cli.view import clean
     from events import BudgetLevel, BudgetRaised, Role, Source
-    from loops.budget import RAISE_HELP, parse_raises
+    from loops.budget_config import RAISE_HELP, parse_raises
     from loops.budget_plan import show
 
     words = list(args.amount)

@@ -23,7 +23,6 @@ timeout path kills its process group.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -50,7 +49,14 @@ from events import (
     short_id,
 )
 from loops.book import TaskDef, TaskStatus
-from loops.budget_config import DEFAULT_WARN_AT, Limits, ProjectBudget
+from loops.budget_config import (
+    DEFAULT_WARN_AT,
+    EXAMPLE_RAISE,
+    RAISE_HELP,
+    Limits,
+    ProjectBudget,
+    parse_raises,
+)
 from loops.runtime import Phase
 
 if TYPE_CHECKING:
@@ -60,57 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("loops.worker")
 
 EPSILON = 1e-9  # sums of dollar figures in floating point: $0.1 x 8 is $0.8
-
-# -- reading a raise ------------------------------------------------------------------
-
-_RAISE = re.compile(
-    r"\+\s*(?:\$\s*(?P<dollars>\d+(?:\.\d+)?)|(?P<n>\d+(?:\.\d+)?)\s*(?P<k>k)?\s*"
-    r"(?P<unit>usd|dollars?|\$|tokens?|calls?|hours?|h|minutes?|min|m|seconds?|sec|s)\b)",
-    re.IGNORECASE,
-)
-_UNITS: dict[str, tuple[BudgetMetric, float]] = {
-    "usd": (BudgetMetric.USD, 1),
-    "dollar": (BudgetMetric.USD, 1),
-    "dollars": (BudgetMetric.USD, 1),
-    "$": (BudgetMetric.USD, 1),
-    "token": (BudgetMetric.TOKENS, 1),
-    "tokens": (BudgetMetric.TOKENS, 1),
-    "call": (BudgetMetric.CALLS, 1),
-    "calls": (BudgetMetric.CALLS, 1),
-    "h": (BudgetMetric.WALL_S, 3600),
-    "hour": (BudgetMetric.WALL_S, 3600),
-    "hours": (BudgetMetric.WALL_S, 3600),
-    "m": (BudgetMetric.WALL_S, 60),
-    "min": (BudgetMetric.WALL_S, 60),
-    "minute": (BudgetMetric.WALL_S, 60),
-    "minutes": (BudgetMetric.WALL_S, 60),
-    "s": (BudgetMetric.WALL_S, 1),
-    "sec": (BudgetMetric.WALL_S, 1),
-    "second": (BudgetMetric.WALL_S, 1),
-    "seconds": (BudgetMetric.WALL_S, 1),
-}
-EXAMPLE_RAISE = {
-    BudgetMetric.USD: "+5usd",
-    BudgetMetric.TOKENS: "+100000tokens",
-    BudgetMetric.CALLS: "+10calls",
-    BudgetMetric.WALL_S: "+30m",
-}
-RAISE_HELP = "+5usd, +$5, +100000tokens, +100k tokens, +3calls, +30m, +2h or +600s"
-
-
-def parse_raises(text: str) -> list[tuple[BudgetMetric, float]]:
-    """Every raise written in `text` (`+5usd`, `+100k tokens`, `+3calls`, `+30m`...)."""
-    found: list[tuple[BudgetMetric, float]] = []
-    for m in _RAISE.finditer(text):
-        if m.group("dollars"):
-            found.append((BudgetMetric.USD, float(m.group("dollars"))))
-            continue
-        metric, scale = _UNITS[m.group("unit").lower()]
-        amount = float(m.group("n")) * scale * (1000 if m.group("k") else 1)
-        if amount > 0 and math.isfinite(amount):
-            found.append((metric, amount))
-    return found
-
 
 # -- the guard ------------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from bus import RedisBus
 from bus.spend import PROJECT, SpendLedger, loop_scope
 from loops import reactions
 from loops.books import SpecBook
-from loops.budget import BudgetGuard, call_timeout, parse_raises
-from loops.budget_config import Limits, LoopBudget, ProjectBudget, effective
+from loops.budget import BudgetGuard, call_timeout
+from loops.budget_config import Limits, LoopBudget, ProjectBudget, effective, parse_raises
 from loops.harness import config_from_data
 from loops.runners import AgentResult, make_runner
 from loops.runtime import Phase
