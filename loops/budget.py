@@ -204,16 +204,7 @@ def before_call(w: LoopWorker, task: TaskDef) -> bool:
             f"warn|{lv.scope}|{lv.metric.value}|{lv.limit:g}"
         ):
             log.warning("Budget warning: %s (%.0f%%)", lv.line(), 100 * lv.spent / lv.limit)
-            w.emit(
-                BudgetWarned,
-                task.id if lv.level is BudgetLevel.TASK else None,
-                level=lv.level,
-                scope=lv.scope,
-                metric=lv.metric,
-                spent=lv.spent,
-                limit=lv.limit,
-                threshold=threshold,
-            )
+            _emit(w, BudgetWarned, task, lv, threshold=threshold)
     spent = next((lv for lv in levels if lv.exhausted), None)
     if spent is None:
         guard.begin(task.id)
@@ -254,6 +245,26 @@ def sane_usage(result: AgentResult) -> AgentResult:
     return replace(result, cost_usd=None if bad_cost else cost, tokens=fixed)
 
 
+def _emit(
+    w: LoopWorker,
+    cls: type[BudgetWarned] | type[BudgetExhausted],
+    task: TaskDef,
+    lv: Level,
+    **extra: object,
+) -> None:
+    """`budget.warned` / `budget.exhausted` for `lv` (a task's carries its task id)."""
+    w.emit(
+        cls,
+        task.id if lv.level is BudgetLevel.TASK else None,
+        level=lv.level,
+        scope=lv.scope,
+        metric=lv.metric,
+        spent=lv.spent,
+        limit=lv.limit,
+        **extra,
+    )
+
+
 def _hold(w: LoopWorker, task: TaskDef, lv: Level) -> None:
     rt = w.state.task(task.id)
     shared = lv.level in (BudgetLevel.PROJECT, BudgetLevel.DAY)
@@ -286,16 +297,7 @@ def _hold(w: LoopWorker, task: TaskDef, lv: Level) -> None:
         rt.question = question
         w.state.budget_escalations[escalation_id] = lv.scope
     w.save()
-    w.emit(
-        BudgetExhausted,
-        task.id if lv.level is BudgetLevel.TASK else None,
-        level=lv.level,
-        scope=lv.scope,
-        metric=lv.metric,
-        spent=lv.spent,
-        limit=lv.limit,
-        escalation_id=escalation_id,
-    )
+    _emit(w, BudgetExhausted, task, lv, escalation_id=escalation_id)
     if escalation_id is not None:
         w.emit(
             EscalationRaised,
