@@ -288,6 +288,15 @@ def test_a_hard_ceiling_cuts_the_call_to_the_time_left(make_loop: MakeLoop) -> N
     assert call_timeout(hard.worker, "hello") == 600
 
 
+def test_a_hard_ceiling_kills_a_call_that_would_pass_the_wall_time(make_loop: MakeLoop) -> None:
+    budget = ProjectBudget(task=Limits(wall_s=1), hard_ceiling=True)
+    lp = make_loop(budget, step={"sleep": 120, "reply": "done at last"})
+    assert lp.call("hello")
+    (finished,) = lp.events("iteration.finished")
+    assert finished.failure is ev.FailureKind.TIMEOUT  # type: ignore[attr-defined]
+    assert "timeout of 1s" in (finished.failure_detail or "")  # type: ignore[attr-defined]
+
+
 def test_resume_releases_a_loop_hold_and_the_budget_holds_again(make_loop: MakeLoop) -> None:
     lp = make_loop(ProjectBudget(loop=Limits(calls=1)))
     assert lp.call() and not lp.call()
