@@ -187,22 +187,56 @@ def _budget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configured(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The limits the project's files set, per scope (`project`, `day`, `loop:NAME`), as
+    far as they can be read from --dir (else none: the spend is shown alone)."""
+    from cli.cmd_up import load_checked, project_dir
+    from events import BudgetMetric, LoopsError
+    from loops.budget_config import Limits, effective
+
+    try:
+        project = load_checked(project_dir(getattr(args, "project_dir", None)))
+    except LoopsError:
+        return {}
+
+    def of(limits: Limits | None) -> dict[str, float]:
+        if limits is None:
+            return {}
+        return {m.value: v for m in BudgetMetric if (v := limits.get(m)) is not None}
+
+    base = effective(project.config.budget)
+    out = {"project": of(base.project), "day": of(base.day)}
+    for lp in project.loops:
+        out[f"loop:{lp.name}"] = of(effective(project.config.budget, lp.config.budget).loop)
+    return out
+
+
 def _show(args: argparse.Namespace, ledger: SpendLedger, loops: list[str]) -> int:
     from bus.spend import DAY, METRICS, PROJECT, loop_scope
     from events import utcnow
     from loops.budget_plan import show
 
     now = utcnow()
-    rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
+    configured = _configured(args)
+    rows: list[tuple[str, dict[str, float], dict[str, float], dict[str, float]]] = []
     for scope in [PROJECT, DAY, *(loop_scope(lp) for lp in loops)]:
         spend = ledger.spent(scope, now)
-        rows.append((scope, {m: spend.get(m) for m in METRICS}, ledger.raises(scope)))
+        raised = ledger.raises(scope)
+        # What the next call is checked against: the files' limit plus the raises.
+        limit = {m: v + raised.get(m, 0.0) for m, v in configured.get(scope, {}).items()}
+        rows.append((scope, {m: spend.get(m) for m in METRICS}, limit, raised))
     if args.json:
-        data = [{"scope": s, "spent": spent, "raised": raised} for s, spent, raised in rows]
+        data = [
+            {"scope": scope, "spent": spent, "limit": limit, "raised": raised}
+            for scope, spent, limit, raised in rows
+        ]
         print(json.dumps({"scopes": data, "open_calls": len(ledger.open_calls())}, indent=2))
         return EXIT_OK
-    for scope, spent, raised in rows:
-        figures = ", ".join(show(v, m) for m, v in spent.items())
+    for scope, spent, limit, raised in rows:
+        figures = ", ".join(
+            show(v, m) + (f" of {show(limit[m], m)}" if m in limit else "")
+            for m, v in spent.items()
+        )
         extra = ", ".join(show(v, m) for m, v in raised.items())
         print(f"{scope}: {figures}" + (f" (raised by {extra})" if extra else ""))
     print("Raise a budget with `loops budget LOOP +5usd` (LOOP/TASK for a task; --project, --day).")

@@ -75,6 +75,7 @@ def test_kill_9_mid_call_keeps_the_call_counted_and_the_budget_holds(tmp_path: P
         shown = loops("budget", "--json", "--dir", str(root))
         rows = {r["scope"]: r for r in json.loads(shown)["scopes"]}
         assert rows["loop:loop-1-clean"]["spent"]["calls"] == 2
+        assert rows["loop:loop-1-clean"]["limit"] == {"calls": 2}  # from project.json
         assert json.loads(shown)["open_calls"] == 0  # the restart closed the killed call
         # The killed call and one more: the restart did not get a fresh budget.
         started = loops("events", "--json", "--type", "iteration.started", "--dir", str(root))
