@@ -14,7 +14,7 @@ import argparse
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,9 +39,10 @@ from cli.compose import (
 from cli.metrics import metrics_address
 from cli.runtime import run_role
 from cli.system import SystemOptions, notifier_from_env
-from events import ConfigError, ModelPrice, ValidationFailed
+from events import ConfigError, ValidationFailed
 from gates import RqJobs
 from loops.books import HarnessBook
+from loops.budget_config import effective
 from loops.project import Loop, Project, load_loop
 from loops.runners import make_runner
 from loops.service import WorkerService
@@ -135,7 +136,7 @@ def _role(
     def work(stop: threading.Event) -> None:
         # A fresh worker per run: a restart (the monitor's, or after a crash) reloads
         # its state from disk.
-        done = _service(args, bus, loop, repo, main, remote, project.config.prices).run(stop)
+        done = _service(args, bus, project, loop, repo, main, remote).run(stop)
         if not done.restart:
             stop.set()  # stopped by a command: the process exits (0)
 
@@ -145,11 +146,11 @@ def _role(
 def _service(
     args: argparse.Namespace,
     bus: RedisBus,
+    project: Project,
     loop: Loop,
     repo: Path,
     main: str,
     remote: str | None,
-    prices: Mapping[str, ModelPrice] | None = None,
 ) -> WorkerService:
     agent = args.agent or loop.config.agent or "claude"
     return WorkerService(
@@ -160,7 +161,8 @@ def _service(
         main_branch=main,
         heartbeat_s=loop.config.health_check.interval_seconds,
         remote=remote,
-        prices=prices,
+        prices=project.config.prices,
+        budget=effective(project.config.budget, loop.config.budget),
     )
 
 
@@ -192,11 +194,7 @@ def _every_loop(
         def one(loop: Loop) -> None:
             try:
                 while not stop.is_set():
-                    if (
-                        not _service(args, bus, loop, repo, main, remote, project.config.prices)
-                        .run(stop)
-                        .restart
-                    ):
+                    if not _service(args, bus, project, loop, repo, main, remote).run(stop).restart:
                         return
             except BaseException as exc:
                 log.exception("loop %s crashed", loop.name)

@@ -36,6 +36,7 @@ from events import (
     VerificationPassed,
 )
 from loops.books import SpecBook
+from loops.budget_config import effective
 from loops.runners import make_runner
 from loops.service import WorkerService
 from loops.spec import load_spec
@@ -111,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
                 main_branch=branch,
                 heartbeat_s=5.0,
                 agent_timeout_s=getattr(args, "agent_timeout", None),
+                budget=effective(
+                    None,
+                    max_usd=getattr(args, "max_cost", None),
+                    max_tokens=getattr(args, "max_tokens", None),
+                ),
             )
             if args.trust_agent:
                 log.warning("--trust-agent: claims are merged without running the checks")

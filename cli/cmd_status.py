@@ -184,6 +184,7 @@ def render(
     lines += [line.strip() for line in view.spend.lines()[-1:]]  # cost per merged task
     warnings = sorted({loop.sandbox_warning for loop in loops if loop.sandbox_warning})
     lines += [f"WARNING: {clean(w, 300)}" for w in warnings]
+    lines += [f"BUDGET {loop.name}: {loop.budget}" for loop in loops if loop.budget]
     lines += ["", "LOOPS"]
     rows = []
     for loop in loops:

@@ -203,6 +203,10 @@ def stop_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        from cli.cmd_budget import print_plan
+
+        return print_plan(args)
     directory = project_dir(args.dir)
     project = load_checked(directory)
     options = SystemOptions(
@@ -211,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         max_iterations=args.max_iterations,
         test_command=args.test_command,
+        max_cost=args.max_cost,
+        max_tokens=args.max_tokens,
     )
     return run_system(directory, project, options, redis_url=args.redis, serve=args.serve)
 

@@ -21,6 +21,7 @@ from typing import Any
 from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
 from bus import CONNECTION_ERRORS, RedisBus, Subscription
+from bus.spend import SpendLedger
 from events import ConfigError, Criterion, LoopsError, Role, ScriptCheck, Source, ValidationFailed
 from gates import (
     DEFAULT_PROTECTED,
@@ -172,6 +173,7 @@ def make_gate(
         jobs=jobs,
         store=RedisStore(bus.client, f"{bus.prefix}:gate"),
         source=Source(role=Role.GATE, instance=instance),
+        spend=SpendLedger(bus.client, bus.prefix),
     )
 
 

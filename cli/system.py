@@ -39,8 +39,9 @@ from cli.compose import (
     pm_config,
     task_describer,
 )
-from events import ConfigError, Event, LoopStop
+from events import BudgetLevel, ConfigError, Event, LoopStop
 from loops.books import HarnessBook
+from loops.budget_config import effective
 from loops.driver import WorkerExit, all_passed
 from loops.project import Project
 from loops.reactions import WORKER_TYPES
@@ -61,6 +62,8 @@ class SystemOptions:
     model: str | None = None  # overrides every loop's model (`--model`)
     max_iterations: int | None = None  # agent runs per loop in this run (`--max-iterations`)
     only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
+    max_cost: float | None = None  # the project's dollar budget for this run (`--max-cost`)
+    max_tokens: int | None = None  # the project's token budget for this run (`--max-tokens`)
     # Verification jobs in worker processes (other cores); False: in the gate's thread
     job_processes: bool = field(
         default_factory=lambda: os.environ.get("LOOPS_JOB_PROCESSES", "1") != "0"
@@ -126,6 +129,13 @@ class System:
                 heartbeat_s=heartbeat,
                 inbox=self.router.inbox(name) if self.router else None,
                 prices=self.project.config.prices,
+                budget=effective(
+                    self.project.config.budget,
+                    loop.config.budget,
+                    max_usd=self.options.max_cost,
+                    max_tokens=self.options.max_tokens,
+                    flags_level=BudgetLevel.PROJECT,
+                ),
             )
 
         return make

@@ -28,6 +28,8 @@ from events.models import __all__ as _models_all
 from events.receipts import RECEIPT_TYPES, ReceiptFold, fold_receipt
 from events.types import (
     AgentSign,
+    BudgetLevel,
+    BudgetMetric,
     Check,
     Criterion,
     CriterionResult,
@@ -75,6 +77,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "AgentSign",
     "AnyEvent",
+    "BudgetLevel",
+    "BudgetMetric",
     "Check",
     "ConfigError",
     "Criterion",

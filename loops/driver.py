@@ -138,7 +138,7 @@ def run_worker(
                 )
                 if task is None or phase in (Phase.CLAIMED, Phase.VERIFIED):
                     worker.status = LoopStatus.IDLE if task is None else LoopStatus.RUNNING
-                    if task is None and worker.state.crash_hold:
+                    if task is None and (worker.state.crash_hold or worker.state.budget_hold):
                         worker.status = LoopStatus.PAUSED  # until a person answers or resumes
                     if task is None:
                         worker.current = None

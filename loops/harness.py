@@ -37,6 +37,7 @@ from pydantic import (
 
 from events import Criterion, LoopStatus, ModelPrice, ValidationFailed
 from events.secrets import redact_obj
+from loops.budget_config import LoopBudget, ProjectBudget
 from loops.files import (
     parse_json,
     problem,
@@ -153,6 +154,11 @@ class LoopConfig(BaseModel):
         description="what the agent may see, write and reach (mode, network, writable, "
         'readable, env); a bare "off" or "required" sets the mode',
     )
+    budget: LoopBudget | None = Field(
+        default=None,
+        description="what this loop may spend: `task` and `loop` limits of `usd`, `tokens`, "
+        "`calls`, `wall_s` (any subset), `warn_at`, `hard_ceiling`; over project.json's",
+    )
 
     @field_validator("agent")
     @classmethod
@@ -254,6 +260,12 @@ class ProjectConfig(BaseModel):
         description="per-model prices in US dollars per million tokens (`input`, `output`, "
         "`cache_read`, `cache_write`), over the built-in table; an agent call is priced from "
         "them when the agent reports tokens but no cost",
+    )
+    budget: ProjectBudget | None = Field(
+        default=None,
+        description="what the project may spend: `project` and `day` (rolling 24 h) limits, "
+        "and defaults of every loop's `task` and `loop` limits; each of `usd`, `tokens`, "
+        "`calls`, `wall_s`; `warn_at` (default 0.8), `hard_ceiling` (default false)",
     )
     merge_retry_cost_s: float = Field(
         default=60.0,

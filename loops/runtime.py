@@ -68,6 +68,10 @@ class WorkerState(BaseModel):
     # The escalation of an agent that crashed the same way CRASH_STREAK times in a row:
     # while set, the loop calls no agent (answer it, or `loops resume`).
     crash_hold: str | None = None
+    # A spent budget that holds the whole loop (`loop:NAME`, `project` or `day`): no
+    # agent call until a raise, an answer or `loops resume` (loops/budget.py).
+    budget_hold: str | None = None
+    budget_escalations: dict[str, str] = Field(default_factory=dict)  # escalation -> scope
 
     def task(self, task_id: str) -> TaskRuntime:
         return self.tasks.setdefault(task_id, TaskRuntime())

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bus import Inbox, PassedLedger, RedisBus
+from bus.spend import SpendLedger
 from bus.usage import UsageWindows
 from events import (
     EscalationRaised,
@@ -15,8 +16,11 @@ from events import (
     ModelPrice,
     TaskClaimed,
     TaskPassed,
+    utcnow,
 )
 from loops.book import TaskBook
+from loops.budget import BudgetGuard
+from loops.budget_config import ProjectBudget
 from loops.driver import WorkerExit, run_worker
 from loops.reactions import WORKER_TYPES, handle
 from loops.runners import DEFAULT_TIMEOUT_S, AgentRunner
@@ -58,7 +62,7 @@ class BusAborts:
 # What a worker reacts to whatever loop it names (a `bus.Router` hands these to every
 # loop it serves; the rest go to the loop `event.loop` names): another loop's merged
 # task (cross-loop dependencies) and an answer, matched by escalation id.
-BROADCAST_TYPES = frozenset({"task.passed", "escalation.answered"})
+BROADCAST_TYPES = frozenset({"task.passed", "escalation.answered", "budget.raised"})
 
 
 class WorkerService:
@@ -79,6 +83,7 @@ class WorkerService:
         remote: str | None = None,
         inbox: Inbox | None = None,
         prices: Mapping[str, ModelPrice] | None = None,
+        budget: ProjectBudget | None = None,
     ) -> None:
         """`inbox`: this loop's share of its process's `bus.Router` (what `loops up`
         gives each loop); without one the worker has its own consumer group
@@ -100,6 +105,9 @@ class WorkerService:
             usage=UsageWindows(bus.client, bus.prefix),
             account=agent_account(runner, name=book.account),
             prices=prices,
+            budget=BudgetGuard(SpendLedger(bus.client, bus.prefix), budget, book.loop, utcnow)
+            if budget is not None
+            else None,
         )
         # Other loops' merged tasks (cross-loop dependencies), even from before this
         # worker's group existed; and what the stream holds of our own claims and

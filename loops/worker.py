@@ -50,6 +50,7 @@ from events import (
     short_id,
 )
 from events.secrets import redact
+from loops import budget as budgets
 from loops.agent_failures import (
     CRASH_STREAK,
     aborted_by_monitor,
@@ -59,6 +60,7 @@ from loops.agent_failures import (
     usage_window,
 )
 from loops.book import TaskBook, TaskDef, TaskStatus
+from loops.budget import BudgetGuard
 from loops.cost import Pricer
 from loops.liveness import AbortFeed, AgentRun, RunWatch
 from loops.merged import MergedTasks
@@ -108,6 +110,7 @@ class LoopWorker:
         usage: UsageWindows | None = None,
         account: str | None = None,
         prices: Mapping[str, ModelPrice] | None = None,
+        budget: BudgetGuard | None = None,
     ) -> None:
         self.book = book
         self.pricer = Pricer(prices)  # the price table (defaults, then project.json's)
@@ -142,6 +145,7 @@ class LoopWorker:
         self.announced_window: datetime | None = None  # the usage window already logged
         self.retry_now = False  # the next iteration runs without auto_continue_delay
         self.broken_agent: str | None = None  # the agent cannot start: why (no more calls)
+        self.budget = budget  # budgets and the spend ledger (None: no budgets enforced)
 
     @property
     def sandbox(self) -> SandboxPolicy:
@@ -232,9 +236,12 @@ class LoopWorker:
             if rt is None:
                 continue
             # A claim already with the gate goes on; a task still in iterations stops
-            # while the PM holds it (file overlap with a loop of higher priority).
+            # while the PM holds it (file overlap with a loop of higher priority), or
+            # while a spent budget holds the loop (no agent call).
             active = rt.phase in (Phase.CLAIMED, Phase.VERIFIED) or (
-                rt.phase in (Phase.WORKING, Phase.CONFLICT) and not rt.held
+                rt.phase in (Phase.WORKING, Phase.CONFLICT)
+                and not rt.held
+                and not self.state.budget_hold
             )
             if active and self.book.record(task.id).status not in (
                 TaskStatus.PASSED,
@@ -250,7 +257,7 @@ class LoopWorker:
         flight = self.in_flight()
         if flight:
             return next(t for t in tasks if t.id == flight)
-        if self.broken_agent or self.state.crash_hold:
+        if self.broken_agent or self.state.crash_hold or self.state.budget_hold:
             return None  # no agent call until a person fixed the agent
         order = sorted(enumerate(tasks), key=lambda it: (it[1].priority, it[0]))
         for _, task in order:
@@ -351,6 +358,8 @@ class LoopWorker:
             rt.phase = Phase.WORKING
             merging = True
             self.save()
+        if not budgets.before_call(self, task):
+            return  # a budget is spent: the task or the loop is held (loops/budget.py)
         self.current = task.id
         self.status = LoopStatus.RUNNING
         # Each task carries its own line of work: a fresh task starts from main, a retried
@@ -403,7 +412,7 @@ class LoopWorker:
                 loop=self.loop,
                 task_id=task.id,
                 iteration=n,
-                timeout_s=self.agent_timeout_s,
+                timeout_s=budgets.call_timeout(self, task.id),
                 session_id=rt.session_id,
                 model=self.book.model,
                 task_iteration=rt.iterations + 1,
@@ -413,6 +422,7 @@ class LoopWorker:
                 on_spawn=run.spawned,
             ),
         )
+        result = budgets.after_call(self, result)  # usage checked, then added to the ledger
         # The monitor's abort, if it killed the run (an agent that ended on its own just
         # before keeps its result; the command is then acknowledged as "not running").
         aborted = run.abort if result.failure_detail == INTERRUPTED_DETAIL else None
@@ -699,6 +709,7 @@ class LoopWorker:
         """Set up the workspace; `SandboxUnavailable` when the sandbox is required and
         cannot run here (nothing starts)."""
         self.sandbox.check()
+        budgets.started(self)
         self.ws.ensure()
         if kill_strays(self.ws.path):  # agents of a worker that was killed (unsandboxed)
             log.warning("killed processes left over from an earlier agent run")

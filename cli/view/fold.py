@@ -320,6 +320,22 @@ def _acknowledged(view: SystemView, e: ev.CommandAcknowledged) -> None:
         task.status, task.attempts, task.reason, task.updated = TaskStatus.PENDING, 0, "", e.ts
 
 
+def _budget(view: SystemView, e: ev.BudgetWarned | ev.BudgetExhausted | ev.BudgetRaised) -> None:
+    if e.loop is None:
+        return
+    loop = view.loop(e.loop)
+    if isinstance(e, ev.BudgetRaised):
+        loop.budget = None
+        return
+    what = "warning" if isinstance(e, ev.BudgetWarned) else "spent, paused"
+    figure = (
+        f"${e.spent:.2f} of ${e.limit:.2f}"
+        if e.metric is ev.BudgetMetric.USD
+        else (f"{e.spent:g} of {e.limit:g} {e.metric.value}")
+    )
+    loop.budget = f"{e.level.value} budget {what}: {figure}"
+
+
 HANDLERS: dict[type[ev.Event], Callable[[SystemView, Any], None]] = {
     ev.LoopStarted: _loop_started,
     ev.LoopHeartbeat: _heartbeat,
@@ -352,4 +368,7 @@ HANDLERS: dict[type[ev.Event], Callable[[SystemView, Any], None]] = {
     ev.TaskReset: _command,
     ev.TaskHint: _command,
     ev.CommandAcknowledged: _acknowledged,
+    ev.BudgetWarned: _budget,
+    ev.BudgetExhausted: _budget,
+    ev.BudgetRaised: _budget,
 }

@@ -154,6 +154,7 @@ class LoopView(BaseModel):
     last_seen: datetime | None = None  # the last heartbeat (or start)
     stopped_reason: str | None = None
     sandbox_warning: str | None = None  # the agent does not run sandboxed: why
+    budget: str | None = None  # a budget near or at its limit, one line (None once raised)
     tokens: Tokens = Field(default_factory=Tokens)
     cost_usd: float = 0.0
     rate_per_hour: float | None = None

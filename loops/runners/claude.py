@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -140,7 +141,7 @@ class StreamParser:
         if isinstance(event.get("api_error_status"), int):
             self.api_error_status = event["api_error_status"]
         cost = event.get("total_cost_usd", event.get("cost_usd"))
-        if isinstance(cost, int | float):
+        if isinstance(cost, int | float) and math.isfinite(cost):
             self.cost_usd = float(cost)
         if isinstance(event.get("usage"), dict):
             self.tokens = _tokens(event["usage"])

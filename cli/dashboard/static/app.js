@@ -249,6 +249,7 @@
         loop.eta_s ? h("span", {}, `ETA ${Math.round(loop.eta_s / 60)} min`) : null,
         h("span", { class: "muted" }, loop.last_seen ? `heartbeat ${ago(loop.last_seen)}` : "no heartbeat yet"),
         loop.stopped_reason ? h("span", { class: "reason" }, `stopped: ${loop.stopped_reason}`) : null,
+        loop.budget ? h("span", { class: "reason budget" }, loop.budget) : null,
       ),
       timeline(loop, now),
       tasks.length
