@@ -30,7 +30,6 @@ from agents.actions import Responder
 from agents.health import Finding, LoopHealth, PidAlive
 from agents.policy import DEATH_RULES, Policy, Rule, RulePolicy, load_policy
 from agents.refiner import Refiner
-from agents.store import Store
 from events import (
     EscalationAnswered,
     EscalationKind,
@@ -46,6 +45,7 @@ from events import (
     short_id,
     utcnow,
 )
+from infra.store import Store
 
 Clock = Callable[[], datetime]
 A = MonitorActionKind

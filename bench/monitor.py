@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import fakeredis
 
 from agents.monitor import Monitor
-from agents.store import Store
+from infra.store import Store
 from bus import BusSettings, RedisBus
 from events import (
     Event,

@@ -6,7 +6,7 @@ The seams the composition root fills in are declared here:
   (`loops/` owns the file formats; `cli/` injects its reader).
 - `Judge`: decides a natural-language criterion (`AnthropicJudge`, or a fake in tests).
 - `JobRunner` (in `gates.jobs`): where verification jobs run (in-process, or rq).
-- `StateStore` (in `gates.store`): progress that must survive a crash (Redis).
+- `infra.store.Store`: progress that must survive a crash (Redis).
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from gates.judge import AnthropicJudge  # noqa: E402
 from gates.merge import MergedTasks, MergeQueue, merged_tasks_on  # noqa: E402
 from gates.protect import DEFAULT_PROTECTED  # noqa: E402
 from gates.settings import GateSettings, MergeSettings, TamperPolicy  # noqa: E402
-from gates.store import MemoryStore, RedisStore, StateStore  # noqa: E402
 
 __all__ = [
     "DEFAULT_PROTECTED",
@@ -66,14 +65,11 @@ __all__ = [
     "Judge",
     "JudgeError",
     "Judgement",
-    "MemoryStore",
     "MergeError",
     "MergeQueue",
     "MergeSettings",
     "MergedTasks",
-    "RedisStore",
     "RqJobs",
-    "StateStore",
     "TamperPolicy",
     "VerificationGate",
     "ensure_loop_branch",

@@ -48,7 +48,7 @@ from gates.gitutil import (
 from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
 from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
-from gates.store import MemoryStore, StateStore
+from infra.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class VerificationGate:
         loader: CriteriaLoader,
         judge: Judge | None = None,
         jobs: JobRunner | None = None,
-        store: StateStore | None = None,
+        store: Store | None = None,
         source: Source | None = None,
     ) -> None:
         self.bus = bus
@@ -91,7 +91,7 @@ class VerificationGate:
         self.loader = loader
         self.judge = judge
         self.jobs = jobs or InlineJobs()
-        self.store = store or MemoryStore()
+        self.store = store or Store.memory()
         self.source = source or Source(role=Role.GATE)
 
     def subscribe(self, consumer: str) -> Subscription:

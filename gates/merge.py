@@ -58,7 +58,7 @@ from gates.gitutil import (
 )
 from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import MergeSettings, derived_escalation_id, derived_id
-from gates.store import MemoryStore, StateStore
+from infra.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class MergeQueue:
         *,
         loader: CriteriaLoader,
         merged_tasks: MergedTasks = merged_tasks_on,
-        store: StateStore | None = None,
+        store: Store | None = None,
         source: Source | None = None,
         before_main_moves: Callable[[str], None] | None = None,
     ) -> None:
@@ -118,7 +118,7 @@ class MergeQueue:
         self.loader = loader
         self.merged_tasks = merged_tasks
         self._recheck_cache: tuple[str, list[tuple[tuple[str, str], Check]]] | None = None
-        self.store = store or MemoryStore()
+        self.store = store or Store.memory()
         self.source = source or Source(role=Role.MERGE)
         # Called with the merged commit once its checks passed, just before main moves
         # (fault injection for crash tests; a no-op in production).

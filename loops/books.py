@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from events import ValidationFailed
+from infra.files import load_settled
 from loops.book import TaskDef, TaskRecord, TaskStatus
-from loops.files import load_settled
 from loops.harness import LoopState, TaskEntry, load_state, save_state
 from loops.names import safe_component
 from loops.project import Loop

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from events.secrets import redact_obj
-from loops.files import write_json_atomic
+from infra.files import write_json_atomic
 
 
 class Phase(StrEnum):

@@ -19,7 +19,7 @@ from agents.escalations import EscalationStatus, fold_escalations, open_escalati
 from agents.human import HumanAgent, HumanConfig
 from agents.monitor import Monitor
 from agents.policy import parse_policy
-from agents.store import Store
+from infra.store import Store
 from bus import RedisBus
 from events import (
     Decision,

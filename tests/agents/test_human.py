@@ -6,7 +6,7 @@ from typing import Any
 
 from agents.escalations import EscalationStatus, fold_escalations, open_escalations
 from agents.human import HumanAgent, HumanConfig
-from agents.store import Store
+from infra.store import Store
 from events import (
     EscalationAcknowledged,
     EscalationAnswered,

@@ -10,7 +10,7 @@ import pytest
 from agents.monitor import Monitor
 from agents.policy import Rule, load_policy, parse_policy
 from agents.refiner import RefineFailed, RefineRequest
-from agents.store import Store
+from infra.store import Store
 from events import (
     Decision,
     EscalationAnswered,

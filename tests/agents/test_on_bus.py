@@ -19,7 +19,7 @@ from agents.human import HumanAgent, HumanConfig
 from agents.monitor import Monitor
 from agents.pm import ProjectManager
 from agents.runner import Agent, run
-from agents.store import Store
+from infra.store import Store
 from bus import RedisBus
 from events import (
     EscalationAnswered,

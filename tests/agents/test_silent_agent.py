@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from agents.monitor import Monitor
 from agents.policy import Policy, Rule, load_policy
-from agents.store import Store
+from infra.store import Store
 from bus import RedisBus
 from events import (
     AgentSign,

@@ -431,7 +431,7 @@ def test_the_monitor_kills_a_silent_agent_never_a_slow_one_that_shows_life(
     from agents.monitor import Monitor
     from agents.policy import load_policy
     from agents.runner import run as run_agent
-    from agents.store import Store
+    from infra.store import Store
 
     bus, monitor_bus = signed_buses
     policy = tmp_path / "policy.yaml"
