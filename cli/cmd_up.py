@@ -29,8 +29,8 @@ from cli.system import System, SystemOptions
 from cli.view import SystemView
 from events import ConfigError, ValidationFailed
 from events.secrets import RedactingFilter
+from infra.git import GitError, current_branch, git, repo_root
 from loops.project import Project, load_project
-from loops.workspace import GitError, current_branch, git, repo_root
 
 log = logging.getLogger("loops.up")
 

@@ -46,12 +46,13 @@ class Judge(Protocol):
 from gates.batch import BatchMergeQueue  # noqa: E402
 from gates.errors import JudgeError, MergeError  # noqa: E402
 from gates.gate import VerificationGate  # noqa: E402
-from gates.gitutil import GitError, ensure_loop_branch, ensure_loop_worktree  # noqa: E402
+from gates.gitutil import ensure_loop_branch, ensure_loop_worktree  # noqa: E402
 from gates.jobs import InlineJobs, JobRunner, RqJobs  # noqa: E402
 from gates.judge import AnthropicJudge  # noqa: E402
 from gates.merge import MergedTasks, MergeQueue, merged_tasks_on  # noqa: E402
 from gates.protect import DEFAULT_PROTECTED  # noqa: E402
 from gates.settings import GateSettings, MergeSettings, TamperPolicy  # noqa: E402
+from infra.git import GitError  # noqa: E402
 
 __all__ = [
     "DEFAULT_PROTECTED",

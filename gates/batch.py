@@ -61,10 +61,11 @@ from events import (
     VerificationPassed,
 )
 from gates.checks import Check
-from gates.gitutil import fetch, git, main_ref, resolve_commit, scratch
+from gates.gitutil import fetch, main_ref, resolve_commit, scratch
 from gates.merge import GROUP, TYPES, MergeQueue, Refused, _caused, _failure, landed_as
 from gates.order import Waiting, pick
 from gates.settings import FlakyPolicy, derived_escalation_id, derived_id
+from infra.git import git
 
 log = logging.getLogger(__name__)
 

@@ -47,17 +47,16 @@ from gates.errors import MergeError, WorktreeBlocked
 from gates.gitutil import (
     conflicted_files,
     fetch,
-    git,
     is_ancestor,
     main_ref,
     push_main,
     resolve_commits,
-    run_git,
     scratch,
     update_ref_cas,
 )
 from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import MergeSettings, derived_escalation_id, derived_id
+from infra.git import git, run_git
 from infra.store import Store
 
 log = logging.getLogger(__name__)
@@ -290,10 +289,6 @@ class MergeQueue:
             body += f"{BATCH_TRAILER}{batch}\n"
         git(
             wt,
-            "-c",
-            "user.name=coding-loops",
-            "-c",
-            "user.email=loops@localhost",
             "commit",
             "--quiet",
             "--allow-empty",

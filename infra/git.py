@@ -22,6 +22,7 @@ Nothing here runs git inside an agent's work tree on the agent's own config: see
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -133,26 +134,23 @@ def run_git(
     non-zero exit when `check`. `env` adds to (or redirects) the command's environment;
     `options` go before the subcommand (`--git-dir=...`, `-c key=value`)."""
     argv = [*_unset(env), "git", "-C", str(cwd), *options, *args]
-    stdin = None
     try:
-        if input is not None:
-            stdin = tempfile.TemporaryFile()
-            stdin.write(input.encode())
-            stdin.seek(0)
-        status, out, err = Git(str(cwd)).execute(
-            argv,
-            istream=stdin,
-            with_extended_output=True,
-            with_exceptions=False,
-            kill_after_timeout=timeout,
-            env=_env_overrides(env),
-            strip_newline_in_stdout=True,
-        )
+        with contextlib.ExitStack() as stack:
+            stdin = None
+            if input is not None:
+                stdin = stack.enter_context(tempfile.TemporaryFile())
+                stdin.write(input.encode())
+                stdin.seek(0)
+            status, out, err = Git(str(cwd)).execute(
+                argv,
+                istream=stdin,
+                with_extended_output=True,
+                with_exceptions=False,
+                kill_after_timeout=timeout,
+                env=_env_overrides(env),
+            )
     except (GitCommandNotFound, OSError) as exc:
         raise GitError(args, f"cannot run git: {exc}", None) from None
-    finally:
-        if stdin is not None:
-            stdin.close()
     stdout, stderr = str(out or ""), str(err or "")
     if status < 0 and stderr.startswith(_TIMEOUT_MARK):
         raise GitError(args, f"timed out after {timeout:.0f}s", None, stderr)

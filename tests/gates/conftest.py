@@ -37,8 +37,9 @@ from gates import (
     MergeSettings,
     VerificationGate,
 )
-from gates.gitutil import ensure_loop_branch, git, remove_scratch
+from gates.gitutil import ensure_loop_branch, remove_scratch
 from gates.settings import DEFAULT_PROTECTED
+from infra.git import git
 from infra.store import Store
 
 PY = sys.executable

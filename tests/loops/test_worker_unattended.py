@@ -22,6 +22,7 @@ import yaml
 
 import events as ev
 from bus import BusSettings, RedisBus, connect
+from infra.git import git
 from loops.books import SpecBook
 from loops.driver import WorkerExit, run_worker
 from loops.harness import config_from_data
@@ -29,7 +30,6 @@ from loops.runners import AgentRequest, make_runner
 from loops.runners.anthropic_agent import AnthropicRunner
 from loops.service import WorkerService
 from loops.spec import parse_spec
-from loops.workspace import git
 from tests.conftest import require_real_redis, wait_until
 from tests.fakes.mock_anthropic import MockAnthropic
 
