@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.api import Bus, Subscription
+from bus.idempotency import Idempotency
 from events import (
     Criterion,
     CriterionResult,
@@ -92,6 +93,7 @@ class VerificationGate:
         self.judge = judge
         self.jobs = jobs or InlineJobs()
         self.store = store or Store.memory()
+        self.claims = Idempotency(self.store.client, self.store.key("claim"))  # claims verified
         self.source = source or Source(role=Role.GATE)
 
     def subscribe(self, consumer: str) -> Subscription:
@@ -100,9 +102,9 @@ class VerificationGate:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, TaskClaimed):
-            if self.store.get(f"claim:{event.id}") is None:
+            if not self.claims.seen(event.id):
                 self._verify(_Attempt(event, event, frozenset()))
-                self.store.set(f"claim:{event.id}", "done")
+                self.claims.mark(event.id)  # only once verified: a crash verifies again
         elif isinstance(event, EscalationAnswered):
             self._answered(event)
 
