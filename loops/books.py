@@ -49,7 +49,7 @@ class StateFileBook:
         self.instructions = []
         state_path.parent.mkdir(parents=True, exist_ok=True)
         if state_path.exists():
-            self._state = load_state(state_path)
+            self._state = load_settled(load_state, state_path)
         else:
             self._state = save_state(state_path, initial)
         self._stamp = self._file_stamp()
