@@ -1,7 +1,7 @@
 """Batch-and-bisect: the default merge queue whenever more than one verified claim waits.
 
 `BatchMergeQueue` takes each `verification.passed` into a durable queue (the
-`StateStore`) and acks it. After every poll of its subscription it takes up to
+`Store`) and acks it. After every poll of its subscription it takes up to
 `batch_size` claims, in fair order (`gates.order`: ageing, a cost per retry), once `batch_size`
 wait or the oldest has waited `fill_wait_s`; a lone claim merges as the one-slot queue
 merges it.

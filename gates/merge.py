@@ -11,7 +11,7 @@ therefore only ever holds commits whose checks ran on exactly that tree.
 
 Crash safety: before merging, the queue asks whether the commit is already in main
 (a retried job after a crash finds its own work done); the merged commit and the main
-it was built on are recorded in the `StateStore`, keyed by task and commit, so the
+it was built on are recorded in the `Store`, keyed by task and commit, so the
 retried job reports the same `merge.completed`."""
 
 from __future__ import annotations
