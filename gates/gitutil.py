@@ -16,7 +16,7 @@ from pathlib import Path
 from gates.checks import kill_leftovers
 from gates.errors import WorktreeBlocked
 from infra.files import FileLock
-from infra.git import CLONE_TIMEOUT_S, GitError, git, run_git
+from infra.git import CLONE_TIMEOUT_S, GitError, git, git_path, run_git
 
 LOOP_BRANCH_PREFIX = "loop/"
 
@@ -85,8 +85,7 @@ def worktree(repo: Path | str, rev: str, *, prefix: str = "loops-wt-") -> Iterat
 
 @functools.lru_cache(maxsize=256)
 def _common_dir_of(repo: str) -> Path:
-    path = Path(git(repo, "rev-parse", "--git-common-dir"))
-    return path if path.is_absolute() else (Path(repo) / path).resolve()
+    return git_path(repo, "--git-common-dir")
 
 
 def _common_dir(repo: Path | str) -> Path:
