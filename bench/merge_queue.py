@@ -77,7 +77,8 @@ from gates import (
     MergeSettings,
     VerificationGate,
 )
-from gates.gitutil import git, remove_scratch
+from gates.gitutil import remove_scratch
+from infra.git import git
 
 CHECK = "true"
 

@@ -39,7 +39,7 @@ import yaml
 
 from bus import EmbeddedServer, RedisBus, connect, recorded_settings
 from events import TaskClaimed, VerificationStarted
-from loops.workspace import git
+from infra.git import git
 
 LOOPS_BIN = str(Path(sys.executable).parent / "loops")
 

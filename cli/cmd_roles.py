@@ -23,7 +23,6 @@ from agents.monitor import Monitor
 from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from agents.runner import run as run_agent
-from agents.store import Store
 from bus import PassedLedger, RedisBus, connect
 from bus.settings import warn_if_unsigned
 from cli.cmd_status import open_bus
@@ -41,6 +40,7 @@ from cli.runtime import run_role
 from cli.system import SystemOptions, notifier_from_env
 from events import ConfigError, ValidationFailed
 from gates import RqJobs
+from infra.store import Store
 from loops.books import HarnessBook
 from loops.budget_config import effective
 from loops.project import Loop, Project, load_loop

@@ -35,12 +35,12 @@ from events import (
     TaskClaimed,
     VerificationPassed,
 )
+from infra.git import GitError, current_branch, git, repo_root
 from loops.books import SpecBook
 from loops.budget_config import effective
 from loops.runners import make_runner
 from loops.service import WorkerService
 from loops.spec import load_spec
-from loops.workspace import GitError, current_branch, git, repo_root
 
 log = logging.getLogger("loops.run")
 

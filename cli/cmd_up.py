@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -30,8 +29,9 @@ from cli.view import SystemView
 from cli.view.spend import SPEND_TYPES
 from events import ConfigError, ValidationFailed
 from events.secrets import RedactingFilter
+from infra.files import FileLock
+from infra.git import GitError, current_branch, git, repo_root
 from loops.project import Project, load_project
-from loops.workspace import GitError, current_branch, git, repo_root
 
 log = logging.getLogger("loops.up")
 
@@ -74,28 +74,18 @@ def up_lock(directory: Path) -> Iterator[None]:
     """One `loops up` per directory: a second one refuses with a clear message."""
     state = directory / ".loops"
     state.mkdir(exist_ok=True)
-    path = state / "up.lock"
-    fh = path.open("a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        pid = fh.read().strip() or "?"
-        fh.close()
+    lock = FileLock(state / "up.lock")
+    if not lock.acquire(wait=False):
         raise ConfigError(
             f"another `loops up` or `loops worker` is already running on {directory} "
-            f"(pid {pid}); watch it with `loops status`, or stop it first (to run several "
-            "loops together on one machine, use one `loops up`)"
-        ) from None
+            f"(pid {lock.holder() or '?'}); watch it with `loops status`, or stop it first "
+            "(to run several loops together on one machine, use one `loops up`)"
+        )
     try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        lock.note(str(os.getpid()))
         yield
     finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+        lock.release()
 
 
 def logs_to_file_on_a_terminal(directory: Path) -> Path | None:

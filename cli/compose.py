@@ -33,13 +33,13 @@ from gates import (
     Judge,
     MergeQueue,
     MergeSettings,
-    RedisStore,
     TamperPolicy,
     VerificationGate,
 )
 from gates.checks import DEFAULT_TIMEOUT_S
 from gates.errors import JobError
 from gates.settings import FlakyPolicy
+from infra.store import Store
 from loops.harness import ProjectConfig
 from loops.project import Project, UnknownTask, criteria_for
 from loops.sandbox import SandboxConfig, SandboxMode, sandbox_status
@@ -171,7 +171,7 @@ def make_gate(
         loader=loader,
         judge=judge,
         jobs=jobs,
-        store=RedisStore(bus.client, f"{bus.prefix}:gate"),
+        store=Store(bus.client, f"{bus.prefix}:gate", "gates"),
         source=Source(role=Role.GATE, instance=instance),
         spend=SpendLedger(bus.client, bus.prefix),
     )
@@ -217,7 +217,7 @@ def make_merge(
         bus,
         settings,
         loader=loader,
-        store=RedisStore(bus.client, f"{bus.prefix}:merge"),
+        store=Store(bus.client, f"{bus.prefix}:merge", "gates"),
         source=Source(role=Role.MERGE, instance=instance),
     )
 

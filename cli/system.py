@@ -25,7 +25,6 @@ from agents.monitor import Monitor
 from agents.pm import ProjectManager
 from agents.refiner import AnthropicRefiner
 from agents.runner import run as run_agent
-from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
 from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
 from cli.compose import (
@@ -40,6 +39,7 @@ from cli.compose import (
     task_describer,
 )
 from events import BudgetLevel, ConfigError, Event, LoopStop
+from infra.store import Store
 from loops.books import HarnessBook
 from loops.budget_config import effective
 from loops.driver import WorkerExit, all_passed

@@ -1,7 +1,7 @@
 """Batch-and-bisect: the default merge queue whenever more than one verified claim waits.
 
 `BatchMergeQueue` takes each `verification.passed` into a durable queue (the
-`StateStore`) and acks it. After every poll of its subscription it takes up to
+`Store`) and acks it. After every poll of its subscription it takes up to
 `batch_size` claims, in fair order (`gates.order`: ageing, a cost per retry), once `batch_size`
 wait or the oldest has waited `fill_wait_s`; a lone claim merges as the one-slot queue
 merges it.
@@ -61,10 +61,11 @@ from events import (
     VerificationPassed,
 )
 from gates.checks import Check
-from gates.gitutil import fetch, git, main_ref, resolve_commit, scratch
+from gates.gitutil import fetch, main_ref, resolve_commit, scratch
 from gates.merge import GROUP, TYPES, MergeQueue, Refused, _caused, _failure, landed_as
 from gates.order import Waiting, pick
 from gates.settings import FlakyPolicy, derived_escalation_id, derived_id
+from infra.git import git
 
 log = logging.getLogger(__name__)
 

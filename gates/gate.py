@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.api import Bus, Subscription
+from bus.idempotency import Idempotency
 from bus.spend import DAY, PROJECT, SpendLedger
 from events import (
     Criterion,
@@ -51,7 +52,7 @@ from gates.gitutil import (
 from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
 from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
-from gates.store import MemoryStore, StateStore
+from infra.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class VerificationGate:
         loader: CriteriaLoader,
         judge: Judge | None = None,
         jobs: JobRunner | None = None,
-        store: StateStore | None = None,
+        store: Store | None = None,
         source: Source | None = None,
         spend: SpendLedger | None = None,
     ) -> None:
@@ -96,7 +97,8 @@ class VerificationGate:
         self.loader = loader
         self.judge = judge
         self.jobs = jobs or InlineJobs()
-        self.store = store or MemoryStore()
+        self.store = store or Store.memory()
+        self.claims = Idempotency(self.store.client, self.store.key("claim"))  # claims verified
         self.source = source or Source(role=Role.GATE)
 
     def subscribe(self, consumer: str) -> Subscription:
@@ -105,9 +107,9 @@ class VerificationGate:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, TaskClaimed):
-            if self.store.get(f"claim:{event.id}") is None:
+            if not self.claims.seen(event.id):
                 self._verify(_Attempt(event, event, frozenset()))
-                self.store.set(f"claim:{event.id}", "done")
+                self.claims.mark(event.id)  # only once verified: a crash verifies again
         elif isinstance(event, EscalationAnswered):
             self._answered(event)
 

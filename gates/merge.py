@@ -11,7 +11,7 @@ therefore only ever holds commits whose checks ran on exactly that tree.
 
 Crash safety: before merging, the queue asks whether the commit is already in main
 (a retried job after a crash finds its own work done); the merged commit and the main
-it was built on are recorded in the `StateStore`, keyed by task and commit, so the
+it was built on are recorded in the `Store`, keyed by task and commit, so the
 retried job reports the same `merge.completed`."""
 
 from __future__ import annotations
@@ -47,19 +47,18 @@ from gates.errors import MergeError, WorktreeBlocked
 from gates.gitutil import (
     conflicted_files,
     fetch,
-    git,
     is_ancestor,
     main_ref,
     push_main,
     resolve_commits,
-    run_git,
     scratch,
     update_ref_cas,
 )
 from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.receipts import StreamReceipts
 from gates.settings import MergeSettings, derived_escalation_id, derived_id
-from gates.store import MemoryStore, StateStore
+from infra.git import git, run_git
+from infra.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ class MergeQueue:
         *,
         loader: CriteriaLoader,
         merged_tasks: MergedTasks = merged_tasks_on,
-        store: StateStore | None = None,
+        store: Store | None = None,
         source: Source | None = None,
         before_main_moves: Callable[[str], None] | None = None,
     ) -> None:
@@ -119,7 +118,7 @@ class MergeQueue:
         self.loader = loader
         self.merged_tasks = merged_tasks
         self._recheck_cache: tuple[str, list[tuple[tuple[str, str], Check]]] | None = None
-        self.store = store or MemoryStore()
+        self.store = store or Store.memory()
         self.receipts = StreamReceipts(bus)  # what each task cost, for `merge.completed`
         self.source = source or Source(role=Role.MERGE)
         # Called with the merged commit once its checks passed, just before main moves
@@ -292,10 +291,6 @@ class MergeQueue:
             body += f"{BATCH_TRAILER}{batch}\n"
         git(
             wt,
-            "-c",
-            "user.name=coding-loops",
-            "-c",
-            "user.email=loops@localhost",
             "commit",
             "--quiet",
             "--allow-empty",

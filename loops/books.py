@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from events import ValidationFailed
+from infra.files import load_settled
 from loops.book import TaskDef, TaskRecord, TaskStatus
-from loops.files import load_settled
 from loops.harness import LoopState, TaskEntry, load_state, save_state
 from loops.names import safe_component
 from loops.project import Loop
@@ -49,7 +49,7 @@ class StateFileBook:
         self.instructions = []
         state_path.parent.mkdir(parents=True, exist_ok=True)
         if state_path.exists():
-            self._state = load_state(state_path)
+            self._state = load_settled(load_state, state_path)
         else:
             self._state = save_state(state_path, initial)
         self._stamp = self._file_stamp()

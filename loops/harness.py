@@ -37,6 +37,7 @@ from pydantic import (
 
 from events import Criterion, LoopStatus, ModelPrice, ValidationFailed
 from events.secrets import redact_obj
+from infra.files import write_json_atomic
 from loops.budget_config import LoopBudget, ProjectBudget
 from loops.files import (
     parse_json,
@@ -45,7 +46,6 @@ from loops.files import (
     show,
     translate_errors,
     type_name,
-    write_json_atomic,
 )
 from loops.names import ref_problem, task_id_problem
 from loops.sandbox import SandboxConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loops.workspace import git
+from infra.git import git
 
 LOOPS = str(Path(sys.executable).parent / "loops")
 

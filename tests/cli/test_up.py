@@ -20,7 +20,7 @@ import yaml
 from bus import BusSettings, RedisBus, connect, recorded_settings
 from cli import demo
 from events import Event
-from loops.workspace import git
+from infra.git import git
 from tests.conftest import require_real_redis, wait_until
 
 LOOPS = str(Path(sys.executable).parent / "loops")

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from cli import demo
-from loops.workspace import git
+from infra.git import git
 from tests.conftest import IN_CI, wait_until
 from tests.deploy.engine import ROOT, Engine
 

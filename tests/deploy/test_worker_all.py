@@ -18,7 +18,7 @@ import yaml
 
 from bus import BusSettings, RedisBus
 from cli import demo
-from loops.workspace import git
+from infra.git import git
 from tests.conftest import require_real_redis, wait_until
 
 LOOPS = str(Path(sys.executable).parent / "loops")

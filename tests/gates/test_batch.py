@@ -22,9 +22,9 @@ from events import (
     VerificationPassed,
 )
 from gates import BatchMergeQueue
-from gates.gitutil import git
 from gates.order import Waiting, pick
 from gates.settings import FlakyPolicy
+from infra.git import git
 from tests.gates.conftest import APP, TASKS, Project, load_tasks, make_project, script
 from tests.gates.test_flow import MUL, answer
 

@@ -199,7 +199,8 @@ def test_real_cli_in_the_sandbox_keeps_its_session_and_sees_no_state(
 ) -> None:
     """Sandboxed: the CLI writes its work tree and its own config dir (so `--resume`
     works), and its Bash tool finds nothing of the project's state directory."""
-    from loops.workspace import Workspace, git
+    from infra.git import git
+    from loops.workspace import Workspace
 
     repo = tmp_path / "repo"
     repo.mkdir()
