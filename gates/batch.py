@@ -141,14 +141,21 @@ class BatchMergeQueue(MergeQueue):
     def pending(self) -> list[VerificationPassed]:
         return [w.vp for w in self._load()]
 
-    def flush(self, *, force: bool = True) -> int:
+    def flush(self, *, force: bool = True, refill: Callable[[], object] | None = None) -> int:
         """Merge what is queued, batch by batch; returns the number of claims settled.
         Without `force`, a queue shorter than a batch waits until its oldest claim has
-        waited `fill_wait_s` (the run loop polls again meanwhile)."""
+        waited `fill_wait_s` (the run loop polls again meanwhile). `refill` (the
+        subscription's non-blocking read) runs before each batch after the first, so
+        the claims that arrived while a batch was tested join the next one instead of
+        leaving the rest of the queue to be merged alone."""
         s = self.settings
         done = 0
         held: set[str] = set()  # kept queued by the flaky policy: tried on the next flush
+        first = True
         while True:
+            if not first and refill is not None:
+                refill()
+            first = False
             queue = [w for w in self._load() if w.vp.id not in held]
             if not queue:
                 return done
@@ -449,6 +456,6 @@ class _FlushingSubscription:
 
     def _flush(self, *, force: bool) -> None:
         try:
-            self.queue.flush(force=force)
+            self.queue.flush(force=force, refill=lambda: self.inner.poll(0))
         except LoopsError as exc:  # git or a race: the queue is durable, the next poll retries
             log.warning("merge: flushing the queue failed, will retry: %s", exc)

@@ -165,6 +165,45 @@ def test_a_lone_claim_waits_for_the_fill_wait_then_merges_alone(project: Project
     assert [e.task_id for e in project.events("merge.completed")] == ["mul"]  # type: ignore[attr-defined]
 
 
+def test_claims_that_arrive_while_a_batch_is_tested_join_the_next_batch(
+    tmp_path: Path, fake_bus: RedisBus
+) -> None:
+    """Three claims wait (batches of 2); a fourth arrives while the first batch is being
+    tested and the fill wait has passed. The queue reads it before it picks the next
+    batch, so the third and the fourth land together instead of one by one."""
+    tasks = {**TASKS, "d/more": [script("more exists", "test -f MORE.md")]}
+    project = make_project(tmp_path, fake_bus, tasks=tasks)
+    try:
+        now = [1000.0]
+        project.start(merge={"batch_size": 2, "fill_wait_s": 2.0}, batch=True)
+        assert isinstance(project.merge, BatchMergeQueue)
+        project.merge.clock = lambda: now[0]
+        gate_sub, merge_sub = project._subs
+        a, b, c, d = (project.loop(n) for n in "abcd")
+        a.claim("mul", a.write({"app.py": MUL}, "mul"))
+        b.claim("sub", b.write(SUB, "sub"))
+        c.claim("notes", c.write({"NOTES.md": "notes\n"}, "notes"))
+        gate_sub.drain()
+        more = d.write({"MORE.md": "more\n"}, "more")
+
+        def arrives(merged: str) -> None:
+            if now[0] == 1000.0:  # during the first batch only
+                now[0] += 5.0  # the fill wait has passed for the claim left waiting
+                d.claim("more", more)
+                gate_sub.drain()
+
+        project.merge.before_main_moves = arrives
+        merge_sub.poll(block_ms=10)
+
+        done = {e.task_id: e.merged_commit for e in project.events("merge.completed")}  # type: ignore[attr-defined]
+        assert sorted(done) == ["more", "mul", "notes", "sub"]
+        assert done["mul"] == done["sub"] != done["notes"] == done["more"] == project.main()
+        assert len(landings(project)) == 3  # the seed and two batches
+        project.assert_main_verified()
+    finally:
+        project.close()
+
+
 # ---------------------------------------------------------------------- flaky checks
 
 # Fails on its 2nd run only: the gate's run passes, the queue's first run on the tip
