@@ -3,8 +3,9 @@
 `BatchMergeQueue` takes each `verification.passed` into a durable queue (the
 `StateStore`) and acks it. After every poll of its subscription it takes up to
 `batch_size` claims, in fair order (`gates.order`: ageing, a cost per retry), once `batch_size`
-wait or the oldest has waited `fill_wait_s`; a lone claim merges as the one-slot queue
-merges it.
+wait or the oldest has waited `fill_wait_s` (claims that arrive while a batch is tested
+are read before the next batch is picked). A lone claim is a stack of one: the one-slot
+queue's checks, plus the retry that tells a flaky check from a broken claim.
 
 A batch is a **stack**: each claim is squash-merged onto the one before, as a commit of
 its own (`Loops-Task:`, `Loops-Commit:` and `Loops-Batch: <id>` trailers). A claim that
@@ -61,6 +62,7 @@ from events import (
     VerificationPassed,
 )
 from gates.checks import Check
+from gates.errors import WorktreeBlocked
 from gates.gitutil import fetch, git, main_ref, resolve_commit, scratch
 from gates.merge import GROUP, TYPES, MergeQueue, Refused, _caused, _failure, landed_as
 from gates.order import Waiting, pick
@@ -183,7 +185,7 @@ class BatchMergeQueue(MergeQueue):
             todo: list[VerificationPassed] = []
             for vp in batch:
                 if base is None or resolve_commit(s.repo, vp.commit) is None:
-                    todo.append(vp)  # `merge` reports it
+                    self.merge(vp)  # reports the missing commit (or raises: no main)
                     continue
                 recorded = self.store.get(_key(vp)) is not None
                 landed = landed_as(s.repo, vp.commit, base, squashed=recorded)
@@ -191,10 +193,10 @@ class BatchMergeQueue(MergeQueue):
                     self._already_merged(vp, _key(vp), base, landed)
                 else:
                     todo.append(vp)
-            if len(todo) <= 1 or base is None:
-                for vp in todo:
-                    self.merge(vp)
+            if not todo or base is None:
                 return []
+            # A lone claim is a stack of one: the same checks as the one-slot queue, and
+            # a failed check gets the same retry (a flaky check is not its loop's fault).
             with scratch(s.repo, base, pool="merge") as wt:
                 stack = self._stack(wt, base, todo)
                 if not stack.items:
@@ -207,7 +209,15 @@ class BatchMergeQueue(MergeQueue):
                         self.store.set(_key(item.vp), json.dumps(record))
                     if self.before_main_moves is not None:
                         self.before_main_moves(tip)
-                    if not self._move_main(tip, base):
+                    try:
+                        moved = self._move_main(tip, base)
+                    except WorktreeBlocked as exc:  # as the one-slot queue: the loops are told
+                        for item in verdict.landing:
+                            self.store.delete(_key(item.vp))
+                            self._conflicted(item.vp, exc.files, str(exc), MergeRefusal.BLOCKED)
+                        verdict.landing = []
+                        moved = True
+                    if not moved:
                         log.info("merge: main moved under a batch; merging again")
                         continue
                     for item in verdict.landing:

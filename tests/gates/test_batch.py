@@ -249,6 +249,22 @@ def test_a_check_that_fails_then_passes_unchanged_is_recorded_as_flaky(
     assert project.merge.flaky_count(flaky.command) == 1
 
 
+def test_a_lone_claim_gets_the_same_retry_and_its_flaky_check_does_not_refuse_it(
+    flaky_project: Project,
+) -> None:
+    project = flaky_project
+    project.start(merge={"batch_size": 4, "fill_wait_s": 0.0}, batch=True)
+    c = project.loop("c")
+    c.claim("flaky", c.write({"FLAKY.md": "f\n"}, "flaky"))
+    project.pump()
+
+    (flaky,) = project.events("check.flaky")
+    assert isinstance(flaky, CheckFlaky) and flaky.task_ids == ["c/flaky"]
+    assert [e.task_id for e in project.events("merge.completed")] == ["flaky"]  # type: ignore[attr-defined]
+    assert project.events("merge.conflicted") == []
+    assert flaky.tree == project.main() and len(landings(project)) == 2
+
+
 def test_the_block_policy_keeps_a_flaky_batch_queued_until_a_clean_run(
     flaky_project: Project,
 ) -> None:
