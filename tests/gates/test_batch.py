@@ -4,6 +4,7 @@ the good prefix lands and only the culprit goes back to its loop."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,8 @@ from events import (
     Source,
     VerificationPassed,
 )
-from gates import BatchMergeQueue
-from gates.gitutil import git
+from gates import BatchMergeQueue, MergeSettings
+from gates.gitutil import git, remove_scratch
 from gates.order import Waiting, pick
 from gates.settings import FlakyPolicy
 from tests.gates.conftest import APP, TASKS, Project, load_tasks, make_project, script
@@ -333,3 +334,49 @@ def test_the_oldest_claims_go_first_and_a_retry_costs_age() -> None:
     tries = {queue[0].vp.id: 1}
     batch = pick(queue, 3, now=10.0, tries=lambda vp: tries.get(vp.id, 0), retry_cost_s=5.0)
     assert [w.vp.task_id for w in batch] == ["t1", "t2", "t3"]  # t0 pays 5 s: age 5 < 6
+
+
+def test_a_batch_blocked_by_a_persons_files_on_main_is_reported_not_retried_forever(
+    tmp_path: Path, fake_bus: RedisBus
+) -> None:
+    """No remote: main is the person's checkout. An untracked file of theirs is in the
+    way of the fast-forward: git refuses, the files stay untouched, and each claim of
+    the batch goes back to its loop as `blocked` (as the one-slot queue reports it)."""
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    tasks = {f"c/{t}": [script(f"{t} exists", f"test -f {t}.md")] for t in ("one", "two")}
+    (repo / "tasks.json").write_text(json.dumps(tasks))
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=s", "-c", "user.email=s@x", "commit", "-q", "-m", "seed")
+    seed = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "-b", "loop/c")
+    commits = {}
+    for t in ("one", "two"):
+        (repo / f"{t}.md").write_text(f"{t}\n")
+        git(repo, "add", "-A")
+        git(repo, "-c", "user.name=s", "-c", "user.email=s@x", "commit", "-q", "-m", t)
+        commits[t] = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "main")
+    (repo / "two.md").write_text("the person's own notes\n")  # untracked, in the way
+
+    settings = MergeSettings(repo=repo, remote=None, batch_size=4)
+    queue = BatchMergeQueue(fake_bus, settings, loader=load_tasks)
+    gate = Source(role=Role.GATE)
+    for i, (t, commit) in enumerate(commits.items(), 1):
+        queue.handle(
+            VerificationPassed(
+                source=gate, loop="c", task_id=t, commit=commit, attempt=i, criteria=[]
+            )
+        )
+    try:
+        queue.flush()
+    finally:
+        remove_scratch(repo)
+
+    reported = [e for _, e in fake_bus.replay(types=["merge.conflicted"])]
+    assert sorted(e.task_id for e in reported) == ["one", "two"]  # type: ignore[attr-defined]
+    assert {e.kind for e in reported} == {MergeRefusal.BLOCKED}  # type: ignore[attr-defined]
+    assert all("two.md" in e.files for e in reported)  # type: ignore[attr-defined]
+    assert list(fake_bus.replay(types=["merge.completed"])) == []
+    assert git(repo, "rev-parse", "main") == seed and queue.pending() == []
+    assert (repo / "two.md").read_text() == "the person's own notes\n"
