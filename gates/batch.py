@@ -114,6 +114,9 @@ class BatchMergeQueue(MergeQueue):
     def __init__(self, *args: Any, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.clock = clock  # wall clock: queue times survive a restart
+        # When the last batch's test ended: a claim queued before then has waited for
+        # company already (while that batch was tested), so no fill wait holds it.
+        self.tested_until: float | None = None
 
     def subscribe(self, consumer: str) -> Subscription:
         inner = self.bus.subscribe(GROUP, consumer, self.handle, types=TYPES)
@@ -146,7 +149,8 @@ class BatchMergeQueue(MergeQueue):
     def flush(self, *, force: bool = True, refill: Callable[[], object] | None = None) -> int:
         """Merge what is queued, batch by batch; returns the number of claims settled.
         Without `force`, a queue shorter than a batch waits until its oldest claim has
-        waited `fill_wait_s` (the run loop polls again meanwhile). `refill` (the
+        waited `fill_wait_s` (the run loop polls again meanwhile), unless that claim came
+        while the last batch was tested (it has waited for company already). `refill` (the
         subscription's non-blocking read) runs before each batch after the first, so
         the claims that arrived while a batch was tested join the next one instead of
         leaving the rest of the queue to be merged alone."""
@@ -163,12 +167,15 @@ class BatchMergeQueue(MergeQueue):
                 return done
             now = self.clock()
             oldest = min(w.since for w in queue)
-            if not force and len(queue) < s.batch_size and now - oldest < s.fill_wait_s:
+            waited = now - oldest >= s.fill_wait_s
+            waited |= self.tested_until is not None and oldest <= self.tested_until
+            if not force and len(queue) < s.batch_size and not waited:
                 return done
             batch = pick(
                 queue, s.batch_size, now=now, tries=self._tries, retry_cost_s=s.retry_cost_s
             )
             keep = {vp.id for vp in self.merge_batch([w.vp for w in batch])}
+            self.tested_until = self.clock()
             if keep == {w.vp.id for w in batch}:
                 held |= keep  # nothing settled: do not spin on it
             settled = {w.vp.id for w in batch} - keep

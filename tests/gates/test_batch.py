@@ -205,6 +205,43 @@ def test_claims_that_arrive_while_a_batch_is_tested_join_the_next_batch(
         project.close()
 
 
+def test_a_claim_that_came_while_a_batch_was_tested_is_not_held_for_the_fill_wait(
+    tmp_path: Path, fake_bus: RedisBus
+) -> None:
+    """The fill wait is for a claim that finds the queue idle. One that arrived while
+    the last batch was tested has waited for company already: it goes next at once."""
+    tasks = {**TASKS, "d/more": [script("more exists", "test -f MORE.md")]}
+    project = make_project(tmp_path, fake_bus, tasks=tasks)
+    try:
+        now = [1000.0]
+        project.start(merge={"batch_size": 3, "fill_wait_s": 2.0}, batch=True)
+        assert isinstance(project.merge, BatchMergeQueue)
+        project.merge.clock = lambda: now[0]
+        gate_sub, merge_sub = project._subs
+        a, d = project.loop("a"), project.loop("d")
+        a.claim("mul", a.write({"app.py": MUL}, "mul"))
+        gate_sub.drain()
+        merge_sub.poll(block_ms=10)
+        assert [vp.task_id for vp in project.merge.pending()] == ["mul"]  # the fill wait
+        more = d.write({"MORE.md": "more\n"}, "more")
+
+        def arrives(merged: str) -> None:
+            if not project.events("task.claimed", task_id="more"):
+                d.claim("more", more)  # while mul's batch is tested
+                gate_sub.drain()
+
+        project.merge.before_main_moves = arrives
+        now[0] += 2.5
+        merge_sub.poll(block_ms=10)
+
+        assert project.merge.pending() == []
+        done = {e.task_id: e.merged_commit for e in project.events("merge.completed")}  # type: ignore[attr-defined]
+        assert sorted(done) == ["more", "mul"] and done["more"] == project.main() != done["mul"]
+        project.assert_main_verified()
+    finally:
+        project.close()
+
+
 # ---------------------------------------------------------------------- flaky checks
 
 # Fails on its 2nd run only: the gate's run passes, the queue's first run on the tip
