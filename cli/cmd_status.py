@@ -255,6 +255,21 @@ def render(
     if rows:
         lines += table(["STATUS", "LOOP", "TASK", "COMMIT", "AGE", "NOTE"], rows)
 
+    if view.flaky:
+        lines += ["", f"FLAKY CHECKS ({len(view.flaky)})"]
+        rows = [
+            [
+                str(f.count),
+                str(f.seen),
+                "blocked" if f.blocked else "landed",
+                f.escalation_id or "-",
+                ago(f.ts, now),
+                clean(f.command, 60),
+            ]
+            for f in sorted(view.flaky.values(), key=lambda f: -f.count)
+        ]
+        lines += table(["COUNT", "SEEN", "LAST", "ESCALATION", "AGE", "CHECK"], rows)
+
     if view.monitor_actions:
         lines += ["", "MONITOR (latest)"]
         rows = [

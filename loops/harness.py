@@ -235,7 +235,7 @@ class ProjectConfig(BaseModel):
         default=2, ge=1, description="checks of one merge run concurrently, at most this many"
     )
     merge_batch_size: int = Field(
-        default=5,
+        default=10,
         ge=1,
         description="verified claims the merge queue stacks and checks together at the tip "
         "(a red stack is retried once, then bisected); 1 merges one at a time",

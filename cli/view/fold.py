@@ -14,6 +14,7 @@ from cli.view.models import (
     CommandView,
     Counts,
     EscalationStatus,
+    FlakyCheckView,
     MergeEntry,
     MergeStatus,
     MonitorActionView,
@@ -243,6 +244,17 @@ def _monitor_action(view: SystemView, e: ev.MonitorAction) -> None:
     Counts.bump(view.counts.monitor_actions, e.loop, e.action.value)
 
 
+def _check_flaky(view: SystemView, e: ev.CheckFlaky) -> None:
+    flaky = view.flaky.get(e.command)
+    if flaky is None:
+        flaky = view.flaky[e.command] = FlakyCheckView(
+            command=e.command, criterion=e.criterion, ts=e.ts
+        )
+    flaky.seen += 1
+    flaky.count, flaky.blocked, flaky.task_ids, flaky.ts = e.count, e.blocked, e.task_ids, e.ts
+    flaky.escalation_id = e.escalation_id or flaky.escalation_id
+
+
 def _progress(view: SystemView, e: ev.ProgressReported) -> None:
     loop = view.loop(e.loop)
     loop.passed, loop.total = e.passed, e.total
@@ -356,6 +368,7 @@ HANDLERS: dict[type[ev.Event], Callable[[SystemView, Any], None]] = {
     ev.TaskHeld: _task_held,
     ev.TaskReleased: _task_released,
     ev.MonitorAction: _monitor_action,
+    ev.CheckFlaky: _check_flaky,
     ev.ProgressReported: _progress,
     ev.EscalationRaised: _escalation_raised,
     ev.EscalationAcknowledged: _escalation_acknowledged,

@@ -238,6 +238,19 @@ class MergeEntry(BaseModel):
     ts: datetime
 
 
+class FlakyCheckView(BaseModel):
+    """A merge check recorded flaky (`check.flaky`): failed, then passed unchanged."""
+
+    command: str
+    criterion: str
+    count: int = 0  # the merge queue's count since a person last answered about it
+    seen: int = 0  # flaky events seen in the stream for this command
+    blocked: bool = False  # the last flake kept its batch off main (policy `block`)
+    escalation_id: str | None = None  # a person was asked to fix it
+    task_ids: list[str] = Field(default_factory=list)  # of the last batch it failed in
+    ts: datetime
+
+
 class MonitorActionView(BaseModel):
     ts: datetime
     loop: str | None

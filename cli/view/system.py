@@ -18,6 +18,7 @@ from cli.view.models import (
     Counts,
     EscalationView,
     EventLine,
+    FlakyCheckView,
     LoopView,
     MergeEntry,
     MergeStatus,
@@ -29,13 +30,15 @@ from cli.view.text import event_fields
 
 
 class SystemView(BaseModel):
-    """Loops and their tasks, escalations, the merge queue, monitor actions, commands and
-    recent events: everything `loops status` and the dashboard show."""
+    """Loops and their tasks, escalations, the merge queue, flaky merge checks, monitor
+    actions, commands and recent events: everything `loops status` and the dashboard
+    show."""
 
     loops: dict[str, LoopView] = Field(default_factory=dict)
     escalations: dict[str, EscalationView] = Field(default_factory=dict)
     merges: list[MergeEntry] = Field(default_factory=list)
     monitor_actions: list[MonitorActionView] = Field(default_factory=list)
+    flaky: dict[str, FlakyCheckView] = Field(default_factory=dict)  # by command
     commands: list[CommandView] = Field(default_factory=list)
     recent: list[EventLine] = Field(default_factory=list)
     counts: Counts = Field(default_factory=Counts)
@@ -139,6 +142,7 @@ class SystemView(BaseModel):
             "cost_usd": round(self.cost_usd, 6),
             "open_escalations": len(self.open_escalations()),
             "merge_queue": len(self.merge_queue()),
+            "flaky_checks": sum(f.seen for f in self.flaky.values()),
         }
         return data
 

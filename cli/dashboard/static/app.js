@@ -463,6 +463,18 @@
     $("spend").querySelector("table")?.classList.add("receipts");
   }
 
+  function renderFlaky(view) {
+    const flaky = Object.values(view.flaky || {}).sort((a, b) => b.count - a.count);
+    $("flaky-count").textContent = flaky.length ? String(flaky.length) : "";
+    $("flaky").replaceChildren(
+      simpleTable(
+        ["count", "check", "last", "when"],
+        flaky.map((f) => [String(f.count), h("code", {}, f.command), f.escalation_id ? badge(`asked ${f.escalation_id}`, "alert") : badge(f.blocked ? "blocked" : "landed", "flaky"), ago(f.ts)]),
+        "No flaky merge check.",
+      ),
+    );
+  }
+
   function renderMonitor(view) {
     const actions = view.monitor_actions.slice(-8).reverse();
     $("monitor").replaceChildren(
@@ -516,6 +528,7 @@
     renderEscalations(view);
     renderMerges(view);
     renderSpend(view);
+    renderFlaky(view);
     renderMonitor(view);
     renderCommands(view);
     if (!state.feedIds.size) for (const line of view.recent.slice(-FEED_MAX).reverse()) addFeed(line, false);
