@@ -97,6 +97,27 @@ def up_lock(directory: Path) -> Iterator[None]:
         fh.close()
 
 
+class LoopNames(logging.Filter):
+    """Prefixes a log line of a loop's threads (`worker-LOOP`, `heartbeat-LOOP`) with
+    `[LOOP]` when it does not name its loop: with many loops in one log, every line says
+    whose it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        thread = record.threadName or ""
+        _, sep, loop = thread.partition("-")
+        if sep and thread.startswith(("worker-", "heartbeat-")):
+            message = record.getMessage()
+            if loop not in message:
+                record.msg, record.args = f"[{loop}] {message}", None
+        return True
+
+
+def name_loops_in_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, LoopNames) for f in handler.filters):
+            handler.addFilter(LoopNames())
+
+
 def logs_to_file_on_a_terminal(directory: Path) -> Path | None:
     """On a terminal the live table owns the screen: logs go to `.loops/loops.log`."""
     if not sys.stdout.isatty():
@@ -180,6 +201,12 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
                 status = "passed in the state file but not merged on main"
             why = f" — {record.last_result}" if record.last_result else ""
             lines.append(f"    {task.id}: {status}{why}")
+            if record.status.value == "blocked" and worker.book.max_attempts <= record.attempts:
+                lines.append(
+                    f"      to retry it: `loops reset {slot.name} {task.id}` while `loops up` "
+                    'runs, or set its "status" to "pending" in '
+                    f"{getattr(worker.book, 'state_path', 'its test-state.json')}"
+                )
     escalations = open_escalations(e for _, e in bus.replay())
     if escalations:
         lines.append("  Open escalations (answer with `loops answer ID TEXT`):")
@@ -229,6 +256,7 @@ def run_system(
     for warning in check_sandboxes(lp.config.sandbox for lp in running):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     log_file = logs_to_file_on_a_terminal(directory)
+    name_loops_in_logs()
     with up_lock(directory), open_system_bus(redis_url, directory) as bus:
         system = System(project, bus, repo, main, options)
         table = LiveTable(bus)

@@ -308,7 +308,7 @@ def _acknowledged(view: SystemView, e: ev.CommandAcknowledged) -> None:
     if command is None or command.acknowledged:
         return
     command.acknowledged, command.detail = True, e.detail
-    if command.loop is None:
+    if command.loop is None or e.refused:  # nothing changed (a reset of an unknown task)
         return
     loop = view.loop(command.loop)
     if command.type == "loop.pause":
