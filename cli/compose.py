@@ -78,16 +78,17 @@ def check_sandboxes(configs: Iterable[SandboxConfig | None]) -> list[str]:
 
 
 def loader_with_fallback(fallback: dict[str, list[Criterion]] | None = None) -> CriteriaLoader:
-    """`loops`' reader of criteria from a checkout of main. `fallback` (task id ->
-    criteria) serves a SPEC.yaml that is not committed in main: its criteria were read
+    """`loops`' reader of criteria from a checkout of main. `fallback` (task id, or
+    `loop/TASK`, -> criteria) serves a SPEC.yaml that is not committed in main: its criteria were read
     before any agent ran, so the agent still cannot edit its own checks."""
 
     def load(root: Path, loop: str, task_id: str) -> list[Criterion]:
         try:
             return criteria_for(root, loop, task_id)
         except (UnknownTask, ValidationFailed):
-            if fallback is not None and task_id in fallback:
-                return fallback[task_id]
+            for key in (f"{loop}/{task_id}", task_id):  # `loops up`'s keys name the loop
+                if fallback is not None and key in fallback:
+                    return fallback[key]
             raise
 
     return load

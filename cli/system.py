@@ -134,7 +134,9 @@ class System:
         if self.options.dashboard:
             self._start_dashboard(*self.options.dashboard)
         default_check = None
-        loader = loader_with_fallback()
+        # A task added to a state file by hand and not committed yet runs too: its
+        # criteria as the operator's files say at start (before any agent ran).
+        loader = loader_with_fallback(self.project.criteria_snapshot())
         config = self.project.config
         if self.options.job_processes:
             self.jobs = ProcessJobs()

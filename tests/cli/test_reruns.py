@@ -5,10 +5,13 @@ it is printed."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
 
+from loops.workspace import git
+from tests.cli.test_coming_from import ok, seed_repo
 from tests.cli.test_run import LOOPS, proc_env, repo, run_agent, state_of
 
 __all__ = ["repo"]  # the fixture
@@ -91,3 +94,44 @@ def test_a_task_an_unstartable_agent_blocked_runs_once_the_agent_is_fixed(
     fixed = run_agent(repo, command, "-n", "3")
     assert fixed.returncode == 0, fixed.stderr
     assert state_of(repo)["status"] == "passed"
+
+
+def test_a_hand_added_task_runs_and_one_without_criteria_asks_for_a_sign_off(
+    tmp_path: Path,
+) -> None:
+    """A task added to test-state.json by hand (not committed) is verified with the
+    criteria the file gives it; a seed-format task without criteria (and no
+    check_command) goes to a sign-off, never "unknown task ... in main's spec"; and
+    `loops validate` says so."""
+    sh = seed_repo(tmp_path)
+    path = sh.cwd / "coding-loops/loop-3-polish/specs/test-state.json"
+    state = json.loads(path.read_text())
+    state["tests"].insert(
+        0,
+        {
+            "id": "HAND-001",
+            "status": "pending",
+            "notes": "Write hand.txt",
+            "acceptance_criteria": [
+                {
+                    "criterion": "hand.txt exists",
+                    "check": {"type": "script", "run": "test -f hand.txt"},
+                }
+            ],
+        },
+    )
+    path.write_text(json.dumps(state, indent=2))  # by hand, not committed
+    validate = sh.run("loops validate coding-loops")
+    ok(validate, 0)
+    assert "NOTE " in validate.stdout and "PREVIOUS-TEST-ID" in validate.stdout
+    assert "no acceptance_criteria and no check_command" in validate.stdout
+
+    script = tmp_path / "agent.sh"
+    script.write_text("#!/bin/sh\necho done > hand.txt\necho '<promise>done</promise>'\n")
+    script.chmod(0o755)
+    proc = sh.run(f"loops worker loop-3-polish --agent command:{script}")
+    ok(proc, 1)  # a person still has to sign off the task without criteria
+    assert git(sh.cwd, "show", "main:hand.txt") == "done"
+    assert "HAND-001: " not in proc.stdout  # merged: not in the summary's leftovers
+    assert "unknown task" not in proc.stdout + proc.stderr
+    assert "needs a sign-off" in proc.stdout and "PREVIOUS-TEST-ID" in proc.stdout
