@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -107,7 +108,7 @@ class LoopNames(logging.Filter):
         _, sep, loop = thread.partition("-")
         if sep and thread.startswith(("worker-", "heartbeat-")):
             message = record.getMessage()
-            if loop not in message:
+            if not re.search(rf"(?<![\w-]){re.escape(loop)}(?![\w-])", message):
                 record.msg, record.args = f"[{loop}] {message}", None
         return True
 

@@ -39,7 +39,7 @@ from cli.compose import (
     pm_config,
     task_describer,
 )
-from events import ConfigError, Event, LoopStop
+from events import ConfigError, Event, LoopResume, LoopStop
 from loops.books import HarnessBook
 from loops.driver import WorkerExit, all_passed
 from loops.project import Project
@@ -167,7 +167,9 @@ class System:
         )
         self.roles.poll_forever("merge", merge.subscribe("up"))
         self._start_agents()
-        supervisor = self.bus.subscribe("supervisor", "up", self._on_event, types={"loop.stop"})
+        supervisor = self.bus.subscribe(
+            "supervisor", "up", self._on_event, types={"loop.stop", "loop.resume"}
+        )
         self.roles.poll_forever("supervisor", supervisor)
         if self.slots:
             self.router = Router(
@@ -268,6 +270,13 @@ class System:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, LoopStop) and event.restart and event.loop in self.slots:
             self.slots[event.loop].restart_wanted = True
+        elif isinstance(event, LoopResume) and event.loop in self.slots:
+            # `loops stop` then `loops resume`: the stopped loop starts again and its
+            # new worker acknowledges the resume (waiting in the loop's inbox).
+            slot = self.slots[event.loop]
+            worker = slot.service.worker if slot.service else None
+            if not slot.alive or (worker is not None and worker.stop_requested):
+                slot.restart_wanted = True
 
     # ------------------------------------------------------------------ supervision
     def supervise(self) -> None:

@@ -51,9 +51,10 @@ def _wait(
 ) -> None:
     """Wait `seconds` on the worker's clock, handling events as they come: woken early
     by any event when `wake` (a usage window the event may have moved), else only by a
-    stop (`auto_continue_delay` is honoured whatever else arrives)."""
+    stop or a pause (`auto_continue_delay` is honoured whatever else arrives; a paused
+    loop shows as paused, and a person's resume goes on at once)."""
     deadline = worker.clock() + timedelta(seconds=seconds)
-    while not stop.is_set() and not worker.stop_requested:
+    while not stop.is_set() and not worker.stop_requested and not worker.state.paused:
         left_ms = int((deadline - worker.clock()).total_seconds() * 1000)
         if left_ms <= 0:
             return

@@ -5,13 +5,15 @@ verbatim in the directory where they are printed."""
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bus.locate import AmbiguousSystem, find_project_dir
 from tests.cli.test_coming_from import QUESTION, ok, seed_repo
-from tests.conftest import require_real_redis
+from tests.conftest import require_real_redis, wait_until
 
 
 def _repo(tmp_path: Path) -> Path:
@@ -93,3 +95,37 @@ def test_printed_hints_work_verbatim_where_they_are_printed(tmp_path: Path) -> N
     status = sh.run("loops escalations --all")
     ok(status, 0)
     assert esc_id in status.stdout and "use postgres" in status.stdout
+
+
+def test_a_served_system_is_reached_from_a_subdirectory_and_stop_then_resume_works(
+    tmp_path: Path,
+) -> None:
+    """`loops up coding-loops --serve` at the root; from a loop's `specs/` directory,
+    `loops status` finds it, and `loops stop LOOP` then `loops resume LOOP` are both
+    acknowledged (the stopped loop starts again for the resume)."""
+    sh = seed_repo(tmp_path).reply(QUESTION)
+    up = subprocess.Popen(
+        ["bash", "-c", "exec loops up coding-loops --serve"],
+        cwd=sh.cwd,
+        env=sh.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        sh.cwd = sh.cwd / "coding-loops" / "loop-3-polish" / "specs"
+
+        def running() -> bool:
+            proc = sh.run("loops status")
+            return proc.returncode == 0 and "loop-3-polish" in proc.stdout
+
+        wait_until(running, timeout=120, interval=1.0)
+        stop = sh.run("loops stop loop-3-polish --wait 60")
+        ok(stop, 0)
+        assert "loop-3-polish: stopping after its current iteration" in stop.stdout
+        resume = sh.run("loops resume loop-3-polish --wait 60")
+        ok(resume, 0)
+        assert "loop-3-polish: resumed" in resume.stdout
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=120)

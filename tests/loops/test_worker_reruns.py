@@ -4,6 +4,7 @@ task the loop does not have is refused and leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,16 +37,20 @@ class Clock:
 
 
 @pytest.fixture
-def loop(bus: RedisBus, tmp_path: Path) -> Iterator[tuple[WorkerService, SpecBook, Clock]]:
+def loop(
+    bus: RedisBus, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[WorkerService, SpecBook, Clock]]:
+    reply = getattr(request, "param", "working")
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
     (repo / "README.md").write_text("demo\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "init")
-    (tmp_path / "agent.yaml").write_text(yaml.safe_dump({"default": [{"reply": "working"}]}))
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump({"default": [{"reply": reply}]}))
     book = SpecBook(parse_spec(SPEC), repo / "SPEC.yaml", repo / ".loops" / "state", 1000)
     book.auto_continue_delay = 3600.0
+    book.max_attempts = 1
     service = WorkerService(
         bus, book, make_runner(f"script:{tmp_path / 'agent.yaml'}"), repo, heartbeat_s=0.2
     )
@@ -109,3 +114,47 @@ def test_a_reset_of_an_unknown_task_is_refused_and_leaves_nothing_behind(
     known = ev.TaskReset(source=OPERATOR, loop="spec", task_id="hello")
     bus.publish(known)
     assert not _acknowledged(bus, known).refused
+
+
+@pytest.mark.parametrize("loop", ["<promise>done</promise>"], indirect=True)
+def test_status_agrees_with_the_state_file_on_a_blocked_task(
+    bus: RedisBus, loop: tuple[WorkerService, SpecBook, Clock]
+) -> None:
+    """A claim that fails verification at max attempts: test-state.json, the events and
+    `loops status` (the view) all say blocked, with the same count of failed attempts."""
+    _, book, _ = loop
+    claim = wait_until(lambda: _events(bus, "task.claimed"), timeout=15)[0]
+    assert isinstance(claim, ev.TaskClaimed)
+    bus.publish(
+        ev.VerificationFailed(
+            source=ev.Source(role=ev.Role.GATE, instance="test-gate"),
+            task_id=claim.task_id,
+            commit=claim.commit,
+            attempt=claim.attempt,
+            verdict=ev.VerificationVerdict.CHECKS_FAILED,
+            reason="1 of 1 criteria failed",
+            **claim.caused(),
+        )
+    )
+    wait_until(lambda: _events(bus, "task.blocked"), timeout=15)
+    record = book.record(claim.task_id)
+    task = SystemView.from_events(bus.replay()).loops["spec"].tasks[claim.task_id]
+    assert record.status.value == task.status.value == "blocked"
+    assert record.attempts == task.attempts == 1
+
+
+def test_health_json_reports_a_pause_and_keeps_the_seed_status(
+    bus: RedisBus, loop: tuple[WorkerService, SpecBook, Clock]
+) -> None:
+    _, book, _ = loop
+    health = book.state_dir / "health.json"
+    wait_until(lambda: _events(bus, "iteration.finished"), timeout=15)
+    pause = ev.LoopPause(source=OPERATOR, loop="spec")
+    bus.publish(pause)
+    _acknowledged(bus, pause)
+    paused = wait_until(lambda: (d := json.loads(health.read_text())).get("paused") and d)
+    assert paused["status"] == "running"  # the seed's four statuses, unchanged
+    resume = ev.LoopResume(source=OPERATOR, loop="spec")
+    bus.publish(resume)
+    _acknowledged(bus, resume)
+    wait_until(lambda: "paused" not in json.loads(health.read_text()))
