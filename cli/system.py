@@ -36,6 +36,7 @@ from cli.compose import (
     loader_with_fallback,
     make_gate,
     make_merge,
+    monitor_policy,
     pm_config,
     task_describer,
 )
@@ -104,6 +105,7 @@ class System:
         self.dashboard_url: str | None = None
         self.router: Router | None = None
         self.jobs: ProcessJobs | None = None
+        self.policy = monitor_policy(project)  # a bad policy file stops us before anything runs
 
     # ------------------------------------------------------------------ wiring
     def _factory(self, name: str) -> Callable[[], WorkerService]:
@@ -200,7 +202,11 @@ class System:
             if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")
             else None
         )
-        monitor = Monitor(Store(self.bus.client, self.bus.prefix, "monitor"), refiner=refiner)
+        monitor = Monitor(
+            Store(self.bus.client, self.bus.prefix, "monitor"),
+            self.policy,
+            refiner=refiner,
+        )
         pm = ProjectManager(
             pm_config(self.project), merged=PassedLedger(self.bus.client, self.bus.prefix).all()
         )
