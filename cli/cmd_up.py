@@ -202,11 +202,11 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
                 status = "passed in the state file but not merged on main"
             why = f" — {record.last_result}" if record.last_result else ""
             lines.append(f"    {task.id}: {status}{why}")
-            if record.status.value == "blocked" and worker.book.max_attempts <= record.attempts:
+            if status in ("blocked", "failed") and worker.book.max_attempts <= record.attempts:
+                # Out of attempts: no run takes it up again until a person resets it.
                 lines.append(
-                    f"      to retry it: `loops reset {slot.name} {task.id}` while `loops up` "
-                    'runs, or set its "status" to "pending" in '
-                    f"{getattr(worker.book, 'state_path', 'its test-state.json')}"
+                    f"      to retry it: `loops reset {slot.name} {task.id} --no-wait` (a "
+                    "running loop takes it at once, a stopped one when it starts again)"
                 )
     escalations = open_escalations(e for _, e in bus.replay())
     if escalations:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from loops.workspace import git
-from tests.cli.test_coming_from import ok, seed_repo
+from tests.cli.test_coming_from import QUESTION, ok, seed_repo
 from tests.cli.test_run import LOOPS, proc_env, repo, run_agent, state_of
 
 __all__ = ["repo"]  # the fixture
@@ -135,3 +135,26 @@ def test_a_hand_added_task_runs_and_one_without_criteria_asks_for_a_sign_off(
     assert "HAND-001: " not in proc.stdout  # merged: not in the summary's leftovers
     assert "unknown task" not in proc.stdout + proc.stderr
     assert "needs a sign-off" in proc.stdout and "PREVIOUS-TEST-ID" in proc.stdout
+
+
+def test_a_task_out_of_attempts_says_how_to_retry_it_and_the_hint_works(tmp_path: Path) -> None:
+    """The seed's `failed` task with its attempts used up is never an obstacle: the
+    summary prints the reset command, which works verbatim where it is printed (no
+    system running), and the next run takes the task up with zero attempts."""
+    sh = seed_repo(tmp_path)
+    config_path = sh.cwd / "coding-loops/loop-3-polish/config.json"
+    config = json.loads(config_path.read_text())
+    config["max_attempts"] = 1  # PREVIOUS-TEST-ID failed once already
+    config_path.write_text(json.dumps(config))
+    git(sh.cwd, "commit", "-qam", "one attempt")
+    first = sh.run("loops worker loop-3-polish")
+    ok(first, 1)
+    assert sh.calls() == []  # nothing it could run
+    hint = re.search(r"to retry it: `([^`]+)`", first.stdout)
+    assert hint and "PREVIOUS-TEST-ID" in hint.group(1), first.stdout
+    ok(sh.run(hint.group(1)), 0)
+    state = sh.cwd / "coding-loops/loop-3-polish/specs/test-state.json"
+    again = sh.reply(QUESTION).run("loops worker loop-3-polish")
+    ok(again, 1)  # the agent asks a question now
+    entry = next(e for e in json.loads(state.read_text())["tests"] if e["id"] == "PREVIOUS-TEST-ID")
+    assert entry["attempts"] == 0 and len(sh.calls()) >= 1
