@@ -74,52 +74,37 @@ def test_two_running_systems_under_one_repository_name_the_dir_to_pick(tmp_path:
     assert find_project_dir(top / "b") == top / "b"  # from inside one, that one
 
 
-def test_printed_hints_work_verbatim_where_they_are_printed(tmp_path: Path) -> None:
-    """`loops up coding-loops` at the repository root prints the open escalations and
-    `answer with `loops answer ID TEXT``; run there, as printed, it answers. `loops status`
-    reaches the same system from deep inside a loop's directory."""
-    sh = seed_repo(tmp_path).reply(QUESTION)
-    up = sh.run("loops up coding-loops")
-    ok(up, 1)
-    hint = re.search(r"answer with `(loops answer ID TEXT)`", up.stdout)
-    assert hint, up.stdout
-    asked = re.findall(r"^    (e-\S+) \[\w+\] \S+: .*which database", up.stdout, re.M)
-    assert asked, up.stdout
-    esc_id = asked[0]
-    command = hint.group(1).replace("ID", esc_id).replace("TEXT", "'use postgres'")
-    answered = sh.run(command)  # where it was printed: the repository root
-    ok(answered, 0)
-    assert f"answered {esc_id}" in answered.stdout
-
-    sh.cwd = sh.cwd / "coding-loops" / "loop-1-critical-path" / "specs"
-    status = sh.run("loops escalations --all")
-    ok(status, 0)
-    assert esc_id in status.stdout and "use postgres" in status.stdout
-
-
-def test_a_served_system_is_reached_from_a_subdirectory_and_stop_then_resume_works(
+def test_a_running_system_is_reached_where_its_hints_are_printed_and_below(
     tmp_path: Path,
 ) -> None:
-    """`loops up coding-loops --serve` at the root; from a loop's `specs/` directory,
-    `loops status` finds it, and `loops stop LOOP` then `loops resume LOOP` are both
-    acknowledged (the stopped loop starts again for the resume)."""
+    """`loops up coding-loops --serve` at the repository root logs `BLOCKED on ...
+    (answer with `loops answer ID ...`)`; run there, as printed, it answers. From a
+    loop's `specs/` directory the same system is found: the answer shows, and
+    `loops stop LOOP` then `loops resume LOOP` are both acknowledged (the stopped loop
+    starts again for the resume)."""
     sh = seed_repo(tmp_path).reply(QUESTION)
-    up = subprocess.Popen(
-        ["bash", "-c", "exec loops up coding-loops --serve"],
-        cwd=sh.cwd,
-        env=sh.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
+    log = tmp_path / "up.log"
+    with log.open("w") as sink:
+        up = subprocess.Popen(
+            ["bash", "-c", "exec loops up coding-loops --serve"],
+            cwd=sh.cwd,
+            env=sh.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
+        hint_re = r"BLOCKED on PREVIOUS-TEST-ID: .*\(answer with `(loops answer (e-\S+) \.\.\.)`\)"
+        found = wait_until(lambda: re.search(hint_re, log.read_text()), timeout=120, interval=0.5)
+        command, esc_id = found.group(1), found.group(2)
+        answered = sh.run(command.replace("...", "'use postgres'"))  # where it was printed
+        ok(answered, 0)
+        assert f"answered {esc_id}" in answered.stdout
+
         sh.cwd = sh.cwd / "coding-loops" / "loop-3-polish" / "specs"
-
-        def running() -> bool:
-            proc = sh.run("loops status")
-            return proc.returncode == 0 and "loop-3-polish" in proc.stdout
-
-        wait_until(running, timeout=120, interval=1.0)
+        listed = sh.run("loops escalations --all")
+        ok(listed, 0)
+        assert esc_id in listed.stdout and "use postgres" in listed.stdout
         stop = sh.run("loops stop loop-3-polish --wait 60")
         ok(stop, 0)
         assert "loop-3-polish: stopping after its current iteration" in stop.stdout
