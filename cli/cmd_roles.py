@@ -33,6 +33,7 @@ from cli.compose import (
     loader_with_fallback,
     make_gate,
     make_merge,
+    monitor_policy,
     pm_config,
 )
 from cli.metrics import metrics_address
@@ -276,7 +277,11 @@ def _embedded_worker(args: argparse.Namespace, directory: Path, config: Path | N
 
 def _agent(role: str, bus: RedisBus, directory: Path) -> Agent:
     if role == "monitor":
-        return Monitor(Store(bus.client, bus.prefix, "monitor"))
+        try:
+            project: Project | None = load_checked(directory)
+        except (ValidationFailed, ConfigError):
+            project = None  # the monitor also works without the project's files
+        return Monitor(Store(bus.client, bus.prefix, "monitor"), monitor_policy(project))
     if role == "human":
         return HumanAgent(
             Store(bus.client, bus.prefix, "human"),

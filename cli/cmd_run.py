@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import threading
 from pathlib import Path
 
@@ -150,7 +151,20 @@ def run(args: argparse.Namespace) -> int:
             iterations=service.worker.state.iteration,
             branch=branch,
             all_passed=outcome.all_passed,
+            rerun=rerun_command(args),
         )
+
+
+def rerun_command(args: argparse.Namespace) -> str:
+    """The `loops run` that goes on from here, as the person typed it (spec, agent)."""
+    words = ["loops", "run"]
+    if args.spec_file != "SPEC.yaml":
+        words.append(args.spec_file)
+    if args.agent:
+        words += ["--agent", args.agent]
+    if args.repo:
+        words += ["--repo", args.repo]
+    return shlex.join(words)
 
 
 def _summary(
@@ -159,20 +173,24 @@ def _summary(
     iterations: int,
     branch: str,
     all_passed: bool,
+    rerun: str = "loops run",
 ) -> int:
     if all_passed:
         log.info(
             "All tasks verified and merged into %r — done in %d iteration(s).", branch, iterations
         )
         return 0
+    waiting = {e.task_id for e in escalations}
     for task in book.tasks():
         record = book.record(task.id)
         if record.status.value != "passed":
             log.error(
-                "Task %r is %s%s",
+                "Task %r is %s%s%s%s",
                 task.id,
                 record.status.value,
+                f" ({record.attempts} failed attempts)" if record.attempts else "",
                 f": {record.last_result}" if record.last_result else "",
+                "" if task.id in waiting else f" — run `{rerun}` to go on (what it tried is kept)",
             )
     for esc in escalations:
         if esc.kind.value == "signoff":
@@ -180,7 +198,5 @@ def _summary(
         else:
             log.error("Open question %s: %s", esc.id, esc.question)
     if escalations:
-        log.error(
-            "Answer with `loops answer ID TEXT` in this directory, then run `loops run` again."
-        )
+        log.error("Answer with `loops answer ID TEXT` in this directory, then run `%s`.", rerun)
     return 1

@@ -21,6 +21,7 @@ import redis
 
 import bus as busmod
 from bus import BusSettings, RedisBus
+from bus.locate import find_project_dir
 from bus.settings import redact_url
 from cli.runtime import Presence, alive_roles
 from cli.view import (
@@ -50,9 +51,19 @@ def bus_settings(args: argparse.Namespace) -> BusSettings:
     in `--dir` (password and key from its `.loops/`); key prefix from `$LOOPS_PREFIX`
     (default loops)."""
     explicit = getattr(args, "redis", None)
-    project_dir = getattr(args, "project_dir", None) or os.environ.get("CODING_LOOP_PROJECT_DIR")
+    project_dir = system_dir(args)
     prefix = os.environ.get("LOOPS_PREFIX") or BusSettings().prefix
     return busmod.resolve_settings(explicit, project_dir, prefix=prefix)
+
+
+def system_dir(args: argparse.Namespace) -> str | None:
+    """`--dir`, else `$CODING_LOOP_PROJECT_DIR`, else the system found from here, as git
+    finds its repository (`bus.locate`: the parents, then below the repository's top)."""
+    named = getattr(args, "project_dir", None) or os.environ.get("CODING_LOOP_PROJECT_DIR")
+    if named:
+        return str(named)
+    found = find_project_dir()
+    return str(found) if found else None
 
 
 def _embedded_data(project_dir: str | None) -> Path | None:
@@ -72,9 +83,7 @@ def open_bus(args: argparse.Namespace) -> Iterator[RedisBus]:
         try:
             settings = bus_settings(args)
         except ConfigError:
-            project = _embedded_data(
-                getattr(args, "project_dir", None) or os.environ.get("CODING_LOOP_PROJECT_DIR")
-            )
+            project = _embedded_data(system_dir(args))
             if project is None:
                 raise
             server = stack.enter_context(busmod.EmbeddedServer(project, kind="redis-server"))

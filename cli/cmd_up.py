@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -86,6 +87,27 @@ def up_lock(directory: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+class LoopNames(logging.Filter):
+    """Prefixes a log line of a loop's threads (`worker-LOOP`, `heartbeat-LOOP`) with
+    `[LOOP]` when it does not name its loop: with many loops in one log, every line says
+    whose it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        thread = record.threadName or ""
+        _, sep, loop = thread.partition("-")
+        if sep and thread.startswith(("worker-", "heartbeat-")):
+            message = record.getMessage()
+            if not re.search(rf"(?<![\w-]){re.escape(loop)}(?![\w-])", message):
+                record.msg, record.args = f"[{loop}] {message}", None
+        return True
+
+
+def name_loops_in_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, LoopNames) for f in handler.filters):
+            handler.addFilter(LoopNames())
 
 
 def logs_to_file_on_a_terminal(directory: Path) -> Path | None:
@@ -171,6 +193,12 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
                 status = "passed in the state file but not merged on main"
             why = f" — {record.last_result}" if record.last_result else ""
             lines.append(f"    {task.id}: {status}{why}")
+            if status in ("blocked", "failed") and worker.book.max_attempts <= record.attempts:
+                # Out of attempts: no run takes it up again until a person resets it.
+                lines.append(
+                    f"      to retry it: `loops reset {slot.name} {task.id} --no-wait` (a "
+                    "running loop takes it at once, a stopped one when it starts again)"
+                )
     lines += SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines()
     escalations = open_escalations(e for _, e in bus.replay())
     if escalations:
@@ -227,6 +255,7 @@ def run_system(
     for warning in check_sandboxes(lp.config.sandbox for lp in running):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     log_file = logs_to_file_on_a_terminal(directory)
+    name_loops_in_logs()
     with up_lock(directory), open_system_bus(redis_url, directory) as bus:
         system = System(project, bus, repo, main, options)
         table = LiveTable(bus)

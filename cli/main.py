@@ -28,14 +28,15 @@ def _add_redis(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis",
         metavar="URL",
-        help="Redis URL (default: $REDIS_URL, else the embedded server of the project in .)",
+        help="Redis URL (default: $REDIS_URL, else the embedded server of the project, see --dir)",
     )
     p.add_argument(
         "--dir",
         dest="project_dir",
         metavar="DIR",
         default=None,
-        help="project directory whose embedded server to reach (default: $CODING_LOOP_PROJECT_DIR or .)",
+        help="project directory whose embedded server to reach (default: $CODING_LOOP_PROJECT_DIR, "
+        "else the system found from here, as git finds its repository)",
     )
 
 

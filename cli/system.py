@@ -35,10 +35,11 @@ from cli.compose import (
     loader_with_fallback,
     make_gate,
     make_merge,
+    monitor_policy,
     pm_config,
     task_describer,
 )
-from events import BudgetLevel, ConfigError, Event, LoopStop
+from events import BudgetLevel, ConfigError, Event, LoopResume, LoopStop
 from infra.store import Store
 from loops.books import HarnessBook
 from loops.budget_config import effective
@@ -107,6 +108,7 @@ class System:
         self.dashboard_url: str | None = None
         self.router: Router | None = None
         self.jobs: ProcessJobs | None = None
+        self.policy = monitor_policy(project)  # a bad policy file stops us before anything runs
 
     # ------------------------------------------------------------------ wiring
     def _factory(self, name: str) -> Callable[[], WorkerService]:
@@ -145,7 +147,9 @@ class System:
         if self.options.dashboard:
             self._start_dashboard(*self.options.dashboard)
         default_check = None
-        loader = loader_with_fallback()
+        # A task added to a state file by hand and not committed yet runs too: its
+        # criteria as the operator's files say at start (before any agent ran).
+        loader = loader_with_fallback(self.project.criteria_snapshot())
         config = self.project.config
         if self.options.job_processes:
             self.jobs = ProcessJobs()
@@ -176,7 +180,9 @@ class System:
         )
         self.roles.poll_forever("merge", merge.subscribe("up"))
         self._start_agents()
-        supervisor = self.bus.subscribe("supervisor", "up", self._on_event, types={"loop.stop"})
+        supervisor = self.bus.subscribe(
+            "supervisor", "up", self._on_event, types={"loop.stop", "loop.resume"}
+        )
         self.roles.poll_forever("supervisor", supervisor)
         if self.slots:
             self.router = Router(
@@ -207,7 +213,11 @@ class System:
             if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")
             else None
         )
-        monitor = Monitor(Store(self.bus.client, self.bus.prefix, "monitor"), refiner=refiner)
+        monitor = Monitor(
+            Store(self.bus.client, self.bus.prefix, "monitor"),
+            self.policy,
+            refiner=refiner,
+        )
         pm = ProjectManager(
             pm_config(self.project), merged=PassedLedger(self.bus.client, self.bus.prefix).all()
         )
@@ -277,6 +287,13 @@ class System:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, LoopStop) and event.restart and event.loop in self.slots:
             self.slots[event.loop].restart_wanted = True
+        elif isinstance(event, LoopResume) and event.loop in self.slots:
+            # `loops stop` then `loops resume`: the stopped loop starts again and its
+            # new worker acknowledges the resume (waiting in the loop's inbox).
+            slot = self.slots[event.loop]
+            worker = slot.service.worker if slot.service else None
+            if not slot.alive or (worker is not None and worker.stop_requested):
+                slot.restart_wanted = True
 
     # ------------------------------------------------------------------ supervision
     def supervise(self) -> None:

@@ -575,6 +575,7 @@ class CommandAcknowledged(Event):
     command: str  # the command's type, e.g. "loop.pause"
     command_id: str
     detail: str = ""
+    refused: bool = False  # nothing was done (e.g. a reset of a task the loop does not have)
     producers = (W,)
     consumers = (OP, MON, DASH)
 

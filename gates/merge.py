@@ -410,7 +410,11 @@ class MergeQueue:
                     kind=EscalationKind.QUESTION,
                     severity=Severity.HIGH,
                     question=(
-                        f"{vp.loop}/{vp.task_id} failed to merge {tries} times{where}. "
+                        # A person's uncommitted files: theirs to commit or stash (the
+                        # reason says so), not something to resolve on the loop's branch.
+                        f"{vp.loop}/{vp.task_id} cannot land: {reason}"
+                        if kind is MergeRefusal.BLOCKED
+                        else f"{vp.loop}/{vp.task_id} failed to merge {tries} times{where}. "
                         "Resolve it on the loop's branch, then answer retry (or skip)."
                     ),
                     task_id=vp.task_id,

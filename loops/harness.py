@@ -312,7 +312,12 @@ class TaskEntry(BaseModel):
     id: str = Field(min_length=1)
     category: str | None = None
     status: TaskStatus = TaskStatus.PENDING
-    attempts: int = Field(default=0, ge=0)
+    attempts: int = Field(
+        default=0,
+        ge=0,
+        description="failed attempts: claims that failed verification, or attempts whose "
+        "iterations ran out (`loops status` shows the same number; reset sets it to 0)",
+    )
     last_result: str | None = Field(default=None, alias="lastResult")
     depends_on: str | list[str] | None = Field(
         default=None,

@@ -246,7 +246,7 @@ def _block(w: LoopWorker, task_id: str, reason: str) -> None:
 def _command(
     w: LoopWorker, event: LoopPause | LoopResume | LoopStop | TaskReset | TaskHint
 ) -> None:
-    detail = ""
+    detail, refused = "", False
     if isinstance(event, LoopPause):
         w.state.paused = True
         detail = "paused after the current iteration"
@@ -263,7 +263,7 @@ def _command(
         detail = "restarting" if event.restart else "stopping after the current iteration"
     elif isinstance(event, TaskReset):
         if not _known(w, event.task_id):
-            detail = f"unknown task {event.task_id}"
+            detail, refused = f"unknown task {event.task_id}", True
         else:
             old = w.state.task(event.task_id)
             # A fresh attempt, but what was tried (and told) so far stays in the prompt.
@@ -275,11 +275,11 @@ def _command(
             )
             w.state.tasks[event.task_id] = fresh
             w.book.update(event.task_id, status=TaskStatus.PENDING, attempts=0, last_result="reset")
-            _unblock_dependents(w, event.task_id)
+            unblock_dependents(w, event.task_id)
             detail = f"{event.task_id} reset to pending" + (" with a hint" if event.hint else "")
     else:
         if not _known(w, event.task_id):
-            detail = f"unknown task {event.task_id}"
+            detail, refused = f"unknown task {event.task_id}", True
         else:
             w.state.task(event.task_id).guidance.append(event.text)
             detail = f"hint added to {event.task_id}"
@@ -290,6 +290,7 @@ def _command(
         command=event.type,
         command_id=event.id,
         detail=detail,
+        refused=refused,
         causation_id=event.id,
     )
 
@@ -313,12 +314,12 @@ def _known(w: LoopWorker, task_id: str) -> bool:
     return any(t.id == task_id for t in w.book.tasks())
 
 
-def _unblock_dependents(w: LoopWorker, task_id: str) -> None:
+def unblock_dependents(w: LoopWorker, task_id: str) -> None:
     for task in w.book.tasks():
         record = w.book.record(task.id)
         if record.status is TaskStatus.BLOCKED and record.last_result == f"blocked by {task_id}":
             w.book.update(task.id, status=TaskStatus.PENDING, last_result="dependency reset")
-            _unblock_dependents(w, task.id)
+            unblock_dependents(w, task.id)
 
 
 def reload_book(w: LoopWorker, last_problems: list[str]) -> list[str]:

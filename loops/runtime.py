@@ -49,6 +49,9 @@ class TaskRuntime(BaseModel):
     held: str | None = None  # the PM's reason for holding this task
     resume: Phase | None = None  # where to go back to once another role's question is answered
     outage_retries: int = 0
+    # Blocked because the agent could not start (not the task's fault): the next run,
+    # with the agent fixed, takes the task up again (`loops.reruns`).
+    agent_broken: bool = False
 
 
 HANDLED_KEEP = 500  # event ids the worker remembers as handled (at least)

@@ -57,6 +57,7 @@ from loops.agent_failures import (
     cannot_start,
     crash_hold,
     record_usage_limit,
+    retry_after_broken_agent,
     usage_window,
 )
 from loops.book import TaskBook, TaskDef, TaskStatus
@@ -134,6 +135,7 @@ class LoopWorker:
         self.stop_requested: str | None = None
         self.restart_requested = False
         self.budget_exhausted = False
+        self.run_base = 0  # the loop's iteration count when this run began (`-n` counts from it)
         self.cancel: threading.Event | None = None  # set: kill the running agent (shutdown)
         self._sandbox: SandboxPolicy | None = None
         self._lock = threading.Lock()
@@ -399,9 +401,10 @@ class LoopWorker:
             self.emit(EscalationDelivered, task.id, escalation_id=esc)
         rt.undelivered.clear()
         log.info(
-            "Iteration %d%s ...",
-            n,
+            "Iteration %d%s%s ...",
+            n - self.run_base,
             f"/{self.book.max_iterations}" if self.book.max_iterations else "",
+            f" (iteration {n} of the loop)" if self.run_base else "",
         )
         run = AgentRun(task.id, n, self.clock())
         result = self._run_agent(
@@ -715,6 +718,7 @@ class LoopWorker:
             log.warning("killed processes left over from an earlier agent run")
         if self.sandbox.tmp_root is not None:  # TMPDIRs of runs a crash left behind
             shutil.rmtree(self.sandbox.tmp_root, ignore_errors=True)
+        retry_after_broken_agent(self)
         problems = self.reject_unmerged_passes()
         if problems:
             self.emit(

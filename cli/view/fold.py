@@ -53,9 +53,15 @@ def _loop_stopped(view: SystemView, e: ev.LoopStopped) -> None:
     loop.last_seen = e.ts
 
 
+def _failed(attempt: int) -> int:
+    """`attempts` means failed attempts everywhere (as in test-state.json): the events
+    carry the number of the attempt in progress, one more than the failed ones."""
+    return max(attempt - 1, 0)
+
+
 def _task_started(view: SystemView, e: ev.TaskStarted) -> None:
     task = view._task(e, e.task_id)
-    task.status, task.attempts, task.reason = TaskStatus.RUNNING, e.attempt, ""
+    task.status, task.attempts, task.reason = TaskStatus.RUNNING, _failed(e.attempt), ""
     loop = view.loop(e.loop)
     loop.task_id = e.task_id
     if loop.status in (ev.LoopStatus.STARTING, ev.LoopStatus.STOPPED):
@@ -64,7 +70,7 @@ def _task_started(view: SystemView, e: ev.TaskStarted) -> None:
 
 def _iteration_started(view: SystemView, e: ev.IterationStarted) -> None:
     task = view._task(e, e.task_id)
-    task.status, task.attempts = TaskStatus.RUNNING, e.attempt
+    task.status, task.attempts = TaskStatus.RUNNING, _failed(e.attempt)
     task.iterations = max(task.iterations, e.iteration)
     loop = view.loop(e.loop)
     loop.task_id, loop.iteration, loop.agent = e.task_id, e.iteration, e.agent
@@ -95,7 +101,7 @@ def _iteration_finished(view: SystemView, e: ev.IterationFinished) -> None:
 
 def _claimed(view: SystemView, e: ev.TaskClaimed) -> None:
     task = view._task(e, e.task_id)
-    task.status, task.attempts, task.commit = TaskStatus.CLAIMED, e.attempt, e.commit
+    task.status, task.attempts, task.commit = TaskStatus.CLAIMED, _failed(e.attempt), e.commit
     task.claimed_at = e.ts
 
 
@@ -203,7 +209,7 @@ def _merged(view: SystemView, e: ev.Event, task_id: str) -> TaskView:
 
 def _task_passed(view: SystemView, e: ev.TaskPassed) -> None:
     task = _merged(view, e, e.task_id)
-    task.attempts = e.attempt
+    task.attempts = _failed(e.attempt)
     task.commit, task.merged_commit, task.reason = e.commit, e.merged_commit, ""
 
 
@@ -320,7 +326,7 @@ def _acknowledged(view: SystemView, e: ev.CommandAcknowledged) -> None:
     if command is None or command.acknowledged:
         return
     command.acknowledged, command.detail = True, e.detail
-    if command.loop is None:
+    if command.loop is None or e.refused:  # nothing changed (a reset of an unknown task)
         return
     loop = view.loop(command.loop)
     if command.type == "loop.pause":

@@ -125,7 +125,7 @@ class TaskView(BaseModel):
     loop: str
     task_id: str
     status: TaskStatus = TaskStatus.PENDING
-    attempts: int = 0
+    attempts: int = 0  # failed attempts, as test-state.json counts them
     iterations: int = 0
     reason: str = ""  # why it failed or is blocked/held
     commit: str | None = None  # the claimed (then verified) commit

@@ -412,7 +412,9 @@ def test_two_loops_editing_the_same_lines_merge_without_a_person(tmp_path: Path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert git(root, "show", "main:shared.txt") == "from a\nfrom b"
-    conflicts = [ln for ln in out.splitlines() if "WARNING loops.worker: merge of" in ln]
+    conflicts = [
+        ln for ln in out.splitlines() if "WARNING loops.worker: [loop-" in ln and "] merge of" in ln
+    ]
     assert len(conflicts) == 1 and "(try 1)" in conflicts[0], out  # one conflict, no repeat
     assert "Open escalations" not in out and "escalation" not in out.lower(), out
     loser = "loop-a" if "merge of A-1" in conflicts[0] else "loop-b"
