@@ -36,6 +36,7 @@ from cli.compose import (
     make_merge,
     pm_config,
 )
+from cli.fleet import agent_runner
 from cli.metrics import metrics_address
 from cli.runtime import run_role
 from cli.system import SystemOptions, notifier_from_env
@@ -43,7 +44,6 @@ from events import ConfigError, ValidationFailed
 from gates import RqJobs
 from loops.books import HarnessBook
 from loops.project import Loop, Project, load_loop
-from loops.runners import make_runner
 from loops.service import WorkerService
 
 VERIFY_QUEUE = "loops-verify"
@@ -149,7 +149,7 @@ def _service(
     return WorkerService(
         bus,
         HarnessBook(loop, max_iterations=args.max_iterations),
-        make_runner(agent, model=loop.config.model, base_dir=loop.dir),
+        agent_runner(bus, loop, agent, repo, main, remote),  # here, or as rq jobs
         repo,
         main_branch=main,
         heartbeat_s=loop.config.health_check.interval_seconds,

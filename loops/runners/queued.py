@@ -76,17 +76,14 @@ class QueuedRunner:
         model: str | None = None,
         sandbox: SandboxConfig | None = None,
     ) -> None:
-        self.inner = inner  # the runner the agent hosts build from `agent` (its name)
+        self.inner = inner  # the runner the agent hosts build from `agent`
+        self.name = inner.name
         self.agent = agent
         self.where = where
         self.model = model
         self.sandbox = sandbox
         if hasattr(inner, "command"):  # the account of a `command:` agent (usage windows)
             self.command = inner.command
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
 
     # ------------------------------------------------------------------ git
     def _url(self) -> str:
@@ -206,7 +203,7 @@ class QueuedRunner:
             rq_job = self._enqueue(job, kwargs, request)
         reruns = 0
         queued_at: float | None = None
-        alive_at: float | None = None  # when the lease was last seen (or the job started)
+        started_at: float | None = None  # when the job was first seen running
         cancelled_at: float | None = None
         signs = None
         while True:
@@ -238,9 +235,10 @@ class QueuedRunner:
                 return _interrupted()
             if status == JobStatus.STARTED:
                 queued_at = None
-                if lease or alive_at is None:
-                    alive_at = now
-                elif now - alive_at > LEASE_S:
+                # The lease lapses LEASE_S after its last renewal; a job just started
+                # gets that long to take it first.
+                started_at = started_at if started_at is not None else now
+                if not lease and now - started_at > LEASE_S:
                     # Its process is gone (worker or container killed): run it elsewhere.
                     reruns += 1
                     log.warning(
@@ -257,10 +255,10 @@ class QueuedRunner:
                             f"its agent worker died {reruns} times running this iteration", began
                         )
                     rq_job = self._enqueue(job, kwargs, request)
-                    alive_at = None
+                    started_at = None
                     continue
             else:
-                alive_at = None
+                started_at = None
                 queued_at = queued_at if queued_at is not None else now
                 if now - queued_at > QUEUE_WAIT_S:
                     return _failed(
