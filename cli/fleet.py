@@ -29,6 +29,10 @@ def agent_runner(
         return runner
     from rq import Queue
 
+    kind, sep, arg = agent.partition(":")
+    if kind.strip().lower() == "script" and sep and not Path(arg.strip()).is_absolute():
+        # Agent hosts see the project at the same path (compose) or bring the file along.
+        agent = f"script:{loop.dir / Path(arg.strip()).expanduser()}"
     # The bus's own credentials (a password in the URL or $LOOPS_REDIS_PASSWORD).
     queue = Queue(name, connection=connect(bus.settings))
     where = AgentQueue(queue=queue, prefix=bus.prefix, repo=repo, main=main, remote=remote)
