@@ -194,7 +194,11 @@ def _checkout(
         )
     if merge_with is not None:
         found = git(clone, "rev-parse", "--verify", "-q", f"{merge_with}^{{commit}}", check=False)
-        if not found:
+        if not found:  # main as the coordinator sees it, ahead of the remote's
+            side = f"refs/loops/main/{loop}"
+            git(clone, "fetch", "-q", "--no-tags", url, f"+{side}:{side}", timeout=600)
+            found = git(clone, "rev-parse", "--verify", "-q", f"{side}^{{commit}}", check=False)
+        if found != merge_with:
             raise IterationJobError(f"main's commit {merge_with[:12]} is not on the remote")
         git(clone, "update-ref", f"refs/heads/{main}", merge_with)
     ws = Workspace(clone, loop, main, root=place / "ws" / "worktrees")

@@ -101,12 +101,16 @@ class QueuedRunner:
             return f"refs/remotes/{name}/{branch}"  # what `push --force-with-lease` reads
         return f"refs/loops/fetched/{branch}"
 
-    def _publish_base(self, ws: Workspace, base: str) -> None:
-        """The loop's branch on the remote at `base` (the coordinator owns that branch)."""
+    def _publish_base(self, ws: Workspace, base: str, merge_with: str | None) -> None:
+        """The loop's branch on the remote at `base` (the coordinator owns that branch),
+        and main as this coordinator sees it when a merge of it is in progress (the
+        remote's main may be behind: `refs/loops/main/<loop>`, not a branch)."""
         if self.where.remote is None:
             return  # the repository itself: `loop/<name>` is at base already
-        branch = f"refs/heads/{ws.branch}"
-        git(self.where.repo, "push", "-q", "--force", self.where.remote, f"{base}:{branch}")
+        refs = [f"{base}:refs/heads/{ws.branch}"]
+        if merge_with is not None:
+            refs.append(f"{merge_with}:refs/loops/main/{ws.loop}")
+        git(self.where.repo, "push", "-q", "--force", self.where.remote, *refs)
         git(self.where.repo, "update-ref", self._tracking(ws.branch), base)
 
     def _take(self, ws: Workspace, base: str, commit: str) -> str | None:
@@ -137,7 +141,7 @@ class QueuedRunner:
         base = ws.head()
         merge_head = ws.git_dir / "MERGE_HEAD"
         merge_with = merge_head.read_text().split()[0] if merge_head.is_file() else None
-        self._publish_base(ws, base)
+        self._publish_base(ws, base, merge_with)
         job = job_id(self.where.prefix, request.loop, request.task_id, request.iteration, base)
         kwargs: dict[str, Any] = {
             "prefix": self.where.prefix,
