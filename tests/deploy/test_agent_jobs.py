@@ -83,7 +83,13 @@ def test_a_killed_agent_worker_s_iteration_runs_again_elsewhere_and_merges(
     root = tmp_path / "p"
     agent = one_loop(root, marks)
     url, queue = env["TEST_REDIS_URL"], env["TEST_QUEUE"]
-    coordinator_env = {**env, "LOOPS_AGENT_QUEUE": queue, "LOOPS_REMOTE": "origin"}
+    # The runbook's commands ("Scale out"), with this test's own queue name.
+    coordinator_env = {
+        **env,
+        "REDIS_URL": url,
+        "LOOPS_AGENT_QUEUE": queue,
+        "LOOPS_REMOTE": "origin",
+    }
     agents_env = {
         **env,
         "LOOPS_AGENT_HOME": str(tmp_path / "agent-host"),
@@ -91,11 +97,11 @@ def test_a_killed_agent_worker_s_iteration_runs_again_elsewhere_and_merges(
     }
     roles = {
         "loops": (["worker", "--all", "--agent", agent], coordinator_env),
-        "gate": (["gate"], env),
-        "merge": (["merge"], env),
+        "gate": (["gate", "--redis", url], env),  # verification in-process: no rq here
+        "merge": (["merge", "--redis", url], env),
     }
     commands = {
-        role: ([LOOPS, *args, "--redis", url, "--dir", str(root)], role_env)
+        role: ([LOOPS, *args, "--dir", str(root)], role_env)
         for role, (args, role_env) in roles.items()
     }
     for n in (1, 2):
