@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -141,7 +142,6 @@ class QueuedRunner:
         base = ws.head()
         merge_head = ws.git_dir / "MERGE_HEAD"
         merge_with = merge_head.read_text().split()[0] if merge_head.is_file() else None
-        self._publish_base(ws, base, merge_with)
         job = job_id(self.where.prefix, request.loop, request.task_id, request.iteration, base)
         kwargs: dict[str, Any] = {
             "prefix": self.where.prefix,
@@ -161,10 +161,15 @@ class QueuedRunner:
             "sandbox": self.sandbox.model_dump(mode="json") if self.sandbox else None,
         }
         started = time.monotonic()
+
+        def publish() -> None:  # before each enqueue: a re-run starts from the same base
+            self._publish_base(ws, base, merge_with)
+
         if self.where.queue is None:
+            publish()
             payload: str | AgentResult = run_iteration(**kwargs)
         else:
-            payload = self._wait(job, kwargs, request)
+            payload = self._wait(job, kwargs, request, publish)
         if isinstance(payload, AgentResult):
             return payload
         try:
@@ -177,9 +182,12 @@ class QueuedRunner:
                 return _failed(f"the agent host's work was refused: {why}", started)
         return result
 
-    def _enqueue(self, job: str, kwargs: dict[str, Any], request: AgentRequest) -> Any:
+    def _enqueue(
+        self, job: str, kwargs: dict[str, Any], request: AgentRequest, publish: Callable[[], None]
+    ) -> Any:
         from rq import Retry
 
+        publish()
         return self.where.queue.enqueue_call(
             ITERATION_JOB,
             kwargs=kwargs,
@@ -192,8 +200,12 @@ class QueuedRunner:
             retry=Retry(max=max(self.where.attempts - 1, 0)),
         )
 
-    def _wait(self, job: str, kwargs: dict[str, Any], request: AgentRequest) -> str | AgentResult:
-        """The job's return value, or the result that ends the wait (a failure, a cancel)."""
+    def _wait(
+        self, job: str, kwargs: dict[str, Any], request: AgentRequest, publish: Callable[[], None]
+    ) -> str | AgentResult:
+        """The job's return value, or the result that ends the wait (a failure, a cancel).
+        A job of this iteration that is already there (a coordinator restarted while it
+        ran) is waited for, not enqueued again."""
         from rq.exceptions import InvalidJobOperation, NoSuchJobError
         from rq.job import Job, JobStatus
 
@@ -204,7 +216,7 @@ class QueuedRunner:
         try:
             rq_job = Job.fetch(job, connection=redis)
         except NoSuchJobError:
-            rq_job = self._enqueue(job, kwargs, request)
+            rq_job = self._enqueue(job, kwargs, request, publish)
         reruns = 0
         queued_at: float | None = None
         started_at: float | None = None  # when the job was first seen running
@@ -214,7 +226,7 @@ class QueuedRunner:
             try:
                 status = rq_job.get_status(refresh=True)
             except InvalidJobOperation:  # deleted under us (an operator's `rq empty`): again
-                rq_job = self._enqueue(job, kwargs, request)
+                rq_job = self._enqueue(job, kwargs, request, publish)
                 continue
             now = time.monotonic()
             if status == JobStatus.FINISHED:
@@ -258,7 +270,7 @@ class QueuedRunner:
                         return _failed(
                             f"its agent worker died {reruns} times running this iteration", began
                         )
-                    rq_job = self._enqueue(job, kwargs, request)
+                    rq_job = self._enqueue(job, kwargs, request, publish)
                     started_at = None
                     continue
             else:
