@@ -31,13 +31,14 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from events import AgentSign, FailureKind, LoopsError, TokenUsage
+from pydantic import TypeAdapter
+
+from events import AgentSign, LoopsError
 from events.secrets import redact
 from loops.runners import AgentRequest, AgentResult, make_runner
 from loops.runners.process import kill_strays
@@ -78,12 +79,11 @@ def public_url(url: str) -> str:
 
 
 # ---------------------------------------------------------------------- evidence
+_RESULT = TypeAdapter(AgentResult)
+
+
 def result_to_json(result: AgentResult, commit: str | None) -> str:
-    data = asdict(result)
-    data["tokens"] = result.tokens.model_dump(mode="json")
-    data["failure"] = result.failure.value if result.failure else None
-    data["retry_at"] = result.retry_at.isoformat() if result.retry_at else None
-    return json.dumps({"result": data, "commit": commit})
+    return json.dumps({"result": _RESULT.dump_python(result, mode="json"), "commit": commit})
 
 
 def result_from_json(payload: str) -> tuple[AgentResult, str | None]:
@@ -91,16 +91,13 @@ def result_from_json(payload: str) -> tuple[AgentResult, str | None]:
     for anything else (a job result is the agent host's word: checked, not trusted)."""
     try:
         data = json.loads(payload)
-        raw = dict(data["result"])
-        raw["tokens"] = TokenUsage.model_validate(raw.get("tokens") or {})
-        raw["failure"] = FailureKind(raw["failure"]) if raw.get("failure") else None
-        raw["retry_at"] = datetime.fromisoformat(raw["retry_at"]) if raw.get("retry_at") else None
-        raw["commands"] = [str(c) for c in raw.get("commands") or []]
-        result = AgentResult(**raw)
+        result = _RESULT.validate_python(data["result"])
         commit = data.get("commit")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IterationJobError(f"unreadable iteration result: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError included
+        raise IterationJobError(f"unreadable iteration result: {str(exc)[:300]}") from None
     if commit is not None and not (isinstance(commit, str) and len(commit) == 40):
+        raise IterationJobError(f"unreadable iteration result: commit {str(commit)[:50]!r}")
+    if not all(c in "0123456789abcdef" for c in commit or ""):
         raise IterationJobError(f"unreadable iteration result: commit {commit!r}")
     return result, commit
 

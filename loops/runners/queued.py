@@ -18,6 +18,7 @@ failure (`agent_error`; no agent worker at all: `outage`), never as an exception
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -215,7 +216,14 @@ class QueuedRunner:
         began = time.monotonic()
         try:
             rq_job = Job.fetch(job, connection=redis)
-        except NoSuchJobError:
+            if rq_job.get_status(refresh=True) in (
+                JobStatus.FAILED,
+                JobStatus.STOPPED,
+                JobStatus.CANCELED,
+            ):  # an earlier run's failure, before a restart: this run tries again
+                rq_job.delete()
+                rq_job = self._enqueue(job, kwargs, request, publish)
+        except (NoSuchJobError, InvalidJobOperation):
             rq_job = self._enqueue(job, kwargs, request, publish)
         reruns = 0
         queued_at: float | None = None
@@ -239,7 +247,8 @@ class QueuedRunner:
             lease, live = redis.pipeline().exists(lease_key).get(live_key).execute()
             if live is not None and live != signs:
                 signs = live
-                request.signal(AgentSign(live.decode().partition(" ")[2]))
+                with contextlib.suppress(ValueError):  # the agent host's word: checked
+                    request.signal(AgentSign(live.decode(errors="replace").partition(" ")[2]))
             cancel = request.cancel is not None and request.cancel.is_set()
             if cancel and cancelled_at is None:
                 cancelled_at = now
@@ -285,7 +294,10 @@ class QueuedRunner:
                         began,
                         FailureKind.OUTAGE,
                     )
-            (request.cancel or never).wait(self.where.poll_s)
+            # Woken at once by a cancel; once cancelled, polled at the usual pace.
+            (request.cancel if cancelled_at is None and request.cancel else never).wait(
+                self.where.poll_s
+            )
 
 
 def _interrupted() -> AgentResult:

@@ -161,8 +161,9 @@ def test_the_evidence_round_trips_and_a_garbled_one_is_an_error() -> None:
     )
     back, commit = result_from_json(result_to_json(result, "a" * 40))
     assert back == result and commit == "a" * 40
-    with pytest.raises(IterationJobError):
-        result_from_json('{"result": {"reply": "x", "bogus": 1}, "commit": null}')
+    for garbled in ('{"result": {"reply": ["x"]}}', '{"result": {}}', "[]", "{"):
+        with pytest.raises(IterationJobError):
+            result_from_json(garbled)
     with pytest.raises(IterationJobError):
         result_from_json(result_to_json(result, "HEAD~1"))
 
