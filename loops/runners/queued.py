@@ -64,6 +64,7 @@ class AgentQueue:
     worktrees: Path | None = None  # where the loops' work trees are (default repo/.loops)
     attempts: int = 3
     poll_s: float = 0.25
+    queue_wait_s: float = QUEUE_WAIT_S  # no agent worker took it: an outage
 
 
 class QueuedRunner:
@@ -285,10 +286,10 @@ class QueuedRunner:
             else:
                 started_at = None
                 queued_at = queued_at if queued_at is not None else now
-                if now - queued_at > QUEUE_WAIT_S:
+                if now - queued_at > self.where.queue_wait_s:
                     return _failed(
                         f"no agent worker took the iteration from rq queue "
-                        f"{self.where.queue.name!r} in {QUEUE_WAIT_S:.0f}s; start one with "
+                        f"{self.where.queue.name!r} in {self.where.queue_wait_s:g}s; start one with "
                         f'`rq worker -u "$REDIS_URL" -w cli.rqworker.SimpleWorker '
                         f"{self.where.queue.name}`",
                         began,

@@ -6,15 +6,21 @@ tests/deploy/test_agent_jobs.py."""
 from __future__ import annotations
 
 import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from events import FailureKind
 from loops.jobs import IterationJobError, public_url, result_from_json, result_to_json
-from loops.runners import AgentRequest, AgentResult, make_runner
+from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, make_runner
 from loops.runners.queued import AgentQueue, QueuedRunner
 from loops.workspace import Workspace, git
+from tests.conftest import require_real_redis
 
 AGENT = """\
 #!{python}
@@ -172,3 +178,50 @@ def test_the_remote_url_given_to_agent_hosts_holds_no_credentials() -> None:
     assert public_url("https://user:tok3n@git.example.com/p.git") == "https://git.example.com/p.git"
     assert public_url("git@git.example.com:p.git") == "git@git.example.com:p.git"
     assert public_url("/srv/p.git") == "/srv/p.git"
+
+
+@pytest.fixture
+def rq_queue() -> Iterator[Any]:
+    """An rq queue of its own on the real Redis (rq needs a real server's commands)."""
+    from redis import Redis
+    from rq import Queue
+
+    redis = Redis.from_url(require_real_redis())
+    queue = Queue(f"test-agents-{uuid.uuid4().hex[:8]}", connection=redis)
+    yield queue
+    queue.empty()
+    redis.close()
+
+
+def test_with_no_agent_worker_the_iteration_is_an_outage_with_a_hint_that_works(
+    project: tuple[Path, Path, str], rq_queue: Any
+) -> None:
+    repo, _, spec = project
+    ws = Workspace(repo, "l1", "main")
+    ws.ensure()
+    ws.reset_to(ws.main_head())
+    where = AgentQueue(rq_queue, "t", repo, remote="origin", poll_s=0.02, queue_wait_s=0.3)
+
+    result = QueuedRunner(make_runner(spec), spec, where).run(request(ws))
+
+    assert result.failure is FailureKind.OUTAGE and result.failure_detail
+    hint = result.failure_detail.split("`")[1]
+    assert hint == f'rq worker -u "$REDIS_URL" -w cli.rqworker.SimpleWorker {rq_queue.name}'
+    assert rq_queue.count == 1  # still queued: the retry waits on the same job
+
+
+def test_a_stop_while_the_iteration_is_queued_cancels_its_job(
+    project: tuple[Path, Path, str], rq_queue: Any
+) -> None:
+    repo, _, spec = project
+    ws = Workspace(repo, "l1", "main")
+    ws.ensure()
+    ws.reset_to(ws.main_head())
+    cancel = threading.Event()
+    cancel.set()
+    where = AgentQueue(rq_queue, "t", repo, remote="origin", poll_s=0.02)
+
+    result = QueuedRunner(make_runner(spec), spec, where).run(replace(request(ws), cancel=cancel))
+
+    assert result.failure_detail == INTERRUPTED_DETAIL
+    assert rq_queue.count == 0
