@@ -31,7 +31,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -39,8 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import TypeAdapter
 
 from events import AgentSign, LoopsError
-from events.secrets import redact
-from loops.runners import AgentRequest, AgentResult, make_runner
+from loops.runners import AgentRequest, AgentResult, make_runner, redacted
 from loops.runners.process import kill_strays
 from loops.sandbox import SandboxConfig
 from loops.workspace import Workspace, git
@@ -150,14 +148,7 @@ def run_iteration(
             )
         )
         kill_strays(ws.path)  # an unsandboxed agent's leftovers
-        result = replace(
-            result,
-            reply=redact(result.reply),
-            failure_detail=redact(result.failure_detail) if result.failure_detail else None,
-            transcript=redact(result.transcript),
-            commands=[redact(c) for c in result.commands],
-            stderr_tail=redact(result.stderr_tail),
-        )
+        result = redacted(result)  # nothing with a secret in it leaves this host
         done = ws.commit_iteration(f"{loop}: {task_id} iteration {iteration}\n\nLoops-Job: {job}")
         if done.commit:
             _push(ws, remote_url, done.commit, base)

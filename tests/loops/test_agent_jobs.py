@@ -52,6 +52,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path
     return repo, origin, f"command:{agent}"
 
 
+def fresh(repo: Path) -> Workspace:
+    """Loop l1's work tree, at main."""
+    ws = Workspace(repo, "l1", "main")
+    ws.ensure()
+    ws.reset_to(ws.main_head())
+    return ws
+
+
 def runner(repo: Path, spec: str) -> QueuedRunner:
     return QueuedRunner(make_runner(spec), spec, AgentQueue(None, "t", repo, remote="origin"))
 
@@ -90,9 +98,7 @@ def test_a_conflict_with_main_is_merged_on_the_agent_host_and_resolved_there(
     project: tuple[Path, Path, str],
 ) -> None:
     repo, _, spec = project
-    ws = Workspace(repo, "l1", "main")
-    ws.ensure()
-    ws.reset_to(ws.main_head())
+    ws = fresh(repo)
     (ws.path / "shared.txt").write_text("loop\n")
     mine = ws.commit_iteration("l1: T-1 iteration 1", keep="T-1").commit
     assert mine is not None
@@ -197,9 +203,7 @@ def test_with_no_agent_worker_the_iteration_is_an_outage_with_a_hint_that_works(
     project: tuple[Path, Path, str], rq_queue: Any
 ) -> None:
     repo, _, spec = project
-    ws = Workspace(repo, "l1", "main")
-    ws.ensure()
-    ws.reset_to(ws.main_head())
+    ws = fresh(repo)
     where = AgentQueue(rq_queue, "t", repo, remote="origin", poll_s=0.02, queue_wait_s=0.3)
 
     result = QueuedRunner(make_runner(spec), spec, where).run(request(ws))
@@ -214,9 +218,7 @@ def test_a_stop_while_the_iteration_is_queued_cancels_its_job(
     project: tuple[Path, Path, str], rq_queue: Any
 ) -> None:
     repo, _, spec = project
-    ws = Workspace(repo, "l1", "main")
-    ws.ensure()
-    ws.reset_to(ws.main_head())
+    ws = fresh(repo)
     cancel = threading.Event()
     cancel.set()
     where = AgentQueue(rq_queue, "t", repo, remote="origin", poll_s=0.02)
