@@ -36,6 +36,7 @@ from cli.compose import (
     monitor_policy,
     pm_config,
 )
+from cli.fleet import agent_runner
 from cli.metrics import metrics_address
 from cli.runtime import run_role
 from cli.system import SystemOptions, notifier_from_env
@@ -46,7 +47,6 @@ from loops.books import HarnessBook
 from loops.budget_config import effective
 from loops.project import Loop, Project, load_loop
 from loops.reactions import WORKER_TYPES
-from loops.runners import make_runner
 from loops.service import BROADCAST_TYPES, WorkerService
 
 VERIFY_QUEUE = "loops-verify"
@@ -159,7 +159,7 @@ def _service(
     return WorkerService(
         bus,
         HarnessBook(loop, max_iterations=args.max_iterations),
-        make_runner(agent, model=loop.config.model, base_dir=loop.dir),
+        agent_runner(bus, loop, agent, repo, main, remote),  # here, or as rq jobs
         repo,
         main_branch=main,
         heartbeat_s=loop.config.health_check.interval_seconds,

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from bus.locate import find_project_dir
 from bus.settings import redact_url
 from cli.runtime import Presence, alive_roles
 from cli.view import (
+    Attention,
     Health,
     LoopView,
     SystemView,
@@ -36,6 +38,7 @@ from events import ConfigError
 
 EXIT_OK, EXIT_FAIL = 0, 1
 WATCH_REFRESH_S = 2.0  # health ages even when nothing is published
+MANY_LOOPS = 20  # from here on, loops are grouped by what they need, problems first
 
 
 # ---------------------------------------------------------------------- reaching the system
@@ -184,6 +187,9 @@ def render(
         return "\n".join(lines)
 
     loops = sorted(view.loops.values(), key=lambda loop: loop.name)
+    many = len(loops) >= MANY_LOOPS
+    if many:  # problem loops first, grouped by what they need
+        loops.sort(key=lambda loop: (loop.attention.rank, loop.name))
     passed = sum(loop.passed for loop in loops)
     total = sum(loop.total for loop in loops)
     lines.append(
@@ -191,6 +197,11 @@ def render(
         f"  cost ${view.cost_usd:.2f}  last event {ago(view.last_event, now)} ago"
     )
     lines += [line.strip() for line in view.spend.lines()[-1:]]  # cost per merged task
+    if many:
+        counts = Counter(loop.attention for loop in loops)
+        lines.append(
+            "by state: " + ", ".join(f"{a.value} {counts[a]}" for a in Attention if counts[a])
+        )
     warnings = sorted({loop.sandbox_warning for loop in loops if loop.sandbox_warning})
     lines += [f"WARNING: {clean(w, 300)}" for w in warnings]
     lines += [f"BUDGET {loop.name}: {loop.budget}" for loop in loops if loop.budget]
@@ -201,7 +212,8 @@ def render(
         if loop.health in (Health.STALE, Health.DEAD):
             health += f" ({ago(loop.last_seen, now)})"
         rows.append(
-            [
+            ([loop.attention.value] if many else [])
+            + [
                 clean(loop.name, 32),
                 _loop_status(loop, now),
                 health,
@@ -212,10 +224,14 @@ def render(
                 f"${loop.cost_usd:.2f}",
             ]
         )
-    lines += table(["LOOP", "STATUS", "HEALTH", "TASK", "ITER", "PASSED", "TOKENS", "COST"], rows)
+    headers = ["LOOP", "STATUS", "HEALTH", "TASK", "ITER", "PASSED", "TOKENS", "COST"]
+    lines += table((["NEEDS"] if many else []) + headers, rows)
 
     rows = []
+    quiet = [loop for loop in loops if many and loop.attention.rank > Attention.FAILING.rank]
     for loop in loops:
+        if loop in quiet:
+            continue
         for task in sorted(loop.tasks.values(), key=lambda t: t.task_id):
             rows.append(
                 [
@@ -227,8 +243,10 @@ def render(
                 ]
             )
     if rows:
-        lines += ["", "TASKS"]
+        lines += ["", "TASKS" + (" (of the loops that need attention)" if many else "")]
         lines += table(["LOOP", "TASK", "STATUS", "ATTEMPTS", "NOTE"], rows)
+    if quiet:
+        lines.append(f"  tasks of {len(quiet)} other loop(s): loops status --json")
 
     open_ = view.open_escalations()
     lines += ["", f"ESCALATIONS ({len(open_)} open)"]

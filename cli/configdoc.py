@@ -40,6 +40,8 @@ ENVIRONMENT = [
     ("LOOPS_DASHBOARD_TOKEN", "Token for the dashboard's actions; else one is generated into `.loops/dashboard.token`."),
     ("LOOPS_WEBHOOK_URLS / LOOPS_WEBHOOK_SECRET", "Comma-separated URLs that get escalation notifications, HMAC-SHA256 signed with the secret."),
     ("LOOPS_MONITOR_POLICY", "The monitor's policy file (default: `monitor-policy.yaml` beside the loop directories, if any); it names only what it changes of `agents/default-policy.yaml`, e.g. `thresholds: {silent_agent_after_s: 300}`."),
+    ("LOOPS_AGENT_QUEUE", "rq queue a distributed loop's agent iterations run on (compose: `loops-agents`); any `rq worker -w cli.rqworker.SimpleWorker QUEUE` on any host runs them. Unset: in the loop's own process."),
+    ("LOOPS_AGENT_HOME", "Where an agent host (an rq worker on the agent queue) keeps its clones of the remote (default `~/.cache/coding-loops/agents`)."),
     ("LOOPS_REMOTE", "Git remote the gate, merge queue and workers share in distributed mode (e.g. `origin`)."),
     ("LOOPS_SANDBOX", "`auto` (default: agents run in bubblewrap where `bwrap` works, else with a warning), `off` (warned) or `required` (refuse to run without it). Overrides `sandbox.mode`."),
     ("LOOPS_SANDBOX_WRITABLE / LOOPS_SANDBOX_READABLE", "Colon-separated extra paths the agent may write / read (added to `sandbox.writable` / `sandbox.readable`)."),

@@ -49,7 +49,6 @@ from events import (
     new_id,
     short_id,
 )
-from events.secrets import redact
 from loops import budget as budgets
 from loops.agent_failures import (
     CRASH_STREAK,
@@ -72,6 +71,7 @@ from loops.runners import (
     AgentRequest,
     AgentResult,
     AgentRunner,
+    redacted,
 )
 from loops.runners.outcome import parse_outcome
 from loops.runners.process import kill_strays
@@ -432,14 +432,7 @@ class LoopWorker:
         interrupted = aborted is None and self.cancel is not None and self.cancel.is_set()
         # Invariant 7 at the one place every reply passes: nothing the agent said or
         # printed reaches events, prompts or transcripts with a secret in it.
-        result = replace(
-            result,
-            reply=redact(result.reply),
-            failure_detail=redact(result.failure_detail) if result.failure_detail else None,
-            transcript=redact(result.transcript),
-            commands=[redact(c) for c in result.commands],
-            stderr_tail=redact(result.stderr_tail),
-        )
+        result = redacted(result)
         if result.session_id:
             rt.session_id = result.session_id
         done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}", keep=task.id)

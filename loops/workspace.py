@@ -303,6 +303,15 @@ class Workspace:
             sha, files, DiffStat(files=len(files), insertions=ins, deletions=dels)
         )
 
+    def take_tree(self, commit: str) -> None:
+        """Make the work tree hold exactly `commit`'s files, with HEAD (and a merge in
+        progress) left as they are: the work of an iteration that ran on another host,
+        for `commit_iteration` to commit as this loop's own (`loops.runners.queued`)."""
+        self._clean_at = None
+        self._guard()
+        self._git("read-tree", "--reset", "-u", f"{commit}^{{tree}}")
+        self._git("clean", "-qffd")
+
     def _untracked_repositories(self) -> list[str]:
         out = self._git("ls-files", "-z", "--others", "--directory", "--exclude-standard")
         return [
