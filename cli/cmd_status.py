@@ -1,7 +1,7 @@
 """`loops status [--json] [--watch]`: loops, tasks, health, escalations, merge queue.
 
 Reads the event stream of the running system (replay, then `bus.tail` to follow)
-and folds it with `cli.view.SystemView`. Also home of `open_bus`, which every
+and folds it with `events.view.SystemView`. Also home of `open_bus`, which every
 operator command uses to reach the system.
 """
 
@@ -23,7 +23,8 @@ import bus as busmod
 from bus import BusSettings, RedisBus
 from bus.settings import redact_url
 from cli.runtime import Presence, alive_roles
-from cli.view import (
+from events import ConfigError
+from events.view import (
     Health,
     LoopView,
     SystemView,
@@ -31,7 +32,6 @@ from cli.view import (
     TaskView,
     clean,
 )
-from events import ConfigError
 
 EXIT_OK, EXIT_FAIL = 0, 1
 WATCH_REFRESH_S = 2.0  # health ages even when nothing is published

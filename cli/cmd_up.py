@@ -26,9 +26,9 @@ from bus.settings import warn_if_unsigned
 from cli.cmd_status import render
 from cli.compose import check_sandboxes
 from cli.system import System, SystemOptions
-from cli.view import SystemView
 from events import ConfigError, ValidationFailed
 from events.secrets import RedactingFilter
+from events.view import SystemView
 from loops.project import Project, load_project
 from loops.workspace import GitError, current_branch, git, repo_root
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import events as ev
-from cli.view.models import (
+from events.view.models import (
     COMMANDS,
     MONITOR_ACTIONS,
     RECENT_EVENTS,
@@ -23,7 +23,7 @@ from cli.view.models import (
 )
 
 if TYPE_CHECKING:
-    from cli.view.system import SystemView
+    from events.view.system import SystemView
 
 
 def _loop_started(view: SystemView, e: ev.LoopStarted) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 import events as ev
-from cli.view.fold import HANDLERS
-from cli.view.models import (
+from events.view.fold import HANDLERS
+from events.view.models import (
     RECENT_EVENTS,
     SEEN_IDS,
     CommandView,
@@ -24,7 +24,7 @@ from cli.view.models import (
     MonitorActionView,
     TaskView,
 )
-from cli.view.text import event_fields
+from events.view.text import event_fields
 
 
 class SystemView(BaseModel):
