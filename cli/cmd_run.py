@@ -14,7 +14,6 @@ import logging
 import threading
 from pathlib import Path
 
-from agents.escalations import Escalation, open_escalations
 from bus import EmbeddedServer, RedisBus, connect
 from cli.compose import (
     Threads,
@@ -33,6 +32,7 @@ from events import (
     TaskClaimed,
     VerificationPassed,
 )
+from events.view.escalations import Escalation, open_escalations
 from loops.books import SpecBook
 from loops.runners import make_runner
 from loops.service import WorkerService

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agents.escalations import open_escalations
 from bus import CONNECTION_ERRORS, BusSettings, EmbeddedServer, RedisBus
 from bus.settings import warn_if_unsigned
 from cli.cmd_status import render
@@ -29,6 +28,7 @@ from cli.system import System, SystemOptions
 from events import ConfigError, ValidationFailed
 from events.secrets import RedactingFilter
 from events.view import SystemView
+from events.view.escalations import open_escalations
 from loops.project import Project, load_project
 from loops.workspace import GitError, current_branch, git, repo_root
 

@@ -7,13 +7,13 @@ always give the same view. `loops status`, `loops escalations` and the dashboard
 read this one fold.
 """
 
+from events.view.escalations import EscalationStatus
 from events.view.models import (
     DEAD_AFTER,
     STALE_AFTER,
     Attention,
     CommandView,
     Counts,
-    EscalationStatus,
     EscalationView,
     EventLine,
     Health,

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 import events as ev
+from events.view.escalations import Escalation
 from events.view.fold import HANDLERS
 from events.view.models import (
     RECENT_EVENTS,
@@ -33,6 +34,7 @@ class SystemView(BaseModel):
 
     loops: dict[str, LoopView] = Field(default_factory=dict)
     escalations: dict[str, EscalationView] = Field(default_factory=dict)
+    escalation_records: dict[str, Escalation] = Field(default_factory=dict, exclude=True)
     merges: list[MergeEntry] = Field(default_factory=list)
     monitor_actions: list[MonitorActionView] = Field(default_factory=list)
     commands: list[CommandView] = Field(default_factory=list)
