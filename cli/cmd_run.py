@@ -32,7 +32,8 @@ from events import (
     TaskClaimed,
     VerificationPassed,
 )
-from events.view.escalations import Escalation, open_escalations
+from events.view import LoopView, SystemView, TaskStatus
+from events.view.escalations import Escalation, by_urgency
 from loops.books import SpecBook
 from loops.runners import make_runner
 from loops.service import WorkerService
@@ -134,9 +135,10 @@ def run(args: argparse.Namespace) -> int:
             client.close()
         if roles.errors:
             raise roles.errors[0]
+        view = SystemView.from_events(bus.replay())
         return _summary(
-            book,
-            escalations=open_escalations(e for _, e in bus.replay()),
+            view.loop(book.loop),
+            escalations=by_urgency(e for e in view.escalation_records.values() if e.waiting),
             iterations=service.worker.state.iteration,
             branch=branch,
             all_passed=outcome.all_passed,
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(
-    book: SpecBook,
+    loop: LoopView,
     escalations: list[Escalation],
     iterations: int,
     branch: str,
@@ -155,14 +157,13 @@ def _summary(
             "All tasks verified and merged into %r — done in %d iteration(s).", branch, iterations
         )
         return 0
-    for task in book.tasks():
-        record = book.record(task.id)
-        if record.status.value != "passed":
+    for task in loop.tasks.values():  # the read model's, as `loops status` shows them
+        if task.status is not TaskStatus.MERGED:
             log.error(
                 "Task %r is %s%s",
-                task.id,
-                record.status.value,
-                f": {record.last_result}" if record.last_result else "",
+                task.task_id,
+                task.status.value,
+                f": {task.reason}" if task.reason else "",
             )
     for esc in escalations:
         if esc.kind.value == "signoff":

@@ -28,7 +28,8 @@ from cli.system import System, SystemOptions
 from events import ConfigError, ValidationFailed
 from events.secrets import RedactingFilter
 from events.view import SystemView
-from events.view.escalations import open_escalations
+from events.view.escalations import by_urgency
+from events.view.summary import all_merged, summary_lines
 from loops.project import Project, load_project
 from loops.workspace import GitError, current_branch, git, repo_root
 
@@ -161,32 +162,19 @@ class LiveTable:
 
 
 def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
-    lines = ["", "Summary:"]
-    for slot in system.slots.values():
-        worker = slot.service.worker if slot.service else None
-        if worker is None:
-            continue
-        # What merged on main (the durable record, or the merge's trailer on main), not
-        # what the state file says: an agent or a person can write "passed" into it.
-        tasks = worker.book.tasks()
-        merged = {t.id for t in tasks if worker.passed_and_merged(t.id)}
-        lines.append(f"  {slot.name}: {len(merged)}/{len(tasks)} tasks verified and merged")
-        for task in tasks:
-            if task.id in merged:
-                continue
-            record = worker.book.record(task.id)
-            status = record.status.value
-            if status == "passed":
-                status = "passed in the state file but not merged on main"
-            why = f" — {record.last_result}" if record.last_result else ""
-            lines.append(f"    {task.id}: {status}{why}")
-    escalations = open_escalations(e for _, e in bus.replay())
-    if escalations:
-        lines.append("  Open escalations (answer with `loops answer ID TEXT`):")
-        for esc in escalations:
-            where = f"{esc.loop}/{esc.task_id}" if esc.task_id else esc.loop or "-"
-            lines.append(f"    {esc.id} [{esc.severity}] {where}: {esc.question}")
-    ok = system.all_passed()
+    """The summary from the read model of the stream (what `loops status` shows). Success
+    also needs every task merged on main by the durable record (`System.all_passed`):
+    an agent or a person can write "passed" into a state file."""
+    view = SystemView.from_events(bus.replay())
+    started = [s.name for s in system.slots.values() if s.service is not None]
+    lines = [
+        "",
+        "Summary:",
+        *summary_lines(
+            view, started, by_urgency(e for e in view.escalation_records.values() if e.waiting)
+        ),
+    ]
+    ok = system.all_passed() and all_merged(view, started)
     lines.append("All tasks verified and merged." if ok else "Not every task merged (exit 1).")
     return (0 if ok else 1), lines
 

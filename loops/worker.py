@@ -138,6 +138,9 @@ class LoopWorker:
         self.announced_window: datetime | None = None  # the usage window already logged
         self.retry_now = False  # the next iteration runs without auto_continue_delay
         self.broken_agent: str | None = None  # the agent cannot start: why (no more calls)
+        self.progressing: bool | None = None  # `can_progress()` as last announced
+        self._announced_paused = False
+        self._beat = threading.Lock()  # heartbeats leave in the order their fields were read
 
     @property
     def sandbox(self) -> SandboxPolicy:
@@ -652,7 +655,20 @@ class LoopWorker:
             self.emit(TaskFailed, task_id, attempt=attempts, reason=reason)
 
     # ------------------------------------------------------------------ heartbeat
+    def announce(self) -> None:
+        """Publish a heartbeat at once when whether the loop can progress, or is paused,
+        changed: `loops up` decides idle from these (through the read model)."""
+        progressing = self.can_progress()
+        if progressing is self.progressing and self.state.paused is self._announced_paused:
+            return
+        self.progressing, self._announced_paused = progressing, self.state.paused
+        self.heartbeat()
+
     def heartbeat(self) -> LoopHeartbeat:
+        with self._beat:
+            return self._heartbeat()
+
+    def _heartbeat(self) -> LoopHeartbeat:
         passed, total = self.progress()
         rt = self.state.tasks.get(self.current) if self.current else None
         run = self.run  # the agent's liveness while one runs (contract: agents/README.md)
@@ -675,6 +691,8 @@ class LoopWorker:
             agent_activity_at=activity_at,
             agent_activity=activity,
             agent_pid=pid,
+            can_progress=self.progressing,
+            paused=self.state.paused,
         )
         self.publish_event(event)
         self.transcripts.write_health(

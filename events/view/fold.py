@@ -32,8 +32,9 @@ def _loop_started(view: SystemView, e: ev.LoopStarted) -> None:
     loop.agent, loop.host, loop.pid = e.agent, e.host, e.pid
     loop.total, loop.passed = e.tasks_total, e.tasks_passed
     loop.sandbox_warning = e.sandbox_warning
-    loop.last_seen = e.ts
+    loop.last_seen = loop.started = e.ts
     loop.stopped_reason = None
+    loop.can_progress, loop.paused = None, False
 
 
 def _heartbeat(view: SystemView, e: ev.LoopHeartbeat) -> None:
@@ -42,6 +43,7 @@ def _heartbeat(view: SystemView, e: ev.LoopHeartbeat) -> None:
     loop.host, loop.pid, loop.interval_s = e.host, e.pid, e.interval_s
     loop.task_id, loop.iteration, loop.waiting_until = e.task_id, e.iteration, e.waiting_until
     loop.passed, loop.total = e.passed, e.total
+    loop.can_progress, loop.paused = e.can_progress, e.paused
     loop.last_seen = e.ts
 
 

@@ -154,6 +154,9 @@ class LoopView(BaseModel):
     total: int = 0
     interval_s: float = DEFAULT_INTERVAL_S
     last_seen: datetime | None = None  # the last heartbeat (or start)
+    started: datetime | None = None  # this worker run's `loop.started`
+    can_progress: bool | None = None  # as its last heartbeat said (None: not said yet)
+    paused: bool = False  # paused by a person (`loops pause`)
     stopped_reason: str | None = None
     sandbox_warning: str | None = None  # the agent does not run sandboxed: why
     tokens: Tokens = Field(default_factory=Tokens)
@@ -186,6 +189,16 @@ class LoopView(BaseModel):
         if self.status is ev.LoopStatus.STOPPED:
             return Attention.STOPPED
         return Attention.WORKING
+
+    def settled(self, since: datetime) -> bool:
+        """Nothing more to expect from the run of this loop that started at or after
+        `since`: it stopped, or said that no task can move and it is not paused. A loop
+        not heard from since then is not settled (it may be starting)."""
+        if self.started is None or self.started < since:
+            return False
+        if self.status in (ev.LoopStatus.STOPPED, ev.LoopStatus.ERROR):
+            return True
+        return self.can_progress is False and not self.paused
 
     def judge(self, now: datetime) -> Health:
         """Health at `now` from the heartbeat's age against its interval."""
