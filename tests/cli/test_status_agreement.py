@@ -22,7 +22,7 @@ LOOPS = ("alpha", "beta")
 TASKS = ("T1", "T2", "T3")
 
 
-def _event(kind: str, loop: str, task: str, n: int, flag: bool, t: int) -> ev.Event:
+def _event(kind: str, loop: str, task: str, n: int, flag: bool, paused: bool, t: int) -> ev.Event:
     ts = T0 + timedelta(seconds=t)
     common = {"source": W, "loop": loop, "ts": ts}
     if kind == "started":
@@ -38,7 +38,7 @@ def _event(kind: str, loop: str, task: str, n: int, flag: bool, t: int) -> ev.Ev
             passed=min(n, 2),
             total=n,
             can_progress=flag,
-            paused=n == 0,
+            paused=paused,
         )
     if kind == "stopped":
         return ev.LoopStopped(**common, status=ev.LoopStatus.STOPPED, reason="done")
@@ -64,19 +64,22 @@ def _event(kind: str, loop: str, task: str, n: int, flag: bool, t: int) -> ev.Ev
 
 
 KINDS = ("started", "heartbeat", "stopped", "task", "claimed", "merged", "blocked", "failed")
+# Heartbeats are most of a real stream, and what the idle decision reads.
+WEIGHTED = (*KINDS, "heartbeat", "heartbeat", "heartbeat")
 sequences = st.lists(
     st.tuples(
-        st.sampled_from(KINDS),
+        st.sampled_from(WEIGHTED),
         st.sampled_from(LOOPS),
         st.sampled_from(TASKS),
         st.integers(min_value=0, max_value=3),
+        st.booleans(),
         st.booleans(),
     ),
     max_size=40,
 )
 
 
-def _realistic(raw: list[tuple[str, str, str, int, bool]]) -> list[ev.Event]:
+def _realistic(raw: list[tuple[str, str, str, int, bool, bool]]) -> list[ev.Event]:
     """As a stream holds them: a loop's worker says nothing before it starts, nor after
     it stopped until it starts again (other roles' events for it may come any time)."""
     running: set[str] = set()
@@ -122,7 +125,9 @@ def _settled_by_hand(events: list[ev.Event], loop: str, since: datetime) -> bool
 
 @settings(max_examples=150, deadline=None)
 @given(sequences)
-def test_status_json_summary_and_idle_agree(raw: list[tuple[str, str, str, int, bool]]) -> None:
+def test_status_json_summary_and_idle_agree(
+    raw: list[tuple[str, str, str, int, bool, bool]],
+) -> None:
     events = _realistic(raw)
     view = SystemView.from_events(events)
     now = T0 + timedelta(seconds=len(events))
@@ -159,16 +164,16 @@ def test_a_loop_not_heard_from_since_its_spawn_is_not_settled() -> None:
     """An earlier run's `loop.stopped` must not end a new `loops up` before its worker
     has said anything."""
     old = [
-        _event("started", "alpha", "T1", 1, True, t=0),
-        _event("stopped", "alpha", "T1", 1, True, t=1),
+        _event("started", "alpha", "T1", 1, True, False, t=0),
+        _event("stopped", "alpha", "T1", 1, True, False, t=1),
     ]
     view = SystemView.from_events(old)
     assert view.loops["alpha"].settled(T0)
     assert not view.loops["alpha"].settled(T0 + timedelta(seconds=2))
-    view.apply(_event("started", "alpha", "T1", 1, True, t=3))
+    view.apply(_event("started", "alpha", "T1", 1, True, False, t=3))
     assert not view.loops["alpha"].settled(T0 + timedelta(seconds=2))  # heard, not said
-    view.apply(_event("heartbeat", "alpha", "T1", 1, True, t=4))
+    view.apply(_event("heartbeat", "alpha", "T1", 1, True, False, t=4))
     assert not view.loops["alpha"].settled(T0 + timedelta(seconds=2))  # can progress
-    view.apply(_event("heartbeat", "alpha", "T1", 1, False, t=5))
+    view.apply(_event("heartbeat", "alpha", "T1", 1, False, False, t=5))
     assert view.loops["alpha"].settled(T0 + timedelta(seconds=2))
     assert isinstance(view.loops["alpha"], LoopView)
