@@ -40,7 +40,7 @@ TRANSITIONS: dict[str, tuple[frozenset[Phase], Phase | None]] = {
     "conflicted": (LIVE, Phase.CONFLICT),
     "merged": (ANY, Phase.DONE),
     "answered": (frozenset({Phase.WAITING_HUMAN}), None),  # WORKING, or IDLE if not started
-    "resume": (frozenset({Phase.WAITING_HUMAN}), None),  # back to `resume`
+    "resume_after_answer": (frozenset({Phase.WAITING_HUMAN}), None),  # back to `resume`
     "end_attempt": (ANY, Phase.IDLE),
     "block": (ANY, Phase.IDLE),
 }
@@ -132,7 +132,7 @@ class TaskRuntime(BaseModel):
 
     def resume_after_answer(self) -> None:
         """Another role's question is answered: back to where the task was."""
-        self._move("resume", self.resume)
+        self._move("resume_after_answer", self.resume)
         self.escalation_id, self.resume = None, None
 
     def end_attempt(self) -> None:
