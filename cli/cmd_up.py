@@ -152,9 +152,7 @@ class LiveTable:
             sys.stdout.flush()
             return
         line = " | ".join(
-            f"{lv.name}: {sum(t.status.value == 'merged' for t in lv.tasks.values())}"
-            f"/{len(lv.tasks)} {lv.status}"
-            for lv in self.view.loops.values()
+            f"{lv.name}: {lv.passed}/{lv.total} {lv.status}" for lv in self.view.loops.values()
         )
         if line and line != self._last_line:
             print(f"[{datetime.now(UTC):%H:%M:%S}] {line}", flush=True)
