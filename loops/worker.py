@@ -13,7 +13,6 @@ amounts to `loops/iteration.py`, and every phase change of a task is a transitio
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -21,7 +20,6 @@ from events import (
     EscalationDelivered,
     EscalationKind,
     EscalationRaised,
-    Event,
     FailureKind,
     IterationFinished,
     IterationOutcome,
@@ -53,8 +51,6 @@ from loops.runtime import Phase, TaskRuntime
 from loops.workspace import IterationCommit
 
 log = logging.getLogger("loops.worker")
-
-Publish = Callable[[Event], object]
 
 USAGE_LIMIT_DEFAULT_WAIT_S = 300.0
 OUTAGE_BACKOFF_MAX_S = 300.0
