@@ -33,7 +33,7 @@ from events import (
     VerificationPassed,
 )
 from events.view import LoopView, SystemView, TaskStatus
-from events.view.escalations import Escalation, by_urgency
+from events.view.escalations import Escalation
 from loops.books import SpecBook
 from loops.runners import make_runner
 from loops.service import WorkerService
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         view = SystemView.from_events(bus.replay())
         return _summary(
             view.loop(book.loop),
-            escalations=by_urgency(e for e in view.escalation_records.values() if e.waiting),
+            escalations=view.waiting_escalations(),
             iterations=service.worker.state.iteration,
             branch=branch,
             all_passed=outcome.all_passed,

@@ -28,7 +28,6 @@ from cli.system import System, SystemOptions
 from events import ConfigError, ValidationFailed
 from events.secrets import RedactingFilter
 from events.view import SystemView
-from events.view.escalations import by_urgency
 from events.view.summary import all_merged, summary_lines
 from loops.project import Project, load_project
 from loops.workspace import GitError, current_branch, git, repo_root
@@ -164,15 +163,9 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
     also needs every task merged on main by the durable record (`System.all_passed`):
     an agent or a person can write "passed" into a state file."""
     view = SystemView.from_events(bus.replay())
-    started = [s.name for s in system.slots.values() if s.service is not None]
-    lines = [
-        "",
-        "Summary:",
-        *summary_lines(
-            view, started, by_urgency(e for e in view.escalation_records.values() if e.waiting)
-        ),
-    ]
-    ok = system.all_passed() and all_merged(view, started)
+    loops = list(system.slots)
+    lines = ["", "Summary:", *summary_lines(view, loops, view.waiting_escalations())]
+    ok = system.all_passed() and all_merged(view, loops)
     lines.append("All tasks verified and merged." if ok else "Not every task merged (exit 1).")
     return (0 if ok else 1), lines
 

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 import events as ev
-from events.view.escalations import Escalation
+from events.view.escalations import Escalation, by_urgency
 from events.view.fold import HANDLERS
 from events.view.models import (
     RECENT_EVENTS,
@@ -112,6 +112,10 @@ class SystemView(BaseModel):
 
     def open_escalations(self) -> list[EscalationView]:
         return [e for e in self.escalations.values() if e.status.is_open]
+
+    def waiting_escalations(self) -> list[Escalation]:
+        """The escalations waiting for a person, most severe first (the summaries)."""
+        return by_urgency(e for e in self.escalation_records.values() if e.waiting)
 
     def merge_queue(self) -> list[MergeEntry]:
         """Entries not merged or conflicted yet, head first."""
