@@ -111,5 +111,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_FAIL
     detail = f": {clean(ack.detail, 200)}" if ack.detail else ""
+    if ack.refused:
+        why = clean(ack.detail, 200) or "refused"
+        print(f"loops: {loop}: {why}; nothing changed (its tasks: `loops status`)", file=sys.stderr)
+        return EXIT_FAIL
     print(f"{loop}: {DONE[command.type]} (acknowledged by {ack.source.instance}){detail}")
     return EXIT_OK

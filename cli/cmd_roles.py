@@ -23,8 +23,7 @@ from agents.monitor import Monitor
 from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from agents.runner import run as run_agent
-from agents.store import Store
-from bus import PassedLedger, RedisBus, connect
+from bus import Inbox, PassedLedger, RedisBus, Router, connect
 from bus.settings import warn_if_unsigned
 from cli.cmd_status import open_bus
 from cli.cmd_up import load_checked, project_dir, repo_and_main, run_system
@@ -34,17 +33,21 @@ from cli.compose import (
     loader_with_fallback,
     make_gate,
     make_merge,
+    monitor_policy,
     pm_config,
 )
+from cli.fleet import agent_runner
 from cli.metrics import metrics_address
 from cli.runtime import run_role
 from cli.system import SystemOptions, notifier_from_env
 from events import ConfigError, ValidationFailed
 from gates import RqJobs
+from infra.store import Store
 from loops.books import HarnessBook
+from loops.budget_config import effective
 from loops.project import Loop, Project, load_loop
-from loops.runners import make_runner
-from loops.service import WorkerService
+from loops.reactions import WORKER_TYPES
+from loops.service import BROADCAST_TYPES, WorkerService
 
 VERIFY_QUEUE = "loops-verify"
 
@@ -135,7 +138,7 @@ def _role(
     def work(stop: threading.Event) -> None:
         # A fresh worker per run: a restart (the monitor's, or after a crash) reloads
         # its state from disk.
-        done = _service(args, bus, loop, repo, main, remote).run(stop)
+        done = _service(args, bus, project, loop, repo, main, remote).run(stop)
         if not done.restart:
             stop.set()  # stopped by a command: the process exits (0)
 
@@ -143,17 +146,27 @@ def _role(
 
 
 def _service(
-    args: argparse.Namespace, bus: RedisBus, loop: Loop, repo: Path, main: str, remote: str | None
+    args: argparse.Namespace,
+    bus: RedisBus,
+    project: Project,
+    loop: Loop,
+    repo: Path,
+    main: str,
+    remote: str | None,
+    inbox: Inbox | None = None,
 ) -> WorkerService:
     agent = args.agent or loop.config.agent or "claude"
     return WorkerService(
         bus,
         HarnessBook(loop, max_iterations=args.max_iterations),
-        make_runner(agent, model=loop.config.model, base_dir=loop.dir),
+        agent_runner(bus, loop, agent, repo, main, remote),  # here, or as rq jobs
         repo,
         main_branch=main,
         heartbeat_s=loop.config.health_check.interval_seconds,
         remote=remote,
+        prices=project.config.prices,
+        budget=effective(project.config.budget, loop.config.budget),
+        inbox=inbox,
     )
 
 
@@ -166,10 +179,11 @@ def _every_loop(
     remote: str | None,
 ) -> Callable[[threading.Event], None]:
     """`loops worker --all`: every loop of the project, one thread each, in this process
-    (what compose's `loops` service runs, so adding a loop needs no YAML). A loop stopped
-    by a command ends alone; the process exits (0) once every loop has; a loop that
-    crashes stops the others and the process exits non-zero, for its supervisor to
-    restart it."""
+    (what compose's `loops` service runs, so adding a loop needs no YAML), fed by one
+    `bus.Router` as `loops up` feeds its loops: one consumer group for the process, not
+    one per loop. A loop stopped by a command ends alone; the process exits (0) once
+    every loop has; a loop that crashes stops the others and the process exits
+    non-zero, for its supervisor to restart it."""
     loops = [
         lp
         if not args.model
@@ -181,26 +195,44 @@ def _every_loop(
 
     def fleet(stop: threading.Event) -> None:
         crashed: list[BaseException] = []
+        router = Router(
+            bus,
+            [lp.name for lp in loops],
+            consumer="worker",  # a restarted process takes its pending entries back
+            types=WORKER_TYPES,
+            broadcast=BROADCAST_TYPES,
+        )
 
         def one(loop: Loop) -> None:
             try:
                 while not stop.is_set():
-                    if not _service(args, bus, loop, repo, main, remote).run(stop).restart:
+                    inbox = router.inbox(loop.name)
+                    service = _service(args, bus, project, loop, repo, main, remote, inbox)
+                    if not service.run(stop).restart:
                         return
             except BaseException as exc:
                 log.exception("loop %s crashed", loop.name)
                 crashed.append(exc)
                 stop.set()
 
+        def route() -> None:
+            try:
+                router.subscription.run(stop, block_ms=1000)
+            except BaseException as exc:
+                log.exception("the router of the loops crashed")
+                crashed.append(exc)
+                stop.set()
+
         threads = [
             threading.Thread(target=one, args=(lp,), name=f"worker-{lp.name}") for lp in loops
         ]
-        for thread in threads:
+        routing = threading.Thread(target=route, name="router")
+        for thread in [routing, *threads]:
             thread.start()
         while any(t.is_alive() for t in threads) and not stop.wait(0.5):
             pass
         stop.set()  # every loop stopped by a command, or the process is stopping
-        for thread in threads:
+        for thread in [*threads, routing]:
             thread.join()
         if crashed:
             raise crashed[0]
@@ -245,7 +277,11 @@ def _embedded_worker(args: argparse.Namespace, directory: Path, config: Path | N
 
 def _agent(role: str, bus: RedisBus, directory: Path) -> Agent:
     if role == "monitor":
-        return Monitor(Store(bus.client, bus.prefix, "monitor"))
+        try:
+            project: Project | None = load_checked(directory)
+        except (ValidationFailed, ConfigError):
+            project = None  # the monitor also works without the project's files
+        return Monitor(Store(bus.client, bus.prefix, "monitor"), monitor_policy(project))
     if role == "human":
         return HumanAgent(
             Store(bus.client, bus.prefix, "human"),

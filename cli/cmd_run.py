@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import threading
 from pathlib import Path
 
@@ -32,13 +33,15 @@ from events import (
     TaskClaimed,
     VerificationPassed,
 )
-from events.view import LoopView, SystemView, TaskStatus
-from events.view.escalations import Escalation
+from events.view import SystemView
+from events.view.escalations import Escalation, open_escalations
+from events.view.spend import SPEND_TYPES
+from infra.git import GitError, current_branch, git, repo_root
 from loops.books import SpecBook
+from loops.budget_config import effective
 from loops.runners import make_runner
 from loops.service import WorkerService
 from loops.spec import load_spec
-from loops.workspace import GitError, current_branch, git, repo_root
 
 log = logging.getLogger("loops.run")
 
@@ -110,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
                 main_branch=branch,
                 heartbeat_s=5.0,
                 agent_timeout_s=getattr(args, "agent_timeout", None),
+                budget=effective(
+                    None,
+                    max_usd=getattr(args, "max_cost", None),
+                    max_tokens=getattr(args, "max_tokens", None),
+                ),
             )
             if args.trust_agent:
                 log.warning("--trust-agent: claims are merged without running the checks")
@@ -130,40 +138,59 @@ def run(args: argparse.Namespace) -> int:
                 merge = make_merge(bus, repo, branch, loader, test_command=test_command)
             roles.poll_forever("merge", merge.subscribe("run"))
             outcome = service.run(threading.Event(), until_idle=True)
+            for line in SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines():
+                log.info("%s", line.strip())
         finally:
             roles.shutdown()
             client.close()
         if roles.errors:
             raise roles.errors[0]
-        view = SystemView.from_events(bus.replay())
         return _summary(
-            view.loop(book.loop),
-            escalations=view.waiting_escalations(),
+            book,
+            escalations=open_escalations(e for _, e in bus.replay()),
             iterations=service.worker.state.iteration,
             branch=branch,
             all_passed=outcome.all_passed,
+            rerun=rerun_command(args),
         )
 
 
+def rerun_command(args: argparse.Namespace) -> str:
+    """The `loops run` that goes on from here, as the person typed it (spec, agent)."""
+    words = ["loops", "run"]
+    if args.spec_file != "SPEC.yaml":
+        words.append(args.spec_file)
+    if args.agent:
+        words += ["--agent", args.agent]
+    if args.repo:
+        words += ["--repo", args.repo]
+    return shlex.join(words)
+
+
 def _summary(
-    loop: LoopView,
+    book: SpecBook,
     escalations: list[Escalation],
     iterations: int,
     branch: str,
     all_passed: bool,
+    rerun: str = "loops run",
 ) -> int:
     if all_passed:
         log.info(
             "All tasks verified and merged into %r — done in %d iteration(s).", branch, iterations
         )
         return 0
-    for task in loop.tasks.values():  # the read model's, as `loops status` shows them
-        if task.status is not TaskStatus.MERGED:
+    waiting = {e.task_id for e in escalations}
+    for task in book.tasks():
+        record = book.record(task.id)
+        if record.status.value != "passed":
             log.error(
-                "Task %r is %s%s",
-                task.task_id,
-                task.status.value,
-                f": {task.reason}" if task.reason else "",
+                "Task %r is %s%s%s%s",
+                task.id,
+                record.status.value,
+                f" ({record.attempts} failed attempts)" if record.attempts else "",
+                f": {record.last_result}" if record.last_result else "",
+                "" if task.id in waiting else f" — run `{rerun}` to go on (what it tried is kept)",
             )
     for esc in escalations:
         if esc.kind.value == "signoff":
@@ -171,7 +198,5 @@ def _summary(
         else:
             log.error("Open question %s: %s", esc.id, esc.question)
     if escalations:
-        log.error(
-            "Answer with `loops answer ID TEXT` in this directory, then run `loops run` again."
-        )
+        log.error("Answer with `loops answer ID TEXT` in this directory, then run `%s`.", rerun)
     return 1

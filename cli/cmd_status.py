@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -21,10 +22,12 @@ import redis
 
 import bus as busmod
 from bus import BusSettings, RedisBus
+from bus.locate import find_project_dir
 from bus.settings import redact_url
 from cli.runtime import Presence, alive_roles
 from events import ConfigError
 from events.view import (
+    Attention,
     Health,
     LoopView,
     SystemView,
@@ -35,6 +38,7 @@ from events.view import (
 
 EXIT_OK, EXIT_FAIL = 0, 1
 WATCH_REFRESH_S = 2.0  # health ages even when nothing is published
+MANY_LOOPS = 20  # from here on, loops are grouped by what they need, problems first
 
 
 # ---------------------------------------------------------------------- reaching the system
@@ -50,9 +54,19 @@ def bus_settings(args: argparse.Namespace) -> BusSettings:
     in `--dir` (password and key from its `.loops/`); key prefix from `$LOOPS_PREFIX`
     (default loops)."""
     explicit = getattr(args, "redis", None)
-    project_dir = getattr(args, "project_dir", None) or os.environ.get("CODING_LOOP_PROJECT_DIR")
+    project_dir = system_dir(args)
     prefix = os.environ.get("LOOPS_PREFIX") or BusSettings().prefix
     return busmod.resolve_settings(explicit, project_dir, prefix=prefix)
+
+
+def system_dir(args: argparse.Namespace) -> str | None:
+    """`--dir`, else `$CODING_LOOP_PROJECT_DIR`, else the system found from here, as git
+    finds its repository (`bus.locate`: the parents, then below the repository's top)."""
+    named = getattr(args, "project_dir", None) or os.environ.get("CODING_LOOP_PROJECT_DIR")
+    if named:
+        return str(named)
+    found = find_project_dir()
+    return str(found) if found else None
 
 
 def _embedded_data(project_dir: str | None) -> Path | None:
@@ -72,9 +86,7 @@ def open_bus(args: argparse.Namespace) -> Iterator[RedisBus]:
         try:
             settings = bus_settings(args)
         except ConfigError:
-            project = _embedded_data(
-                getattr(args, "project_dir", None) or os.environ.get("CODING_LOOP_PROJECT_DIR")
-            )
+            project = _embedded_data(system_dir(args))
             if project is None:
                 raise
             server = stack.enter_context(busmod.EmbeddedServer(project, kind="redis-server"))
@@ -175,14 +187,24 @@ def render(
         return "\n".join(lines)
 
     loops = sorted(view.loops.values(), key=lambda loop: loop.name)
+    many = len(loops) >= MANY_LOOPS
+    if many:  # problem loops first, grouped by what they need
+        loops.sort(key=lambda loop: (loop.attention.rank, loop.name))
     passed = sum(loop.passed for loop in loops)
     total = sum(loop.total for loop in loops)
     lines.append(
         f"{len(loops)} loop(s)  passed {passed}/{total}  tokens {human_tokens(view.tokens)}"
         f"  cost ${view.cost_usd:.2f}  last event {ago(view.last_event, now)} ago"
     )
+    lines += [line.strip() for line in view.spend.lines()[-1:]]  # cost per merged task
+    if many:
+        counts = Counter(loop.attention for loop in loops)
+        lines.append(
+            "by state: " + ", ".join(f"{a.value} {counts[a]}" for a in Attention if counts[a])
+        )
     warnings = sorted({loop.sandbox_warning for loop in loops if loop.sandbox_warning})
     lines += [f"WARNING: {clean(w, 300)}" for w in warnings]
+    lines += [f"BUDGET {loop.name}: {loop.budget}" for loop in loops if loop.budget]
     lines += ["", "LOOPS"]
     rows = []
     for loop in loops:
@@ -190,7 +212,8 @@ def render(
         if loop.health in (Health.STALE, Health.DEAD):
             health += f" ({ago(loop.last_seen, now)})"
         rows.append(
-            [
+            ([loop.attention.value] if many else [])
+            + [
                 clean(loop.name, 32),
                 _loop_status(loop, now),
                 health,
@@ -201,10 +224,14 @@ def render(
                 f"${loop.cost_usd:.2f}",
             ]
         )
-    lines += table(["LOOP", "STATUS", "HEALTH", "TASK", "ITER", "PASSED", "TOKENS", "COST"], rows)
+    headers = ["LOOP", "STATUS", "HEALTH", "TASK", "ITER", "PASSED", "TOKENS", "COST"]
+    lines += table((["NEEDS"] if many else []) + headers, rows)
 
     rows = []
+    quiet = [loop for loop in loops if many and loop.attention.rank > Attention.FAILING.rank]
     for loop in loops:
+        if loop in quiet:
+            continue
         for task in sorted(loop.tasks.values(), key=lambda t: t.task_id):
             rows.append(
                 [
@@ -216,8 +243,10 @@ def render(
                 ]
             )
     if rows:
-        lines += ["", "TASKS"]
+        lines += ["", "TASKS" + (" (of the loops that need attention)" if many else "")]
         lines += table(["LOOP", "TASK", "STATUS", "ATTEMPTS", "NOTE"], rows)
+    if quiet:
+        lines.append(f"  tasks of {len(quiet)} other loop(s): loops status --json")
 
     open_ = view.open_escalations()
     lines += ["", f"ESCALATIONS ({len(open_)} open)"]
@@ -252,6 +281,21 @@ def render(
     ]
     if rows:
         lines += table(["STATUS", "LOOP", "TASK", "COMMIT", "AGE", "NOTE"], rows)
+
+    if view.flaky:
+        lines += ["", f"FLAKY CHECKS ({len(view.flaky)})"]
+        rows = [
+            [
+                str(f.count),
+                str(f.seen),
+                "blocked" if f.blocked else "landed",
+                f.escalation_id or "-",
+                ago(f.ts, now),
+                clean(f.command, 60),
+            ]
+            for f in sorted(view.flaky.values(), key=lambda f: -f.count)
+        ]
+        lines += table(["COUNT", "SEEN", "LAST", "ESCALATION", "AGE", "CHECK"], rows)
 
     if view.monitor_actions:
         lines += ["", "MONITOR (latest)"]

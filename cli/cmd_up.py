@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -28,9 +28,11 @@ from cli.system import System, SystemOptions
 from events import ConfigError, ValidationFailed
 from events.secrets import RedactingFilter
 from events.view import SystemView
-from events.view.summary import all_merged, summary_lines
+from events.view.escalations import open_escalations
+from events.view.spend import SPEND_TYPES
+from infra.files import FileLock
+from infra.git import GitError, current_branch, git, repo_root
 from loops.project import Project, load_project
-from loops.workspace import GitError, current_branch, git, repo_root
 
 log = logging.getLogger("loops.up")
 
@@ -73,28 +75,39 @@ def up_lock(directory: Path) -> Iterator[None]:
     """One `loops up` per directory: a second one refuses with a clear message."""
     state = directory / ".loops"
     state.mkdir(exist_ok=True)
-    path = state / "up.lock"
-    fh = path.open("a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        pid = fh.read().strip() or "?"
-        fh.close()
+    lock = FileLock(state / "up.lock")
+    if not lock.acquire(wait=False):
         raise ConfigError(
             f"another `loops up` or `loops worker` is already running on {directory} "
-            f"(pid {pid}); watch it with `loops status`, or stop it first (to run several "
-            "loops together on one machine, use one `loops up`)"
-        ) from None
+            f"(pid {lock.holder() or '?'}); watch it with `loops status`, or stop it first "
+            "(to run several loops together on one machine, use one `loops up`)"
+        )
     try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        lock.note(str(os.getpid()))
         yield
     finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+        lock.release()
+
+
+class LoopNames(logging.Filter):
+    """Prefixes a log line of a loop's threads (`worker-LOOP`, `heartbeat-LOOP`) with
+    `[LOOP]` when it does not name its loop: with many loops in one log, every line says
+    whose it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        thread = record.threadName or ""
+        _, sep, loop = thread.partition("-")
+        if sep and thread.startswith(("worker-", "heartbeat-")):
+            message = record.getMessage()
+            if not re.search(rf"(?<![\w-]){re.escape(loop)}(?![\w-])", message):
+                record.msg, record.args = f"[{loop}] {message}", None
+        return True
+
+
+def name_loops_in_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, LoopNames) for f in handler.filters):
+            handler.addFilter(LoopNames())
 
 
 def logs_to_file_on_a_terminal(directory: Path) -> Path | None:
@@ -151,7 +164,9 @@ class LiveTable:
             sys.stdout.flush()
             return
         line = " | ".join(
-            f"{lv.name}: {lv.passed}/{lv.total} {lv.status}" for lv in self.view.loops.values()
+            f"{lv.name}: {sum(t.status.value == 'merged' for t in lv.tasks.values())}"
+            f"/{len(lv.tasks)} {lv.status}"
+            for lv in self.view.loops.values()
         )
         if line and line != self._last_line:
             print(f"[{datetime.now(UTC):%H:%M:%S}] {line}", flush=True)
@@ -159,13 +174,39 @@ class LiveTable:
 
 
 def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
-    """The summary from the read model of the stream (what `loops status` shows). Success
-    also needs every task merged on main by the durable record (`System.all_passed`):
-    an agent or a person can write "passed" into a state file."""
-    view = SystemView.from_events(bus.replay())
-    loops = list(system.slots)
-    lines = ["", "Summary:", *summary_lines(view, loops, view.waiting_escalations())]
-    ok = system.all_passed() and all_merged(view, loops)
+    lines = ["", "Summary:"]
+    for slot in system.slots.values():
+        worker = slot.service.worker if slot.service else None
+        if worker is None:
+            continue
+        # What merged on main (the durable record, or the merge's trailer on main), not
+        # what the state file says: an agent or a person can write "passed" into it.
+        tasks = worker.book.tasks()
+        merged = {t.id for t in tasks if worker.passed_and_merged(t.id)}
+        lines.append(f"  {slot.name}: {len(merged)}/{len(tasks)} tasks verified and merged")
+        for task in tasks:
+            if task.id in merged:
+                continue
+            record = worker.book.record(task.id)
+            status = record.status.value
+            if status == "passed":
+                status = "passed in the state file but not merged on main"
+            why = f" — {record.last_result}" if record.last_result else ""
+            lines.append(f"    {task.id}: {status}{why}")
+            if status in ("blocked", "failed") and worker.book.max_attempts <= record.attempts:
+                # Out of attempts: no run takes it up again until a person resets it.
+                lines.append(
+                    f"      to retry it: `loops reset {slot.name} {task.id} --no-wait` (a "
+                    "running loop takes it at once, a stopped one when it starts again)"
+                )
+    lines += SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines()
+    escalations = open_escalations(e for _, e in bus.replay())
+    if escalations:
+        lines.append("  Open escalations (answer with `loops answer ID TEXT`):")
+        for esc in escalations:
+            where = f"{esc.loop}/{esc.task_id}" if esc.task_id else esc.loop or "-"
+            lines.append(f"    {esc.id} [{esc.severity}] {where}: {esc.question}")
+    ok = system.all_passed()
     lines.append("All tasks verified and merged." if ok else "Not every task merged (exit 1).")
     return (0 if ok else 1), lines
 
@@ -180,6 +221,10 @@ def stop_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        from cli.cmd_budget import print_plan
+
+        return print_plan(args)
     directory = project_dir(args.dir)
     project = load_checked(directory)
     options = SystemOptions(
@@ -188,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         max_iterations=args.max_iterations,
         test_command=args.test_command,
+        max_cost=args.max_cost,
+        max_tokens=args.max_tokens,
     )
     return run_system(directory, project, options, redis_url=args.redis, serve=args.serve)
 
@@ -208,6 +255,7 @@ def run_system(
     for warning in check_sandboxes(lp.config.sandbox for lp in running):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     log_file = logs_to_file_on_a_terminal(directory)
+    name_loops_in_logs()
     with up_lock(directory), open_system_bus(redis_url, directory) as bus:
         system = System(project, bus, repo, main, options)
         table = LiveTable(bus)

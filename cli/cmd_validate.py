@@ -34,22 +34,26 @@ from loops.harness import (
 from loops.names import loop_name_problem
 from loops.project import (
     ENV_PROJECT_DIR,
+    SIGNOFF_NOTE,
     Loop,
     Project,
     find_loop_dirs,
     parse_task_ref,
     project_config_path,
     resolve_specs_dir,
+    unchecked_tasks,
 )
 from loops.spec import load_spec
 
 EXIT_OK, EXIT_FAIL = 0, 1
 
 Results = dict[str, list[str]]  # file -> its problems ([] = OK), in the order checked
+NOTES: Results = {}  # file -> what a person should know about a valid file (this run's)
 
 
 def run(args: argparse.Namespace) -> int:
     results: Results = {}
+    NOTES.clear()
     for raw in args.paths:
         _guarded(results, str(raw), partial(_validate_path, Path(raw), results))
     bad = 0
@@ -62,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
                 print(_one_line(line))
         else:
             print(f"OK {path}")
+            for note in NOTES.get(path, []):
+                print(_one_line(f"NOTE {note}"))
     sys.stdout.flush()
     if bad:
         print(
@@ -265,6 +271,9 @@ def _validate_loop(
             results[str(state_path)] = []
             state = load_state(state_path)
             results[str(state_path)].extend(_state_extras(state_path, state))
+            unchecked = unchecked_tasks(config, state)
+            if unchecked:
+                NOTES[str(state_path)] = [f"{state_path}: {', '.join(unchecked)}: {SIGNOFF_NOTE}"]
             state_box.append(state)
 
         _guarded(results, str(state_path), check_state)

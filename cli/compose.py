@@ -20,7 +20,9 @@ from typing import Any
 
 from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
+from agents.policy import Policy, load_policy
 from bus import CONNECTION_ERRORS, RedisBus, Subscription
+from bus.spend import SpendLedger
 from events import ConfigError, Criterion, LoopsError, Role, ScriptCheck, Source, ValidationFailed
 from gates import (
     DEFAULT_PROTECTED,
@@ -32,13 +34,13 @@ from gates import (
     Judge,
     MergeQueue,
     MergeSettings,
-    RedisStore,
     TamperPolicy,
     VerificationGate,
 )
 from gates.checks import DEFAULT_TIMEOUT_S
 from gates.errors import JobError
 from gates.settings import FlakyPolicy
+from infra.store import Store
 from loops.harness import ProjectConfig
 from loops.project import Project, UnknownTask, criteria_for
 from loops.sandbox import SandboxConfig, SandboxMode, sandbox_status
@@ -78,16 +80,17 @@ def check_sandboxes(configs: Iterable[SandboxConfig | None]) -> list[str]:
 
 
 def loader_with_fallback(fallback: dict[str, list[Criterion]] | None = None) -> CriteriaLoader:
-    """`loops`' reader of criteria from a checkout of main. `fallback` (task id ->
-    criteria) serves a SPEC.yaml that is not committed in main: its criteria were read
+    """`loops`' reader of criteria from a checkout of main. `fallback` (task id, or
+    `loop/TASK`, -> criteria) serves a SPEC.yaml that is not committed in main: its criteria were read
     before any agent ran, so the agent still cannot edit its own checks."""
 
     def load(root: Path, loop: str, task_id: str) -> list[Criterion]:
         try:
             return criteria_for(root, loop, task_id)
         except (UnknownTask, ValidationFailed):
-            if fallback is not None and task_id in fallback:
-                return fallback[task_id]
+            for key in (f"{loop}/{task_id}", task_id):  # `loops up`'s keys name the loop
+                if fallback is not None and key in fallback:
+                    return fallback[key]
             raise
 
     return load
@@ -170,8 +173,9 @@ def make_gate(
         loader=loader,
         judge=judge,
         jobs=jobs,
-        store=RedisStore(bus.client, f"{bus.prefix}:gate"),
+        store=Store(bus.client, f"{bus.prefix}:gate", "gates"),
         source=Source(role=Role.GATE, instance=instance),
+        spend=SpendLedger(bus.client, bus.prefix),
     )
 
 
@@ -215,7 +219,7 @@ def make_merge(
         bus,
         settings,
         loader=loader,
-        store=RedisStore(bus.client, f"{bus.prefix}:merge"),
+        store=Store(bus.client, f"{bus.prefix}:merge", "gates"),
         source=Source(role=Role.MERGE, instance=instance),
     )
 
@@ -265,6 +269,29 @@ class Threads:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=timeout)
+
+
+POLICY_FILE = "monitor-policy.yaml"
+POLICY_ENV = "LOOPS_MONITOR_POLICY"
+
+
+def policy_file(project: Project | None) -> Path | None:
+    """The monitor's policy file an operator edits: `$LOOPS_MONITOR_POLICY`, else
+    `monitor-policy.yaml` beside the loop directories (where project.json goes), if
+    there is one. It names only what it changes (see `agents/default-policy.yaml`)."""
+    named = os.environ.get(POLICY_ENV)
+    if named:
+        return Path(named)
+    if project is None or not project.loops:
+        return None
+    path = project.loops[0].dir.parent / POLICY_FILE
+    return path if path.is_file() else None
+
+
+def monitor_policy(project: Project | None) -> Policy:
+    """The monitor's policy (`ValidationFailed`, one line per bad field, before anything
+    starts): the silence limit of a running agent, the rules' actions, and more."""
+    return load_policy(policy_file(project))
 
 
 def pm_config(project: Project) -> PMConfig:

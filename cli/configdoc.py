@@ -15,6 +15,7 @@ from pydantic_core import PydanticUndefined
 
 from agents.policy import EscalateAfter, Policy, RefinePolicy, RulePolicy, Thresholds
 from events import Criterion, NaturalCheck, ScriptCheck
+from loops.budget_config import Limits, LoopBudget, ProjectBudget
 from loops.harness import (
     Health,
     HealthCheckConfig,
@@ -38,6 +39,9 @@ ENVIRONMENT = [
     ("LOOPS_JUDGE_MODEL", "Model that judges natural checks (default: the judge's own)."),
     ("LOOPS_DASHBOARD_TOKEN", "Token for the dashboard's actions; else one is generated into `.loops/dashboard.token`."),
     ("LOOPS_WEBHOOK_URLS / LOOPS_WEBHOOK_SECRET", "Comma-separated URLs that get escalation notifications, HMAC-SHA256 signed with the secret."),
+    ("LOOPS_MONITOR_POLICY", "The monitor's policy file (default: `monitor-policy.yaml` beside the loop directories, if any); it names only what it changes of `agents/default-policy.yaml`, e.g. `thresholds: {silent_agent_after_s: 300}`."),
+    ("LOOPS_AGENT_QUEUE", "rq queue a distributed loop's agent iterations run on (compose: `loops-agents`); any `rq worker -w cli.rqworker.SimpleWorker QUEUE` on any host runs them. Unset: in the loop's own process."),
+    ("LOOPS_AGENT_HOME", "Where an agent host (an rq worker on the agent queue) keeps its clones of the remote (default `~/.cache/coding-loops/agents`)."),
     ("LOOPS_REMOTE", "Git remote the gate, merge queue and workers share in distributed mode (e.g. `origin`)."),
     ("LOOPS_SANDBOX", "`auto` (default: agents run in bubblewrap where `bwrap` works, else with a warning), `off` (warned) or `required` (refuse to run without it). Overrides `sandbox.mode`."),
     ("LOOPS_SANDBOX_WRITABLE / LOOPS_SANDBOX_READABLE", "Colon-separated extra paths the agent may write / read (added to `sandbox.writable` / `sandbox.readable`)."),
@@ -49,14 +53,15 @@ SECTIONS: list[tuple[str, str, list[type[BaseModel]]]] = [
      [Spec, Task, Criterion, ScriptCheck, NaturalCheck]),
     ("config.json (one per loop)", "`DIR/loop-*/config.json`, the seed harness's format plus "
      "`agent`, `check_command`, `branch`, `main_branch`, `sandbox`.",
-     [LoopConfig, HealthCheckConfig, SandboxConfig]),
+     [LoopConfig, HealthCheckConfig, SandboxConfig, LoopBudget, Limits]),
     ("test-state.json", "`specs/test-state.json`: the loop's tests; the loop rewrites it "
      "atomically and takes up valid hand edits. `acceptance_criteria` uses the SPEC.yaml form.",
      [TaskEntry, StateSummary]),
     ("health.json", "Written by each loop every heartbeat (seed fields).", [Health]),
     ("project.json (optional, one per project)", "`DIR/project.json`, next to the `loop-*` "
      "directories: settings of the whole project. Unknown fields are errors. CLI flags "
-     "(`--test-command`) override it.", [ProjectConfig]),
+     "(`--test-command`, `--max-cost`, `--max-tokens`) override it.",
+     [ProjectConfig, ProjectBudget]),
     ("Monitor policy (YAML)", "The monitor's auto-unblock policy; the default is "
      "`agents/default-policy.yaml`.", [Policy, Thresholds, RulePolicy, EscalateAfter, RefinePolicy]),
     ("script: agent (YAML)", "Deterministic replay for demos and tests "
@@ -75,6 +80,7 @@ def _type(field: FieldInfo) -> str:
         "agents.policy.",
         "loops.runners.script.",
         "loops.sandbox.",
+        "loops.budget_config.",
         "typing_extensions.",
     ):
         text = text.replace(noise, "")

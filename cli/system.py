@@ -26,7 +26,6 @@ from agents.monitor import Monitor
 from agents.pm import ProjectManager
 from agents.refiner import AnthropicRefiner
 from agents.runner import run as run_agent
-from agents.store import Store
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
 from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
 from cli.compose import (
@@ -37,12 +36,15 @@ from cli.compose import (
     loader_with_fallback,
     make_gate,
     make_merge,
+    monitor_policy,
     pm_config,
     task_describer,
 )
-from events import ConfigError, Event, LoopStop
+from events import BudgetLevel, ConfigError, Event, LoopResume, LoopStop
 from events.view import SystemView
+from infra.store import Store
 from loops.books import HarnessBook
+from loops.budget_config import effective
 from loops.driver import WorkerExit, all_passed
 from loops.project import Project
 from loops.reactions import WORKER_TYPES
@@ -65,6 +67,8 @@ class SystemOptions:
     model: str | None = None  # overrides every loop's model (`--model`)
     max_iterations: int | None = None  # agent runs per loop in this run (`--max-iterations`)
     only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
+    max_cost: float | None = None  # the project's dollar budget for this run (`--max-cost`)
+    max_tokens: int | None = None  # the project's token budget for this run (`--max-tokens`)
     # Verification jobs in worker processes (other cores); False: in the gate's thread
     job_processes: bool = field(
         default_factory=lambda: os.environ.get("LOOPS_JOB_PROCESSES", "1") != "0"
@@ -112,6 +116,7 @@ class System:
         # The loops as their events tell (the read model): what `idle()` decides from.
         self.view = SystemView()
         self._view_lock = threading.Lock()
+        self.policy = monitor_policy(project)  # a bad policy file stops us before anything runs
 
     # ------------------------------------------------------------------ wiring
     def _factory(self, name: str) -> Callable[[], WorkerService]:
@@ -133,6 +138,14 @@ class System:
                 main_branch=self.main,
                 heartbeat_s=heartbeat,
                 inbox=self.router.inbox(name) if self.router else None,
+                prices=self.project.config.prices,
+                budget=effective(
+                    self.project.config.budget,
+                    loop.config.budget,
+                    max_usd=self.options.max_cost,
+                    max_tokens=self.options.max_tokens,
+                    flags_level=BudgetLevel.PROJECT,
+                ),
             )
 
         return make
@@ -142,7 +155,9 @@ class System:
         if self.options.dashboard:
             self._start_dashboard(*self.options.dashboard)
         default_check = None
-        loader = loader_with_fallback()
+        # A task added to a state file by hand and not committed yet runs too: its
+        # criteria as the operator's files say at start (before any agent ran).
+        loader = loader_with_fallback(self.project.criteria_snapshot())
         config = self.project.config
         if self.options.job_processes:
             self.jobs = ProcessJobs()
@@ -174,7 +189,7 @@ class System:
         self.roles.poll_forever("merge", merge.subscribe("up"))
         self._start_agents()
         supervisor = self.bus.subscribe(
-            "supervisor", "up", self._on_event, types={"loop.stop", *LOOP_REPORTS}
+            "supervisor", "up", self._on_event, types={"loop.stop", "loop.resume", *LOOP_REPORTS}
         )
         self.roles.poll_forever("supervisor", supervisor)
         if self.slots:
@@ -206,7 +221,11 @@ class System:
             if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")
             else None
         )
-        monitor = Monitor(Store(self.bus.client, self.bus.prefix, "monitor"), refiner=refiner)
+        monitor = Monitor(
+            Store(self.bus.client, self.bus.prefix, "monitor"),
+            self.policy,
+            refiner=refiner,
+        )
         pm = ProjectManager(
             pm_config(self.project), merged=PassedLedger(self.bus.client, self.bus.prefix).all()
         )
@@ -281,6 +300,13 @@ class System:
             return
         if isinstance(event, LoopStop) and event.restart and event.loop in self.slots:
             self.slots[event.loop].restart_wanted = True
+        elif isinstance(event, LoopResume) and event.loop in self.slots:
+            # `loops stop` then `loops resume`: the stopped loop starts again and its
+            # new worker acknowledges the resume (waiting in the loop's inbox).
+            slot = self.slots[event.loop]
+            worker = slot.service.worker if slot.service else None
+            if not slot.alive or (worker is not None and worker.stop_requested):
+                slot.restart_wanted = True
 
     # ------------------------------------------------------------------ supervision
     def supervise(self) -> None:

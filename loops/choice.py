@@ -53,9 +53,12 @@ class TaskChoice(WorkerBase):
             if rt is None:
                 continue
             # A claim already with the gate goes on; a task still in iterations stops
-            # while the PM holds it (file overlap with a loop of higher priority).
+            # while the PM holds it (file overlap with a loop of higher priority), or
+            # while a spent budget holds the loop (no agent call).
             active = rt.phase in (Phase.CLAIMED, Phase.VERIFIED) or (
-                rt.phase in (Phase.WORKING, Phase.CONFLICT) and not rt.held
+                rt.phase in (Phase.WORKING, Phase.CONFLICT)
+                and not rt.held
+                and not self.state.budget_hold
             )
             if active and self.book.record(task.id).status not in (
                 TaskStatus.PASSED,
@@ -71,7 +74,7 @@ class TaskChoice(WorkerBase):
         flight = self.in_flight()
         if flight:
             return next(t for t in tasks if t.id == flight)
-        if self.broken_agent or self.state.crash_hold:
+        if self.broken_agent or self.state.crash_hold or self.state.budget_hold:
             return None  # no agent call until a person fixed the agent
         order = sorted(enumerate(tasks), key=lambda it: (it[1].priority, it[0]))
         for _, task in order:

@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from events import FailureKind, IterationAbort, IterationOutcome
-from events.secrets import redact
 from loops.liveness import AgentRun
-from loops.runners import INTERRUPTED_DETAIL, AgentResult
+from loops.runners import INTERRUPTED_DETAIL, AgentResult, redacted
 from loops.runners.outcome import ReplyOutcome, parse_outcome
 
 WAITS = (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)  # waited out, never counted
@@ -34,26 +33,13 @@ class Step:
         return self.failure in WAITS and not self.interrupted
 
 
-def redacted(result: AgentResult) -> AgentResult:
-    """Invariant 7 at the one place every reply passes: nothing the agent said or
-    printed reaches events, prompts or transcripts with a secret in it."""
-    return replace(
-        result,
-        reply=redact(result.reply),
-        failure_detail=redact(result.failure_detail) if result.failure_detail else None,
-        transcript=redact(result.transcript),
-        commands=[redact(c) for c in result.commands],
-        stderr_tail=redact(result.stderr_tail),
-    )
-
-
 def assess(result: AgentResult, run: AgentRun, *, cancelled: bool) -> Step:
     """The run's `Step`. `cancelled`: the loop's own stop was set when it ended."""
     # The monitor's abort, if it killed the run (an agent that ended on its own just
     # before keeps its result; the command is then acknowledged as "not running").
     aborted = run.abort if result.failure_detail == INTERRUPTED_DETAIL else None
     interrupted = aborted is None and cancelled
-    result = redacted(result)
+    result = redacted(result)  # invariant 7: the one place every reply passes
     outcome = parse_outcome(result.reply) if result.ok and not interrupted else None
     kind = outcome.kind if outcome else IterationOutcome.FAILED
     failure = result.failure

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from typing import TYPE_CHECKING, cast
 
 from events import (
     EscalationKind,
@@ -19,11 +20,16 @@ from events import (
     StateRejected,
     TaskClaimed,
 )
+from loops import budget as budgets
+from loops.agent_failures import retry_after_broken_agent
 from loops.book import TaskStatus
 from loops.choice import TaskChoice
 from loops.runners.process import kill_strays
 from loops.runtime import Phase
 from loops.worker_base import host
+
+if TYPE_CHECKING:
+    from loops.worker import LoopWorker
 
 log = logging.getLogger("loops.worker")
 
@@ -85,11 +91,13 @@ class Lifecycle(TaskChoice):
         """Set up the workspace; `SandboxUnavailable` when the sandbox is required and
         cannot run here (nothing starts)."""
         self.sandbox.check()
+        budgets.started(cast("LoopWorker", self))
         self.ws.ensure()
         if kill_strays(self.ws.path):  # agents of a worker that was killed (unsandboxed)
             log.warning("killed processes left over from an earlier agent run")
         if self.sandbox.tmp_root is not None:  # TMPDIRs of runs a crash left behind
             shutil.rmtree(self.sandbox.tmp_root, ignore_errors=True)
+        retry_after_broken_agent(cast("LoopWorker", self))
         problems = self.reject_unmerged_passes()
         if problems:
             self.emit(StateRejected, path=str(self.book.state_path), problems=problems)

@@ -32,6 +32,7 @@ from events import (
     new_id,
     short_id,
 )
+from loops import budget as budgets
 from loops.agent_failures import (
     CRASH_STREAK,
     aborted_by_monitor,
@@ -84,6 +85,8 @@ class LoopWorker(Lifecycle):
         merging = self._merge_main_first(task, rt, attempt)
         if merging is None:
             return  # main merged in cleanly: claimed again, no agent run needed
+        if not budgets.before_call(self, task):
+            return  # a budget is spent: the task or the loop is held (loops/budget.py)
         self.current, self.status = task.id, LoopStatus.RUNNING
         if not merging:
             # Each task carries its own line of work: a fresh task starts from main, a
@@ -93,6 +96,7 @@ class LoopWorker(Lifecycle):
         prompt = self._prompt(task, rt, n, attempt)
         run = AgentRun(task.id, n, self.clock())
         result = self.call_agent(run, self._request(task, rt, n, prompt, run))
+        result = budgets.after_call(self, result)  # usage checked, then added to the ledger
         step = assess(result, run, cancelled=self.cancel is not None and self.cancel.is_set())
         if step.result.session_id:
             rt.session_id = step.result.session_id
@@ -159,7 +163,8 @@ class LoopWorker(Lifecycle):
             self.emit(EscalationDelivered, task.id, escalation_id=esc)
         rt.undelivered.clear()
         limit = f"/{self.book.max_iterations}" if self.book.max_iterations else ""
-        log.info("Iteration %d%s ...", n, limit)
+        whole = f" (iteration {n} of the loop)" if self.run_base else ""
+        log.info("Iteration %d%s%s ...", n - self.run_base, limit, whole)
         return prompt
 
     def _request(
@@ -171,7 +176,7 @@ class LoopWorker(Lifecycle):
             loop=self.loop,
             task_id=task.id,
             iteration=n,
-            timeout_s=self.agent_timeout_s,
+            timeout_s=budgets.call_timeout(self, task.id),
             session_id=rt.session_id,
             model=self.book.model,
             task_iteration=rt.iterations + 1,
@@ -213,6 +218,8 @@ class LoopWorker(Lifecycle):
             log.warning("%s exited %d%s", self.runner.name, result.exit_code, tail)
         retry_at = self._wait_for(result, rt, task.id, n) if step.waits else None
         self.transcripts.write(self.loop, task.id, n, prompt, result)
+        cost = self.pricer.cost(result, self.book.model)
+        log.info("%s", cost.line(result))
         self.emit(
             IterationFinished,
             task.id,
@@ -226,7 +233,9 @@ class LoopWorker(Lifecycle):
             diff_stat=done.diff_stat,
             commands=result.commands,
             tokens=result.tokens,
-            cost_usd=result.cost_usd,
+            cost_usd=cost.usd,
+            cost_source=cost.source,
+            model=cost.model,
             reply_chars=len(result.reply),
             reply_tail=result.reply[-500:],
             permission_denials=result.permission_denials,

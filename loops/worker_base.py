@@ -9,14 +9,16 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bus import PassedLedger
 from bus.usage import UsageWindows
-from events import DecodeError, Event, LoopStatus, Role, Source, decode_json
+from events import DecodeError, Event, LoopStatus, ModelPrice, Role, Source, decode_json
 from loops.book import TaskBook
+from loops.budget import BudgetGuard
+from loops.cost import Pricer
 from loops.liveness import AbortFeed, AgentRun
 from loops.merged import MergedTasks
 from loops.runners import DEFAULT_TIMEOUT_S, AgentRunner
@@ -56,8 +58,11 @@ class WorkerBase:
         aborts: AbortFeed | None = None,
         usage: UsageWindows | None = None,
         account: str | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
+        budget: BudgetGuard | None = None,
     ) -> None:
         self.book = book
+        self.pricer = Pricer(prices)  # the price table (defaults, then project.json's)
         self.merged = MergedTasks(book.loop, workspace.repo, workspace.main_branch, ledger)
         self.runner = runner
         self.ws = workspace
@@ -78,6 +83,7 @@ class WorkerBase:
         self.stop_requested: str | None = None
         self.restart_requested = False
         self.budget_exhausted = False
+        self.run_base = 0  # the loop's iteration count when this run began (`-n` counts from it)
         self.cancel: threading.Event | None = None  # set: kill the running agent (shutdown)
         self._sandbox: SandboxPolicy | None = None
         self._lock = threading.Lock()
@@ -89,6 +95,7 @@ class WorkerBase:
         self.announced_window: datetime | None = None  # the usage window already logged
         self.retry_now = False  # the next iteration runs without auto_continue_delay
         self.broken_agent: str | None = None  # the agent cannot start: why (no more calls)
+        self.budget = budget  # budgets and the spend ledger (None: no budgets enforced)
         self.progressing: bool | None = None  # `can_progress()` as last announced
         self._announced_paused = False
         self._beat = threading.Lock()  # heartbeats leave in the order their fields were read

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 import events as ev
-from events.view.escalations import Escalation, by_urgency
+from events.view.escalations import Escalation
 from events.view.fold import HANDLERS
 from events.view.models import (
     RECENT_EVENTS,
@@ -19,24 +19,28 @@ from events.view.models import (
     Counts,
     EscalationView,
     EventLine,
+    FlakyCheckView,
     LoopView,
     MergeEntry,
     MergeStatus,
     MonitorActionView,
     TaskView,
 )
+from events.view.spend import Spend, spend_dict
 from events.view.text import event_fields
 
 
 class SystemView(BaseModel):
-    """Loops and their tasks, escalations, the merge queue, monitor actions, commands and
-    recent events: everything `loops status` and the dashboard show."""
+    """Loops and their tasks, escalations, the merge queue, flaky merge checks, monitor
+    actions, commands and recent events: everything `loops status` and the dashboard
+    show."""
 
     loops: dict[str, LoopView] = Field(default_factory=dict)
     escalations: dict[str, EscalationView] = Field(default_factory=dict)
     escalation_records: dict[str, Escalation] = Field(default_factory=dict, exclude=True)
     merges: list[MergeEntry] = Field(default_factory=list)
     monitor_actions: list[MonitorActionView] = Field(default_factory=list)
+    flaky: dict[str, FlakyCheckView] = Field(default_factory=dict)  # by command
     commands: list[CommandView] = Field(default_factory=list)
     recent: list[EventLine] = Field(default_factory=list)
     counts: Counts = Field(default_factory=Counts)
@@ -44,6 +48,7 @@ class SystemView(BaseModel):
     last_event: datetime | None = None
     events_seen: int = 0
     as_of: datetime | None = None
+    spend: Spend = Field(default_factory=Spend)  # receipts, spend over time, per merged task
     seen: dict[str, None] = Field(default_factory=dict, exclude=True)
 
     # ------------------------------------------------------------------ building
@@ -75,6 +80,7 @@ class SystemView(BaseModel):
         handler = HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
+        self.spend.add(event)
         self.recent.append(
             EventLine(
                 stream_id=stream_id,
@@ -113,10 +119,6 @@ class SystemView(BaseModel):
     def open_escalations(self) -> list[EscalationView]:
         return [e for e in self.escalations.values() if e.status.is_open]
 
-    def waiting_escalations(self) -> list[Escalation]:
-        """The escalations waiting for a person, most severe first (the summaries)."""
-        return by_urgency(e for e in self.escalation_records.values() if e.waiting)
-
     def merge_queue(self) -> list[MergeEntry]:
         """Entries not merged or conflicted yet, head first."""
         return [m for m in self.merges if m.status in (MergeStatus.QUEUED, MergeStatus.MERGING)]
@@ -133,6 +135,7 @@ class SystemView(BaseModel):
         """Plain JSON-ready data (health judged at `now`), with totals."""
         self.refresh(now)
         data = self.model_dump(mode="json")
+        data["spend"] = spend_dict(self.spend)
         data["totals"] = {
             "loops": len(self.loops),
             "passed": sum(loop.passed for loop in self.loops.values()),
@@ -141,6 +144,7 @@ class SystemView(BaseModel):
             "cost_usd": round(self.cost_usd, 6),
             "open_escalations": len(self.open_escalations()),
             "merge_queue": len(self.merge_queue()),
+            "flaky_checks": sum(f.seen for f in self.flaky.values()),
         }
         return data
 

@@ -19,7 +19,6 @@ from agents.escalations import open_escalations_on
 from agents.human import HumanAgent, HumanConfig
 from agents.monitor import Monitor
 from agents.policy import parse_policy
-from agents.store import Store
 from bus import RedisBus
 from events import (
     Decision,
@@ -39,6 +38,7 @@ from events import (
     TaskReset,
 )
 from events.view.escalations import EscalationStatus, fold_escalations
+from infra.store import Store
 from tests.agents.helpers import WORKER, Clock, iteration
 from tests.agents.test_on_bus import Counting, running, settle
 from tests.conftest import RedisBackend, wait_until
