@@ -31,7 +31,8 @@ ANY = frozenset(Phase)
 LIVE = ANY - {Phase.DONE}
 
 TRANSITIONS: dict[str, tuple[frozenset[Phase], Phase | None]] = {
-    "start_attempt": (frozenset({Phase.IDLE}), Phase.WORKING),
+    # From DONE: a merged task that a person set back to pending by hand runs again.
+    "start_attempt": (frozenset({Phase.IDLE, Phase.DONE}), Phase.WORKING),
     "work_on_conflicts": (frozenset({Phase.CONFLICT, Phase.WORKING}), Phase.WORKING),
     "claim": (frozenset({Phase.WORKING, Phase.CONFLICT}), Phase.CLAIMED),
     "ask": (frozenset({Phase.WORKING}), Phase.WAITING_HUMAN),

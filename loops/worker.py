@@ -79,7 +79,7 @@ class LoopWorker(Lifecycle):
         if usage_window(self) is not None:
             return  # no call inside the account's usage window: the driver waits it out
         rt = self.state.task(task.id)
-        if rt.phase is Phase.IDLE:
+        if rt.phase in (Phase.IDLE, Phase.DONE):
             self._start_attempt(task, rt)
         attempt = self.book.record(task.id).attempts + 1
         merging = self._merge_main_first(task, rt, attempt)
