@@ -6,14 +6,7 @@ returning the events to publish; `agents.runner.run` puts one on a bus.
 Imports `events` and `bus` only (of this project)."""
 
 from agents.answers import AnswerReader, AnthropicAnswerReader, read_by_rules
-from agents.escalations import (
-    ESCALATION_TYPES,
-    Escalation,
-    EscalationStatus,
-    fold_escalations,
-    open_escalations,
-    open_escalations_on,
-)
+from agents.escalations import open_escalations_on
 from agents.health import Finding, LoopHealth
 from agents.human import HumanAgent, HumanConfig
 from agents.monitor import Monitor, local_pid_alive
@@ -28,6 +21,13 @@ from agents.webhooks import (
     WebhookTarget,
     sign,
     verify,
+)
+from events.view.escalations import (
+    ESCALATION_TYPES,
+    Escalation,
+    EscalationStatus,
+    fold_escalations,
+    open_escalations,
 )
 from infra.store import Store
 

@@ -31,6 +31,7 @@ from events import (
     TaskReset,
     TaskStarted,
 )
+from events.view.models import is_stale, silent_intervals
 
 PidAlive = Callable[[str, int], bool | None]
 """(host, pid) -> alive? None when it cannot tell (another host)."""
@@ -193,7 +194,7 @@ class LoopHealth:
         if self.stopped is not None and self.stopped.status != LoopStatus.ERROR:
             return 0.0
         seen = max(self.last_seen, watched_since) if watched_since else self.last_seen
-        return max(0.0, (now - seen).total_seconds() / hb.interval_s)
+        return silent_intervals(seen, hb.interval_s, now)
 
     def agent_silence(self, now: datetime) -> float | None:
         """Seconds since the running agent's last sign of life; None when no agent runs.
@@ -323,8 +324,8 @@ class LoopHealth:
         seen = self.last_seen or hb.ts
         if watched_since is not None and watched_since > seen:
             seen = watched_since
-        age = (now - seen).total_seconds()
-        if age > t.stale_intervals * hb.interval_s:
+        if is_stale(seen, hb.interval_s, now, t.stale_intervals):
+            age = (now - seen).total_seconds()
             return Finding(
                 self.loop,
                 Rule.STALE_HEARTBEAT,

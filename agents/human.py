@@ -28,14 +28,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from agents.answers import AnswerReader, decision_options, derived_id, fit, read_by_rules
-from agents.escalations import (
-    ESCALATION_TYPES,
-    Escalation,
-    EscalationStatus,
-    apply,
-    by_urgency,
-    escalation_id,
-)
 from agents.webhooks import Notifier, Payload
 from events import (
     Decision,
@@ -53,6 +45,14 @@ from events import (
     TaskPassed,
     TaskReset,
     utcnow,
+)
+from events.view.escalations import (
+    ESCALATION_TYPES,
+    Escalation,
+    EscalationStatus,
+    apply,
+    by_urgency,
+    escalation_id,
 )
 from infra.store import Store
 
@@ -309,7 +309,7 @@ class HumanAgent:
                 and (now - esc.last_raised_at).total_seconds() > self.config.keep_closed_s
             ):
                 self.store.doc_delete("escalations", esc.id)
-            if esc.status != EscalationStatus.RAISED:
+            if esc.status != EscalationStatus.OPEN:
                 continue
             if self.config.max_repeats is not None and esc.repeat >= self.config.max_repeats:
                 continue

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from events import MonitorActionKind, Severity, ValidationFailed
+from events.view.models import STALE_AFTER
 
 
 class Rule(StrEnum):
@@ -35,7 +36,7 @@ class _Model(BaseModel):
 
 
 class Thresholds(_Model):
-    stale_intervals: float = Field(default=2.0, gt=0)
+    stale_intervals: float = Field(default=STALE_AFTER, gt=0)  # the read model's
     no_change_iterations: int = Field(default=3, ge=1)
     repeated_failure_count: int = Field(default=3, ge=2)
     failure_similarity: float = Field(default=0.8, gt=0, le=1)

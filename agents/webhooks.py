@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agents.escalations import SEVERITY_RANK
 from events import Severity, new_id
+from events.view.escalations import SEVERITY_RANK
 
 log = logging.getLogger(__name__)
 

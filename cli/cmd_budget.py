@@ -133,8 +133,8 @@ def _budget(args: argparse.Namespace) -> int:
     from bus.spend import SpendLedger
     from cli.cmd_control import known_loops
     from cli.cmd_status import open_bus
-    from cli.view import clean
     from events import BudgetLevel, BudgetRaised, Role, Source
+    from events.view import clean
     from loops.budget_config import RAISE_HELP, parse_raises
     from loops.budget_plan import show
 

@@ -14,7 +14,6 @@ import time
 
 from bus import RedisBus
 from cli.cmd_status import open_bus
-from cli.view import clean
 from events import (
     CommandAcknowledged,
     Event,
@@ -25,6 +24,7 @@ from events import (
     Source,
     TaskReset,
 )
+from events.view import clean
 
 EXIT_OK, EXIT_FAIL = 0, 1
 DEFAULT_WAIT_S = 10.0

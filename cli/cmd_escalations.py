@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from agents.answers import decision_options, read_by_rules
 from bus import RedisBus
 from cli.cmd_status import ago, open_bus
-from cli.view import EscalationView, SystemView, clean
 from events import Decision, EscalationAnswered, Role, Source
+from events.view import EscalationView, SystemView, clean
 
 EXIT_OK, EXIT_FAIL = 0, 1
 ESCALATION_TYPES = frozenset(

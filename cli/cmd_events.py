@@ -17,8 +17,8 @@ from fnmatch import fnmatchcase
 
 from bus import RedisBus
 from cli.cmd_status import open_bus
-from cli.view import event_line
 from events import EVENT_TYPES, ConfigError, Event
+from events.view import event_line
 
 EXIT_OK = 0
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")

@@ -15,7 +15,6 @@ import shlex
 import threading
 from pathlib import Path
 
-from agents.escalations import Escalation, open_escalations
 from bus import EmbeddedServer, RedisBus, connect
 from cli.compose import (
     Threads,
@@ -26,8 +25,6 @@ from cli.compose import (
     make_merge,
     trusting_loader,
 )
-from cli.view import SystemView
-from cli.view.spend import SPEND_TYPES
 from events import (
     ConfigError,
     Event,
@@ -36,6 +33,9 @@ from events import (
     TaskClaimed,
     VerificationPassed,
 )
+from events.view import SystemView
+from events.view.escalations import Escalation, open_escalations
+from events.view.spend import SPEND_TYPES
 from infra.git import GitError, current_branch, git, repo_root
 from loops.books import SpecBook
 from loops.budget_config import effective

@@ -1,7 +1,7 @@
 """`loops status [--json] [--watch]`: loops, tasks, health, escalations, merge queue.
 
 Reads the event stream of the running system (replay, then `bus.tail` to follow)
-and folds it with `cli.view.SystemView`. Also home of `open_bus`, which every
+and folds it with `events.view.SystemView`. Also home of `open_bus`, which every
 operator command uses to reach the system.
 """
 
@@ -25,7 +25,8 @@ from bus import BusSettings, RedisBus
 from bus.locate import find_project_dir
 from bus.settings import redact_url
 from cli.runtime import Presence, alive_roles
-from cli.view import (
+from events import ConfigError
+from events.view import (
     Attention,
     Health,
     LoopView,
@@ -34,7 +35,6 @@ from cli.view import (
     TaskView,
     clean,
 )
-from events import ConfigError
 
 EXIT_OK, EXIT_FAIL = 0, 1
 WATCH_REFRESH_S = 2.0  # health ages even when nothing is published

@@ -20,16 +20,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agents.escalations import open_escalations
 from bus import CONNECTION_ERRORS, BusSettings, EmbeddedServer, RedisBus
 from bus.settings import warn_if_unsigned
 from cli.cmd_status import render
 from cli.compose import check_sandboxes
 from cli.system import System, SystemOptions
-from cli.view import SystemView
-from cli.view.spend import SPEND_TYPES
 from events import ConfigError, ValidationFailed
 from events.secrets import RedactingFilter
+from events.view import SystemView
+from events.view.escalations import open_escalations
+from events.view.spend import SPEND_TYPES
 from infra.files import FileLock
 from infra.git import GitError, current_branch, git, repo_root
 from loops.project import Project, load_project

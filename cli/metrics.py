@@ -1,7 +1,7 @@
 """Prometheus metrics: what `/metrics` serves, on the dashboard and on role processes.
 
 Nothing is counted inside the roles. A `SystemCollector` computes every family when
-Prometheus scrapes, from the one read model of the stream (`cli.view.SystemView`) and
+Prometheus scrapes, from the one read model of the stream (`events.view.SystemView`) and
 a few Redis reads (XINFO GROUPS for consumer-group lag and pending counts, XLEN for
 dead letters), so each process's numbers are the system's, whichever process serves
 them. The dashboard lends its live view (`Feed`); a role process keeps a `TailedView`
@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 import events as ev
 from bus import RedisBus
-from cli.view import Attention, MergeStatus, SystemView, TaskStatus
+from events.view import Attention, MergeStatus, SystemView, TaskStatus
 
 __all__ = [
     "CONTENT_TYPE",

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.human import HumanAgent
@@ -40,6 +41,7 @@ from cli.compose import (
     task_describer,
 )
 from events import BudgetLevel, ConfigError, Event, LoopResume, LoopStop
+from events.view import SystemView
 from infra.store import Store
 from loops.books import HarnessBook
 from loops.budget_config import effective
@@ -50,6 +52,8 @@ from loops.runners import make_runner
 from loops.service import BROADCAST_TYPES, WorkerService
 
 log = logging.getLogger("loops.system")
+
+LOOP_REPORTS = frozenset({"loop.started", "loop.heartbeat", "loop.stopped"})
 
 
 @dataclass
@@ -82,6 +86,7 @@ class LoopSlot:
     restart_wanted: bool = False
     restarts: int = 0
     pending_start: bool = False  # its start failed on a lost Redis: supervise() retries
+    spawned_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def alive(self) -> bool:
@@ -108,6 +113,9 @@ class System:
         self.dashboard_url: str | None = None
         self.router: Router | None = None
         self.jobs: ProcessJobs | None = None
+        # The loops as their events tell (the read model): what `idle()` decides from.
+        self.view = SystemView()
+        self._view_lock = threading.Lock()
         self.policy = monitor_policy(project)  # a bad policy file stops us before anything runs
 
     # ------------------------------------------------------------------ wiring
@@ -181,7 +189,7 @@ class System:
         self.roles.poll_forever("merge", merge.subscribe("up"))
         self._start_agents()
         supervisor = self.bus.subscribe(
-            "supervisor", "up", self._on_event, types={"loop.stop", "loop.resume"}
+            "supervisor", "up", self._on_event, types={"loop.stop", "loop.resume", *LOOP_REPORTS}
         )
         self.roles.poll_forever("supervisor", supervisor)
         if self.slots:
@@ -271,6 +279,7 @@ class System:
         slot.pending_start = False
         slot.stop = threading.Event()
         slot.restart_wanted = False
+        slot.spawned_at = datetime.now(UTC)  # its `loop.started` comes after this
         slot.service = slot.make()
         service = slot.service
 
@@ -285,6 +294,10 @@ class System:
         slot.thread.start()
 
     def _on_event(self, event: Event) -> None:
+        if event.type in LOOP_REPORTS:
+            with self._view_lock:
+                self.view.apply(event)
+            return
         if isinstance(event, LoopStop) and event.restart and event.loop in self.slots:
             self.slots[event.loop].restart_wanted = True
         elif isinstance(event, LoopResume) and event.loop in self.slots:
@@ -314,15 +327,17 @@ class System:
 
     def idle(self) -> bool:
         """No loop can make progress: every task merged, blocked, or waiting on a person
-        (a claim being verified or merged counts as progress)."""
-        for slot in self.slots.values():
-            if slot.restart_wanted or slot.pending_start:
-                return False
-            worker = slot.service.worker if slot.service else None
-            if worker is None or not slot.alive:
-                continue
-            if worker.can_progress() or worker.state.paused:
-                return False
+        (a claim being verified or merged counts as progress), as the loops' own events
+        say (`LoopView.settled`), so `loops status` sees the same."""
+        with self._view_lock:
+            for slot in self.slots.values():
+                if slot.restart_wanted or slot.pending_start:
+                    return False
+                if not slot.alive:
+                    continue
+                loop = self.view.loops.get(slot.name)
+                if loop is None or not loop.settled(slot.spawned_at):
+                    return False
         return True
 
     def run_until_idle(

@@ -78,6 +78,11 @@ class LoopHeartbeat(Event):
     agent_activity_at: datetime | None = None  # its last sign of life (None: none since start)
     agent_activity: AgentSign | None = None  # what that sign was
     agent_pid: int | None = None  # the agent's process (group leader), for the operator
+    # What `loops up` decides "idle" from (through the read model): whether some task
+    # can still move (None: not judged yet), and whether a person paused the loop.
+    # Published at once when either changes, not only every interval.
+    can_progress: bool | None = None
+    paused: bool = False
     producers = (W,)
     consumers = (MON, DASH)
 

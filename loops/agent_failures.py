@@ -51,7 +51,7 @@ def aborted_by_monitor(
     if not command.retry:
         # Not run again on our own: the monitor's block_task follows, and a person's
         # answer resets the task.
-        rt.phase = Phase.WAITING_HUMAN
+        rt.hold()
 
 
 def cannot_start(w: LoopWorker, task_id: str, rt: TaskRuntime, detail: str) -> None:
@@ -60,7 +60,7 @@ def cannot_start(w: LoopWorker, task_id: str, rt: TaskRuntime, detail: str) -> N
     w.broken_agent = detail
     log.error("The agent cannot run: %s", detail)
     reason = f"the agent cannot start: {detail}"
-    rt.phase = Phase.IDLE
+    rt.block()
     rt.agent_broken = True
     w.book.update(task_id, status=TaskStatus.BLOCKED, last_result=reason)
     w.save()
@@ -94,9 +94,7 @@ def crash_hold(w: LoopWorker, task: TaskDef, rt: TaskRuntime, detail: str) -> No
         f"{task.id} with: {detail}. Fix the agent, then answer (your answer goes into "
         f"its next prompt) or run `loops resume {w.loop}`."
     )
-    rt.phase = Phase.WAITING_HUMAN
-    rt.escalation_id = short_id("e")
-    rt.question = question
+    rt.ask(short_id("e"), question)
     w.state.crash_hold = rt.escalation_id
     w.save()
     w.emit(
@@ -125,8 +123,7 @@ def release_crash_hold(w: LoopWorker) -> bool:
         return False
     for rt in w.state.tasks.values():
         if rt.escalation_id == held and rt.phase is Phase.WAITING_HUMAN:
-            rt.phase = Phase.WORKING if rt.correlation_id else Phase.IDLE
-            rt.escalation_id = None
+            rt.answered()
             rt.question = None
     return True
 
@@ -172,3 +169,11 @@ def record_usage_limit(
         )
     w.announced_window = until
     return until
+
+
+def note_crash(w: LoopWorker, crashed: bool, detail: str | None) -> bool:
+    """Count the agent's crashes in a row; True when the last CRASH_STREAK were the
+    same crash (the loop then holds and asks a person, `crash_hold`)."""
+    w.state.crashes = [*w.state.crashes, detail or "?"] if crashed else []
+    del w.state.crashes[:-CRASH_STREAK]
+    return len(w.state.crashes) == CRASH_STREAK and len(set(w.state.crashes)) == 1

@@ -57,6 +57,7 @@ class TaskBook(Protocol):
     agent: str | None
     model: str | None
     state_dir: Path  # where health.json and logs/transcripts go
+    state_path: Path  # the task state file (test-state.json) this book reads and writes
     sandbox: SandboxConfig  # the agent's isolation (config.json's `sandbox`)
     agent_timeout_s: float | None  # one agent run's limit (None: the worker's default)
     account: str | None  # config.json's `account` (loops naming one share usage windows)

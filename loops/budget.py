@@ -296,9 +296,7 @@ def _hold(w: LoopWorker, task: TaskDef, lv: Level) -> None:
         "Paused: %s (answer %s, or run %s)", lv.line(), escalation_id or "the open question", where
     )
     if escalation_id is not None:
-        rt.phase = Phase.WAITING_HUMAN
-        rt.escalation_id = escalation_id
-        rt.question = question
+        rt.ask(escalation_id, question)
         w.state.budget_escalations[escalation_id] = lv.scope
     w.save()
     _emit(w, BudgetExhausted, task, lv, escalation_id=escalation_id)
@@ -333,9 +331,10 @@ def answered(w: LoopWorker, event: EscalationAnswered) -> bool:
         (None, None),
     )
     if rt is not None:
+        if rt.phase is Phase.WAITING_HUMAN:
+            rt.answered()
         rt.escalation_id = None
         rt.question = None
-        rt.phase = Phase.WORKING if rt.correlation_id else Phase.IDLE
     if w.state.budget_hold == scope:
         w.state.budget_hold = None
     raises = parse_raises(event.answer)
@@ -412,9 +411,8 @@ def _release(w: LoopWorker, esc: str, reason: str) -> None:
     del w.state.budget_escalations[esc]
     for rt in w.state.tasks.values():
         if rt.escalation_id == esc and rt.phase is Phase.WAITING_HUMAN:
-            rt.escalation_id = None
+            rt.answered()
             rt.question = None
-            rt.phase = Phase.WORKING if rt.correlation_id else Phase.IDLE
     w.emit(EscalationExpired, escalation_id=esc, reason=reason)
 
 

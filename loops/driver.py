@@ -125,6 +125,7 @@ def run_worker(
                     worker.flush()  # what a lost connection left unpublished
                 poll(0)
                 problems = reload_book(worker, problems)
+                worker.announce()
                 if worker.stop_requested:
                     reason = worker.stop_requested
                     break

@@ -65,7 +65,7 @@ class MergedTasks:
         `before` (statuses known good; tasks passed there are not checked again), else
         pending. `before=None` checks every task. Returns one problem per task."""
         problems: list[str] = []
-        path = getattr(book, "state_path", "test-state.json")
+        path = book.state_path
         for task_id, status in book.statuses().items():
             if status is not TaskStatus.PASSED:
                 continue

@@ -138,13 +138,10 @@ def _verdict(
     if rt is None:
         return
     if isinstance(event, VerificationPassed):
-        rt.phase = Phase.VERIFIED
-        rt.escalation_id = None
+        rt.verified()
     elif isinstance(event, VerificationFailed):
         if event.verdict is VerificationVerdict.NEEDS_HUMAN:
-            rt.phase = Phase.WAITING_HUMAN
-            rt.escalation_id = event.escalation_id
-            rt.question = None  # the gate asked; its next verdict resolves it
+            rt.wait_on_person(event.escalation_id)  # the gate's next verdict resolves it
             return
         rt.last_failure = failure_report(event.criteria, f"Verification failed: {event.reason}")
         rt.history.append(f"verification of {event.commit[:10]} failed: {event.reason}")
@@ -165,12 +162,9 @@ def _verdict(
         log.warning("merge of %s failed (try %d): %s", event.task_id, event.tries, event.reason)
         if event.escalation_id:
             # The merge queue asked a person: wait for the answer, then try again.
-            rt.phase = Phase.WAITING_HUMAN
-            rt.escalation_id = event.escalation_id
-            rt.question = None
-            rt.resume = Phase.CONFLICT
+            rt.wait_on_person(event.escalation_id, resume=Phase.CONFLICT)
         else:
-            rt.phase = Phase.CONFLICT
+            rt.conflicted()
 
 
 def _merged(w: LoopWorker, rt: TaskRuntime, event: MergeCompleted) -> None:
@@ -179,7 +173,7 @@ def _merged(w: LoopWorker, rt: TaskRuntime, event: MergeCompleted) -> None:
     in again (after a crash or a lost publish) publishes nothing new."""
     record = w.book.record(event.task_id)
     w.merged.record(event.task_id, event.merged_commit)
-    rt.phase = Phase.DONE
+    rt.merged()
     w.book.update(
         event.task_id,
         status=TaskStatus.PASSED,
@@ -215,8 +209,7 @@ def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
                     rt.escalation_id = None
                     w.stop_requested = "aborted by a person"
                 elif event.decision in (Decision.RETRY, Decision.APPROVE):
-                    rt.escalation_id = None
-                    rt.phase, rt.resume = rt.resume, None
+                    rt.resume_after_answer()
             return
         if event.answer.strip():
             rt.guidance.append(
@@ -225,18 +218,19 @@ def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
         rt.undelivered.append(event.escalation_id)
         if w.state.crash_hold == event.escalation_id:
             w.state.crash_hold = None  # the person fixed the agent (or says go on)
-        rt.escalation_id = None
         if event.decision is Decision.SKIP:
+            rt.escalation_id = None
             _block(w, task_id, "skipped by a person")
         elif event.decision is Decision.ABORT:
+            rt.escalation_id = None
             w.stop_requested = "aborted by a person"
         else:
-            rt.phase = Phase.WORKING if rt.correlation_id else Phase.IDLE
+            rt.answered()
         return
 
 
 def _block(w: LoopWorker, task_id: str, reason: str) -> None:
-    w.state.task(task_id).phase = Phase.IDLE
+    w.state.task(task_id).block()
     w.book.update(task_id, status=TaskStatus.BLOCKED, last_result=reason)
     w.save()
     w.emit(TaskBlocked, task_id, reason=reason)
@@ -316,8 +310,10 @@ def _known(w: LoopWorker, task_id: str) -> bool:
 
 def unblock_dependents(w: LoopWorker, task_id: str) -> None:
     for task in w.book.tasks():
-        record = w.book.record(task.id)
-        if record.status is TaskStatus.BLOCKED and record.last_result == f"blocked by {task_id}":
+        rt = w.state.tasks.get(task.id)
+        blocked = w.book.record(task.id).status is TaskStatus.BLOCKED
+        if blocked and rt is not None and rt.blocked_by == task_id:
+            rt.blocked_by = None
             w.book.update(task.id, status=TaskStatus.PENDING, last_result="dependency reset")
             unblock_dependents(w, task.id)
 
@@ -330,9 +326,9 @@ def reload_book(w: LoopWorker, last_problems: list[str]) -> list[str]:
     problems = w.book.reload()
     if problems and problems != last_problems:
         log.error("ignored an invalid edit: %s", problems[0])
-        w.emit(StateRejected, path=str(getattr(w.book, "state_path", "")), problems=problems)
+        w.emit(StateRejected, path=str(w.book.state_path), problems=problems)
     if not problems:
         forged = w.reject_unmerged_passes(before)
         if forged:
-            w.emit(StateRejected, path=str(getattr(w.book, "state_path", "")), problems=forged)
+            w.emit(StateRejected, path=str(w.book.state_path), problems=forged)
     return problems

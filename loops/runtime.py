@@ -27,6 +27,33 @@ class Phase(StrEnum):
     DONE = "done"  # merged
 
 
+ANY = frozenset(Phase)
+LIVE = ANY - {Phase.DONE}
+
+TRANSITIONS: dict[str, tuple[frozenset[Phase], Phase | None]] = {
+    # From DONE: a merged task that a person set back to pending by hand runs again.
+    "start_attempt": (frozenset({Phase.IDLE, Phase.DONE}), Phase.WORKING),
+    "work_on_conflicts": (frozenset({Phase.CONFLICT, Phase.WORKING}), Phase.WORKING),
+    "claim": (frozenset({Phase.WORKING, Phase.CONFLICT}), Phase.CLAIMED),
+    "ask": (frozenset({Phase.WORKING}), Phase.WAITING_HUMAN),
+    "hold": (frozenset({Phase.WORKING}), Phase.WAITING_HUMAN),
+    "verified": (LIVE, Phase.VERIFIED),
+    "wait_on_person": (LIVE, Phase.WAITING_HUMAN),
+    "conflicted": (LIVE, Phase.CONFLICT),
+    "merged": (ANY, Phase.DONE),
+    "answered": (frozenset({Phase.WAITING_HUMAN}), None),  # WORKING, or IDLE if not started
+    "resume_after_answer": (frozenset({Phase.WAITING_HUMAN}), None),  # back to `resume`
+    "end_attempt": (ANY, Phase.IDLE),
+    "block": (ANY, Phase.IDLE),
+}
+"""Every phase change of a task, in one place: transition -> (from, to). The methods of
+`TaskRuntime` below are the only writers of `phase`."""
+
+
+class IllegalTransition(RuntimeError):
+    """A transition from a phase the table does not allow (a bug, not bad input)."""
+
+
 class TaskRuntime(BaseModel):
     iterations: int = 0  # counted agent runs on this task, all attempts
     attempt_iterations: int = 0  # counted runs in the current attempt
@@ -48,10 +75,81 @@ class TaskRuntime(BaseModel):
     history: list[str] = Field(default_factory=list)
     held: str | None = None  # the PM's reason for holding this task
     resume: Phase | None = None  # where to go back to once another role's question is answered
+    blocked_by: str | None = None  # the task of this loop whose block blocked this one
     outage_retries: int = 0
     # Blocked because the agent could not start (not the task's fault): the next run,
     # with the agent fixed, takes the task up again (`loops.reruns`).
     agent_broken: bool = False
+
+    # ------------------------------------------------------------------ transitions
+    def _move(self, transition: str, to: Phase | None = None) -> None:
+        sources, target = TRANSITIONS[transition]
+        if self.phase not in sources:
+            raise IllegalTransition(f"{transition} from {self.phase.value}")
+        self.phase = to or target or self.phase
+
+    def start_attempt(self, correlation_id: str) -> None:
+        """A fresh attempt: its iterations count from zero under a new correlation id."""
+        self._move("start_attempt")
+        self.correlation_id, self.attempt_iterations = correlation_id, 0
+
+    def work_on_conflicts(self, conflict_with: str | None) -> None:
+        """Main merged in with conflicts: the agent resolves them (markers and all)."""
+        self._move("work_on_conflicts")
+        self.conflict_with = conflict_with
+
+    def claim(self, commit: str) -> None:
+        """The agent says done at `commit`: the gate verifies it."""
+        self._move("claim")
+        self.claim_commit, self.conflict_files, self.conflict_with = commit, [], None
+
+    def ask(self, escalation_id: str, question: str) -> None:
+        """A question of this loop (the agent's, or about a crashing agent)."""
+        self._move("ask")
+        self.escalation_id, self.question = escalation_id, question
+
+    def hold(self) -> None:
+        """Not run again on the loop's own: a person's answer (or a reset) frees it."""
+        self._move("hold")
+
+    def verified(self) -> None:
+        self._move("verified")
+        self.escalation_id = None
+
+    def wait_on_person(self, escalation_id: str | None, resume: Phase | None = None) -> None:
+        """Another role (the gate, the merge queue) asked a person about this claim."""
+        self._move("wait_on_person")
+        self.escalation_id, self.question = escalation_id, None
+        if resume is not None:
+            self.resume = resume
+
+    def conflicted(self) -> None:
+        """The merge conflicted: the next iteration merges main first."""
+        self._move("conflicted")
+
+    def merged(self) -> None:
+        self._move("merged")
+
+    def answered(self) -> None:
+        """The question is answered: back to work (or to the start, if never started)."""
+        self._move("answered", Phase.WORKING if self.correlation_id else Phase.IDLE)
+        self.escalation_id = None
+
+    def resume_after_answer(self) -> None:
+        """Another role's question is answered: back to where the task was."""
+        self._move("resume_after_answer", self.resume)
+        self.escalation_id, self.resume = None, None
+
+    def end_attempt(self) -> None:
+        """The attempt failed: the task goes back to the loop (retried or blocked)."""
+        self._move("end_attempt")
+        self.claim_commit = None
+
+    def block(self, blocked_by: str | None = None) -> None:
+        """Blocked (by a person, the monitor, the agent failing to start, or `blocked_by`,
+        a task of this loop it depends on): nothing runs until a reset."""
+        self._move("block")
+        self.blocked_by = blocked_by
 
 
 HANDLED_KEEP = 500  # event ids the worker remembers as handled (at least)

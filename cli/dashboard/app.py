@@ -35,9 +35,9 @@ from bus import RedisBus
 from cli import metrics
 from cli.cmd_control import build_command
 from cli.cmd_escalations import answer as publish_answer
-from cli.view import EventLine, SystemView
 from events import Decision, Role, Source
 from events.secrets import redact_obj
+from events.view import EventLine, SystemView
 
 log = logging.getLogger("loops.dashboard")
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agents.answers import AnthropicAnswerReader, fit, intents, read_by_rules
-from agents.escalations import EscalationStatus, fold_escalations, open_escalations_on
+from agents.escalations import open_escalations_on
 from agents.human import HumanAgent, HumanConfig
 from agents.monitor import Monitor
 from agents.policy import parse_policy
@@ -37,6 +37,7 @@ from events import (
     TaskHint,
     TaskReset,
 )
+from events.view.escalations import EscalationStatus, fold_escalations
 from infra.store import Store
 from tests.agents.helpers import WORKER, Clock, iteration
 from tests.agents.test_on_bus import Counting, running, settle

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.escalations import EscalationStatus, fold_escalations, open_escalations
 from agents.human import HumanAgent, HumanConfig
 from events import (
     EscalationAcknowledged,
@@ -24,6 +23,7 @@ from events import (
     TaskPassed,
     TaskReset,
 )
+from events.view.escalations import EscalationStatus, fold_escalations, open_escalations
 from infra.store import Store
 from tests.agents.helpers import WORKER, Clock
 from tests.agents.webhook_server import Receiver, webhook_server
@@ -66,7 +66,7 @@ def test_lifecycle_raised_acknowledged_answered_delivered(store: Store, clock: C
         assert got is not None
         statuses.append(got.status)
     assert statuses == [
-        EscalationStatus.RAISED,
+        EscalationStatus.OPEN,
         EscalationStatus.ACKNOWLEDGED,
         EscalationStatus.ANSWERED,
         EscalationStatus.DELIVERED,

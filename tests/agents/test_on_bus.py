@@ -9,12 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from agents.escalations import (
-    ESCALATION_TYPES,
-    EscalationStatus,
-    open_escalations,
-    open_escalations_on,
-)
+from agents.escalations import open_escalations_on
 from agents.human import HumanAgent, HumanConfig
 from agents.monitor import Monitor
 from agents.pm import ProjectManager
@@ -36,6 +31,7 @@ from events import (
     TaskPassed,
     TaskReleased,
 )
+from events.view.escalations import ESCALATION_TYPES, EscalationStatus, open_escalations
 from infra.store import Store
 from tests.agents.helpers import WORKER, Clock, heartbeat, iteration
 from tests.conftest import RedisBackend, wait_until

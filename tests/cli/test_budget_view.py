@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import events as ev
 from cli.cmd_status import render
-from cli.view import SystemView
+from events.view import SystemView
 
 W = ev.Source(role=ev.Role.WORKER, instance="w")
 FIELDS = {"scope": "loop:loop-api", "metric": ev.BudgetMetric.USD, "loop": "loop-api"}

@@ -14,7 +14,7 @@ import pytest
 
 import events as ev
 from cli.dashboard import serve
-from cli.view import Attention, SystemView
+from events.view import Attention, SystemView
 from tests.cli.conftest import System
 from tests.cli.sample import GATE, MERGE, W, criterion, heartbeat
 from tests.cli.test_dashboard_browser import ARTIFACTS, TOKEN, browser  # noqa: F401

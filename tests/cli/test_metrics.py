@@ -19,7 +19,7 @@ import events as ev
 from bus import RedisBus
 from cli import metrics
 from cli.dashboard import create_app
-from cli.view import SystemView
+from events.view import SystemView
 from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import MON, scenario
 from tests.conftest import wait_until

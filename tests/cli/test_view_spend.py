@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import events as ev
-from cli.view import SystemView
+from events.view import SystemView
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 W = ev.Source(role=ev.Role.WORKER, instance="w:1")

@@ -362,7 +362,8 @@ def test_secrets_never_reach_transcripts_or_evidence(make_harness, monkeypatch) 
     )
     wait_until(lambda: "use the key" in h.transcripts(), timeout=15)
     assert secret not in h.transcripts()
-    finished = h.events("iteration.finished")
+    # The transcript is written before its `iteration.finished` is published.
+    finished = wait_until(lambda: h.events("iteration.finished"), timeout=15)
     assert finished and all(secret not in e.model_dump_json() for e in finished)
 
 

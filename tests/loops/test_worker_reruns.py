@@ -15,7 +15,7 @@ import yaml
 
 import events as ev
 from bus import RedisBus
-from cli.view import SystemView
+from events.view import SystemView
 from loops.books import SpecBook
 from loops.driver import WorkerExit, run_worker
 from loops.runners import make_runner

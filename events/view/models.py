@@ -8,6 +8,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 import events as ev
+from events.view.escalations import Escalation, EscalationStatus
 
 STALE_AFTER = 2.0  # heartbeat intervals without a heartbeat before a loop is stale
 DEAD_AFTER = 5.0  # ... and before it is taken for dead
@@ -44,6 +45,20 @@ class Health(StrEnum):
     STOPPED = "stopped"  # the worker exited on purpose
 
 
+def silent_intervals(last_seen: datetime, interval_s: float, now: datetime) -> float:
+    """Heartbeat intervals since a loop was last heard from: the one measure of liveness
+    (`loops status`, the dashboard, and the monitor's stale-heartbeat rule)."""
+    return max(0.0, (now - last_seen).total_seconds() / interval_s)
+
+
+def is_stale(
+    last_seen: datetime, interval_s: float, now: datetime, after: float = STALE_AFTER
+) -> bool:
+    """More than `after` intervals without a heartbeat (the monitor's policy may set
+    its own `stale_intervals`; its default is `STALE_AFTER`)."""
+    return silent_intervals(last_seen, interval_s, now) > after
+
+
 class Attention(StrEnum):
     """What a loop needs from the operator, most urgent first (the dashboard groups
     loops by it, problem loops on top)."""
@@ -67,19 +82,6 @@ class Mark(BaseModel):
 
     ts: datetime
     kind: str  # iteration | failed | verified | rejected | merged | conflicted
-
-
-class EscalationStatus(StrEnum):
-    OPEN = "open"
-    ACKNOWLEDGED = "acknowledged"
-    ANSWERED = "answered"
-    DELIVERED = "delivered"
-    EXPIRED = "expired"
-
-    @property
-    def is_open(self) -> bool:
-        """Still waiting for a person (answerable)."""
-        return self in (EscalationStatus.OPEN, EscalationStatus.ACKNOWLEDGED)
 
 
 class MergeStatus(StrEnum):
@@ -152,6 +154,9 @@ class LoopView(BaseModel):
     total: int = 0
     interval_s: float = DEFAULT_INTERVAL_S
     last_seen: datetime | None = None  # the last heartbeat (or start)
+    started: datetime | None = None  # this worker run's `loop.started`
+    can_progress: bool | None = None  # as its last heartbeat said (None: not said yet)
+    paused: bool = False  # paused by a person (`loops pause`)
     stopped_reason: str | None = None
     sandbox_warning: str | None = None  # the agent does not run sandboxed: why
     budget: str | None = None  # a budget near or at its limit, one line (None once raised)
@@ -186,6 +191,16 @@ class LoopView(BaseModel):
             return Attention.STOPPED
         return Attention.WORKING
 
+    def settled(self, since: datetime) -> bool:
+        """Nothing more to expect from the run of this loop that started at or after
+        `since`: it stopped, or said that no task can move and it is not paused. A loop
+        not heard from since then is not settled (it may be starting)."""
+        if self.started is None or self.started < since:
+            return False
+        if self.status in (ev.LoopStatus.STOPPED, ev.LoopStatus.ERROR):
+            return True
+        return self.can_progress is False and not self.paused
+
     def judge(self, now: datetime) -> Health:
         """Health at `now` from the heartbeat's age against its interval."""
         if self.status is ev.LoopStatus.ERROR:
@@ -194,10 +209,9 @@ class LoopView(BaseModel):
             return Health.STOPPED
         if self.last_seen is None:
             return Health.UNKNOWN
-        age = (now - self.last_seen).total_seconds()
-        if age > DEAD_AFTER * self.interval_s:
+        if is_stale(self.last_seen, self.interval_s, now, DEAD_AFTER):
             return Health.DEAD
-        if age > STALE_AFTER * self.interval_s:
+        if is_stale(self.last_seen, self.interval_s, now):
             return Health.STALE
         return Health.HEALTHY
 
@@ -223,6 +237,19 @@ class EscalationView(BaseModel):
     decision: ev.Decision | None = None
     answered_by: str | None = None
     closed_reason: str | None = None
+
+    def sync(self, record: Escalation) -> None:
+        """Show `record` (the one fold of `events.view.escalations`), in place."""
+        self.loop, self.task_id, self.status = record.loop, record.task_id, record.status
+        self.kind, self.severity, self.question = record.kind, record.severity, record.question
+        self.options, self.repeat, self.raised = (
+            list(record.options),
+            record.repeat,
+            record.raised_at,
+        )
+        self.acknowledged_by, self.answer = record.acknowledged_by, record.answer
+        self.decision, self.answered_by = record.decision, record.answered_by
+        self.closed_reason = record.closed_reason
 
 
 class MergeEntry(BaseModel):

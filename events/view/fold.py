@@ -7,13 +7,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import events as ev
-from cli.view.models import (
+from events.view import escalations
+from events.view.models import (
     COMMANDS,
     MONITOR_ACTIONS,
     RECENT_EVENTS,
     CommandView,
     Counts,
-    EscalationStatus,
     FlakyCheckView,
     MergeEntry,
     MergeStatus,
@@ -24,7 +24,7 @@ from cli.view.models import (
 )
 
 if TYPE_CHECKING:
-    from cli.view.system import SystemView
+    from events.view.system import SystemView
 
 
 def _loop_started(view: SystemView, e: ev.LoopStarted) -> None:
@@ -33,8 +33,9 @@ def _loop_started(view: SystemView, e: ev.LoopStarted) -> None:
     loop.agent, loop.host, loop.pid = e.agent, e.host, e.pid
     loop.total, loop.passed = e.tasks_total, e.tasks_passed
     loop.sandbox_warning = e.sandbox_warning
-    loop.last_seen = e.ts
+    loop.last_seen = loop.started = e.ts
     loop.stopped_reason = None
+    loop.can_progress, loop.paused = None, False
 
 
 def _heartbeat(view: SystemView, e: ev.LoopHeartbeat) -> None:
@@ -43,6 +44,7 @@ def _heartbeat(view: SystemView, e: ev.LoopHeartbeat) -> None:
     loop.host, loop.pid, loop.interval_s = e.host, e.pid, e.interval_s
     loop.task_id, loop.iteration, loop.waiting_until = e.task_id, e.iteration, e.waiting_until
     loop.passed, loop.total = e.passed, e.total
+    loop.can_progress, loop.paused = e.can_progress, e.paused
     loop.last_seen = e.ts
 
 
@@ -267,44 +269,23 @@ def _progress(view: SystemView, e: ev.ProgressReported) -> None:
     loop.rate_per_hour, loop.eta_s = e.rate_per_hour, e.eta_s
 
 
-def _escalation_raised(view: SystemView, e: ev.EscalationRaised) -> None:
-    esc = view.escalation(e.escalation_id)
-    esc.loop, esc.task_id, esc.kind, esc.severity = e.loop, e.task_id, e.kind, e.severity
-    esc.question, esc.options, esc.repeat = e.question, list(e.options), e.repeat
-    if esc.raised is None:
-        esc.raised = e.ts
-        Counts.bump(view.counts.escalations, e.loop, e.kind.value)
-    if e.reopens is not None and esc.status is EscalationStatus.ANSWERED:
-        # The human interface could not read the answer: the question is open again.
-        esc.status = EscalationStatus.OPEN
-        esc.answer = esc.decision = esc.answered_by = None
-
-
-def _escalation_acknowledged(view: SystemView, e: ev.EscalationAcknowledged) -> None:
-    esc = view.escalation(e.escalation_id)
-    esc.acknowledged_by = e.by
-    if esc.status is EscalationStatus.OPEN:
-        esc.status = EscalationStatus.ACKNOWLEDGED
-
-
-def _escalation_answered(view: SystemView, e: ev.EscalationAnswered) -> None:
-    esc = view.escalation(e.escalation_id)
-    # A decision the human interface read from a free-text answer completes that answer.
-    if esc.status.is_open or (e.interprets is not None and esc.status is EscalationStatus.ANSWERED):
-        esc.status = EscalationStatus.ANSWERED
-        esc.answer, esc.decision, esc.answered_by = e.answer, e.decision, e.by
-
-
-def _escalation_delivered(view: SystemView, e: ev.EscalationDelivered) -> None:
-    esc = view.escalation(e.escalation_id)
-    if esc.status is not EscalationStatus.EXPIRED:
-        esc.status = EscalationStatus.DELIVERED
-
-
-def _escalation_expired(view: SystemView, e: ev.EscalationExpired) -> None:
-    esc = view.escalation(e.escalation_id)
-    if esc.status.is_open:
-        esc.status, esc.closed_reason = EscalationStatus.EXPIRED, e.reason
+def _escalation(
+    view: SystemView,
+    e: ev.EscalationRaised
+    | ev.EscalationAcknowledged
+    | ev.EscalationAnswered
+    | ev.EscalationDelivered
+    | ev.EscalationExpired,
+) -> None:
+    """The same `apply` the human-interface agent folds: one vocabulary, one logic."""
+    current = view.escalation_records.get(e.escalation_id)
+    record = escalations.apply(current, e)
+    if record is None:
+        return
+    if current is None:
+        Counts.bump(view.counts.escalations, e.loop, record.kind.value)
+    view.escalation_records[e.escalation_id] = record
+    view.escalation(e.escalation_id).sync(record)
 
 
 def _command(view: SystemView, e: ev.Event) -> None:
@@ -376,11 +357,11 @@ HANDLERS: dict[type[ev.Event], Callable[[SystemView, Any], None]] = {
     ev.MonitorAction: _monitor_action,
     ev.CheckFlaky: _check_flaky,
     ev.ProgressReported: _progress,
-    ev.EscalationRaised: _escalation_raised,
-    ev.EscalationAcknowledged: _escalation_acknowledged,
-    ev.EscalationAnswered: _escalation_answered,
-    ev.EscalationDelivered: _escalation_delivered,
-    ev.EscalationExpired: _escalation_expired,
+    ev.EscalationRaised: _escalation,
+    ev.EscalationAcknowledged: _escalation,
+    ev.EscalationAnswered: _escalation,
+    ev.EscalationDelivered: _escalation,
+    ev.EscalationExpired: _escalation,
     ev.LoopPause: _command,
     ev.LoopResume: _command,
     ev.LoopStop: _command,

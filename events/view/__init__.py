@@ -7,13 +7,13 @@ always give the same view. `loops status`, `loops escalations` and the dashboard
 read this one fold.
 """
 
-from cli.view.models import (
+from events.view.escalations import EscalationStatus
+from events.view.models import (
     DEAD_AFTER,
     STALE_AFTER,
     Attention,
     CommandView,
     Counts,
-    EscalationStatus,
     EscalationView,
     EventLine,
     FlakyCheckView,
@@ -29,8 +29,8 @@ from cli.view.models import (
     Tokens,
     Verification,
 )
-from cli.view.system import SystemView
-from cli.view.text import clean, event_fields, event_line
+from events.view.system import SystemView
+from events.view.text import clean, event_fields, event_line
 
 __all__ = [
     "DEAD_AFTER",

@@ -10,8 +10,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 import events as ev
-from cli.view.fold import HANDLERS
-from cli.view.models import (
+from events.view.escalations import Escalation
+from events.view.fold import HANDLERS
+from events.view.models import (
     RECENT_EVENTS,
     SEEN_IDS,
     CommandView,
@@ -25,8 +26,8 @@ from cli.view.models import (
     MonitorActionView,
     TaskView,
 )
-from cli.view.spend import Spend, spend_dict
-from cli.view.text import event_fields
+from events.view.spend import Spend, spend_dict
+from events.view.text import event_fields
 
 
 class SystemView(BaseModel):
@@ -36,6 +37,7 @@ class SystemView(BaseModel):
 
     loops: dict[str, LoopView] = Field(default_factory=dict)
     escalations: dict[str, EscalationView] = Field(default_factory=dict)
+    escalation_records: dict[str, Escalation] = Field(default_factory=dict, exclude=True)
     merges: list[MergeEntry] = Field(default_factory=list)
     monitor_actions: list[MonitorActionView] = Field(default_factory=list)
     flaky: dict[str, FlakyCheckView] = Field(default_factory=dict)  # by command

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import events as ev
-from cli.view import (
+from events.view import (
     EscalationStatus,
     Health,
     MergeStatus,
