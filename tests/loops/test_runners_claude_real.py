@@ -7,6 +7,7 @@ Locally a missing CLI skips these tests; under CI=true it fails them.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,52 @@ def test_real_cli_in_the_sandbox_keeps_its_session_and_sees_no_state(
     assert again.failure is None, again.failure_detail
     assert again.session_id == result.session_id
     assert "hello written" in str(mock_anthropic.agent_requests[-1].body["messages"])
+
+
+def test_loops_run_max_cost_stops_the_real_cli_at_its_own_reported_cost(
+    tmp_path: Path, mock_anthropic: MockAnthropic, claude_env: dict[str, str]
+) -> None:
+    """`loops run --max-cost` (issue 14) on the real CLI: its `total_cost_usd` is what the
+    budget counts. The model never finishes; the first call's reported cost already
+    passes the tiny limit, so no second call reaches the API and the run ends held."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "SPEC.yaml").write_text(SPEC)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True, timeout=30)
+    mock_anthropic.script([{"content": [{"type": "text", "text": "Still thinking."}]}] * 4)
+    env = {**os.environ, **claude_env, "LOOPS_CLAUDE_PERMISSION_MODE": "skip"}
+    loops = Path(sys.executable).parent / "loops"
+    proc = subprocess.run(
+        [str(loops), "run", "SPEC.yaml", "-n", "4", "--agent", "claude", "--max-cost", "0.000001"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert len(mock_anthropic.agent_requests) == 1, proc.stderr[-4000:]
+    assert proc.stderr.count("(reported by the agent;") == 1, proc.stderr[-4000:]
+    # The printed hint works where it is printed, and the next run goes on.
+    (hint,) = set(re.findall(r"run `(loops budget [^`]+)`", proc.stderr))
+    raised = subprocess.run(
+        [str(loops), *hint.split()[1:]],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert raised.returncode == 0 and "raised the loop budget" in raised.stdout, raised.stderr
+    again = subprocess.run(
+        [str(loops), "run", "SPEC.yaml", "-n", "1", "--agent", "claude"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert "is no longer spent: released" in again.stderr, again.stderr[-4000:]
+    assert len(mock_anthropic.agent_requests) == 2, again.stderr[-4000:]
