@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from agents.escalations import SEVERITY_RANK
 from events import Severity, new_id
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.agents")
 
 SIGNATURE_HEADER = "X-Loops-Signature"
 DELIVERY_HEADER = "X-Loops-Delivery"

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from bus import connect
-from cli.cmd_status import bus_settings, redact
+from cli.context import bus_settings, redact
 from cli.runtime import Presence, alive_roles
 
 EXIT_OK, EXIT_FAIL = 0, 1

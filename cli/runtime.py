@@ -30,7 +30,7 @@ from events import ConfigError
 if TYPE_CHECKING:
     from cli.metrics import MetricsServer
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.runtime")
 
 PRESENCE_TTL_INTERVALS = 3
 """A presence lives this many beat intervals: two missed beats are tolerated."""

@@ -66,7 +66,7 @@ from gates.merge import GROUP, TYPES, MergeQueue, Refused, _caused, _failure, la
 from gates.order import Waiting, pick
 from gates.settings import FlakyPolicy, derived_escalation_id, derived_id
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.merge")
 
 QUEUE_KEY = "merge-queue"
 

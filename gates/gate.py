@@ -50,7 +50,7 @@ from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
 from gates.store import MemoryStore, StateStore
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.gate")
 
 GROUP = "gate"
 TYPES = ("task.claimed", "escalation.answered")

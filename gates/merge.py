@@ -60,7 +60,7 @@ from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import MergeSettings, derived_escalation_id, derived_id
 from gates.store import MemoryStore, StateStore
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.merge")
 
 GROUP = "merge"
 TYPES = ("verification.passed", "escalation.answered")

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = {"events", "bus", "loops", "gates", "agents", "cli"}
+PROJECT = {"events", "bus", "infra", "loops", "gates", "agents", "cli"}
 ALLOWED = {
     "events": set(),
     "bus": {"events"},
-    "loops": {"events", "bus"},
-    "gates": {"events", "bus"},
-    "agents": {"events", "bus"},
+    "infra": {"events", "bus"},
+    "loops": {"events", "bus", "infra"},
+    "gates": {"events", "bus", "infra"},
+    "agents": {"events", "bus", "infra"},
     "cli": PROJECT,
 }
 

@@ -28,22 +28,22 @@ __all__ = ["Feed", "create_app", "dashboard_url", "resolve_token", "serve"]
 
 log = logging.getLogger("loops.dashboard")
 
-TOKEN_ENV = "LOOPS_DASHBOARD_TOKEN"
 TOKEN_FILE = Path(".loops") / "dashboard.token"
 LOOPBACK_NAMES = ("localhost",)
 
 
-def resolve_token(project_dir: str | Path | None = None) -> tuple[str, Path | None]:
-    """The dashboard token: `$LOOPS_DASHBOARD_TOKEN`, else a fresh one written (mode
-    0600) to `DIR/.loops/dashboard.token`. Returns the token and the file it went to
-    (None when it came from the environment)."""
-    from_env = os.environ.get(TOKEN_ENV, "").strip()
-    if from_env:
-        register_secret(from_env)
-        return from_env, None
+def resolve_token(
+    project_dir: str | Path | None = None, configured: str | None = None
+) -> tuple[str, Path | None]:
+    """The dashboard token: `configured` (the `LOOPS_DASHBOARD_TOKEN` setting), else a
+    fresh one written (mode 0600) to `DIR/.loops/dashboard.token`. Returns the token and
+    the file it went to (None when it was configured)."""
+    if configured and configured.strip():
+        register_secret(configured.strip())
+        return configured.strip(), None
     token = secrets.token_urlsafe(24)
     register_secret(token)  # redact() hides it in every log line from now on
-    path = Path(project_dir or os.environ.get("CODING_LOOP_PROJECT_DIR") or ".") / TOKEN_FILE
+    path = Path(project_dir or ".") / TOKEN_FILE
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # A fresh file each time: O_CREAT's mode does not apply to an existing file, and
     # an older one may have been readable by others.

@@ -33,17 +33,15 @@ from starlette.routing import Route
 
 from bus import RedisBus
 from cli import metrics
-from cli.cmd_control import build_command
-from cli.cmd_escalations import answer as publish_answer
 from cli.view import EventLine, SystemView
 from events import Decision, Role, Source
+from events.commands import ACTIONS, build_answer, build_command
 from events.secrets import redact_obj
 
 log = logging.getLogger("loops.dashboard")
 
 STATIC = Path(__file__).with_name("static")
 TOKEN_HEADER = "x-loops-token"
-ACTIONS = ("pause", "resume", "stop", "reset")
 MAX_TEXT = 10_000
 KEEPALIVE_S = 15.0
 QUEUE_SIZE = 1000
@@ -262,15 +260,16 @@ def create_app(
             return _error(404, f"no escalation {esc_id!r}")
         if not esc.status.is_open:
             return _error(409, f"escalation {esc_id} is {esc.status.value}; nothing to answer")
-        event = await run_in_threadpool(
-            publish_answer,
-            bus,
-            esc,
-            text,
-            decision,
-            by[:80],
-            Source(role=Role.OPERATOR, instance=instance),
+        event = build_answer(
+            loop=esc.loop,
+            escalation_id=esc.id,
+            task_id=esc.task_id,
+            text=text,
+            decision=decision,
+            by=by[:80],
+            source=Source(role=Role.OPERATOR, instance=instance),
         )
+        await run_in_threadpool(bus.publish, event)
         return JSONResponse({"ok": True, "event_id": event.id}, headers=SECURITY_HEADERS)
 
     async def api_control(request: Request) -> Response:

@@ -20,6 +20,7 @@ from bus import RedisBus
 from cli import metrics
 from cli.dashboard import create_app
 from cli.view import SystemView
+from infra.settings import Settings
 from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import MON, scenario
 from tests.conftest import wait_until
@@ -233,9 +234,11 @@ def test_a_bad_metrics_port_is_one_clear_line(system: System) -> None:
 
 
 def test_metrics_are_off_by_default() -> None:
-    assert metrics.metrics_address(None, None, env={}) is None
-    assert metrics.metrics_address(None, None, env={"LOOPS_METRICS_PORT": "9100"}) == (
+    assert metrics.metrics_address(None, None, Settings()) is None
+    assert metrics.metrics_address(
+        None, None, Settings.from_env({"LOOPS_METRICS_PORT": "9100"})
+    ) == (
         "127.0.0.1",
         9100,
     )
-    assert metrics.metrics_address(9101, "0.0.0.0", env={}) == ("0.0.0.0", 9101)
+    assert metrics.metrics_address(9101, "0.0.0.0", Settings()) == ("0.0.0.0", 9101)
