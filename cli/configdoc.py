@@ -15,6 +15,7 @@ from pydantic_core import PydanticUndefined
 
 from agents.policy import EscalateAfter, Policy, RefinePolicy, RulePolicy, Thresholds
 from events import Criterion, NaturalCheck, ScriptCheck
+from infra.settings import Settings
 from loops.harness import (
     Health,
     HealthCheckConfig,
@@ -27,22 +28,25 @@ from loops.runners.script import Replace, Script, Step
 from loops.sandbox import SandboxConfig
 from loops.spec import Spec, Task
 
-ENVIRONMENT = [
-    ("REDIS_URL", "Redis of a distributed system (what docker-compose sets). Unset: the embedded server of the project."),
-    ("LOOPS_REDIS_PASSWORD", "Password of that Redis when `REDIS_URL` has none (compose requires it). Embedded: a random one in `.loops/redis.auth` (0600)."),
-    ("LOOPS_SIGNING_KEY", "Key (hex, >= 16 bytes) every role signs events with; decisions without a valid signature are dropped. Unset: derived from the Redis password. Embedded: `.loops/signing.key` (0600)."),
-    ("LOOPS_PREFIX", "Key prefix of every Redis key and stream (default `loops`): several systems on one Redis."),
-    ("CODING_LOOP_PROJECT_DIR", "The project directory (the seed's variable); `specs_dir` is resolved against it."),
-    ("LOOPS_CLAUDE_BIN", "The Claude Code CLI binary for the `claude` agent (default `claude` on PATH)."),
-    ("ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL", "For the `anthropic` agent, the judge of natural checks and the monitor's task refiner. Never logged."),
-    ("LOOPS_JUDGE_MODEL", "Model that judges natural checks (default: the judge's own)."),
-    ("LOOPS_DASHBOARD_TOKEN", "Token for the dashboard's actions; else one is generated into `.loops/dashboard.token`."),
-    ("LOOPS_WEBHOOK_URLS / LOOPS_WEBHOOK_SECRET", "Comma-separated URLs that get escalation notifications, HMAC-SHA256 signed with the secret."),
-    ("LOOPS_REMOTE", "Git remote the gate, merge queue and workers share in distributed mode (e.g. `origin`)."),
+# Read where the agent's environment is built (loops/sandbox.py), not in `Settings`.
+SANDBOX_ENVIRONMENT = [
     ("LOOPS_SANDBOX", "`auto` (default: agents run in bubblewrap where `bwrap` works, else with a warning), `off` (warned) or `required` (refuse to run without it). Overrides `sandbox.mode`."),
     ("LOOPS_SANDBOX_WRITABLE / LOOPS_SANDBOX_READABLE", "Colon-separated extra paths the agent may write / read (added to `sandbox.writable` / `sandbox.readable`)."),
     ("LOOPS_SANDBOX_ENV", "Comma-separated variable names or globs passed to agents beyond the allow-list (added to `sandbox.env`)."),
 ]  # fmt: skip
+
+
+def environment_rows() -> list[str]:
+    """One row per setting (`infra.settings.Settings`), then the sandbox's variables."""
+    rows = []
+    for name, var in Settings.variables().items():
+        field = Settings.model_fields[name]
+        default = "" if field.default in (None, "") else _default(field)
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{var}` | `{name}` | {default} | {meaning} |")
+    rows += [f"| `{var}` | (sandbox) | | {text} |" for var, text in SANDBOX_ENVIRONMENT]
+    return rows
+
 
 SECTIONS: list[tuple[str, str, list[type[BaseModel]]]] = [
     ("SPEC.yaml (ralph_loop)", "The spec `loops run` takes, exactly as ralph_loop reads it.",
@@ -119,9 +123,12 @@ def render() -> str:
         "",
         "## Environment",
         "",
-        "| variable | meaning |",
-        "| --- | --- |",
-        *[f"| `{name}` | {text} |" for name, text in ENVIRONMENT],
+        "Read once, into `infra.settings.Settings` (`loops` builds it at start and passes it",
+        "down); an empty variable counts as unset. A command-line flag wins over its variable.",
+        "",
+        "| variable | setting | default | meaning |",
+        "| --- | --- | --- | --- |",
+        *environment_rows(),
         "",
     ]
     for title, intro, models in SECTIONS:

@@ -151,8 +151,8 @@ class Settings(BaseModel):
         validation_alias="LOOPS_WEBHOOK_URLS",
         description="Comma-separated URLs that get escalation notifications.",
     )
-    webhook_secret: SecretStr = Field(
-        default=SecretStr(""),
+    webhook_secret: SecretStr | None = Field(
+        default=None,
         validation_alias="LOOPS_WEBHOOK_SECRET",
         description="Key the webhook notifications are HMAC-SHA256 signed with.",
     )
