@@ -12,9 +12,9 @@ import argparse
 import sys
 import threading
 
+from app.dashboard import is_loopback, resolve_token, serve
+from app.runtime import run_role
 from cli.context import bus_settings, open_bus, redact, settings_of
-from cli.dashboard import is_loopback, resolve_token, serve
-from cli.runtime import run_role
 from infra.settings import secret
 
 

@@ -1,6 +1,6 @@
 """`loops demo [--agent A] [--dir DIR]`: the README's first command.
 
-Creates the demo repository (cli/demo.py), runs the whole system on it with the
+Creates the demo repository (app/demo.py), runs the whole system on it with the
 embedded bus, plays the person who answers the one question, and ends with what
 happened and where to look.
 """
@@ -15,11 +15,11 @@ import threading
 import time
 from pathlib import Path
 
+from app import demo
+from app.system import System, SystemOptions
 from bus import RedisBus
-from cli import demo
 from cli.context import load_checked, open_system_bus, repo_and_main, settings_of
 from cli.running import LiveTable, logs_to_file_on_a_terminal, summary, up_lock
-from cli.system import System, SystemOptions
 from events import (
     EscalationAnswered,
     EscalationKind,

@@ -25,14 +25,14 @@ from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from agents.runner import run as run_agent
 from agents.store import Store
+from app.compose import Wiring, make_answer_reader, make_notifier, pm_config, wire
+from app.metrics import metrics_address
+from app.runtime import run_role
+from app.system import SystemOptions
 from bus import PassedLedger, RedisBus, connect
 from bus.settings import warn_if_unsigned
-from cli.compose import Wiring, make_answer_reader, make_notifier, pm_config, wire
 from cli.context import load_checked, open_bus, project_dir, repo_and_main, settings_of
-from cli.metrics import metrics_address
 from cli.running import run_system
-from cli.runtime import run_role
-from cli.system import SystemOptions
 from events import ConfigError, ValidationFailed
 from gates import RqJobs
 from infra.settings import Settings

@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 
 from agents.escalations import Escalation, open_escalations
+from app.compose import Threads, check_sandboxes, loader_with_fallback, wire
 from bus import EmbeddedServer, RedisBus
-from cli.compose import Threads, check_sandboxes, loader_with_fallback, wire
 from cli.context import settings_of
 from events import ConfigError, EscalationKind
 from loops.book import TaskStatus

@@ -13,10 +13,10 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
+from app.runtime import Presence, alive_roles
 from bus import RedisBus
 from cli.context import open_bus
 from cli.fmt import render
-from cli.runtime import Presence, alive_roles
 from cli.view import (
     SystemView,
 )

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from app.system import SystemOptions
 from cli.context import load_checked, project_dir, settings_of
 from cli.running import run_system
-from cli.system import SystemOptions
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from cli.runtime import Presence
+from app.runtime import Presence
 from cli.view import Health, LoopView, SystemView, TaskStatus, TaskView, clean
 
 

@@ -17,14 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.escalations import open_escalations
+from app.compose import check_sandboxes
+from app.system import System, SystemOptions
 from bus import CONNECTION_ERRORS, RedisBus
-from cli.compose import check_sandboxes
 from cli.context import open_system_bus, repo_and_main
 from cli.fmt import render
-from cli.system import System, SystemOptions
-from cli.view import SystemView
+from cli.view import SystemView, TaskStatus
 from events import ConfigError
 from events.secrets import RedactingFilter
+from loops.book import TaskStatus as BookStatus
 from loops.project import Project
 
 log = logging.getLogger("loops.up")
@@ -113,7 +114,7 @@ class LiveTable:
             sys.stdout.flush()
             return
         line = " | ".join(
-            f"{lv.name}: {sum(t.status.value == 'merged' for t in lv.tasks.values())}"
+            f"{lv.name}: {sum(t.status is TaskStatus.MERGED for t in lv.tasks.values())}"
             f"/{len(lv.tasks)} {lv.status}"
             for lv in self.view.loops.values()
         )
@@ -138,7 +139,7 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
                 continue
             record = worker.book.record(task.id)
             status = record.status.value
-            if status == "passed":
+            if record.status is BookStatus.PASSED:
                 status = "passed in the state file but not merged on main"
             why = f" — {record.last_result}" if record.last_result else ""
             lines.append(f"    {task.id}: {status}{why}")

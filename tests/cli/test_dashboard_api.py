@@ -13,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import events as ev
-from cli.dashboard import create_app, dashboard_url, is_loopback, resolve_token, serve
+from app.dashboard import create_app, dashboard_url, is_loopback, resolve_token, serve
 from infra.settings import Settings, secret
 from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import raised, scenario

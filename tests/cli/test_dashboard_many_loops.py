@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import events as ev
-from cli.dashboard import serve
+from app.dashboard import serve
 from cli.view import Attention, SystemView
 from tests.cli.conftest import System
 from tests.cli.sample import GATE, MERGE, W, criterion, heartbeat

@@ -1,4 +1,4 @@
-"""Prometheus metrics (`cli/metrics.py`): every family computed on scrape from the read
+"""Prometheus metrics (`app/metrics.py`): every family computed on scrape from the read
 model and Redis, on both backends; the dashboard serves them without the token and
 without event text; a role process serves them on `--metrics-port` and still stops
 with exit 0."""
@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import events as ev
+from app import metrics
+from app.dashboard import create_app
 from bus import RedisBus
-from cli import metrics
-from cli.dashboard import create_app
 from cli.view import SystemView
 from infra.settings import Settings
 from tests.cli.conftest import LOOPS, System

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from cli import demo
+from app import demo
 from loops.workspace import git
 from tests.conftest import IN_CI, wait_until
 from tests.deploy.engine import ROOT, Engine

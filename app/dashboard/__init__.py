@@ -19,8 +19,8 @@ from pathlib import Path
 
 import uvicorn
 
+from app.dashboard.app import Feed, create_app
 from bus import RedisBus
-from cli.dashboard.app import Feed, create_app
 from events import ConfigError
 from events.secrets import register_secret
 
@@ -76,7 +76,7 @@ def dashboard_url(host: str, port: int, token: str | None = None) -> str:
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the caller owns the process's signals
-    (`cli.runtime.graceful_signals`) and stops us through `stop`."""
+    (`app.runtime.graceful_signals`) and stops us through `stop`."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -31,8 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app import metrics
 from bus import RedisBus
-from cli import metrics
 from cli.view import EventLine, SystemView
 from events import Decision, Role, Source
 from events.commands import ACTIONS, build_answer, build_command
@@ -108,7 +108,7 @@ class Feed:
             return self.view.to_dict()
 
     def read(self, fn: Callable[[SystemView], T]) -> T:
-        """`fn(view)` while the tail cannot change the view (a `cli.metrics.ViewSource`)."""
+        """`fn(view)` while the tail cannot change the view (a `app.metrics.ViewSource`)."""
         with self.lock:
             return fn(self.view)
 

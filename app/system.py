@@ -24,8 +24,7 @@ from agents.monitor import Monitor
 from agents.pm import ProjectManager
 from agents.runner import run as run_agent
 from agents.store import Store
-from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
-from cli.compose import (
+from app.compose import (
     ProcessJobs,
     Threads,
     make_answer_reader,
@@ -34,6 +33,7 @@ from cli.compose import (
     pm_config,
     wire,
 )
+from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
 from events import ConfigError, Event, LoopStop
 from infra.settings import Settings, secret
 from loops.books import HarnessBook
@@ -187,7 +187,7 @@ class System:
             )
 
     def _start_dashboard(self, host: str, port: int) -> None:
-        from cli.dashboard import resolve_token, serve
+        from app.dashboard import resolve_token, serve
 
         busy = port and not _port_free(host, port)
         if busy:  # another project's dashboard, say: take a free port, never refuse to start
