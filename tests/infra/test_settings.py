@@ -68,11 +68,11 @@ def test_bus_settings_come_from_the_same_object() -> None:
 
 def test_only_the_settings_module_and_the_agent_environment_read_os_environ() -> None:
     """The issue's "done when": `os.environ` is read here, and where the agent's own
-    environment is built (the allow-list and the sandbox, which pass the operator's
-    variables to the agent)."""
+    environment is built (the allow-list, the sandbox, and the account the agent's
+    credentials belong to)."""
     allowed = {"events/secrets.py", "loops/sandbox.py", "loops/runners/account.py"}
     found = set()
-    for package in ("events", "bus", "loops", "gates", "agents", "cli"):
+    for package in ("events", "bus", "loops", "gates", "agents", "app", "cli"):
         for path in (ROOT / package).rglob("*.py"):
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):
