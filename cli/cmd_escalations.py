@@ -124,14 +124,7 @@ def run_answer(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                 return EXIT_FAIL
-        event = build_answer(
-            loop=esc.loop,
-            escalation_id=esc.id,
-            task_id=esc.task_id,
-            text=text,
-            decision=decision,
-            by=operator_name(),
-        )
+        event = build_answer(esc, text, decision, operator_name())
         bus.publish(event)
     where = f"loop {esc.loop}" + (f", task {esc.task_id}" if esc.task_id else "")
     decided = f" [{decision.value}]" if decision else ""

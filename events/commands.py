@@ -4,6 +4,8 @@ escalations (`loops answer`)."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from events.envelope import Event, Role, Source
 from events.models import (
     EscalationAnswered,
@@ -40,23 +42,33 @@ def build_command(
     raise ValueError(f"unknown control action {action!r}")
 
 
+class Answerable(Protocol):
+    """What an answer needs of the escalation it answers (a read model's view of it)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def loop(self) -> str | None: ...
+
+    @property
+    def task_id(self) -> str | None: ...
+
+
 def build_answer(
-    *,
-    loop: str | None,
-    escalation_id: str,
-    task_id: str | None,
+    escalation: Answerable,
     text: str,
     decision: Decision | None,
     by: str,
     source: Source | None = None,
 ) -> EscalationAnswered:
-    """A person's answer to escalation `escalation_id` (text, a decision, or both)."""
+    """A person's answer to `escalation` (text, a decision, or both)."""
     return EscalationAnswered(
         source=source or Source(role=Role.OPERATOR),
-        loop=loop,
-        escalation_id=escalation_id,
+        loop=escalation.loop,
+        escalation_id=escalation.id,
         answer=text,
         decision=decision,
         by=by,
-        task_id=task_id,
+        task_id=escalation.task_id,
     )

@@ -261,13 +261,7 @@ def create_app(
         if not esc.status.is_open:
             return _error(409, f"escalation {esc_id} is {esc.status.value}; nothing to answer")
         event = build_answer(
-            loop=esc.loop,
-            escalation_id=esc.id,
-            task_id=esc.task_id,
-            text=text,
-            decision=decision,
-            by=by[:80],
-            source=Source(role=Role.OPERATOR, instance=instance),
+            esc, text, decision, by[:80], Source(role=Role.OPERATOR, instance=instance)
         )
         await run_in_threadpool(bus.publish, event)
         return JSONResponse({"ok": True, "event_id": event.id}, headers=SECURITY_HEADERS)
