@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from bus import BusSettings, resolve_settings
-from bus.settings import PASSWORD_ENV, SIGNING_KEY_ENV
+from bus.settings import PASSWORD_ENV, SIGNING_KEY_ENV, url_password
 from events import ConfigError
 from events.secrets import register_secret
 
@@ -186,8 +186,6 @@ class Settings(BaseModel):
             if isinstance(value, SecretStr):
                 register_secret(value.get_secret_value() or None)
             elif name == "redis_url" and value:
-                from bus.settings import url_password
-
                 register_secret(url_password(value))
 
     # ------------------------------------------------------------------ building it
