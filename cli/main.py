@@ -349,7 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_log_redaction()  # invariant 7: whatever a role logs, no secret gets out
     try:
         args.settings = Settings.from_env()
-        return int(args.run(args))
+        # A subparser added without `_command` runs `cli/cmd_<its name>.py`.
+        run = getattr(args, "run", None) or _runner(args.command)
+        return int(run(args))
     except ValidationFailed as exc:
         for problem in exc.problems:
             print(f"ERROR main: {redact(problem)}", file=sys.stderr)
