@@ -4,9 +4,8 @@
 
 Each reaches the bus through `--redis`, `$REDIS_URL`, or the embedded server of the
 project in `--dir`; keeps a presence key for `loops health ROLE`; and stops cleanly on
-SIGTERM/SIGINT. Verification jobs go to the rq queue `loops-verify` when the system is
-on a Redis of its own (`--redis` or `$REDIS_URL`), so more `rq worker loops-verify`
-processes add capacity.
+SIGTERM/SIGINT. Verification jobs go to the rq queue `loops-verify` when `$REDIS_URL`
+is set, so more `rq worker loops-verify` processes add capacity.
 """
 
 from __future__ import annotations
@@ -84,10 +83,11 @@ def _role(
     project = load_checked(directory, settings)
     repo, main = repo_and_main(directory, project)
     jobs = None
-    if role == "gate" and (args.redis or settings.redis_url):
+    if role == "gate" and settings.redis_url:
         from rq import Queue
 
-        # The bus's own connection (its URL, password and timeouts, never retried).
+        # Compose's setup (`REDIS_URL`, where `rq worker loops-verify` runs), on the bus's
+        # own connection (its URL, password and timeouts, never retried).
         jobs = RqJobs(Queue(VERIFY_QUEUE, connection=connect(bus.settings)))
     wiring = wire(
         bus,
