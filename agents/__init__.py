@@ -21,7 +21,6 @@ from agents.pm import PMConfig, ProjectManager
 from agents.policy import Policy, Rule, load_policy, parse_policy
 from agents.refiner import AnthropicRefiner, RefineFailed, Refiner, RefineRequest
 from agents.runner import Agent, run
-from agents.store import Store
 from agents.webhooks import (
     BackgroundNotifier,
     Notifier,
@@ -30,6 +29,7 @@ from agents.webhooks import (
     sign,
     verify,
 )
+from infra.store import Store
 
 __all__ = [
     "ESCALATION_TYPES",

@@ -17,7 +17,6 @@ from agents.answers import fit, intents, is_bare, read_by_rules
 from agents.health import Finding
 from agents.policy import Policy, RulePolicy
 from agents.refiner import RefineFailed, Refiner, RefineRequest
-from agents.store import Store
 from events import (
     Decision,
     EscalationAnswered,
@@ -36,6 +35,7 @@ from events import (
     TaskReset,
     short_id,
 )
+from infra.store import Store
 
 A = MonitorActionKind
 # The options of the monitor's own escalations, by the kind it records.

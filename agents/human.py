@@ -36,7 +36,6 @@ from agents.escalations import (
     by_urgency,
     escalation_id,
 )
-from agents.store import Store
 from agents.webhooks import Notifier, Payload
 from events import (
     Decision,
@@ -55,6 +54,7 @@ from events import (
     TaskReset,
     utcnow,
 )
+from infra.store import Store
 
 Clock = Callable[[], datetime]
 
@@ -171,9 +171,9 @@ class HumanAgent:
             return self._expire(event, "task reset", task=event.task_id)
         if isinstance(event, LoopStop) and event.loop:
             if event.restart:
-                self.store.put(f"restarting:{event.loop}", event.id)
+                self.store.set(f"restarting:{event.loop}", event.id)
             else:
-                self.store.put(f"stopping:{event.loop}", event.id)
+                self.store.set(f"stopping:{event.loop}", event.id)
         elif isinstance(event, LoopStarted) and event.loop:
             self.store.delete(f"restarting:{event.loop}", f"stopping:{event.loop}")
         elif isinstance(event, LoopStopped) and event.loop:

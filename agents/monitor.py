@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -30,7 +29,7 @@ from agents.actions import Responder
 from agents.health import Finding, LoopHealth, PidAlive
 from agents.policy import DEATH_RULES, Policy, Rule, RulePolicy, load_policy
 from agents.refiner import Refiner
-from agents.store import Store
+from bus.idempotency import Window
 from events import (
     EscalationAnswered,
     EscalationKind,
@@ -46,6 +45,7 @@ from events import (
     short_id,
     utcnow,
 )
+from infra.store import Store
 
 Clock = Callable[[], datetime]
 A = MonitorActionKind
@@ -107,7 +107,7 @@ class Monitor:
         self.loops: dict[str, LoopHealth] = {}
         self.started_at = clock()  # staleness is judged from here at the earliest
         self._seq = 0
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = Window(SEEN_IDS)
         self.horizon: datetime | None = None
 
     # ----------------------------------------------------------------- input
@@ -115,11 +115,8 @@ class Monitor:
     def observe(self, event: Event, received: datetime | None = None) -> bool:
         """Fold `event` into the loops' health without acting. False if seen before.
         `received`: the monitor's time of receipt (None for replayed events)."""
-        if event.id in self._seen:
+        if not self._seen.first_time(event.id):
             return False
-        self._seen[event.id] = None
-        if len(self._seen) > SEEN_IDS:
-            self._seen.popitem(last=False)
         if self.horizon is not None and event.ts < self.horizon:
             return False  # older than the warm-up window: history, not evidence
         self._seq += 1

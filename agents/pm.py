@@ -11,12 +11,12 @@ Loop priorities and the concurrency come from configuration, not from `loops/`.
 from __future__ import annotations
 
 import fnmatch
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
+from bus.idempotency import Window
 from events import (
     Event,
     IterationFinished,
@@ -136,7 +136,7 @@ class ProjectManager:
                 self.deps[(loop, task_id)] = cross
         self.held: dict[Key, Hold] = {}  # holds this PM has published
         self.hinted: set[str] = set()  # overlap episodes a rebase hint was sent for
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = Window(SEEN_IDS)
         self.releases_due: dict[Key, str] = {}  # blocked on a task that had merged already
         self._last_report: datetime | None = None
 
@@ -172,11 +172,8 @@ class ProjectManager:
 
     def _observe(self, event: Event) -> bool:
         """Fold `event` in; False if seen before."""
-        if event.id in self._seen:
+        if not self._seen.first_time(event.id):
             return False
-        self._seen[event.id] = None
-        if len(self._seen) > SEEN_IDS:
-            self._seen.popitem(last=False)
         if event.loop is None:
             return True
         f = self._facts(event.loop, event.ts)
@@ -327,7 +324,7 @@ class ProjectManager:
         if self.config.overlap_action == "rebase":
             out += self._rebase_hints()
         for e in out:
-            self._seen[e.id] = None
+            self._seen.mark(e.id)
         return out
 
     def _rebase_hints(self) -> list[Event]:

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +20,12 @@ from typing import Any
 
 from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
+from agents.policy import Policy, load_policy
 from agents.refiner import AnthropicRefiner
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
 from bus import CONNECTION_ERRORS, Inbox, RedisBus, Subscription
-from events import ConfigError, Criterion, LoopsError, Role, Source, ValidationFailed
+from bus.spend import SpendLedger
+from events import ConfigError, Criterion, LoopsError, ModelPrice, Role, Source, ValidationFailed
 from gates import (
     DEFAULT_PROTECTED,
     AnthropicJudge,
@@ -34,7 +36,6 @@ from gates import (
     Judge,
     MergeQueue,
     MergeSettings,
-    RedisStore,
     TamperPolicy,
     VerificationGate,
 )
@@ -44,10 +45,12 @@ from gates.judge import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
 from gates.settings import FlakyPolicy
 from gates.trust import TrustingGate, trusting_loader
 from infra.settings import Settings, secret
+from infra.store import Store
 from loops.book import TaskBook
+from loops.budget_config import ProjectBudget
 from loops.harness import ProjectConfig
 from loops.project import Project, UnknownTask, criteria_for
-from loops.runners import make_runner
+from loops.runners import AgentRunner, make_runner
 from loops.sandbox import SandboxConfig, SandboxMode, sandbox_status
 from loops.service import WorkerService
 
@@ -114,16 +117,17 @@ def check_sandboxes(configs: Iterable[SandboxConfig | None]) -> list[str]:
 
 
 def loader_with_fallback(fallback: dict[str, list[Criterion]] | None = None) -> CriteriaLoader:
-    """`loops`' reader of criteria from a checkout of main. `fallback` (task id ->
-    criteria) serves a SPEC.yaml that is not committed in main: its criteria were read
+    """`loops`' reader of criteria from a checkout of main. `fallback` (task id, or
+    `loop/TASK`, -> criteria) serves a SPEC.yaml that is not committed in main: its criteria were read
     before any agent ran, so the agent still cannot edit its own checks."""
 
     def load(root: Path, loop: str, task_id: str) -> list[Criterion]:
         try:
             return criteria_for(root, loop, task_id)
         except (UnknownTask, ValidationFailed):
-            if fallback is not None and task_id in fallback:
-                return fallback[task_id]
+            for key in (f"{loop}/{task_id}", task_id):  # `loops up`'s keys name the loop
+                if fallback is not None and key in fallback:
+                    return fallback[key]
             raise
 
     return load
@@ -200,7 +204,8 @@ def make_gate(
         loader=loader,
         judge=judge,
         jobs=jobs,
-        store=RedisStore(bus.client, f"{bus.prefix}:gate"),
+        store=Store(bus.client, f"{bus.prefix}:gate", "gates"),
+        spend=SpendLedger(bus.client, bus.prefix),
         source=Source(role=Role.GATE, instance=instance),
     )
 
@@ -245,7 +250,7 @@ def make_merge(
         bus,
         settings,
         loader=loader,
-        store=RedisStore(bus.client, f"{bus.prefix}:merge"),
+        store=Store(bus.client, f"{bus.prefix}:merge", "gates"),
         source=Source(role=Role.MERGE, instance=instance),
     )
 
@@ -306,18 +311,24 @@ class Wiring:
         heartbeat_s: float = 30.0,
         agent_timeout_s: float | None = None,
         inbox: Inbox | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
+        budget: ProjectBudget | None = None,
+        runner: AgentRunner | None = None,
     ) -> WorkerService:
-        """A loop's worker on `book`, running `agent` (a runner spec)."""
+        """A loop's worker on `book`, running `agent` (a runner spec) in this process,
+        or `runner` when given (`app.fleet`: the agent as rq jobs)."""
         return WorkerService(
             self.bus,
             book,
-            make_runner(agent, model=model, base_dir=base_dir, settings=self.settings),
+            runner or make_runner(agent, model=model, base_dir=base_dir, settings=self.settings),
             self.repo,
             main_branch=self.main,
             heartbeat_s=heartbeat_s,
             agent_timeout_s=agent_timeout_s,
             remote=self.remote,
             inbox=inbox,
+            prices=prices,
+            budget=budget,
         )
 
 
@@ -422,3 +433,26 @@ def task_describer(project: Project) -> Callable[[str, str], str | None]:
         return "\n".join(t for t in (entry.title, entry.description, entry.notes) if t) or None
 
     return describe
+
+
+POLICY_FILE = "monitor-policy.yaml"
+POLICY_ENV = "LOOPS_MONITOR_POLICY"  # the `monitor_policy` setting
+
+
+def policy_file(project: Project | None, settings: Settings | None = None) -> Path | None:
+    """The monitor's policy file an operator edits: `$LOOPS_MONITOR_POLICY`, else
+    `monitor-policy.yaml` beside the loop directories (where project.json goes), if
+    there is one. It names only what it changes (see `agents/default-policy.yaml`)."""
+    named = (settings or Settings.from_env()).monitor_policy
+    if named:
+        return Path(named)
+    if project is None or not project.loops:
+        return None
+    path = project.loops[0].dir.parent / POLICY_FILE
+    return path if path.is_file() else None
+
+
+def monitor_policy(project: Project | None, settings: Settings | None = None) -> Policy:
+    """The monitor's policy (`ValidationFailed`, one line per bad field, before anything
+    starts): the silence limit of a running agent, the rules' actions, and more."""
+    return load_policy(policy_file(project, settings))

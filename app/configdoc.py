@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 from agents.policy import EscalateAfter, Policy, RefinePolicy, RulePolicy, Thresholds
 from events import Criterion, NaturalCheck, ScriptCheck
 from infra.settings import Settings
+from loops.budget_config import Limits, LoopBudget, ProjectBudget
 from loops.harness import (
     Health,
     HealthCheckConfig,
@@ -53,14 +54,15 @@ SECTIONS: list[tuple[str, str, list[type[BaseModel]]]] = [
      [Spec, Task, Criterion, ScriptCheck, NaturalCheck]),
     ("config.json (one per loop)", "`DIR/loop-*/config.json`, the seed harness's format plus "
      "`agent`, `check_command`, `branch`, `main_branch`, `sandbox`.",
-     [LoopConfig, HealthCheckConfig, SandboxConfig]),
+     [LoopConfig, HealthCheckConfig, SandboxConfig, LoopBudget, Limits]),
     ("test-state.json", "`specs/test-state.json`: the loop's tests; the loop rewrites it "
      "atomically and takes up valid hand edits. `acceptance_criteria` uses the SPEC.yaml form.",
      [TaskEntry, StateSummary]),
     ("health.json", "Written by each loop every heartbeat (seed fields).", [Health]),
     ("project.json (optional, one per project)", "`DIR/project.json`, next to the `loop-*` "
      "directories: settings of the whole project. Unknown fields are errors. CLI flags "
-     "(`--test-command`) override it.", [ProjectConfig]),
+     "(`--test-command`, `--max-cost`, `--max-tokens`) override it.",
+     [ProjectConfig, ProjectBudget]),
     ("Monitor policy (YAML)", "The monitor's auto-unblock policy; the default is "
      "`agents/default-policy.yaml`.", [Policy, Thresholds, RulePolicy, EscalateAfter, RefinePolicy]),
     ("script: agent (YAML)", "Deterministic replay for demos and tests "
@@ -79,6 +81,7 @@ def _type(field: FieldInfo) -> str:
         "agents.policy.",
         "loops.runners.script.",
         "loops.sandbox.",
+        "loops.budget_config.",
         "typing_extensions.",
     ):
         text = text.replace(noise, "")

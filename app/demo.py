@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from loops.workspace import git
+from infra.git import git
 
 OPS = '''"""Arithmetic for the demo."""
 

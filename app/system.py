@@ -23,20 +23,23 @@ from agents.human import HumanAgent
 from agents.monitor import Monitor
 from agents.pm import ProjectManager
 from agents.runner import run as run_agent
-from agents.store import Store
 from app.compose import (
     ProcessJobs,
     Threads,
+    loader_with_fallback,
     make_answer_reader,
     make_notifier,
     make_refiner,
+    monitor_policy,
     pm_config,
     wire,
 )
 from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
-from events import ConfigError, Event, LoopStop
+from events import BudgetLevel, ConfigError, Event, LoopResume, LoopStop
 from infra.settings import Settings, secret
+from infra.store import Store
 from loops.books import HarnessBook
+from loops.budget_config import effective
 from loops.driver import WorkerExit, all_passed
 from loops.project import Project
 from loops.reactions import WORKER_TYPES
@@ -56,6 +59,8 @@ class SystemOptions:
     model: str | None = None  # overrides every loop's model (`--model`)
     max_iterations: int | None = None  # agent runs per loop in this run (`--max-iterations`)
     only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
+    max_cost: float | None = None  # the project's dollar budget for this run (`--max-cost`)
+    max_tokens: int | None = None  # the project's token budget for this run (`--max-tokens`)
     # The process's settings (`main` builds them; default: the environment's). Their
     # `job_processes`: verification jobs in worker processes (other cores), else in the
     # gate's thread.
@@ -98,12 +103,16 @@ class System:
         }
         self.dashboard_url: str | None = None
         self.router: Router | None = None
+        self.policy = monitor_policy(project, options.settings)  # a bad file stops us first
         self.jobs = ProcessJobs() if options.settings.job_processes else None
         self.wiring = wire(
             bus,
             repo,
             main,
             options.settings,
+            # A task added to a state file by hand and not committed yet runs too: its
+            # criteria as the operator's files say at start (before any agent ran).
+            loader=loader_with_fallback(project.criteria_snapshot()),
             project=project.config,
             test_command=options.test_command,
             jobs=self.jobs,
@@ -125,6 +134,14 @@ class System:
                 base_dir=loop.dir,
                 heartbeat_s=self.options.heartbeat_s or loop.config.health_check.interval_seconds,
                 inbox=self.router.inbox(name) if self.router else None,
+                prices=self.project.config.prices,
+                budget=effective(
+                    self.project.config.budget,
+                    loop.config.budget,
+                    max_usd=self.options.max_cost,
+                    max_tokens=self.options.max_tokens,
+                    flags_level=BudgetLevel.PROJECT,
+                ),
             )
 
         return make
@@ -141,7 +158,9 @@ class System:
             self.roles.poll_forever(name, gate.subscribe("up" if i == 0 else f"up-{i}"))
         self.roles.poll_forever("merge", self.wiring.merge().subscribe("up"))
         self._start_agents()
-        supervisor = self.bus.subscribe("supervisor", "up", self._on_event, types={"loop.stop"})
+        supervisor = self.bus.subscribe(
+            "supervisor", "up", self._on_event, types={"loop.stop", "loop.resume"}
+        )
         self.roles.poll_forever("supervisor", supervisor)
         if self.slots:
             self.router = Router(
@@ -169,7 +188,11 @@ class System:
         tick = self.options.monitor_tick_s
         settings = self.options.settings
         refiner = make_refiner(settings, self.project)
-        monitor = Monitor(Store(self.bus.client, self.bus.prefix, "monitor"), refiner=refiner)
+        monitor = Monitor(
+            Store(self.bus.client, self.bus.prefix, "monitor"),
+            self.policy,
+            refiner=refiner,
+        )
         pm = ProjectManager(
             pm_config(self.project), merged=PassedLedger(self.bus.client, self.bus.prefix).all()
         )
@@ -240,6 +263,13 @@ class System:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, LoopStop) and event.restart and event.loop in self.slots:
             self.slots[event.loop].restart_wanted = True
+        elif isinstance(event, LoopResume) and event.loop in self.slots:
+            # `loops stop` then `loops resume`: the stopped loop starts again and its
+            # new worker acknowledges the resume (waiting in the loop's inbox).
+            slot = self.slots[event.loop]
+            worker = slot.service.worker if slot.service else None
+            if not slot.alive or (worker is not None and worker.stop_requested):
+                slot.restart_wanted = True
 
     # ------------------------------------------------------------------ supervision
     def supervise(self) -> None:

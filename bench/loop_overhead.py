@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fakeredis
 
 from bus import BusSettings, RedisBus, connect
+from infra.git import git
 from loops.books import SpecBook
 from loops.runners import AgentRequest, AgentResult, AgentRunner, make_runner
 from loops.sandbox import sandbox_status
 from loops.service import WorkerService
 from loops.spec import parse_spec
-from loops.workspace import git
 
 SPEC = """
 goal: "Benchmark the harness"

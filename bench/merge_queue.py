@@ -10,7 +10,8 @@ the checks of every task merged before (`recheck_merged`, the default), so check
 heavier as main grows. Among the claims: one culprit (it changes `config.txt`, which an
 earlier task of another loop checks), one flaky check (fails on its first run only), one
 pair of claims adding the same file. The one-slot `MergeQueue` and the new default
-(`BatchMergeQueue`, batches of 5) each get a fresh copy of the origin, side by side in
+(`BatchMergeQueue`, batches of the default size; `--batch 5,8,10` runs several sizes
+against the same one-slot run) each get a fresh copy of the origin, side by side in
 one run; claims go straight onto the bus as `verification.passed` (the gate is not
 measured). Its last line is JSON: merges per minute for both and their ratio, trees
 checked ("check runs") and checks run for both, the runs that isolated the culprit, the
@@ -77,7 +78,8 @@ from gates import (
     MergeSettings,
     VerificationGate,
 )
-from gates.gitutil import git, remove_scratch
+from gates.gitutil import remove_scratch
+from infra.git import git
 
 CHECK = "true"
 
@@ -448,23 +450,29 @@ def realistic(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="the merge queue on a realistic scenario")
     parser.add_argument("--loops", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=4, help="tasks per loop")
-    parser.add_argument("--batch", type=int, default=5, help="batch size of the new default")
+    parser.add_argument(
+        "--batch",
+        default=str(MergeSettings(repo=Path(".")).batch_size),
+        help="batch size(s) of the batch queue, comma-separated (each against the same "
+        "one-slot run; the JSON's top-level figures are the first's)",
+    )
     parser.add_argument(
         "--arrival-s", type=float, default=0.0, help="seconds between claims (0: all waiting)"
     )
     args = parser.parse_args(argv)
+    sizes = [int(b) for b in str(args.batch).split(",")]
     results: dict[str, Outcome] = {}
     with tempfile.TemporaryDirectory(prefix="bench-merge-") as tmp:
         (Path(tmp) / "template").mkdir()
         template, claims = make_realistic_origin(Path(tmp) / "template", args.loops, args.tasks)
-        for name, size in (("one_slot", 1), ("batch", args.batch)):
+        for name, size in (("one_slot", 1), *((f"batch_{b}", b) for b in sizes)):
             root = Path(tmp) / name
             root.mkdir()
             shutil.copytree(template, root / "origin.git")
             results[name] = run_realistic(root / "origin.git", claims, root, size, args.arrival_s)
             o = results[name]
             print(f"{name:9} {o.merged} merged in {o.seconds:6.1f} s", file=sys.stderr)
-    one, new = results["one_slot"], results["batch"]
+    one = results["one_slot"]
 
     def rate(o: Outcome) -> float:
         return o.merged / o.seconds * 60
@@ -478,42 +486,66 @@ def realistic(argv: list[str]) -> None:
         f"~{STEP_S:g} s (every merged task's check re-run), one culprit, one flaky check, "
         f"one conflicting pair; a claim every {args.arrival_s:g} s"
     )
-    print(f"{'':26}{'one slot':>12}{f'batch {args.batch}':>12}")
-    rows = [
-        ("merged", one.merged, new.merged),
-        ("seconds", f"{one.seconds:.1f}", f"{new.seconds:.1f}"),
-        ("merges/min", f"{rate(one):.1f}", f"{rate(new):.1f}"),
-        ("trees checked", one.stats.get("check_rounds", 0), new.stats.get("check_rounds", 0)),
-        ("checks run", one.stats.get("check_commands", 0), new.stats.get("check_commands", 0)),
-        ("runs to isolate culprit", "-", new.stats.get("isolate_runs", 0)),
-        ("flaky recorded", "-", new.stats.get("flaky", 0)),
-        ("longest wait (s)", f"{max(one.waits):.1f}", f"{max(new.waits):.1f}"),
-        ("longest / median wait", f"{wait_ratio(one):.2f}", f"{wait_ratio(new):.2f}"),
-        ("main_red", one.main_red, new.main_red),
+    batches = [results[f"batch_{b}"] for b in sizes]
+    print(f"{'':26}{'one slot':>12}" + "".join(f"{f'batch {b}':>12}" for b in sizes))
+    rows: list[tuple[str, Callable[[Outcome], object]]] = [
+        ("merged", lambda o: o.merged),
+        ("seconds", lambda o: f"{o.seconds:.1f}"),
+        ("merges/min", lambda o: f"{rate(o):.1f}"),
+        ("ratio to one slot", lambda o: f"{rate(o) / rate(one):.2f}"),
+        ("trees checked", lambda o: o.stats.get("check_rounds", 0)),
+        ("checks run", lambda o: o.stats.get("check_commands", 0)),
+        ("runs to isolate culprit", lambda o: o.stats.get("isolate_runs", "-")),
+        ("flaky recorded", lambda o: o.stats.get("flaky", "-")),
+        ("longest wait (s)", lambda o: f"{max(o.waits):.1f}"),
+        ("longest / median wait", lambda o: f"{wait_ratio(o):.2f}"),
+        ("main_red", lambda o: o.main_red),
     ]
-    for label, a, b in rows:
-        print(f"{label:26}{a!s:>12}{b!s:>12}")
-    print(f"refused, one slot: {one.refused}\nrefused, batch:    {new.refused}")
+    for label, cell in rows:
+        print(f"{label:26}{cell(one)!s:>12}" + "".join(f"{cell(o)!s:>12}" for o in batches))
+    print(f"refused, one slot: {one.refused}")
+    for b, o in zip(sizes, batches, strict=True):
+        print(f"refused, batch {b}: {o.refused}")
+
+    def figures_of(b: int, o: Outcome) -> dict[str, object]:
+        return {
+            "batch": b,
+            "batch_merges_per_min": round(rate(o), 1),
+            "ratio": round(rate(o) / rate(one), 2),
+            "batch_check_runs": o.stats.get("check_rounds", 0),
+            "batch_checks": o.stats.get("check_commands", 0),
+            "culprit_isolation_runs": o.stats.get("isolate_runs", 0),
+            "culprit_isolation_bound": math.ceil(math.log2(b)) + 1,
+            "batch_longest_wait_s": round(max(o.waits), 1),
+            "batch_wait_max_over_median": round(wait_ratio(o), 2),
+            "batch_merged": o.merged,
+            "main_red": o.main_red,
+        }
+
+    first = figures_of(sizes[0], batches[0])
     figures = {
         "one_slot_merges_per_min": round(rate(one), 1),
-        "batch_merges_per_min": round(rate(new), 1),
-        "ratio": round(rate(new) / rate(one), 2),
+        "batch_merges_per_min": first["batch_merges_per_min"],
+        "ratio": first["ratio"],
         "one_slot_check_runs": one.stats.get("check_rounds", 0),
-        "batch_check_runs": new.stats.get("check_rounds", 0),
+        "batch_check_runs": first["batch_check_runs"],
         "one_slot_checks": one.stats.get("check_commands", 0),
-        "batch_checks": new.stats.get("check_commands", 0),
-        "culprit_isolation_runs": new.stats.get("isolate_runs", 0),
-        "culprit_isolation_bound": math.ceil(math.log2(args.batch)) + 1,
+        "batch_checks": first["batch_checks"],
+        "culprit_isolation_runs": first["culprit_isolation_runs"],
+        "culprit_isolation_bound": first["culprit_isolation_bound"],
         "one_slot_longest_wait_s": round(max(one.waits), 1),
-        "batch_longest_wait_s": round(max(new.waits), 1),
+        "batch_longest_wait_s": first["batch_longest_wait_s"],
         "one_slot_wait_max_over_median": round(wait_ratio(one), 2),
-        "batch_wait_max_over_median": round(wait_ratio(new), 2),
+        "batch_wait_max_over_median": first["batch_wait_max_over_median"],
         "one_slot_merged": one.merged,
-        "batch_merged": new.merged,
+        "batch_merged": first["batch_merged"],
+        "batch": sizes[0],
         "claims": n,
         "arrival_s": args.arrival_s,
-        "main_red": one.main_red + new.main_red,
+        "main_red": one.main_red + sum(o.main_red for o in batches),
     }
+    if len(sizes) > 1:
+        figures["by_batch"] = [figures_of(b, o) for b, o in zip(sizes, batches, strict=True)]
     print(json.dumps(figures))
 
 

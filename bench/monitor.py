@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import fakeredis
 
 from agents.monitor import Monitor
-from agents.store import Store
 from bus import BusSettings, RedisBus
 from events import (
     Event,
@@ -57,6 +56,7 @@ from events import (
     Source,
     TaskReset,
 )
+from infra.store import Store
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 HOST = "bench-host"

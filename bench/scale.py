@@ -2,7 +2,7 @@
 instant scripted agent), against a plain script that runs the same agent step, the
 same check and a commit, sequentially.
 
-    python bench/scale.py [--loops 10,30,60,100] [--tasks 2]
+    python bench/scale.py [--loops 10,30,60,100] [--tasks 2] [--batch 5,10]
 
 `loops up` runs as an operator runs it (a subprocess, the embedded redis-server). While
 it runs, its threads and memory (/proc, its own process and its children) and the
@@ -39,18 +39,26 @@ import yaml
 
 from bus import EmbeddedServer, RedisBus, connect, recorded_settings
 from events import TaskClaimed, VerificationStarted
-from loops.workspace import git
+from infra.git import git
 
 LOOPS_BIN = str(Path(sys.executable).parent / "loops")
 
 
-def make_project(root: Path, loops: int, tasks: int, recheck: bool = True) -> list[str]:
+def make_project(
+    root: Path, loops: int, tasks: int, recheck: bool = True, batch: int | None = None
+) -> list[str]:
     """`loops` loops in the seed layout, `tasks` tasks each; each task's agent writes
     one file of its own and claims; its check is that the file exists. `recheck`:
-    project.json's `recheck_merged` (each merge re-runs every merged task's checks)."""
+    project.json's `recheck_merged` (each merge re-runs every merged task's checks);
+    `batch`: its `merge_batch_size` (None: the default)."""
     root.mkdir(parents=True)
+    project: dict[str, object] = {}
     if not recheck:
-        (root / "project.json").write_text(json.dumps({"recheck_merged": False}))
+        project["recheck_merged"] = False
+    if batch is not None:
+        project["merge_batch_size"] = batch
+    if project:
+        (root / "project.json").write_text(json.dumps(project))
     (root / "README.md").write_text("scale bench\n")
     (root / ".gitignore").write_text(".loops/\nhealth.json\nlogs/\n")
     names = []
@@ -234,11 +242,14 @@ def claim_to_verify(root: Path) -> float | None:
     return round(statistics.median(waits), 3) if waits else None
 
 
-def run_one(n: int, tasks: int, tmp: Path, recheck: bool = True) -> dict[str, Any]:
-    root = tmp / f"up-{n}"
-    names = make_project(root, n, tasks, recheck)
+def run_one(
+    n: int, tasks: int, tmp: Path, recheck: bool = True, batch: int | None = None
+) -> dict[str, Any]:
+    tag = f"{n}" if batch is None else f"{n}-b{batch}"
+    root = tmp / f"up-{tag}"
+    names = make_project(root, n, tasks, recheck, batch)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_URL"))}
-    log = tmp / f"up-{n}.log"
+    log = tmp / f"up-{tag}.log"
     started = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -252,13 +263,14 @@ def run_one(n: int, tasks: int, tmp: Path, recheck: bool = True) -> dict[str, An
     text = log.read_text(errors="replace")
     merged = sum(int(m) for m in re.findall(r"^\s+loop-\d+: (\d+)/\d+ tasks verified", text, re.M))
     wait = claim_to_verify(root)
-    plain_root = tmp / f"plain-{n}"
+    plain_root = tmp / f"plain-{tag}"
     make_project(plain_root, n, tasks)
     plain_s = plain(plain_root, names, tasks)
     total = n * tasks
     return {
         "loops": n,
         "recheck_merged": recheck,
+        "merge_batch_size": batch,
         "exit": code,
         "wall_s": round(wall, 1),
         "merged": merged,
@@ -286,6 +298,12 @@ def main() -> None:
         action="store_true",
         help="project.json recheck_merged: false (merges do not re-run merged tasks' checks)",
     )
+    parser.add_argument(
+        "--batch",
+        default=None,
+        help="project.json merge_batch_size, comma-separated: each N runs with each size "
+        "(default: the project default)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the projects and logs")
     args = parser.parse_args()
     runs = []
@@ -299,11 +317,13 @@ def main() -> None:
         f"recheck_merged={not args.no_recheck} ({tmp})"
     )
     print(header)
-    for n in (int(x) for x in args.loops.split(",")):
-        r = run_one(n, args.tasks, tmp, recheck=not args.no_recheck)
+    sizes = [int(b) for b in args.batch.split(",")] if args.batch else [None]
+    for n, batch in ((int(x), b) for x in args.loops.split(",") for b in sizes):
+        r = run_one(n, args.tasks, tmp, recheck=not args.no_recheck, batch=batch)
         runs.append(r)
         print(
-            f"{n:>4} {r['wall_s']:>6}s {r['merged']:>4}/{r['tasks']:<4} {r['s_per_task']:>7} "
+            ("" if batch is None else f"B={batch} ")
+            + f"{n:>4} {r['wall_s']:>6}s {r['merged']:>4}/{r['tasks']:<4} {r['s_per_task']:>7} "
             f"{r['plain_s_per_task']:>6} {'x' + str(r['ratio']):>6} {r['target_s_per_task']:>7} "
             f"{r['threads']:>4} {r['redis_connections']:>5} {r['calls_per_event']!s:>8} "
             f"{r['mb_per_loop']:>7} {r['claim_to_verify_median_s']!s:>12} "

@@ -15,7 +15,7 @@ from bus.embedded import (
     resolve_url,
     state_dir,
 )
-from bus.idempotency import Idempotency
+from bus.idempotency import Dedupe, Idempotency, Window
 from bus.ledger import PassedLedger
 from bus.router import Inbox, Router, router_group
 from bus.settings import CONNECTION_ERRORS, BusSettings, TrimPolicy, connect
@@ -26,6 +26,7 @@ __all__ = [
     "Bus",
     "BusSettings",
     "DeadLetter",
+    "Dedupe",
     "EmbeddedServer",
     "Handler",
     "Idempotency",
@@ -38,6 +39,7 @@ __all__ = [
     "Subscription",
     "SubscriptionStats",
     "TrimPolicy",
+    "Window",
     "connect",
     "read_dead_letters",
     "recorded_settings",

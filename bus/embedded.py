@@ -218,9 +218,10 @@ def resolve_settings(
     if settings is not None and reachable(settings.url, password=settings.password):
         return settings
     shown = project_dir or "."
+    where = f"in {shown}" if project_dir else "here, above here or under this repository"
     raise ConfigError(
-        f"no coding-loops system is running in {shown} "
-        f"(start one with `loops up {shown}`) and REDIS_URL is not set"
+        f"no coding-loops system is running {where} "
+        f"(start one with `loops up {shown}`, or name it with --dir DIR) and REDIS_URL is not set"
     )
 
 

@@ -60,6 +60,10 @@ DECISION_TYPES: frozenset[str] = frozenset(
         "iteration.abort",
         # a shared pause of every loop on one account: never on someone else's word
         "usage.limited",
+        # budgets: a warning, a held loop, a person's raise
+        "budget.warned",
+        "budget.exhausted",
+        "budget.raised",
     }
 )
 """Event types a consumer with a key accepts only with a valid signature."""

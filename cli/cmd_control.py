@@ -13,25 +13,19 @@ import sys
 import time
 
 from bus import RedisBus
-from cli.context import open_bus
+from cli.context import known_loops, open_bus
 from cli.view import clean
 from events import CommandAcknowledged
 from events.commands import build_command
 
 EXIT_OK, EXIT_FAIL = 0, 1
 DEFAULT_WAIT_S = 10.0
-LOOP_TYPES = frozenset({"loop.started", "loop.heartbeat", "loop.stopped"})
 DONE = {
     "loop.pause": "paused after its current iteration",
     "loop.resume": "resumed",
     "loop.stop": "stopping after its current iteration",
     "task.reset": "task reset to pending with zero attempts",
 }
-
-
-def known_loops(bus: RedisBus) -> set[str]:
-    """Loops that have ever shown up on the stream."""
-    return {e.loop for _, e in bus.replay(types=LOOP_TYPES) if e.loop}
 
 
 def wait_for_ack(
@@ -80,5 +74,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_FAIL
     detail = f": {clean(ack.detail, 200)}" if ack.detail else ""
+    if ack.refused:
+        why = clean(ack.detail, 200) or "refused"
+        print(f"loops: {loop}: {why}; nothing changed (its tasks: `loops status`)", file=sys.stderr)
+        return EXIT_FAIL
     print(f"{loop}: {DONE[command.type]} (acknowledged by {ack.source.instance}){detail}")
     return EXIT_OK

@@ -23,21 +23,31 @@ from agents.monitor import Monitor
 from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from agents.runner import run as run_agent
-from agents.store import Store
-from app.compose import Wiring, make_answer_reader, make_notifier, pm_config, wire
+from app.compose import (
+    Wiring,
+    make_answer_reader,
+    make_notifier,
+    monitor_policy,
+    pm_config,
+    wire,
+)
+from app.fleet import agent_runner
 from app.metrics import metrics_address
 from app.runtime import run_role
 from app.system import SystemOptions
-from bus import PassedLedger, RedisBus, connect
+from bus import Inbox, PassedLedger, RedisBus, Router, connect
 from bus.settings import warn_if_unsigned
 from cli.context import load_checked, open_bus, project_dir, repo_and_main, settings_of
 from cli.running import run_system
 from events import ConfigError, ValidationFailed
 from gates import RqJobs
 from infra.settings import Settings
+from infra.store import Store
 from loops.books import HarnessBook
+from loops.budget_config import effective
 from loops.project import Loop, Project, load_loop
-from loops.service import WorkerService
+from loops.reactions import WORKER_TYPES
+from loops.service import BROADCAST_TYPES, WorkerService
 
 VERIFY_QUEUE = "loops-verify"
 
@@ -116,20 +126,30 @@ def _role(
     def work(stop: threading.Event) -> None:
         # A fresh worker per run: a restart (the monitor's, or after a crash) reloads
         # its state from disk.
-        done = _service(args, wiring, loop).run(stop)
+        done = _service(args, wiring, project, loop).run(stop)
         if not done.restart:
             stop.set()  # stopped by a command: the process exits (0)
 
     return work, f"worker:{loop.name}"
 
 
-def _service(args: argparse.Namespace, wiring: Wiring, loop: Loop) -> WorkerService:
-    return wiring.worker(
+def _service(
+    args: argparse.Namespace,
+    wiring: Wiring,
+    project: Project,
+    loop: Loop,
+    inbox: Inbox | None = None,
+) -> WorkerService:
+    agent = args.agent or loop.config.agent or "claude"
+    w = wiring
+    return w.worker(
         HarnessBook(loop, max_iterations=args.max_iterations),
-        args.agent or loop.config.agent or "claude",
-        model=loop.config.model,
-        base_dir=loop.dir,
+        agent,
         heartbeat_s=loop.config.health_check.interval_seconds,
+        runner=agent_runner(w.bus, loop, agent, w.repo, w.main, w.remote, w.settings),
+        prices=project.config.prices,
+        budget=effective(project.config.budget, loop.config.budget),
+        inbox=inbox,
     )
 
 
@@ -137,10 +157,11 @@ def _every_loop(
     args: argparse.Namespace, wiring: Wiring, project: Project
 ) -> Callable[[threading.Event], None]:
     """`loops worker --all`: every loop of the project, one thread each, in this process
-    (what compose's `loops` service runs, so adding a loop needs no YAML). A loop stopped
-    by a command ends alone; the process exits (0) once every loop has; a loop that
-    crashes stops the others and the process exits non-zero, for its supervisor to
-    restart it."""
+    (what compose's `loops` service runs, so adding a loop needs no YAML), fed by one
+    `bus.Router` as `loops up` feeds its loops: one consumer group for the process, not
+    one per loop. A loop stopped by a command ends alone; the process exits (0) once
+    every loop has; a loop that crashes stops the others and the process exits
+    non-zero, for its supervisor to restart it."""
     loops = [
         lp
         if not args.model
@@ -152,26 +173,44 @@ def _every_loop(
 
     def fleet(stop: threading.Event) -> None:
         crashed: list[BaseException] = []
+        router = Router(
+            wiring.bus,
+            [lp.name for lp in loops],
+            consumer="worker",  # a restarted process takes its pending entries back
+            types=WORKER_TYPES,
+            broadcast=BROADCAST_TYPES,
+        )
 
         def one(loop: Loop) -> None:
             try:
                 while not stop.is_set():
-                    if not _service(args, wiring, loop).run(stop).restart:
+                    inbox = router.inbox(loop.name)
+                    service = _service(args, wiring, project, loop, inbox)
+                    if not service.run(stop).restart:
                         return
             except BaseException as exc:
                 log.exception("loop %s crashed", loop.name)
                 crashed.append(exc)
                 stop.set()
 
+        def route() -> None:
+            try:
+                router.subscription.run(stop, block_ms=1000)
+            except BaseException as exc:
+                log.exception("the router of the loops crashed")
+                crashed.append(exc)
+                stop.set()
+
         threads = [
             threading.Thread(target=one, args=(lp,), name=f"worker-{lp.name}") for lp in loops
         ]
-        for thread in threads:
+        routing = threading.Thread(target=route, name="router")
+        for thread in [routing, *threads]:
             thread.start()
         while any(t.is_alive() for t in threads) and not stop.wait(0.5):
             pass
         stop.set()  # every loop stopped by a command, or the process is stopping
-        for thread in threads:
+        for thread in [*threads, routing]:
             thread.join()
         if crashed:
             raise crashed[0]
@@ -222,7 +261,12 @@ def _embedded_worker(
 
 def _agent(role: str, bus: RedisBus, directory: Path, settings: Settings) -> Agent:
     if role == "monitor":
-        return Monitor(Store(bus.client, bus.prefix, "monitor"))
+        try:
+            project: Project | None = load_checked(directory, settings)
+        except (ValidationFailed, ConfigError):
+            project = None  # the monitor also works without the project's files
+        policy = monitor_policy(project, settings)
+        return Monitor(Store(bus.client, bus.prefix, "monitor"), policy)
     if role == "human":
         return HumanAgent(
             Store(bus.client, bus.prefix, "human"),

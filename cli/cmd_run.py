@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import threading
 from pathlib import Path
 
@@ -18,11 +19,14 @@ from agents.escalations import Escalation, open_escalations
 from app.compose import Threads, check_sandboxes, loader_with_fallback, wire
 from bus import EmbeddedServer, RedisBus
 from cli.context import settings_of
+from cli.view import SystemView
+from cli.view.spend import SPEND_TYPES
 from events import ConfigError, EscalationKind
+from infra.git import GitError, current_branch, git, repo_root
 from loops.book import TaskStatus
 from loops.books import SpecBook
+from loops.budget_config import effective
 from loops.spec import load_spec
-from loops.workspace import GitError, current_branch, git, repo_root
 
 log = logging.getLogger("loops.run")
 
@@ -78,12 +82,19 @@ def run(args: argparse.Namespace) -> int:
                 base_dir=Path.cwd(),
                 heartbeat_s=5.0,
                 agent_timeout_s=getattr(args, "agent_timeout", None),
+                budget=effective(
+                    None,
+                    max_usd=getattr(args, "max_cost", None),
+                    max_tokens=getattr(args, "max_tokens", None),
+                ),
             )
             if args.trust_agent:
                 log.warning("--trust-agent: claims are merged without running the checks")
             roles.poll_forever("gate", wiring.gate().subscribe("run"))
             roles.poll_forever("merge", wiring.merge().subscribe("run"))
             outcome = service.run(threading.Event(), until_idle=True)
+            for line in SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines():
+                log.info("%s", line.strip())
         finally:
             roles.shutdown()
             bus.close()
@@ -95,7 +106,20 @@ def run(args: argparse.Namespace) -> int:
             iterations=service.worker.state.iteration,
             branch=branch,
             all_passed=outcome.all_passed,
+            rerun=rerun_command(args),
         )
+
+
+def rerun_command(args: argparse.Namespace) -> str:
+    """The `loops run` that goes on from here, as the person typed it (spec, agent)."""
+    words = ["loops", "run"]
+    if args.spec_file != "SPEC.yaml":
+        words.append(args.spec_file)
+    if args.agent:
+        words += ["--agent", args.agent]
+    if args.repo:
+        words += ["--repo", args.repo]
+    return shlex.join(words)
 
 
 def _summary(
@@ -104,20 +128,24 @@ def _summary(
     iterations: int,
     branch: str,
     all_passed: bool,
+    rerun: str = "loops run",
 ) -> int:
     if all_passed:
         log.info(
             "All tasks verified and merged into %r — done in %d iteration(s).", branch, iterations
         )
         return 0
+    waiting = {e.task_id for e in escalations}
     for task in book.tasks():
         record = book.record(task.id)
         if record.status is not TaskStatus.PASSED:
             log.error(
-                "Task %r is %s%s",
+                "Task %r is %s%s%s%s",
                 task.id,
                 record.status.value,
+                f" ({record.attempts} failed attempts)" if record.attempts else "",
                 f": {record.last_result}" if record.last_result else "",
+                "" if task.id in waiting else f" — run `{rerun}` to go on (what it tried is kept)",
             )
     for esc in escalations:
         if esc.kind is EscalationKind.SIGNOFF:
@@ -125,7 +153,5 @@ def _summary(
         else:
             log.error("Open question %s: %s", esc.id, esc.question)
     if escalations:
-        log.error(
-            "Answer with `loops answer ID TEXT` in this directory, then run `loops run` again."
-        )
+        log.error("Answer with `loops answer ID TEXT` in this directory, then run `%s`.", rerun)
     return 1

@@ -16,6 +16,10 @@ from cli.running import run_system
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        from cli.cmd_budget import print_plan
+
+        return print_plan(args)
     settings = settings_of(args)
     directory = project_dir(args.dir, settings)
     project = load_checked(directory, settings)
@@ -25,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         max_iterations=args.max_iterations,
         test_command=args.test_command,
+        max_cost=args.max_cost,
+        max_tokens=args.max_tokens,
         settings=settings,
     )
     return run_system(directory, project, options, redis_url=args.redis, serve=args.serve)

@@ -33,6 +33,7 @@ from loops.harness import (
 )
 from loops.names import loop_name_problem
 from loops.project import (
+    SIGNOFF_NOTE,
     Loop,
     Project,
     check_loop,
@@ -41,16 +42,19 @@ from loops.project import (
     project_config_path,
     resolve_specs_dir,
     specs_missing,
+    unchecked_tasks,
 )
 from loops.spec import load_spec
 
 EXIT_OK, EXIT_FAIL = 0, 1
 
 Results = dict[str, list[str]]  # file -> its problems ([] = OK), in the order checked
+NOTES: Results = {}  # file -> what a person should know about a valid file (this run's)
 
 
 def run(args: argparse.Namespace) -> int:
     results: Results = {}
+    NOTES.clear()
     env_dir = settings_of(args).project_dir
     for raw in args.paths:
         _guarded(results, str(raw), partial(_validate_path, Path(raw), env_dir, results))
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                 print(_one_line(line))
         else:
             print(f"OK {path}")
+            for note in NOTES.get(path, []):
+                print(_one_line(f"NOTE {note}"))
     sys.stdout.flush()
     if bad:
         print(
@@ -253,6 +259,10 @@ def _validate_loop(
         loop = check_loop(loop_dir, results, root=root, project_dir=env_dir, strict=True)
         if loop is not None:
             holder.append(loop)
+            unchecked = unchecked_tasks(loop.config, loop.state)
+            if unchecked:
+                note = f"{loop.state_path}: {', '.join(unchecked)}: {SIGNOFF_NOTE}"
+                NOTES[str(loop.state_path)] = [note]
 
     _guarded(results, str(loop_dir / "config.json"), check)
     return holder[0] if holder else None

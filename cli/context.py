@@ -17,11 +17,12 @@ import redis
 
 import bus as busmod
 from bus import BusSettings, EmbeddedServer, RedisBus
+from bus.locate import find_project_dir
 from bus.settings import redact_url, warn_if_unsigned
 from events import ConfigError, ValidationFailed
+from infra.git import GitError, current_branch, git, repo_root
 from infra.settings import Settings
 from loops.project import Project, load_project
-from loops.workspace import GitError, current_branch, git, repo_root
 
 redact = redact_url  # `url` without its password, for messages
 
@@ -75,14 +76,23 @@ def repo_and_main(directory: Path, project: Project) -> tuple[Path, str]:
 # ---------------------------------------------------------------------- reaching the system
 
 
+def system_dir(args: argparse.Namespace) -> str | None:
+    """`--dir`, else `$CODING_LOOP_PROJECT_DIR`, else the system found from here, as git
+    finds its repository (`bus.locate`: the parents, then below the repository's top)."""
+    named = getattr(args, "project_dir", None) or settings_of(args).project_dir
+    if named:
+        return str(named)
+    found = find_project_dir()
+    return str(found) if found else None
+
+
 def bus_settings(args: argparse.Namespace) -> BusSettings:
     """Where the running system is, and its credentials, with nothing typed: `--redis`,
     else `$REDIS_URL` (password in the URL or `$LOOPS_REDIS_PASSWORD`, signing key
     `$LOOPS_SIGNING_KEY` or derived from it), else the embedded server of the project
     in `--dir` (password and key from its `.loops/`); key prefix from `$LOOPS_PREFIX`
     (default loops)."""
-    settings = settings_of(args)
-    return settings.resolve_bus(getattr(args, "redis", None), getattr(args, "project_dir", None))
+    return settings_of(args).resolve_bus(getattr(args, "redis", None), system_dir(args))
 
 
 def _embedded_data(project_dir: str | None) -> Path | None:
@@ -103,7 +113,7 @@ def open_bus(args: argparse.Namespace) -> Iterator[RedisBus]:
         try:
             found = bus_settings(args)
         except ConfigError:
-            project = _embedded_data(getattr(args, "project_dir", None) or settings.project_dir)
+            project = _embedded_data(system_dir(args))
             if project is None:
                 raise
             server = stack.enter_context(EmbeddedServer(project, kind="redis-server"))
@@ -135,3 +145,11 @@ def open_system_bus(
         warn_if_unsigned(found)
         bus = stack.enter_context(RedisBus.from_settings(found))
         yield bus
+
+
+LOOP_TYPES = frozenset({"loop.started", "loop.heartbeat", "loop.stopped"})
+
+
+def known_loops(bus: RedisBus) -> set[str]:
+    """Loops that have ever shown up on the stream."""
+    return {e.loop for _, e in bus.replay(types=LOOP_TYPES) if e.loop}

@@ -3,11 +3,14 @@ status table (`loops status`, and `loops up` while it runs)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from app.runtime import Presence
-from cli.view import Health, LoopView, SystemView, TaskStatus, TaskView, clean
+from cli.view import Attention, Health, LoopView, SystemView, TaskStatus, TaskView, clean
+
+MANY_LOOPS = 20  # from here on, loops are grouped by what they need, problems first
 
 
 def table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
@@ -87,14 +90,24 @@ def render(
         return "\n".join(lines)
 
     loops = sorted(view.loops.values(), key=lambda loop: loop.name)
+    many = len(loops) >= MANY_LOOPS
+    if many:  # problem loops first, grouped by what they need
+        loops.sort(key=lambda loop: (loop.attention.rank, loop.name))
     passed = sum(loop.passed for loop in loops)
     total = sum(loop.total for loop in loops)
     lines.append(
         f"{len(loops)} loop(s)  passed {passed}/{total}  tokens {human_tokens(view.tokens)}"
         f"  cost ${view.cost_usd:.2f}  last event {ago(view.last_event, now)} ago"
     )
+    lines += [line.strip() for line in view.spend.lines()[-1:]]  # cost per merged task
+    if many:
+        counts = Counter(loop.attention for loop in loops)
+        lines.append(
+            "by state: " + ", ".join(f"{a.value} {counts[a]}" for a in Attention if counts[a])
+        )
     warnings = sorted({loop.sandbox_warning for loop in loops if loop.sandbox_warning})
     lines += [f"WARNING: {clean(w, 300)}" for w in warnings]
+    lines += [f"BUDGET {loop.name}: {loop.budget}" for loop in loops if loop.budget]
     lines += ["", "LOOPS"]
     rows = []
     for loop in loops:
@@ -102,7 +115,8 @@ def render(
         if loop.health in (Health.STALE, Health.DEAD):
             health += f" ({ago(loop.last_seen, now)})"
         rows.append(
-            [
+            ([loop.attention.value] if many else [])
+            + [
                 clean(loop.name, 32),
                 _loop_status(loop, now),
                 health,
@@ -113,10 +127,14 @@ def render(
                 f"${loop.cost_usd:.2f}",
             ]
         )
-    lines += table(["LOOP", "STATUS", "HEALTH", "TASK", "ITER", "PASSED", "TOKENS", "COST"], rows)
+    headers = ["LOOP", "STATUS", "HEALTH", "TASK", "ITER", "PASSED", "TOKENS", "COST"]
+    lines += table((["NEEDS"] if many else []) + headers, rows)
 
     rows = []
+    quiet = [loop for loop in loops if many and loop.attention.rank > Attention.FAILING.rank]
     for loop in loops:
+        if loop in quiet:
+            continue
         for task in sorted(loop.tasks.values(), key=lambda t: t.task_id):
             rows.append(
                 [
@@ -128,8 +146,10 @@ def render(
                 ]
             )
     if rows:
-        lines += ["", "TASKS"]
+        lines += ["", "TASKS" + (" (of the loops that need attention)" if many else "")]
         lines += table(["LOOP", "TASK", "STATUS", "ATTEMPTS", "NOTE"], rows)
+    if quiet:
+        lines.append(f"  tasks of {len(quiet)} other loop(s): loops status --json")
 
     open_ = view.open_escalations()
     lines += ["", f"ESCALATIONS ({len(open_)} open)"]
@@ -164,6 +184,21 @@ def render(
     ]
     if rows:
         lines += table(["STATUS", "LOOP", "TASK", "COMMIT", "AGE", "NOTE"], rows)
+
+    if view.flaky:
+        lines += ["", f"FLAKY CHECKS ({len(view.flaky)})"]
+        rows = [
+            [
+                str(f.count),
+                str(f.seen),
+                "blocked" if f.blocked else "landed",
+                f.escalation_id or "-",
+                ago(f.ts, now),
+                clean(f.command, 60),
+            ]
+            for f in sorted(view.flaky.values(), key=lambda f: -f.count)
+        ]
+        lines += table(["COUNT", "SEEN", "LAST", "ESCALATION", "AGE", "CHECK"], rows)
 
     if view.monitor_actions:
         lines += ["", "MONITOR (latest)"]

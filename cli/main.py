@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+from cli.cmd_budget import add_commands as add_budget_commands
+from cli.cmd_budget import add_flags as add_budget_flags
 from events import LoopsError, ValidationFailed
 from events.secrets import install_log_redaction, redact
 from infra.settings import Settings
@@ -49,14 +51,15 @@ def _add_redis(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis",
         metavar="URL",
-        help="Redis URL (default: $REDIS_URL, else the embedded server of the project in .)",
+        help="Redis URL (default: $REDIS_URL, else the embedded server of the project, see --dir)",
     )
     p.add_argument(
         "--dir",
         dest="project_dir",
         metavar="DIR",
         default=None,
-        help="project directory whose embedded server to reach (default: $CODING_LOOP_PROJECT_DIR or .)",
+        help="project directory whose embedded server to reach (default: $CODING_LOOP_PROJECT_DIR, "
+        "else the system found from here, as git finds its repository)",
     )
 
 
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept the agent's <promise> without running the checks (ralph_loop's old behaviour)",
     )
+    add_budget_flags(p, "the loop")
 
     p = _command(
         sub, "up", "up", help="the whole system on DIR (seed layout: DIR/loop-*/config.json)"
@@ -202,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", metavar="A", default=None, help="override every loop's agent")
     _add_harness_overrides(p, "every loop")
     _add_test_command(p)
+    add_budget_flags(p, "the project", dry_run=True)
     p.add_argument(
         "--serve",
         action="store_true",
@@ -326,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--here", action="store_true", help="only count processes on this host")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    add_budget_commands(sub)  # `loops budget`, `loops plan` (cli/cmd_budget.py)
     p = _command(sub, "demo", "demo", help="the embedded demo from the README (no API key needed)")
     p.add_argument(
         "--agent", metavar="A", default=None, help="run the scenario on a real agent, e.g. claude"

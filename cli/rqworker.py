@@ -11,14 +11,17 @@ wait; commands (`rq` stop-job, shutdown) still arrive within a second.
 
 from __future__ import annotations
 
+from rq.worker import BaseWorker
 from rq.worker import SimpleWorker as RqSimpleWorker
 from rq.worker import Worker as RqWorker
 
 PUBSUB_READ_S = 1.0
 
 
-class _ShortReads(RqWorker):
-    """The pubsub thread reads in `PUBSUB_READ_S` slices (mixed into rq's classes)."""
+class _ShortReads(BaseWorker):
+    """The pubsub thread reads in `PUBSUB_READ_S` slices (mixed into rq's classes; on
+    `BaseWorker`, so that `SimpleWorker` keeps rq's own `execute_job`, which runs the job
+    in the worker process instead of a forked work horse)."""
 
     def subscribe(self) -> None:
         self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
@@ -29,7 +32,7 @@ class _ShortReads(RqWorker):
         )
 
 
-class Worker(_ShortReads):
+class Worker(_ShortReads, RqWorker):
     """rq's worker whose warm shutdown does not wait out a 60 s pubsub read."""
 
 

@@ -6,9 +6,9 @@ live table, and the summary at the end.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -23,8 +23,10 @@ from bus import CONNECTION_ERRORS, RedisBus
 from cli.context import open_system_bus, repo_and_main
 from cli.fmt import render
 from cli.view import SystemView, TaskStatus
+from cli.view.spend import SPEND_TYPES
 from events import ConfigError
 from events.secrets import RedactingFilter
+from infra.files import FileLock
 from loops.book import TaskStatus as BookStatus
 from loops.project import Project
 
@@ -36,28 +38,39 @@ def up_lock(directory: Path) -> Iterator[None]:
     """One `loops up` per directory: a second one refuses with a clear message."""
     state = directory / ".loops"
     state.mkdir(exist_ok=True)
-    path = state / "up.lock"
-    fh = path.open("a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        pid = fh.read().strip() or "?"
-        fh.close()
+    lock = FileLock(state / "up.lock")
+    if not lock.acquire(wait=False):
         raise ConfigError(
             f"another `loops up` or `loops worker` is already running on {directory} "
-            f"(pid {pid}); watch it with `loops status`, or stop it first (to run several "
-            "loops together on one machine, use one `loops up`)"
-        ) from None
+            f"(pid {lock.holder() or '?'}); watch it with `loops status`, or stop it first "
+            "(to run several loops together on one machine, use one `loops up`)"
+        )
     try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        lock.note(str(os.getpid()))
         yield
     finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+        lock.release()
+
+
+class LoopNames(logging.Filter):
+    """Prefixes a log line of a loop's threads (`worker-LOOP`, `heartbeat-LOOP`) with
+    `[LOOP]` when it does not name its loop: with many loops in one log, every line says
+    whose it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        thread = record.threadName or ""
+        _, sep, loop = thread.partition("-")
+        if sep and thread.startswith(("worker-", "heartbeat-")):
+            message = record.getMessage()
+            if not re.search(rf"(?<![\w-]){re.escape(loop)}(?![\w-])", message):
+                record.msg, record.args = f"[{loop}] {message}", None
+        return True
+
+
+def name_loops_in_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, LoopNames) for f in handler.filters):
+            handler.addFilter(LoopNames())
 
 
 def logs_to_file_on_a_terminal(directory: Path) -> Path | None:
@@ -143,6 +156,14 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
                 status = "passed in the state file but not merged on main"
             why = f" — {record.last_result}" if record.last_result else ""
             lines.append(f"    {task.id}: {status}{why}")
+            out_of_attempts = worker.book.max_attempts <= record.attempts
+            if record.status in (BookStatus.BLOCKED, BookStatus.FAILED) and out_of_attempts:
+                # Out of attempts: no run takes it up again until a person resets it.
+                lines.append(
+                    f"      to retry it: `loops reset {slot.name} {task.id} --no-wait` (a "
+                    "running loop takes it at once, a stopped one when it starts again)"
+                )
+    lines += SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines()
     escalations = open_escalations(e for _, e in bus.replay())
     if escalations:
         lines.append("  Open escalations (answer with `loops answer ID TEXT`):")
@@ -179,6 +200,7 @@ def run_system(
     for warning in check_sandboxes(lp.config.sandbox for lp in running):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     log_file = logs_to_file_on_a_terminal(directory)
+    name_loops_in_logs()
     with up_lock(directory), open_system_bus(redis_url, directory, options.settings) as bus:
         system = System(project, bus, repo, main, options)
         table = LiveTable(bus)

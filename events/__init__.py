@@ -25,8 +25,11 @@ from events.envelope import (
 from events.errors import ConfigError, DecodeError, LoopsError, ValidationFailed
 from events.models import *  # noqa: F403 - every event class is part of the public API
 from events.models import __all__ as _models_all
+from events.receipts import RECEIPT_TYPES, ReceiptFold, fold_receipt
 from events.types import (
     AgentSign,
+    BudgetLevel,
+    BudgetMetric,
     Check,
     Criterion,
     CriterionResult,
@@ -44,13 +47,38 @@ from events.types import (
     TokenUsage,
     VerificationVerdict,
 )
+from events.usage import (
+    DEFAULT_PRICES,
+    CheckedCost,
+    CostSource,
+    ModelPrice,
+    Receipt,
+    checked_cost,
+    checked_tokens,
+    model_price,
+    price_tokens,
+)
 
 __all__ = [
+    "DEFAULT_PRICES",
+    "RECEIPT_TYPES",
+    "CheckedCost",
+    "CostSource",
+    "ModelPrice",
+    "Receipt",
+    "ReceiptFold",
+    "checked_cost",
+    "checked_tokens",
+    "fold_receipt",
+    "model_price",
+    "price_tokens",
     "EVENT_CLASSES",
     "EVENT_TYPES",
     "SCHEMA_VERSION",
     "AgentSign",
     "AnyEvent",
+    "BudgetLevel",
+    "BudgetMetric",
     "Check",
     "ConfigError",
     "Criterion",

@@ -12,6 +12,8 @@ from pydantic import Field
 from events.envelope import Event, Role
 from events.types import (
     AgentSign,
+    BudgetLevel,
+    BudgetMetric,
     CriterionResult,
     Decision,
     DiffStat,
@@ -25,6 +27,7 @@ from events.types import (
     TokenUsage,
     VerificationVerdict,
 )
+from events.usage import CostSource, Receipt
 
 W, MON, PM, HUM, GATE, MERGE, DASH, OP = (
     Role.WORKER,
@@ -132,6 +135,9 @@ class IterationFinished(Event):
     commands: list[str] = Field(default_factory=list)
     tokens: TokenUsage | None = None
     cost_usd: float | None = None
+    # where cost_usd came from (None: recorded before sources were); `model`: priced as
+    cost_source: CostSource | None = None
+    model: str | None = None
     reply_chars: int = 0
     reply_tail: str = ""
     permission_denials: int = 0
@@ -157,6 +163,55 @@ class UsageLimited(Event):
     iteration: int | None = None
     producers = (W,)
     consumers = (DASH,)
+
+
+class BudgetWarned(Event):
+    """A budget passed its warning threshold (`warn_at`, default 80%): published once
+    per scope, metric and limit (a raised limit can warn again). `task_id` is set for
+    a task's budget."""
+
+    type: Literal["budget.warned"] = "budget.warned"
+    level: BudgetLevel
+    scope: str  # `task:LOOP/TASK`, `loop:LOOP`, `project` or `day`
+    metric: BudgetMetric
+    spent: float
+    limit: float
+    threshold: float  # the fraction of the limit that warns
+    task_id: str | None = None
+    producers = (W,)
+    consumers = (DASH,)
+
+
+class BudgetExhausted(Event):
+    """A budget is spent: no new agent call starts at its level until a person raises
+    it (`loops budget`, or an answer to `escalation_id`). A task's budget holds that
+    task; a loop's holds the loop; the project's or the day's holds every loop."""
+
+    type: Literal["budget.exhausted"] = "budget.exhausted"
+    level: BudgetLevel
+    scope: str
+    metric: BudgetMetric
+    spent: float
+    limit: float
+    task_id: str | None = None
+    escalation_id: str | None = None  # the question to a person (None: one is open)
+    producers = (W,)
+    consumers = (DASH, HUM)
+
+
+class BudgetRaised(Event):
+    """A person raised a budget (`loops budget LOOP +5usd`, or an answer to the
+    escalation). Loops held at that level check their budgets again; the raise itself
+    lives in the spend ledger (`bus.spend`), never only in this event."""
+
+    type: Literal["budget.raised"] = "budget.raised"
+    level: BudgetLevel
+    scope: str
+    metric: BudgetMetric
+    amount: float
+    task_id: str | None = None
+    producers = (OP, W)
+    consumers = (W, DASH)
 
 
 class TaskClaimed(Event):
@@ -304,6 +359,7 @@ class MergeCompleted(Event):
     commit: str
     merged_commit: str
     main_before: str
+    receipt: Receipt | None = None  # what the task cost (`events.receipts`)
     producers = (MERGE,)
     consumers = (W, PM, DASH)
 
@@ -434,7 +490,7 @@ class EscalationExpired(Event):
     type: Literal["escalation.expired"] = "escalation.expired"
     escalation_id: str
     reason: str
-    producers = (HUM,)
+    producers = (HUM, W)  # a loop's budget question, once a raise made it moot
     consumers = (DASH,)
 
 
@@ -519,11 +575,15 @@ class CommandAcknowledged(Event):
     command: str  # the command's type, e.g. "loop.pause"
     command_id: str
     detail: str = ""
+    refused: bool = False  # nothing was done (e.g. a reset of a task the loop does not have)
     producers = (W,)
     consumers = (OP, MON, DASH)
 
 
 __all__ = [
+    "BudgetExhausted",
+    "BudgetRaised",
+    "BudgetWarned",
     "CheckFlaky",
     "CommandAcknowledged",
     "EscalationAcknowledged",

@@ -41,6 +41,24 @@ class FailureKind(StrEnum):
     AGENT_ERROR = "agent_error"  # the agent crashed or exited non-zero without a reply
 
 
+class BudgetLevel(StrEnum):
+    """What a budget applies to (issue 14)."""
+
+    TASK = "task"
+    LOOP = "loop"
+    PROJECT = "project"
+    DAY = "day"  # the project's rolling 24 hours
+
+
+class BudgetMetric(StrEnum):
+    """What a budget counts: agent calls, tokens, dollars, seconds of wall time."""
+
+    CALLS = "calls"
+    TOKENS = "tokens"
+    USD = "usd"
+    WALL_S = "wall_s"
+
+
 class Severity(StrEnum):
     LOW = "low"
     MEDIUM = "medium"
@@ -53,6 +71,7 @@ class EscalationKind(StrEnum):
     APPROVAL = "approval"  # a flagged change (tampered checks, refined task) needs a yes/no
     SIGNOFF = "signoff"  # a natural check with no model configured to judge it
     INCIDENT = "incident"  # the monitor gave up, or mass death
+    BUDGET = "budget"  # a budget is spent: raise it (+5usd), skip the task, or stop the loop
 
 
 class Decision(StrEnum):

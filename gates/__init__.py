@@ -6,7 +6,7 @@ The seams the composition root fills in are declared here:
   (`loops/` owns the file formats; `cli/` injects its reader).
 - `Judge`: decides a natural-language criterion (`AnthropicJudge`, or a fake in tests).
 - `JobRunner` (in `gates.jobs`): where verification jobs run (in-process, or rq).
-- `StateStore` (in `gates.store`): progress that must survive a crash (Redis).
+- `infra.store.Store`: progress that must survive a crash (Redis).
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ class Judge(Protocol):
 from gates.batch import BatchMergeQueue  # noqa: E402
 from gates.errors import JudgeError, MergeError  # noqa: E402
 from gates.gate import VerificationGate  # noqa: E402
-from gates.gitutil import GitError, ensure_loop_branch, ensure_loop_worktree  # noqa: E402
+from gates.gitutil import ensure_loop_branch, ensure_loop_worktree  # noqa: E402
 from gates.jobs import InlineJobs, JobRunner, RqJobs  # noqa: E402
 from gates.judge import AnthropicJudge  # noqa: E402
 from gates.merge import MergedTasks, MergeQueue, merged_tasks_on  # noqa: E402
 from gates.protect import DEFAULT_PROTECTED  # noqa: E402
 from gates.settings import GateSettings, MergeSettings, TamperPolicy  # noqa: E402
-from gates.store import MemoryStore, RedisStore, StateStore  # noqa: E402
+from infra.git import GitError  # noqa: E402
 
 __all__ = [
     "DEFAULT_PROTECTED",
@@ -66,14 +66,11 @@ __all__ = [
     "Judge",
     "JudgeError",
     "Judgement",
-    "MemoryStore",
     "MergeError",
     "MergeQueue",
     "MergeSettings",
     "MergedTasks",
-    "RedisStore",
     "RqJobs",
-    "StateStore",
     "TamperPolicy",
     "VerificationGate",
     "ensure_loop_branch",

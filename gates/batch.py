@@ -1,10 +1,11 @@
 """Batch-and-bisect: the default merge queue whenever more than one verified claim waits.
 
 `BatchMergeQueue` takes each `verification.passed` into a durable queue (the
-`StateStore`) and acks it. After every poll of its subscription it takes up to
+`Store`) and acks it. After every poll of its subscription it takes up to
 `batch_size` claims, in fair order (`gates.order`: ageing, a cost per retry), once `batch_size`
-wait or the oldest has waited `fill_wait_s`; a lone claim merges as the one-slot queue
-merges it.
+wait or the oldest has waited `fill_wait_s` (claims that arrive while a batch is tested
+are read before the next batch is picked). A lone claim is a stack of one: the one-slot
+queue's checks, plus the retry that tells a flaky check from a broken claim.
 
 A batch is a **stack**: each claim is squash-merged onto the one before, as a commit of
 its own (`Loops-Task:`, `Loops-Commit:` and `Loops-Batch: <id>` trailers). A claim that
@@ -61,10 +62,12 @@ from events import (
     VerificationPassed,
 )
 from gates.checks import Check
-from gates.gitutil import fetch, git, main_ref, resolve_commit, scratch
+from gates.errors import WorktreeBlocked
+from gates.gitutil import fetch, main_ref, resolve_commit, scratch
 from gates.merge import GROUP, TYPES, MergeQueue, Refused, _caused, _failure, landed_as
 from gates.order import Waiting, pick
 from gates.settings import FlakyPolicy, derived_escalation_id, derived_id
+from infra.git import git
 
 log = logging.getLogger("loops.merge")
 
@@ -112,6 +115,9 @@ class BatchMergeQueue(MergeQueue):
     def __init__(self, *args: Any, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.clock = clock  # wall clock: queue times survive a restart
+        # When the last batch's test ended: a claim queued before then has waited for
+        # company already (while that batch was tested), so no fill wait holds it.
+        self.tested_until: float | None = None
 
     def subscribe(self, consumer: str) -> Subscription:
         inner = self.bus.subscribe(GROUP, consumer, self.handle, types=TYPES)
@@ -141,25 +147,36 @@ class BatchMergeQueue(MergeQueue):
     def pending(self) -> list[VerificationPassed]:
         return [w.vp for w in self._load()]
 
-    def flush(self, *, force: bool = True) -> int:
+    def flush(self, *, force: bool = True, refill: Callable[[], object] | None = None) -> int:
         """Merge what is queued, batch by batch; returns the number of claims settled.
         Without `force`, a queue shorter than a batch waits until its oldest claim has
-        waited `fill_wait_s` (the run loop polls again meanwhile)."""
+        waited `fill_wait_s` (the run loop polls again meanwhile), unless that claim came
+        while the last batch was tested (it has waited for company already). `refill` (the
+        subscription's non-blocking read) runs before each batch after the first, so
+        the claims that arrived while a batch was tested join the next one instead of
+        leaving the rest of the queue to be merged alone."""
         s = self.settings
         done = 0
         held: set[str] = set()  # kept queued by the flaky policy: tried on the next flush
+        first = True
         while True:
+            if not first and refill is not None:
+                refill()
+            first = False
             queue = [w for w in self._load() if w.vp.id not in held]
             if not queue:
                 return done
             now = self.clock()
             oldest = min(w.since for w in queue)
-            if not force and len(queue) < s.batch_size and now - oldest < s.fill_wait_s:
+            waited = now - oldest >= s.fill_wait_s
+            waited |= self.tested_until is not None and oldest <= self.tested_until
+            if not force and len(queue) < s.batch_size and not waited:
                 return done
             batch = pick(
                 queue, s.batch_size, now=now, tries=self._tries, retry_cost_s=s.retry_cost_s
             )
             keep = {vp.id for vp in self.merge_batch([w.vp for w in batch])}
+            self.tested_until = self.clock()
             if keep == {w.vp.id for w in batch}:
                 held |= keep  # nothing settled: do not spin on it
             settled = {w.vp.id for w in batch} - keep
@@ -176,7 +193,7 @@ class BatchMergeQueue(MergeQueue):
             todo: list[VerificationPassed] = []
             for vp in batch:
                 if base is None or resolve_commit(s.repo, vp.commit) is None:
-                    todo.append(vp)  # `merge` reports it
+                    self.merge(vp)  # reports the missing commit (or raises: no main)
                     continue
                 recorded = self.store.get(_key(vp)) is not None
                 landed = landed_as(s.repo, vp.commit, base, squashed=recorded)
@@ -184,10 +201,10 @@ class BatchMergeQueue(MergeQueue):
                     self._already_merged(vp, _key(vp), base, landed)
                 else:
                     todo.append(vp)
-            if len(todo) <= 1 or base is None:
-                for vp in todo:
-                    self.merge(vp)
+            if not todo or base is None:
                 return []
+            # A lone claim is a stack of one: the same checks as the one-slot queue, and
+            # a failed check gets the same retry (a flaky check is not its loop's fault).
             with scratch(s.repo, base, pool="merge") as wt:
                 stack = self._stack(wt, base, todo)
                 if not stack.items:
@@ -200,7 +217,15 @@ class BatchMergeQueue(MergeQueue):
                         self.store.set(_key(item.vp), json.dumps(record))
                     if self.before_main_moves is not None:
                         self.before_main_moves(tip)
-                    if not self._move_main(tip, base):
+                    try:
+                        moved = self._move_main(tip, base)
+                    except WorktreeBlocked as exc:  # as the one-slot queue: the loops are told
+                        for item in verdict.landing:
+                            self.store.delete(_key(item.vp))
+                            self._conflicted(item.vp, exc.files, str(exc), MergeRefusal.BLOCKED)
+                        verdict.landing = []
+                        moved = True
+                    if not moved:
                         log.info("merge: main moved under a batch; merging again")
                         continue
                     for item in verdict.landing:
@@ -449,6 +474,6 @@ class _FlushingSubscription:
 
     def _flush(self, *, force: bool) -> None:
         try:
-            self.queue.flush(force=force)
+            self.queue.flush(force=force, refill=lambda: self.inner.poll(0))
         except LoopsError as exc:  # git or a race: the queue is durable, the next poll retries
             log.warning("merge: flushing the queue failed, will retry: %s", exc)

@@ -13,7 +13,11 @@ def load_criteria(
 ) -> tuple[list[Criterion], str]:
     """The criteria of `loop/task_id` in the checkout of main at `root` (the default check
     for a task without any), and why there are none when the list is empty."""
-    why = f"unknown task {loop}/{task_id} in main's spec"
+    why = (
+        f"unknown task {loop}/{task_id} in main's spec (a task added by hand while the "
+        f"system runs is verified from main: commit the file that lists it, then "
+        f"`loops reset {loop} {task_id}`)"
+    )
     try:
         criteria = list(loader(root, loop, task_id) or [])
     except Exception as exc:  # the loader is foreign code; its failure is a verdict

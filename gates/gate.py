@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bus.api import Bus, Subscription
+from bus.idempotency import Idempotency
+from bus.spend import DAY, PROJECT, SpendLedger
 from events import (
     Criterion,
     CriterionResult,
@@ -33,6 +36,7 @@ from events import (
     VerificationPassed,
     VerificationStarted,
     VerificationVerdict,
+    utcnow,
 )
 from gates import CriteriaLoader, Judge
 from gates.criteria import load_criteria
@@ -48,7 +52,7 @@ from gates.gitutil import (
 from gates.jobs import VERIFY_JOB, InlineJobs, JobRunner, parse_results
 from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
-from gates.store import MemoryStore, StateStore
+from infra.store import Store
 
 log = logging.getLogger("loops.gate")
 
@@ -83,15 +87,18 @@ class VerificationGate:
         loader: CriteriaLoader,
         judge: Judge | None = None,
         jobs: JobRunner | None = None,
-        store: StateStore | None = None,
+        store: Store | None = None,
         source: Source | None = None,
+        spend: SpendLedger | None = None,
     ) -> None:
         self.bus = bus
+        self.spend = spend  # verification runs and judge calls count on the project budget
         self.settings = settings
         self.loader = loader
         self.judge = judge
         self.jobs = jobs or InlineJobs()
-        self.store = store or MemoryStore()
+        self.store = store or Store.memory()
+        self.claims = Idempotency(self.store.client, self.store.key("claim"))  # claims verified
         self.source = source or Source(role=Role.GATE)
 
     def subscribe(self, consumer: str) -> Subscription:
@@ -100,9 +107,9 @@ class VerificationGate:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, TaskClaimed):
-            if self.store.get(f"claim:{event.id}") is None:
+            if not self.claims.seen(event.id):
                 self._verify(_Attempt(event, event, frozenset()))
-                self.store.set(f"claim:{event.id}", "done")
+                self.claims.mark(event.id)  # only once verified: a crash verifies again
         elif isinstance(event, EscalationAnswered):
             self._answered(event)
 
@@ -235,8 +242,21 @@ class VerificationGate:
             "overlay_remove": shadows,
         }
         budget = sum(float(c["timeout_s"] or s.check_timeout_s) for c in checks) + 60
-        payload = self.jobs.run(VERIFY_JOB, kwargs, job_id=job_id, timeout_s=budget)
+        started = time.monotonic()
+        try:
+            payload = self.jobs.run(VERIFY_JOB, kwargs, job_id=job_id, timeout_s=budget)
+        finally:
+            self._spent("verify", job_id, started)
         return parse_results(payload)
+
+    def _spent(self, line: str, call_id: str, started: float) -> None:
+        """Count one verification run or judge call, with its wall time, against the
+        project's and the day's budgets on its own line (`bus.spend`)."""
+        if self.spend is not None:
+            wall = time.monotonic() - started
+            self.spend.record(
+                [PROJECT, DAY], utcnow(), line=line, call_id=f"{line}:{call_id}", wall_s=wall
+            )
 
     def _judge_natural(
         self,
@@ -255,12 +275,15 @@ class VerificationGate:
             elif self.judge is None:
                 out.append(_natural(c, None, "no model configured to judge this", None))
             else:
+                started = time.monotonic()
                 try:
                     verdict = self.judge.judge(c, diff, scripts)
                 except JudgeError as exc:
                     out.append(_natural(c, None, f"judge gave no verdict: {exc}", None))
                 else:
                     out.append(_natural(c, verdict.passed, verdict.reason, self.judge.name))
+                finally:
+                    self._spent("judge", f"{commit}:{c.criterion}", started)
         return out
 
     # ------------------------------------------------------------------ escalations

@@ -1,95 +1,26 @@
-"""Git helpers for the gate and the merge queue. Every call has a timeout.
-
-Plain `git` subprocesses: they are what an operator would type, and they behave the
-same against a local repository and a clone of a remote."""
+"""The gate's and the merge queue's git operations, on the one git layer (`infra.git`:
+its timeout, identity and environment policies). Plain git commands: what an operator
+would type, the same against a local repository and a clone of a remote."""
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import logging
-import os
 import shutil
-import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from events import LoopsError
 from gates.checks import kill_leftovers
 from gates.errors import WorktreeBlocked
+from infra.files import FileLock
+from infra.git import CLONE_TIMEOUT_S, GitError, git, git_path, run_git
 
-GIT_TIMEOUT_S = 120.0
 LOOP_BRANCH_PREFIX = "loop/"
 
-# A merge commit needs an author even on a machine where git has no identity.
-_IDENTITY = {
-    "GIT_AUTHOR_NAME": "coding-loops",
-    "GIT_AUTHOR_EMAIL": "merge@coding-loops.invalid",
-    "GIT_COMMITTER_NAME": "coding-loops",
-    "GIT_COMMITTER_EMAIL": "merge@coding-loops.invalid",
-}
-# Variables a caller's environment (e.g. a git hook) may set that would redirect git.
-_GIT_REDIRECTS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY")
-
 log = logging.getLogger(__name__)
-
-
-class GitError(LoopsError):
-    """Raised when a git command fails or times out; carries the command and its output."""
-
-    def __init__(self, args: list[str], returncode: int | None, output: str) -> None:
-        tail = output.strip().splitlines()[-1:] or [""]
-        what = "timed out" if returncode is None else f"exit {returncode}"
-        super().__init__(f"git {' '.join(args)}: {what}: {tail[0]}")
-        self.args_ = args
-        self.returncode = returncode
-        self.output = output
-
-
-def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _GIT_REDIRECTS}
-    for key, value in _IDENTITY.items():
-        env.setdefault(key, value)
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    if extra:
-        env.update(extra)
-    return env
-
-
-def run_git(
-    repo: Path | str,
-    *args: str,
-    timeout: float = GIT_TIMEOUT_S,
-    check: bool = True,
-    env: Mapping[str, str] | None = None,
-    input: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run `git -C repo ARGS`; raises `GitError` on a non-zero exit (if `check`) or timeout."""
-    argv = ["git", "-C", str(repo), *args]
-    try:
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=_env(env),
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stderr if isinstance(exc.stderr, str) else ""
-        raise GitError(list(args), None, out) from None
-    if check and proc.returncode != 0:
-        raise GitError(list(args), proc.returncode, proc.stderr + proc.stdout)
-    return proc
-
-
-def git(repo: Path | str, *args: str, timeout: float = GIT_TIMEOUT_S) -> str:
-    """The stripped stdout of a git command that must succeed."""
-    return run_git(repo, *args, timeout=timeout).stdout.strip()
 
 
 def resolve_commit(repo: Path | str, rev: str) -> str | None:
@@ -119,7 +50,7 @@ def is_ancestor(repo: Path | str, ancestor: str, descendant: str) -> bool:
     """True when `ancestor` is reachable from `descendant` (or equal to it)."""
     proc = run_git(repo, "merge-base", "--is-ancestor", ancestor, descendant, check=False)
     if proc.returncode not in (0, 1):
-        raise GitError(["merge-base", "--is-ancestor"], proc.returncode, proc.stderr)
+        raise GitError(["merge-base", "--is-ancestor"], _last_line(proc.stderr), proc.returncode)
     return proc.returncode == 0
 
 
@@ -154,8 +85,7 @@ def worktree(repo: Path | str, rev: str, *, prefix: str = "loops-wt-") -> Iterat
 
 @functools.lru_cache(maxsize=256)
 def _common_dir_of(repo: str) -> Path:
-    path = Path(git(repo, "rev-parse", "--git-common-dir"))
-    return path if path.is_absolute() else (Path(repo) / path).resolve()
+    return git_path(repo, "--git-common-dir")
 
 
 def _common_dir(repo: Path | str) -> Path:
@@ -187,15 +117,8 @@ def scratch(repo: Path | str, rev: str, *, pool: str = "scratch") -> Iterator[Pa
     base = scratch_dir(repo)
     base.mkdir(exist_ok=True)
     slot = 0
-    while True:
-        lock = (base / f"{pool}-{slot}.lock").open("a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            slot += 1
-            continue
-        break
+    while not (lock := FileLock(base / f"{pool}-{slot}.lock")).acquire(wait=False):
+        slot += 1
     path = base / f"{pool}-{slot}"
     try:
         kill_leftovers(path)  # checks a crashed user of this slot left running
@@ -210,7 +133,7 @@ def scratch(repo: Path | str, rev: str, *, pool: str = "scratch") -> Iterator[Pa
             git(repo, "worktree", "add", "--detach", "--force", str(path), rev)
         yield path
     finally:
-        lock.close()
+        lock.release()
 
 
 def remote_url(repo: Path | str, remote: str) -> str | None:
@@ -224,20 +147,25 @@ def cached_clone(url: str) -> Path:
     call: how a verification job on another machine gets at the claimed commit."""
     digest = hashlib.sha1(url.encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"loops-clone-{digest}"
-    with (path.parent / f"loops-clone-{digest}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.parent / f"loops-clone-{digest}.lock"):
         if not (path / ".git").exists():
             shutil.rmtree(path, ignore_errors=True)
-            subprocess.run(
-                ["git", "clone", "--quiet", "--no-checkout", url, str(path)],
-                check=True,
-                capture_output=True,
-                timeout=GIT_TIMEOUT_S * 5,
-                env=_env(),
+            git(
+                path.parent,
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                url,
+                str(path),
+                timeout=CLONE_TIMEOUT_S,
             )
         else:
             fetch(path, "origin")
     return path
+
+
+def _last_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[-1]
 
 
 def loop_branch(loop: str) -> str:
@@ -252,7 +180,7 @@ def ensure_loop_branch(repo: Path | str, loop: str, main: str = "main") -> str:
     if resolve_commit(repo, f"refs/heads/{branch}") is None:
         start = resolve_commit(repo, f"refs/heads/{main}") or resolve_commit(repo, main)
         if start is None:
-            raise GitError(["branch", branch, main], 1, f"no commit for {main!r}")
+            raise GitError(["branch", branch, main], f"no commit for {main!r}")
         git(repo, "branch", branch, start)
     return branch
 
@@ -279,7 +207,7 @@ def push_main(repo: Path | str, remote: str, new: str, main: str = "main") -> bo
     text = proc.stdout + proc.stderr
     if "rejected" in text or "non-fast-forward" in text or "fetch first" in text:
         return False
-    raise GitError(["push", remote, f"{new}:{main}"], proc.returncode, text)
+    raise GitError(["push", remote, f"{new}:{main}"], _last_line(text), proc.returncode, text)
 
 
 def checked_out_at(repo: Path | str, ref: str) -> Path | None:

@@ -11,7 +11,7 @@ therefore only ever holds commits whose checks ran on exactly that tree.
 
 Crash safety: before merging, the queue asks whether the commit is already in main
 (a retried job after a crash finds its own work done); the merged commit and the main
-it was built on are recorded in the `StateStore`, keyed by task and commit, so the
+it was built on are recorded in the `Store`, keyed by task and commit, so the
 retried job reports the same `merge.completed`."""
 
 from __future__ import annotations
@@ -47,18 +47,18 @@ from gates.errors import MergeError, WorktreeBlocked
 from gates.gitutil import (
     conflicted_files,
     fetch,
-    git,
     is_ancestor,
     main_ref,
     push_main,
     resolve_commits,
-    run_git,
     scratch,
     update_ref_cas,
 )
 from gates.protect import changes, flagged_files, protected_files, tree_files
+from gates.receipts import StreamReceipts
 from gates.settings import MergeSettings, derived_escalation_id, derived_id
-from gates.store import MemoryStore, StateStore
+from infra.git import git, run_git
+from infra.store import Store
 
 log = logging.getLogger("loops.merge")
 
@@ -108,7 +108,7 @@ class MergeQueue:
         *,
         loader: CriteriaLoader,
         merged_tasks: MergedTasks = merged_tasks_on,
-        store: StateStore | None = None,
+        store: Store | None = None,
         source: Source | None = None,
         before_main_moves: Callable[[str], None] | None = None,
     ) -> None:
@@ -118,7 +118,8 @@ class MergeQueue:
         self.loader = loader
         self.merged_tasks = merged_tasks
         self._recheck_cache: tuple[str, list[tuple[tuple[str, str], Check]]] | None = None
-        self.store = store or MemoryStore()
+        self.store = store or Store.memory()
+        self.receipts = StreamReceipts(bus)  # what each task cost, for `merge.completed`
         self.source = source or Source(role=Role.MERGE)
         # Called with the merged commit once its checks passed, just before main moves
         # (fault injection for crash tests; a no-op in production).
@@ -290,10 +291,6 @@ class MergeQueue:
             body += f"{BATCH_TRAILER}{batch}\n"
         git(
             wt,
-            "-c",
-            "user.name=coding-loops",
-            "-c",
-            "user.email=loops@localhost",
             "commit",
             "--quiet",
             "--allow-empty",
@@ -371,6 +368,7 @@ class MergeQueue:
                 commit=vp.commit,
                 merged_commit=merged,
                 main_before=base,
+                receipt=self.receipts.receipt(vp.loop, vp.task_id, vp.commit),
                 **_caused(vp),
             )
         )
@@ -412,7 +410,11 @@ class MergeQueue:
                     kind=EscalationKind.QUESTION,
                     severity=Severity.HIGH,
                     question=(
-                        f"{vp.loop}/{vp.task_id} failed to merge {tries} times{where}. "
+                        # A person's uncommitted files: theirs to commit or stash (the
+                        # reason says so), not something to resolve on the loop's branch.
+                        f"{vp.loop}/{vp.task_id} cannot land: {reason}"
+                        if kind is MergeRefusal.BLOCKED
+                        else f"{vp.loop}/{vp.task_id} failed to merge {tries} times{where}. "
                         "Resolve it on the loop's branch, then answer retry (or skip)."
                     ),
                     task_id=vp.task_id,

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from gates.gitutil import run_git
+from infra.git import run_git
 
 DEFAULT_PROTECTED: tuple[str, ...] = (
     # the tests and checks directories, at the root or anywhere below

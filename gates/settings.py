@@ -78,7 +78,7 @@ class MergeSettings:
     check_workers: int = 2  # checks of one merge run concurrently, at most this many
     tail_bytes: int = OUTPUT_TAIL_BYTES
     max_conflicts: int = 3  # conflicts of one task before a person is asked
-    batch_size: int = 5  # claims stacked and tested together by a `BatchMergeQueue`
+    batch_size: int = 10  # claims stacked and tested together (docs/BENCHMARKS.md: why 10)
     fill_wait_s: float = 2.0  # how long a lone claim waits for others to batch with
     flaky_policy: FlakyPolicy = FlakyPolicy.PASS
     flaky_escalate_after: int = 3  # a check flaky more often is put to a person to fix

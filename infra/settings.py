@@ -139,6 +139,27 @@ class Settings(BaseModel):
         description="Passed to the `claude` agent when set (Claude Code skips permission "
         "prompts as root only with `IS_SANDBOX=1`).",
     )
+    # -- the monitor and the agents' hosts
+    monitor_policy: str | None = Field(
+        default=None,
+        validation_alias="LOOPS_MONITOR_POLICY",
+        description="The monitor's policy file (default: `monitor-policy.yaml` beside the "
+        "loop directories, if any); it names only what it changes of "
+        "`agents/default-policy.yaml`, e.g. `thresholds: {silent_agent_after_s: 300}`.",
+    )
+    agent_queue: str | None = Field(
+        default=None,
+        validation_alias="LOOPS_AGENT_QUEUE",
+        description="rq queue a distributed loop's agent iterations run on (compose: "
+        "`loops-agents`); any `rq worker -w cli.rqworker.SimpleWorker QUEUE` on any host runs "
+        "them. Unset: in the loop's own process.",
+    )
+    agent_home: str | None = Field(
+        default=None,
+        validation_alias="LOOPS_AGENT_HOME",
+        description="Where an agent host (an rq worker on the agent queue) keeps its clones "
+        "of the remote (default `~/.cache/coding-loops/agents`).",
+    )
     # -- operator interfaces
     dashboard_token: SecretStr | None = Field(
         default=None,

@@ -61,10 +61,28 @@ def cannot_start(w: LoopWorker, task_id: str, rt: TaskRuntime, detail: str) -> N
     log.error("The agent cannot run: %s", detail)
     reason = f"the agent cannot start: {detail}"
     rt.phase = Phase.IDLE
+    rt.agent_broken = True
     w.book.update(task_id, status=TaskStatus.BLOCKED, last_result=reason)
     w.save()
     w.emit(TaskBlocked, task_id, reason=reason)
     w.block_dependents()
+
+
+def retry_after_broken_agent(w: LoopWorker) -> None:
+    """A new run (the agent may be fixed): tasks `cannot_start` blocked are pending
+    again, with their attempts, and so are the dependents they blocked. The printed
+    "fix the command ... and run again" then works as it says."""
+    from loops.reactions import unblock_dependents
+
+    for task_id, rt in w.state.tasks.items():
+        if not rt.agent_broken:
+            continue
+        rt.agent_broken = False
+        if w.book.record(task_id).status is TaskStatus.BLOCKED:
+            log.info("%s: the agent could not start last time; trying again", task_id)
+            w.book.update(task_id, status=TaskStatus.PENDING, last_result="agent fixed? retrying")
+            unblock_dependents(w, task_id)
+    w.save()
 
 
 def crash_hold(w: LoopWorker, task: TaskDef, rt: TaskRuntime, detail: str) -> None:

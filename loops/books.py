@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from events import ValidationFailed
+from infra.files import load_settled
 from loops.book import TaskDef, TaskRecord, TaskStatus
-from loops.files import load_settled
 from loops.harness import LoopState, TaskEntry, load_state, save_state
 from loops.names import safe_component
 from loops.project import Loop
@@ -23,6 +23,7 @@ from loops.spec import Spec
 
 DEFAULT_ATTEMPT_ITERATIONS = 10
 SPEC_CONTENT_CAP = 8000
+UNLIMITED_ATTEMPTS = 2**31 - 1
 
 
 class StateFileBook:
@@ -49,7 +50,7 @@ class StateFileBook:
         self.instructions = []
         state_path.parent.mkdir(parents=True, exist_ok=True)
         if state_path.exists():
-            self._state = load_state(state_path)
+            self._state = load_settled(load_state, state_path)
         else:
             self._state = save_state(state_path, initial)
         self._stamp = self._file_stamp()
@@ -172,9 +173,11 @@ class SpecBook(StateFileBook):
         self.state_dir = state_dir
         self.max_iterations = max_iterations
         self.attempt_iterations = max_iterations
-        # ralph_loop has one budget, -n: a false claim costs an iteration, and running out
-        # of iterations (not of attempts) is what ends the run.
-        self.max_attempts = max_iterations + 1
+        # ralph_loop has one budget, -n per run: a false claim costs an iteration, and
+        # running out of iterations (not of attempts) is what ends the run. Attempts (the
+        # failed ones, as in test-state.json) are kept and shown, never a limit: a rerun
+        # always goes on.
+        self.max_attempts = UNLIMITED_ATTEMPTS
         initial = LoopState(tests=tuple(TaskEntry(id=t.id, title=t.title) for t in spec.tasks))
         super().__init__(state_dir / f"{self.loop}.test-state.json", initial)
         self.instructions = list(spec.instructions)

@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from bus import CONNECTION_ERRORS
 from events import LoopStatus
@@ -45,14 +46,20 @@ def _heartbeats(worker: LoopWorker, done: threading.Event) -> threading.Thread:
     return thread
 
 
-def _wait(worker: LoopWorker, poll: Poll, seconds: float, stop: threading.Event) -> None:
-    """Wait up to `seconds`, handling events as they come (woken early by any)."""
-    remaining_ms = int(seconds * 1000)
-    while remaining_ms > 0 and not stop.is_set() and not worker.stop_requested:
-        step = min(remaining_ms, 500)
-        if poll(step):
+def _wait(
+    worker: LoopWorker, poll: Poll, seconds: float, stop: threading.Event, *, wake: bool = True
+) -> None:
+    """Wait `seconds` on the worker's clock, handling events as they come: woken early
+    by any event when `wake` (a usage window the event may have moved), else only by a
+    stop or a pause (`auto_continue_delay` is honoured whatever else arrives; a paused
+    loop shows as paused, and a person's resume goes on at once)."""
+    deadline = worker.clock() + timedelta(seconds=seconds)
+    while not stop.is_set() and not worker.stop_requested and not worker.state.paused:
+        left_ms = int((deadline - worker.clock()).total_seconds() * 1000)
+        if left_ms <= 0:
             return
-        remaining_ms -= step
+        if poll(min(left_ms, 500)) and wake:
+            return
 
 
 def _retry(what: str, call: Callable[[], object], stop: threading.Event) -> None:
@@ -105,6 +112,7 @@ def run_worker(
         _retry("loop resume", resume, stop)
     _retry("heartbeat", worker.heartbeat, stop)
     first_iteration = worker.state.iteration  # `-n` / `--max-iterations` count this run's
+    worker.run_base = first_iteration
     done = threading.Event()
     beat = _heartbeats(worker, done)
     problems: list[str] = []
@@ -138,7 +146,7 @@ def run_worker(
                 )
                 if task is None or phase in (Phase.CLAIMED, Phase.VERIFIED):
                     worker.status = LoopStatus.IDLE if task is None else LoopStatus.RUNNING
-                    if task is None and worker.state.crash_hold:
+                    if task is None and (worker.state.crash_hold or worker.state.budget_hold):
                         worker.status = LoopStatus.PAUSED  # until a person answers or resumes
                     if task is None:
                         worker.current = None
@@ -156,7 +164,7 @@ def run_worker(
                     break
                 worker.iterate(task)
                 if worker.book.auto_continue_delay > 0 and not worker.retry_now:
-                    _wait(worker, poll, worker.book.auto_continue_delay, stop)
+                    _wait(worker, poll, worker.book.auto_continue_delay, stop, wake=False)
                 worker.retry_now = False
                 backoff = 0.1
             except CONNECTION_ERRORS as exc:

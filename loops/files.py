@@ -1,4 +1,5 @@
-"""Reading and writing the users' files: one-line problems, parsing, atomic JSON writes.
+"""Reading the users' files: one-line problems and parsing (writing them atomically,
+and reading hand edits tolerantly, is `infra.files`).
 
 Every problem is one line, `FILE: FIELD: what is wrong — how to fix it`, so that
 `loops validate` and `loops run` can print it as is.
@@ -6,16 +7,11 @@ Every problem is one line, `FILE: FIELD: what is wrong — how to fix it`, so th
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime
 from difflib import get_close_matches
 from pathlib import Path
-from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,7 +26,6 @@ __all__ = [
     "translate_errors",
     "type_name",
     "typo_problems",
-    "write_json_atomic",
 ]
 
 # Parsing a file that is not what it claims to be may raise any of these from deep
@@ -208,61 +203,6 @@ def translate_errors(
             text = f"{err['msg']} (got {type_name(value)})"
         out.append(problem(source, field_path(loc), text))
     return out if out or skip_fields else [problem(source, field_path(prefix), "is invalid")]
-
-
-HAND_EDIT_SETTLE_S = 0.15
-T = TypeVar("T")
-
-
-def load_settled(load: Callable[[Path], T], path: Path, *, tries: int = 3) -> T:
-    """`load(path)` for a file people edit by hand: a file an editor is still writing
-    fails to parse half-way, so a `ValidationFailed` stands only after the file was read
-    again `tries` times, `HAND_EDIT_SETTLE_S` apart."""
-    for attempt in range(tries):
-        try:
-            return load(path)
-        except ValidationFailed:
-            if attempt == tries - 1:
-                raise
-            time.sleep(HAND_EDIT_SETTLE_S)  # let the writer finish, then read again
-    raise AssertionError("unreachable")
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON so that a reader (or `jq`) never sees a half-written file.
-
-    Temp file in the same directory, fsync, then `os.replace`; the file keeps its
-    permissions, and the directory entry is synced so the rename survives a crash.
-    """
-    if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    path = Path(path)
-    directory = path.parent
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # not every filesystem lets us open a directory
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def typo_problems(model: BaseModel, source: str, prefix: str = "") -> list[str]:

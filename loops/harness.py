@@ -35,8 +35,10 @@ from pydantic import (
     model_validator,
 )
 
-from events import Criterion, LoopStatus, ValidationFailed
+from events import Criterion, LoopStatus, ModelPrice, ValidationFailed
 from events.secrets import redact_obj
+from infra.files import write_json_atomic
+from loops.budget_config import LoopBudget, ProjectBudget
 from loops.files import (
     parse_json,
     problem,
@@ -44,7 +46,6 @@ from loops.files import (
     show,
     translate_errors,
     type_name,
-    write_json_atomic,
 )
 from loops.names import ref_problem, task_id_problem
 from loops.sandbox import SandboxConfig
@@ -153,6 +154,11 @@ class LoopConfig(BaseModel):
         description="what the agent may see, write and reach (mode, network, writable, "
         'readable, env); a bare "off" or "required" sets the mode',
     )
+    budget: LoopBudget | None = Field(
+        default=None,
+        description="what this loop may spend: `task` and `loop` limits of `usd`, `tokens`, "
+        "`calls`, `wall_s` (any subset), `warn_at`, `hard_ceiling`; over project.json's",
+    )
 
     @field_validator("agent")
     @classmethod
@@ -229,7 +235,7 @@ class ProjectConfig(BaseModel):
         default=2, ge=1, description="checks of one merge run concurrently, at most this many"
     )
     merge_batch_size: int = Field(
-        default=5,
+        default=10,
         ge=1,
         description="verified claims the merge queue stacks and checks together at the tip "
         "(a red stack is retried once, then bisected); 1 merges one at a time",
@@ -248,6 +254,18 @@ class ProjectConfig(BaseModel):
         default=3,
         ge=0,
         description="a check flaky more often than this is put to a person to fix",
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="per-model prices in US dollars per million tokens (`input`, `output`, "
+        "`cache_read`, `cache_write`), over the built-in table; an agent call is priced from "
+        "them when the agent reports tokens but no cost",
+    )
+    budget: ProjectBudget | None = Field(
+        default=None,
+        description="what the project may spend: `project` and `day` (rolling 24 h) limits, "
+        "and defaults of every loop's `task` and `loop` limits; each of `usd`, `tokens`, "
+        "`calls`, `wall_s`; `warn_at` (default 0.8), `hard_ceiling` (default false)",
     )
     merge_retry_cost_s: float = Field(
         default=60.0,
@@ -294,7 +312,12 @@ class TaskEntry(BaseModel):
     id: str = Field(min_length=1)
     category: str | None = None
     status: TaskStatus = TaskStatus.PENDING
-    attempts: int = Field(default=0, ge=0)
+    attempts: int = Field(
+        default=0,
+        ge=0,
+        description="failed attempts: claims that failed verification, or attempts whose "
+        "iterations ran out (`loops status` shows the same number; reset sets it to 0)",
+    )
     last_result: str | None = Field(default=None, alias="lastResult")
     depends_on: str | list[str] | None = Field(
         default=None,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bus import PassedLedger
+from infra.git import GitError, git
 from loops.book import TaskBook, TaskStatus
-from loops.workspace import GitError, git
 
 
 class MergedTasks:

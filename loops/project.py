@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from events import Criterion, LoopsError, ScriptCheck, ValidationFailed
+from events import Criterion, LoopsError, NaturalCheck, ScriptCheck, ValidationFailed
 from infra.settings import Settings
 from loops.files import problem, show, typo_problems
 from loops.harness import (
@@ -144,7 +144,7 @@ class Loop:
         return [TaskRef(None, r.task) if r.loop == self.name else r for r in refs]
 
     def criteria(self, task_id: str) -> list[Criterion]:
-        """The task's criteria; else the config's check_command; else []."""
+        """The task's criteria; else the config's check_command; else a sign-off."""
         try:
             entry = self.state.task(task_id)
         except KeyError:
@@ -172,6 +172,17 @@ class Project:
             if loop.display_name == name:
                 return loop
         raise KeyError(name)
+
+    def criteria_snapshot(self) -> dict[str, list[Criterion]]:
+        """Every task's criteria as the files say now, keyed `loop/TASK`: what the gate
+        falls back on for a task that main does not list yet (added by hand, not yet
+        committed). Read before any agent runs; main's criteria win for every task main
+        knows, so an agent's edits on its branch never count."""
+        return {
+            f"{loop.name}/{entry.id}": loop.criteria(entry.id)
+            for loop in self.loops
+            for entry in loop.state.tests
+        }
 
     def status_of(self, ref: TaskRef, from_loop: str) -> TaskStatus | None:
         """The status of a referenced task, or None if it does not exist."""
@@ -479,7 +490,35 @@ def _criteria(entry: TaskEntry, config: LoopConfig) -> list[Criterion]:
                 check=ScriptCheck(run=config.check_command),
             )
         ]
-    return []
+    return [signoff_criterion(entry)]
+
+
+SIGNOFF_NOTE = (
+    "no acceptance_criteria and no check_command: the judge model (when one is "
+    "configured) or a person signs the work off; add acceptance_criteria to the entry, "
+    "or a check_command to config.json, to have it checked by a script"
+)
+
+
+def unchecked_tasks(config: LoopConfig, state: LoopState) -> list[str]:
+    """The ids of tasks no script checks (no acceptance_criteria, no check_command)."""
+    if config.check_command:
+        return []
+    return [
+        e.id
+        for e in state.tests
+        if e.automatable and not e.acceptance_criteria and e.status is not TaskStatus.PASSED
+    ]
+
+
+def signoff_criterion(entry: TaskEntry) -> Criterion:
+    """What verifies a seed-format task without criteria, in a loop without a
+    check_command: what the entry says it should do, judged (or signed off)."""
+    what = entry.description or entry.notes or entry.title or f"task {entry.id} is done"
+    return Criterion(
+        criterion=f"{entry.id} does what it says ({SIGNOFF_NOTE})",
+        check=NaturalCheck(description=what),
+    )
 
 
 def criteria_for(root: Path, loop: str, task_id: str) -> list[Criterion]:
@@ -488,7 +527,7 @@ def criteria_for(root: Path, loop: str, task_id: str) -> list[Criterion]:
     `loop` is a loop directory name (coding-loops layout, found at `root/loop`, or one or
     two levels down) or a spec's stem (`SPEC` for `root/SPEC.yaml`). Returns the task's
     own `acceptance_criteria`, else the config's `check_command` as a script criterion,
-    else []. Only files inside `root`'s tree are read; `$CODING_LOOP_PROJECT_DIR` is
+    else a natural criterion for the judge or a person (`signoff_criterion`). Only files inside `root`'s tree are read; `$CODING_LOOP_PROJECT_DIR` is
     ignored. Raises `UnknownTask` for an unknown loop or task, `ValidationFailed` for
     invalid files.
     """

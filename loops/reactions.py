@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from events import (
+    BudgetRaised,
     CommandAcknowledged,
     CriterionResult,
     Decision,
@@ -34,6 +35,7 @@ from events import (
     VerificationVerdict,
     derived_id,
 )
+from loops import budget as budgets
 from loops.agent_failures import release_crash_hold
 from loops.book import TaskStatus
 from loops.runtime import Phase, TaskRuntime
@@ -64,7 +66,7 @@ WORKER_TYPES = frozenset({
     "task.passed", "loop.pause", "loop.resume", "loop.stop", "task.reset", "task.hint",
     "task.held", "task.released", "verification.passed", "verification.failed",
     "merge.completed", "merge.conflicted", "escalation.answered", "monitor.action",
-    "iteration.abort",
+    "iteration.abort", "budget.raised",
 })  # fmt: skip
 
 
@@ -73,6 +75,8 @@ def _relevant(w: LoopWorker, event: Event) -> bool:
         return event.loop is not None and event.loop != w.loop
     if isinstance(event, EscalationAnswered):
         return any(rt.escalation_id == event.escalation_id for rt in w.state.tasks.values())
+    if isinstance(event, BudgetRaised):  # a project's or the day's raise concerns every loop
+        return event.loop in (None, w.loop)
     if isinstance(event, MonitorAction):
         return event.loop == w.loop and event.action is MonitorActionKind.BLOCK_TASK
     return event.loop == w.loop and event.type in WORKER_TYPES
@@ -111,6 +115,8 @@ def _react(w: LoopWorker, event: Event) -> None:
         _answer(w, event)
     elif isinstance(event, IterationAbort):
         _abort(w, event)
+    elif isinstance(event, BudgetRaised):
+        budgets.raised(w, event)
     elif isinstance(event, MonitorAction) and event.task_id:
         _block(w, event.task_id, f"blocked by the monitor: {event.reason}")
 
@@ -191,6 +197,8 @@ def _merged(w: LoopWorker, rt: TaskRuntime, event: MergeCompleted) -> None:
 
 
 def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
+    if budgets.answered(w, event):
+        return  # a raise, `skip` or `stop` for a spent budget (loops/budget.py)
     for task_id, rt in w.state.tasks.items():
         if rt.escalation_id != event.escalation_id or rt.phase is not Phase.WAITING_HUMAN:
             continue
@@ -238,7 +246,7 @@ def _block(w: LoopWorker, task_id: str, reason: str) -> None:
 def _command(
     w: LoopWorker, event: LoopPause | LoopResume | LoopStop | TaskReset | TaskHint
 ) -> None:
-    detail = ""
+    detail, refused = "", False
     if isinstance(event, LoopPause):
         w.state.paused = True
         detail = "paused after the current iteration"
@@ -247,13 +255,15 @@ def _command(
         detail = "resumed"
         if release_crash_hold(w):
             detail = "resumed after the agent's crashes"
+        if budgets.resumed(w):
+            detail = "resumed; budgets are checked again before the next call"
     elif isinstance(event, LoopStop):
         w.stop_requested = event.reason or "stopped by command"
         w.restart_requested = event.restart
         detail = "restarting" if event.restart else "stopping after the current iteration"
     elif isinstance(event, TaskReset):
         if not _known(w, event.task_id):
-            detail = f"unknown task {event.task_id}"
+            detail, refused = f"unknown task {event.task_id}", True
         else:
             old = w.state.task(event.task_id)
             # A fresh attempt, but what was tried (and told) so far stays in the prompt.
@@ -265,11 +275,11 @@ def _command(
             )
             w.state.tasks[event.task_id] = fresh
             w.book.update(event.task_id, status=TaskStatus.PENDING, attempts=0, last_result="reset")
-            _unblock_dependents(w, event.task_id)
+            unblock_dependents(w, event.task_id)
             detail = f"{event.task_id} reset to pending" + (" with a hint" if event.hint else "")
     else:
         if not _known(w, event.task_id):
-            detail = f"unknown task {event.task_id}"
+            detail, refused = f"unknown task {event.task_id}", True
         else:
             w.state.task(event.task_id).guidance.append(event.text)
             detail = f"hint added to {event.task_id}"
@@ -280,6 +290,7 @@ def _command(
         command=event.type,
         command_id=event.id,
         detail=detail,
+        refused=refused,
         causation_id=event.id,
     )
 
@@ -303,12 +314,12 @@ def _known(w: LoopWorker, task_id: str) -> bool:
     return any(t.id == task_id for t in w.book.tasks())
 
 
-def _unblock_dependents(w: LoopWorker, task_id: str) -> None:
+def unblock_dependents(w: LoopWorker, task_id: str) -> None:
     for task in w.book.tasks():
         record = w.book.record(task.id)
         if record.status is TaskStatus.BLOCKED and record.last_result == f"blocked by {task_id}":
             w.book.update(task.id, status=TaskStatus.PENDING, last_result="dependency reset")
-            _unblock_dependents(w, task.id)
+            unblock_dependents(w, task.id)
 
 
 def reload_book(w: LoopWorker, last_problems: list[str]) -> list[str]:

@@ -8,10 +8,11 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
+from bus.idempotency import Window
 from events.secrets import redact_obj
-from loops.files import write_json_atomic
+from infra.files import write_json_atomic
 
 
 class Phase(StrEnum):
@@ -48,6 +49,12 @@ class TaskRuntime(BaseModel):
     held: str | None = None  # the PM's reason for holding this task
     resume: Phase | None = None  # where to go back to once another role's question is answered
     outage_retries: int = 0
+    # Blocked because the agent could not start (not the task's fault): the next run,
+    # with the agent fixed, takes the task up again (`loops.reruns`).
+    agent_broken: bool = False
+
+
+HANDLED_KEEP = 500  # event ids the worker remembers as handled (at least)
 
 
 class WorkerState(BaseModel):
@@ -68,19 +75,29 @@ class WorkerState(BaseModel):
     # The escalation of an agent that crashed the same way CRASH_STREAK times in a row:
     # while set, the loop calls no agent (answer it, or `loops resume`).
     crash_hold: str | None = None
+    # A spent budget that holds the whole loop (`loop:NAME`, `project` or `day`): no
+    # agent call until a raise, an answer or `loops resume` (loops/budget.py).
+    budget_hold: str | None = None
+    budget_escalations: dict[str, str] = Field(default_factory=dict)  # escalation -> scope
+    _window: Window | None = PrivateAttr(default=None)
 
     def task(self, task_id: str) -> TaskRuntime:
         return self.tasks.setdefault(task_id, TaskRuntime())
 
+    def _handled(self) -> Window:
+        # The window's memory is `handled` itself, saved in the same write as the
+        # reactions it guards.
+        if self._window is None or self._window.ids is not self.handled:
+            self._window = Window(HANDLED_KEEP, self.handled)
+        return self._window
+
     def seen(self, event_id: str) -> bool:
         """True if the event was handled already (its reaction is saved)."""
-        return event_id in self.handled
+        return self._handled().seen(event_id)
 
     def mark(self, event_id: str) -> None:
         """Record the event as handled: call it only once its reaction is done."""
-        if event_id not in self.handled:
-            self.handled.append(event_id)
-            del self.handled[:-500]
+        self._handled().mark(event_id)
 
 
 _HISTORY_KEEP = 200

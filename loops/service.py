@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from bus import Inbox, PassedLedger, RedisBus
+from bus.spend import SpendLedger
 from bus.usage import UsageWindows
-from events import EscalationRaised, Event, IterationAbort, TaskClaimed, TaskPassed
+from events import (
+    EscalationRaised,
+    Event,
+    IterationAbort,
+    ModelPrice,
+    TaskClaimed,
+    TaskPassed,
+    utcnow,
+)
 from loops.book import TaskBook
+from loops.budget import BudgetGuard
+from loops.budget_config import ProjectBudget
 from loops.driver import WorkerExit, run_worker
 from loops.reactions import WORKER_TYPES, handle
 from loops.runners import DEFAULT_TIMEOUT_S, AgentRunner
@@ -50,7 +62,7 @@ class BusAborts:
 # What a worker reacts to whatever loop it names (a `bus.Router` hands these to every
 # loop it serves; the rest go to the loop `event.loop` names): another loop's merged
 # task (cross-loop dependencies) and an answer, matched by escalation id.
-BROADCAST_TYPES = frozenset({"task.passed", "escalation.answered"})
+BROADCAST_TYPES = frozenset({"task.passed", "escalation.answered", "budget.raised"})
 
 
 class WorkerService:
@@ -70,6 +82,8 @@ class WorkerService:
         agent_timeout_s: float | None = None,
         remote: str | None = None,
         inbox: Inbox | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
+        budget: ProjectBudget | None = None,
     ) -> None:
         """`inbox`: this loop's share of its process's `bus.Router` (what `loops up`
         gives each loop); without one the worker has its own consumer group
@@ -90,6 +104,10 @@ class WorkerService:
             aborts=BusAborts(bus, book.loop),
             usage=UsageWindows(bus.client, bus.prefix),
             account=agent_account(runner, name=book.account),
+            prices=prices,
+            budget=BudgetGuard(SpendLedger(bus.client, bus.prefix), budget, book.loop, utcnow)
+            if budget is not None
+            else None,
         )
         # Other loops' merged tasks (cross-loop dependencies), even from before this
         # worker's group existed; and what the stream holds of our own claims and

@@ -53,17 +53,17 @@ class Transcripts:
         self, path: Path, name: str, status: LoopStatus, task: str | None, passed: int, total: int
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_health(
-            path,
-            Health(
-                loop_name=name,
-                status=_SEED_STATUS[status],
-                current_test=task,
-                progress=Progress(passed=passed, total=total),
-                last_heartbeat=datetime.now(UTC),
-                pid=os.getpid(),
-            ),
+        health = Health(
+            loop_name=name,
+            status=_SEED_STATUS[status],
+            current_test=task,
+            progress=Progress(passed=passed, total=total),
+            last_heartbeat=datetime.now(UTC),
+            pid=os.getpid(),
         )
+        if status is LoopStatus.PAUSED:  # additive: the seed's status stays "running"
+            health = Health.model_validate({**health.model_dump(), "paused": True})
+        write_health(path, health)
 
 
 def _safe(text: str) -> str:

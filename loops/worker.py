@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ from events import (
     LoopStarted,
     LoopStatus,
     LoopStopped,
+    ModelPrice,
     Role,
     Severity,
     Source,
@@ -48,16 +49,19 @@ from events import (
     new_id,
     short_id,
 )
-from events.secrets import redact
+from loops import budget as budgets
 from loops.agent_failures import (
     CRASH_STREAK,
     aborted_by_monitor,
     cannot_start,
     crash_hold,
     record_usage_limit,
+    retry_after_broken_agent,
     usage_window,
 )
 from loops.book import TaskBook, TaskDef, TaskStatus
+from loops.budget import BudgetGuard
+from loops.cost import Pricer
 from loops.liveness import AbortFeed, AgentRun, RunWatch
 from loops.merged import MergedTasks
 from loops.prompt import PromptInput, build_prompt
@@ -67,6 +71,7 @@ from loops.runners import (
     AgentRequest,
     AgentResult,
     AgentRunner,
+    redacted,
 )
 from loops.runners.outcome import parse_outcome
 from loops.runners.process import kill_strays
@@ -105,8 +110,11 @@ class LoopWorker:
         aborts: AbortFeed | None = None,
         usage: UsageWindows | None = None,
         account: str | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
+        budget: BudgetGuard | None = None,
     ) -> None:
         self.book = book
+        self.pricer = Pricer(prices)  # the price table (defaults, then project.json's)
         self.merged = MergedTasks(book.loop, workspace.repo, workspace.main_branch, ledger)
         self.runner = runner
         self.ws = workspace
@@ -127,6 +135,7 @@ class LoopWorker:
         self.stop_requested: str | None = None
         self.restart_requested = False
         self.budget_exhausted = False
+        self.run_base = 0  # the loop's iteration count when this run began (`-n` counts from it)
         self.cancel: threading.Event | None = None  # set: kill the running agent (shutdown)
         self._sandbox: SandboxPolicy | None = None
         self._lock = threading.Lock()
@@ -138,6 +147,7 @@ class LoopWorker:
         self.announced_window: datetime | None = None  # the usage window already logged
         self.retry_now = False  # the next iteration runs without auto_continue_delay
         self.broken_agent: str | None = None  # the agent cannot start: why (no more calls)
+        self.budget = budget  # budgets and the spend ledger (None: no budgets enforced)
 
     @property
     def sandbox(self) -> SandboxPolicy:
@@ -228,9 +238,12 @@ class LoopWorker:
             if rt is None:
                 continue
             # A claim already with the gate goes on; a task still in iterations stops
-            # while the PM holds it (file overlap with a loop of higher priority).
+            # while the PM holds it (file overlap with a loop of higher priority), or
+            # while a spent budget holds the loop (no agent call).
             active = rt.phase in (Phase.CLAIMED, Phase.VERIFIED) or (
-                rt.phase in (Phase.WORKING, Phase.CONFLICT) and not rt.held
+                rt.phase in (Phase.WORKING, Phase.CONFLICT)
+                and not rt.held
+                and not self.state.budget_hold
             )
             if active and self.book.record(task.id).status not in (
                 TaskStatus.PASSED,
@@ -246,7 +259,7 @@ class LoopWorker:
         flight = self.in_flight()
         if flight:
             return next(t for t in tasks if t.id == flight)
-        if self.broken_agent or self.state.crash_hold:
+        if self.broken_agent or self.state.crash_hold or self.state.budget_hold:
             return None  # no agent call until a person fixed the agent
         order = sorted(enumerate(tasks), key=lambda it: (it[1].priority, it[0]))
         for _, task in order:
@@ -347,6 +360,8 @@ class LoopWorker:
             rt.phase = Phase.WORKING
             merging = True
             self.save()
+        if not budgets.before_call(self, task):
+            return  # a budget is spent: the task or the loop is held (loops/budget.py)
         self.current = task.id
         self.status = LoopStatus.RUNNING
         # Each task carries its own line of work: a fresh task starts from main, a retried
@@ -386,9 +401,10 @@ class LoopWorker:
             self.emit(EscalationDelivered, task.id, escalation_id=esc)
         rt.undelivered.clear()
         log.info(
-            "Iteration %d%s ...",
-            n,
+            "Iteration %d%s%s ...",
+            n - self.run_base,
             f"/{self.book.max_iterations}" if self.book.max_iterations else "",
+            f" (iteration {n} of the loop)" if self.run_base else "",
         )
         run = AgentRun(task.id, n, self.clock())
         result = self._run_agent(
@@ -399,7 +415,7 @@ class LoopWorker:
                 loop=self.loop,
                 task_id=task.id,
                 iteration=n,
-                timeout_s=self.agent_timeout_s,
+                timeout_s=budgets.call_timeout(self, task.id),
                 session_id=rt.session_id,
                 model=self.book.model,
                 task_iteration=rt.iterations + 1,
@@ -409,20 +425,14 @@ class LoopWorker:
                 on_spawn=run.spawned,
             ),
         )
+        result = budgets.after_call(self, result)  # usage checked, then added to the ledger
         # The monitor's abort, if it killed the run (an agent that ended on its own just
         # before keeps its result; the command is then acknowledged as "not running").
         aborted = run.abort if result.failure_detail == INTERRUPTED_DETAIL else None
         interrupted = aborted is None and self.cancel is not None and self.cancel.is_set()
         # Invariant 7 at the one place every reply passes: nothing the agent said or
         # printed reaches events, prompts or transcripts with a secret in it.
-        result = replace(
-            result,
-            reply=redact(result.reply),
-            failure_detail=redact(result.failure_detail) if result.failure_detail else None,
-            transcript=redact(result.transcript),
-            commands=[redact(c) for c in result.commands],
-            stderr_tail=redact(result.stderr_tail),
-        )
+        result = redacted(result)
         if result.session_id:
             rt.session_id = result.session_id
         done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}", keep=task.id)
@@ -481,6 +491,8 @@ class LoopWorker:
             else None
         )
         self.transcripts.write(self.loop, task.id, n, prompt, result)
+        cost = self.pricer.cost(result, self.book.model)
+        log.info("%s", cost.line(result))
         self.emit(
             IterationFinished,
             task.id,
@@ -494,7 +506,9 @@ class LoopWorker:
             diff_stat=done.diff_stat,
             commands=result.commands,
             tokens=result.tokens,
-            cost_usd=result.cost_usd,
+            cost_usd=cost.usd,
+            cost_source=cost.source,
+            model=cost.model,
             reply_chars=len(result.reply),
             reply_tail=result.reply[-500:],
             permission_denials=result.permission_denials,
@@ -691,11 +705,13 @@ class LoopWorker:
         """Set up the workspace; `SandboxUnavailable` when the sandbox is required and
         cannot run here (nothing starts)."""
         self.sandbox.check()
+        budgets.started(self)
         self.ws.ensure()
         if kill_strays(self.ws.path):  # agents of a worker that was killed (unsandboxed)
             log.warning("killed processes left over from an earlier agent run")
         if self.sandbox.tmp_root is not None:  # TMPDIRs of runs a crash left behind
             shutil.rmtree(self.sandbox.tmp_root, ignore_errors=True)
+        retry_after_broken_agent(self)
         problems = self.reject_unmerged_passes()
         if problems:
             self.emit(

@@ -28,54 +28,23 @@ at most the iteration in flight. Every git call has a timeout.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
-import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from events import DiffStat, LoopsError
+from events import DiffStat
+from infra.files import FileLock, write_text_atomic
+from infra.git import (
+    SAFE_CONFIG,
+    GitError,
+    git,
+    git_path,
+    object_dir,
+    run_git,
+)
 from loops.sandbox import SandboxConfig, SandboxPolicy
 
-GIT_TIMEOUT_S = 60.0
-_IDENTITY = ["-c", "user.name=coding-loops", "-c", "user.email=loops@localhost"]
-# Whatever a config file says, the harness's own git runs no program of anyone's
-# choosing. `-c` values reach child git processes too (GIT_CONFIG_PARAMETERS), and the
-# command line wins over every config file.
-_SAFE = [
-    "-c",
-    "core.hooksPath=/dev/null",
-    "-c",
-    "core.fsmonitor=false",
-    "-c",
-    "core.untrackedCache=false",
-    "-c",
-    "commit.gpgSign=false",
-    "-c",
-    "tag.gpgSign=false",
-    "-c",
-    "diff.ignoreSubmodules=all",
-    "-c",
-    "submodule.recurse=false",
-    "-c",
-    "gc.auto=0",
-    "-c",
-    "maintenance.auto=false",
-]
-# Variables of the caller's environment that would redirect git.
-_GIT_REDIRECTS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_CONFIG",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_COUNT",
-)
 # The whole config of a private git dir: the harness's, never the agent's.
 _PRIVATE_CONFIG = (
     "[core]\n"
@@ -88,71 +57,6 @@ _PRIVATE_CONFIG = (
 )
 # Files that would make git read another directory's config or refs.
 _REDIRECT_FILES = ("commondir", "config.worktree", "gitdir")
-
-
-class GitError(LoopsError):
-    """Raised when a git command fails or times out."""
-
-    def __init__(self, args: list[str], detail: str) -> None:
-        super().__init__(f"git {' '.join(args)}: {detail}")
-        self.args_ = args
-        self.detail = detail
-
-
-def _run(
-    argv: list[str],
-    args: tuple[str, ...],
-    cwd: Path,
-    *,
-    check: bool,
-    timeout: float,
-    env: Mapping[str, str] | None = None,
-    input: str | None = None,
-) -> str:
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input,
-            stdin=subprocess.DEVNULL if input is None else None,
-            env=dict(env) if env is not None else None,
-        )
-    except subprocess.TimeoutExpired:
-        raise GitError(list(args), f"timed out after {timeout:.0f}s") from None
-    if check and proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        raise GitError(list(args), lines[-1] if lines else f"exit {proc.returncode}")
-    return proc.stdout.strip()
-
-
-def git(
-    cwd: Path,
-    *args: str,
-    check: bool = True,
-    timeout: float = GIT_TIMEOUT_S,
-    input: str | None = None,
-) -> str:
-    """Run git in `cwd` (a trusted repository: the operator's); returns stdout (stripped).
-    Raises GitError on failure. Never use it inside an agent's work tree: see `Workspace`."""
-    return _run(["git", *_IDENTITY, *args], args, cwd, check=check, timeout=timeout, input=input)
-
-
-def repo_root(path: Path) -> Path:
-    """The top of the git work tree that contains `path`."""
-    return Path(git(path, "rev-parse", "--show-toplevel"))
-
-
-def current_branch(repo: Path) -> str:
-    return git(repo, "rev-parse", "--abbrev-ref", "HEAD")
-
-
-def object_dir(repo: Path) -> Path:
-    """The object store of `repo` (its common git dir's, for a linked worktree)."""
-    path = Path(git(repo, "rev-parse", "--git-path", "objects"))
-    return (path if path.is_absolute() else repo / path).resolve()
 
 
 @dataclass(frozen=True)
@@ -182,6 +86,7 @@ class Workspace:
         self._clean_at: str | None = None  # HEAD when we last left the worktree clean
         self._objects: Path | None = None
         self._env: dict[str, str] | None = None
+        self._options: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ git
     @property
@@ -191,25 +96,22 @@ class Workspace:
             self._objects = object_dir(self.repo)
         return self._objects
 
-    def _git(self, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S) -> str:
+    def _git(self, *args: str, check: bool = True) -> str:
         """git on the private dir and the work tree, never on `<worktree>/.git`."""
         if self._env is None:
-            env = {k: v for k, v in os.environ.items() if k not in _GIT_REDIRECTS}
-            env["GIT_TERMINAL_PROMPT"] = "0"
             # New objects go straight into the operator's store; objects an agent wrote
             # into the private dir (possible only unsandboxed) are still readable.
-            env["GIT_OBJECT_DIRECTORY"] = str(self.objects)
-            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(self.git_dir / "objects")
-            self._env = env
-        argv = [
-            "git",
-            f"--git-dir={self.git_dir}",
-            f"--work-tree={self.path}",
-            *_SAFE,
-            *_IDENTITY,
-            *args,
-        ]
-        return _run(argv, args, self.path, check=check, timeout=timeout, env=self._env)
+            self._env = {
+                "GIT_OBJECT_DIRECTORY": str(self.objects),
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(self.git_dir / "objects"),
+            }
+            self._options = (
+                f"--git-dir={self.git_dir}",
+                f"--work-tree={self.path}",
+                *SAFE_CONFIG,
+            )
+        out = run_git(self.path, *args, check=check, env=self._env, options=self._options)
+        return out.stdout.strip()
 
     def _guard(self) -> None:
         """Put the private git dir's config and alternates back as the harness wrote
@@ -218,9 +120,10 @@ class Workspace:
         alternates = self.git_dir / "objects" / "info" / "alternates"
         want_alt = f"{self.objects}\n"
         if _read(config) != _PRIVATE_CONFIG:
-            _write(config, _PRIVATE_CONFIG)
+            write_text_atomic(config, _PRIVATE_CONFIG, mode=0o644)
         if _read(alternates) != want_alt:
-            _write(alternates, want_alt)
+            alternates.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(alternates, want_alt, mode=0o644)
         for name in _REDIRECT_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (self.git_dir / name).unlink()
@@ -247,12 +150,8 @@ class Workspace:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         # Loops start together (threads of `loops up`, or worker processes on one repo).
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                self._create()
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with FileLock(self.root / ".lock"):
+            self._create()
 
     def _create(self) -> None:
         self._forget_linked_worktree()
@@ -292,15 +191,15 @@ class Workspace:
         ref = f"refs/heads/{self.branch}"
         refs = [ref] if keep is None else [ref, self._keep_ref(keep)]
         if _holds_objects(self.git_dir / "objects"):
-            git(
+            run_git(
                 self.repo,
-                *_SAFE,
                 "fetch",
                 "-q",
                 "--no-tags",
                 "--no-write-fetch-head",
                 str(self.git_dir),
                 f"+{ref}:{ref}",
+                options=SAFE_CONFIG,
             )
             refs = refs[1:]
         if refs:
@@ -404,6 +303,15 @@ class Workspace:
             sha, files, DiffStat(files=len(files), insertions=ins, deletions=dels)
         )
 
+    def take_tree(self, commit: str) -> None:
+        """Make the work tree hold exactly `commit`'s files, with HEAD (and a merge in
+        progress) left as they are: the work of an iteration that ran on another host,
+        for `commit_iteration` to commit as this loop's own (`loops.runners.queued`)."""
+        self._clean_at = None
+        self._guard()
+        self._git("read-tree", "--reset", "-u", f"{commit}^{{tree}}")
+        self._git("clean", "-qffd")
+
     def _untracked_repositories(self) -> list[str]:
         out = self._git("ls-files", "-z", "--others", "--directory", "--exclude-standard")
         return [
@@ -478,8 +386,7 @@ class Workspace:
         git dir, TMPDIR, the Redis URL, tokens, logs); readable again
         inside them, the object store and this loop's private git dir; TMPDIRs under
         `<state dir>/tmp/<loop>`. The work tree itself is writable."""
-        common = Path(git(self.repo, "rev-parse", "--git-common-dir"))
-        common = (common if common.is_absolute() else self.repo / common).resolve()
+        common = git_path(self.repo, "--git-common-dir")
         # The operator's repo may be a linked worktree: its git dir and main checkout
         # live elsewhere, and are hidden too.
         hidden = [self.repo.absolute(), self.root.parent, common]
@@ -518,24 +425,9 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _write(path: Path, text: str) -> None:
-    """Write atomically, never through a symlink someone left at the temporary name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.loops-tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    tmp.replace(path)
-
-
 def _exclude_state_dir(repo: Path) -> None:
     """Keep `.loops/` out of the user's `git status` without touching their files."""
-    common = Path(git(repo, "rev-parse", "--git-common-dir"))
-    if not common.is_absolute():
-        common = repo / common
-    exclude = common / "info" / "exclude"
+    exclude = git_path(repo, "--git-common-dir") / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     text = exclude.read_text() if exclude.exists() else ""
     if ".loops/" not in text.splitlines():

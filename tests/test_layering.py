@@ -1,5 +1,7 @@
-"""The package table of CONTRIBUTING.md, enforced: `events` <- `bus` <- roles; `loops`,
-`gates` and `agents` never import each other (they meet only through events)."""
+"""The package table of CONTRIBUTING.md, enforced: `events` <- `bus` <- `infra` (the
+shared layer) <- roles <- `cli`; `infra` imports no role and nothing below it imports
+`infra`; `loops`, `gates` and `agents` never import each other (they meet only through
+events)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,15 @@ def test_package_imports_only_what_it_may(package: str) -> None:
         if wrong:
             bad[str(path.relative_to(ROOT))] = sorted(wrong)
     assert not bad, f"forbidden imports (see CONTRIBUTING.md): {bad}"
+
+
+def test_the_layering_check_sees_an_upward_import_from_the_shared_layer(tmp_path: Path) -> None:
+    upward = tmp_path / "bad.py"
+    upward.write_text("from loops.workspace import Workspace\nimport cli.main\nimport git\n")
+    assert imports_of(upward) - ALLOWED["infra"] == {"loops", "cli"}
+    downward = tmp_path / "low.py"
+    downward.write_text("from infra.git import git\n")
+    assert imports_of(downward) - ALLOWED["bus"] == {"infra"}
 
 
 def test_events_imports_no_third_party_but_pydantic() -> None:

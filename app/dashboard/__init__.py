@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from app.dashboard.app import Feed, create_app
 from bus import RedisBus
 from events import ConfigError
 from events.secrets import register_secret
+from infra.files import write_text_atomic
 
 __all__ = ["Feed", "create_app", "dashboard_url", "resolve_token", "serve"]
 
@@ -45,14 +45,9 @@ def resolve_token(
     register_secret(token)  # redact() hides it in every log line from now on
     path = Path(project_dir or ".") / TOKEN_FILE
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # A fresh file each time: O_CREAT's mode does not apply to an existing file, and
-    # an older one may have been readable by others.
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    os.replace(tmp, path)
+    # A fresh file each time, private from its first byte (an older one may have been
+    # readable by others).
+    write_text_atomic(path, token + "\n", mode=0o600)
     return token, path
 
 

@@ -14,6 +14,7 @@ from cli.view.models import (
     CommandView,
     Counts,
     EscalationStatus,
+    FlakyCheckView,
     MergeEntry,
     MergeStatus,
     MonitorActionView,
@@ -52,9 +53,15 @@ def _loop_stopped(view: SystemView, e: ev.LoopStopped) -> None:
     loop.last_seen = e.ts
 
 
+def _failed(attempt: int) -> int:
+    """`attempts` means failed attempts everywhere (as in test-state.json): the events
+    carry the number of the attempt in progress, one more than the failed ones."""
+    return max(attempt - 1, 0)
+
+
 def _task_started(view: SystemView, e: ev.TaskStarted) -> None:
     task = view._task(e, e.task_id)
-    task.status, task.attempts, task.reason = TaskStatus.RUNNING, e.attempt, ""
+    task.status, task.attempts, task.reason = TaskStatus.RUNNING, _failed(e.attempt), ""
     loop = view.loop(e.loop)
     loop.task_id = e.task_id
     if loop.status in (ev.LoopStatus.STARTING, ev.LoopStatus.STOPPED):
@@ -63,7 +70,7 @@ def _task_started(view: SystemView, e: ev.TaskStarted) -> None:
 
 def _iteration_started(view: SystemView, e: ev.IterationStarted) -> None:
     task = view._task(e, e.task_id)
-    task.status, task.attempts = TaskStatus.RUNNING, e.attempt
+    task.status, task.attempts = TaskStatus.RUNNING, _failed(e.attempt)
     task.iterations = max(task.iterations, e.iteration)
     loop = view.loop(e.loop)
     loop.task_id, loop.iteration, loop.agent = e.task_id, e.iteration, e.agent
@@ -94,7 +101,7 @@ def _iteration_finished(view: SystemView, e: ev.IterationFinished) -> None:
 
 def _claimed(view: SystemView, e: ev.TaskClaimed) -> None:
     task = view._task(e, e.task_id)
-    task.status, task.attempts, task.commit = TaskStatus.CLAIMED, e.attempt, e.commit
+    task.status, task.attempts, task.commit = TaskStatus.CLAIMED, _failed(e.attempt), e.commit
     task.claimed_at = e.ts
 
 
@@ -202,7 +209,7 @@ def _merged(view: SystemView, e: ev.Event, task_id: str) -> TaskView:
 
 def _task_passed(view: SystemView, e: ev.TaskPassed) -> None:
     task = _merged(view, e, e.task_id)
-    task.attempts = e.attempt
+    task.attempts = _failed(e.attempt)
     task.commit, task.merged_commit, task.reason = e.commit, e.merged_commit, ""
 
 
@@ -241,6 +248,17 @@ def _monitor_action(view: SystemView, e: ev.MonitorAction) -> None:
     )
     del view.monitor_actions[:-MONITOR_ACTIONS]
     Counts.bump(view.counts.monitor_actions, e.loop, e.action.value)
+
+
+def _check_flaky(view: SystemView, e: ev.CheckFlaky) -> None:
+    flaky = view.flaky.get(e.command)
+    if flaky is None:
+        flaky = view.flaky[e.command] = FlakyCheckView(
+            command=e.command, criterion=e.criterion, ts=e.ts
+        )
+    flaky.seen += 1
+    flaky.count, flaky.blocked, flaky.task_ids, flaky.ts = e.count, e.blocked, e.task_ids, e.ts
+    flaky.escalation_id = e.escalation_id or flaky.escalation_id
 
 
 def _progress(view: SystemView, e: ev.ProgressReported) -> None:
@@ -308,7 +326,7 @@ def _acknowledged(view: SystemView, e: ev.CommandAcknowledged) -> None:
     if command is None or command.acknowledged:
         return
     command.acknowledged, command.detail = True, e.detail
-    if command.loop is None:
+    if command.loop is None or e.refused:  # nothing changed (a reset of an unknown task)
         return
     loop = view.loop(command.loop)
     if command.type == "loop.pause":
@@ -318,6 +336,22 @@ def _acknowledged(view: SystemView, e: ev.CommandAcknowledged) -> None:
     elif command.type == "task.reset" and command.task_id is not None:
         task = loop.task(command.task_id)
         task.status, task.attempts, task.reason, task.updated = TaskStatus.PENDING, 0, "", e.ts
+
+
+def _budget(view: SystemView, e: ev.BudgetWarned | ev.BudgetExhausted | ev.BudgetRaised) -> None:
+    if e.loop is None:
+        return
+    loop = view.loop(e.loop)
+    if isinstance(e, ev.BudgetRaised):
+        loop.budget = None
+        return
+    what = "warning" if isinstance(e, ev.BudgetWarned) else "spent, paused"
+    figure = (
+        f"${e.spent:.2f} of ${e.limit:.2f}"
+        if e.metric is ev.BudgetMetric.USD
+        else (f"{e.spent:g} of {e.limit:g} {e.metric.value}")
+    )
+    loop.budget = f"{e.level.value} budget {what}: {figure}"
 
 
 HANDLERS: dict[type[ev.Event], Callable[[SystemView, Any], None]] = {
@@ -340,6 +374,7 @@ HANDLERS: dict[type[ev.Event], Callable[[SystemView, Any], None]] = {
     ev.TaskHeld: _task_held,
     ev.TaskReleased: _task_released,
     ev.MonitorAction: _monitor_action,
+    ev.CheckFlaky: _check_flaky,
     ev.ProgressReported: _progress,
     ev.EscalationRaised: _escalation_raised,
     ev.EscalationAcknowledged: _escalation_acknowledged,
@@ -352,4 +387,7 @@ HANDLERS: dict[type[ev.Event], Callable[[SystemView, Any], None]] = {
     ev.TaskReset: _command,
     ev.TaskHint: _command,
     ev.CommandAcknowledged: _acknowledged,
+    ev.BudgetWarned: _budget,
+    ev.BudgetExhausted: _budget,
+    ev.BudgetRaised: _budget,
 }

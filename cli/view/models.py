@@ -125,7 +125,7 @@ class TaskView(BaseModel):
     loop: str
     task_id: str
     status: TaskStatus = TaskStatus.PENDING
-    attempts: int = 0
+    attempts: int = 0  # failed attempts, as test-state.json counts them
     iterations: int = 0
     reason: str = ""  # why it failed or is blocked/held
     commit: str | None = None  # the claimed (then verified) commit
@@ -154,6 +154,7 @@ class LoopView(BaseModel):
     last_seen: datetime | None = None  # the last heartbeat (or start)
     stopped_reason: str | None = None
     sandbox_warning: str | None = None  # the agent does not run sandboxed: why
+    budget: str | None = None  # a budget near or at its limit, one line (None once raised)
     tokens: Tokens = Field(default_factory=Tokens)
     cost_usd: float = 0.0
     rate_per_hour: float | None = None
@@ -234,6 +235,19 @@ class MergeEntry(BaseModel):
     merged_commit: str | None = None
     files: list[str] = Field(default_factory=list)
     reason: str = ""
+    ts: datetime
+
+
+class FlakyCheckView(BaseModel):
+    """A merge check recorded flaky (`check.flaky`): failed, then passed unchanged."""
+
+    command: str
+    criterion: str
+    count: int = 0  # the merge queue's count since a person last answered about it
+    seen: int = 0  # flaky events seen in the stream for this command
+    blocked: bool = False  # the last flake kept its batch off main (policy `block`)
+    escalation_id: str | None = None  # a person was asked to fix it
+    task_ids: list[str] = Field(default_factory=list)  # of the last batch it failed in
     ts: datetime
 
 

@@ -18,23 +18,27 @@ from cli.view.models import (
     Counts,
     EscalationView,
     EventLine,
+    FlakyCheckView,
     LoopView,
     MergeEntry,
     MergeStatus,
     MonitorActionView,
     TaskView,
 )
+from cli.view.spend import Spend, spend_dict
 from cli.view.text import event_fields
 
 
 class SystemView(BaseModel):
-    """Loops and their tasks, escalations, the merge queue, monitor actions, commands and
-    recent events: everything `loops status` and the dashboard show."""
+    """Loops and their tasks, escalations, the merge queue, flaky merge checks, monitor
+    actions, commands and recent events: everything `loops status` and the dashboard
+    show."""
 
     loops: dict[str, LoopView] = Field(default_factory=dict)
     escalations: dict[str, EscalationView] = Field(default_factory=dict)
     merges: list[MergeEntry] = Field(default_factory=list)
     monitor_actions: list[MonitorActionView] = Field(default_factory=list)
+    flaky: dict[str, FlakyCheckView] = Field(default_factory=dict)  # by command
     commands: list[CommandView] = Field(default_factory=list)
     recent: list[EventLine] = Field(default_factory=list)
     counts: Counts = Field(default_factory=Counts)
@@ -42,6 +46,7 @@ class SystemView(BaseModel):
     last_event: datetime | None = None
     events_seen: int = 0
     as_of: datetime | None = None
+    spend: Spend = Field(default_factory=Spend)  # receipts, spend over time, per merged task
     seen: dict[str, None] = Field(default_factory=dict, exclude=True)
 
     # ------------------------------------------------------------------ building
@@ -73,6 +78,7 @@ class SystemView(BaseModel):
         handler = HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
+        self.spend.add(event)
         self.recent.append(
             EventLine(
                 stream_id=stream_id,
@@ -127,6 +133,7 @@ class SystemView(BaseModel):
         """Plain JSON-ready data (health judged at `now`), with totals."""
         self.refresh(now)
         data = self.model_dump(mode="json")
+        data["spend"] = spend_dict(self.spend)
         data["totals"] = {
             "loops": len(self.loops),
             "passed": sum(loop.passed for loop in self.loops.values()),
@@ -135,6 +142,7 @@ class SystemView(BaseModel):
             "cost_usd": round(self.cost_usd, 6),
             "open_escalations": len(self.open_escalations()),
             "merge_queue": len(self.merge_queue()),
+            "flaky_checks": sum(f.seen for f in self.flaky.values()),
         }
         return data
 

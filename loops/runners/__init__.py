@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from events import AgentSign, ConfigError, FailureKind, TokenUsage
+from events.secrets import redact
 from infra.settings import Settings
 from loops.sandbox import SandboxPolicy
 
@@ -35,6 +36,7 @@ __all__ = [
     "interrupted_result",
     "last_line",
     "make_runner",
+    "redacted",
     "timed_out_result",
 ]
 
@@ -101,7 +103,8 @@ class AgentResult:
     commands: list[str] = field(default_factory=list)
     permission_denials: int = 0
     tokens: TokenUsage = field(default_factory=TokenUsage)
-    cost_usd: float | None = None
+    cost_usd: float | None = None  # as the agent reported it (checked by `loops.cost`)
+    model: str | None = None  # the model the agent said it ran
     failure: FailureKind | None = None
     failure_detail: str | None = None
     retry_at: datetime | None = None
@@ -112,6 +115,19 @@ class AgentResult:
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+def redacted(result: AgentResult) -> AgentResult:
+    """`result` with every text the agent wrote redacted (invariant 7): what the worker
+    publishes, prompts with and writes to transcripts, and what an agent host returns."""
+    return replace(
+        result,
+        reply=redact(result.reply),
+        failure_detail=redact(result.failure_detail) if result.failure_detail else None,
+        transcript=redact(result.transcript),
+        commands=[redact(c) for c in result.commands],
+        stderr_tail=redact(result.stderr_tail),
+    )
 
 
 def last_line(text: str) -> str:

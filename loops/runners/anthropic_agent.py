@@ -183,6 +183,7 @@ class AnthropicRunner:
                 duration_s=time.monotonic() - start,
                 commands=run.commands,
                 tokens=run.usage(),
+                model=model,  # priced from the table: the API reports no cost
                 failure_detail=redact(detail, run.env) if detail else None,
                 transcript=redact("\n".join(run.log), run.env),
                 **kw,

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from events import AgentSign, ConfigError, FailureKind, TokenUsage
+from events import AgentSign, ConfigError, FailureKind, TokenUsage, checked_tokens
 from events.secrets import redact
 from infra.settings import Settings
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, last_line
@@ -141,7 +142,7 @@ class StreamParser:
         if isinstance(event.get("api_error_status"), int):
             self.api_error_status = event["api_error_status"]
         cost = event.get("total_cost_usd", event.get("cost_usd"))
-        if isinstance(cost, int | float):
+        if isinstance(cost, int | float) and math.isfinite(cost):
             self.cost_usd = float(cost)
         if isinstance(event.get("usage"), dict):
             self.tokens = _tokens(event["usage"])
@@ -323,6 +324,7 @@ class ClaudeRunner:
             permission_denials=parser.permission_denials,
             tokens=parser.usage,
             cost_usd=parser.cost_usd,
+            model=parser.model,
             failure=failure.kind if failure else None,
             failure_detail=redact(failure.detail, env) if failure else None,
             retry_at=failure.retry_at if failure else None,
@@ -394,8 +396,7 @@ def _tool_line(block: dict[str, Any]) -> str:
 
 def _tokens(usage: dict[str, Any]) -> TokenUsage:
     def n(key: str) -> int:
-        value = usage.get(key)
-        return int(value) if isinstance(value, int | float) else 0
+        return checked_tokens(usage.get(key))
 
     return TokenUsage(
         input_tokens=n("input_tokens"),

@@ -7,6 +7,8 @@
   `LOOPS_TASK_ID`, `LOOPS_ITERATION`, `LOOPS_WORKTREE`, `TMPDIR` and the request's own `env`.
 - It runs in the loop's worktree, in the sandbox; its stdout is the reply.
 - The timeout kills its whole process group (and, sandboxed, its PID namespace).
+- Usage: if it prints Claude Code's stream-json, the tokens, `total_cost_usd` and model
+  in it are its report (`loops.cost` prices tokens without a cost from the table).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from events import FailureKind
 from events.secrets import redact
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, last_line
+from loops.runners.claude import StreamParser
 from loops.runners.launch import agent_env, cannot_start, launch
 from loops.runners.outcome import Failure, classify_run
 from loops.sandbox import SandboxUnavailable
@@ -74,8 +77,15 @@ class CommandRunner:
         transcript = proc.stdout
         if proc.stderr.strip():
             transcript += f"\n--- stderr ---\n{proc.stderr}"
+        # An agent that prints Claude Code's stream-json reports its usage in it.
+        usage = StreamParser()
+        for line in proc.stdout.splitlines():
+            usage.feed(line)
         return AgentResult(
             reply=redact(proc.stdout, env),
+            tokens=usage.usage,
+            cost_usd=usage.cost_usd,
+            model=usage.model,
             exit_code=proc.exit_code,
             duration_s=proc.duration_s,
             session_id=request.session_id,

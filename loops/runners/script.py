@@ -37,6 +37,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from events import ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
+from infra.files import write_text_atomic
 from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
 from loops.runners.launch import Launch, launch
 from loops.sandbox import SandboxUnavailable
@@ -288,10 +289,8 @@ class ScriptRunner:
         path = self._state_file(worktree)
         if path is None:
             return
-        tmp = path.with_name(path.name + ".tmp")
         with contextlib.suppress(OSError):
-            tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-            tmp.replace(path)
+            write_text_atomic(path, json.dumps(state, sort_keys=True))
 
     # --- file edits -----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 
-from agents.store import Store
+from infra.store import Store
 from tests.agents.helpers import Clock
 
 

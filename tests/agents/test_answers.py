@@ -19,7 +19,6 @@ from agents.escalations import EscalationStatus, fold_escalations, open_escalati
 from agents.human import HumanAgent, HumanConfig
 from agents.monitor import Monitor
 from agents.policy import parse_policy
-from agents.store import Store
 from bus import RedisBus
 from events import (
     Decision,
@@ -38,6 +37,7 @@ from events import (
     TaskHint,
     TaskReset,
 )
+from infra.store import Store
 from tests.agents.helpers import WORKER, Clock, iteration
 from tests.agents.test_on_bus import Counting, running, settle
 from tests.conftest import RedisBackend, wait_until

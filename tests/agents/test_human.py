@@ -6,7 +6,6 @@ from typing import Any
 
 from agents.escalations import EscalationStatus, fold_escalations, open_escalations
 from agents.human import HumanAgent, HumanConfig
-from agents.store import Store
 from events import (
     EscalationAcknowledged,
     EscalationAnswered,
@@ -25,6 +24,7 @@ from events import (
     TaskPassed,
     TaskReset,
 )
+from infra.store import Store
 from tests.agents.helpers import WORKER, Clock
 from tests.agents.webhook_server import Receiver, webhook_server
 

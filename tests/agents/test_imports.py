@@ -1,4 +1,4 @@
-"""agents/ imports only `events` and `bus` of this project (CONTRIBUTING.md)."""
+"""agents/ imports only `events`, `bus` and `infra` of this project (CONTRIBUTING.md)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import agents
 
-PROJECT = {"events", "bus", "loops", "gates", "agents", "cli"}
-ALLOWED = {"events", "bus", "agents"}
+PROJECT = {"events", "bus", "infra", "loops", "gates", "agents", "cli"}
+ALLOWED = {"events", "bus", "infra", "agents"}
 
 
-def test_agents_import_only_events_and_bus() -> None:
+def test_agents_import_only_events_bus_and_infra() -> None:
     root = Path(agents.__file__).parent
     bad = []
     for path in sorted(root.glob("*.py")):

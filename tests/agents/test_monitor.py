@@ -10,7 +10,6 @@ import pytest
 from agents.monitor import Monitor
 from agents.policy import Rule, load_policy, parse_policy
 from agents.refiner import RefineFailed, RefineRequest
-from agents.store import Store
 from events import (
     Decision,
     EscalationAnswered,
@@ -32,6 +31,7 @@ from events import (
     TaskReset,
     ValidationFailed,
 )
+from infra.store import Store
 from tests.agents.helpers import WORKER, Clock, failed, heartbeat, iteration
 
 A = MonitorActionKind

@@ -19,7 +19,6 @@ from agents.human import HumanAgent, HumanConfig
 from agents.monitor import Monitor
 from agents.pm import ProjectManager
 from agents.runner import Agent, run
-from agents.store import Store
 from bus import RedisBus
 from events import (
     EscalationAnswered,
@@ -37,6 +36,7 @@ from events import (
     TaskPassed,
     TaskReleased,
 )
+from infra.store import Store
 from tests.agents.helpers import WORKER, Clock, heartbeat, iteration
 from tests.conftest import RedisBackend, wait_until
 

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from agents.monitor import Monitor
 from agents.policy import Policy, Rule, load_policy
-from agents.store import Store
 from bus import RedisBus
 from events import (
     AgentSign,
@@ -31,6 +30,7 @@ from events import (
     Source,
     TaskReset,
 )
+from infra.store import Store
 from tests.agents.helpers import WORKER, Clock, failed, heartbeat, iteration
 from tests.agents.test_on_bus import Counting, of_type, running, settle
 from tests.conftest import RedisBackend, wait_until

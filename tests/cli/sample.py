@@ -115,6 +115,16 @@ def scenario() -> list[ev.Event]:
             commit="a1b2c3d4e5",
             merged_commit="f00dfeed",
             main_before="0ld",
+            receipt=ev.Receipt(
+                task_id="API-1",
+                commit="a1b2c3d4e5",
+                agent_calls=1,
+                tokens=ev.TokenUsage(input_tokens=12000, output_tokens=3000),
+                cost_usd=0.42,
+                wall_time_s=42.0,
+                verification_runs=1,
+                attempts=1,
+            ),
         ),
         ev.TaskPassed(
             source=W,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loops.workspace import git
+from infra.git import git
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "COMING-FROM.md"

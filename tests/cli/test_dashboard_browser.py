@@ -16,7 +16,7 @@ import pytest
 import events as ev
 from app.dashboard import serve
 from tests.cli.conftest import System
-from tests.cli.sample import MON, raised, scenario
+from tests.cli.sample import MON, W, raised, scenario
 from tests.conftest import IN_CI, wait_until
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -132,6 +132,43 @@ def test_dashboard_in_chromium(system: System, dashboard: str, browser: object) 
     wait_until(lambda: "monitor.action" in text("#feed li:first-child"))
     assert "no heartbeat for 3 intervals" in text("#feed li:first-child")
     wait_until(lambda: "no heartbeat for 3 intervals" in text("#monitor"))
+
+    # Spend: the merged task's receipt in a table, and a line per loop in the chart,
+    # which grows when a loop's next call of known cost arrives.
+    receipt = driver.find_element(By.CSS_SELECTOR, "#spend table.receipts tbody tr")
+    assert receipt.text.split()[:3] == ["loop-api", "API-1", "$0.42"]
+    assert "$0.42 per merged task" in text("#spend .spend-summary")
+    lines = "#spend svg.spend-chart polyline.spend-line"
+    assert [
+        el.get_attribute("data-loop") for el in driver.find_elements(By.CSS_SELECTOR, lines)
+    ] == ["loop-api"]
+    system.bus.publish(
+        ev.IterationFinished(
+            source=W,
+            loop="loop-ui",
+            task_id="UI-2",
+            iteration=4,
+            attempt=2,
+            outcome=ev.IterationOutcome.CONTINUE,
+            duration_s=30.0,
+            cost_usd=1.5,
+            cost_source=ev.CostSource.PRICE_TABLE,
+        )
+    )
+    ui_line = f"{lines}[data-loop='loop-ui']"
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, ui_line))
+    line = driver.find_element(By.CSS_SELECTOR, ui_line)
+    assert (
+        line.get_attribute("data-usd") == "1.5" and len(line.get_attribute("points").split()) == 4
+    )
+    assert line.size["width"] > 0 and "$1.50 on 1 task(s) never merged" in text(
+        "#spend .spend-summary"
+    )
+    assert "loop-ui $1.50" in text("#spend .spend-legend")
+    strokes = {
+        el.value_of_css_property("stroke") for el in driver.find_elements(By.CSS_SELECTOR, lines)
+    }
+    assert len(strokes) == 2 and "none" not in strokes  # a colour per loop, from the CSS
 
     # Answer an escalation through its form.
     card = driver.find_element(By.CSS_SELECTOR, ".esc[data-id='e-1a2b3c']")

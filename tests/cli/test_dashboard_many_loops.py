@@ -191,3 +191,27 @@ def test_fifty_loops_in_chromium_problem_loops_first(dashboard: str, browser: ob
     driver.set_window_size(1440, 2400)
     assert driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_loops_status_at_fifty_loops_puts_the_problem_loops_first() -> None:
+    """`loops status` at 50 loops: a count per state, then the loops by what they need
+    (blocked, waiting on a person, silent, failing first), and the tasks of those only."""
+    from cli.fmt import render
+
+    now = datetime.now(UTC)
+    text = render(SystemView.from_events(history(now)), now)
+    lines = text.splitlines()
+    summary = ", ".join(f"{name} {n}" for name, n in expected_groups())
+    assert f"by state: {summary}" in lines
+    start = lines.index("LOOPS") + 2  # past the header row
+    by_length = sorted(Attention, key=lambda a: -len(a.value))
+    needs = [
+        next(a for a in by_length if line.strip().startswith(a.value + " "))
+        for line in lines[start : start + LOOPS]
+    ]
+    assert [a.rank for a in needs] == sorted(a.rank for a in needs)
+    assert needs[0] is Attention.BLOCKED and needs[-1] is Attention.DONE
+    tasks = lines[lines.index("TASKS (of the loops that need attention)") + 2 :]
+    shown = {line.split()[0] for line in tasks if line.startswith("  loop-")}
+    assert shown == {f"loop-{i:02d}" for i in range(LOOPS) if KINDS[i % 10].rank <= 3}
+    assert "  tasks of 30 other loop(s): loops status --json" in lines

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loops.workspace import git
+from infra.git import git
 
 LOOPS = str(Path(sys.executable).parent / "loops")
 

@@ -104,13 +104,15 @@ class FakeWorker:
                 self.cursor = stream_id
                 if event.is_command and event.loop == self.loop:
                     self.obeyed.append(event)
+                    unknown = getattr(event, "task_id", None) == "NOPE"  # as a worker refuses
                     self.bus.publish(
                         ev.CommandAcknowledged(
                             source=ev.Source(role=ev.Role.WORKER, instance="fake-worker:7"),
                             loop=self.loop,
                             command=event.type,
                             command_id=event.id,
-                            detail=f"ok {event.type}",
+                            detail="unknown task NOPE" if unknown else f"ok {event.type}",
+                            refused=unknown,
                         )
                     )
 
@@ -155,6 +157,18 @@ def test_reset_carries_task_and_hint(system: System, worker: FakeWorker) -> None
         "status": "pending",
         "attempts": 0,
     }
+
+
+def test_a_reset_the_worker_refuses_exits_1_in_one_line_and_leaves_no_task(
+    system: System, worker: FakeWorker
+) -> None:
+    proc = system.loops("reset", "loop-api", "NOPE")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "loops: loop-api: unknown task NOPE; nothing changed (its tasks: `loops status`)\n"
+    )
+    status = json.loads(system.loops("status", "--json", check=True).stdout)
+    assert "NOPE" not in status["loops"]["loop-api"]["tasks"]
 
 
 def test_no_acknowledgement_exits_1_and_the_command_stays(system: System) -> None:

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from infra.git import git
 from loops.names import component_problem, safe_component
-from loops.workspace import git
 from tests.cli.test_up import LOOPS, env, one_loop_project
 
 

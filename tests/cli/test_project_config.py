@@ -16,9 +16,9 @@ import yaml
 
 from cli.main import build_parser
 from events import ValidationFailed
+from infra.git import git
 from loops.harness import ProjectConfig
 from loops.project import ENV_PROJECT_DIR, load_project
-from loops.workspace import git
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 LOOPS_BIN = Path(sys.executable).parent / "loops"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loops.workspace import git
+from infra.git import git
 
 LOOPS = str(Path(sys.executable).parent / "loops")
 
@@ -265,6 +265,8 @@ def test_uncommitted_changes_in_the_way_are_kept_and_the_run_ends_with_a_questio
     assert proc.returncode == 1, proc.stderr
     assert (repo / "greet.py").read_text() == "# my draft, do not touch\n"
     assert "block the fast-forward" in proc.stderr and "greet.py" in proc.stderr
+    question = next(ln for ln in proc.stderr.splitlines() if "Open question" in ln)
+    assert "commit or stash them" in question and "loop's branch" not in question
     assert "Traceback" not in proc.stderr
     # The verified work is kept on the loop's branch.
     assert git(repo, "show", "refs/loops/tasks/spec/greet:greet.py") == GOOD["greet.py"].strip()

@@ -8,7 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from loops.workspace import git
+from infra.git import git
 from tests.cli.test_up import ADD_DONE, LOOPS, env, one_loop_project
 
 STEP = [{"write": {"calc/ops.py": ADD_DONE}, "reply": "<promise>ADD-1 done</promise>"}]

@@ -18,7 +18,7 @@ import yaml
 from bus import EmbeddedServer, RedisBus
 from events import VerificationFailed
 from events.secrets import MASK
-from loops.workspace import git
+from infra.git import git
 from tests.conftest import IN_CI
 
 LOOPS = str(Path(sys.executable).with_name("loops"))

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from app import demo
-from loops.workspace import git
+from infra.git import git
 from tests.cli.test_up import LOOPS, env
 
 FAKE_CLAUDE = Path(__file__).resolve().parents[1] / "fakes" / "fake_claude.py"

@@ -63,6 +63,7 @@ def test_status_table_shows_loops_tasks_escalations_and_merge_queue(system: Syst
     assert re.search(r"merging\s+loop-ui\s+UI-1\s+cccc2222", out), out
     assert "reset_task" in out
     assert "$0.42" in out
+    assert "Spend: $0.4200 on 1 merged task(s) ($0.4200 per merged task)" in out
 
 
 def test_status_json(system: System) -> None:
@@ -76,6 +77,13 @@ def test_status_json(system: System) -> None:
     assert data["escalations"]["e-1a2b3c"]["status"] == "open"
     assert data["totals"]["open_escalations"] == 1
     assert data["totals"]["cost_usd"] == 0.42
+    (row,) = data["spend"]["receipts"]
+    assert row["loop"] == "loop-api" and row["receipt"]["task_id"] == "API-1"
+    assert (row["receipt"]["cost_usd"], row["receipt"]["agent_calls"]) == (0.42, 1)
+    assert (row["receipt"]["tokens_in"], row["receipt"]["tokens_out"]) == (12000, 3000)
+    assert data["spend"]["cost_per_merged_task"] == 0.42
+    assert data["spend"]["unmerged_cost_usd"] == 0.0
+    assert [p["cost_usd"] for p in data["spend"]["series"]["loop-api"]] == [0.42]
     assert [m["task_id"] for m in data["merges"] if m["status"] == "merging"] == ["UI-1"]
 
 

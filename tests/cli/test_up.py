@@ -20,7 +20,7 @@ import yaml
 from app import demo
 from bus import BusSettings, RedisBus, connect, recorded_settings
 from events import Event
-from loops.workspace import git
+from infra.git import git
 from tests.conftest import require_real_redis, wait_until
 
 LOOPS = str(Path(sys.executable).parent / "loops")
@@ -279,7 +279,13 @@ def test_serve_keeps_running_after_the_work_and_sigterm_stops_it(tmp_path: Path)
     shared = {**env(), "REDIS_URL": require_real_redis(), "LOOPS_PREFIX": prefix}
     root = one_loop_project(
         tmp_path / "p",
-        [{"write": {"calc/ops.py": ADD_DONE}, "reply": "<promise>ADD-1 done</promise>"}],
+        [
+            {
+                "write": {"calc/ops.py": ADD_DONE},
+                "reply": "<promise>ADD-1 done</promise>",
+                "cost_usd": 0.05,
+            }
+        ],
     )
     up = subprocess.Popen(
         [LOOPS, "up", str(root), "--serve", "--port", "0"],
@@ -299,6 +305,9 @@ def test_serve_keeps_running_after_the_work_and_sigterm_stops_it(tmp_path: Path)
         out, _ = up.communicate(timeout=60)
         assert up.returncode == 0, out
         assert "All tasks verified and merged." in out and "Traceback" not in out
+        # The summary's receipt and spend, from the merge's event.
+        assert "loop-1-clean/ADD-1: $0.0500, 1 agent call(s) (0 failed, $0.0000)" in out, out
+        assert "Spend: $0.0500 on 1 merged task(s) ($0.0500 per merged task)" in out
     finally:
         if up.poll() is None:
             up.kill()
@@ -403,7 +412,9 @@ def test_two_loops_editing_the_same_lines_merge_without_a_person(tmp_path: Path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert git(root, "show", "main:shared.txt") == "from a\nfrom b"
-    conflicts = [ln for ln in out.splitlines() if "WARNING loops.worker: merge of" in ln]
+    conflicts = [
+        ln for ln in out.splitlines() if "WARNING loops.worker: [loop-" in ln and "] merge of" in ln
+    ]
     assert len(conflicts) == 1 and "(try 1)" in conflicts[0], out  # one conflict, no repeat
     assert "Open escalations" not in out and "escalation" not in out.lower(), out
     loser = "loop-a" if "merge of A-1" in conflicts[0] else "loop-b"

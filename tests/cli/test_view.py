@@ -154,7 +154,7 @@ def test_verification_evidence_and_merge_make_the_task_passed() -> None:
     )
     assert task.status is TaskStatus.VERIFIED
     assert task.verification is not None and task.verification.passed is True
-    assert task.attempts == 2
+    assert task.attempts == 1  # failed attempts, as in test-state.json: attempt 1 failed
 
     view.apply(
         ev.MergeQueued(source=MERGE, loop="l1", ts=at(11), task_id="T1", commit="c2", position=0)
@@ -438,3 +438,46 @@ def test_status_says_when_the_usage_window_resets() -> None:
     )
     text = render(view, now=at(62))
     assert "API outage, retry at" in text and "usage reset" not in text
+
+
+def flaky(t: float, command: str, count: int, tree: str, **kw: object) -> ev.CheckFlaky:
+    return ev.CheckFlaky(
+        source=MERGE,
+        ts=at(t),
+        criterion=f"{command} passes",
+        command=command,
+        tree=tree,
+        task_ids=["l1/T1", "l2/T2"],
+        count=count,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_flaky_checks_are_counted_per_check_in_the_view_status_and_totals() -> None:
+    from cli.cmd_status import render
+
+    first = flaky(1, "pytest -q tests/net", 1, "a" * 40)
+    events = [
+        heartbeat("l1", 0),
+        first,
+        first,  # redelivered: not another flake
+        flaky(2, "pytest -q tests/net", 2, "b" * 40, blocked=True),
+        flaky(3, "make lint", 1, "c" * 40),
+        flaky(4, "pytest -q tests/net", 3, "d" * 40, escalation_id="e-abc123"),
+    ]
+    view = SystemView.from_events(events)
+    net, lint = view.flaky["pytest -q tests/net"], view.flaky["make lint"]
+    assert (net.count, net.seen, net.escalation_id) == (3, 3, "e-abc123")
+    assert (lint.count, lint.seen, lint.blocked) == (1, 1, False)
+    assert view.to_dict(now=at(5))["totals"]["flaky_checks"] == 4
+
+    text = render(view, now=at(5))
+    section = text.split("FLAKY CHECKS (2)", 1)[1]
+    rows = [ln.split() for ln in section.splitlines()[2:4]]
+    assert rows[0][:4] == ["3", "3", "landed", "e-abc123"] and rows[0][-3:] == [
+        "pytest",
+        "-q",
+        "tests/net",
+    ]
+    assert rows[1][:4] == ["1", "1", "landed", "-"] and rows[1][-2:] == ["make", "lint"]
+    assert "FLAKY CHECKS" not in render(SystemView.from_events(events[:1]), now=at(5))

@@ -175,10 +175,10 @@ def _check_rq_args(args: list[str], env: dict[str, str | None]) -> None:
     assert params["queues"], "an rq worker must name its queue"
     if params.get("worker_class"):
         from rq.utils import import_attribute
-        from rq.worker import Worker
+        from rq.worker import BaseWorker
 
         worker_class = import_attribute(params["worker_class"])
-        assert isinstance(worker_class, type) and issubclass(worker_class, Worker)
+        assert isinstance(worker_class, type) and issubclass(worker_class, BaseWorker)
 
 
 @pytest.mark.parametrize("name", OURS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import uuid
@@ -28,7 +29,7 @@ import pytest
 import yaml
 
 from app import demo
-from loops.workspace import git
+from infra.git import git
 from tests.conftest import IN_CI, wait_until
 from tests.deploy.engine import ROOT, Engine
 
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.timeout(1800)
 IMAGE = "coding-loops:latest"  # what docker-compose.yml names; built here, never pulled
 TASKS = {"loop-1-clean": "ADD-1", "loop-2-false-claim": "SUB-1", "loop-3-stuck": "MUL-1"}
 UID = 1000  # compose's default LOOPS_UID: the repository belongs to the containers' user
+HANG_MARK = "/repo/.e2e/hung"
 
 
 def _unavailable(reason: str) -> None:
@@ -70,10 +72,14 @@ def three_loops(root: Path) -> Path:
     once. Checks run with the container's `python3`."""
     demo.create(root)
     git(root, "rm", "-rq", "loop-4-question")
+    # loop-3's first run hangs (until the test kills the container running it); the
+    # marker in /repo/.e2e, which every agents container sees, lets the re-run go on.
+    hang = f"mkdir {HANG_MARK} 2>/dev/null && sleep 600 || true"
     script = {
         "tasks": {
             "MUL-1": [
                 {
+                    "run": [hang],
                     "write": {"calc/mul.py": "def mul(a, b):\n    return a * b\n"},
                     "reply": "Wrote calc/mul.py. <promise>MUL-1 done</promise>",
                 }
@@ -90,6 +96,9 @@ def three_loops(root: Path) -> Path:
         state_path.write_text(json.dumps(state, indent=2) + "\n")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "three loops, checks on the container's python3")
+    (root / ".e2e").mkdir()  # the agents' shared scratch (LOOPS_SANDBOX_WRITABLE)
+    with open(root / ".git" / "info" / "exclude", "a") as exclude:
+        exclude.write(".e2e/\n")
     for path in [root, *root.rglob("*")]:
         os.lchown(path, UID, UID)
     return root
@@ -121,6 +130,7 @@ class Stack:
             LOOPS_DASHBOARD_PORT=str(self.dashboard_port),
             LOOPS_DASHBOARD_TOKEN=f"e2e-{uuid.uuid4().hex}",
             LOOPS_REDIS_PASSWORD=uuid.uuid4().hex,  # for a compose file whose Redis needs one
+            LOOPS_SANDBOX_WRITABLE="/repo/.e2e",  # the hanging agent's marker
             COMPOSE_HTTP_TIMEOUT="300",
         )
 
@@ -150,6 +160,9 @@ class Stack:
             return []
         data: list[dict[str, Any]] = json.loads(self.engine.docker("inspect", *ids).stdout)
         return data
+
+    def name_of(self, container: str) -> str:
+        return next(c["Name"] for c in self.containers() if c["Id"] == container)
 
     def view(self) -> dict[str, Any] | None:
         try:
@@ -183,11 +196,29 @@ def test_docker_compose_up_verifies_and_merges_every_loop_then_stops_with_exit_0
     engine: Engine, stack: Stack
 ) -> None:
     engine.docker("build", "-q", "--network", "host", "-t", IMAGE, str(ROOT), timeout=1200)
-    stack.compose("up", "-d", "--no-build", timeout=600)
+    stack.compose("up", "-d", "--no-build", "--scale", "agents=2", timeout=600)
+
+    # loop-3's first iteration hangs in one of the two agents containers: kill -9 that
+    # container (its init, from the host, as a crash would; the engine restarts it).
+    def hanging() -> str | None:
+        for c in stack.containers():
+            if "agents" in c["Name"] and c["State"]["Running"]:
+                top = engine.docker("top", c["Id"], check=False).stdout
+                if "sleep 600" in top:
+                    return str(c["Id"])
+        return None
+
+    victim = wait_until(hanging, timeout=420, interval=2.0)
+    pid = int(engine.docker("inspect", "-f", "{{.State.Pid}}", victim).stdout.strip())
+    os.kill(pid, signal.SIGKILL)
 
     def merged() -> bool:
-        down = [c["Name"] for c in stack.containers() if not c["State"]["Running"]]
-        assert not down, f"containers stopped: {down}\n{stack.logs()}"
+        down = [
+            c["Name"]
+            for c in stack.containers()
+            if not c["State"]["Running"] and not (c["Id"] == victim and c["State"]["Restarting"])
+        ]
+        assert not down or down == [stack.name_of(victim)], f"stopped: {down}\n{stack.logs()}"
         view = stack.view()
         return (
             view is not None
@@ -212,6 +243,11 @@ def test_docker_compose_up_verifies_and_merges_every_loop_then_stops_with_exit_0
     sub = view["loops"]["loop-2-false-claim"]["tasks"]["SUB-1"]
     assert sub["verification"]["passed"] is True and sub["merged_commit"]
     assert "gates.jobs.verify_claim" in stack.compose("logs", "--no-color", "rq").stdout
+    # Agent iterations ran as rq jobs on the agents service; the killed one ran again.
+    assert "loops.jobs.run_iteration" in stack.compose("logs", "--no-color", "agents").stdout
+    coordinators = stack.compose("logs", "--no-color", "loops").stdout
+    assert "its agent worker is gone; running it again" in coordinators
+    wait_until(lambda: all(c["State"]["Running"] for c in stack.containers()), timeout=120)
     # The operator's pages on the published port: the dashboard, and its metrics.
     page = httpx.get(f"http://127.0.0.1:{stack.dashboard_port}/", timeout=10)
     assert page.status_code == 200 and "coding-loops" in page.text
@@ -243,4 +279,5 @@ def test_docker_compose_up_verifies_and_merges_every_loop_then_stops_with_exit_0
         "human",
         "dashboard",
         "rq",
+        "agents",
     } <= services

@@ -22,7 +22,7 @@ import pytest
 from app import demo
 from bus import BusSettings, RedisBus
 from bus.settings import derive_signing_key
-from loops.workspace import git
+from infra.git import git
 from tests.bus.protected import protected_redis_server
 from tests.conftest import wait_until
 from tests.deploy import compose

@@ -1,7 +1,7 @@
 """`loops worker --all` (compose's `loops` service): every loop of the project in one
-process against the distributed bus, with the gate and the merge queue as their own
-processes. Both loops' tasks are verified and merged; SIGTERM ends every process with
-exit 0."""
+process against the distributed bus (one `bus.Router` subscription for them all), with
+the gate and the merge queue as their own processes. Both loops' tasks are verified and
+merged; SIGTERM ends every process with exit 0."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from app import demo
-from bus import BusSettings, RedisBus
-from loops.workspace import git
+from bus import BusSettings, RedisBus, router_group
+from infra.git import git
 from tests.conftest import require_real_redis, wait_until
 
 LOOPS = str(Path(sys.executable).parent / "loops")
@@ -81,6 +81,15 @@ def test_worker_all_runs_every_loop_to_main(tmp_path: Path, env: dict[str, str])
             return "return a + b" in ops and "calc/mul.py" in files
 
         wait_until(merged, timeout=120, interval=0.5)
+        # One Router subscription for the process (as `loops up`), not a group per loop.
+        bus = RedisBus.from_settings(BusSettings.from_dsn(url, prefix=env["LOOPS_PREFIX"]))
+        try:
+            names = {g["name"] for g in bus.client.xinfo_groups(bus.stream)}
+        finally:
+            bus.close()
+        names = {n.decode() if isinstance(n, bytes) else n for n in names}
+        workers = sorted(n for n in names if n.startswith("worker"))
+        assert workers == [router_group(["loop-1-clean", "loop-3-stuck"])], names
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
         outputs = {}

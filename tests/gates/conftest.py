@@ -33,14 +33,14 @@ from gates import (
     BatchMergeQueue,
     GateSettings,
     Judge,
-    MemoryStore,
     MergeQueue,
     MergeSettings,
-    StateStore,
     VerificationGate,
 )
-from gates.gitutil import ensure_loop_branch, git, remove_scratch
+from gates.gitutil import ensure_loop_branch, remove_scratch
 from gates.settings import DEFAULT_PROTECTED
+from infra.git import git
+from infra.store import Store
 
 PY = sys.executable
 # Plugin autoload (hypothesis) would double the cost of every check run.
@@ -122,7 +122,7 @@ class Project:
     origin: Path
     marker: Path
     bus: RedisBus
-    store: StateStore = field(default_factory=MemoryStore)
+    store: Store = field(default_factory=Store.memory)
     gate: VerificationGate | None = None
     merge: MergeQueue | None = None
     judge: Judge | None = None

@@ -16,9 +16,9 @@ from gates import (
     GateSettings,
     MergeQueue,
     MergeSettings,
-    RedisStore,
     VerificationGate,
 )
+from infra.store import Store
 from tests.gates.conftest import load_tasks
 
 
@@ -28,7 +28,7 @@ def main() -> None:
         cfg["url"], prefix=cfg["prefix"], reclaim_idle_ms=200, reclaim_interval_ms=100
     )
     bus = RedisBus.from_settings(settings)
-    store = RedisStore(bus.client, cfg["prefix"])
+    store = Store(bus.client, cfg["prefix"], "gates")
     repo = Path(cfg["repo"])
     if cfg["role"] == "gate":
         gate = VerificationGate(

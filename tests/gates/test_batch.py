@@ -4,6 +4,7 @@ the good prefix lands and only the culprit goes back to its loop."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +22,11 @@ from events import (
     Source,
     VerificationPassed,
 )
-from gates import BatchMergeQueue
-from gates.gitutil import git
+from gates import BatchMergeQueue, MergeSettings
+from gates.gitutil import remove_scratch
 from gates.order import Waiting, pick
 from gates.settings import FlakyPolicy
+from infra.git import git
 from tests.gates.conftest import APP, TASKS, Project, load_tasks, make_project, script
 from tests.gates.test_flow import MUL, answer
 
@@ -165,6 +167,82 @@ def test_a_lone_claim_waits_for_the_fill_wait_then_merges_alone(project: Project
     assert [e.task_id for e in project.events("merge.completed")] == ["mul"]  # type: ignore[attr-defined]
 
 
+def test_claims_that_arrive_while_a_batch_is_tested_join_the_next_batch(
+    tmp_path: Path, fake_bus: RedisBus
+) -> None:
+    """Three claims wait (batches of 2); a fourth arrives while the first batch is being
+    tested and the fill wait has passed. The queue reads it before it picks the next
+    batch, so the third and the fourth land together instead of one by one."""
+    tasks = {**TASKS, "d/more": [script("more exists", "test -f MORE.md")]}
+    project = make_project(tmp_path, fake_bus, tasks=tasks)
+    try:
+        now = [1000.0]
+        project.start(merge={"batch_size": 2, "fill_wait_s": 2.0}, batch=True)
+        assert isinstance(project.merge, BatchMergeQueue)
+        project.merge.clock = lambda: now[0]
+        gate_sub, merge_sub = project._subs
+        a, b, c, d = (project.loop(n) for n in "abcd")
+        a.claim("mul", a.write({"app.py": MUL}, "mul"))
+        b.claim("sub", b.write(SUB, "sub"))
+        c.claim("notes", c.write({"NOTES.md": "notes\n"}, "notes"))
+        gate_sub.drain()
+        more = d.write({"MORE.md": "more\n"}, "more")
+
+        def arrives(merged: str) -> None:
+            if now[0] == 1000.0:  # during the first batch only
+                now[0] += 5.0  # the fill wait has passed for the claim left waiting
+                d.claim("more", more)
+                gate_sub.drain()
+
+        project.merge.before_main_moves = arrives
+        merge_sub.poll(block_ms=10)
+
+        done = {e.task_id: e.merged_commit for e in project.events("merge.completed")}  # type: ignore[attr-defined]
+        assert sorted(done) == ["more", "mul", "notes", "sub"]
+        assert done["mul"] == done["sub"] != done["notes"] == done["more"] == project.main()
+        assert len(landings(project)) == 3  # the seed and two batches
+        project.assert_main_verified()
+    finally:
+        project.close()
+
+
+def test_a_claim_that_came_while_a_batch_was_tested_is_not_held_for_the_fill_wait(
+    tmp_path: Path, fake_bus: RedisBus
+) -> None:
+    """The fill wait is for a claim that finds the queue idle. One that arrived while
+    the last batch was tested has waited for company already: it goes next at once."""
+    tasks = {**TASKS, "d/more": [script("more exists", "test -f MORE.md")]}
+    project = make_project(tmp_path, fake_bus, tasks=tasks)
+    try:
+        now = [1000.0]
+        project.start(merge={"batch_size": 3, "fill_wait_s": 2.0}, batch=True)
+        assert isinstance(project.merge, BatchMergeQueue)
+        project.merge.clock = lambda: now[0]
+        gate_sub, merge_sub = project._subs
+        a, d = project.loop("a"), project.loop("d")
+        a.claim("mul", a.write({"app.py": MUL}, "mul"))
+        gate_sub.drain()
+        merge_sub.poll(block_ms=10)
+        assert [vp.task_id for vp in project.merge.pending()] == ["mul"]  # the fill wait
+        more = d.write({"MORE.md": "more\n"}, "more")
+
+        def arrives(merged: str) -> None:
+            if not project.events("task.claimed", task_id="more"):
+                d.claim("more", more)  # while mul's batch is tested
+                gate_sub.drain()
+
+        project.merge.before_main_moves = arrives
+        now[0] += 2.5
+        merge_sub.poll(block_ms=10)
+
+        assert project.merge.pending() == []
+        done = {e.task_id: e.merged_commit for e in project.events("merge.completed")}  # type: ignore[attr-defined]
+        assert sorted(done) == ["more", "mul"] and done["more"] == project.main() != done["mul"]
+        project.assert_main_verified()
+    finally:
+        project.close()
+
+
 # ---------------------------------------------------------------------- flaky checks
 
 # Fails on its 2nd run only: the gate's run passes, the queue's first run on the tip
@@ -208,6 +286,22 @@ def test_a_check_that_fails_then_passes_unchanged_is_recorded_as_flaky(
     assert isinstance(project.merge, BatchMergeQueue)
     assert project.merge.stats["isolate_runs"] == 0
     assert project.merge.flaky_count(flaky.command) == 1
+
+
+def test_a_lone_claim_gets_the_same_retry_and_its_flaky_check_does_not_refuse_it(
+    flaky_project: Project,
+) -> None:
+    project = flaky_project
+    project.start(merge={"batch_size": 4, "fill_wait_s": 0.0}, batch=True)
+    c = project.loop("c")
+    c.claim("flaky", c.write({"FLAKY.md": "f\n"}, "flaky"))
+    project.pump()
+
+    (flaky,) = project.events("check.flaky")
+    assert isinstance(flaky, CheckFlaky) and flaky.task_ids == ["c/flaky"]
+    assert [e.task_id for e in project.events("merge.completed")] == ["flaky"]  # type: ignore[attr-defined]
+    assert project.events("merge.conflicted") == []
+    assert flaky.tree == project.main() and len(landings(project)) == 2
 
 
 def test_the_block_policy_keeps_a_flaky_batch_queued_until_a_clean_run(
@@ -278,3 +372,49 @@ def test_the_oldest_claims_go_first_and_a_retry_costs_age() -> None:
     tries = {queue[0].vp.id: 1}
     batch = pick(queue, 3, now=10.0, tries=lambda vp: tries.get(vp.id, 0), retry_cost_s=5.0)
     assert [w.vp.task_id for w in batch] == ["t1", "t2", "t3"]  # t0 pays 5 s: age 5 < 6
+
+
+def test_a_batch_blocked_by_a_persons_files_on_main_is_reported_not_retried_forever(
+    tmp_path: Path, fake_bus: RedisBus
+) -> None:
+    """No remote: main is the person's checkout. An untracked file of theirs is in the
+    way of the fast-forward: git refuses, the files stay untouched, and each claim of
+    the batch goes back to its loop as `blocked` (as the one-slot queue reports it)."""
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    tasks = {f"c/{t}": [script(f"{t} exists", f"test -f {t}.md")] for t in ("one", "two")}
+    (repo / "tasks.json").write_text(json.dumps(tasks))
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=s", "-c", "user.email=s@x", "commit", "-q", "-m", "seed")
+    seed = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "-b", "loop/c")
+    commits = {}
+    for t in ("one", "two"):
+        (repo / f"{t}.md").write_text(f"{t}\n")
+        git(repo, "add", "-A")
+        git(repo, "-c", "user.name=s", "-c", "user.email=s@x", "commit", "-q", "-m", t)
+        commits[t] = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "main")
+    (repo / "two.md").write_text("the person's own notes\n")  # untracked, in the way
+
+    settings = MergeSettings(repo=repo, remote=None, batch_size=4)
+    queue = BatchMergeQueue(fake_bus, settings, loader=load_tasks)
+    gate = Source(role=Role.GATE)
+    for i, (t, commit) in enumerate(commits.items(), 1):
+        queue.handle(
+            VerificationPassed(
+                source=gate, loop="c", task_id=t, commit=commit, attempt=i, criteria=[]
+            )
+        )
+    try:
+        queue.flush()
+    finally:
+        remove_scratch(repo)
+
+    reported = [e for _, e in fake_bus.replay(types=["merge.conflicted"])]
+    assert sorted(e.task_id for e in reported) == ["one", "two"]  # type: ignore[attr-defined]
+    assert {e.kind for e in reported} == {MergeRefusal.BLOCKED}  # type: ignore[attr-defined]
+    assert all("two.md" in e.files for e in reported)  # type: ignore[attr-defined]
+    assert list(fake_bus.replay(types=["merge.completed"])) == []
+    assert git(repo, "rev-parse", "main") == seed and queue.pending() == []
+    assert (repo / "two.md").read_text() == "the person's own notes\n"

@@ -212,6 +212,6 @@ def test_redelivered_claims_and_verdicts_change_nothing(project: Project) -> Non
 
 
 def git_log(project: Project) -> list[str]:
-    from gates.gitutil import git
+    from infra.git import git
 
     return git(project.origin, "rev-list", "main").split()

@@ -19,8 +19,9 @@ from bus import connect
 from events import VerificationVerdict
 from gates import RqJobs
 from gates.errors import JobError
-from gates.gitutil import cached_clone, git, remove_scratch
+from gates.gitutil import cached_clone, remove_scratch
 from gates.jobs import VERIFY_JOB, parse_results, verify_claim
+from infra.git import git
 from tests.conftest import require_real_redis
 from tests.gates.conftest import PYTEST, Project
 from tests.gates.test_flow import MUL

@@ -16,7 +16,7 @@ import pytest
 
 from bus import BusSettings, RedisBus, connect
 from events import Decision, EscalationKind, EscalationRaised, MergeConflicted
-from gates.gitutil import git, run_git
+from infra.git import git, run_git
 from tests.conftest import require_real_redis, wait_until
 from tests.gates.conftest import APP, PYTEST, TASKS, Project, make_project, script
 from tests.gates.test_flow import MUL, SUB, answer

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events import Criterion, LoopStatus, ScriptCheck, ValidationFailed
-from loops.files import write_json_atomic
+from infra.files import write_json_atomic
 from loops.harness import (
     Health,
     LoopConfig,
@@ -491,7 +491,7 @@ def test_a_hand_edit_read_half_written_is_read_again_before_it_is_rejected(tmp_p
     import threading
 
     from events import ValidationFailed
-    from loops.files import HAND_EDIT_SETTLE_S, load_settled
+    from infra.files import HAND_EDIT_SETTLE_S, load_settled
     from loops.harness import load_state
 
     path = tmp_path / "test-state.json"

@@ -284,7 +284,8 @@ def test_criteria_for_a_loop_project(repo: Path) -> None:
     assert criteria_for(repo / "coding-loops", "loop-1-critical-path", "CP-SPEC-005") == crit
     (default,) = criteria_for(repo, "loop-2-infrastructure", "INF-AUTH-001")
     assert default.check == ScriptCheck(run="make test")
-    assert criteria_for(repo, "loop-3-polish", "NEW-TEST-001") == []
+    (signoff,) = criteria_for(repo, "loop-3-polish", "NEW-TEST-001")
+    assert isinstance(signoff.check, NaturalCheck) and "no acceptance_criteria" in signoff.criterion
     with pytest.raises(UnknownTask) as info:
         criteria_for(repo, "loop-1-critical-path", "NOT-A-TASK")
     assert isinstance(info.value, LoopsError) and info.value.task_id == "NOT-A-TASK"

@@ -186,6 +186,12 @@ def test_loops_run_with_the_real_cli_catches_a_false_claim_then_merges(
     assert len(mock_anthropic.agent_requests) == 3
     # The second iteration resumed the first one's session: it still sees the first claim.
     assert "All good." in str(mock_anthropic.agent_requests[1].body["messages"])
+    # Each call's cost is the CLI's own total_cost_usd, and the cost line says so; the
+    # merged task's receipt counts both calls, the rejected claim as the failed one.
+    assert proc.stderr.count("(reported by the agent;") == 2, proc.stderr[-4000:]
+    (receipt,) = [line for line in proc.stderr.splitlines() if "spec/hello: $" in line]
+    assert "2 agent call(s) (1 failed, $" in receipt and "2 verification run(s)" in receipt
+    assert "Spend: $" in proc.stderr and "on 1 merged task(s)" in proc.stderr
 
 
 def test_real_cli_in_the_sandbox_keeps_its_session_and_sees_no_state(
@@ -193,7 +199,8 @@ def test_real_cli_in_the_sandbox_keeps_its_session_and_sees_no_state(
 ) -> None:
     """Sandboxed: the CLI writes its work tree and its own config dir (so `--resume`
     works), and its Bash tool finds nothing of the project's state directory."""
-    from loops.workspace import Workspace, git
+    from infra.git import git
+    from loops.workspace import Workspace
 
     repo = tmp_path / "repo"
     repo.mkdir()

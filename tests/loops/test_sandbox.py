@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from events import FailureKind, IterationOutcome
+from infra.git import git
 from loops.runners import AgentRequest, AgentResult
 from loops.runners.claude import ClaudeRunner
 from loops.runners.command import CommandRunner
@@ -36,7 +37,7 @@ from loops.sandbox import (
     find_bwrap,
     sandbox_status,
 )
-from loops.workspace import Workspace, git
+from loops.workspace import Workspace
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -53,7 +53,16 @@ def test_good_files_and_directories(project: Path) -> None:
     assert_clean(out)
     assert out.returncode == 0, out.stdout + out.stderr
     loops = project / "coding-loops"
-    assert out.stdout.splitlines() == [
+    lines = out.stdout.splitlines()
+    # Tasks no script checks are valid: a note says a judge or a person signs them off.
+    notes = [line for line in lines if line.startswith("NOTE ")]
+    assert [n.split(": ")[1] for n in notes] == [
+        "CP-SPEC-005",  # CP-UFS-001 passed; CP-BUILD-001 is not automatable
+        "INF-AUTH-001, INF-CREDIT-001",
+        "NEW-TEST-001, PREVIOUS-TEST-ID",
+    ]
+    assert all("add acceptance_criteria" in n for n in notes)
+    assert [line for line in lines if not line.startswith("NOTE ")] == [
         f"OK {spec}",
         f"OK {loops}/loop-1-critical-path/config.json",
         f"OK {loops}/loop-1-critical-path/specs/test-state.json",

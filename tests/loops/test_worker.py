@@ -14,12 +14,12 @@ import yaml
 
 import events as ev
 from bus import RedisBus
+from infra.git import git
 from loops.books import SpecBook
 from loops.driver import WorkerExit, run_worker
 from loops.runners import make_runner
 from loops.service import WorkerService
 from loops.spec import parse_spec
-from loops.workspace import git
 from tests.conftest import wait_until
 
 GATE = ev.Source(role=ev.Role.GATE, instance="test-gate")

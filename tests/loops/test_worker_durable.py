@@ -17,12 +17,12 @@ import yaml
 import events as ev
 from agents.pm import PMConfig, ProjectManager
 from bus import PassedLedger, RedisBus
+from infra.git import git
 from loops.books import HarnessBook
 from loops.driver import WorkerExit, run_worker
 from loops.project import load_project
 from loops.runners import make_runner
 from loops.service import WorkerService
-from loops.workspace import git
 from tests.conftest import wait_until
 
 MERGE = ev.Source(role=ev.Role.MERGE, instance="test-merge")

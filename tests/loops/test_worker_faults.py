@@ -15,12 +15,12 @@ import yaml
 
 import events as ev
 from bus import BusSettings, PassedLedger, RedisBus, connect
+from infra.git import git
 from loops.books import SpecBook
 from loops.driver import WorkerExit, run_worker
 from loops.runners import make_runner
 from loops.service import WorkerService
 from loops.spec import parse_spec
-from loops.workspace import git
 from tests.conftest import wait_until
 from tests.faultproxy import FaultProxy, Mode
 

@@ -22,6 +22,7 @@ import yaml
 
 import events as ev
 from bus import BusSettings, RedisBus, connect
+from infra.git import git
 from loops.books import SpecBook
 from loops.driver import WorkerExit, run_worker
 from loops.harness import config_from_data
@@ -29,7 +30,6 @@ from loops.runners import AgentRequest, make_runner
 from loops.runners.anthropic_agent import AnthropicRunner
 from loops.service import WorkerService
 from loops.spec import parse_spec
-from loops.workspace import git
 from tests.conftest import require_real_redis, wait_until
 from tests.fakes.mock_anthropic import MockAnthropic
 
@@ -431,7 +431,7 @@ def test_the_monitor_kills_a_silent_agent_never_a_slow_one_that_shows_life(
     from agents.monitor import Monitor
     from agents.policy import load_policy
     from agents.runner import run as run_agent
-    from agents.store import Store
+    from infra.store import Store
 
     bus, monitor_bus = signed_buses
     policy = tmp_path / "policy.yaml"

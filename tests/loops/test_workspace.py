@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loops.workspace import GitError, Workspace, git
+from infra.git import GitError, git
+from loops.workspace import Workspace
 
 
 @pytest.fixture

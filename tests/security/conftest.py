@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from loops.workspace import git
+from infra.git import git
 from tests.conftest import IN_CI
 from tests.security.agents.hostile import marker
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loops.workspace import git
+from infra.git import git
 from tests.security.conftest import (
     SUB_CHECK,
     Findings,

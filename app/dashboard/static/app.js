@@ -249,6 +249,7 @@
         loop.eta_s ? h("span", {}, `ETA ${Math.round(loop.eta_s / 60)} min`) : null,
         h("span", { class: "muted" }, loop.last_seen ? `heartbeat ${ago(loop.last_seen)}` : "no heartbeat yet"),
         loop.stopped_reason ? h("span", { class: "reason" }, `stopped: ${loop.stopped_reason}`) : null,
+        loop.budget ? h("span", { class: "reason budget" }, loop.budget) : null,
       ),
       timeline(loop, now),
       tasks.length
@@ -376,6 +377,104 @@
     );
   }
 
+  const COLORS = 8; // .c0 ... .c7 in style.css (the page's CSP allows no inline style)
+
+  // Each loop's spend so far over time, on shared axes: a step line per loop (flat
+  // between agent calls, up at each call of known cost), run on to now.
+  function spendChart(series, now) {
+    const loops = Object.keys(series).sort();
+    const all = loops.flatMap((loop) => series[loop]);
+    if (!all.length) return h("p", { class: "muted" }, "No agent call of known cost yet.");
+    const width = 320, height = 140, left = 46, right = 6, top = 8, bottom = 18;
+    const t0 = Math.min(...all.map((p) => Date.parse(p.ts)));
+    const t1 = Math.max(now, ...all.map((p) => Date.parse(p.ts)));
+    const span = Math.max(t1 - t0, 60000);
+    const max = Math.max(...all.map((p) => p.cost_usd), 0.01);
+    const x = (ms) => left + ((ms - t0) / span) * (width - left - right);
+    const y = (usd) => top + (1 - usd / max) * (height - top - bottom);
+    const chart = svg("svg", { class: "spend-chart", viewBox: `0 0 ${width} ${height}`, role: "img" });
+    chart.append(
+      svg("title", {}, `spend per loop since ${time(t0)}`),
+      svg("line", { class: "axis", x1: left, y1: top, x2: left, y2: height - bottom }),
+      svg("line", { class: "axis", x1: left, y1: height - bottom, x2: width - right, y2: height - bottom }),
+      svg("text", { class: "tick", x: left - 4, y: top + 4, "text-anchor": "end" }, money(max)),
+      svg("text", { class: "tick", x: left - 4, y: height - bottom, "text-anchor": "end" }, "$0"),
+      svg("text", { class: "tick", x: left, y: height - 4 }, hhmm(t0)),
+      svg("text", { class: "tick", x: width - right, y: height - 4, "text-anchor": "end" }, hhmm(t1)),
+    );
+    loops.forEach((loop, i) => {
+      const points = series[loop];
+      const coords = [[x(Date.parse(points[0].ts)), y(0)]];
+      for (const p of points) {
+        const px = x(Date.parse(p.ts));
+        coords.push([px, coords[coords.length - 1][1]], [px, y(p.cost_usd)]);
+      }
+      coords.push([x(t1), coords[coords.length - 1][1]]);
+      chart.append(
+        svg("polyline", {
+          class: `spend-line c${i % COLORS}`,
+          "data-loop": loop,
+          "data-calls": points.length,
+          "data-usd": points[points.length - 1].cost_usd,
+          points: coords.map(([cx, cy]) => `${cx.toFixed(1)},${cy.toFixed(1)}`).join(" "),
+        }),
+      );
+    });
+    const legend = h(
+      "div",
+      { class: "spend-legend" },
+      loops.map((loop, i) =>
+        h("span", { dataset: { loop } }, h("i", { class: `c${i % COLORS}` }), ` ${loop} ${money(series[loop][series[loop].length - 1].cost_usd)}`),
+      ),
+    );
+    return h("div", { class: "spend-wrap" }, chart, legend);
+  }
+
+  function renderSpend(view) {
+    const s = view.spend;
+    const now = Date.parse(view.as_of || new Date().toISOString());
+    const summary = h(
+      "p",
+      { class: "spend-summary" },
+      `${money(s.merged_cost_usd)} on ${s.merged_tasks} merged task(s)`,
+      s.cost_per_merged_task !== null ? ` (${money(s.cost_per_merged_task)} per merged task)` : "",
+      ` · ${money(s.unmerged_cost_usd)} on ${s.unmerged_tasks} task(s) never merged`,
+      s.uncosted_calls ? ` · ${s.uncosted_calls} call(s) of unknown cost` : "",
+    );
+    const receipts = s.receipts.slice(-20).reverse();
+    $("spend").replaceChildren(
+      spendChart(s.series, now),
+      summary,
+      simpleTable(
+        ["loop", "task", "cost", "calls", "failed", "tokens in/out", "agent time", "verif."],
+        receipts.map(({ loop, receipt: r }) => [
+          loop,
+          r.task_id,
+          money(r.cost_usd) + (r.uncosted_calls ? ` + ${r.uncosted_calls} unknown` : ""),
+          r.agent_calls,
+          `${r.failed_calls} (${money(r.failed_cost_usd)})`,
+          `${tokens(r.tokens_in)} / ${tokens(r.tokens_out)}`,
+          `${Math.round(r.wall_time_s)}s`,
+          r.verification_runs,
+        ]),
+        "No receipt yet: a task gets one when it merges.",
+      ),
+    );
+    $("spend").querySelector("table")?.classList.add("receipts");
+  }
+
+  function renderFlaky(view) {
+    const flaky = Object.values(view.flaky || {}).sort((a, b) => b.count - a.count);
+    $("flaky-count").textContent = flaky.length ? String(flaky.length) : "";
+    $("flaky").replaceChildren(
+      simpleTable(
+        ["count", "check", "last", "when"],
+        flaky.map((f) => [String(f.count), h("code", {}, f.command), f.escalation_id ? badge(`asked ${f.escalation_id}`, "alert") : badge(f.blocked ? "blocked" : "landed", "flaky"), ago(f.ts)]),
+        "No flaky merge check.",
+      ),
+    );
+  }
+
   function renderMonitor(view) {
     const actions = view.monitor_actions.slice(-8).reverse();
     $("monitor").replaceChildren(
@@ -428,6 +527,8 @@
     renderLoops(view);
     renderEscalations(view);
     renderMerges(view);
+    renderSpend(view);
+    renderFlaky(view);
     renderMonitor(view);
     renderCommands(view);
     if (!state.feedIds.size) for (const line of view.recent.slice(-FEED_MAX).reverse()) addFeed(line, false);

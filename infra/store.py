@@ -1,8 +1,11 @@
-"""State an agent must keep across its own restarts, in Redis under one key prefix.
+"""The one Redis key-value store of the roles: what a role must keep across its own
+restarts (the gate's progress and open escalations, the merge queue's tries, the
+monitor's incidents, the human interface's escalations).
 
-The store is passed in (a redis client and a prefix), never created here, so a test's
-fakeredis and production's Redis are interchangeable. Each agent keeps little here:
-the incidents the monitor acted on, the escalations the human interface manages.
+Keys are `{prefix}:{role}:{name}` on one client, passed in (never created here), so a
+test's fakeredis and production's Redis are interchangeable; `Store.memory()` is one
+on a private fakeredis, for a role run without a bus of its own. Timeouts are the
+client's (`socket_timeout`), set by whoever builds it (`bus.connect`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import fakeredis
 import redis
 
 JSON = dict[str, Any]
@@ -24,14 +28,17 @@ def _text(value: Any) -> str | None:
 
 
 class Store:
-    """A small key/value and hash store: `{prefix}:{role}:...` keys on one Redis client.
-
-    Timeouts are the client's (`socket_timeout`), set by whoever builds the client.
-    """
+    """Strings, counters, JSON documents in hashes and times in sorted sets, under
+    `{prefix}:{role}:`."""
 
     def __init__(self, client: redis.Redis, prefix: str = "loops", role: str = "agents") -> None:
         self.client = client
         self.base = f"{prefix}:{role}"
+
+    @classmethod
+    def memory(cls, role: str = "memory") -> Store:
+        """A store of this process only (lost on exit)."""
+        return cls(fakeredis.FakeRedis(), "memory", role)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.base, *parts))
@@ -44,7 +51,7 @@ class Store:
     def get(self, name: str) -> str | None:
         return _text(self.client.get(self.key(name)))
 
-    def put(self, name: str, value: str) -> None:
+    def set(self, name: str, value: str) -> None:
         self.client.set(self.key(name), value)
 
     def delete(self, *names: str) -> None:

@@ -1,0 +1,275 @@
+"""Agent iterations as rq jobs: the job an agent host runs.
+
+`run_iteration` is the job (importable by path, plain serialisable arguments, a JSON
+string as result), run by any `rq worker` on the queue the coordinators use
+(`LOOPS_AGENT_QUEUE`, e.g. `loops-agents`). On its own host it keeps a clone of the
+project's git remote per loop, fetches the loop's branch at the iteration's base
+commit, runs the agent in the sandbox of a `loops.workspace.Workspace` built on that
+clone (the same work tree layout, git hygiene and sandbox as a local loop), commits,
+pushes the loop's branch (and only it, leased on the base), and returns the evidence:
+the agent's result and the pushed commit. The coordinator's side is
+`loops.runners.queued.QueuedRunner`.
+
+While it runs, the job holds a lease in Redis (`{prefix}:agentjob:{id}:lease`, renewed
+every `LEASE_S / 5`): a job whose lease lapsed has lost its process (a worker or a
+container killed), and the coordinator runs it again elsewhere. Through the same keys
+it reports the agent's signs of life and reads a cancel (the monitor's abort, a stop).
+
+Trust: the agent host gets the prompt, the remote's URL without credentials (its own
+git credentials push the loop's branch), and nothing of the bus but rq's queue. What it
+returns is evidence for the coordinator, never a verdict: the gate verifies the claimed
+commit from a clean checkout with criteria from main.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import TypeAdapter
+
+from events import AgentSign, LoopsError
+from infra.git import git
+from infra.settings import Settings
+from loops.runners import AgentRequest, AgentResult, make_runner, redacted
+from loops.runners.process import kill_strays
+from loops.sandbox import SandboxConfig
+from loops.workspace import Workspace
+
+log = logging.getLogger("loops.jobs")
+
+ITERATION_JOB = "loops.jobs.run_iteration"
+LEASE_S = 10.0  # a job whose lease is this old has lost its process
+ENV_HOME = "LOOPS_AGENT_HOME"  # where an agent host keeps its clones (`agent_home`)
+
+
+class IterationJobError(LoopsError):
+    """Raised when an agent host cannot set up or publish an iteration (git, sandbox)."""
+
+
+def job_id(prefix: str, loop: str, task_id: str, iteration: int, base: str) -> str:
+    """The rq job id of one iteration: the same iteration on the same base (a
+    coordinator that restarted mid-iteration) finds the job it enqueued before."""
+    digest = hashlib.sha256(f"{prefix}\0{loop}\0{task_id}\0{iteration}\0{base}".encode())
+    return f"agent-{digest.hexdigest()[:32]}"
+
+
+def keys(prefix: str, job: str) -> tuple[str, str, str]:
+    """The (lease, activity, cancel) keys of job `job`."""
+    base = f"{prefix}:agentjob:{job}"
+    return f"{base}:lease", f"{base}:live", f"{base}:cancel"
+
+
+def public_url(url: str) -> str:
+    """`url` without user and password: an agent host uses its own credentials, and
+    what goes into Redis holds no secret (invariant 7)."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+# ---------------------------------------------------------------------- evidence
+_RESULT = TypeAdapter(AgentResult)
+
+
+def result_to_json(result: AgentResult, commit: str | None) -> str:
+    return json.dumps({"result": _RESULT.dump_python(result, mode="json"), "commit": commit})
+
+
+def result_from_json(payload: str) -> tuple[AgentResult, str | None]:
+    """The (result, pushed commit) of a job's return value. Raises `IterationJobError`
+    for anything else (a job result is the agent host's word: checked, not trusted)."""
+    try:
+        data = json.loads(payload)
+        result = _RESULT.validate_python(data["result"])
+        commit = data.get("commit")
+    except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError included
+        raise IterationJobError(f"unreadable iteration result: {str(exc)[:300]}") from None
+    if commit is not None and not (isinstance(commit, str) and len(commit) == 40):
+        raise IterationJobError(f"unreadable iteration result: commit {str(commit)[:50]!r}")
+    if not all(c in "0123456789abcdef" for c in commit or ""):
+        raise IterationJobError(f"unreadable iteration result: commit {commit!r}")
+    return result, commit
+
+
+# ---------------------------------------------------------------------- the job
+def run_iteration(
+    *,
+    prefix: str,
+    job: str,
+    remote_url: str,
+    loop: str,
+    main: str,
+    base: str,
+    merge_with: str | None,
+    prompt: str,
+    agent: str,
+    model: str | None,
+    task_id: str,
+    iteration: int,
+    task_iteration: int | None,
+    timeout_s: float,
+    sandbox: dict[str, Any] | None = None,
+) -> str:
+    """Run one agent iteration on `loop`'s branch at `base` (with `merge_with` merged in
+    first, conflicts and all, when the loop is resolving a conflict with main), commit
+    what the agent changed, push the branch (leased on `base`) and return the evidence
+    (`result_to_json`). Raises `IterationJobError` when the iteration cannot be set up
+    or published, so rq records the job as failed."""
+    named = Settings.from_env().agent_home
+    home = Path(named or Path.home() / ".cache" / "coding-loops" / "agents")
+    place = home / hashlib.sha256(remote_url.encode()).hexdigest()[:16] / loop
+    place.mkdir(parents=True, exist_ok=True)
+    with _locked(place / ".lock"), _Channel(prefix, job) as channel:
+        ws = _checkout(place, remote_url, loop, main, base, merge_with)
+        policy = ws.sandbox_policy(SandboxConfig.model_validate(sandbox or {}))
+        policy.check()  # SandboxUnavailable when required and not possible here
+        runner = make_runner(agent, model=model)
+        result = runner.run(
+            AgentRequest(
+                prompt=prompt,
+                worktree=ws.path,
+                loop=loop,
+                task_id=task_id,
+                iteration=iteration,
+                timeout_s=timeout_s,
+                model=model,
+                task_iteration=task_iteration,
+                cancel=channel.cancel,
+                sandbox=policy,
+                on_activity=channel.sign,
+            )
+        )
+        kill_strays(ws.path)  # an unsandboxed agent's leftovers
+        result = redacted(result)  # nothing with a secret in it leaves this host
+        done = ws.commit_iteration(f"{loop}: {task_id} iteration {iteration}\n\nLoops-Job: {job}")
+        if done.commit:
+            _push(ws, remote_url, done.commit, base)
+        return result_to_json(result, done.commit)
+
+
+def _checkout(
+    place: Path, url: str, loop: str, main: str, base: str, merge_with: str | None
+) -> Workspace:
+    """The loop's work tree in this host's clone, at `base` (plus the merge)."""
+    clone = place / "repo.git"
+    if not (clone / "HEAD").is_file():
+        git(place, "init", "-q", "--bare", str(clone))
+    branch = f"loop/{loop}"
+    tracking = f"refs/remotes/loops/{branch}"
+    git(
+        clone,
+        "fetch",
+        "-q",
+        "--no-tags",
+        url,
+        f"+refs/heads/{main}:refs/heads/{main}",
+        f"+refs/heads/{branch}:{tracking}",
+        timeout=600,
+    )
+    at = git(clone, "rev-parse", "--verify", "-q", tracking, check=False)
+    if at != base:
+        raise IterationJobError(
+            f"{branch} on the remote is at {at[:12] or 'nothing'}, not at the iteration's "
+            f"base {base[:12]}: the coordinator moved it (a newer iteration); not run"
+        )
+    if merge_with is not None:
+        found = git(clone, "rev-parse", "--verify", "-q", f"{merge_with}^{{commit}}", check=False)
+        if not found:  # main as the coordinator sees it, ahead of the remote's
+            side = f"refs/loops/main/{loop}"
+            git(clone, "fetch", "-q", "--no-tags", url, f"+{side}:{side}", timeout=600)
+            found = git(clone, "rev-parse", "--verify", "-q", f"{side}^{{commit}}", check=False)
+        if found != merge_with:
+            raise IterationJobError(f"main's commit {merge_with[:12]} is not on the remote")
+        git(clone, "update-ref", f"refs/heads/{main}", merge_with)
+    ws = Workspace(clone, loop, main, root=place / "ws" / "worktrees")
+    ws.ensure()
+    kill_strays(ws.path)  # an agent of a job whose process was killed (unsandboxed)
+    ws.reset_to(base)
+    if merge_with is not None:
+        ws.merge_main()  # conflicts stay in the tree, markers and all, for the agent
+    return ws
+
+
+def _push(ws: Workspace, url: str, commit: str, base: str) -> None:
+    """Push the loop's branch, and only it, if it is still at `base` (a re-run of this
+    iteration elsewhere may have pushed first: then this one's work is not wanted)."""
+    ref = f"refs/heads/{ws.branch}"
+    try:
+        git(ws.repo, "push", "-q", url, f"{commit}:{ref}", f"--force-with-lease={ref}:{base}")
+    except LoopsError as exc:
+        raise IterationJobError(f"cannot push {ws.branch}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One job per loop at a time on this host (a re-run waits for a killed one's lock
+    to be released, which happens when its process is gone)."""
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _Channel:
+    """The job's lease, signs of life and cancel, through the rq job's own Redis
+    connection (none when the job is called in-process: then it is a no-op)."""
+
+    def __init__(self, prefix: str, job: str) -> None:
+        from rq import get_current_job
+
+        current = get_current_job()
+        self.redis = current.connection if current is not None else None
+        self.lease, self.live, self.cancel_key = keys(prefix, job)
+        self.cancel = threading.Event()
+        self._signs = 0  # signs of life so far, and the last one
+        self._last: AgentSign | None = None
+        self._sent = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job}", daemon=True)
+
+    def __enter__(self) -> _Channel:
+        if self.redis is not None:
+            self._renew()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def sign(self, sign: AgentSign) -> None:
+        self._last = sign
+        self._signs += 1
+
+    def _renew(self) -> None:
+        assert self.redis is not None
+        pipe = self.redis.pipeline()
+        pipe.set(self.lease, "1", px=int(LEASE_S * 1000))
+        signs, last = self._signs, self._last
+        if last is not None and signs != self._sent:
+            pipe.set(self.live, f"{signs} {last.value}", ex=3600)
+        pipe.exists(self.cancel_key)
+        *_, cancelled = pipe.execute()
+        self._sent = signs
+        if cancelled:
+            self.cancel.set()
+
+    def _beat(self) -> None:
+        while not self._done.wait(LEASE_S / 5):
+            try:
+                self._renew()
+            except Exception as exc:  # a Redis hiccup: the next beat tries again
+                log.warning("renewing the lease of this iteration: %s", exc)
