@@ -16,10 +16,6 @@ from cli.running import run_system
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "dry_run", False):
-        from cli.cmd_budget import print_plan
-
-        return print_plan(args)
     settings = settings_of(args)
     directory = project_dir(args.dir, settings)
     project = load_checked(directory, settings)

@@ -357,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.settings = Settings.from_env()
         # A subparser added without `_command` runs `cli/cmd_<its name>.py`.
         run = getattr(args, "run", None) or _runner(args.command)
+        if getattr(args, "dry_run", False) and args.command == "up":
+            run = _runner("budget:print_plan")  # `loops up --dry-run` is `loops plan`
         return int(run(args))
     except ValidationFailed as exc:
         for problem in exc.problems:
