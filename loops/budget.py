@@ -151,9 +151,10 @@ class BudgetGuard:
         self.call = call_id
         return call_id
 
-    def end(self, result: AgentResult) -> None:
-        """Add the call's figures (invalid ones count as 0; the measured wall time wins
-        over a smaller reported one). A lost Redis must not cost the iteration its work:
+    def end(self, result: AgentResult, usd: float | None = None) -> None:
+        """Add the call's figures (`usd`: its cost as priced, else the agent's report;
+        invalid ones count as 0; the measured wall time wins over a smaller reported
+        one). A lost Redis must not cost the iteration its work:
         the figures wait in memory and go in before the next call (`flush`)."""
         if self.call is None:
             return
@@ -163,7 +164,8 @@ class BudgetGuard:
             clean(getattr(tokens, f))
             for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
         )
-        self.unsent.append((call_id, self.clock(), total, result.cost_usd, result.duration_s))
+        cost = result.cost_usd if usd is None else usd
+        self.unsent.append((call_id, self.clock(), total, cost, result.duration_s))
         try:
             self.flush()
         except CONNECTION_ERRORS as exc:
@@ -215,11 +217,13 @@ def before_call(w: LoopWorker, task: TaskDef) -> bool:
 
 def after_call(w: LoopWorker, result: AgentResult) -> AgentResult:
     """After the call: the agent's usage report made sane (a cost that is not a finite,
-    non-negative number is unknown; so are negative token counts), then its figures
-    added to the ledger. The call and its wall time count whatever it reported."""
+    non-negative number is unknown; negative token counts are 0), then its figures added
+    to the ledger, its cost as `loops.cost.Pricer` prices it (the agent's report, else
+    its tokens at the model's price). Its call and wall time count whatever it says."""
     result = sane_usage(result)
     if w.budget is not None:
-        w.budget.end(result)
+        # What the iteration's event records: the agent's report, else its tokens priced.
+        w.budget.end(result, usd=w.pricer.cost(result, w.book.model).usd)
     return result
 
 

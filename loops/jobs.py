@@ -23,13 +23,10 @@ commit from a clean checkout with criteria from main.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import TypeAdapter
 
 from events import AgentSign, LoopsError
+from infra.files import FileLock
 from infra.git import git
 from infra.settings import Settings
 from loops.runners import AgentRequest, AgentResult, make_runner, redacted
@@ -129,7 +127,9 @@ def run_iteration(
     home = Path(named or Path.home() / ".cache" / "coding-loops" / "agents")
     place = home / hashlib.sha256(remote_url.encode()).hexdigest()[:16] / loop
     place.mkdir(parents=True, exist_ok=True)
-    with _locked(place / ".lock"), _Channel(prefix, job) as channel:
+    # One job per loop at a time on this host (a re-run waits for a killed one's lock
+    # to be released, which happens when its process is gone).
+    with FileLock(place / ".lock"), _Channel(prefix, job) as channel:
         ws = _checkout(place, remote_url, loop, main, base, merge_with)
         policy = ws.sandbox_policy(SandboxConfig.model_validate(sandbox or {}))
         policy.check()  # SandboxUnavailable when required and not possible here
@@ -208,18 +208,6 @@ def _push(ws: Workspace, url: str, commit: str, base: str) -> None:
         git(ws.repo, "push", "-q", url, f"{commit}:{ref}", f"--force-with-lease={ref}:{base}")
     except LoopsError as exc:
         raise IterationJobError(f"cannot push {ws.branch}: {exc}") from None
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One job per loop at a time on this host (a re-run waits for a killed one's lock
-    to be released, which happens when its process is gone)."""
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class _Channel:

@@ -57,7 +57,8 @@ def test_status_table_shows_loops_tasks_escalations_and_merge_queue(system: Syst
     out = system.loops("status", check=True).stdout
     assert re.search(r"loop-api\s+waiting\s+healthy\s+API-2\s+1\s+1/3", out), out
     assert re.search(r"loop-ui\s+running\s+healthy\s+UI-1\s+3\s+0/2", out), out
-    assert re.search(r"loop-api\s+API-1\s+merged\s+1", out), out
+    # `attempts` counts failed attempts: API-1 merged on its first claim.
+    assert re.search(r"loop-api\s+API-1\s+merged\s+0", out), out
     assert re.search(r"loop-ui\s+UI-2\s+failed\s+1\s+verification failed", out), out
     assert "ESCALATIONS (1 open)" in out and "e-1a2b3c" in out and "404 or 410" in out
     assert re.search(r"merging\s+loop-ui\s+UI-1\s+cccc2222", out), out

@@ -393,6 +393,17 @@ def test_claude_stream_json_cost_stops_a_dollar_budget(
     assert spent.spent == pytest.approx(3 * 0.0421)  # type: ignore[attr-defined]
 
 
+def test_a_call_without_a_cost_report_counts_at_its_tokens_price(make_loop: MakeLoop) -> None:
+    # 1M input tokens of claude-sonnet-4-6 at $3 per million, no cost reported.
+    step = {"reply": "still working", "tokens": {"input": 1_000_000, "output": 0}}
+    lp = make_loop(ProjectBudget(task=Limits(usd=5)), step=step)
+    lp.worker.book.model = "claude-sonnet-4-6"
+    assert lp.call("hello") and lp.call("hello")
+    assert not lp.call("hello")  # $6 of $5
+    (spent,) = lp.events("budget.exhausted")
+    assert spent.metric is ev.BudgetMetric.USD and spent.spent == pytest.approx(6)  # type: ignore[attr-defined]
+
+
 def test_the_ledger_counts_every_level_even_without_limits(make_loop: MakeLoop) -> None:
     lp = make_loop(ProjectBudget(), step=PAID)
     assert lp.call() and lp.call()
