@@ -33,7 +33,7 @@ catalog: venv  ## regenerate docs/EVENT-CATALOG.md
 	$(BIN)/python -m events.catalog > docs/EVENT-CATALOG.md
 
 docs: catalog  ## regenerate every generated doc (event catalog, configuration, JSON schemas)
-	$(BIN)/python -m cli.configdoc > docs/CONFIGURATION.md
+	$(BIN)/python -m app.configdoc > docs/CONFIGURATION.md
 	$(BIN)/python -m loops.schemas
 
 clean:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from collections.abc import Sequence
 from typing import Protocol
@@ -31,8 +30,9 @@ import anthropic
 
 from agents.model import model_client
 from events import Decision, EscalationKind
+from infra.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.agents")
 
 # Phrases (token sequences) and the decision each one means on its own.
 _PHRASES: dict[Decision, tuple[str, ...]] = {
@@ -171,7 +171,7 @@ class AnthropicAnswerReader:
         timeout_s: float = 30.0,
         max_retries: int = 1,
     ) -> None:
-        self.model = model or os.environ.get("LOOPS_JUDGE_MODEL") or "claude-sonnet-4-6"
+        self.model = model or Settings.from_env().judge_model or "claude-sonnet-4-6"
         self.name = f"model:{self.model}"
         self.client = model_client(
             api_key=api_key, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries

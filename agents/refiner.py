@@ -7,7 +7,6 @@ Tests use a fake refiner, or this one against an HTTP server on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +15,7 @@ import anthropic
 
 from agents.model import model_client
 from events import LoopsError
+from infra.settings import Settings
 
 DescribeTask = Callable[[str, str], str | None]
 """(loop, task_id) -> the task's text (title, description, criteria), if known."""
@@ -75,7 +75,7 @@ class AnthropicRefiner:
         max_retries: int = 1,
         describe_task: DescribeTask | None = None,
     ) -> None:
-        self.model = model or os.environ.get("LOOPS_REFINE_MODEL", "claude-sonnet-4-6")
+        self.model = model or Settings.from_env().refine_model or "claude-sonnet-4-6"
         self.max_tokens = max_tokens
         self.describe_task = describe_task
         self.client = model_client(

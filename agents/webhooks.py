@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from events import Severity, new_id
 from events.view.escalations import SEVERITY_RANK
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.agents")
 
 SIGNATURE_HEADER = "X-Loops-Signature"
 DELIVERY_HEADER = "X-Loops-Delivery"

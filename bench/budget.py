@@ -32,9 +32,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app import demo
 from bus import EmbeddedServer, PassedLedger, RedisBus
 from bus.spend import PROJECT, SpendLedger, task_scope
-from cli import demo
 from events import utcnow
 from loops.workspace import git
 

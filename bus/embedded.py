@@ -37,7 +37,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -161,11 +161,13 @@ def reachable(url: str, timeout: float = 1.0, password: str | None = None) -> bo
 
 
 def resolve_url(
-    explicit_url: str | None = None, project_dir: str | os.PathLike[str] | None = None
+    explicit_url: str | None = None,
+    project_dir: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> str:
-    """The Redis to use: `--redis URL`, else `$REDIS_URL`, else the running embedded
-    server of `project_dir`. `ConfigError` when there is none."""
-    return resolve_settings(explicit_url, project_dir).url
+    """The Redis to use: `--redis URL`, else `REDIS_URL` of `env`, else the running
+    embedded server of `project_dir`. `ConfigError` when there is none."""
+    return resolve_settings(explicit_url, project_dir, env).url
 
 
 def recorded_settings(
@@ -184,10 +186,12 @@ def recorded_settings(
 def resolve_settings(
     explicit_url: str | None = None,
     project_dir: str | os.PathLike[str] | None = None,
-    env: Any = None,
+    env: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> BusSettings:
-    """How to reach the running system, credentials included, with nothing typed:
+    """How to reach the running system, credentials included, with nothing typed
+    (`env` holds the variables, from `infra.settings.Settings.bus_env()`; none when
+    not given):
 
     - `--redis URL`, else `$REDIS_URL`: its password is the URL's or
       `$LOOPS_REDIS_PASSWORD`; the key `$LOOPS_SIGNING_KEY` or derived from the
@@ -196,7 +200,7 @@ def resolve_settings(
     - else the embedded server of `project_dir`, if it answers.
 
     `ConfigError` when there is none. `overrides` are `BusSettings` fields."""
-    env = os.environ if env is None else env
+    env = {} if env is None else env
     url = explicit_url or env.get("REDIS_URL")
     if url:
         BusSettings.from_dsn(url)  # a clear error for a malformed URL
@@ -285,11 +289,9 @@ class EmbeddedServer:
 
     def settings(self, **overrides: Any) -> BusSettings:
         """`BusSettings` for this server: its URL, password and signing key (the key
-        prefix from `$LOOPS_PREFIX` unless given). Call after `start()`."""
+        prefix `loops` unless given). Call after `start()`."""
         if self.url is None:
             raise ServerStartFailed("the embedded server is not started")
-        if "prefix" not in overrides and os.environ.get("LOOPS_PREFIX"):
-            overrides["prefix"] = os.environ["LOOPS_PREFIX"]
         overrides.setdefault("password", self.password)
         overrides.setdefault("signing_key", self.signing_key)
         return BusSettings.from_dsn(self.url, **overrides)
@@ -405,9 +407,9 @@ class EmbeddedServer:
             (self.state_dir / name).unlink(missing_ok=True)
 
     def _launch(self, command: list[str], url: str) -> bool:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # so `-m bus.fakeserver` imports
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # `-m bus.fakeserver` imports from its working directory (the package's parent);
+        # the server's own paths are absolute. The environment is inherited.
+        root = Path(__file__).resolve().parent.parent
         redis_server = "-" in command
         with open(self.state_dir / "redis.log", "ab") as out:
             self._proc = subprocess.Popen(
@@ -415,7 +417,7 @@ class EmbeddedServer:
                 stdin=subprocess.PIPE if redis_server else subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
-                env=env,
+                cwd=None if redis_server else root,
                 start_new_session=True,  # outlives a kill -9 of its owner (see module doc)
             )
         if redis_server and self._proc.stdin is not None:

@@ -12,7 +12,7 @@ read from there, never copied elsewhere). From a directory `D`:
    first), a few levels down: a server that answers, so `loops up coding-loops`
    started at the repository root is found from the root or any other directory;
 3. else, in the same order, a state directory holding an earlier run's data (the
-   operator command starts that server for its own length: `cli.cmd_status.open_bus`).
+   operator command starts that server for its own length: `cli.context.open_bus`).
 
 Two running systems under one repository and none nearer: `AmbiguousSystem`, naming
 each with the `--dir` that picks it.

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -102,8 +101,9 @@ class TrimPolicy(StrEnum):
 class BusSettings:
     """Everything the bus needs to know about Redis and its streams.
 
-    Build with `BusSettings.from_env()` (reads `REDIS_URL`) or
-    `BusSettings.from_dsn(url, ...)`; any field can be overridden by keyword.
+    Build with `BusSettings.from_env(env)` (the variables of `env`, which the CLI's
+    `infra.settings.Settings` supplies) or `BusSettings.from_dsn(url, ...)`; any field
+    can be overridden by keyword.
     """
 
     url: str = DEFAULT_URL
@@ -187,14 +187,13 @@ class BusSettings:
         return cls(url=url, **overrides)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BusSettings:
-        """Settings from `REDIS_URL` (default redis://127.0.0.1:6379/0), `LOOPS_PREFIX`
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> BusSettings:
+        """Settings from the variables of `env`: `REDIS_URL` (default redis://127.0.0.1:6379/0), `LOOPS_PREFIX`
         (the key prefix, default `loops`), `LOOPS_REDIS_PASSWORD` (when the URL has
         none) and `LOOPS_SIGNING_KEY` (else derived from the password), plus overrides.
 
         With neither a password nor a key, events are published unsigned and nothing is
         verified (an old setup; roles say so with `warn_if_unsigned`)."""
-        env = os.environ if env is None else env
         url = overrides.pop("url", None) or env.get("REDIS_URL") or DEFAULT_URL
         if "prefix" not in overrides and env.get("LOOPS_PREFIX"):
             overrides["prefix"] = env["LOOPS_PREFIX"]
@@ -231,16 +230,13 @@ def warn_if_unsigned(settings: BusSettings) -> None:
         )
 
 
-def connect(settings_or_url: BusSettings | str | None = None) -> redis.Redis:
+def connect(settings_or_url: BusSettings | str) -> redis.Redis:
     """A redis-py client set up for the bus (RESP2, no retries, timeouts above BLOCK)
     over a bounded pool that blocks (`max_connections`, `pool_timeout`) instead of
     raising "Too many connections".
 
-    Accepts `BusSettings`, a URL, or None (`BusSettings.from_env()`). The caller owns
-    the client and closes it."""
-    if settings_or_url is None:
-        settings = BusSettings.from_env()
-    elif isinstance(settings_or_url, str):
+    Accepts `BusSettings` or a URL. The caller owns the client and closes it."""
+    if isinstance(settings_or_url, str):
         settings = BusSettings.from_dsn(settings_or_url)
     else:
         settings = settings_or_url

@@ -66,9 +66,9 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `loops budget` and `loops plan`."""
-    from cli.main import _add_redis
+    from cli.main import _add_redis, _command
 
-    p = sub.add_parser("budget", help="what was spent against the budgets; raise a budget")
+    p = _command(sub, "budget", "budget", help="what was spent against the budgets; raise a budget")
     _add_redis(p)
     p.add_argument(
         "loop", metavar="LOOP[/TASK]", nargs="?", default=None, help="the loop (or one task)"
@@ -79,7 +79,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     level.add_argument("--day", action="store_true", help="raise the project's daily budget")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("plan", help="what `loops up` would run and may spend; starts nothing")
+    p = _command(
+        sub,
+        "plan",
+        "budget:print_plan",
+        help="what `loops up` would run and may spend; starts nothing",
+    )
     p.add_argument("dir", nargs="?", default=None, help="project directory (default: .)")
     p.add_argument("--agent", metavar="A", default=None, help="as `loops up --agent`")
     add_flags(p, "the project")
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_plan(args: argparse.Namespace) -> int:
     """`loops plan DIR` and `loops up --dry-run`."""
-    from cli.cmd_up import load_checked, project_dir
+    from cli.context import load_checked, project_dir
     from loops.budget_plan import lines, plan
 
     project = load_checked(project_dir(args.dir))
@@ -131,8 +136,7 @@ def _scope(args: argparse.Namespace) -> tuple[BudgetLevel, str] | str:
 
 def _budget(args: argparse.Namespace) -> int:
     from bus.spend import SpendLedger
-    from cli.cmd_control import known_loops
-    from cli.cmd_status import open_bus
+    from cli.context import known_loops, open_bus
     from events import BudgetLevel, BudgetRaised, Role, Source
     from events.view import clean
     from loops.budget_config import RAISE_HELP, parse_raises
@@ -190,7 +194,7 @@ def _budget(args: argparse.Namespace) -> int:
 def _configured(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """The limits the project's files set, per scope (`project`, `day`, `loop:NAME`), as
     far as they can be read from --dir (else none: the spend is shown alone)."""
-    from cli.cmd_up import load_checked, project_dir
+    from cli.context import load_checked, project_dir
     from events import BudgetMetric, LoopsError
     from loops.budget_config import Limits, effective
 

@@ -13,56 +13,19 @@ import sys
 import time
 
 from bus import RedisBus
-from cli.cmd_status import open_bus
-from events import (
-    CommandAcknowledged,
-    Event,
-    LoopPause,
-    LoopResume,
-    LoopStop,
-    Role,
-    Source,
-    TaskReset,
-)
+from cli.context import known_loops, open_bus
+from events import CommandAcknowledged
+from events.commands import build_command
 from events.view import clean
 
 EXIT_OK, EXIT_FAIL = 0, 1
 DEFAULT_WAIT_S = 10.0
-LOOP_TYPES = frozenset({"loop.started", "loop.heartbeat", "loop.stopped"})
 DONE = {
     "loop.pause": "paused after its current iteration",
     "loop.resume": "resumed",
     "loop.stop": "stopping after its current iteration",
     "task.reset": "task reset to pending with zero attempts",
 }
-
-
-def build_command(
-    action: str,
-    loop: str,
-    task_id: str | None = None,
-    hint: str | None = None,
-    source: Source | None = None,
-    reason: str = "",
-) -> Event:
-    """The command event for `action` (pause, resume, stop or reset) on `loop`."""
-    source = source or Source(role=Role.OPERATOR)
-    if action == "pause":
-        return LoopPause(source=source, loop=loop, reason=reason)
-    if action == "resume":
-        return LoopResume(source=source, loop=loop, reason=reason)
-    if action == "stop":
-        return LoopStop(source=source, loop=loop, reason=reason)
-    if action == "reset":
-        if not task_id:
-            raise ValueError("reset needs a task id")
-        return TaskReset(source=source, loop=loop, task_id=task_id, hint=hint or None)
-    raise ValueError(f"unknown control action {action!r}")
-
-
-def known_loops(bus: RedisBus) -> set[str]:
-    """Loops that have ever shown up on the stream."""
-    return {e.loop for _, e in bus.replay(types=LOOP_TYPES) if e.loop}
 
 
 def wait_for_ack(

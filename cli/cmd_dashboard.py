@@ -12,9 +12,10 @@ import argparse
 import sys
 import threading
 
-from cli.cmd_status import bus_settings, open_bus, redact
-from cli.dashboard import is_loopback, resolve_token, serve
-from cli.runtime import run_role
+from app.dashboard import is_loopback, resolve_token, serve
+from app.runtime import run_role
+from cli.context import bus_settings, open_bus, redact, settings_of
+from infra.settings import secret
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +23,11 @@ def run(args: argparse.Namespace) -> int:
     url = redact(bus_settings(args).url)
     with open_bus(args) as bus:
         bus.client.ping()  # one clear line now rather than a failed startup later
-        token, token_file = resolve_token(getattr(args, "project_dir", None))
+        settings = settings_of(args)
+        token, token_file = resolve_token(
+            getattr(args, "project_dir", None) or settings.project_dir,
+            secret(settings.dashboard_token),
+        )
         if not is_loopback(host):
             print(
                 f"loops dashboard: listening on {host}, reachable from other machines; "

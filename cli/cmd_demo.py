@@ -1,6 +1,6 @@
 """`loops demo [--agent A] [--dir DIR]`: the README's first command.
 
-Creates the demo repository (cli/demo.py), runs the whole system on it with the
+Creates the demo repository (app/demo.py), runs the whole system on it with the
 embedded bus, plays the person who answers the one question, and ends with what
 happened and where to look.
 """
@@ -15,18 +15,11 @@ import threading
 import time
 from pathlib import Path
 
+from app import demo
+from app.system import System, SystemOptions
 from bus import RedisBus
-from cli import demo
-from cli.cmd_up import (
-    LiveTable,
-    load_checked,
-    logs_to_file_on_a_terminal,
-    open_system_bus,
-    repo_and_main,
-    summary,
-    up_lock,
-)
-from cli.system import System, SystemOptions
+from cli.context import load_checked, open_system_bus, repo_and_main, settings_of
+from cli.running import LiveTable, logs_to_file_on_a_terminal, summary, up_lock
 from events import (
     EscalationAnswered,
     EscalationKind,
@@ -56,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
     demo.create(root, agent=agent)
     print(f"Demo repository: {root}\n", flush=True)
     log_file = logs_to_file_on_a_terminal(root)
-    project = load_checked(root)
+    settings = settings_of(args)
+    project = load_checked(root, settings)
     repo, main = repo_and_main(root, project)
-    with up_lock(root), open_system_bus(None, root, from_env=False) as bus:
-        system = System(project, bus, repo, main, SystemOptions(heartbeat_s=1.0))
+    with up_lock(root), open_system_bus(None, root, settings, from_env=False) as bus:
+        system = System(project, bus, repo, main, SystemOptions(heartbeat_s=1.0, settings=settings))
         person = DemoPerson(bus, system.roles.stop)
         table = LiveTable(bus, interval_s=1.0)
         started = time.monotonic()

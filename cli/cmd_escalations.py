@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 
 from agents.answers import decision_options, read_by_rules
 from bus import RedisBus
-from cli.cmd_status import ago, open_bus
-from events import Decision, EscalationAnswered, Role, Source
+from cli.context import open_bus
+from cli.fmt import ago
+from events import Decision
+from events.commands import build_answer
 from events.view import EscalationView, SystemView, clean
 
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -45,28 +47,6 @@ def operator_name() -> str:
         return "operator"
 
 
-def answer(
-    bus: RedisBus,
-    esc: EscalationView,
-    text: str,
-    decision: Decision | None,
-    by: str,
-    source: Source | None = None,
-) -> EscalationAnswered:
-    """Publish the answer to an open escalation; returns the event."""
-    event = EscalationAnswered(
-        source=source or Source(role=Role.OPERATOR),
-        loop=esc.loop,
-        escalation_id=esc.id,
-        answer=text,
-        decision=decision,
-        by=by,
-        task_id=esc.task_id,
-    )
-    bus.publish(event)
-    return event
-
-
 def closed_reason(esc: EscalationView) -> str:
     """Why an escalation can no longer be answered, in one line."""
     if esc.answer is not None:
@@ -76,8 +56,6 @@ def closed_reason(esc: EscalationView) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.command == "answer":
-        return run_answer(args)
     with open_bus(args) as bus:
         view = escalations(bus)
     items = list(view.escalations.values())
@@ -146,7 +124,8 @@ def run_answer(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                 return EXIT_FAIL
-        event = answer(bus, esc, text, decision, operator_name())
+        event = build_answer(esc, text, decision, operator_name())
+        bus.publish(event)
     where = f"loop {esc.loop}" + (f", task {esc.task_id}" if esc.task_id else "")
     decided = f" [{decision.value}]" if decision else ""
     print(f"answered {esc.id} ({clean(where, 80)}){decided}: {clean(text, 200)}")

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 
 from bus import RedisBus
-from cli.cmd_status import open_bus
+from cli.context import open_bus
 from events import EVENT_TYPES, ConfigError, Event
 from events.view import event_line
 

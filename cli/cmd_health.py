@@ -1,6 +1,6 @@
 """`loops health [ROLE]`: is a role process alive? (what compose health checks call)
 
-A role is alive while its presence key (written by `cli.runtime.run_role`) is fresh.
+A role is alive while its presence key (written by `app.runtime.run_role`) is fresh.
 ROLE `worker` matches every loop worker, `worker:LOOP` one loop's. ROLE `rq` (or
 `rq:QUEUE`) asks about rq workers instead, which register themselves in Redis.
 With `--here`, only processes on this host count: inside a container that is the
@@ -18,9 +18,9 @@ from typing import Any
 
 import redis
 
+from app.runtime import Presence, alive_roles
 from bus import connect
-from cli.cmd_status import bus_settings, redact
-from cli.runtime import Presence, alive_roles
+from cli.context import bus_settings, redact
 
 EXIT_OK, EXIT_FAIL = 0, 1
 

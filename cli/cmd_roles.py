@@ -23,25 +23,25 @@ from agents.monitor import Monitor
 from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from agents.runner import run as run_agent
-from bus import Inbox, PassedLedger, RedisBus, Router, connect
-from bus.settings import warn_if_unsigned
-from cli.cmd_status import open_bus
-from cli.cmd_up import load_checked, project_dir, repo_and_main, run_system
-from cli.compose import (
-    answer_reader_from_env,
-    judge_from_env,
-    loader_with_fallback,
-    make_gate,
-    make_merge,
+from app.compose import (
+    Wiring,
+    make_answer_reader,
+    make_notifier,
     monitor_policy,
     pm_config,
+    wire,
 )
-from cli.fleet import agent_runner
-from cli.metrics import metrics_address
-from cli.runtime import run_role
-from cli.system import SystemOptions, notifier_from_env
+from app.fleet import agent_runner
+from app.metrics import metrics_address
+from app.runtime import run_role
+from app.system import SystemOptions
+from bus import Inbox, PassedLedger, RedisBus, Router, connect
+from bus.settings import warn_if_unsigned
+from cli.context import load_checked, open_bus, project_dir, repo_and_main, settings_of
+from cli.running import run_system
 from events import ConfigError, ValidationFailed
 from gates import RqJobs
+from infra.settings import Settings
 from infra.store import Store
 from loops.books import HarnessBook
 from loops.budget_config import effective
@@ -55,10 +55,7 @@ log = logging.getLogger("loops.roles")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.command == "dashboard":
-        from cli import cmd_dashboard
-
-        return cmd_dashboard.run(args)
+    settings = settings_of(args)
     if args.command == "worker":
         config = Path(args.config).resolve() if args.config else None
         if config is not None and not config.is_file():
@@ -66,15 +63,15 @@ def run(args: argparse.Namespace) -> int:
         if config is not None and args.loop is None and getattr(args, "project_dir", None) is None:
             directory = config.parent.parent  # DIR/loop-x/config.json
         else:
-            directory = project_dir(getattr(args, "project_dir", None))
-        if not (args.redis or os.environ.get("REDIS_URL")):
-            return _embedded_worker(args, directory, config)
+            directory = project_dir(getattr(args, "project_dir", None), settings)
+        if not (args.redis or settings.redis_url):
+            return _embedded_worker(args, directory, config, settings)
     else:
-        directory = project_dir(getattr(args, "project_dir", None))
+        directory = project_dir(getattr(args, "project_dir", None), settings)
     with open_bus(args) as bus:
         bus.client.ping()
         warn_if_unsigned(bus.settings)
-        step, name = _role(args, bus, directory)
+        step, name = _role(args, bus, directory, settings)
         return run_role(
             name,
             None,
@@ -82,55 +79,46 @@ def run(args: argparse.Namespace) -> int:
             step,
             stop=threading.Event(),
             prefix=bus.prefix,
-            metrics=metrics_address(args.metrics_port, args.metrics_host),
+            metrics=metrics_address(args.metrics_port, args.metrics_host, settings),
         )
 
 
 def _role(
-    args: argparse.Namespace, bus: RedisBus, directory: Path
+    args: argparse.Namespace, bus: RedisBus, directory: Path, settings: Settings
 ) -> tuple[Callable[[threading.Event], None], str]:
     role = args.command
-    remote = os.environ.get("LOOPS_REMOTE") or None
     if role in ("monitor", "pm", "human"):
-        agent = _agent(role, bus, directory)
+        agent = _agent(role, bus, directory, settings)
         return (lambda stop: run_agent(agent, bus, stop, group=role)), role
-    project = load_checked(directory)
+    project = load_checked(directory, settings)
     repo, main = repo_and_main(directory, project)
-    if role == "gate":
-        jobs = None
-        if os.environ.get("REDIS_URL"):
-            from rq import Queue
+    jobs = None
+    if role == "gate" and settings.redis_url:
+        from rq import Queue
 
-            # The bus's own credentials (a password in the URL or $LOOPS_REDIS_PASSWORD).
-            jobs = RqJobs(Queue(VERIFY_QUEUE, connection=connect(bus.settings)))
-        gate = make_gate(
-            bus,
-            repo,
-            main,
-            loader_with_fallback(),
-            remote=remote,
-            judge=judge_from_env(),
-            jobs=jobs,
-            project=project.config,
-        )
-        sub = gate.subscribe(f"gate-{os.getpid()}")
+        # Compose's setup (`REDIS_URL`, where `rq worker loops-verify` runs), on the bus's
+        # own connection (its URL, password and timeouts, never retried).
+        jobs = RqJobs(Queue(VERIFY_QUEUE, connection=connect(bus.settings)))
+    wiring = wire(
+        bus,
+        repo,
+        main,
+        settings,
+        project=project.config,
+        remote=settings.remote,
+        test_command=getattr(args, "test_command", None),
+        jobs=jobs,
+    )
+    if role == "gate":
+        sub = wiring.gate().subscribe(f"gate-{os.getpid()}")
         return (lambda stop: sub.run(stop, block_ms=1000)), "gate"
     if role == "merge":
-        queue = make_merge(
-            bus,
-            repo,
-            main,
-            loader_with_fallback(),
-            remote=remote,
-            test_command=getattr(args, "test_command", None),
-            project=project.config,
-        )
-        sub = queue.subscribe("merge")
+        sub = wiring.merge().subscribe("merge")
         return (lambda stop: sub.run(stop, block_ms=1000)), "merge"
     if getattr(args, "all", False):
         if args.loop or args.config:
             raise ConfigError("loops worker --all runs every loop: name no LOOP and no --config")
-        return _every_loop(args, bus, project, repo, main, remote), "worker:all"
+        return _every_loop(args, wiring, project), "worker:all"
     # worker LOOP
     config = Path(args.config).resolve() if args.config else None
     project, loop = _worker_loop(args, project, directory, config)
@@ -138,7 +126,7 @@ def _role(
     def work(stop: threading.Event) -> None:
         # A fresh worker per run: a restart (the monitor's, or after a crash) reloads
         # its state from disk.
-        done = _service(args, bus, project, loop, repo, main, remote).run(stop)
+        done = _service(args, wiring, project, loop).run(stop)
         if not done.restart:
             stop.set()  # stopped by a command: the process exits (0)
 
@@ -147,23 +135,18 @@ def _role(
 
 def _service(
     args: argparse.Namespace,
-    bus: RedisBus,
+    wiring: Wiring,
     project: Project,
     loop: Loop,
-    repo: Path,
-    main: str,
-    remote: str | None,
     inbox: Inbox | None = None,
 ) -> WorkerService:
     agent = args.agent or loop.config.agent or "claude"
-    return WorkerService(
-        bus,
+    w = wiring
+    return w.worker(
         HarnessBook(loop, max_iterations=args.max_iterations),
-        agent_runner(bus, loop, agent, repo, main, remote),  # here, or as rq jobs
-        repo,
-        main_branch=main,
+        agent,
         heartbeat_s=loop.config.health_check.interval_seconds,
-        remote=remote,
+        runner=agent_runner(w.bus, loop, agent, w.repo, w.main, w.remote, w.settings),
         prices=project.config.prices,
         budget=effective(project.config.budget, loop.config.budget),
         inbox=inbox,
@@ -171,12 +154,7 @@ def _service(
 
 
 def _every_loop(
-    args: argparse.Namespace,
-    bus: RedisBus,
-    project: Project,
-    repo: Path,
-    main: str,
-    remote: str | None,
+    args: argparse.Namespace, wiring: Wiring, project: Project
 ) -> Callable[[threading.Event], None]:
     """`loops worker --all`: every loop of the project, one thread each, in this process
     (what compose's `loops` service runs, so adding a loop needs no YAML), fed by one
@@ -196,7 +174,7 @@ def _every_loop(
     def fleet(stop: threading.Event) -> None:
         crashed: list[BaseException] = []
         router = Router(
-            bus,
+            wiring.bus,
             [lp.name for lp in loops],
             consumer="worker",  # a restarted process takes its pending entries back
             types=WORKER_TYPES,
@@ -207,7 +185,7 @@ def _every_loop(
             try:
                 while not stop.is_set():
                     inbox = router.inbox(loop.name)
-                    service = _service(args, bus, project, loop, repo, main, remote, inbox)
+                    service = _service(args, wiring, project, loop, inbox)
                     if not service.run(stop).restart:
                         return
             except BaseException as exc:
@@ -261,36 +239,43 @@ def _worker_loop(
     return replace(project, loops=loops), loop
 
 
-def _embedded_worker(args: argparse.Namespace, directory: Path, config: Path | None) -> int:
+def _embedded_worker(
+    args: argparse.Namespace, directory: Path, config: Path | None, settings: Settings
+) -> int:
     """`loops worker` with no Redis given: the loop alone on this machine, with its gate and
     merge queue (and the monitor, PM and human interface), like `loops up` for one loop."""
-    project = load_checked(directory)
+    project = load_checked(directory, settings)
     only = None
     if not getattr(args, "all", False):
         project, loop = _worker_loop(args, project, directory, config)
         only = frozenset({loop.name})
     options = SystemOptions(
-        agent=args.agent, model=args.model, max_iterations=args.max_iterations, only=only
+        agent=args.agent,
+        model=args.model,
+        max_iterations=args.max_iterations,
+        only=only,
+        settings=settings,
     )
     return run_system(directory, project, options)
 
 
-def _agent(role: str, bus: RedisBus, directory: Path) -> Agent:
+def _agent(role: str, bus: RedisBus, directory: Path, settings: Settings) -> Agent:
     if role == "monitor":
         try:
-            project: Project | None = load_checked(directory)
+            project: Project | None = load_checked(directory, settings)
         except (ValidationFailed, ConfigError):
             project = None  # the monitor also works without the project's files
-        return Monitor(Store(bus.client, bus.prefix, "monitor"), monitor_policy(project))
+        policy = monitor_policy(project, settings)
+        return Monitor(Store(bus.client, bus.prefix, "monitor"), policy)
     if role == "human":
         return HumanAgent(
             Store(bus.client, bus.prefix, "human"),
-            notifier=notifier_from_env(),
-            reader=answer_reader_from_env(),
+            notifier=make_notifier(settings),
+            reader=make_answer_reader(settings),
         )
     config = PMConfig()
     try:
-        config = pm_config(load_checked(directory))
+        config = pm_config(load_checked(directory, settings))
     except (ValidationFailed, ConfigError) as exc:
         # The PM also works without the project's files (no priorities or dependencies).
         log.warning("pm: no project files (%s)", exc)

@@ -15,56 +15,20 @@ import shlex
 import threading
 from pathlib import Path
 
-from bus import EmbeddedServer, RedisBus, connect
-from cli.compose import (
-    Threads,
-    check_sandboxes,
-    judge_from_env,
-    loader_with_fallback,
-    make_gate,
-    make_merge,
-    trusting_loader,
-)
-from events import (
-    ConfigError,
-    Event,
-    Role,
-    Source,
-    TaskClaimed,
-    VerificationPassed,
-)
+from app.compose import Threads, check_sandboxes, loader_with_fallback, wire
+from bus import EmbeddedServer, RedisBus
+from cli.context import settings_of
+from events import ConfigError, EscalationKind
 from events.view import SystemView
 from events.view.escalations import Escalation, open_escalations
 from events.view.spend import SPEND_TYPES
 from infra.git import GitError, current_branch, git, repo_root
+from loops.book import TaskStatus
 from loops.books import SpecBook
 from loops.budget_config import effective
-from loops.runners import make_runner
-from loops.service import WorkerService
 from loops.spec import load_spec
 
 log = logging.getLogger("loops.run")
-
-
-class TrustingGate:
-    """--trust-agent: ralph_loop's old behaviour. A claim is taken as verified."""
-
-    def __init__(self, bus: RedisBus) -> None:
-        self.bus = bus
-        self.source = Source(role=Role.GATE, instance="trust-agent")
-
-    def handle(self, event: Event) -> None:
-        if isinstance(event, TaskClaimed):
-            self.bus.publish(
-                VerificationPassed(
-                    source=self.source,
-                    task_id=event.task_id,
-                    commit=event.commit,
-                    attempt=event.attempt,
-                    criteria=[],
-                    **event.caused(),
-                )
-            )
 
 
 def _repo_for(spec_path: Path, explicit: str | None) -> tuple[Path, str]:
@@ -93,24 +57,29 @@ def run(args: argparse.Namespace) -> int:
     log.info(
         "Starting — spec=%r, goal=%r, max_iterations=%d", str(spec_path), spec.goal, max_iterations
     )
-    runner = make_runner(agent, base_dir=Path.cwd())
+    settings = settings_of(args)
     for warning in check_sandboxes([None]):
         log.warning("%s", warning)
     snapshot = {t.id: list(t.acceptance_criteria) for t in spec.tasks}
 
     with EmbeddedServer(repo) as server:
-        settings = server.settings(prefix="loops")
-        client = connect(settings)
-        bus = RedisBus(client, settings=settings)
+        bus = RedisBus.from_settings(server.settings(prefix="loops"))
         roles = Threads()
         try:
             book = SpecBook(spec, spec_path, repo / ".loops" / "state", max_iterations)
-            service = WorkerService(
+            wiring = wire(
                 bus,
-                book,
-                runner,
                 repo,
-                main_branch=branch,
+                branch,
+                settings,
+                loader=loader_with_fallback(snapshot),
+                test_command=getattr(args, "test_command", None),
+                trust_agent=args.trust_agent,
+            )
+            service = wiring.worker(
+                book,
+                agent,
+                base_dir=Path.cwd(),
                 heartbeat_s=5.0,
                 agent_timeout_s=getattr(args, "agent_timeout", None),
                 budget=effective(
@@ -121,28 +90,14 @@ def run(args: argparse.Namespace) -> int:
             )
             if args.trust_agent:
                 log.warning("--trust-agent: claims are merged without running the checks")
-                roles.poll_forever(
-                    "gate",
-                    bus.subscribe("gate", "run", TrustingGate(bus).handle, types={"task.claimed"}),
-                )
-            loader = loader_with_fallback(snapshot)
-            if not args.trust_agent:
-                gate = make_gate(bus, repo, branch, loader, judge=judge_from_env())
-                roles.poll_forever("gate", gate.subscribe("run"))
-            test_command = getattr(args, "test_command", None)
-            if args.trust_agent:  # the merge queue trusts nothing, unless told to here
-                merge = make_merge(
-                    bus, repo, branch, trusting_loader, test_command=test_command, protected=()
-                )
-            else:
-                merge = make_merge(bus, repo, branch, loader, test_command=test_command)
-            roles.poll_forever("merge", merge.subscribe("run"))
+            roles.poll_forever("gate", wiring.gate().subscribe("run"))
+            roles.poll_forever("merge", wiring.merge().subscribe("run"))
             outcome = service.run(threading.Event(), until_idle=True)
             for line in SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines():
                 log.info("%s", line.strip())
         finally:
             roles.shutdown()
-            client.close()
+            bus.close()
         if roles.errors:
             raise roles.errors[0]
         return _summary(
@@ -183,7 +138,7 @@ def _summary(
     waiting = {e.task_id for e in escalations}
     for task in book.tasks():
         record = book.record(task.id)
-        if record.status.value != "passed":
+        if record.status is not TaskStatus.PASSED:
             log.error(
                 "Task %r is %s%s%s%s",
                 task.id,
@@ -193,7 +148,7 @@ def _summary(
                 "" if task.id in waiting else f" — run `{rerun}` to go on (what it tried is kept)",
             )
     for esc in escalations:
-        if esc.kind.value == "signoff":
+        if esc.kind is EscalationKind.SIGNOFF:
             log.error("Needs a person's sign-off (%s): %s", esc.id, esc.question)
         else:
             log.error("Open question %s: %s", esc.id, esc.question)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from cli.context import settings_of
 from events import ValidationFailed
 from loops.files import PARSE_ERRORS, problem, read_text, show, typo_problems
 from loops.harness import (
@@ -33,14 +33,15 @@ from loops.harness import (
 )
 from loops.names import loop_name_problem
 from loops.project import (
-    ENV_PROJECT_DIR,
     SIGNOFF_NOTE,
     Loop,
     Project,
+    check_loop,
     find_loop_dirs,
     parse_task_ref,
     project_config_path,
     resolve_specs_dir,
+    specs_missing,
     unchecked_tasks,
 )
 from loops.spec import load_spec
@@ -54,8 +55,9 @@ NOTES: Results = {}  # file -> what a person should know about a valid file (thi
 def run(args: argparse.Namespace) -> int:
     results: Results = {}
     NOTES.clear()
+    env_dir = settings_of(args).project_dir
     for raw in args.paths:
-        _guarded(results, str(raw), partial(_validate_path, Path(raw), results))
+        _guarded(results, str(raw), partial(_validate_path, Path(raw), env_dir, results))
     bad = 0
     count = 0
     for path, problems in results.items():
@@ -108,9 +110,9 @@ def _guarded(results: Results, label: str, check: Callable[[], None]) -> None:
 # -- what a path is -----------------------------------------------------------------
 
 
-def _validate_path(path: Path, results: Results) -> None:
+def _validate_path(path: Path, env_dir: str | None, results: Results) -> None:
     if path.is_dir():
-        _validate_dir(path, results)
+        _validate_dir(path, env_dir, results)
         return
     kind = _kind(path)
     source = str(path)
@@ -127,7 +129,7 @@ def _validate_path(path: Path, results: Results) -> None:
                 )
             ]
         return
-    _validate_file(path, kind, results)
+    _validate_file(path, kind, env_dir, results)
 
 
 def _kind(path: Path) -> str | None:
@@ -161,7 +163,7 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def _validate_file(path: Path, kind: str, results: Results) -> None:
+def _validate_file(path: Path, kind: str, env_dir: str | None, results: Results) -> None:
     source = str(path)
     results[source] = []
     if kind == "spec":
@@ -176,10 +178,10 @@ def _validate_file(path: Path, kind: str, results: Results) -> None:
             path.parent,
             config.specs_dir,
             root=path.parent.parent,
-            project_dir=os.environ.get(ENV_PROJECT_DIR) or None,
+            project_dir=env_dir,
         )
         if specs is None:
-            results[source].append(_specs_missing(path, config))
+            results[source].append(specs_missing(path, config.specs_dir, path.parent))
     elif kind == "project":
         load_project_config(path)
     elif kind == "state":
@@ -194,7 +196,7 @@ def _validate_file(path: Path, kind: str, results: Results) -> None:
 # -- a project directory ------------------------------------------------------------
 
 
-def _validate_dir(directory: Path, results: Results) -> None:
+def _validate_dir(directory: Path, env_dir: str | None, results: Results) -> None:
     found = False
     try:
         specs = sorted(
@@ -207,16 +209,17 @@ def _validate_dir(directory: Path, results: Results) -> None:
         return
     for spec in specs:
         found = True
-        _guarded(results, str(spec), partial(_validate_file, spec, "spec", results))
+        _guarded(results, str(spec), partial(_validate_file, spec, "spec", env_dir, results))
     loops: list[Loop] = []
     complete = True
-    env_dir = os.environ.get(ENV_PROJECT_DIR) or None
     loop_dirs = find_loop_dirs(directory)
     config_path = project_config_path(loop_dirs) if loop_dirs else directory / "project.json"
     if config_path.is_file():
         found = True
         _guarded(
-            results, str(config_path), partial(_validate_file, config_path, "project", results)
+            results,
+            str(config_path),
+            partial(_validate_file, config_path, "project", env_dir, results),
         )
     for loop_dir in loop_dirs:
         found = True
@@ -248,56 +251,21 @@ def _validate_dir(directory: Path, results: Results) -> None:
 def _validate_loop(
     loop_dir: Path, root: Path, env_dir: str | None, results: Results
 ) -> Loop | None:
-    config_path = loop_dir / "config.json"
+    """Every file of one loop, through the project's loader in its collect-every-problem
+    mode (`loops.project.check_loop`)."""
     holder: list[Loop] = []
 
     def check() -> None:
-        source = str(config_path)
-        results[source] = []
-        odd = loop_name_problem(loop_dir.name)
-        if odd:
-            results[source].append(problem(source, "", odd))
-            return
-        config = load_config(config_path)
-        results[source].extend(_config_extras(config_path, config))
-        specs = resolve_specs_dir(loop_dir, config.specs_dir, root=root, project_dir=env_dir)
-        if specs is None:
-            results[source].append(_specs_missing(config_path, config))
-            return
-        state_path = specs / config.test_state_file
-        state_box: list[LoopState] = []
-
-        def check_state() -> None:
-            results[str(state_path)] = []
-            state = load_state(state_path)
-            results[str(state_path)].extend(_state_extras(state_path, state))
-            unchecked = unchecked_tasks(config, state)
+        loop = check_loop(loop_dir, results, root=root, project_dir=env_dir, strict=True)
+        if loop is not None:
+            holder.append(loop)
+            unchecked = unchecked_tasks(loop.config, loop.state)
             if unchecked:
-                NOTES[str(state_path)] = [f"{state_path}: {', '.join(unchecked)}: {SIGNOFF_NOTE}"]
-            state_box.append(state)
+                note = f"{loop.state_path}: {', '.join(unchecked)}: {SIGNOFF_NOTE}"
+                NOTES[str(loop.state_path)] = [note]
 
-        _guarded(results, str(state_path), check_state)
-        health_path = specs / config.health_check.file
-        if health_path.exists():
-            _guarded(
-                results,
-                str(health_path),
-                lambda: _validate_file(health_path, "health", results),
-            )
-        if state_box:
-            holder.append(Loop(loop_dir.name, loop_dir, config, specs, state_box[0]))
-
-    _guarded(results, str(config_path), check)
+    _guarded(results, str(loop_dir / "config.json"), check)
     return holder[0] if holder else None
-
-
-def _specs_missing(config_path: Path, config: LoopConfig) -> str:
-    return problem(
-        str(config_path),
-        "specs_dir",
-        f"directory '{show(config.specs_dir)}' not found — give it relative to the project "
-        f"root (or set {ENV_PROJECT_DIR}), or create {config_path.parent / 'specs'}",
-    )
 
 
 def _config_extras(path: Path, config: LoopConfig) -> list[str]:

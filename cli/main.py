@@ -1,7 +1,9 @@
 """The `loops` command: parses arguments and hands each command to its module.
 
-Each command lives in `cli/cmd_<name>.py` as `run(args) -> int`. A command whose
-module does not exist yet says so in one line and exits 2; it never pretends.
+Each command lives in `cli/cmd_<name>.py` as `run(args) -> int` and is registered here
+with `_command(sub, NAME, MODULE, ...)`, which dispatches through argparse's
+`set_defaults` (the module is imported only when its command runs). `main` builds the
+`Settings` once and hands them to the command as `args.settings`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -18,10 +20,31 @@ from cli.cmd_budget import add_commands as add_budget_commands
 from cli.cmd_budget import add_flags as add_budget_flags
 from events import LoopsError, ValidationFailed
 from events.secrets import install_log_redaction, redact
+from infra.settings import Settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 ROLES = ("worker", "monitor", "pm", "human", "gate", "merge", "dashboard")
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, module: str, help: str
+) -> argparse.ArgumentParser:
+    """Register command `name`, run by `run(args)` of `cli/cmd_<module>.py` (or
+    `module:function`, another function of it)."""
+    p = sub.add_parser(name, help=help)
+    p.set_defaults(run=_runner(module))
+    return p
+
+
+def _runner(spec: str) -> Callable[[argparse.Namespace], int]:
+    module, _, function = spec.partition(":")
+
+    def run(args: argparse.Namespace) -> int:
+        command = getattr(importlib.import_module(f"cli.cmd_{module}"), function or "run")
+        return int(command(args))
+
+    return run
 
 
 def _add_redis(p: argparse.ArgumentParser) -> None:
@@ -122,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("run", help="single loop on a SPEC.yaml (ralph_loop compatible)")
+    p = _command(sub, "run", "run", help="single loop on a SPEC.yaml (ralph_loop compatible)")
     p.add_argument(
         "spec_file",
         nargs="?",
@@ -170,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_budget_flags(p, "the loop")
 
-    p = sub.add_parser("up", help="the whole system on DIR (seed layout: DIR/loop-*/config.json)")
+    p = _command(
+        sub, "up", "up", help="the whole system on DIR (seed layout: DIR/loop-*/config.json)"
+    )
     p.add_argument(
         "dir",
         nargs="?",
@@ -192,15 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8765, help="dashboard port (default 8765; 0 = no dashboard)"
     )
 
-    p = sub.add_parser("validate", help="check SPEC.yaml / config.json / test-state.json files")
+    p = _command(
+        sub, "validate", "validate", help="check SPEC.yaml / config.json / test-state.json files"
+    )
     p.add_argument("paths", nargs="+", metavar="PATH")
 
-    p = sub.add_parser("status", help="loops, tasks, health, escalations, merge queue")
+    p = _command(sub, "status", "status", help="loops, tasks, health, escalations, merge queue")
     _add_redis(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
 
-    p = sub.add_parser("events", help="the event log")
+    p = _command(sub, "events", "events", help="the event log")
     _add_redis(p)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -216,12 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", metavar="ID|TIME", default=None, help="start at a stream id or ISO time"
     )
 
-    p = sub.add_parser("escalations", help="open questions for a person")
+    p = _command(sub, "escalations", "escalations", help="open questions for a person")
     _add_redis(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="include answered and expired ones")
 
-    p = sub.add_parser("answer", help="answer an escalation")
+    p = _command(sub, "answer", "escalations:run_answer", help="answer an escalation")
     _add_redis(p)
     p.add_argument("id", metavar="ID")
     p.add_argument("text", metavar="TEXT", nargs="+")
@@ -234,20 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("resume", "resume a paused loop"),
         ("stop", "stop a loop after its current iteration"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = _command(sub, name, "control", help=text)
         _add_redis(p)
         _add_wait(p)
         p.add_argument("loop", metavar="LOOP")
 
-    p = sub.add_parser("reset", help="set a task back to pending with zero attempts")
+    p = _command(sub, "reset", "control", help="set a task back to pending with zero attempts")
     _add_redis(p)
     _add_wait(p)
     p.add_argument("loop", metavar="LOOP")
     p.add_argument("task", metavar="TASK")
     p.add_argument("--hint", default=None, help="guidance for the task's next prompt")
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "worker",
+        "roles",
         help="run one loop: alone with its gate and merge queue (embedded), or as the "
         "worker role of a distributed system (--redis or $REDIS_URL)",
     )
@@ -276,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_harness_overrides(p, "the loop")
     _add_metrics(p)
     for role in ROLES[1:]:
-        p = sub.add_parser(role, help=f"role: run the {role} as its own process")
+        module = "dashboard" if role == "dashboard" else "roles"
+        p = _command(sub, role, module, help=f"role: run the {role} as its own process")
         _add_redis(p)
         if role == "dashboard":  # serves /metrics on its own port
             p.add_argument("--host", default="127.0.0.1")
@@ -286,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         if role != "dashboard":
             _add_metrics(p)
 
-    p = sub.add_parser("health", help="exit 0 if a role process is alive (compose health checks)")
+    p = _command(
+        sub, "health", "health", help="exit 0 if a role process is alive (compose health checks)"
+    )
     _add_redis(p)
     p.add_argument(
         "role",
@@ -300,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     add_budget_commands(sub)  # `loops budget`, `loops plan` (cli/cmd_budget.py)
-    p = sub.add_parser("demo", help="the embedded demo from the README (no API key needed)")
+    p = _command(sub, "demo", "demo", help="the embedded demo from the README (no API key needed)")
     p.add_argument(
         "--agent", metavar="A", default=None, help="run the scenario on a real agent, e.g. claude"
     )
@@ -308,18 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", dest="demo_dir", default=None, help="where to create the sample repository"
     )
     return parser
-
-
-MODULES = {
-    "pause": "control",
-    "resume": "control",
-    "stop": "control",
-    "reset": "control",
-    "answer": "escalations",
-    "plan": "budget",
-    "worker": "roles",
-    **{r: "roles" for r in ROLES[1:]},
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -333,16 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     install_log_redaction()  # invariant 7: whatever a role logs, no secret gets out
-    module_name = f"cli.cmd_{MODULES.get(args.command, args.command)}"
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        print(f"loops: '{args.command}' is not built yet", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return int(module.run(args))
+        args.settings = Settings.from_env()
+        # A subparser added without `_command` runs `cli/cmd_<its name>.py`.
+        run = getattr(args, "run", None) or _runner(args.command)
+        if getattr(args, "dry_run", False) and args.command == "up":
+            run = _runner("budget:print_plan")  # `loops up --dry-run` is `loops plan`
+        return int(run(args))
     except ValidationFailed as exc:
         for problem in exc.problems:
             print(f"ERROR main: {redact(problem)}", file=sys.stderr)

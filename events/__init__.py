@@ -22,7 +22,7 @@ from events.envelope import (
     short_id,
     utcnow,
 )
-from events.errors import ConfigError, DecodeError, LoopsError, NotBuiltYet, ValidationFailed
+from events.errors import ConfigError, DecodeError, LoopsError, ValidationFailed
 from events.models import *  # noqa: F403 - every event class is part of the public API
 from events.models import __all__ as _models_all
 from events.receipts import RECEIPT_TYPES, ReceiptFold, fold_receipt
@@ -96,7 +96,6 @@ __all__ = [
     "MergeRefusal",
     "MonitorActionKind",
     "NaturalCheck",
-    "NotBuiltYet",
     "Role",
     "ScriptCheck",
     "Severity",

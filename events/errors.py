@@ -34,7 +34,3 @@ class ValidationFailed(LoopsError):
 
 class ConfigError(LoopsError):
     """Raised when settings (environment, CLI flags, state directory) are unusable."""
-
-
-class NotBuiltYet(LoopsError):
-    """Raised when a command or role exists in the contract but is not implemented yet."""

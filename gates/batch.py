@@ -69,7 +69,7 @@ from gates.order import Waiting, pick
 from gates.settings import FlakyPolicy, derived_escalation_id, derived_id
 from infra.git import git
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.merge")
 
 QUEUE_KEY = "merge-queue"
 

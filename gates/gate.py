@@ -54,7 +54,7 @@ from gates.protect import changes, flagged_files, protected_files, tree_files
 from gates.settings import GateSettings, TamperPolicy, derived_escalation_id, derived_id
 from infra.store import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.gate")
 
 GROUP = "gate"
 TYPES = ("task.claimed", "escalation.answered")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from events import Criterion, CriterionResult
 from gates import Judgement
 from gates.errors import JudgeError
+from infra.settings import Settings
 
 _VERDICT = re.compile(r"[\W_]*(PASS|FAIL)\b", re.IGNORECASE)
 DEFAULT_MODEL = "claude-sonnet-4-6"
@@ -70,9 +70,10 @@ class AnthropicJudge:
         self.name = model
         self.model = model
         self.max_tokens = max_tokens
+        settings = Settings.from_env() if client is None else Settings()
         self._client = client or anthropic.Anthropic(
-            api_key=api_key or os.environ.get("ANTHROPIC_API_KEY"),
-            base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
+            api_key=api_key or settings.api_key,
+            base_url=base_url or settings.anthropic_base_url,
             timeout=timeout_s,
             max_retries=max_retries,
         )

@@ -60,7 +60,7 @@ from gates.settings import MergeSettings, derived_escalation_id, derived_id
 from infra.git import git, run_git
 from infra.store import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.merge")
 
 GROUP = "merge"
 TYPES = ("verification.passed", "escalation.answered")
@@ -114,7 +114,7 @@ class MergeQueue:
     ) -> None:
         self.bus = bus
         self.settings = settings
-        # The same reader of main's criteria as the gate's (injected by `cli/compose.py`).
+        # The same reader of main's criteria as the gate's (injected by `app/compose.py`).
         self.loader = loader
         self.merged_tasks = merged_tasks
         self._recheck_cache: tuple[str, list[tuple[tuple[str, str], Check]]] | None = None

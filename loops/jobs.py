@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from pydantic import TypeAdapter
 from events import AgentSign, LoopsError
 from infra.files import FileLock
 from infra.git import git
+from infra.settings import Settings
 from loops.runners import AgentRequest, AgentResult, make_runner, redacted
 from loops.runners.process import kill_strays
 from loops.sandbox import SandboxConfig
@@ -46,7 +46,7 @@ log = logging.getLogger("loops.jobs")
 
 ITERATION_JOB = "loops.jobs.run_iteration"
 LEASE_S = 10.0  # a job whose lease is this old has lost its process
-ENV_HOME = "LOOPS_AGENT_HOME"  # where an agent host keeps its clones
+ENV_HOME = "LOOPS_AGENT_HOME"  # where an agent host keeps its clones (`agent_home`)
 
 
 class IterationJobError(LoopsError):
@@ -123,7 +123,8 @@ def run_iteration(
     what the agent changed, push the branch (leased on `base`) and return the evidence
     (`result_to_json`). Raises `IterationJobError` when the iteration cannot be set up
     or published, so rq records the job as failed."""
-    home = Path(os.environ.get(ENV_HOME) or Path.home() / ".cache" / "coding-loops" / "agents")
+    named = Settings.from_env().agent_home
+    home = Path(named or Path.home() / ".cache" / "coding-loops" / "agents")
     place = home / hashlib.sha256(remote_url.encode()).hexdigest()[:16] / loop
     place.mkdir(parents=True, exist_ok=True)
     # One job per loop at a time on this host (a re-run waits for a killed one's lock

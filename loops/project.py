@@ -14,12 +14,16 @@ its parent, the loop directory, and last `loop-*/specs`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from events import Criterion, LoopsError, NaturalCheck, ScriptCheck, ValidationFailed
-from loops.files import problem, show
+from infra.settings import Settings
+from loops.files import problem, show, typo_problems
 from loops.harness import (
     PROJECT_FILE,
     LoopConfig,
@@ -28,6 +32,7 @@ from loops.harness import (
     TaskEntry,
     TaskStatus,
     load_config,
+    load_health,
     load_project_config,
     load_state,
 )
@@ -37,9 +42,11 @@ from loops.spec import load_spec
 __all__ = [
     "ENV_PROJECT_DIR",
     "Loop",
+    "Problems",
     "Project",
     "TaskRef",
     "UnknownTask",
+    "check_loop",
     "criteria_for",
     "find_loop_dirs",
     "load_loop",
@@ -51,6 +58,7 @@ __all__ = [
 ]
 
 ENV_PROJECT_DIR = "CODING_LOOP_PROJECT_DIR"
+_Model = TypeVar("_Model", bound=BaseModel)
 _SKIP_DIRS = {".git", ".loops", "node_modules", ".venv", "__pycache__"}
 
 
@@ -217,11 +225,12 @@ def load_project(
 ) -> Project:
     """Load every `loop-*/config.json` under `directory`; every problem of every file.
 
-    `project_dir` (default `$CODING_LOOP_PROJECT_DIR`) is where `specs_dir` is looked up first.
+    `project_dir` (default: the `CODING_LOOP_PROJECT_DIR` setting) is where `specs_dir`
+    is looked up first.
     """
     root = Path(directory)
-    if project_dir is None and os.environ.get(ENV_PROJECT_DIR):
-        project_dir = os.environ[ENV_PROJECT_DIR]
+    if project_dir is None:
+        project_dir = Settings.from_env().project_dir
     loop_dirs = find_loop_dirs(root)
     if not loop_dirs:
         raise ValidationFailed(
@@ -260,6 +269,10 @@ def project_config_path(loop_dirs: list[Path]) -> Path:
     return loop_dirs[0].parent / PROJECT_FILE
 
 
+Problems = dict[str, list[str]]
+"""File -> its problems ([] = read and fine), in the order the files were read."""
+
+
 def load_loop(
     loop_dir: Path,
     *,
@@ -269,30 +282,88 @@ def load_loop(
     config_path: Path | None = None,
 ) -> Loop:
     """One loop directory: config.json (or `config_path`, the harness's `--config`), then
-    its specs dir and state file."""
+    its specs dir and state file. `ValidationFailed` with every problem found."""
+    problems: Problems = {}
+    loop = check_loop(
+        loop_dir,
+        problems,
+        root=root,
+        project_dir=project_dir,
+        within=within,
+        config_path=config_path,
+    )
+    if loop is None:
+        bad = [(path, lines) for path, lines in problems.items() if lines]
+        raise ValidationFailed([line for _, lines in bad for line in lines], path=bad[0][0])
+    return loop
+
+
+def check_loop(
+    loop_dir: Path,
+    problems: Problems,
+    *,
+    root: Path | None = None,
+    project_dir: str | os.PathLike[str] | None = None,
+    within: Path | None = None,
+    config_path: Path | None = None,
+    strict: bool = False,
+) -> Loop | None:
+    """`load_loop` collecting every problem of every file into `problems` instead of
+    raising: the loop, or None when it could not be read. `strict` (what `loops
+    validate` asks) adds unknown fields (typos) and the loop's health.json."""
     loop_dir = Path(loop_dir)
     config_path = Path(config_path) if config_path is not None else loop_dir / "config.json"
+    source = str(config_path)
+    found = problems.setdefault(source, [])
     odd = loop_name_problem(loop_dir.name)
     if odd:
-        raise ValidationFailed([problem(str(config_path), "", odd)], path=str(config_path))
-    config = load_config(config_path)
+        found.append(problem(source, "", odd))
+        return None
+    try:
+        config = load_config(config_path)
+    except ValidationFailed as exc:
+        found.extend(exc.problems)
+        return None
+    if strict:
+        found.extend(typo_problems(config, source))
     specs = resolve_specs_dir(
         loop_dir, config.specs_dir, root=root, project_dir=project_dir, within=within
     )
     if specs is None:
-        raise ValidationFailed(
-            [
-                problem(
-                    str(config_path),
-                    "specs_dir",
-                    f"directory '{show(config.specs_dir)}' not found — give it relative to the "
-                    f"project root (or set {ENV_PROJECT_DIR}), or create {loop_dir / 'specs'}",
-                )
-            ],
-            path=str(config_path),
-        )
-    state = load_state(specs / config.test_state_file)
+        found.append(specs_missing(config_path, config.specs_dir, loop_dir))
+        return None
+    state = _checked(problems, specs / config.test_state_file, load_state, strict)
+    health_path = specs / config.health_check.file
+    if strict and health_path.exists():
+        _checked(problems, health_path, load_health, strict)
+    if state is None:
+        return None
     return Loop(name=loop_dir.name, dir=loop_dir, config=config, specs_dir=specs, state=state)
+
+
+def _checked(
+    problems: Problems, path: Path, load: Callable[[Path], _Model], strict: bool
+) -> _Model | None:
+    """`load(path)`, its problems recorded under `path` (and its typos when `strict`)."""
+    found = problems.setdefault(str(path), [])
+    try:
+        value = load(path)
+    except ValidationFailed as exc:
+        found.extend(exc.problems)
+        return None
+    if strict:
+        found.extend(typo_problems(value, str(path)))
+    return value
+
+
+def specs_missing(config_path: Path, specs_dir: str, loop_dir: Path) -> str:
+    """The problem of a config whose `specs_dir` is nowhere to be found."""
+    return problem(
+        str(config_path),
+        "specs_dir",
+        f"directory '{show(specs_dir)}' not found — give it relative to the project root "
+        f"(or set {ENV_PROJECT_DIR}), or create {loop_dir / 'specs'}",
+    )
 
 
 def find_loop_dirs(root: Path) -> list[Path]:

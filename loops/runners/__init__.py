@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
+from infra.settings import Settings
 from loops.sandbox import SandboxPolicy
 
 __all__ = [
@@ -172,12 +173,14 @@ def make_runner(
     client: Any = None,
     max_retries: int | None = None,
     max_steps: int | None = None,
+    settings: Settings | None = None,
 ) -> AgentRunner:
     """Build the runner an agent spec names (`claude`, `anthropic`, `command:CMD`, `script:FILE`).
 
     `model` is the default model (a request's own `model` wins). `permission_mode` and
     `skip_permissions` apply to `claude`; `client`, `max_retries` and `max_steps` to
-    `anthropic`; `base_dir` resolves a relative `script:` path. Raises `ConfigError`
+    `anthropic`; `base_dir` resolves a relative `script:` path; `settings` (default: the
+    environment's) configure `claude` and `anthropic`. Raises `ConfigError`
     with a one-line message for anything else.
     """
     text = spec.strip()
@@ -188,7 +191,10 @@ def make_runner(
         from loops.runners.claude import ClaudeRunner
 
         return ClaudeRunner(
-            model=model, permission_mode=permission_mode, skip_permissions=skip_permissions
+            model=model,
+            permission_mode=permission_mode,
+            skip_permissions=skip_permissions,
+            settings=settings,
         )
     if kind == "anthropic" and not sep:
         from loops.runners.anthropic_agent import AnthropicRunner
@@ -198,6 +204,7 @@ def make_runner(
             client=client,
             max_retries=2 if max_retries is None else max_retries,
             max_steps=max_steps or 50,
+            settings=settings,
         )
     if kind == "command" and sep:
         if not arg:

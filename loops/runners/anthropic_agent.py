@@ -22,6 +22,7 @@ import anthropic
 
 from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
+from infra.settings import Settings, secret
 from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
 from loops.runners.launch import Launch, launch
 from loops.runners.outcome import detect_usage_limit, retry_at_from_headers
@@ -130,10 +131,10 @@ class AnthropicRunner:
         max_tokens: int = 8192,
         request_timeout_s: float = 300.0,
         shell_timeout_s: float = 300.0,
+        settings: Settings | None = None,
     ) -> None:
-        if client is None and not (
-            os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")
-        ):
+        settings = settings or Settings.from_env()
+        if client is None and not (settings.api_key or secret(settings.anthropic_auth_token)):
             raise ConfigError(
                 "agent 'anthropic' needs ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the environment"
             )

@@ -28,6 +28,7 @@ from typing import Any
 
 from events import AgentSign, ConfigError, FailureKind, TokenUsage, checked_tokens
 from events.secrets import redact
+from infra.settings import Settings
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, last_line
 from loops.runners.launch import cannot_start, launch
 from loops.runners.outcome import (
@@ -214,9 +215,11 @@ class ClaudeRunner:
         skip_permissions: bool = False,
         binary: str | None = None,
         extra_args: list[str] | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        settings = settings or Settings.from_env()
         if permission_mode is None and not skip_permissions:
-            permission_mode = os.environ.get("LOOPS_CLAUDE_PERMISSION_MODE") or None
+            permission_mode = settings.claude_permission_mode
         if permission_mode in SKIP_PERMISSIONS:
             permission_mode, skip_permissions = None, True
         if permission_mode is not None and permission_mode not in PERMISSION_MODES:
@@ -227,11 +230,12 @@ class ClaudeRunner:
         self.model = model
         self.permission_mode = permission_mode
         self.skip_permissions = skip_permissions
-        self.binary = _split(
-            "LOOPS_CLAUDE_BIN", binary or os.environ.get("LOOPS_CLAUDE_BIN") or "claude"
-        ) or ["claude"]
-        env_args = _split("LOOPS_CLAUDE_ARGS", os.environ.get("LOOPS_CLAUDE_ARGS", ""))
+        self.binary = _split("LOOPS_CLAUDE_BIN", binary or settings.claude_bin or "claude") or [
+            "claude"
+        ]
+        env_args = _split("LOOPS_CLAUDE_ARGS", settings.claude_args)
         self.extra_args = list(extra_args if extra_args is not None else env_args)
+        self.is_sandbox = settings.is_sandbox
 
     def command(self, request: AgentRequest, *, resume: bool = True) -> list[str]:
         """The argv for one run (the prompt goes on stdin)."""
@@ -265,8 +269,8 @@ class ClaudeRunner:
         # Claude Code skips permission prompts as root only with IS_SANDBOX=1; an
         # operator who set it means it for the agent, so it passes the allow-list.
         marked = (
-            {"IS_SANDBOX": os.environ["IS_SANDBOX"]}
-            if "IS_SANDBOX" in os.environ and "IS_SANDBOX" not in request.env
+            {"IS_SANDBOX": self.is_sandbox}
+            if self.is_sandbox is not None and "IS_SANDBOX" not in request.env
             else {}
         )
 

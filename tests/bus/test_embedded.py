@@ -141,12 +141,10 @@ def test_a_server_owned_by_a_live_process_is_shared_not_stopped(tmp_path: Path) 
     assert not (tmp_path / ".loops" / "redis.owner").exists()
 
 
-def test_resolve_url_prefers_explicit_then_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("REDIS_URL", "redis://env:6379/0")
-    assert resolve_url("redis://flag:6379/1", tmp_path) == "redis://flag:6379/1"
-    assert resolve_url(None, tmp_path) == "redis://env:6379/0"
+def test_resolve_url_prefers_explicit_then_env(tmp_path: Path) -> None:
+    env = {"REDIS_URL": "redis://env:6379/0"}
+    assert resolve_url("redis://flag:6379/1", tmp_path, env) == "redis://flag:6379/1"
+    assert resolve_url(None, tmp_path, env) == "redis://env:6379/0"
     with pytest.raises(ConfigError, match="invalid Redis URL"):
         resolve_url("localhost:6379", tmp_path)
 

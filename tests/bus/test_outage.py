@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from app.compose import Threads
 from bus import BusSettings, RedisBus, connect
-from cli.compose import Threads
 from events import Event
 from tests.bus.helpers import hint, numbers
 from tests.bus.ownserver import OwnRedis

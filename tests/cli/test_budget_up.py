@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from app import demo
 from bus.spend import SpendLedger, loop_scope
-from cli import demo
 from cli.main import main
 from events import utcnow
 from loops.workspace import git

@@ -4,7 +4,7 @@ read model) show a budget near or at its limit until a person raises it."""
 from __future__ import annotations
 
 import events as ev
-from cli.cmd_status import render
+from cli.fmt import render
 from events.view import SystemView
 
 W = ev.Source(role=ev.Role.WORKER, instance="w")

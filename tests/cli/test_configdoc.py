@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cli.configdoc import render
+from app.configdoc import render
 
 
 def test_configuration_doc_is_up_to_date() -> None:

@@ -13,7 +13,8 @@ import pytest
 from starlette.testclient import TestClient
 
 import events as ev
-from cli.dashboard import create_app, dashboard_url, is_loopback, resolve_token, serve
+from app.dashboard import create_app, dashboard_url, is_loopback, resolve_token, serve
+from infra.settings import Settings, secret
 from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import raised, scenario
 from tests.conftest import wait_until
@@ -139,11 +140,10 @@ def test_other_host_headers_are_refused(client: TestClient) -> None:
     assert client.get("/api/view", headers={"Host": "attacker.example"}).status_code == 400
 
 
-def test_token_from_env_or_a_private_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOOPS_DASHBOARD_TOKEN", "from-env")
-    assert resolve_token(tmp_path) == ("from-env", None)
-    monkeypatch.delenv("LOOPS_DASHBOARD_TOKEN")
-    token, path = resolve_token(tmp_path)
+def test_token_from_env_or_a_private_file(tmp_path: Path) -> None:
+    configured = secret(Settings.from_env({"LOOPS_DASHBOARD_TOKEN": "from-env"}).dashboard_token)
+    assert resolve_token(tmp_path, configured) == ("from-env", None)
+    token, path = resolve_token(tmp_path, secret(Settings.from_env({}).dashboard_token))
     assert path == tmp_path / ".loops" / "dashboard.token"
     assert path.read_text().strip() == token and len(token) >= 24
     assert path.stat().st_mode & 0o777 == 0o600

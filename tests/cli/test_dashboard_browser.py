@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import events as ev
-from cli.dashboard import serve
+from app.dashboard import serve
 from tests.cli.conftest import System
 from tests.cli.sample import MON, W, raised, scenario
 from tests.conftest import IN_CI, wait_until

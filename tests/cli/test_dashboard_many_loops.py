@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import events as ev
-from cli.dashboard import serve
+from app.dashboard import serve
 from events.view import Attention, SystemView
 from tests.cli.conftest import System
 from tests.cli.sample import GATE, MERGE, W, criterion, heartbeat
@@ -196,7 +196,7 @@ def test_fifty_loops_in_chromium_problem_loops_first(dashboard: str, browser: ob
 def test_loops_status_at_fifty_loops_puts_the_problem_loops_first() -> None:
     """`loops status` at 50 loops: a count per state, then the loops by what they need
     (blocked, waiting on a person, silent, failing first), and the tasks of those only."""
-    from cli.cmd_status import render
+    from cli.fmt import render
 
     now = datetime.now(UTC)
     text = render(SystemView.from_events(history(now)), now)

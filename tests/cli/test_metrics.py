@@ -1,4 +1,4 @@
-"""Prometheus metrics (`cli/metrics.py`): every family computed on scrape from the read
+"""Prometheus metrics (`app/metrics.py`): every family computed on scrape from the read
 model and Redis, on both backends; the dashboard serves them without the token and
 without event text; a role process serves them on `--metrics-port` and still stops
 with exit 0."""
@@ -16,10 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import events as ev
+from app import metrics
+from app.dashboard import create_app
 from bus import RedisBus
-from cli import metrics
-from cli.dashboard import create_app
 from events.view import SystemView
+from infra.settings import Settings
 from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import MON, scenario
 from tests.conftest import wait_until
@@ -233,9 +234,11 @@ def test_a_bad_metrics_port_is_one_clear_line(system: System) -> None:
 
 
 def test_metrics_are_off_by_default() -> None:
-    assert metrics.metrics_address(None, None, env={}) is None
-    assert metrics.metrics_address(None, None, env={"LOOPS_METRICS_PORT": "9100"}) == (
+    assert metrics.metrics_address(None, None, Settings()) is None
+    assert metrics.metrics_address(
+        None, None, Settings.from_env({"LOOPS_METRICS_PORT": "9100"})
+    ) == (
         "127.0.0.1",
         9100,
     )
-    assert metrics.metrics_address(9101, "0.0.0.0", env={}) == ("0.0.0.0", 9101)
+    assert metrics.metrics_address(9101, "0.0.0.0", Settings()) == ("0.0.0.0", 9101)

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app import demo
 from bus.router import router_group
-from cli import demo
 from tests.conftest import IN_CI, wait_until
 
 LOOPS = str(Path(sys.executable).parent / "loops")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.compose import POLICY_ENV, monitor_policy
+from app.compose import POLICY_ENV, monitor_policy
 from loops.project import load_project
 from tests.cli.test_coming_from import QUESTION, SEED, ok, seed_repo
 

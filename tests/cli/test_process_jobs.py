@@ -1,4 +1,4 @@
-"""`cli.compose.ProcessJobs`: embedded `loops up` runs verification jobs in worker
+"""`app.compose.ProcessJobs`: embedded `loops up` runs verification jobs in worker
 processes, through the same job function (an import path) an rq worker calls."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from cli.compose import ProcessJobs
+from app.compose import ProcessJobs
 from gates.jobs import VERIFY_JOB, parse_results
 
 

@@ -128,8 +128,8 @@ def test_loops_run_runs_the_test_command_on_the_merged_tree(
 
 
 def test_the_cli_test_command_overrides_project_json_in_the_merge_queue(tmp_path: Path) -> None:
+    from app.compose import loader_with_fallback, make_gate, make_merge
     from bus import BusSettings, RedisBus
-    from cli.compose import loader_with_fallback, make_gate, make_merge
     from gates import DEFAULT_PROTECTED
 
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)), protocol=2)

@@ -10,7 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from cli import demo
+from app import demo
 from infra.git import git
 from tests.cli.test_up import LOOPS, env
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import events as ev
-from cli.cmd_status import render
+from cli.fmt import render
 from events.view import LoopView, SystemView, TaskStatus
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -10,8 +10,8 @@ import subprocess
 import threading
 
 import events as ev
+from app.runtime import PresenceBeat
 from bus import EmbeddedServer, RedisBus, recorded_url
-from cli.runtime import PresenceBeat
 from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import W, heartbeat, scenario
 from tests.conftest import wait_until

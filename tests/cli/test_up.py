@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app import demo
 from bus import BusSettings, RedisBus, connect, recorded_settings
-from cli import demo
 from events import Event
 from infra.git import git
 from tests.conftest import require_real_redis, wait_until

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cli.cmd_up import LoopNames
+from cli.running import LoopNames
 
 
 def record(thread: str, msg: str, *args: object) -> logging.LogRecord:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 import threading
 
+from app.runtime import run_role
 from bus import connect
-from cli.runtime import run_role
 
 
 def main() -> int:

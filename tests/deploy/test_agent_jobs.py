@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from app import demo
 from bus import BusSettings, RedisBus
-from cli import demo
 from loops.workspace import git
 from tests.conftest import require_real_redis, wait_until
 

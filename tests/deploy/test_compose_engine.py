@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 
-from cli import demo
+from app import demo
 from infra.git import git
 from tests.conftest import IN_CI, wait_until
 from tests.deploy.engine import ROOT, Engine

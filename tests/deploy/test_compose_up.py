@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from app import demo
 from bus import BusSettings, RedisBus
 from bus.settings import derive_signing_key
-from cli import demo
 from infra.git import git
 from tests.bus.protected import protected_redis_server
 from tests.conftest import wait_until

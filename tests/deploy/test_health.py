@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from app.runtime import PresenceBeat
 from bus import connect
-from cli.runtime import PresenceBeat
 from tests.conftest import require_real_redis
 
 LOOPS = shutil.which("loops", path=str(Path(sys.executable).parent)) or "loops"

@@ -17,8 +17,7 @@ import fakeredis
 import pytest
 import redis
 
-from bus import BusSettings, connect
-from cli.runtime import (
+from app.runtime import (
     PRESENCE_TTL_INTERVALS,
     Presence,
     PresenceBeat,
@@ -26,6 +25,7 @@ from cli.runtime import (
     presence_key,
     run_role,
 )
+from bus import BusSettings, connect
 from events import ConfigError
 from tests.conftest import require_real_redis, wait_until
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app import demo
 from bus import BusSettings, RedisBus, router_group
-from cli import demo
 from infra.git import git
 from tests.conftest import require_real_redis, wait_until
 

@@ -411,7 +411,7 @@ def test_an_unreadable_answer_reopens_the_question_and_a_read_one_completes_it()
 
 
 def test_status_says_when_the_usage_window_resets() -> None:
-    from cli.cmd_status import render
+    from cli.fmt import render
 
     reset = at(600)
     hhmm = reset.astimezone().strftime("%H:%M")
@@ -454,7 +454,7 @@ def flaky(t: float, command: str, count: int, tree: str, **kw: object) -> ev.Che
 
 
 def test_flaky_checks_are_counted_per_check_in_the_view_status_and_totals() -> None:
-    from cli.cmd_status import render
+    from cli.fmt import render
 
     first = flaky(1, "pytest -q tests/net", 1, "a" * 40)
     events = [

@@ -16,8 +16,10 @@ from events import Criterion, LoopsError, NaturalCheck, ScriptCheck, ValidationF
 from loops.harness import TaskStatus
 from loops.project import (
     ENV_PROJECT_DIR,
+    Problems,
     TaskRef,
     UnknownTask,
+    check_loop,
     criteria_for,
     find_loop_dirs,
     load_project,
@@ -142,6 +144,33 @@ def test_missing_specs_dir_and_state(tmp_path: Path) -> None:
         load_project(tmp_path)
     state = tmp_path / "loop-x" / "specs" / "test-state.json"
     assert info.value.problems == [f"Test state file not found: {state}"]
+
+
+def test_check_loop_collects_every_file_and_strict_adds_typos_and_health(
+    tmp_path: Path,
+) -> None:
+    """The loader's collect-every-problem mode (what `loops validate` uses): each file
+    read is recorded with its problems, [] when fine, and reading goes on past a bad one."""
+    specs = tmp_path / "loop-x" / "specs"
+    specs.mkdir(parents=True)
+    cfg = tmp_path / "loop-x" / "config.json"
+    cfg.write_text(json.dumps({"name": "X", "specs_dir": "specs", "max_attempt": 3}))
+    state = specs / "test-state.json"
+    state.write_text(json.dumps({"tests": [{"id": "A"}]}))
+    health = specs / "health.json"
+    health.write_text("{not json")
+    loose: Problems = {}
+    loop = check_loop(tmp_path / "loop-x", loose, root=tmp_path)
+    assert loop is not None and loose == {str(cfg): [], str(state): []}
+    strict: Problems = {}
+    assert check_loop(tmp_path / "loop-x", strict, root=tmp_path, strict=True) is not None
+    assert list(strict) == [str(cfg), str(state), str(health)]
+    assert "max_attempt" in " ".join(strict[str(cfg)]) and strict[str(state)] == []
+    assert strict[str(health)] and all(p.startswith(str(health)) for p in strict[str(health)])
+    state.write_text('{"tests": [{"id": "A", "status": "done"}]}')
+    broken: Problems = {}
+    assert check_loop(tmp_path / "loop-x", broken, root=tmp_path) is None
+    assert broken[str(cfg)] == [] and len(broken[str(state)]) == 1
 
 
 def test_a_directory_without_loops(tmp_path: Path) -> None:

@@ -28,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from events import ConfigError
 
 if TYPE_CHECKING:
-    from cli.metrics import MetricsServer
+    from app.metrics import MetricsServer
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loops.runtime")
 
 PRESENCE_TTL_INTERVALS = 3
 """A presence lives this many beat intervals: two missed beats are tolerated."""
@@ -208,8 +208,8 @@ class PresenceBeat:
 def _serve_metrics(
     client: redis.Redis, prefix: str, role: str, host: str, port: int
 ) -> MetricsServer:
+    from app.metrics import serve_metrics
     from bus import RedisBus
-    from cli.metrics import serve_metrics
 
     try:
         return serve_metrics(RedisBus(client, prefix), host, port, role=role)
@@ -265,7 +265,7 @@ def run_role(
     (the process exits non-zero and its supervisor restarts it); the presence is
     removed either way. Raises `ConfigError` when Redis is unreachable at the start.
     `metrics` (host, port) serves the system's Prometheus metrics at /metrics while the
-    role runs (`cli.metrics`); a port that cannot be bound is a `ConfigError`.
+    role runs (`app.metrics`); a port that cannot be bound is a `ConfigError`.
     """
     instance = instance or default_instance()
     steps: list[Step] = list(step) if isinstance(step, Sequence) else [step]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import uvicorn
 
+from app.dashboard.app import Feed, create_app
 from bus import RedisBus
-from cli.dashboard.app import Feed, create_app
 from events import ConfigError
 from events.secrets import register_secret
 from infra.files import write_text_atomic
@@ -29,22 +28,22 @@ __all__ = ["Feed", "create_app", "dashboard_url", "resolve_token", "serve"]
 
 log = logging.getLogger("loops.dashboard")
 
-TOKEN_ENV = "LOOPS_DASHBOARD_TOKEN"
 TOKEN_FILE = Path(".loops") / "dashboard.token"
 LOOPBACK_NAMES = ("localhost",)
 
 
-def resolve_token(project_dir: str | Path | None = None) -> tuple[str, Path | None]:
-    """The dashboard token: `$LOOPS_DASHBOARD_TOKEN`, else a fresh one written (mode
-    0600) to `DIR/.loops/dashboard.token`. Returns the token and the file it went to
-    (None when it came from the environment)."""
-    from_env = os.environ.get(TOKEN_ENV, "").strip()
-    if from_env:
-        register_secret(from_env)
-        return from_env, None
+def resolve_token(
+    project_dir: str | Path | None = None, configured: str | None = None
+) -> tuple[str, Path | None]:
+    """The dashboard token: `configured` (the `LOOPS_DASHBOARD_TOKEN` setting), else a
+    fresh one written (mode 0600) to `DIR/.loops/dashboard.token`. Returns the token and
+    the file it went to (None when it was configured)."""
+    if configured and configured.strip():
+        register_secret(configured.strip())
+        return configured.strip(), None
     token = secrets.token_urlsafe(24)
     register_secret(token)  # redact() hides it in every log line from now on
-    path = Path(project_dir or os.environ.get("CODING_LOOP_PROJECT_DIR") or ".") / TOKEN_FILE
+    path = Path(project_dir or ".") / TOKEN_FILE
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # A fresh file each time, private from its first byte (an older one may have been
     # readable by others).
@@ -72,7 +71,7 @@ def dashboard_url(host: str, port: int, token: str | None = None) -> str:
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the caller owns the process's signals
-    (`cli.runtime.graceful_signals`) and stops us through `stop`."""
+    (`app.runtime.graceful_signals`) and stops us through `stop`."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 import events as ev
 from bus import RedisBus
 from events.view import Attention, MergeStatus, SystemView, TaskStatus
+from infra.settings import Settings
 
 __all__ = [
     "CONTENT_TYPE",
@@ -362,12 +363,12 @@ def serve_metrics(bus: RedisBus, host: str, port: int, role: str | None = None) 
 
 
 def metrics_address(
-    port: int | None, host: str | None, env: dict[str, str] | os._Environ[str] = os.environ
+    port: int | None, host: str | None, settings: Settings
 ) -> tuple[str, int] | None:
     """Where a role serves /metrics: `--metrics-port` / `$LOOPS_METRICS_PORT` (off when
     neither is set), on `--metrics-host` / `$LOOPS_METRICS_HOST` (default 127.0.0.1)."""
     if port is None:
-        raw = env.get(METRICS_PORT_ENV, "").strip()
+        raw = (settings.metrics_port or "").strip()
         if not raw:
             return None
         try:
@@ -376,4 +377,4 @@ def metrics_address(
             raise ev.ConfigError(f"${METRICS_PORT_ENV}={raw!r} is not a port number") from None
     if not 0 <= port <= 65535:
         raise ev.ConfigError(f"metrics port {port} is out of range (0-65535)")
-    return (host or env.get(METRICS_HOST_ENV, "").strip() or "127.0.0.1"), port
+    return (host or settings.metrics_host or "127.0.0.1"), port

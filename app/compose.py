@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +21,11 @@ from typing import Any
 from agents.answers import AnthropicAnswerReader
 from agents.pm import PMConfig
 from agents.policy import Policy, load_policy
-from bus import CONNECTION_ERRORS, RedisBus, Subscription
+from agents.refiner import AnthropicRefiner
+from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
+from bus import CONNECTION_ERRORS, Inbox, RedisBus, Subscription
 from bus.spend import SpendLedger
-from events import ConfigError, Criterion, LoopsError, Role, ScriptCheck, Source, ValidationFailed
+from events import ConfigError, Criterion, LoopsError, ModelPrice, Role, Source, ValidationFailed
 from gates import (
     DEFAULT_PROTECTED,
     AnthropicJudge,
@@ -39,28 +41,63 @@ from gates import (
 )
 from gates.checks import DEFAULT_TIMEOUT_S
 from gates.errors import JobError
+from gates.judge import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
 from gates.settings import FlakyPolicy
+from gates.trust import TrustingGate, trusting_loader
+from infra.settings import Settings, secret
 from infra.store import Store
+from loops.book import TaskBook
+from loops.budget_config import ProjectBudget
 from loops.harness import ProjectConfig
 from loops.project import Project, UnknownTask, criteria_for
+from loops.runners import AgentRunner, make_runner
 from loops.sandbox import SandboxConfig, SandboxMode, sandbox_status
+from loops.service import WorkerService
 
 log = logging.getLogger("loops.system")
 
 
-def judge_from_env() -> Judge | None:
+def make_judge(settings: Settings) -> Judge | None:
     """A model judge for natural checks when a key or base URL is configured."""
-    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")):
+    if not settings.has_model_api:
         return None
-    model = os.environ.get("LOOPS_JUDGE_MODEL")
-    return AnthropicJudge(model) if model else AnthropicJudge()
+    return AnthropicJudge(
+        settings.judge_model or DEFAULT_JUDGE_MODEL,
+        api_key=settings.api_key,
+        base_url=settings.anthropic_base_url,
+    )
 
 
-def answer_reader_from_env() -> AnthropicAnswerReader | None:
+def make_answer_reader(settings: Settings) -> AnthropicAnswerReader | None:
     """The model that reads free-text answers the rules cannot, when one is configured."""
-    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")):
+    if not settings.has_model_api:
         return None
-    return AnthropicAnswerReader()
+    return AnthropicAnswerReader(
+        model=settings.judge_model,
+        api_key=settings.api_key,
+        base_url=settings.anthropic_base_url,
+    )
+
+
+def make_refiner(settings: Settings, project: Project) -> AnthropicRefiner | None:
+    """The monitor's task refiner, when a model is configured."""
+    if not settings.has_model_api:
+        return None
+    return AnthropicRefiner(
+        model=settings.refine_model,
+        api_key=settings.api_key,
+        base_url=settings.anthropic_base_url,
+        describe_task=task_describer(project),
+    )
+
+
+def make_notifier(settings: Settings) -> BackgroundNotifier | None:
+    """Webhooks from LOOPS_WEBHOOK_URLS (comma-separated), signed with LOOPS_WEBHOOK_SECRET."""
+    urls = settings.webhook_targets
+    if not urls:
+        return None
+    key = secret(settings.webhook_secret) or ""
+    return BackgroundNotifier(WebhookNotifier([WebhookTarget(url=u, secret=key) for u in urls]))
 
 
 def check_sandboxes(configs: Iterable[SandboxConfig | None]) -> list[str]:
@@ -94,12 +131,6 @@ def loader_with_fallback(fallback: dict[str, list[Criterion]] | None = None) -> 
             raise
 
     return load
-
-
-def trusting_loader(root: Path, loop: str, task_id: str) -> list[Criterion]:
-    """`loops run --trust-agent`: every task's only check is `true` (ralph_loop's old
-    behaviour, chosen by the operator: a claim is taken as verified)."""
-    return [Criterion(criterion="trusted (--trust-agent)", check=ScriptCheck(run="true"))]
 
 
 def call_job(func: str, kwargs: dict[str, Any]) -> str:
@@ -174,8 +205,8 @@ def make_gate(
         judge=judge,
         jobs=jobs,
         store=Store(bus.client, f"{bus.prefix}:gate", "gates"),
-        source=Source(role=Role.GATE, instance=instance),
         spend=SpendLedger(bus.client, bus.prefix),
+        source=Source(role=Role.GATE, instance=instance),
     )
 
 
@@ -221,6 +252,111 @@ def make_merge(
         loader=loader,
         store=Store(bus.client, f"{bus.prefix}:merge", "gates"),
         source=Source(role=Role.MERGE, instance=instance),
+    )
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """How this process builds the worker, the gate and the merge queue: the one
+    composition `loops run`, `loops up` and the role commands share (`wire(...)`)."""
+
+    bus: RedisBus
+    repo: Path
+    main: str
+    settings: Settings
+    loader: CriteriaLoader
+    project: ProjectConfig = field(default_factory=ProjectConfig)
+    remote: str | None = None  # distributed mode: the git remote every role shares
+    test_command: str | None = None  # `--test-command` (else project.json's)
+    trust_agent: bool = False  # `loops run --trust-agent`
+    jobs: JobRunner | None = None
+
+    def gate(self, instance: str = "gate") -> VerificationGate | TrustingGate:
+        """The verification gate (or, under `--trust-agent`, the gate that trusts)."""
+        if self.trust_agent:
+            return TrustingGate(self.bus)
+        return make_gate(
+            self.bus,
+            self.repo,
+            self.main,
+            self.loader,
+            remote=self.remote,
+            judge=make_judge(self.settings),
+            jobs=self.jobs,
+            instance=instance,
+            project=self.project,
+        )
+
+    def merge(self) -> MergeQueue:
+        """The merge queue; under `--trust-agent` it trusts nothing but the operator's
+        choice: every task's check is `true` and no path is protected."""
+        return make_merge(
+            self.bus,
+            self.repo,
+            self.main,
+            trusting_loader if self.trust_agent else self.loader,
+            remote=self.remote,
+            test_command=self.test_command,
+            project=self.project,
+            protected=() if self.trust_agent else None,
+        )
+
+    def worker(
+        self,
+        book: TaskBook,
+        agent: str,
+        *,
+        model: str | None = None,
+        base_dir: Path | None = None,
+        heartbeat_s: float = 30.0,
+        agent_timeout_s: float | None = None,
+        inbox: Inbox | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
+        budget: ProjectBudget | None = None,
+        runner: AgentRunner | None = None,
+    ) -> WorkerService:
+        """A loop's worker on `book`, running `agent` (a runner spec) in this process,
+        or `runner` when given (`app.fleet`: the agent as rq jobs)."""
+        return WorkerService(
+            self.bus,
+            book,
+            runner or make_runner(agent, model=model, base_dir=base_dir, settings=self.settings),
+            self.repo,
+            main_branch=self.main,
+            heartbeat_s=heartbeat_s,
+            agent_timeout_s=agent_timeout_s,
+            remote=self.remote,
+            inbox=inbox,
+            prices=prices,
+            budget=budget,
+        )
+
+
+def wire(
+    bus: RedisBus,
+    repo: Path,
+    main: str,
+    settings: Settings,
+    *,
+    loader: CriteriaLoader | None = None,
+    project: ProjectConfig | None = None,
+    remote: str | None = None,
+    test_command: str | None = None,
+    trust_agent: bool = False,
+    jobs: JobRunner | None = None,
+) -> Wiring:
+    """The composition of this process's roles on `bus` (see `Wiring`)."""
+    return Wiring(
+        bus,
+        repo,
+        main,
+        settings,
+        loader or loader_with_fallback(),
+        project or ProjectConfig(),
+        remote=remote,
+        test_command=test_command,
+        trust_agent=trust_agent,
+        jobs=jobs,
     )
 
 
@@ -271,29 +407,6 @@ class Threads:
             thread.join(timeout=timeout)
 
 
-POLICY_FILE = "monitor-policy.yaml"
-POLICY_ENV = "LOOPS_MONITOR_POLICY"
-
-
-def policy_file(project: Project | None) -> Path | None:
-    """The monitor's policy file an operator edits: `$LOOPS_MONITOR_POLICY`, else
-    `monitor-policy.yaml` beside the loop directories (where project.json goes), if
-    there is one. It names only what it changes (see `agents/default-policy.yaml`)."""
-    named = os.environ.get(POLICY_ENV)
-    if named:
-        return Path(named)
-    if project is None or not project.loops:
-        return None
-    path = project.loops[0].dir.parent / POLICY_FILE
-    return path if path.is_file() else None
-
-
-def monitor_policy(project: Project | None) -> Policy:
-    """The monitor's policy (`ValidationFailed`, one line per bad field, before anything
-    starts): the silence limit of a running agent, the rules' actions, and more."""
-    return load_policy(policy_file(project))
-
-
 def pm_config(project: Project) -> PMConfig:
     """The PM's view of the project: priorities (config 1 = most urgent, the PM runs the
     highest number first) and every cross-loop dependency of every loop's tests."""
@@ -320,3 +433,26 @@ def task_describer(project: Project) -> Callable[[str, str], str | None]:
         return "\n".join(t for t in (entry.title, entry.description, entry.notes) if t) or None
 
     return describe
+
+
+POLICY_FILE = "monitor-policy.yaml"
+POLICY_ENV = "LOOPS_MONITOR_POLICY"  # the `monitor_policy` setting
+
+
+def policy_file(project: Project | None, settings: Settings | None = None) -> Path | None:
+    """The monitor's policy file an operator edits: `$LOOPS_MONITOR_POLICY`, else
+    `monitor-policy.yaml` beside the loop directories (where project.json goes), if
+    there is one. It names only what it changes (see `agents/default-policy.yaml`)."""
+    named = (settings or Settings.from_env()).monitor_policy
+    if named:
+        return Path(named)
+    if project is None or not project.loops:
+        return None
+    path = project.loops[0].dir.parent / POLICY_FILE
+    return path if path.is_file() else None
+
+
+def monitor_policy(project: Project | None, settings: Settings | None = None) -> Policy:
+    """The monitor's policy (`ValidationFailed`, one line per bad field, before anything
+    starts): the silence limit of a running agent, the rules' actions, and more."""
+    return load_policy(policy_file(project, settings))

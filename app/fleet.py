@@ -8,23 +8,30 @@ it (`loops.jobs`); `docker compose up --scale agents=N` adds capacity.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bus import RedisBus, connect
+from infra.settings import Settings
 from loops.project import Loop
 from loops.runners import AgentRunner, make_runner
 from loops.runners.queued import AgentQueue, QueuedRunner
 
-ENV_QUEUE = "LOOPS_AGENT_QUEUE"
+ENV_QUEUE = "LOOPS_AGENT_QUEUE"  # the `agent_queue` setting
 
 
 def agent_runner(
-    bus: RedisBus, loop: Loop, agent: str, repo: Path, main: str, remote: str | None
+    bus: RedisBus,
+    loop: Loop,
+    agent: str,
+    repo: Path,
+    main: str,
+    remote: str | None,
+    settings: Settings | None = None,
 ) -> AgentRunner:
     """The runner of `loop`'s agent: in this process, or on the rq queue `LOOPS_AGENT_QUEUE`."""
-    runner = make_runner(agent, model=loop.config.model, base_dir=loop.dir)
-    name = os.environ.get(ENV_QUEUE, "").strip()
+    settings = settings or Settings.from_env()
+    runner = make_runner(agent, model=loop.config.model, base_dir=loop.dir, settings=settings)
+    name = (settings.agent_queue or "").strip()
     if not name:
         return runner
     from rq import Queue

@@ -31,11 +31,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app import metrics
 from bus import RedisBus
-from cli import metrics
-from cli.cmd_control import build_command
-from cli.cmd_escalations import answer as publish_answer
 from events import Decision, Role, Source
+from events.commands import ACTIONS, build_answer, build_command
 from events.secrets import redact_obj
 from events.view import EventLine, SystemView
 
@@ -43,7 +42,6 @@ log = logging.getLogger("loops.dashboard")
 
 STATIC = Path(__file__).with_name("static")
 TOKEN_HEADER = "x-loops-token"
-ACTIONS = ("pause", "resume", "stop", "reset")
 MAX_TEXT = 10_000
 KEEPALIVE_S = 15.0
 QUEUE_SIZE = 1000
@@ -110,7 +108,7 @@ class Feed:
             return self.view.to_dict()
 
     def read(self, fn: Callable[[SystemView], T]) -> T:
-        """`fn(view)` while the tail cannot change the view (a `cli.metrics.ViewSource`)."""
+        """`fn(view)` while the tail cannot change the view (a `app.metrics.ViewSource`)."""
         with self.lock:
             return fn(self.view)
 
@@ -262,15 +260,10 @@ def create_app(
             return _error(404, f"no escalation {esc_id!r}")
         if not esc.status.is_open:
             return _error(409, f"escalation {esc_id} is {esc.status.value}; nothing to answer")
-        event = await run_in_threadpool(
-            publish_answer,
-            bus,
-            esc,
-            text,
-            decision,
-            by[:80],
-            Source(role=Role.OPERATOR, instance=instance),
+        event = build_answer(
+            esc, text, decision, by[:80], Source(role=Role.OPERATOR, instance=instance)
         )
+        await run_in_threadpool(bus.publish, event)
         return JSONResponse({"ok": True, "event_id": event.id}, headers=SECURITY_HEADERS)
 
     async def api_control(request: Request) -> Response:

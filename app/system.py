@@ -12,7 +12,6 @@ decides when no loop can make progress any more.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -24,31 +23,28 @@ from pathlib import Path
 from agents.human import HumanAgent
 from agents.monitor import Monitor
 from agents.pm import ProjectManager
-from agents.refiner import AnthropicRefiner
 from agents.runner import run as run_agent
-from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
-from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
-from cli.compose import (
+from app.compose import (
     ProcessJobs,
     Threads,
-    answer_reader_from_env,
-    judge_from_env,
     loader_with_fallback,
-    make_gate,
-    make_merge,
+    make_answer_reader,
+    make_notifier,
+    make_refiner,
     monitor_policy,
     pm_config,
-    task_describer,
+    wire,
 )
+from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
 from events import BudgetLevel, ConfigError, Event, LoopResume, LoopStop
 from events.view import SystemView
+from infra.settings import Settings, secret
 from infra.store import Store
 from loops.books import HarnessBook
 from loops.budget_config import effective
 from loops.driver import WorkerExit, all_passed
 from loops.project import Project
 from loops.reactions import WORKER_TYPES
-from loops.runners import make_runner
 from loops.service import BROADCAST_TYPES, WorkerService
 
 log = logging.getLogger("loops.system")
@@ -69,10 +65,10 @@ class SystemOptions:
     only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
     max_cost: float | None = None  # the project's dollar budget for this run (`--max-cost`)
     max_tokens: int | None = None  # the project's token budget for this run (`--max-tokens`)
-    # Verification jobs in worker processes (other cores); False: in the gate's thread
-    job_processes: bool = field(
-        default_factory=lambda: os.environ.get("LOOPS_JOB_PROCESSES", "1") != "0"
-    )
+    # The process's settings (`main` builds them; default: the environment's). Their
+    # `job_processes`: verification jobs in worker processes (other cores), else in the
+    # gate's thread.
+    settings: Settings = field(default_factory=Settings.from_env)
 
 
 @dataclass
@@ -112,11 +108,23 @@ class System:
         }
         self.dashboard_url: str | None = None
         self.router: Router | None = None
-        self.jobs: ProcessJobs | None = None
         # The loops as their events tell (the read model): what `idle()` decides from.
         self.view = SystemView()
         self._view_lock = threading.Lock()
-        self.policy = monitor_policy(project)  # a bad policy file stops us before anything runs
+        self.policy = monitor_policy(project, options.settings)  # a bad file stops us first
+        self.jobs = ProcessJobs() if options.settings.job_processes else None
+        self.wiring = wire(
+            bus,
+            repo,
+            main,
+            options.settings,
+            # A task added to a state file by hand and not committed yet runs too: its
+            # criteria as the operator's files say at start (before any agent ran).
+            loader=loader_with_fallback(project.criteria_snapshot()),
+            project=project.config,
+            test_command=options.test_command,
+            jobs=self.jobs,
+        )
 
     # ------------------------------------------------------------------ wiring
     def _factory(self, name: str) -> Callable[[], WorkerService]:
@@ -127,16 +135,12 @@ class System:
             )
 
         def make() -> WorkerService:
-            agent = self.options.agent or loop.config.agent or "claude"
-            runner = make_runner(agent, model=loop.config.model, base_dir=loop.dir)
-            heartbeat = self.options.heartbeat_s or loop.config.health_check.interval_seconds
-            return WorkerService(
-                self.bus,
+            return self.wiring.worker(
                 HarnessBook(loop, max_iterations=self.options.max_iterations),
-                runner,
-                self.repo,
-                main_branch=self.main,
-                heartbeat_s=heartbeat,
+                self.options.agent or loop.config.agent or "claude",
+                model=loop.config.model,
+                base_dir=loop.dir,
+                heartbeat_s=self.options.heartbeat_s or loop.config.health_check.interval_seconds,
                 inbox=self.router.inbox(name) if self.router else None,
                 prices=self.project.config.prices,
                 budget=effective(
@@ -154,39 +158,13 @@ class System:
         # The dashboard first: a taken port is one clear line before anything runs.
         if self.options.dashboard:
             self._start_dashboard(*self.options.dashboard)
-        default_check = None
-        # A task added to a state file by hand and not committed yet runs too: its
-        # criteria as the operator's files say at start (before any agent ran).
-        loader = loader_with_fallback(self.project.criteria_snapshot())
-        config = self.project.config
-        if self.options.job_processes:
-            self.jobs = ProcessJobs()
         # One gate consumer per job process, as if that many `loops gate` processes ran:
         # claims are shared out by their group, and verifications run side by side.
         for i in range(self.jobs.workers if self.jobs else 1):
-            gate = make_gate(
-                self.bus,
-                self.repo,
-                self.main,
-                loader,
-                default_check=default_check,
-                judge=judge_from_env(),
-                jobs=self.jobs,
-                instance="gate" if i == 0 else f"gate-{i}",
-                project=config,
-            )
             name = "gate" if i == 0 else f"gate-{i}"
+            gate = self.wiring.gate(instance=name)
             self.roles.poll_forever(name, gate.subscribe("up" if i == 0 else f"up-{i}"))
-        merge = make_merge(
-            self.bus,
-            self.repo,
-            self.main,
-            loader,
-            test_command=self.options.test_command,
-            default_check=default_check,
-            project=config,
-        )
-        self.roles.poll_forever("merge", merge.subscribe("up"))
+        self.roles.poll_forever("merge", self.wiring.merge().subscribe("up"))
         self._start_agents()
         supervisor = self.bus.subscribe(
             "supervisor", "up", self._on_event, types={"loop.stop", "loop.resume", *LOOP_REPORTS}
@@ -216,11 +194,8 @@ class System:
 
     def _start_agents(self) -> None:
         tick = self.options.monitor_tick_s
-        refiner = (
-            AnthropicRefiner(describe_task=task_describer(self.project))
-            if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL")
-            else None
-        )
+        settings = self.options.settings
+        refiner = make_refiner(settings, self.project)
         monitor = Monitor(
             Store(self.bus.client, self.bus.prefix, "monitor"),
             self.policy,
@@ -231,8 +206,8 @@ class System:
         )
         human = HumanAgent(
             Store(self.bus.client, self.bus.prefix, "human"),
-            notifier=notifier_from_env(),
-            reader=answer_reader_from_env(),
+            notifier=make_notifier(settings),
+            reader=make_answer_reader(settings),
         )
         for group, agent in (("monitor", monitor), ("pm", pm), ("human", human)):
             self.roles.start(
@@ -243,13 +218,14 @@ class System:
             )
 
     def _start_dashboard(self, host: str, port: int) -> None:
-        from cli.dashboard import resolve_token, serve
+        from app.dashboard import resolve_token, serve
 
         busy = port and not _port_free(host, port)
         if busy:  # another project's dashboard, say: take a free port, never refuse to start
             log.warning("dashboard port %d is busy: using a free port", port)
             port = 0
-        token, token_file = resolve_token(self.project.root)
+        configured = secret(self.options.settings.dashboard_token)
+        token, token_file = resolve_token(self.project.root, configured)
         token = self.options.dashboard_token or token
         ready = threading.Event()
 
@@ -391,12 +367,3 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def notifier_from_env() -> BackgroundNotifier | None:
-    """Webhooks from LOOPS_WEBHOOK_URLS (comma-separated), signed with LOOPS_WEBHOOK_SECRET."""
-    urls = [u.strip() for u in os.environ.get("LOOPS_WEBHOOK_URLS", "").split(",") if u.strip()]
-    if not urls:
-        return None
-    secret = os.environ.get("LOOPS_WEBHOOK_SECRET", "")
-    return BackgroundNotifier(WebhookNotifier([WebhookTarget(url=u, secret=secret) for u in urls]))
