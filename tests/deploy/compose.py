@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 BIN = Path(sys.executable).parent
 CONTAINER_REPO = "/repo"
+CONTAINER_HOME = "/home/loops"  # the image's HOME (Dockerfile), e.g. the agents' LOOPS_AGENT_HOME
 CONTAINER_REDIS_URL = "redis://redis:6379/0"
 # The compose network's Redis, with or without a password in the URL (RQ_REDIS_URL).
 _CONTAINER_REDIS = re.compile(r"redis://(?::[^@/]*@)?redis:6379/0")
@@ -136,13 +137,16 @@ class Local:
     """How to run a service's command (and its health check) on this machine.
 
     `password` is what the user exported as `LOOPS_REDIS_PASSWORD` (the Redis at
-    `redis_url` requires it), None for a Redis without one."""
+    `redis_url` requires it), None for a Redis without one. `home` stands for the
+    image's HOME (default: a directory beside the repository), so nothing a service
+    keeps there (the agents' clones) lands in this machine's /home."""
 
     repo: Path
     redis_url: str
     prefix: str
     port: int
     password: str | None = None
+    home: Path | None = None
 
     def _redis(self, match: re.Match[str]) -> str:
         if not self.password:
@@ -153,6 +157,9 @@ class Local:
         arg = _CONTAINER_REDIS.sub(self._redis, arg)
         if arg == CONTAINER_REPO or arg.startswith(CONTAINER_REPO + "/"):
             arg = str(self.repo) + arg[len(CONTAINER_REPO) :]
+        elif arg == CONTAINER_HOME or arg.startswith(CONTAINER_HOME + "/"):
+            home = self.home or self.repo.parent / "home"
+            arg = str(home) + arg[len(CONTAINER_HOME) :]
         return arg
 
     def argv(self, args: list[str]) -> list[str]:

@@ -159,7 +159,9 @@ def test_compose_up_verifies_on_rq_and_merges_into_main(stack: Stack) -> None:
 
 def test_kill_9_and_restart_at_each_stage_still_merges_the_task(stack: Stack) -> None:
     """Each stage is held by a service that is down, so every kill lands where it is
-    meant to: the claim waiting for a gate, the verdict waiting for the merge queue."""
+    meant to: the claim waiting for a gate, the verdict waiting for the merge queue.
+    The `loops` service only coordinates: the iteration is an rq job that the `agents`
+    service runs (a kill of that one mid-iteration: tests/deploy/test_agent_jobs.py)."""
     # With the key every role derives from the password: the decisions seen here are
     # the signed ones (an unsigned one would be skipped, and the test would hang).
     password = stack.local.password
@@ -177,7 +179,7 @@ def test_kill_9_and_restart_at_each_stage_still_merges_the_task(stack: Stack) ->
         return bool(list(bus.replay(types=[event_type])))
 
     try:
-        stack.up("loops", "rq", "monitor", "pm", "human", "dashboard")
+        stack.up("loops", "agents", "rq", "monitor", "pm", "human", "dashboard")
         wait_until(lambda: seen("task.claimed"), timeout=60)
         stack.kill_9("loops", "rq")
         stack.up("loops", "rq", "gate")  # restarted, and the gate comes up late
