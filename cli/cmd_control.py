@@ -3,10 +3,10 @@
 Each publishes a command event addressed to the loop (`event.loop`) and waits, bounded,
 for the worker's `command.acknowledged` (its `command_id` is the command's event id).
 Without an acknowledgement the command stays on the stream: the worker obeys it when
-it comes back, and the command exits 1 saying so. A loop whose worker said it stopped
-(`loop.stopped` is its last word) has nobody to acknowledge: the command is recorded
-and exits 0 at once, saying it applies when the loop starts again (what the hints that
-`loops run` prints after it ended rely on).
+it comes back, and the command exits 1 saying so. When nothing of the project runs
+(the embedded server is started only for the command, as after `loops run` ended) no
+worker can acknowledge: the command is recorded and exits 0 at once, saying it applies
+when the loop starts again (what the hints `loops run` prints at its end rely on).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 
 from bus import RedisBus
-from cli.context import LOOP_TYPES, known_loops, open_bus
+from cli.context import known_loops, nothing_running, open_bus
 from events import CommandAcknowledged
 from events.commands import build_command
 from events.view import clean
@@ -46,19 +46,10 @@ def wait_for_ack(
     return None
 
 
-def stopped(bus: RedisBus, loop: str) -> bool:
-    """Whether `loop`'s last lifecycle event is `loop.stopped` (its worker ended cleanly;
-    one killed without a word still counts as running, and the command waits)."""
-    last = None
-    for _, event in bus.replay(types=LOOP_TYPES):
-        if event.loop == loop:
-            last = event.type
-    return last == "loop.stopped"
-
-
 def run(args: argparse.Namespace) -> int:
     action = args.command
     loop = args.loop
+    idle = nothing_running(args)
     with open_bus(args) as bus:
         loops = known_loops(bus)
         if loop not in loops:
@@ -76,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "no_wait", False):
             print(f"sent {what} (command {command.id}); not waiting for the worker")
             return EXIT_OK
-        if stopped(bus, loop):
-            print(f"sent {what}; {loop} is not running: it applies when the loop starts again")
+        if idle:
+            print(f"sent {what}; nothing is running: it applies when {loop} starts again")
             return EXIT_OK
         timeout = float(getattr(args, "wait", None) or DEFAULT_WAIT_S)
         print(f"sent {what}; waiting up to {timeout:g}s for the worker ...", flush=True)

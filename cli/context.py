@@ -128,6 +128,16 @@ def open_bus(args: argparse.Namespace) -> Iterator[RedisBus]:
             ) from None
 
 
+def nothing_running(args: argparse.Namespace) -> bool:
+    """True when no system of the project is running and `open_bus` would start its
+    embedded server only for the command (between two `loops run`s, say)."""
+    try:
+        bus_settings(args)
+    except ConfigError:
+        return _embedded_data(system_dir(args)) is not None
+    return False
+
+
 @contextlib.contextmanager
 def open_system_bus(
     redis_url: str | None, directory: Path, settings: Settings, *, from_env: bool = True

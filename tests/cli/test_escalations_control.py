@@ -13,7 +13,7 @@ import pytest
 import events as ev
 from bus import RedisBus
 from tests.cli.conftest import System
-from tests.cli.sample import W, heartbeat, raised, scenario
+from tests.cli.sample import W, raised, scenario
 
 OP = ev.Source(role=ev.Role.OPERATOR, instance="op:1")
 
@@ -180,21 +180,6 @@ def test_no_acknowledgement_exits_1_and_the_command_stays(system: System) -> Non
         "and the worker obeys it when it is back\n"
     )
     assert [e.loop for e in published(system, "loop.pause")] == ["loop-ui"]
-
-
-def test_a_stopped_loop_gets_the_command_recorded_for_its_next_start(system: System) -> None:
-    # What `loops run` prints after it ended (`loops resume spec`) works where printed.
-    system.bus.publish_many(scenario())
-    stop = ev.LoopStopped(source=W, loop="loop-ui", status=ev.LoopStatus.STOPPED, reason="ended")
-    system.bus.publish(stop)
-    proc = system.loops("resume", "loop-ui", "--wait", "5", check=True)
-    assert proc.stdout == (
-        "sent loop.resume loop-ui; loop-ui is not running: it applies when the loop starts again\n"
-    )
-    assert [e.loop for e in published(system, "loop.resume")] == ["loop-ui"]
-    # Once it is back (a heartbeat after the stop), a command waits for its word again.
-    system.bus.publish(heartbeat("loop-ui"))
-    assert system.loops("pause", "loop-ui", "--wait", "0.3").returncode == 1
 
 
 def test_no_wait_returns_at_once(system: System) -> None:

@@ -79,6 +79,12 @@ def test_a_rerun_goes_on_with_a_fresh_n_kept_attempts_and_the_printed_hint(
     assert re.search(r"Iteration 2/2 \(iteration \d+ of the loop\) \.\.\.", second.stderr)
     assert "(2 failed attempts)" in second.stderr and state_of(repo)["attempts"] == 2
 
+    # Between runs nothing is running: a control command (as the crash-hold hint prints
+    # it) is recorded for the next start and exits 0 at once.
+    resumed = run_verbatim(repo, "loops resume spec")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "nothing is running: it applies when spec starts again" in resumed.stdout
+
     ready.touch()
     third = run_verbatim(repo, go_on_hint(second.stderr))
     assert third.returncode == 0, third.stderr
