@@ -13,8 +13,10 @@ $(BIN)/loops: pyproject.toml
 
 venv: $(BIN)/loops
 
+# Two processes (pytest-xdist), a test file each at a time: the suite's end-to-end tests
+# mostly wait on subprocesses, so two files side by side use the two cores.
 test: venv  ## the whole test suite (needs Redis on 127.0.0.1:6379 or $$REDIS_URL)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: venv  ## ruff and mypy
 	$(BIN)/ruff check .

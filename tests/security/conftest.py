@@ -361,18 +361,35 @@ def require_bwrap() -> None:
 # --------------------------------------------------------------------------- cleanup
 
 
-def our_processes(*needles: str) -> list[int]:
+def our_processes(*needles: str, within: Path | None = None) -> list[int]:
     """Pids of processes this test started: their command line names one of `needles`
-    (the agents' folder, the test's tmp_path)."""
+    (the agents' folder, the test's tmp_path). With `within`, only those that belong to
+    that test: its path is in their command line, working directory or environment (an
+    agent's LOOPS_WORKTREE): tests running side by side (pytest -n) never touch each
+    other's agents."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if any(n in cmd for n in needles):
-                pids.append(int(proc.name))
+            if not any(n in cmd for n in needles):
+                continue
+            if within is not None and not _belongs(proc, cmd, str(within)):
+                continue
+            pids.append(int(proc.name))
     return pids
+
+
+def _belongs(proc: Path, cmd: str, path: str) -> bool:
+    if path in cmd:
+        return True
+    with contextlib.suppress(OSError):
+        if os.readlink(proc / "cwd").startswith(path):
+            return True
+    with contextlib.suppress(OSError):
+        return path.encode() in (proc / "environ").read_bytes()
+    return False
 
 
 @pytest.fixture(autouse=True)
@@ -381,6 +398,6 @@ def _cleanup(tmp_path: Path) -> Iterator[None]:
     for pid_file in tmp_path.glob("**/.loops/redis.pid"):
         with contextlib.suppress(ProcessLookupError, ValueError, OSError):
             os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
-    for pid in our_processes(str(AGENTS), str(tmp_path)):
+    for pid in our_processes(str(AGENTS), str(tmp_path), within=tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
