@@ -96,8 +96,16 @@ class Level:
 def _fmt(lv: Level) -> str:
     unit = {"usd": "$", "tokens": " tokens", "calls": " calls", "wall_s": "s"}[lv.metric.value]
     if lv.metric is BudgetMetric.USD:
-        return f"${lv.spent:.2f} of ${lv.limit:.2f}"
+        return f"{_usd(lv.spent)} of {_usd(lv.limit)}"
     return f"{lv.spent:g}{unit} of {lv.limit:g}{unit}"
+
+
+def _usd(amount: float) -> str:
+    """Cents, or the significant digits of an amount under a cent (a $0.0001 limit is
+    not shown as $0.00)."""
+    if amount == 0 or amount >= 0.01:
+        return f"${amount:.2f}"
+    return f"${amount:.6f}".rstrip("0").rstrip(".")
 
 
 class BudgetGuard:

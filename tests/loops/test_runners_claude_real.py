@@ -281,6 +281,7 @@ def test_loops_run_max_cost_stops_the_real_cli_at_its_own_reported_cost(
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert len(mock_anthropic.agent_requests) == 1, proc.stderr[-4000:]
     assert proc.stderr.count("(reported by the agent;") == 1, proc.stderr[-4000:]
+    assert "of $0.000001" in proc.stderr, proc.stderr[-4000:]  # a limit under a cent, shown
     # The printed hint works where it is printed, and the next run goes on.
     (hint,) = set(re.findall(r"run `(loops budget [^`]+)`", proc.stderr))
     raised = subprocess.run(
