@@ -383,7 +383,10 @@ def test_a_usage_limit_holds_every_loop_on_the_account(
         "loop = os.environ['LOOPS_LOOP']\n"
         "n = len([f for f in os.listdir(calls) if f.startswith(loop + '-')])\n"
         "now = time.time()\n"
-        "open(os.path.join(calls, f'{loop}-{n}'), 'w').write(json.dumps(now))\n"
+        # written whole, then renamed: the test reads these files while calls go on
+        "tmp = os.path.join(calls, f'.{loop}-{n}')\n"
+        "open(tmp, 'w').write(json.dumps(now))\n"
+        "os.replace(tmp, os.path.join(calls, f'{loop}-{n}'))\n"
         "if loop == 'a' and n == 0:\n"
         "    print(f'Claude AI usage limit reached|{int(now) + 3}'); sys.exit(1)\n"
         "print('still working')\n",
