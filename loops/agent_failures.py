@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from events import (
     EscalationKind,
-    EscalationRaised,
     IterationAbort,
     LoopStatus,
     Severity,
@@ -94,18 +93,13 @@ def crash_hold(w: LoopWorker, task: TaskDef, rt: TaskRuntime, detail: str) -> No
         f"{task.id} with: {detail}. Fix the agent, then answer (your answer goes into "
         f"its next prompt) or run `loops resume {w.loop}`."
     )
-    rt.ask(short_id("e"), question)
-    w.state.crash_hold = rt.escalation_id
+    escalation_id = short_id("e")
+    rt.ask(escalation_id, question)
+    w.state.crash_hold = escalation_id
     w.save()
-    w.emit(
-        EscalationRaised,
-        task.id,
-        escalation_id=rt.escalation_id,
-        kind=EscalationKind.INCIDENT,
-        severity=Severity.HIGH,
-        question=question,
+    w.wait_on_person(
+        task.id, escalation_id, question, kind=EscalationKind.INCIDENT, severity=Severity.HIGH
     )
-    w.emit(TaskBlocked, task.id, reason=f"waiting on a person: {question}", waiting_on_human=True)
     log.error(
         "Paused: the agent crashed %d times in a row: %s (answer with `loops answer %s ...` "
         "or `loops resume %s`)",

@@ -41,7 +41,6 @@ from events import (
     EscalationAnswered,
     EscalationExpired,
     EscalationKind,
-    EscalationRaised,
     LoopStatus,
     Severity,
     TaskBlocked,
@@ -309,15 +308,14 @@ def _hold(w: LoopWorker, task: TaskDef, lv: Level) -> None:
     w.save()
     _emit(w, BudgetExhausted, task, lv, escalation_id=escalation_id)
     if escalation_id is not None:
-        w.emit(
-            EscalationRaised,
+        w.wait_on_person(
             task.id,
-            escalation_id=escalation_id,
+            escalation_id,
+            question,
             kind=EscalationKind.BUDGET,
             severity=Severity.HIGH,
-            question=question,
+            reason=f"budget spent: {lv.line()}",
         )
-        w.emit(TaskBlocked, task.id, reason=f"budget spent: {lv.line()}", waiting_on_human=True)
 
 
 def _level_of(scope: str) -> BudgetLevel:

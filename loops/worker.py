@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from events import (
     EscalationDelivered,
     EscalationKind,
-    EscalationRaised,
     FailureKind,
     IterationFinished,
     IterationOutcome,
@@ -341,16 +340,8 @@ class LoopWorker(Lifecycle):
         escalation_id = short_id("e")
         rt.ask(escalation_id, question)
         self.save()
-        self.emit(
-            EscalationRaised,
-            task.id,
-            escalation_id=escalation_id,
-            kind=EscalationKind.QUESTION,
-            severity=Severity.MEDIUM,
-            question=question,
-        )
-        self.emit(
-            TaskBlocked, task.id, reason=f"waiting on a person: {question}", waiting_on_human=True
+        self.wait_on_person(
+            task.id, escalation_id, question, kind=EscalationKind.QUESTION, severity=Severity.MEDIUM
         )
         log.warning(
             "BLOCKED on %s: %s (answer with `loops answer %s ...`)",

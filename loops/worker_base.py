@@ -15,7 +15,19 @@ from pathlib import Path
 
 from bus import PassedLedger
 from bus.usage import UsageWindows
-from events import DecodeError, Event, LoopStatus, ModelPrice, Role, Source, decode_json
+from events import (
+    DecodeError,
+    EscalationKind,
+    EscalationRaised,
+    Event,
+    LoopStatus,
+    ModelPrice,
+    Role,
+    Severity,
+    Source,
+    TaskBlocked,
+    decode_json,
+)
 from loops.book import TaskBook
 from loops.budget import BudgetGuard
 from loops.cost import Pricer
@@ -147,6 +159,29 @@ class WorkerBase:
         if not self._deferring:
             self.flush()
         return event
+
+    def wait_on_person(
+        self,
+        task_id: str,
+        escalation_id: str,
+        question: str,
+        *,
+        kind: EscalationKind,
+        severity: Severity,
+        reason: str | None = None,
+    ) -> None:
+        """Raise the question and block the task on it (waiting on a person): the one way
+        a task comes to wait on a person, so it never waits without an open question."""
+        self.emit(
+            EscalationRaised,
+            task_id,
+            escalation_id=escalation_id,
+            kind=kind,
+            severity=severity,
+            question=question,
+        )
+        reason = reason or f"waiting on a person: {question}"
+        self.emit(TaskBlocked, task_id, reason=reason, waiting_on_human=True)
 
     def save(self) -> None:
         with self._lock:
