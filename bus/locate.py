@@ -89,7 +89,9 @@ def find_project_dir(start: str | os.PathLike[str] | None = None) -> Path | None
     """The project directory of the system an operator command in `start` (default: the
     current directory) means, or None when there is none (see the module's docstring)."""
     here = Path(start or ".").resolve()
-    parents = [here, *here.parents]
+    # Nothing inside a project's state directory is a project: its work trees are the
+    # agents' to write, and a `.loops/` planted there must not take operator commands.
+    parents = [p for p in (here, *here.parents) if STATE_DIR not in p.parts]
     tops = [p for p in parents if (p / ".git").exists()]
     for directory in parents:
         if _has_server(directory) and _answers(directory):

@@ -48,6 +48,18 @@ def test_a_system_in_a_subdirectory_is_found_from_the_top_and_from_elsewhere(
     assert find_project_dir(top / "coding-loops" / "loop-1") == top / "coding-loops" / "loop-1"
 
 
+def test_a_state_dir_planted_in_a_work_tree_is_never_the_system(tmp_path: Path) -> None:
+    # An agent writes its work tree: a `.loops/` it plants there (a checkout has a `.git`
+    # too) must not take the operator's commands, even run from inside that work tree.
+    top = _stopped(_repo(tmp_path))
+    tree = top / ".loops" / "worktrees" / "loop-1"
+    (tree / ".git").mkdir(parents=True)
+    _stopped(tree)
+    _stopped(tree / "sub")
+    assert find_project_dir(tree / "sub") == top
+    assert find_project_dir(tree) == top
+
+
 def test_the_nearest_parent_wins_and_nothing_is_none(tmp_path: Path) -> None:
     top = _repo(tmp_path)
     assert find_project_dir(top / "src" / "deep") is None
