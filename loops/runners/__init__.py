@@ -179,14 +179,19 @@ def make_runner(
 
     `model` is the default model (a request's own `model` wins). `permission_mode` and
     `skip_permissions` apply to `claude`; `client`, `max_retries` and `max_steps` to
-    `anthropic`; `base_dir` resolves a relative `script:` path; `settings` (default: the
-    environment's) configure `claude` and `anthropic`. Raises `ConfigError`
-    with a one-line message for anything else.
+    `anthropic`; `base_dir` resolves a relative `script:` path; `settings` configure
+    `claude` and `anthropic`. Raises `ConfigError` with a one-line message for anything
+    else.
+
+    Without `settings`, the environment's: only an rq job on an agent host
+    (`loops.jobs.run_iteration`, whose settings are its host's) and tests call it so.
     """
     text = spec.strip()
     kind, sep, arg = text.partition(":")
     kind = kind.strip().lower()
     arg = arg.strip()
+    if kind in {"claude", "anthropic"} and not sep:
+        settings = settings or Settings.from_env()
     if kind == "claude" and not sep:
         from loops.runners.claude import ClaudeRunner
 

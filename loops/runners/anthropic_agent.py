@@ -117,7 +117,8 @@ class _Run:
 
 
 class AnthropicRunner:
-    """The `anthropic` agent. `client` is an `anthropic.Anthropic`; built from env if None."""
+    """The `anthropic` agent. `client` is an `anthropic.Anthropic`; built from the key and
+    base URL of `settings` (the caller's, `make_runner`) if None."""
 
     name = "anthropic"
 
@@ -133,7 +134,7 @@ class AnthropicRunner:
         shell_timeout_s: float = 300.0,
         settings: Settings | None = None,
     ) -> None:
-        settings = settings or Settings.from_env()
+        settings = settings or Settings()  # the caller's, else the defaults
         if client is None and not (settings.api_key or secret(settings.anthropic_auth_token)):
             raise ConfigError(
                 "agent 'anthropic' needs ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the environment"
@@ -146,11 +147,17 @@ class AnthropicRunner:
         self.shell_timeout_s = shell_timeout_s
         self._client = client
         self._owns_client = client is None
+        self._api_key = settings.api_key
+        self._auth_token = secret(settings.anthropic_auth_token)
+        self._base_url = settings.anthropic_base_url
 
     @property
     def client(self) -> anthropic.Anthropic:
         if self._client is None:
             self._client = anthropic.Anthropic(
+                api_key=self._api_key,
+                auth_token=self._auth_token,
+                base_url=self._base_url,
                 max_retries=self.max_retries,
                 timeout=self.request_timeout_s,
             )

@@ -201,8 +201,9 @@ class StreamParser:
 class ClaudeRunner:
     """The `claude` agent. `permission_mode` or `skip_permissions` decide what it may do.
 
-    Without either, `LOOPS_CLAUDE_PERMISSION_MODE` decides (a mode, or `skip`), else
-    `acceptEdits`. `LOOPS_CLAUDE_ARGS` adds arguments (e.g. `--allowedTools "Bash(pytest *)"`).
+    Without either, the settings' `LOOPS_CLAUDE_PERMISSION_MODE` decides (a mode, or
+    `skip`), else `acceptEdits`. `LOOPS_CLAUDE_ARGS` adds arguments (e.g. `--allowedTools
+    "Bash(pytest *)"`). `settings` come from the caller (`make_runner`).
     """
 
     name = "claude"
@@ -217,7 +218,7 @@ class ClaudeRunner:
         extra_args: list[str] | None = None,
         settings: Settings | None = None,
     ) -> None:
-        settings = settings or Settings.from_env()
+        settings = settings or Settings()  # the caller's, else the defaults
         if permission_mode is None and not skip_permissions:
             permission_mode = settings.claude_permission_mode
         if permission_mode in SKIP_PERMISSIONS:
