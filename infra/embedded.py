@@ -47,6 +47,7 @@ from bus.settings import BusSettings, connect, parse_signing_key, redact_url, ur
 from events import ConfigError, LoopsError
 from events.secrets import register_secret
 from infra.files import FileLock, write_text_atomic
+from infra.process import pid_alive
 
 log = logging.getLogger("loops.bus")
 
@@ -221,21 +222,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, exited but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 class EmbeddedServer:
     """A Redis-compatible server on 127.0.0.1 for the project in `project_dir`.
 
@@ -331,10 +317,10 @@ class EmbeddedServer:
             self.password, self.signing_key = ensure_credentials(self.state_dir)
             url = recorded_url(self.project_dir)
             pid = self._read_pid(PID_FILE)
-            if url and pid and _alive(pid) and reachable(url, password=self.password):
+            if url and pid and pid_alive(pid) and reachable(url, password=self.password):
                 self.url, self.pid = url, pid
                 owner = self._read_pid(OWNER_FILE)
-                if owner and owner != os.getpid() and _alive(owner):
+                if owner and owner != os.getpid() and pid_alive(owner):
                     # another live process runs it (e.g. `loops up` in another
                     # terminal): use it, and leave stopping it to that process
                     log.info("bus: using the embedded server at %s (owner pid %d)", url, owner)
@@ -343,7 +329,7 @@ class EmbeddedServer:
                 write_text_atomic(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
                 log.info("bus: adopted the embedded server at %s (pid %d)", url, pid)
                 return url
-            if url and pid and _alive(pid) and reachable(url):
+            if url and pid and pid_alive(pid) and reachable(url):
                 self._replace_open_server(url, pid)
             last_error = "not started"
             for _ in range(3):  # a free port can be taken before the server binds it
@@ -374,7 +360,7 @@ class EmbeddedServer:
         it from the same directory: the data stays. Refuses while the process that
         started it still runs (it would lose its server)."""
         owner = self._read_pid(OWNER_FILE)
-        if owner and owner != os.getpid() and _alive(owner):
+        if owner and owner != os.getpid() and pid_alive(owner):
             raise ServerStartFailed(
                 f"the embedded server at {url} (pid {pid}) has no password: an older "
                 f"coding-loops (pid {owner}) runs it; stop that one, then start again"
@@ -436,12 +422,12 @@ class EmbeddedServer:
                 self._proc.kill()
                 self._proc.wait(5)
             self._proc = None
-        elif self.pid is not None and _alive(self.pid):
+        elif self.pid is not None and pid_alive(self.pid):
             os.kill(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + 5
-            while _alive(self.pid) and time.monotonic() < deadline:
+            while pid_alive(self.pid) and time.monotonic() < deadline:
                 time.sleep(0.02)  # not our child: no wait() to block on
-            if _alive(self.pid):
+            if pid_alive(self.pid):
                 os.kill(self.pid, signal.SIGKILL)
 
     def stop(self) -> None:
