@@ -130,6 +130,16 @@ def redacted(result: AgentResult) -> AgentResult:
     )
 
 
+def inside(worktree: Path, name: str, error: Callable[[str], Exception]) -> Path:
+    """The path `name` names in `worktree`, links resolved; `error(message)` is raised
+    when it is outside (an agent's tool call or a script's step may name any path)."""
+    root = worktree.resolve()
+    target = (root / name).resolve()
+    if not target.is_relative_to(root):
+        raise error(f"path {name!r} is outside the worktree")
+    return target
+
+
 def last_line(text: str) -> str:
     """The last non-empty line of `text`, stripped (for a one-line warning)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]

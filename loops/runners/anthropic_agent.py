@@ -23,7 +23,13 @@ import anthropic
 from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from infra.settings import Settings, secret
-from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
+from loops.runners import (
+    AgentRequest,
+    AgentResult,
+    inside,
+    interrupted_result,
+    timed_out_result,
+)
 from loops.runners.launch import Launch, launch
 from loops.runners.outcome import detect_usage_limit, retry_at_from_headers
 from loops.sandbox import SandboxUnavailable
@@ -363,11 +369,7 @@ def _arg(args: dict[str, Any], key: str) -> str:
 
 
 def _inside(root: Path, name: str) -> Path:
-    base = root.resolve()
-    target = (base / name).resolve()
-    if not target.is_relative_to(base):
-        raise ToolError(f"path {name!r} is outside the worktree")
-    return target
+    return inside(root, name, ToolError)
 
 
 def _list(root: Path, start: Path) -> str:
