@@ -26,7 +26,6 @@ through the file, never on a command line.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -36,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -275,11 +274,10 @@ class EmbeddedServer:
         netloc = f"{USER}:{self.password}@{parts.hostname}:{parts.port}"
         return parts._replace(netloc=netloc).geturl()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> FileLock:
+        """The state dir's lock, between the processes that start or stop its server."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with FileLock(self.state_dir / "redis.lock"):
-            yield
+        return FileLock(self.state_dir / "redis.lock")
 
     def _command(self, port: int) -> list[str]:
         binary = shutil.which("redis-server") if self.kind != "fakeredis" else None
