@@ -28,9 +28,10 @@ LOOPS = str(BIN / "loops")
 RQ = str(BIN / "rq")
 
 
-def one_loop(root: Path, marks: Path) -> str:
-    """The demo's loop-1 alone, with an agent that hangs on its first run and does the
-    work on the next; returns the agent spec."""
+def one_loop(root: Path, marks: Path, *, hang_first: bool = True) -> str:
+    """The demo's loop-1 alone, with an agent that marks each run with its work tree
+    and (`hang_first`) hangs on its first run, doing the work on the next; returns the
+    agent spec."""
     demo.create(root)
     git(root, "rm", "-rq", "loop-2-false-claim", "loop-3-stuck", "loop-4-question")
     git(root, "commit", "-qm", "one loop")
@@ -41,8 +42,8 @@ def one_loop(root: Path, marks: Path) -> str:
         import os, pathlib, time
         marks = pathlib.Path({str(marks)!r})
         runs = len(list(marks.glob("run-*")))
-        (marks / f"run-{{runs + 1}}").write_text("")
-        if runs == 0:
+        (marks / f"run-{{runs + 1}}").write_text(os.environ["LOOPS_WORKTREE"])
+        if runs == 0 and {hang_first!r}:
             time.sleep(600)  # the first run hangs until its rq worker is killed
         ops = pathlib.Path(os.environ["LOOPS_WORKTREE"]) / "calc" / "ops.py"
         text = ops.read_text().replace('    raise NotImplementedError("add")', "    return a + b")
@@ -153,5 +154,52 @@ def test_a_killed_agent_worker_s_iteration_runs_again_elsewhere_and_merges(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        Queue(queue, connection=redis).empty()
+        redis.close()
+
+
+@pytest.mark.timeout(240)
+def test_loops_up_hands_its_loops_iterations_to_rq_workers(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """`loops up` builds its loops' runners where `loops worker` does (`app.fleet`):
+    with `LOOPS_AGENT_QUEUE` set, the agent runs on an rq worker, in that worker's own
+    clone of the project, and the task still goes to main."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    root = tmp_path / "p"
+    agent = one_loop(root, marks, hang_first=False)
+    url, queue = env["TEST_REDIS_URL"], env["TEST_QUEUE"]
+    home = tmp_path / "agent-host"
+    agents_env = {**env, "LOOPS_AGENT_HOME": str(home), "LOOPS_SANDBOX_WRITABLE": str(marks)}
+    log = tmp_path / "rq.log"
+    with open(log, "w") as out:
+        rq = subprocess.Popen(
+            [RQ, "worker", "-u", url, "-w", "cli.rqworker.SimpleWorker", queue],
+            env=agents_env,
+            stdout=out,
+            stderr=out,
+        )
+    redis = Redis.from_url(url)
+    try:
+        up = subprocess.run(
+            [LOOPS, "up", "--redis", url, "--agent", agent, "--port", "0", str(root)],
+            env={**env, "LOOPS_AGENT_QUEUE": queue},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        assert "return a + b" in git(root, "show", "main:calc/ops.py")
+        (run,) = marks.iterdir()
+        assert Path(run.read_text()).is_relative_to(home), run.read_text()  # the rq worker's
+        rq.send_signal(signal.SIGTERM)
+        assert rq.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if rq.poll() is None:
+            rq.kill()
+            rq.wait()
+        from rq import Queue
+
         Queue(queue, connection=redis).empty()
         redis.close()
