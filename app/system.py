@@ -150,6 +150,7 @@ class System:
                     max_tokens=self.options.max_tokens,
                     flags_level=BudgetLevel.PROJECT,
                 ),
+                loop=loop,  # its agent here or on LOOPS_AGENT_QUEUE (`app.fleet`)
             )
 
         return make
