@@ -3,6 +3,7 @@
     python bench/side_by_side.py                          # 46690ec against HEAD, 3 rounds
     python bench/side_by_side.py --rounds 5 --only bus,monitor
     python bench/side_by_side.py --before REV --after REV --cache DIR [--clean]
+    python bench/side_by_side.py --log /tmp/loops-side-by-side/runs-*.jsonl   # table again
 
 Each revision gets a detached `git worktree` and a venv of its own (`pip install -e`),
 made once and kept under `--cache` (default `$TMPDIR/loops-side-by-side/<commit>/`), so
@@ -10,16 +11,19 @@ a second run starts at once; `--clean` removes them. Each tree runs its own copy
 benchmark script (the figures come from the code of that tree).
 
 Every round runs each chosen benchmark on before, then at once on after, so the two
-runs of a pair meet the same load from other processes on the machine; the table
-compares medians over rounds, and a figure counts as worse or better only when the
-ranges of the two sides do not overlap. Each run's figures are the JSON object every
+runs of a pair meet the same load from other processes on the machine. The table
+gives each side's median and range over the rounds, and in how many rounds after was
+worse than before in the same round; a figure reads worse or better only when the
+ranges of the two sides do not overlap (else "same"). Each run's figures are the JSON object every
 benchmark prints as its last line (flattened: `runs.0.s_per_task`), plus the run's wall
 time. A benchmark only one tree has is left out; a flag only one tree's script has
-(`PINS`) is passed where the script takes it, and is that tree's default where not.
+(`Bench.pins`) is passed where the script takes it, and is that tree's default where not.
 
 Prints a Markdown table, then as its last line one JSON object:
 {"before": commit, "after": commit, "rounds": N, "rows": [{"bench", "figure", "better",
- "before": [...], "after": [...], "ratio", "reading"}, ...], "failures": [...]}
+ "before": [...], "after": [...], "ratio", "worse_rounds", "reading"}, ...], "failures": [...]}
+Every run is also recorded, as it ends, in `--cache`'s runs-TIME.jsonl (`--log` prints
+its table again).
 """
 
 from __future__ import annotations
@@ -181,6 +185,17 @@ class Row:
     better: str
     before: list[float] = field(default_factory=list)
     after: list[float] = field(default_factory=list)
+    # (before, after) of each round where both sides ran
+    pairs: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def worse_rounds(self) -> str:
+        """In how many rounds after was worse than before in the same round: `k/n`."""
+        if not self.better or not self.pairs:
+            return ""
+        sign = 1 if self.better == HIGHER else -1
+        worse = sum(sign * (a - b) < 0 for b, a in self.pairs)
+        return f"{worse}/{len(self.pairs)}"
 
     @property
     def ratio(self) -> float | None:
@@ -229,9 +244,12 @@ def rows_of(
             wanted += [(k, "") for k in sorted(seen - {WALL[0]})]
         for key, better in [*wanted, WALL]:
             row = Row(bench.name, key, better)
+            by_round: dict[Any, dict[str, float]] = {}
             for r in mine:
                 if key in r["figures"]:
                     getattr(row, r["side"]).append(r["figures"][key])
+                    by_round.setdefault(r.get("round"), {})[r["side"]] = r["figures"][key]
+            row.pairs = [(v["before"], v["after"]) for v in by_round.values() if len(v) == 2]
             if row.before or row.after:
                 rows.append(row)
     return rows
@@ -255,15 +273,15 @@ def table(rows: list[Row]) -> str:
     """The comparison as a Markdown table: medians with the range over rounds."""
     lines = [
         "| benchmark | figure | better | before: median (range) | after: median (range) "
-        "| after / before | reading |",
-        "|---|---|---|---|---|---|---|",
+        "| after / before | after worse in | reading |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
         reading = f"**{r.reading}**" if r.reading == "worse" else r.reading
         lines.append(
             f"| {r.bench} | {r.figure} | {r.better or '-'} | {cell(r.before)} "
-            f"| {cell(r.after)} | {ratio} | {reading} |"
+            f"| {cell(r.after)} | {ratio} | {r.worse_rounds} | {reading} |"
         )
     return "\n".join(lines)
 
@@ -385,6 +403,37 @@ def run(tree: Tree, bench: Bench, argv: list[str], round_no: int) -> dict[str, A
     return record
 
 
+def report(runs: list[dict[str, Any]], benches: list[Bench], show_all: bool) -> None:
+    """The table of `runs`, their failures, and the summary as the last line."""
+    rows = rows_of(runs, benches, show_all=show_all)
+    print(table(rows))
+    failures = [r for r in runs if "error" in r]
+    for r in failures:
+        print(f"failed: round {r['round']} {r['bench']} {r['side']}: {r['error']}")
+    commits = {r["side"]: r.get("commit") for r in runs}
+    summary = {
+        "before": commits.get("before"),
+        "after": commits.get("after"),
+        "rounds": max((r["round"] for r in runs), default=0),
+        "argv": {f"{r['side']}:{r['bench']}": r.get("argv") for r in runs},
+        "rows": [
+            {
+                "bench": r.bench,
+                "figure": r.figure,
+                "better": r.better,
+                "before": r.before,
+                "after": r.after,
+                "ratio": None if r.ratio is None else round(r.ratio, 3),
+                "worse_rounds": r.worse_rounds,
+                "reading": r.reading,
+            }
+            for r in rows
+        ],
+        "failures": failures,
+    }
+    print(json.dumps(summary))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="46690ec", help="revision (default: 46690ec)")
@@ -399,15 +448,23 @@ def main() -> None:
         help="where the worktrees and venvs are kept between runs",
     )
     parser.add_argument("--all", action="store_true", help="every figure the benches print")
+    parser.add_argument(
+        "--log", type=Path, help="print the table of a recorded run (its runs-*.jsonl) and exit"
+    )
     parser.add_argument("--clean", action="store_true", help="remove the cache and exit")
     args = parser.parse_args()
-    if args.clean:
-        clean(args.cache)
-        return
     chosen = args.only.split(",")
     unknown = set(chosen) - {b.name for b in BENCHES}
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    if args.clean:
+        clean(args.cache)
+        return
+    if args.log:
+        runs = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()]
+        ran = {r["bench"] for r in runs}
+        report(runs, [b for b in BENCHES if b.name in chosen and b.name in ran], args.all)
+        return
     args.cache.mkdir(parents=True, exist_ok=True)
     trees = [prepare("before", args.before, args.cache), prepare("after", args.after, args.cache)]
     benches = []
@@ -423,13 +480,14 @@ def main() -> None:
         f"rounds; runs recorded in {log}",
         file=sys.stderr,
     )
-    runs: list[dict[str, Any]] = []
+    runs = []
     with log.open("w") as out:
         for round_no in range(1, args.rounds + 1):
             for bench in benches:
                 for tree in trees:
-                    record = run(tree, bench, argvs[(tree.side, bench.name)], round_no)
-                    record["load1"] = os.getloadavg()[0]
+                    argv = argvs[(tree.side, bench.name)]
+                    record = run(tree, bench, argv, round_no)
+                    record.update(commit=tree.commit, argv=argv[1:], load1=os.getloadavg()[0])
                     runs.append(record)
                     out.write(json.dumps(record) + "\n")
                     out.flush()
@@ -439,31 +497,7 @@ def main() -> None:
                         f"(load {record['load1']:.1f})",
                         file=sys.stderr,
                     )
-    rows = rows_of(runs, benches, show_all=args.all)
-    print(table(rows))
-    failures = [r for r in runs if "error" in r]
-    for r in failures:
-        print(f"failed: round {r['round']} {r['bench']} {r['side']}: {r['error']}")
-    summary = {
-        "before": trees[0].commit,
-        "after": trees[1].commit,
-        "rounds": args.rounds,
-        "argv": {f"{side}:{name}": argv[1:] for (side, name), argv in argvs.items()},
-        "rows": [
-            {
-                "bench": r.bench,
-                "figure": r.figure,
-                "better": r.better,
-                "before": r.before,
-                "after": r.after,
-                "ratio": None if r.ratio is None else round(r.ratio, 3),
-                "reading": r.reading,
-            }
-            for r in rows
-        ],
-        "failures": failures,
-    }
-    print(json.dumps(summary))
+    report(runs, benches, args.all)
 
 
 if __name__ == "__main__":

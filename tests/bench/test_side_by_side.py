@@ -84,24 +84,39 @@ def test_ratio_is_of_medians() -> None:
 
 def test_rows_and_table_from_run_records() -> None:
     bench = sbs.Bench("scale", "scale.py", (), (("runs.0.s_per_task", sbs.LOWER),))
+
+    def rec(side: str, round_no: int, s_per_task: float, wall: float) -> dict[str, object]:
+        figures = {"runs.0.s_per_task": s_per_task, "wall_s": wall}
+        return {"bench": "scale", "side": side, "round": round_no, "figures": figures}
+
     runs = [
-        {"bench": "scale", "side": "before", "figures": {"runs.0.s_per_task": 0.5, "wall_s": 60}},
-        {"bench": "scale", "side": "after", "figures": {"runs.0.s_per_task": 0.7, "wall_s": 61}},
-        {"bench": "scale", "side": "after", "error": "exit 1"},  # adds nothing
-        {"bench": "scale", "side": "before", "figures": {"runs.0.s_per_task": 0.6, "wall_s": 58}},
-        {"bench": "scale", "side": "after", "figures": {"runs.0.s_per_task": 0.8, "wall_s": 59}},
-        {"bench": "other", "side": "after", "figures": {"runs.0.s_per_task": 9}},
+        rec("before", 1, 0.5, 60),
+        rec("after", 1, 0.7, 61),
+        rec("before", 2, 0.6, 58),
+        {"bench": "scale", "side": "after", "round": 2, "error": "exit 1"},  # adds nothing
+        rec("before", 3, 0.5, 62),
+        rec("after", 3, 0.8, 59),
+        {"bench": "other", "side": "after", "round": 1, "figures": {"runs.0.s_per_task": 9}},
     ]
     rows = sbs.rows_of(runs, [bench])
-    assert [(r.figure, r.before, r.after) for r in rows] == [
-        ("runs.0.s_per_task", [0.5, 0.6], [0.7, 0.8]),
-        ("wall_s", [60, 58], [61, 59]),
+    assert [(r.figure, r.before, r.after, r.pairs) for r in rows] == [
+        ("runs.0.s_per_task", [0.5, 0.6, 0.5], [0.7, 0.8], [(0.5, 0.7), (0.5, 0.8)]),
+        ("wall_s", [60, 58, 62], [61, 59], [(60, 61), (62, 59)]),
     ]
     lines = sbs.table(rows).splitlines()
     assert lines[2] == (
-        "| scale | runs.0.s_per_task | lower | 0.55 (0.5..0.6) | 0.75 (0.7..0.8) | 1.36 | **worse** |"
+        "| scale | runs.0.s_per_task | lower | 0.5 (0.5..0.6) | 0.75 (0.7..0.8) | 1.50 | 2/2 "
+        "| **worse** |"
     )
-    assert lines[3] == "| scale | wall_s | lower | 59 (58..60) | 60 (59..61) | 1.02 | same |"
+    assert lines[3] == "| scale | wall_s | lower | 60 (58..62) | 60 (59..61) | 1.00 | 1/2 | same |"
+
+
+def test_worse_rounds_counts_by_direction() -> None:
+    pairs = [(1.0, 2.0), (3.0, 1.0), (2.0, 2.0)]
+    assert sbs.Row("b", "f", sbs.LOWER, pairs=pairs).worse_rounds == "1/3"
+    assert sbs.Row("b", "f", sbs.HIGHER, pairs=pairs).worse_rounds == "1/3"
+    assert sbs.Row("b", "f", sbs.HIGHER, pairs=[(1.0, 0.5), (1.0, 0.9)]).worse_rounds == "2/2"
+    assert sbs.Row("b", "f", "", pairs=pairs).worse_rounds == ""
 
 
 def test_all_adds_the_figures_not_chosen_without_a_reading() -> None:
