@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from infra.git import GitError, git, git_path, run_git
+from infra.process import pid_alive
 
 
 @pytest.fixture
@@ -20,10 +21,18 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def test_a_command_that_runs_out_of_time_is_killed_and_says_so(repo: Path) -> None:
-    with pytest.raises(GitError, match="timed out after") as caught:
-        run_git(repo, "slow", options=("-c", "alias.slow=!sleep 30"), timeout=0.2)
+def test_a_command_that_runs_out_of_time_is_killed_with_its_children_and_says_so(
+    repo: Path, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    slow = f"alias.slow=!echo $$ > {pid_file}; exec sleep 30"
+    with pytest.raises(GitError, match=r"timed out after 0\.5s") as caught:
+        run_git(repo, "slow", options=("-c", slow), timeout=0.5)
     assert caught.value.returncode is None
+    # The shell git started for the alias (now `sleep`) went with it: nothing of the
+    # command outlives the timeout (it would hold git's pipes, and the call, open).
+    child = int(pid_file.read_text())
+    assert not pid_alive(child), f"git's child {child} outlived the timeout"
 
 
 def test_a_failure_names_the_command_and_gits_last_line(repo: Path) -> None:
