@@ -23,7 +23,7 @@ from events.view import SystemView
 from events.view.escalations import Escalation, open_escalations
 from events.view.spend import SPEND_TYPES
 from infra.git import GitError, current_branch, git, repo_root
-from loops.book import TaskStatus
+from loops.book import FileStatus
 from loops.books import SpecBook
 from loops.budget_config import effective
 from loops.spec import load_spec
@@ -138,7 +138,7 @@ def _summary(
     waiting = {e.task_id for e in escalations}
     for task in book.tasks():
         record = book.record(task.id)
-        if record.status is not TaskStatus.PASSED:
+        if record.status is not FileStatus.PASSED:
             log.error(
                 "Task %r is %s%s%s%s",
                 task.id,

@@ -27,7 +27,7 @@ from events.view import SystemView, TaskStatus
 from events.view.escalations import open_escalations
 from events.view.spend import SPEND_TYPES
 from infra.files import FileLock
-from loops.book import TaskStatus as BookStatus
+from loops.book import FileStatus
 from loops.project import Project
 
 log = logging.getLogger("loops.up")
@@ -152,12 +152,12 @@ def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
                 continue
             record = worker.book.record(task.id)
             status = record.status.value
-            if record.status is BookStatus.PASSED:
+            if record.status is FileStatus.PASSED:
                 status = "passed in the state file but not merged on main"
             why = f" — {record.last_result}" if record.last_result else ""
             lines.append(f"    {task.id}: {status}{why}")
             out_of_attempts = worker.book.max_attempts <= record.attempts
-            if record.status in (BookStatus.BLOCKED, BookStatus.FAILED) and out_of_attempts:
+            if record.status in (FileStatus.BLOCKED, FileStatus.FAILED) and out_of_attempts:
                 # Out of attempts: no run takes it up again until a person resets it.
                 lines.append(
                     f"      to retry it: `loops reset {slot.name} {task.id} --no-wait` (a "

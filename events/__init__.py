@@ -44,6 +44,7 @@ from events.types import (
     NaturalCheck,
     ScriptCheck,
     Severity,
+    TaskStatus,
     TokenUsage,
     VerificationVerdict,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "Frozen",
     "IterationOutcome",
     "LoopStatus",
+    "TaskStatus",
     "LoopsError",
     "MergeRefusal",
     "MonitorActionKind",

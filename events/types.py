@@ -22,6 +22,41 @@ class LoopStatus(StrEnum):
     IDLE = "idle"  # alive, but no task can be worked on now (all done, blocked or held)
 
 
+class TaskStatus(StrEnum):
+    """Where a task is: the one vocabulary of task states (`loops status`, its JSON,
+    the dashboard, the `up`/`run` summaries). test-state.json says four of them, in the
+    seed's words: its `FileStatus` is a projection of this (`loops/harness.py`)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    CLAIMED = "claimed"  # the agent says done: waiting for the gate
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    QUEUED = "queued"  # in the merge queue
+    MERGED = "merged"  # the only "passed" there is (the file's `passed`)
+    FAILED = "failed"  # the last attempt failed; the loop retries it
+    BLOCKED = "blocked"
+    HELD = "held"  # held by the PM
+
+    @property
+    def under_way(self) -> bool:
+        """A claim the gate or the merge queue has, or the PM's hold: facts of other
+        roles that a restarted worker's state file (still pending or failed) does not
+        know."""
+        return self in _UNDER_WAY
+
+
+_UNDER_WAY = frozenset(
+    {
+        TaskStatus.CLAIMED,
+        TaskStatus.VERIFYING,
+        TaskStatus.VERIFIED,
+        TaskStatus.QUEUED,
+        TaskStatus.HELD,
+    }
+)
+
+
 class IterationOutcome(StrEnum):
     """What one agent run produced."""
 

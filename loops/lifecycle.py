@@ -22,7 +22,7 @@ from events import (
 )
 from loops import budget as budgets
 from loops.agent_failures import retry_after_broken_agent
-from loops.book import TaskStatus
+from loops.book import FileStatus
 from loops.choice import TaskChoice
 from loops.runners.process import kill_strays
 from loops.runtime import Phase
@@ -119,7 +119,7 @@ class Lifecycle(TaskChoice):
         forever. The gate and the merge queue are idempotent per commit."""
         for task in self.book.tasks():
             rt = self.state.tasks.get(task.id)
-            if rt is None or self.book.record(task.id).status is TaskStatus.PASSED:
+            if rt is None or self.book.record(task.id).status is FileStatus.PASSED:
                 continue
             attempt = self.book.record(task.id).attempts + 1
             in_flight = rt.phase in (Phase.CLAIMED, Phase.VERIFIED)

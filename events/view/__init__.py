@@ -7,6 +7,7 @@ always give the same view. `loops status`, `loops escalations` and the dashboard
 read this one fold.
 """
 
+from events import TaskStatus
 from events.view.escalations import EscalationStatus
 from events.view.models import (
     DEAD_AFTER,
@@ -24,7 +25,6 @@ from events.view.models import (
     MergeEntry,
     MergeStatus,
     MonitorActionView,
-    TaskStatus,
     TaskView,
     Tokens,
     Verification,

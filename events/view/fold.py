@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import events as ev
+from events import TaskStatus
 from events.view import escalations
 from events.view.models import (
     COMMANDS,
@@ -18,7 +19,6 @@ from events.view.models import (
     MergeEntry,
     MergeStatus,
     MonitorActionView,
-    TaskStatus,
     TaskView,
     Verification,
 )

@@ -8,6 +8,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 import events as ev
+from events import TaskStatus
 from events.view.escalations import Escalation, EscalationStatus
 
 STALE_AFTER = 2.0  # heartbeat intervals without a heartbeat before a loop is stale
@@ -18,21 +19,6 @@ MONITOR_ACTIONS = 100
 COMMANDS = 50
 SEEN_IDS = 20_000  # dedupe window: delivery is at least once
 TIMELINE = 120  # marks kept per loop for its timeline chart
-
-
-class TaskStatus(StrEnum):
-    """Where a task is, as far as the events tell."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    CLAIMED = "claimed"  # the agent says done: waiting for the gate
-    VERIFYING = "verifying"
-    VERIFIED = "verified"
-    QUEUED = "queued"  # in the merge queue
-    MERGED = "merged"  # the only "passed" there is
-    FAILED = "failed"  # the last attempt failed; the loop retries it
-    BLOCKED = "blocked"
-    HELD = "held"  # held by the PM
 
 
 class Health(StrEnum):
