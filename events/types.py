@@ -184,6 +184,18 @@ class Criterion(Frozen):
     check: Check
 
 
+class TaskSnapshot(Frozen):
+    """One task as a starting worker's state file has it (`loop.started`), after the
+    worker set back every `passed` that no merge backs: the read model's list of a
+    loop's tasks, with what no event of this run may say again (a task merged or
+    blocked in an earlier run)."""
+
+    id: str
+    status: TaskStatus
+    attempts: int = 0  # failed attempts, as test-state.json counts them
+    last_result: str | None = None
+
+
 class TokenUsage(Frozen):
     input_tokens: int = 0
     output_tokens: int = 0

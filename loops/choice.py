@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from events import TaskBlocked
+from events import TaskBlocked, TaskSnapshot
 from loops.book import FileStatus, TaskDef
 from loops.runtime import Phase
 from loops.worker_base import WorkerBase
@@ -121,6 +121,19 @@ class TaskChoice(WorkerBase):
         tasks = self.book.tasks()
         passed = sum(self.book.record(t.id).status is FileStatus.PASSED for t in tasks)
         return passed, len(tasks)
+
+    def snapshot(self) -> list[TaskSnapshot]:
+        """Every task as the state file has it, in the vocabulary (`loop.started`)."""
+        return [
+            TaskSnapshot(
+                id=task.id,
+                status=record.status.task_status,
+                attempts=record.attempts,
+                last_result=record.last_result,
+            )
+            for task in self.book.tasks()
+            for record in [self.book.record(task.id)]
+        ]
 
     def can_progress(self) -> bool:
         """False when every task is merged, blocked, or waiting on a person."""

@@ -111,6 +111,8 @@ class Lifecycle(TaskChoice):
             tasks_total=total,
             tasks_passed=passed,
             sandbox_warning=self.sandbox.status().warning,
+            tasks=self.snapshot(),
+            max_attempts=self.book.max_attempts,
         )
 
     def resume(self, claimed: set[str], raised: set[str]) -> None:

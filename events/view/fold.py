@@ -16,6 +16,7 @@ from events.view.models import (
     CommandView,
     Counts,
     FlakyCheckView,
+    LoopView,
     MergeEntry,
     MergeStatus,
     MonitorActionView,
@@ -36,6 +37,22 @@ def _loop_started(view: SystemView, e: ev.LoopStarted) -> None:
     loop.last_seen = loop.started = e.ts
     loop.stopped_reason = None
     loop.can_progress, loop.paused = None, False
+    loop.max_attempts = e.max_attempts or loop.max_attempts
+    if e.tasks is not None:
+        _take_snapshot(loop, e.tasks)
+
+
+def _take_snapshot(loop: LoopView, tasks: list[ev.TaskSnapshot]) -> None:
+    """The worker's task list replaces the view's: tasks gone from its file go, and
+    each status is the file's, unless the events know more that the file cannot say
+    (a claim under way with the gate or merge queue, a hold)."""
+    known, loop.tasks = loop.tasks, {}
+    for snap in tasks:
+        task = loop.tasks[snap.id] = known.get(snap.id) or TaskView(loop=loop.name, task_id=snap.id)
+        settled = snap.status in (TaskStatus.MERGED, TaskStatus.BLOCKED)
+        if settled or not task.status.under_way:
+            task.status, task.reason = snap.status, snap.last_result or ""
+        task.attempts = snap.attempts
 
 
 def _heartbeat(view: SystemView, e: ev.LoopHeartbeat) -> None:

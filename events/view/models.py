@@ -138,6 +138,7 @@ class LoopView(BaseModel):
     outage_until: datetime | None = None  # the last outage back-off (a wait that is not usage)
     passed: int = 0
     total: int = 0
+    max_attempts: int | None = None  # failed attempts before a task is blocked
     interval_s: float = DEFAULT_INTERVAL_S
     last_seen: datetime | None = None  # the last heartbeat (or start)
     started: datetime | None = None  # this worker run's `loop.started`

@@ -17,6 +17,7 @@ import yaml
 import events as ev
 from agents.pm import PMConfig, ProjectManager
 from bus import PassedLedger, RedisBus
+from events.view import SystemView
 from infra.git import git
 from loops.books import HarnessBook
 from loops.driver import WorkerExit, run_worker
@@ -155,8 +156,13 @@ def test_a_trimmed_stream_strands_no_dependent_task(
     assert started
     # loop-a, restarted, still counts A1 as passed: the durable record backs it.
     a2 = start("loop-a")
-    wait_until(lambda: of(bus, "loop.started", loop="loop-a"))
+    said = wait_until(lambda: of(bus, "loop.started", loop="loop-a"))[-1]
     assert a2.book.record("A1").status.value == "passed"
+    # ... and says so on the stream: `loops status` and the summaries know it merged.
+    assert isinstance(said, ev.LoopStarted) and said.tasks is not None
+    assert [(t.id, t.status) for t in said.tasks] == [("A1", ev.TaskStatus.MERGED)]
+    view = SystemView.from_events(bus.replay())
+    assert view.loops["loop-a"].tasks["A1"].status is ev.TaskStatus.MERGED
     assert not of(bus, "state.rejected")
     b.halt()
     # A fresh PM does not hold B1 on a dependency whose task.passed was trimmed.
