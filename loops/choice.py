@@ -31,13 +31,6 @@ class TaskChoice(WorkerBase):
                 return False, dep
         return True, None
 
-    def passed_and_merged(self, task_id: str) -> bool:
-        """The task counts as a success: passed in the state file and merged on main."""
-        return (
-            self.book.record(task_id).status is FileStatus.PASSED
-            and self.merged.commit(task_id) is not None
-        )
-
     def reject_unmerged_passes(self, before: dict[str, FileStatus] | None = None) -> list[str]:
         """Set back every `passed` in the state file that no merge backs (see
         `MergedTasks.reject_unmerged`); returns the problems, one per task."""

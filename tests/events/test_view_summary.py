@@ -1,5 +1,5 @@
-"""The starting worker's task list gives the read model every task (also those no
-event of this run names), and the end-of-run summaries render that model."""
+"""The end-of-run summaries as renderings of the read model, and the starting worker's
+task list that gives the model every task (also those no event of this run names)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import events as ev
 from events import TaskStatus
 from events.view import SystemView
+from events.view.summary import run_summary, up_summary
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 W = ev.Source(role=ev.Role.WORKER, instance="w:1")
@@ -71,3 +72,80 @@ def test_a_starting_workers_task_list_is_the_views_and_keeps_what_only_events_kn
         ev.LoopStarted(source=W, loop="l1", ts=at(4), agent="a", pid=1, host="h", tasks_total=4)
     )
     assert list(view.loops["l1"].tasks) == ["T1", "T2", "T3", "T4"]
+
+
+def test_the_up_summary_lists_each_task_left_with_how_to_go_on() -> None:
+    view = SystemView.from_events(
+        [
+            started(
+                1,
+                ("T1", TaskStatus.PENDING, 0, None),
+                ("T2", TaskStatus.FAILED, 2, "checks failed"),  # out of attempts
+                ("T3", TaskStatus.PENDING, 0, None),
+            ),
+            ev.MergeCompleted(
+                source=MERGE,
+                loop="l1",
+                ts=at(2),
+                task_id="T1",
+                commit="c" * 40,
+                merged_commit="e" * 40,
+                main_before="d" * 40,
+            ),
+            ev.EscalationRaised(
+                source=W,
+                loop="l1",
+                ts=at(3),
+                task_id="T3",
+                escalation_id="e-1",
+                kind=ev.EscalationKind.QUESTION,
+                severity=ev.Severity.MEDIUM,
+                question="ints or floats?",
+            ),
+            ev.TaskBlocked(
+                source=W,
+                loop="l1",
+                ts=at(4),
+                task_id="T3",
+                reason="waiting on e-1",
+                waiting_on_human=True,
+            ),
+        ]
+    )
+    code, lines = up_summary(view, {"l1": T0, "never": T0})
+    assert code == 1
+    assert lines == [
+        "",
+        "Summary:",
+        "  l1: 1/3 tasks verified and merged",
+        "    T2: failed — checks failed",
+        "      to retry it: `loops reset l1 T2 --no-wait` (a running loop takes it at once, "
+        "a stopped one when it starts again)",
+        "    T3: blocked — waiting on e-1",
+        "  Open escalations (answer with `loops answer ID TEXT`):",
+        "    e-1 [medium] l1/T3: ints or floats?",
+        "Not every task merged (exit 1).",
+    ]
+    code, lines = run_summary(view, "l1", "main", "loops run")
+    assert code == 1
+    assert lines == [
+        "Task 'T2' is failed (2 failed attempts): checks failed — run `loops run` to go on "
+        "(what it tried is kept)",
+        "Task 'T3' is blocked: waiting on e-1",
+        "Open question e-1: ints or floats?",
+        "Answer with `loops answer ID TEXT` in this directory, then run `loops run`.",
+    ]
+
+
+def test_done_means_every_task_merged_in_a_run_of_this_summary() -> None:
+    merged = [started(1, ("T1", TaskStatus.MERGED, 0, "merged as e"))]
+    view = SystemView.from_events(merged)
+    assert up_summary(view, {"l1": T0})[0] == 0
+    assert up_summary(view, {"l1": T0})[1][-1] == "All tasks verified and merged."
+    assert run_summary(view, "l1", "main", "loops run") == (
+        0,
+        ["All tasks verified and merged into 'main' — done in 0 iteration(s)."],
+    )
+    # Not started since this run began (an earlier run's events), or no task at all.
+    assert up_summary(view, {"l1": at(2)})[0] == 1
+    assert up_summary(SystemView.from_events([started(1)]), {"l1": T0})[0] == 1

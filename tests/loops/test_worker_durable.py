@@ -190,12 +190,13 @@ def test_a_forged_passed_is_set_back_and_reported_an_operator_reset_is_taken_up(
     write(state_path, data)
     wait_until(lambda: len(forged(bus)) == 2)
     assert json.loads(state_path.read_text())["tests"][0]["status"] == "pending"
-    assert not a.service.worker.passed_and_merged("A1")
+    assert a.service.worker.merged.commit("A1") is None
     # The real merge passes it; an operator's reset to pending is then taken up.
     assert isinstance(claim, ev.TaskClaimed)
     merge(bus, claim, "m" * 40)
     wait_until(lambda: of(bus, "task.passed", task_id="A1"))
-    assert a.service.worker.passed_and_merged("A1")
+    assert a.service.worker.merged.commit("A1") == "m" * 40
+    assert a.book.record("A1").status.value == "passed"
     data = json.loads(state_path.read_text())
     data["tests"][0]["status"] = "pending"
     write(state_path, data)
