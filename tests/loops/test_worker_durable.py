@@ -21,6 +21,7 @@ from events.view import SystemView
 from infra.git import git
 from loops.books import HarnessBook
 from loops.driver import WorkerExit, run_worker
+from loops.harness import FileStatus
 from loops.project import load_project
 from loops.runners import make_runner
 from loops.service import WorkerService
@@ -197,6 +198,9 @@ def test_a_forged_passed_is_set_back_and_reported_an_operator_reset_is_taken_up(
     wait_until(lambda: of(bus, "task.passed", task_id="A1"))
     assert a.service.worker.merged.commit("A1") == "m" * 40
     assert a.book.record("A1").status.value == "passed"
+    # The file says what the read model says, in the seed's word.
+    view = SystemView.from_events(bus.replay())
+    assert FileStatus.of(view.loops["loop-a"].tasks["A1"].status) is a.book.record("A1").status
     data = json.loads(state_path.read_text())
     data["tests"][0]["status"] = "pending"
     write(state_path, data)
