@@ -46,7 +46,7 @@ def _take_snapshot(loop: LoopView, tasks: list[ev.TaskSnapshot]) -> None:
     """The worker's task list replaces the view's: tasks gone from its file go, and
     each status is the file's, unless the events know more that the file cannot say
     (a claim under way with the gate or merge queue, a hold)."""
-    known, loop.tasks = loop.tasks, {}
+    known, loop.tasks, loop.listed = loop.tasks, {}, True
     for snap in tasks:
         task = loop.tasks[snap.id] = known.get(snap.id) or TaskView(loop=loop.name, task_id=snap.id)
         settled = snap.status in (TaskStatus.MERGED, TaskStatus.BLOCKED)

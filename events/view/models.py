@@ -138,6 +138,9 @@ class LoopView(BaseModel):
     outage_until: datetime | None = None  # the last outage back-off (a wait that is not usage)
     passed: int = 0
     total: int = 0
+    # The worker listed its tasks (`loop.started`): `passed`/`total` count them, as the
+    # summaries do, rather than repeat the heartbeat's copy of the file's count.
+    listed: bool = False
     max_attempts: int | None = None  # failed attempts before a task is blocked
     interval_s: float = DEFAULT_INTERVAL_S
     last_seen: datetime | None = None  # the last heartbeat (or start)
@@ -177,6 +180,12 @@ class LoopView(BaseModel):
         if self.status is ev.LoopStatus.STOPPED:
             return Attention.STOPPED
         return Attention.WORKING
+
+    def recount(self) -> None:
+        """`passed`/`total` from the task list, once the worker has listed it."""
+        if self.listed:
+            self.total = len(self.tasks)
+            self.passed = sum(t.status is TaskStatus.MERGED for t in self.tasks.values())
 
     def settled(self, since: datetime) -> bool:
         """Nothing more to expect from the run of this loop that started at or after

@@ -206,6 +206,8 @@ def _summaries_agree(view: SystemView, data: dict[str, Any]) -> None:
             continue
         assert head is not None
         assert (int(head[1]), int(head[2])) == (len(merged), len(statuses)), text
+        if shown["listed"]:  # the status table's PASSED column counts the same
+            assert (shown["passed"], shown["total"]) == (len(merged), len(statuses))
         block = re.split(r"\n  (?=\S)", text.split(head[0], 1)[1])[0]  # to the next loop
         said = dict(re.findall(r"^    (T\d): (\w+)", block, re.M))
         assert said == {t: s for t, s in statuses.items() if t not in merged}, block

@@ -33,6 +33,20 @@ def started(t: float, *tasks: tuple[str, TaskStatus, int, str | None]) -> ev.Loo
     )
 
 
+def _beat(passed: int, total: int) -> ev.LoopHeartbeat:
+    return ev.LoopHeartbeat(
+        source=W,
+        loop="l1",
+        ts=at(3.5),
+        status=ev.LoopStatus.RUNNING,
+        pid=1,
+        host="h",
+        interval_s=5.0,
+        passed=passed,
+        total=total,
+    )
+
+
 def test_a_starting_workers_task_list_is_the_views_and_keeps_what_only_events_know() -> None:
     view = SystemView.from_events(
         [
@@ -67,6 +81,9 @@ def test_a_starting_workers_task_list_is_the_views_and_keeps_what_only_events_kn
     ]
     assert (tasks["T4"].attempts, tasks["T4"].reason) == (1, "checks failed")
     assert view.loops["l1"].max_attempts == 2
+    # The status table's count is the list's, whatever a heartbeat copies of the file.
+    view.apply(_beat(passed=0, total=9))
+    assert (view.loops["l1"].passed, view.loops["l1"].total) == (1, 4)
     # An older worker says no list: the view keeps what it knows.
     view.apply(
         ev.LoopStarted(source=W, loop="l1", ts=at(4), agent="a", pid=1, host="h", tasks_total=4)
