@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from events.envelope import Frozen
 
@@ -184,6 +184,9 @@ class Criterion(Frozen):
     check: Check
 
 
+LAST_RESULT_CHARS = 500
+
+
 class TaskSnapshot(Frozen):
     """One task as a starting worker's state file has it (`loop.started`), after the
     worker set back every `passed` that no merge backs: the read model's list of a
@@ -193,7 +196,14 @@ class TaskSnapshot(Frozen):
     id: str
     status: TaskStatus
     attempts: int = 0  # failed attempts, as test-state.json counts them
-    last_result: str | None = None
+    last_result: str | None = None  # cut to LAST_RESULT_CHARS: a long list stays small
+
+    @field_validator("last_result")
+    @classmethod
+    def _cut(cls, text: str | None) -> str | None:
+        if text is None or len(text) <= LAST_RESULT_CHARS:
+            return text
+        return text[: LAST_RESULT_CHARS - 1] + "…"
 
 
 class TokenUsage(Frozen):

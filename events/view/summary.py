@@ -15,8 +15,10 @@ from events import EscalationKind, TaskStatus
 from events.view.escalations import Escalation, by_urgency
 from events.view.models import LoopView, TaskView
 from events.view.system import SystemView
+from events.view.text import clean
 
 EXIT_OK, EXIT_NOT_MERGED = 0, 1
+SHOWN = 1000  # characters of a reason or question, made safe for a terminal (`clean`)
 
 
 def ran(view: SystemView, loop: str, since: datetime | None = None) -> LoopView | None:
@@ -62,7 +64,7 @@ def up_summary(view: SystemView, loops: Mapping[str, datetime | None]) -> tuple[
         merged = len(loop.tasks) - len(rest)
         lines.append(f"  {name}: {merged}/{len(loop.tasks)} tasks verified and merged")
         for task in rest:
-            why = f" — {task.reason}" if task.reason else ""
+            why = f" — {clean(task.reason, SHOWN)}" if task.reason else ""
             lines.append(f"    {task.task_id}: {task.status.value}{why}")
             if out_of_attempts(loop, task):
                 lines.append(
@@ -75,7 +77,9 @@ def up_summary(view: SystemView, loops: Mapping[str, datetime | None]) -> tuple[
         lines.append("  Open escalations (answer with `loops answer ID TEXT`):")
         for esc in escalations:
             where = f"{esc.loop}/{esc.task_id}" if esc.task_id else esc.loop or "-"
-            lines.append(f"    {esc.id} [{esc.severity}] {where}: {esc.question}")
+            lines.append(
+                f"    {esc.id} [{esc.severity}] {clean(where, SHOWN)}: {clean(esc.question, SHOWN)}"
+            )
     ok = all_merged(view, loops)
     lines.append("All tasks verified and merged." if ok else "Not every task merged (exit 1).")
     return (EXIT_OK if ok else EXIT_NOT_MERGED), lines
@@ -97,7 +101,7 @@ def run_summary(view: SystemView, loop: str, branch: str, rerun: str) -> tuple[i
         lines.append(
             f"Task {task.task_id!r} is {task.status.value}"
             + (f" ({task.attempts} failed attempts)" if task.attempts else "")
-            + (f": {task.reason}" if task.reason else "")
+            + (f": {clean(task.reason, SHOWN)}" if task.reason else "")
             + (
                 ""
                 if task.task_id in waiting
@@ -106,9 +110,9 @@ def run_summary(view: SystemView, loop: str, branch: str, rerun: str) -> tuple[i
         )
     for esc in escalations:
         if esc.kind is EscalationKind.SIGNOFF:
-            lines.append(f"Needs a person's sign-off ({esc.id}): {esc.question}")
+            lines.append(f"Needs a person's sign-off ({esc.id}): {clean(esc.question, SHOWN)}")
         else:
-            lines.append(f"Open question {esc.id}: {esc.question}")
+            lines.append(f"Open question {esc.id}: {clean(esc.question, SHOWN)}")
     if escalations:
         lines.append(f"Answer with `loops answer ID TEXT` in this directory, then run `{rerun}`.")
     return EXIT_NOT_MERGED, lines

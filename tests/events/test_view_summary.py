@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import events as ev
 from events import TaskStatus
+from events.types import LAST_RESULT_CHARS
 from events.view import SystemView
 from events.view.summary import run_summary, up_summary
 
@@ -166,3 +167,11 @@ def test_done_means_every_task_merged_in_a_run_of_this_summary() -> None:
     # Not started since this run began (an earlier run's events), or no task at all.
     assert up_summary(view, {"l1": at(2)})[0] == 1
     assert up_summary(SystemView.from_events([started(1)]), {"l1": T0})[0] == 1
+
+
+def test_what_an_agent_wrote_reaches_the_terminal_escaped_and_a_listed_reason_is_cut() -> None:
+    view = SystemView.from_events([started(1, ("T1", TaskStatus.FAILED, 1, "\x1b[2Jgone"))])
+    for lines in (up_summary(view, {"l1": T0})[1], run_summary(view, "l1", "main", "x")[1]):
+        assert "\x1b" not in "".join(lines) and any("\\x1b[2Jgone" in ln for ln in lines)
+    long = ev.TaskSnapshot(id="T1", status=TaskStatus.FAILED, last_result="x" * 10_000)
+    assert long.last_result is not None and len(long.last_result) == LAST_RESULT_CHARS
