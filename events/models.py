@@ -98,6 +98,9 @@ class LoopStopped(Event):
     type: Literal["loop.stopped"] = "loop.stopped"
     status: LoopStatus
     reason: str
+    # Every task as the state file has it now (as in `loop.started`): tasks added by
+    # hand while it ran are in it (None: not said, by an older worker).
+    tasks: list[TaskSnapshot] | None = None
     producers = (W,)
     consumers = (MON, PM, DASH)
 

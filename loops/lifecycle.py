@@ -142,7 +142,7 @@ class Lifecycle(TaskChoice):
         self.status = status
         self.save()
         self.heartbeat()
-        self.emit(LoopStopped, status=status, reason=reason)
+        self.emit(LoopStopped, status=status, reason=reason, tasks=self.snapshot())
 
     def _publish_claim(self, task_id: str, attempt: int, commit: str, claim: str) -> None:
         self.emit(

@@ -43,9 +43,10 @@ def _loop_started(view: SystemView, e: ev.LoopStarted) -> None:
 
 
 def _take_snapshot(loop: LoopView, tasks: list[ev.TaskSnapshot]) -> None:
-    """The worker's task list replaces the view's: tasks gone from its file go, and
-    each status is the file's, unless the events know more that the file cannot say
-    (a claim under way with the gate or merge queue, a hold)."""
+    """The worker's task list (as it starts or stops) replaces the view's: tasks gone
+    from its file go, tasks added by hand come, and each status is the file's, unless
+    the events know more that the file cannot say (a claim under way with the gate or
+    merge queue, a hold)."""
     known, loop.tasks, loop.listed = loop.tasks, {}, True
     for snap in tasks:
         task = loop.tasks[snap.id] = known.get(snap.id) or TaskView(loop=loop.name, task_id=snap.id)
@@ -70,6 +71,8 @@ def _loop_stopped(view: SystemView, e: ev.LoopStopped) -> None:
     loop.status = e.status
     loop.stopped_reason = e.reason
     loop.last_seen = e.ts
+    if e.tasks is not None:
+        _take_snapshot(loop, e.tasks)
 
 
 def _failed(attempt: int) -> int:

@@ -38,11 +38,11 @@ def _event(
 ) -> ev.Event:
     ts = T0 + timedelta(seconds=t)
     common = {"source": W, "loop": loop, "ts": ts}
+    tasks = [
+        ev.TaskSnapshot(id=task_id, status=status, attempts=n, last_result=f"was {status}")
+        for task_id, status in zip(TASKS, snapshot, strict=False)
+    ]
     if kind == "started":
-        tasks = [
-            ev.TaskSnapshot(id=task_id, status=status, attempts=n, last_result=f"was {status}")
-            for task_id, status in zip(TASKS, snapshot, strict=False)
-        ]
         return ev.LoopStarted(
             **common,
             agent="a",
@@ -67,7 +67,9 @@ def _event(
             paused=paused,
         )
     if kind == "stopped":
-        return ev.LoopStopped(**common, status=ev.LoopStatus.STOPPED, reason="done")
+        return ev.LoopStopped(
+            **common, status=ev.LoopStatus.STOPPED, reason="done", tasks=tasks if flag else None
+        )
     if kind == "task":
         return ev.TaskStarted(**common, task_id=task, attempt=1)
     if kind == "claimed":

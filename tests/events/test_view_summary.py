@@ -90,6 +90,20 @@ def test_a_starting_workers_task_list_is_the_views_and_keeps_what_only_events_kn
         ev.LoopStarted(source=W, loop="l1", ts=at(4), agent="a", pid=1, host="h", tasks_total=4)
     )
     assert list(view.loops["l1"].tasks) == ["T1", "T2", "T3", "T4"]
+    # As it stops, the worker lists a task added to its file by hand meanwhile.
+    listed = started(5, ("T1", TaskStatus.MERGED, 0, None), ("HAND", TaskStatus.PENDING, 0, None))
+    view.apply(
+        ev.LoopStopped(
+            source=W,
+            loop="l1",
+            ts=at(6),
+            status=ev.LoopStatus.STOPPED,
+            reason="idle",
+            tasks=listed.tasks,
+        )
+    )
+    assert list(view.loops["l1"].tasks) == ["T1", "HAND"]
+    assert (view.loops["l1"].passed, view.loops["l1"].total) == (1, 2)
 
 
 def test_the_up_summary_lists_each_task_left_with_how_to_go_on() -> None:

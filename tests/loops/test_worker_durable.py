@@ -149,6 +149,9 @@ def test_a_trimmed_stream_strands_no_dependent_task(
     wait_until(lambda: of(bus, "task.passed", task_id="A1"))
     a.halt()
     assert PassedLedger(bus.client, bus.prefix).get("loop-a/A1") == "m" * 40
+    stopped = of(bus, "loop.stopped", loop="loop-a")[-1]  # it lists its tasks as it stops
+    assert isinstance(stopped, ev.LoopStopped) and stopped.tasks is not None
+    assert [(t.id, t.status) for t in stopped.tasks] == [("A1", ev.TaskStatus.MERGED)]
     # Everything the stream knew is gone: the merge, the task.passed, the claims.
     bus.client.xtrim(bus.stream, maxlen=0, approximate=False)
     assert not list(bus.replay())
