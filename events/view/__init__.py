@@ -3,8 +3,8 @@
 `SystemView.from_events(events)` builds it from a replay; `view.apply(event)` keeps it
 current from a tail. Nothing here touches Redis or the clock, except that health is
 judged at a time you pass (`refresh(now)`, `to_json(now=...)`), so the same events
-always give the same view. `loops status`, `loops escalations` and the dashboard all
-read this one fold.
+always give the same view. `loops status`, `loops escalations`, the dashboard and the
+`up`/`run` summaries (`summary.py`) all read this one fold.
 """
 
 from events import TaskStatus
