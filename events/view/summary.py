@@ -59,6 +59,7 @@ def up_summary(view: SystemView, loops: Mapping[str, datetime | None]) -> tuple[
     for name, since in loops.items():
         loop = ran(view, name, since)
         if loop is None:
+            lines.append(f"  {name}: its worker did not start")
             continue
         rest = left(loop)
         merged = len(loop.tasks) - len(rest)

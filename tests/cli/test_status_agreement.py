@@ -201,6 +201,7 @@ def _summaries_agree(view: SystemView, data: dict[str, Any]) -> None:
         everything_merged &= started and bool(statuses) and len(merged) == len(statuses)
         head = re.search(rf"^  {name}: (\d+)/(\d+) tasks verified and merged$", text, re.M)
         assert (head is not None) is started, text
+        assert (f"  {name}: its worker did not start" in lines) is not started
         run_code, run_lines = run_summary(view, name, "main", "loops run")
         run_text = "\n".join(run_lines)
         if not started:

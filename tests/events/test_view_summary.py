@@ -154,6 +154,7 @@ def test_the_up_summary_lists_each_task_left_with_how_to_go_on() -> None:
         "      to retry it: `loops reset l1 T2 --no-wait` (a running loop takes it at once, "
         "a stopped one when it starts again)",
         "    T3: blocked — waiting on e-1",
+        "  never: its worker did not start",
         "  Open escalations (answer with `loops answer ID TEXT`):",
         "    e-1 [medium] l1/T3: ints or floats?",
         "Not every task merged (exit 1).",
