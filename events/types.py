@@ -188,10 +188,10 @@ LAST_RESULT_CHARS = 500
 
 
 class TaskSnapshot(Frozen):
-    """One task as a starting worker's state file has it (`loop.started`), after the
-    worker set back every `passed` that no merge backs: the read model's list of a
-    loop's tasks, with what no event of this run may say again (a task merged or
-    blocked in an earlier run)."""
+    """One task as a worker's state file has it when the worker starts (`loop.started`,
+    after it set back every `passed` that no merge backs) or stops (`loop.stopped`):
+    the read model's list of a loop's tasks, with what no event of this run may say
+    again (a task merged or blocked in an earlier run, one added by hand)."""
 
     id: str
     status: TaskStatus

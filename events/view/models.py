@@ -138,8 +138,8 @@ class LoopView(BaseModel):
     outage_until: datetime | None = None  # the last outage back-off (a wait that is not usage)
     passed: int = 0
     total: int = 0
-    # The worker listed its tasks (`loop.started`): `passed`/`total` count them, as the
-    # summaries do, rather than repeat the heartbeat's copy of the file's count.
+    # The worker listed its tasks (`loop.started`, `loop.stopped`): `passed`/`total`
+    # count them, as the summaries do, not the heartbeat's copy of the file's count.
     listed: bool = False
     max_attempts: int | None = None  # failed attempts before a task is blocked
     interval_s: float = DEFAULT_INTERVAL_S
