@@ -116,7 +116,8 @@ class TaskChoice(WorkerBase):
         return passed, len(tasks)
 
     def snapshot(self) -> list[TaskSnapshot]:
-        """Every task as the state file has it, in the vocabulary (`loop.started`)."""
+        """Every task as the state file has it, in the vocabulary (`loop.started`,
+        `loop.stopped`)."""
         return [
             TaskSnapshot(
                 id=task.id,
