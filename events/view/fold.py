@@ -330,11 +330,12 @@ def _acknowledged(view: SystemView, e: ev.CommandAcknowledged) -> None:
     if command.loop is None or e.refused:  # nothing changed (a reset of an unknown task)
         return
     loop = view.loop(command.loop)
-    if command.type == "loop.pause":
+    kind = ev.EVENT_TYPES.get(command.type)
+    if kind is ev.LoopPause:
         loop.status = ev.LoopStatus.PAUSED
-    elif command.type == "loop.resume" and loop.status is ev.LoopStatus.PAUSED:
+    elif kind is ev.LoopResume and loop.status is ev.LoopStatus.PAUSED:
         loop.status = ev.LoopStatus.RUNNING
-    elif command.type == "task.reset" and command.task_id is not None:
+    elif kind is ev.TaskReset and command.task_id is not None:
         task = loop.task(command.task_id)
         task.status, task.attempts, task.reason, task.updated = TaskStatus.PENDING, 0, "", e.ts
 
