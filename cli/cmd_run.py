@@ -16,11 +16,12 @@ import threading
 from pathlib import Path
 
 from app.compose import Threads, check_sandboxes, loader_with_fallback, wire
-from bus import EmbeddedServer, RedisBus
+from bus import RedisBus
 from cli.context import settings_of
 from events import ConfigError
 from events.view import SystemView
 from events.view.summary import run_summary
+from infra.embedded import EmbeddedServer
 from infra.git import GitError, current_branch, git, repo_root
 from loops.books import SpecBook
 from loops.budget_config import effective
