@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 import events as ev
 from bus import RedisBus
-from events.view import Attention, MergeStatus, SystemView, TaskStatus
+from events.view import Attention, Health, MergeStatus, SystemView, TaskStatus
 from infra.settings import Settings
 
 __all__ = [
@@ -137,8 +137,9 @@ def view_families(view: SystemView) -> list[Metric]:
     health = GaugeMetricFamily(
         "loops_loops_by_health", "Loops by heartbeat health.", labels=["health"]
     )
-    for name in sorted({lp.health.value for lp in loops} | {"healthy", "stale", "dead"}):
-        health.add_metric([name], sum(lp.health.value == name for lp in loops))
+    always = {Health.HEALTHY, Health.STALE, Health.DEAD}
+    for judged in sorted({lp.health for lp in loops} | always):
+        health.add_metric([judged.value], sum(lp.health is judged for lp in loops))
     out.append(health)
 
     attention = GaugeMetricFamily(

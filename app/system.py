@@ -42,7 +42,7 @@ from infra.settings import Settings, secret
 from infra.store import Store
 from loops.books import HarnessBook
 from loops.budget_config import effective
-from loops.driver import WorkerExit, all_passed
+from loops.driver import WorkerExit
 from loops.project import Project
 from loops.reactions import WORKER_TYPES
 from loops.service import BROADCAST_TYPES, WorkerService
@@ -341,11 +341,6 @@ class System:
             else:
                 idle_since = None
             time.sleep(0.1)  # supervision cadence, not synchronisation
-
-    def all_passed(self) -> bool:
-        return all(
-            s.service is not None and all_passed(s.service.worker) for s in self.slots.values()
-        )
 
     def shutdown(self, timeout: float = 30.0) -> None:
         for slot in self.slots.values():

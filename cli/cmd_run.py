@@ -18,13 +18,11 @@ from pathlib import Path
 from app.compose import Threads, check_sandboxes, loader_with_fallback, wire
 from bus import RedisBus
 from cli.context import settings_of
-from events import ConfigError, EscalationKind
+from events import ConfigError
 from events.view import SystemView
-from events.view.escalations import Escalation, open_escalations
-from events.view.spend import SPEND_TYPES
+from events.view.summary import run_summary
 from infra.embedded import EmbeddedServer
 from infra.git import GitError, current_branch, git, repo_root
-from loops.book import TaskStatus
 from loops.books import SpecBook
 from loops.budget_config import effective
 from loops.spec import load_spec
@@ -93,22 +91,19 @@ def run(args: argparse.Namespace) -> int:
                 log.warning("--trust-agent: claims are merged without running the checks")
             roles.poll_forever("gate", wiring.gate().subscribe("run"))
             roles.poll_forever("merge", wiring.merge().subscribe("run"))
-            outcome = service.run(threading.Event(), until_idle=True)
-            for line in SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines():
-                log.info("%s", line.strip())
+            service.run(threading.Event(), until_idle=True)
+            view = SystemView.from_events(bus.replay())
         finally:
             roles.shutdown()
             bus.close()
         if roles.errors:
             raise roles.errors[0]
-        return _summary(
-            book,
-            escalations=open_escalations(e for _, e in bus.replay()),
-            iterations=service.worker.state.iteration,
-            branch=branch,
-            all_passed=outcome.all_passed,
-            rerun=rerun_command(args),
-        )
+        for line in view.spend.lines():
+            log.info("%s", line.strip())
+        code, lines = run_summary(view, book.loop, branch, rerun_command(args))
+        for line in lines:
+            (log.info if code == 0 else log.error)("%s", line)
+        return code
 
 
 def rerun_command(args: argparse.Namespace) -> str:
@@ -121,38 +116,3 @@ def rerun_command(args: argparse.Namespace) -> str:
     if args.repo:
         words += ["--repo", args.repo]
     return shlex.join(words)
-
-
-def _summary(
-    book: SpecBook,
-    escalations: list[Escalation],
-    iterations: int,
-    branch: str,
-    all_passed: bool,
-    rerun: str = "loops run",
-) -> int:
-    if all_passed:
-        log.info(
-            "All tasks verified and merged into %r — done in %d iteration(s).", branch, iterations
-        )
-        return 0
-    waiting = {e.task_id for e in escalations}
-    for task in book.tasks():
-        record = book.record(task.id)
-        if record.status is not TaskStatus.PASSED:
-            log.error(
-                "Task %r is %s%s%s%s",
-                task.id,
-                record.status.value,
-                f" ({record.attempts} failed attempts)" if record.attempts else "",
-                f": {record.last_result}" if record.last_result else "",
-                "" if task.id in waiting else f" — run `{rerun}` to go on (what it tried is kept)",
-            )
-    for esc in escalations:
-        if esc.kind is EscalationKind.SIGNOFF:
-            log.error("Needs a person's sign-off (%s): %s", esc.id, esc.question)
-        else:
-            log.error("Open question %s: %s", esc.id, esc.question)
-    if escalations:
-        log.error("Answer with `loops answer ID TEXT` in this directory, then run `%s`.", rerun)
-    return 1

@@ -24,10 +24,8 @@ from cli.fmt import render
 from events import ConfigError
 from events.secrets import RedactingFilter
 from events.view import SystemView, TaskStatus
-from events.view.escalations import open_escalations
-from events.view.spend import SPEND_TYPES
+from events.view.summary import up_summary
 from infra.files import FileLock
-from loops.book import TaskStatus as BookStatus
 from loops.project import Project
 
 log = logging.getLogger("loops.up")
@@ -137,42 +135,9 @@ class LiveTable:
 
 
 def summary(system: System, bus: RedisBus) -> tuple[int, list[str]]:
-    lines = ["", "Summary:"]
-    for slot in system.slots.values():
-        worker = slot.service.worker if slot.service else None
-        if worker is None:
-            continue
-        # What merged on main (the durable record, or the merge's trailer on main), not
-        # what the state file says: an agent or a person can write "passed" into it.
-        tasks = worker.book.tasks()
-        merged = {t.id for t in tasks if worker.passed_and_merged(t.id)}
-        lines.append(f"  {slot.name}: {len(merged)}/{len(tasks)} tasks verified and merged")
-        for task in tasks:
-            if task.id in merged:
-                continue
-            record = worker.book.record(task.id)
-            status = record.status.value
-            if record.status is BookStatus.PASSED:
-                status = "passed in the state file but not merged on main"
-            why = f" — {record.last_result}" if record.last_result else ""
-            lines.append(f"    {task.id}: {status}{why}")
-            out_of_attempts = worker.book.max_attempts <= record.attempts
-            if record.status in (BookStatus.BLOCKED, BookStatus.FAILED) and out_of_attempts:
-                # Out of attempts: no run takes it up again until a person resets it.
-                lines.append(
-                    f"      to retry it: `loops reset {slot.name} {task.id} --no-wait` (a "
-                    "running loop takes it at once, a stopped one when it starts again)"
-                )
-    lines += SystemView.from_events(bus.replay(types=SPEND_TYPES)).spend.lines()
-    escalations = open_escalations(e for _, e in bus.replay())
-    if escalations:
-        lines.append("  Open escalations (answer with `loops answer ID TEXT`):")
-        for esc in escalations:
-            where = f"{esc.loop}/{esc.task_id}" if esc.task_id else esc.loop or "-"
-            lines.append(f"    {esc.id} [{esc.severity}] {where}: {esc.question}")
-    ok = system.all_passed()
-    lines.append("All tasks verified and merged." if ok else "Not every task merged (exit 1).")
-    return (0 if ok else 1), lines
+    """The summary and exit code, from the stream as `loops status` reads it."""
+    view = SystemView.from_events(bus.replay())
+    return up_summary(view, {s.name: s.spawned_at for s in system.slots.values()})
 
 
 def stop_on_sigterm() -> None:

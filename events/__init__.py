@@ -44,6 +44,8 @@ from events.types import (
     NaturalCheck,
     ScriptCheck,
     Severity,
+    TaskSnapshot,
+    TaskStatus,
     TokenUsage,
     VerificationVerdict,
 )
@@ -100,6 +102,8 @@ __all__ = [
     "ScriptCheck",
     "Severity",
     "Source",
+    "TaskSnapshot",
+    "TaskStatus",
     "TokenUsage",
     "ValidationFailed",
     "VerificationVerdict",

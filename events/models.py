@@ -24,6 +24,7 @@ from events.types import (
     MergeRefusal,
     MonitorActionKind,
     Severity,
+    TaskSnapshot,
     TokenUsage,
     VerificationVerdict,
 )
@@ -55,6 +56,10 @@ class LoopStarted(Event):
     tasks_passed: int = 0
     # None: the agent runs sandboxed; else the one line saying it does not, and why
     sandbox_warning: str | None = None
+    # Every task of the loop as its state file has it (None: not said, by an older
+    # worker), and the failed attempts after which a task is blocked.
+    tasks: list[TaskSnapshot] | None = None
+    max_attempts: int | None = None
     producers = (W,)
     consumers = (MON, PM, DASH)
 
@@ -93,6 +98,9 @@ class LoopStopped(Event):
     type: Literal["loop.stopped"] = "loop.stopped"
     status: LoopStatus
     reason: str
+    # Every task as the state file has it now (as in `loop.started`): tasks added by
+    # hand while it ran are in it (None: not said, by an older worker).
+    tasks: list[TaskSnapshot] | None = None
     producers = (W,)
     consumers = (MON, PM, DASH)
 

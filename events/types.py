@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from events.envelope import Frozen
 
@@ -20,6 +20,41 @@ class LoopStatus(StrEnum):
     PAUSED = "paused"
     WAITING = "waiting"  # waiting out a usage limit, or on a human: not stuck
     IDLE = "idle"  # alive, but no task can be worked on now (all done, blocked or held)
+
+
+class TaskStatus(StrEnum):
+    """Where a task is: the one vocabulary of task states (`loops status`, its JSON,
+    the dashboard, the `up`/`run` summaries). test-state.json says four of them, in the
+    seed's words: its `FileStatus` is a projection of this (`loops/harness.py`)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    CLAIMED = "claimed"  # the agent says done: waiting for the gate
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    QUEUED = "queued"  # in the merge queue
+    MERGED = "merged"  # the only "passed" there is (the file's `passed`)
+    FAILED = "failed"  # the last attempt failed; the loop retries it
+    BLOCKED = "blocked"
+    HELD = "held"  # held by the PM
+
+    @property
+    def under_way(self) -> bool:
+        """A claim the gate or the merge queue has, or the PM's hold: facts of other
+        roles that a restarted worker's state file (still pending or failed) does not
+        know."""
+        return self in _UNDER_WAY
+
+
+_UNDER_WAY = frozenset(
+    {
+        TaskStatus.CLAIMED,
+        TaskStatus.VERIFYING,
+        TaskStatus.VERIFIED,
+        TaskStatus.QUEUED,
+        TaskStatus.HELD,
+    }
+)
 
 
 class IterationOutcome(StrEnum):
@@ -147,6 +182,28 @@ class Criterion(Frozen):
 
     criterion: str = Field(min_length=1)
     check: Check
+
+
+LAST_RESULT_CHARS = 500
+
+
+class TaskSnapshot(Frozen):
+    """One task as a worker's state file has it when the worker starts (`loop.started`,
+    after it set back every `passed` that no merge backs) or stops (`loop.stopped`):
+    the read model's list of a loop's tasks, with what no event of this run may say
+    again (a task merged or blocked in an earlier run, one added by hand)."""
+
+    id: str
+    status: TaskStatus
+    attempts: int = 0  # failed attempts, as test-state.json counts them
+    last_result: str | None = None  # cut to LAST_RESULT_CHARS: a long list stays small
+
+    @field_validator("last_result")
+    @classmethod
+    def _cut(cls, text: str | None) -> str | None:
+        if text is None or len(text) <= LAST_RESULT_CHARS:
+            return text
+        return text[: LAST_RESULT_CHARS - 1] + "…"
 
 
 class TokenUsage(Frozen):

@@ -18,7 +18,7 @@ from events import (
     UsageLimited,
     short_id,
 )
-from loops.book import TaskDef, TaskStatus
+from loops.book import FileStatus, TaskDef
 from loops.liveness import AgentRun
 from loops.runtime import Phase, TaskRuntime
 
@@ -61,7 +61,7 @@ def cannot_start(w: LoopWorker, task_id: str, rt: TaskRuntime, detail: str) -> N
     reason = f"the agent cannot start: {detail}"
     rt.block()
     rt.agent_broken = True
-    w.book.update(task_id, status=TaskStatus.BLOCKED, last_result=reason)
+    w.book.update(task_id, status=FileStatus.BLOCKED, last_result=reason)
     w.save()
     w.emit(TaskBlocked, task_id, reason=reason)
     w.block_dependents()
@@ -77,9 +77,9 @@ def retry_after_broken_agent(w: LoopWorker) -> None:
         if not rt.agent_broken:
             continue
         rt.agent_broken = False
-        if w.book.record(task_id).status is TaskStatus.BLOCKED:
+        if w.book.record(task_id).status is FileStatus.BLOCKED:
             log.info("%s: the agent could not start last time; trying again", task_id)
-            w.book.update(task_id, status=TaskStatus.PENDING, last_result="agent fixed? retrying")
+            w.book.update(task_id, status=FileStatus.PENDING, last_result="agent fixed? retrying")
             unblock_dependents(w, task_id)
     w.save()
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Protocol
 
 from events import Criterion
-from loops.harness import TaskStatus
+from loops.harness import FileStatus
 from loops.sandbox import SandboxConfig
 
-__all__ = ["TaskBook", "TaskDef", "TaskRecord", "TaskStatus"]
+__all__ = ["FileStatus", "TaskBook", "TaskDef", "TaskRecord"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class TaskDef:
 class TaskRecord:
     """A task's seed-visible state."""
 
-    status: TaskStatus
+    status: FileStatus
     attempts: int = 0
     last_result: str | None = None
 
@@ -66,14 +66,14 @@ class TaskBook(Protocol):
 
     def record(self, task_id: str) -> TaskRecord: ...
 
-    def statuses(self) -> dict[str, TaskStatus]:
+    def statuses(self) -> dict[str, FileStatus]:
         """Every task's status, without building the tasks (called on every turn)."""
 
     def update(
         self,
         task_id: str,
         *,
-        status: TaskStatus | None = None,
+        status: FileStatus | None = None,
         attempts: int | None = None,
         last_result: str | None = None,
     ) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from events import ValidationFailed
 from infra.files import load_settled
-from loops.book import TaskDef, TaskRecord, TaskStatus
+from loops.book import FileStatus, TaskDef, TaskRecord
 from loops.harness import LoopState, TaskEntry, load_state, save_state
 from loops.names import safe_component
 from loops.project import Loop
@@ -66,7 +66,7 @@ class StateFileBook:
     def entries(self) -> tuple[TaskEntry, ...]:
         return self._state.tests
 
-    def statuses(self) -> dict[str, TaskStatus]:
+    def statuses(self) -> dict[str, FileStatus]:
         """Each task's status, cheaply (no criteria or spec files read): the tasks the
         harness runs, not the ones a person verifies by hand (`automatable: false`)."""
         return {e.id: e.status for e in self._state.tests if e.automatable}
@@ -75,14 +75,14 @@ class StateFileBook:
         try:
             entry = self._state.task(task_id)
         except KeyError:
-            return TaskRecord(TaskStatus.PENDING)
+            return TaskRecord(FileStatus.PENDING)
         return TaskRecord(entry.status, entry.attempts, entry.last_result)
 
     def update(
         self,
         task_id: str,
         *,
-        status: TaskStatus | None = None,
+        status: FileStatus | None = None,
         attempts: int | None = None,
         last_result: str | None = None,
     ) -> None:

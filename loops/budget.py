@@ -47,7 +47,7 @@ from events import (
     new_id,
     short_id,
 )
-from loops.book import TaskDef, TaskStatus
+from loops.book import FileStatus, TaskDef
 from loops.budget_config import (
     DEFAULT_WARN_AT,
     EXAMPLE_RAISE,
@@ -363,7 +363,7 @@ def answered(w: LoopWorker, event: EscalationAnswered) -> bool:
     if decision is Decision.ABORT:
         w.stop_requested = "stopped by a person at the budget"
     elif decision is Decision.SKIP and task_id is not None:
-        w.book.update(task_id, status=TaskStatus.BLOCKED, last_result="budget spent; skipped")
+        w.book.update(task_id, status=FileStatus.BLOCKED, last_result="budget spent; skipped")
         w.emit(TaskBlocked, task_id, reason="budget spent: skipped by a person")
         w.block_dependents()
     else:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from events import BudgetLevel, BudgetMetric
 from loops.books import DEFAULT_ATTEMPT_ITERATIONS
 from loops.budget_config import Limits, ProjectBudget, effective
-from loops.harness import TaskStatus
+from loops.harness import FileStatus
 from loops.project import Loop, Project
 
 METRICS = tuple(m.value for m in BudgetMetric)
@@ -82,7 +82,7 @@ def _order(loop: Loop) -> list[tuple[str, str]]:
     entries = [
         (i, e)
         for i, e in enumerate(loop.state.tests)
-        if e.automatable and e.status in (TaskStatus.PENDING, TaskStatus.FAILED)
+        if e.automatable and e.status in (FileStatus.PENDING, FileStatus.FAILED)
     ]
     entries.sort(key=lambda it: (it[1].priority if it[1].priority is not None else 0, it[0]))
     return [(e.id, e.title or e.notes or e.id) for _, e in entries]
@@ -117,7 +117,7 @@ def plan(
         skipped += [
             f"{loop.name}/{e.id}"
             for e in loop.state.tests
-            if e.automatable and e.status not in (TaskStatus.PENDING, TaskStatus.FAILED)
+            if e.automatable and e.status not in (FileStatus.PENDING, FileStatus.FAILED)
         ]
         worst = _cap(_sum([t.worst for t in tasks]), budget.loop)
         loops.append(

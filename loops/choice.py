@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from events import TaskBlocked
-from loops.book import TaskDef, TaskStatus
+from events import TaskBlocked, TaskSnapshot
+from loops.book import FileStatus, TaskDef
 from loops.runtime import Phase
 from loops.worker_base import WorkerBase
 
@@ -27,18 +27,11 @@ class TaskChoice(WorkerBase):
                     continue
                 else:
                     return False, dep
-            if self.book.record(dep).status is not TaskStatus.PASSED:
+            if self.book.record(dep).status is not FileStatus.PASSED:
                 return False, dep
         return True, None
 
-    def passed_and_merged(self, task_id: str) -> bool:
-        """The task counts as a success: passed in the state file and merged on main."""
-        return (
-            self.book.record(task_id).status is TaskStatus.PASSED
-            and self.merged.commit(task_id) is not None
-        )
-
-    def reject_unmerged_passes(self, before: dict[str, TaskStatus] | None = None) -> list[str]:
+    def reject_unmerged_passes(self, before: dict[str, FileStatus] | None = None) -> list[str]:
         """Set back every `passed` in the state file that no merge backs (see
         `MergedTasks.reject_unmerged`); returns the problems, one per task."""
         problems = self.merged.reject_unmerged(self.book, before)
@@ -61,8 +54,8 @@ class TaskChoice(WorkerBase):
                 and not self.state.budget_hold
             )
             if active and self.book.record(task.id).status not in (
-                TaskStatus.PASSED,
-                TaskStatus.BLOCKED,
+                FileStatus.PASSED,
+                FileStatus.BLOCKED,
             ):
                 return task.id
         return None
@@ -79,7 +72,7 @@ class TaskChoice(WorkerBase):
         order = sorted(enumerate(tasks), key=lambda it: (it[1].priority, it[0]))
         for _, task in order:
             record = self.book.record(task.id)
-            if record.status not in (TaskStatus.PENDING, TaskStatus.FAILED):
+            if record.status not in (FileStatus.PENDING, FileStatus.FAILED):
                 continue
             if record.attempts >= self.book.max_attempts:
                 continue
@@ -96,16 +89,16 @@ class TaskChoice(WorkerBase):
         while changed:
             changed = False
             for task in self.book.tasks():
-                if self.book.record(task.id).status not in (TaskStatus.PENDING, TaskStatus.FAILED):
+                if self.book.record(task.id).status not in (FileStatus.PENDING, FileStatus.FAILED):
                     continue
                 for dep in task.depends_on:
                     local = dep.split("/", 1)[1] if dep.startswith(f"{self.loop}/") else dep
                     if "/" in local:
                         continue
-                    if self.book.record(local).status is TaskStatus.BLOCKED:
+                    if self.book.record(local).status is FileStatus.BLOCKED:
                         self.state.task(task.id).block(blocked_by=local)
                         self.book.update(
-                            task.id, status=TaskStatus.BLOCKED, last_result=f"blocked by {local}"
+                            task.id, status=FileStatus.BLOCKED, last_result=f"blocked by {local}"
                         )
                         self.emit(
                             TaskBlocked,
@@ -119,8 +112,22 @@ class TaskChoice(WorkerBase):
     def progress(self) -> tuple[int, int]:
         """(tasks passed, tasks) as the state file says (rejected edits already undone)."""
         tasks = self.book.tasks()
-        passed = sum(self.book.record(t.id).status is TaskStatus.PASSED for t in tasks)
+        passed = sum(self.book.record(t.id).status is FileStatus.PASSED for t in tasks)
         return passed, len(tasks)
+
+    def snapshot(self) -> list[TaskSnapshot]:
+        """Every task as the state file has it, in the vocabulary (`loop.started`,
+        `loop.stopped`)."""
+        return [
+            TaskSnapshot(
+                id=task.id,
+                status=record.status.task_status,
+                attempts=record.attempts,
+                last_result=record.last_result,
+            )
+            for task in self.book.tasks()
+            for record in [self.book.record(task.id)]
+        ]
 
     def can_progress(self) -> bool:
         """False when every task is merged, blocked, or waiting on a person."""
@@ -134,7 +141,7 @@ class TaskChoice(WorkerBase):
         """Some task is only waiting for another loop's task (which may still merge)."""
         for task in self.book.tasks():
             record = self.book.record(task.id)
-            if record.status in (TaskStatus.PENDING, TaskStatus.FAILED):
+            if record.status in (FileStatus.PENDING, FileStatus.FAILED):
                 met, dep = self._deps_met(task)
                 if not met and dep and "/" in dep:
                     return True

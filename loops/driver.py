@@ -29,7 +29,6 @@ class WorkerExit:
     """How a worker run ended."""
 
     reason: str
-    all_passed: bool
     restart: bool = False
 
 
@@ -184,13 +183,4 @@ def run_worker(
             worker.stopped(status, reason)
         except CONNECTION_ERRORS as exc:
             log.warning("loop %s: could not publish its stop (%s)", worker.loop, exc)
-    return WorkerExit(
-        reason=reason, all_passed=all_passed(worker), restart=worker.restart_requested
-    )
-
-
-def all_passed(worker: LoopWorker) -> bool:
-    """Every task passed and merged on main: the state file alone is never enough
-    (an agent or a person can write `passed` into it)."""
-    tasks = worker.book.tasks()
-    return bool(tasks) and all(worker.passed_and_merged(t.id) for t in tasks)
+    return WorkerExit(reason=reason, restart=worker.restart_requested)

@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from events import Criterion, LoopStatus, ModelPrice, ValidationFailed
+from events import Criterion, LoopStatus, ModelPrice, TaskStatus, ValidationFailed
 from events.secrets import redact_obj
 from infra.files import write_json_atomic
 from loops.budget_config import LoopBudget, ProjectBudget
@@ -56,6 +56,7 @@ from loops.spec import check_criteria
 __all__ = [
     "AGENT_PATTERN",
     "PROJECT_FILE",
+    "FileStatus",
     "Health",
     "HealthCheckConfig",
     "LoopConfig",
@@ -64,7 +65,6 @@ __all__ = [
     "ProjectConfig",
     "StateSummary",
     "TaskEntry",
-    "TaskStatus",
     "config_from_data",
     "health_from_data",
     "load_config",
@@ -91,13 +91,38 @@ AGENT_PATTERN = re.compile(r"^(claude|anthropic|command:\s*\S.*|script:\s*\S.*)$
 M = TypeVar("M", bound=BaseModel)
 
 
-class TaskStatus(StrEnum):
-    """A test's state in test-state.json (the seed's four)."""
+class FileStatus(StrEnum):
+    """A test's state in test-state.json: the seed's four words, a projection of the
+    one vocabulary `events.TaskStatus` (`FileStatus.of`). `passed` is the seed's word
+    for merged; the worker sets back a `passed` that no merge backs."""
 
-    PENDING = "pending"
+    PENDING = TaskStatus.PENDING.value
     PASSED = "passed"
-    FAILED = "failed"
-    BLOCKED = "blocked"
+    FAILED = TaskStatus.FAILED.value
+    BLOCKED = TaskStatus.BLOCKED.value
+
+    @classmethod
+    def of(cls, status: TaskStatus) -> FileStatus:
+        """What the file says for a task in `status`: merged is `passed`, failed and
+        blocked are themselves, and every other status (a task not started, or on its
+        way: running, claimed, verifying, verified, queued, held) is `pending`; the file
+        says `failed` for one whose earlier attempt failed until the attempt ends."""
+        return _IN_FILE.get(status, cls.PENDING)
+
+    @property
+    def task_status(self) -> TaskStatus:
+        """This file status in the vocabulary (`FileStatus.of` undone)."""
+        return _FROM_FILE[self]
+
+
+_IN_FILE = {
+    TaskStatus.MERGED: FileStatus.PASSED,
+    TaskStatus.FAILED: FileStatus.FAILED,
+    TaskStatus.BLOCKED: FileStatus.BLOCKED,
+}
+_FROM_FILE = {file: status for status, file in _IN_FILE.items()} | {
+    FileStatus.PENDING: TaskStatus.PENDING
+}
 
 
 # -- config.json ----------------------------------------------------------------------
@@ -313,7 +338,7 @@ class TaskEntry(BaseModel):
 
     id: str = Field(min_length=1)
     category: str | None = None
-    status: TaskStatus = TaskStatus.PENDING
+    status: FileStatus = FileStatus.PENDING
     attempts: int = Field(
         default=0,
         ge=0,
@@ -385,7 +410,7 @@ class LoopState(BaseModel):
 
     def computed_summary(self) -> StateSummary:
         """The counts as they are now, keeping any extra fields of the old summary."""
-        counts = {s.value: 0 for s in TaskStatus}
+        counts = {s.value: 0 for s in FileStatus}
         for entry in self.tests:
             counts[entry.status.value] += 1
         extra = dict(self.summary.model_extra or {}) if self.summary else {}

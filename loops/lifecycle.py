@@ -22,7 +22,7 @@ from events import (
 )
 from loops import budget as budgets
 from loops.agent_failures import retry_after_broken_agent
-from loops.book import TaskStatus
+from loops.book import FileStatus
 from loops.choice import TaskChoice
 from loops.runners.process import kill_strays
 from loops.runtime import Phase
@@ -111,6 +111,8 @@ class Lifecycle(TaskChoice):
             tasks_total=total,
             tasks_passed=passed,
             sandbox_warning=self.sandbox.status().warning,
+            tasks=self.snapshot(),
+            max_attempts=self.book.max_attempts,
         )
 
     def resume(self, claimed: set[str], raised: set[str]) -> None:
@@ -119,7 +121,7 @@ class Lifecycle(TaskChoice):
         forever. The gate and the merge queue are idempotent per commit."""
         for task in self.book.tasks():
             rt = self.state.tasks.get(task.id)
-            if rt is None or self.book.record(task.id).status is TaskStatus.PASSED:
+            if rt is None or self.book.record(task.id).status is FileStatus.PASSED:
                 continue
             attempt = self.book.record(task.id).attempts + 1
             in_flight = rt.phase in (Phase.CLAIMED, Phase.VERIFIED)
@@ -140,7 +142,7 @@ class Lifecycle(TaskChoice):
         self.status = status
         self.save()
         self.heartbeat()
-        self.emit(LoopStopped, status=status, reason=reason)
+        self.emit(LoopStopped, status=status, reason=reason, tasks=self.snapshot())
 
     def _publish_claim(self, task_id: str, attempt: int, commit: str, claim: str) -> None:
         self.emit(

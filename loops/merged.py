@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bus import PassedLedger
 from infra.git import GitError, git
-from loops.book import TaskBook, TaskStatus
+from loops.book import FileStatus, TaskBook
 
 
 class MergedTasks:
@@ -59,7 +59,7 @@ class MergedTasks:
         return None
 
     def reject_unmerged(
-        self, book: TaskBook, before: dict[str, TaskStatus] | None = None
+        self, book: TaskBook, before: dict[str, FileStatus] | None = None
     ) -> list[str]:
         """Set back each `passed` in `book` that no merge backs: to its status in
         `before` (statuses known good; tasks passed there are not checked again), else
@@ -67,15 +67,15 @@ class MergedTasks:
         problems: list[str] = []
         path = book.state_path
         for task_id, status in book.statuses().items():
-            if status is not TaskStatus.PASSED:
+            if status is not FileStatus.PASSED:
                 continue
-            if before is not None and before.get(task_id) is TaskStatus.PASSED:
+            if before is not None and before.get(task_id) is FileStatus.PASSED:
                 continue
             if self.commit(task_id) is not None:
                 continue
-            back = (before or {}).get(task_id, TaskStatus.PENDING)
-            if back is TaskStatus.PASSED:
-                back = TaskStatus.PENDING
+            back = (before or {}).get(task_id, FileStatus.PENDING)
+            if back is FileStatus.PASSED:
+                back = FileStatus.PENDING
             book.update(
                 task_id, status=back, last_result="rejected: passed without a merge on main"
             )

@@ -25,11 +25,11 @@ from events import Criterion, LoopsError, NaturalCheck, ScriptCheck, ValidationF
 from loops.files import problem, show, typo_problems
 from loops.harness import (
     PROJECT_FILE,
+    FileStatus,
     LoopConfig,
     LoopState,
     ProjectConfig,
     TaskEntry,
-    TaskStatus,
     load_config,
     load_health,
     load_project_config,
@@ -183,7 +183,7 @@ class Project:
             for entry in loop.state.tests
         }
 
-    def status_of(self, ref: TaskRef, from_loop: str) -> TaskStatus | None:
+    def status_of(self, ref: TaskRef, from_loop: str) -> FileStatus | None:
         """The status of a referenced task, or None if it does not exist."""
         try:
             return self.loop(ref.loop or from_loop).state.task(ref.task).status
@@ -504,7 +504,7 @@ def unchecked_tasks(config: LoopConfig, state: LoopState) -> list[str]:
     return [
         e.id
         for e in state.tests
-        if e.automatable and not e.acceptance_criteria and e.status is not TaskStatus.PASSED
+        if e.automatable and not e.acceptance_criteria and e.status is not FileStatus.PASSED
     ]
 
 

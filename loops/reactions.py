@@ -37,7 +37,7 @@ from events import (
 )
 from loops import budget as budgets
 from loops.agent_failures import release_crash_hold
-from loops.book import TaskStatus
+from loops.book import FileStatus
 from loops.runtime import Phase, TaskRuntime
 from loops.worker import LoopWorker
 
@@ -176,7 +176,7 @@ def _merged(w: LoopWorker, rt: TaskRuntime, event: MergeCompleted) -> None:
     rt.merged()
     w.book.update(
         event.task_id,
-        status=TaskStatus.PASSED,
+        status=FileStatus.PASSED,
         last_result=f"merged as {event.merged_commit[:12]}",
     )
     w.emit(
@@ -234,7 +234,7 @@ def _skip_or_abort(w: LoopWorker, task_id: str, decision: Decision | None) -> bo
 
 def _block(w: LoopWorker, task_id: str, reason: str) -> None:
     w.state.task(task_id).block()
-    w.book.update(task_id, status=TaskStatus.BLOCKED, last_result=reason)
+    w.book.update(task_id, status=FileStatus.BLOCKED, last_result=reason)
     w.save()
     w.emit(TaskBlocked, task_id, reason=reason)
     w.block_dependents()
@@ -271,7 +271,7 @@ def _command(
                 session_id=old.session_id,
             )
             w.state.tasks[event.task_id] = fresh
-            w.book.update(event.task_id, status=TaskStatus.PENDING, attempts=0, last_result="reset")
+            w.book.update(event.task_id, status=FileStatus.PENDING, attempts=0, last_result="reset")
             unblock_dependents(w, event.task_id)
             detail = f"{event.task_id} reset to pending" + (" with a hint" if event.hint else "")
     else:
@@ -314,10 +314,10 @@ def _known(w: LoopWorker, task_id: str) -> bool:
 def unblock_dependents(w: LoopWorker, task_id: str) -> None:
     for task in w.book.tasks():
         rt = w.state.tasks.get(task.id)
-        blocked = w.book.record(task.id).status is TaskStatus.BLOCKED
+        blocked = w.book.record(task.id).status is FileStatus.BLOCKED
         if blocked and rt is not None and rt.blocked_by == task_id:
             rt.blocked_by = None
-            w.book.update(task.id, status=TaskStatus.PENDING, last_result="dependency reset")
+            w.book.update(task.id, status=FileStatus.PENDING, last_result="dependency reset")
             unblock_dependents(w, task.id)
 
 

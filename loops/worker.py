@@ -41,7 +41,7 @@ from loops.agent_failures import (
     record_usage_limit,
     usage_window,
 )
-from loops.book import TaskDef, TaskStatus
+from loops.book import FileStatus, TaskDef
 from loops.iteration import Step, assess, history_line
 from loops.jobs import run_in_workspace
 from loops.lifecycle import Lifecycle
@@ -367,7 +367,7 @@ class LoopWorker(Lifecycle):
         if attempts >= self.book.max_attempts:
             rt.block()
             self.book.update(
-                task_id, status=TaskStatus.BLOCKED, attempts=attempts, last_result=reason
+                task_id, status=FileStatus.BLOCKED, attempts=attempts, last_result=reason
             )
             self.save()
             self.emit(TaskFailed, task_id, attempt=attempts, reason=reason)
@@ -379,7 +379,7 @@ class LoopWorker(Lifecycle):
             self.block_dependents()
         else:
             self.book.update(
-                task_id, status=TaskStatus.FAILED, attempts=attempts, last_result=reason
+                task_id, status=FileStatus.FAILED, attempts=attempts, last_result=reason
             )
             self.save()
             self.emit(TaskFailed, task_id, attempt=attempts, reason=reason)

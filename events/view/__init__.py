@@ -3,10 +3,11 @@
 `SystemView.from_events(events)` builds it from a replay; `view.apply(event)` keeps it
 current from a tail. Nothing here touches Redis or the clock, except that health is
 judged at a time you pass (`refresh(now)`, `to_json(now=...)`), so the same events
-always give the same view. `loops status`, `loops escalations` and the dashboard all
-read this one fold.
+always give the same view. `loops status`, `loops escalations`, the dashboard and the
+`up`/`run` summaries (`summary.py`) all read this one fold.
 """
 
+from events import TaskStatus
 from events.view.escalations import EscalationStatus
 from events.view.models import (
     DEAD_AFTER,
@@ -24,7 +25,6 @@ from events.view.models import (
     MergeEntry,
     MergeStatus,
     MonitorActionView,
-    TaskStatus,
     TaskView,
     Tokens,
     Verification,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import events as ev
+from events import TaskStatus
 from events.view import escalations
 from events.view.models import (
     COMMANDS,
@@ -15,10 +16,10 @@ from events.view.models import (
     CommandView,
     Counts,
     FlakyCheckView,
+    LoopView,
     MergeEntry,
     MergeStatus,
     MonitorActionView,
-    TaskStatus,
     TaskView,
     Verification,
 )
@@ -36,6 +37,23 @@ def _loop_started(view: SystemView, e: ev.LoopStarted) -> None:
     loop.last_seen = loop.started = e.ts
     loop.stopped_reason = None
     loop.can_progress, loop.paused = None, False
+    loop.max_attempts = e.max_attempts or loop.max_attempts
+    if e.tasks is not None:
+        _take_snapshot(loop, e.tasks)
+
+
+def _take_snapshot(loop: LoopView, tasks: list[ev.TaskSnapshot]) -> None:
+    """The worker's task list (as it starts or stops) replaces the view's: tasks gone
+    from its file go, tasks added by hand come, and each status is the file's, unless
+    the events know more that the file cannot say (a claim under way with the gate or
+    merge queue, a hold)."""
+    known, loop.tasks, loop.listed = loop.tasks, {}, True
+    for snap in tasks:
+        task = loop.tasks[snap.id] = known.get(snap.id) or TaskView(loop=loop.name, task_id=snap.id)
+        settled = snap.status in (TaskStatus.MERGED, TaskStatus.BLOCKED)
+        if settled or not task.status.under_way:
+            task.status, task.reason = snap.status, snap.last_result or ""
+        task.attempts = snap.attempts
 
 
 def _heartbeat(view: SystemView, e: ev.LoopHeartbeat) -> None:
@@ -53,6 +71,8 @@ def _loop_stopped(view: SystemView, e: ev.LoopStopped) -> None:
     loop.status = e.status
     loop.stopped_reason = e.reason
     loop.last_seen = e.ts
+    if e.tasks is not None:
+        _take_snapshot(loop, e.tasks)
 
 
 def _failed(attempt: int) -> int:
@@ -310,11 +330,12 @@ def _acknowledged(view: SystemView, e: ev.CommandAcknowledged) -> None:
     if command.loop is None or e.refused:  # nothing changed (a reset of an unknown task)
         return
     loop = view.loop(command.loop)
-    if command.type == "loop.pause":
+    kind = ev.EVENT_TYPES.get(command.type)
+    if kind is ev.LoopPause:
         loop.status = ev.LoopStatus.PAUSED
-    elif command.type == "loop.resume" and loop.status is ev.LoopStatus.PAUSED:
+    elif kind is ev.LoopResume and loop.status is ev.LoopStatus.PAUSED:
         loop.status = ev.LoopStatus.RUNNING
-    elif command.type == "task.reset" and command.task_id is not None:
+    elif kind is ev.TaskReset and command.task_id is not None:
         task = loop.task(command.task_id)
         task.status, task.attempts, task.reason, task.updated = TaskStatus.PENDING, 0, "", e.ts
 

@@ -8,6 +8,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 import events as ev
+from events import TaskStatus
 from events.view.escalations import Escalation, EscalationStatus
 
 STALE_AFTER = 2.0  # heartbeat intervals without a heartbeat before a loop is stale
@@ -18,21 +19,6 @@ MONITOR_ACTIONS = 100
 COMMANDS = 50
 SEEN_IDS = 20_000  # dedupe window: delivery is at least once
 TIMELINE = 120  # marks kept per loop for its timeline chart
-
-
-class TaskStatus(StrEnum):
-    """Where a task is, as far as the events tell."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    CLAIMED = "claimed"  # the agent says done: waiting for the gate
-    VERIFYING = "verifying"
-    VERIFIED = "verified"
-    QUEUED = "queued"  # in the merge queue
-    MERGED = "merged"  # the only "passed" there is
-    FAILED = "failed"  # the last attempt failed; the loop retries it
-    BLOCKED = "blocked"
-    HELD = "held"  # held by the PM
 
 
 class Health(StrEnum):
@@ -152,6 +138,10 @@ class LoopView(BaseModel):
     outage_until: datetime | None = None  # the last outage back-off (a wait that is not usage)
     passed: int = 0
     total: int = 0
+    # The worker listed its tasks (`loop.started`, `loop.stopped`): `passed`/`total`
+    # count them, as the summaries do, not the heartbeat's copy of the file's count.
+    listed: bool = False
+    max_attempts: int | None = None  # failed attempts before a task is blocked
     interval_s: float = DEFAULT_INTERVAL_S
     last_seen: datetime | None = None  # the last heartbeat (or start)
     started: datetime | None = None  # this worker run's `loop.started`
@@ -190,6 +180,12 @@ class LoopView(BaseModel):
         if self.status is ev.LoopStatus.STOPPED:
             return Attention.STOPPED
         return Attention.WORKING
+
+    def recount(self) -> None:
+        """`passed`/`total` from the task list, once the worker has listed it."""
+        if self.listed:
+            self.total = len(self.tasks)
+            self.passed = sum(t.status is TaskStatus.MERGED for t in self.tasks.values())
 
     def settled(self, since: datetime) -> bool:
         """Nothing more to expect from the run of this loop that started at or after

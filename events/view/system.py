@@ -80,6 +80,8 @@ class SystemView(BaseModel):
         handler = HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
+            if event.loop in self.loops:
+                self.loops[event.loop].recount()
         self.spend.add(event)
         self.recent.append(
             EventLine(

@@ -100,6 +100,10 @@ def test_every_family_from_the_stream_and_redis(bus: RedisBus) -> None:
     assert value(found, "loops_loops", state="running") == 1
     assert value(found, "loops_loops", state="paused") == 0
     assert value(found, "loops_loops_by_attention", attention="waiting on a person") == 1
+    by_health = {
+        dict(k[1])["health"]: v for k, v in found.items() if k[0] == "loops_loops_by_health"
+    }
+    assert {"healthy", "stale", "dead"} <= set(by_health) and sum(by_health.values()) == 2
     assert value(found, "loops_loop_state", loop="loop-api", state="waiting") == 1
     assert value(found, "loops_tasks", loop="loop-api", status="merged") == 1
     assert value(found, "loops_iterations_total", loop="loop-api", outcome="claimed") == 1

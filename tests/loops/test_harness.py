@@ -14,15 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from events import Criterion, LoopStatus, ScriptCheck, ValidationFailed
+from events import Criterion, LoopStatus, ScriptCheck, TaskStatus, ValidationFailed
 from infra.files import write_json_atomic
 from loops.harness import (
+    FileStatus,
     Health,
     LoopConfig,
     LoopState,
     Progress,
     TaskEntry,
-    TaskStatus,
     config_from_data,
     health_from_data,
     load_config,
@@ -137,12 +137,12 @@ def test_seed_state_loads() -> None:
     state = load_state(LOOP1 / "specs" / "test-state.json")
     assert [t.id for t in state.tests] == ["CP-UFS-001", "CP-SPEC-005", "CP-BUILD-001"]
     spec5 = state.task("CP-SPEC-005")
-    assert spec5.status is TaskStatus.PENDING and spec5.attempts == 0
+    assert spec5.status is FileStatus.PENDING and spec5.attempts == 0
     assert spec5.last_result is None and spec5.depends_on == "CP-UFS-001"
     assert spec5.automatable and spec5.category == "spec"
     assert spec5.notes == "Specification agent extracts requirements from ideation"
     blocked = state.task("CP-BUILD-001")
-    assert blocked.status is TaskStatus.BLOCKED and blocked.attempts == 3
+    assert blocked.status is FileStatus.BLOCKED and blocked.attempts == 3
     assert state.summary is not None and state.summary.total == 3
 
 
@@ -165,7 +165,7 @@ def test_readme_new_test_example_loads() -> None:
 def test_reset_example_from_the_runbook() -> None:
     """The seed's runbook resets a test with only id, status and attempts."""
     state = state_from_data({"tests": [{"id": "TEST-ID", "status": "pending", "attempts": 0}]})
-    assert state.tests[0].status is TaskStatus.PENDING and state.summary is None
+    assert state.tests[0].status is FileStatus.PENDING and state.summary is None
 
 
 def test_state_extensions() -> None:
@@ -270,7 +270,7 @@ def test_round_trip_preserves_every_field(tmp_path: Path) -> None:
     path.write_text(json.dumps(original, indent=2))
     state = load_state(path)
     entry = state.task("T-2").model_copy(
-        update={"status": TaskStatus.PASSED, "attempts": 3, "last_result": "PASSED"}
+        update={"status": FileStatus.PASSED, "attempts": 3, "last_result": "PASSED"}
     )
     written = save_state(path, state.with_task(entry))
     data = json.loads(path.read_text())
@@ -506,3 +506,14 @@ def test_a_hand_edit_read_half_written_is_read_again_before_it_is_rejected(tmp_p
     path.write_text(whole[:17])  # nobody finishes it: the problem stands
     with pytest.raises(ValidationFailed):
         load_settled(load_state, path)
+
+
+def test_the_files_statuses_are_the_seeds_four_and_a_projection_of_the_vocabulary() -> None:
+    """One vocabulary (`events.TaskStatus`); test-state.json says it in the seed's words."""
+    assert [s.value for s in FileStatus] == ["pending", "passed", "failed", "blocked"]
+    assert {FileStatus.of(s) for s in TaskStatus} == set(FileStatus)
+    assert FileStatus.of(TaskStatus.MERGED) is FileStatus.PASSED
+    for status in (TaskStatus.RUNNING, TaskStatus.QUEUED, TaskStatus.HELD):
+        assert FileStatus.of(status) is FileStatus.PENDING  # not done, nor failed
+    for file_status in FileStatus:
+        assert FileStatus.of(file_status.task_status) is file_status

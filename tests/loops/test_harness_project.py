@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from events import Criterion, LoopsError, NaturalCheck, ScriptCheck, ValidationFailed
 from infra.settings import Settings
-from loops.harness import TaskStatus
+from loops.harness import FileStatus
 from loops.project import (
     ENV_PROJECT_DIR,
     Problems,
@@ -65,7 +65,7 @@ def test_seed_layout_loads_unchanged(repo: Path) -> None:
     assert loop1.health_path == loop1.specs_dir / "health.json"
     assert loop1.transcripts_dir == loop1.specs_dir / "logs" / "transcripts"
     assert loop1.branch == "loop/loop-1-critical-path"
-    assert loop1.state.task("CP-SPEC-005").status is TaskStatus.PENDING
+    assert loop1.state.task("CP-SPEC-005").status is FileStatus.PENDING
     assert project.dependency_problems() == []
     assert snapshot(repo) == before  # loading wrote nothing
 
@@ -198,10 +198,10 @@ def test_cross_loop_dependencies(repo: Path) -> None:
     credit = loop2.state.task("INF-CREDIT-001")
     (ref,) = loop2.dependencies(credit)
     assert ref == TaskRef("loop-1-critical-path", "CP-SPEC-005")
-    assert project.status_of(ref, loop2.name) is TaskStatus.PENDING
+    assert project.status_of(ref, loop2.name) is FileStatus.PENDING
     loop1 = project.loop("loop-1-critical-path")
     assert loop1.dependencies(loop1.state.task("CP-SPEC-005")) == [TaskRef(None, "CP-UFS-001")]
-    assert project.status_of(TaskRef(None, "CP-UFS-001"), loop1.name) is TaskStatus.PASSED
+    assert project.status_of(TaskRef(None, "CP-UFS-001"), loop1.name) is FileStatus.PASSED
 
 
 def test_dependency_problems(repo: Path) -> None:

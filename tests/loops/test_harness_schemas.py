@@ -32,7 +32,7 @@ def test_state_schema_speaks_the_seed_field_names() -> None:
     entry = schema["$defs"]["TaskEntry"]["properties"]
     assert {"id", "category", "status", "attempts", "lastResult", "dependsOn"} <= set(entry)
     assert {"automatable", "notes", "acceptance_criteria"} <= set(entry)
-    assert schema["$defs"]["TaskStatus"]["enum"] == ["pending", "passed", "failed", "blocked"]
+    assert schema["$defs"]["FileStatus"]["enum"] == ["pending", "passed", "failed", "blocked"]
 
 
 def test_check_mode_reports_stale_files(tmp_path: Path) -> None:

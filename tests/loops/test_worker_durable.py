@@ -17,9 +17,11 @@ import yaml
 import events as ev
 from agents.pm import PMConfig, ProjectManager
 from bus import PassedLedger, RedisBus
+from events.view import SystemView
 from infra.git import git
 from loops.books import HarnessBook
 from loops.driver import WorkerExit, run_worker
+from loops.harness import FileStatus
 from loops.project import load_project
 from loops.runners import make_runner
 from loops.service import WorkerService
@@ -147,6 +149,9 @@ def test_a_trimmed_stream_strands_no_dependent_task(
     wait_until(lambda: of(bus, "task.passed", task_id="A1"))
     a.halt()
     assert PassedLedger(bus.client, bus.prefix).get("loop-a/A1") == "m" * 40
+    stopped = of(bus, "loop.stopped", loop="loop-a")[-1]  # it lists its tasks as it stops
+    assert isinstance(stopped, ev.LoopStopped) and stopped.tasks is not None
+    assert [(t.id, t.status) for t in stopped.tasks] == [("A1", ev.TaskStatus.MERGED)]
     # Everything the stream knew is gone: the merge, the task.passed, the claims.
     bus.client.xtrim(bus.stream, maxlen=0, approximate=False)
     assert not list(bus.replay())
@@ -155,8 +160,13 @@ def test_a_trimmed_stream_strands_no_dependent_task(
     assert started
     # loop-a, restarted, still counts A1 as passed: the durable record backs it.
     a2 = start("loop-a")
-    wait_until(lambda: of(bus, "loop.started", loop="loop-a"))
+    said = wait_until(lambda: of(bus, "loop.started", loop="loop-a"))[-1]
     assert a2.book.record("A1").status.value == "passed"
+    # ... and says so on the stream: `loops status` and the summaries know it merged.
+    assert isinstance(said, ev.LoopStarted) and said.tasks is not None
+    assert [(t.id, t.status) for t in said.tasks] == [("A1", ev.TaskStatus.MERGED)]
+    view = SystemView.from_events(bus.replay())
+    assert view.loops["loop-a"].tasks["A1"].status is ev.TaskStatus.MERGED
     assert not of(bus, "state.rejected")
     b.halt()
     # A fresh PM does not hold B1 on a dependency whose task.passed was trimmed.
@@ -184,12 +194,16 @@ def test_a_forged_passed_is_set_back_and_reported_an_operator_reset_is_taken_up(
     write(state_path, data)
     wait_until(lambda: len(forged(bus)) == 2)
     assert json.loads(state_path.read_text())["tests"][0]["status"] == "pending"
-    assert not a.service.worker.passed_and_merged("A1")
+    assert a.service.worker.merged.commit("A1") is None
     # The real merge passes it; an operator's reset to pending is then taken up.
     assert isinstance(claim, ev.TaskClaimed)
     merge(bus, claim, "m" * 40)
     wait_until(lambda: of(bus, "task.passed", task_id="A1"))
-    assert a.service.worker.passed_and_merged("A1")
+    assert a.service.worker.merged.commit("A1") == "m" * 40
+    assert a.book.record("A1").status.value == "passed"
+    # The file says what the read model says, in the seed's word.
+    view = SystemView.from_events(bus.replay())
+    assert FileStatus.of(view.loops["loop-a"].tasks["A1"].status) is a.book.record("A1").status
     data = json.loads(state_path.read_text())
     data["tests"][0]["status"] = "pending"
     write(state_path, data)
