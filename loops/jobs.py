@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -39,7 +40,7 @@ from infra.git import git
 from infra.settings import Settings
 from loops.runners import AgentRequest, AgentResult, make_runner, redacted
 from loops.runners.process import kill_strays
-from loops.sandbox import SandboxConfig
+from loops.sandbox import SandboxConfig, SandboxPolicy
 from loops.workspace import Workspace
 
 log = logging.getLogger("loops.jobs")
@@ -131,7 +132,7 @@ def run_iteration(
     # to be released, which happens when its process is gone).
     with FileLock(place / ".lock"), _Channel(prefix, job) as channel:
         ws = _checkout(place, remote_url, loop, main, base, merge_with)
-        policy = ws.sandbox_policy(SandboxConfig.model_validate(sandbox or {}))
+        policy = _policy(ws, sandbox, home, remote_url)
         policy.check()  # SandboxUnavailable when required and not possible here
         runner = make_runner(agent, model=model)
         result = runner.run(
@@ -198,6 +199,20 @@ def _checkout(
     if merge_with is not None:
         ws.merge_main()  # conflicts stay in the tree, markers and all, for the agent
     return ws
+
+
+def _policy(ws: Workspace, sandbox: dict[str, Any] | None, home: Path, url: str) -> SandboxPolicy:
+    """The work tree's sandbox (`Workspace.sandbox_policy`: this clone hidden, its
+    objects and the loop's git dir shown again), with this host's other clones (every
+    loop and project under `home`) and the remote, when it is a directory here
+    (compose: the project itself, `.loops/` and all), hidden too."""
+    policy = ws.sandbox_policy(SandboxConfig.model_validate(sandbox or {}))
+    hidden = [home]
+    parts = urlsplit(url)
+    if parts.scheme == "file" or (not parts.scheme and Path(url).is_absolute()):
+        local = Path(parts.path if parts.scheme else url)
+        hidden += [local, local.resolve()]
+    return replace(policy, hidden=(*policy.hidden, *(p.absolute() for p in hidden)))
 
 
 def _push(ws: Workspace, url: str, commit: str, base: str) -> None:

@@ -72,6 +72,9 @@ SECRET_HOME_PATHS = (
     ".kube",
     ".netrc",
     ".git-credentials",
+    ".config/git/credentials",  # git credential-store's other file
+    ".cache/git/credential",  # git credential-cache's socket: it answers anyone who asks
+    ".git-credential-cache",
     ".pgpass",
     ".pypirc",
     ".npmrc",
