@@ -67,9 +67,39 @@ def home() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-class CredentialCache:
-    """A git credential-cache daemon's socket: answers anyone with the password, and
-    counts who asked."""
+@pytest.fixture
+def ssh_agent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The host's ssh-agent, holding the key it pushes with, where ssh-agent puts its
+    socket (`/tmp/ssh-XXXX/agent.N`), named by the harness's `SSH_AUTH_SOCK`; returns
+    the socket's directory."""
+    where = Path(tempfile.mkdtemp(prefix="ssh-"))
+    sock = where / "agent.1"
+    proc = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        key = where / "key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30
+        )
+        for _ in range(50):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True, timeout=30)
+        key.unlink()
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        yield where
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+class Listener:
+    """An agent's socket (a git credential-cache daemon, a gpg-agent): answers anyone
+    with the secret, and counts who asked."""
 
     def __init__(self, path: Path, password: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +129,9 @@ class CredentialCache:
         self.server.close()
 
 
-def agent_host(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def agent_host(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, sockets: tuple[Path, ...] = ()
+) -> dict[str, Any]:
     """The operator's project (the remote, as in compose), the agent host's home with
     the clones of another loop and another project, and the host's git credentials;
     returns the secrets planted, by where they are."""
@@ -132,6 +164,7 @@ def agent_host(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> d
         f"--look {root} --look {agents} --look {home}",
         f"--remote {root}",
         f"--hook-mark {marks / 'hook-ran'} --beacon {marks / 'beacon'}",
+        *(f"--sockets {p}" for p in sockets),
     )
     return {"root": root, "marks": marks, "values": values, "spec": spec}
 
@@ -155,13 +188,16 @@ def run_two_iterations(root: Path, runner: QueuedRunner) -> list[tuple[AgentResu
 
 
 def test_a_job_s_agent_reads_nothing_of_the_host_or_the_coordinator_and_moves_no_ref(
-    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, home: Path, ssh_agent: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_bwrap()
-    setup = agent_host(tmp_path, home, monkeypatch)
+    runtime = home / "run"  # the host's $XDG_RUNTIME_DIR, with a gpg-agent listening
+    setup = agent_host(tmp_path, home, monkeypatch, sockets=(ssh_agent, runtime))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    gpg = Listener(runtime / "gnupg" / "S.gpg-agent", uuid.uuid4().hex)
     root, marks, values = setup["root"], setup["marks"], setup["values"]
     cache_password = uuid.uuid4().hex
-    cache = CredentialCache(home / ".cache" / "git" / "credential" / "socket", cache_password)
+    cache = Listener(home / ".cache" / "git" / "credential" / "socket", cache_password)
     base = git(root, "rev-parse", "main")
     spec = setup["spec"]
     runner = QueuedRunner(make_runner(spec), spec, AgentQueue(None, "t", root))
@@ -169,6 +205,7 @@ def test_a_job_s_agent_reads_nothing_of_the_host_or_the_coordinator_and_moves_no
         runs = run_two_iterations(root, runner)
     finally:
         cache.close()
+        gpg.close()
     time.sleep(1.5)  # a hidden child would go on writing now
 
     f = Findings()
@@ -181,6 +218,11 @@ def test_a_job_s_agent_reads_nothing_of_the_host_or_the_coordinator_and_moves_no
         with f.check():
             assert cache.asked == 0 and seen["credential_cache"]["answer"] == "", (
                 "the agent got the host's git credentials from its credential-cache daemon"
+            )
+        with f.check():
+            answered = seen["sockets"]["answers"]
+            assert not answered and gpg.asked == 0, (
+                f"the host's agents answered the agent: {sorted(answered)}, gpg-agent {gpg.asked}"
             )
         with f.check():
             planted = [p for p, how in seen["hooks"]["planted"].items() if how == "written"]

@@ -4,7 +4,9 @@ paths given on its command line, as compose's `/repo` and `LOOPS_AGENT_HOME` are
 docs), and finds the rest as an agent with a shell would:
 
 - reads every file under those paths and its work tree's ancestors' `.loops/`, the
-  home directory's git credentials (and talks to a git credential-cache daemon);
+  home directory's git credentials, and asks a git credential-cache daemon, every
+  ssh-agent and every other agent socket it finds (`--sockets DIR`: where the host's
+  are) for the host's keys;
 - reads its environment and every `/proc/<pid>/environ` and `cmdline` it can see (the
   rq worker's `REDIS_URL`, `LOOPS_REDIS_PASSWORD`, `LOOPS_SIGNING_KEY`);
 - pushes a commit of its own to the remote's `main`, another loop's branch and a tag;
@@ -12,7 +14,7 @@ docs), and finds the rest as an agent with a shell would:
   clone behind its alternates, the remote), so that the job's own git runs them;
 - leaves a `setsid` child that keeps writing after the job returned.
 
-Usage: agent_host.py --look DIR ... --remote PATH --hook-mark FILE --beacon FILE
+Usage: agent_host.py --look DIR ... --sockets DIR ... --remote PATH --hook-mark FILE --beacon FILE
 Reports (`HOSTILE-REPORT`, in the reply) carry paths and sha256 prefixes, never values."""
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import argparse
 import contextlib
 import os
 import socket
+import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -75,6 +79,31 @@ def credential_cache(home: Path) -> str:
             s.sendall(b"action=get\nprotocol=https\nhost=git.example.com\n\n")
             return h.sha(s.recv(4096).strip())
     return ""
+
+
+def agent_sockets(roots: list[Path]) -> dict[str, str]:
+    """Every socket under `roots` (where the host's agents listen: `/tmp/ssh-*`, the
+    runtime dir; `$SSH_AUTH_SOCK` is not in its environment), asked for what it holds:
+    an ssh-agent for its keys, any other for anything. The sha of the answer, by socket."""
+    answers: dict[str, str] = {}
+    for root in roots:
+        for path in h.walk(root):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                if not stat.S_ISSOCK(path.stat().st_mode):
+                    continue
+                if path.name.startswith("agent."):
+                    env = {**os.environ, "SSH_AUTH_SOCK": str(path)}
+                    cmd = ["ssh-add", "-l"]
+                    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=10)
+                    if out.returncode == 0:
+                        answers[str(path)] = h.sha(out.stdout)
+                    continue
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(2)
+                    s.connect(str(path))
+                    s.sendall(b"GETINFO version\n")
+                    answers[str(path)] = h.sha(s.recv(4096))
+    return answers
 
 
 def own_commit() -> str:
@@ -143,6 +172,7 @@ def main() -> int:
     parser.add_argument("--remote", required=True)
     parser.add_argument("--hook-mark", required=True)
     parser.add_argument("--beacon", required=True)
+    parser.add_argument("--sockets", action="append", default=[])
     args = parser.parse_args()
     with contextlib.suppress(OSError):
         sys.stdin.read()
@@ -153,6 +183,7 @@ def main() -> int:
     h.report("files", read=read_all(looks))
     h.report("processes", secrets=process_secrets())
     h.report("credential_cache", answer=credential_cache(home))
+    h.report("sockets", answers=agent_sockets([Path(p) for p in args.sockets]))
     h.report("pushed", refs=push_everything(args.remote))
     h.report("hooks", planted=plant_hooks(Path(args.remote), Path(args.hook_mark)))
     hide_a_child(Path(args.beacon))
