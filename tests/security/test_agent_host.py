@@ -301,3 +301,23 @@ def test_a_job_s_agent_finds_no_secret_of_its_rq_worker(
                     f"the agent found the {what} in {found.get(sha(value))}"
                 )
     f.done()
+
+
+@pytest.mark.parametrize("form", ["path", "file-url"])
+def test_a_local_remote_is_hidden_however_it_is_written(tmp_path: Path, form: str) -> None:
+    """The remote the job fetches from is hidden from its agent whether the coordinator
+    names it by path (compose: the project itself) or by `file://` URL."""
+    from loops.jobs import _policy
+
+    remote = make_project(tmp_path / "p", [])
+    url = str(remote) if form == "path" else f"file://{remote}"
+    home = tmp_path / "agent-host"
+    ws = Workspace(remote, LOOP, "main", root=home / "x" / LOOP / "ws" / "worktrees")
+
+    hidden = _policy(ws, None, home, url).hidden
+
+    assert remote in hidden and home in hidden
+    assert _policy(ws, None, home, "git@example.com:p.git").hidden == (
+        *ws.sandbox_policy().hidden,
+        home,
+    )
