@@ -321,3 +321,74 @@ def test_a_local_remote_is_hidden_however_it_is_written(tmp_path: Path, form: st
         *ws.sandbox_policy().hidden,
         home,
     )
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_rq_worker_takes_its_agent_and_the_agent_s_setsid_child_along(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An rq worker killed with SIGKILL mid-iteration (the case the job's lease is for):
+    nothing of the agent it ran lives on to change the clone the re-run will use."""
+    require_bwrap()
+    from redis import Redis
+    from rq import Queue
+
+    from loops.jobs import ITERATION_JOB
+
+    url = require_real_redis()
+    root = make_project(tmp_path / "p", [])
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(root, "push", "-q", str(origin), "main", "main:refs/heads/loop/l1")
+    agents = tmp_path / "agent-host"
+    tick = (
+        agents / hashlib.sha256(str(origin).encode()).hexdigest()[:16] / LOOP / "ws"
+        / "worktrees" / LOOP / "setsid-tick.log"
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPS_", "REDIS_"))}
+    env["LOOPS_AGENT_HOME"] = str(agents)
+    name = f"test-agent-host-{uuid.uuid4().hex[:8]}"
+    redis = Redis.from_url(url)
+    queue = Queue(name, connection=redis)
+    queue.enqueue_call(
+        ITERATION_JOB,
+        kwargs={
+            "prefix": name,
+            "job": "j1",
+            "remote_url": str(origin),
+            "loop": LOOP,
+            "main": "main",
+            "base": git(root, "rev-parse", "main"),
+            "merge_with": None,
+            "prompt": "Implement add()",
+            "agent": agent("setsid_child", "setsid", "stay"),
+            "model": None,
+            "task_id": "ADD-1",
+            "iteration": 1,
+            "task_iteration": 1,
+            "timeout_s": 60,
+        },
+        timeout=120,
+    )
+    rq = [str(BIN / "rq"), "worker", "-u", url, "-w", "cli.rqworker.SimpleWorker", name]
+    with (tmp_path / "rq.log").open("w") as out:
+        proc = subprocess.Popen(rq, env=env, stdout=out, stderr=out)
+    try:
+        for _ in range(300):
+            if tick.exists() and tick.stat().st_size > 20:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the agent never started:\n" + (tmp_path / "rq.log").read_text())
+        proc.kill()
+        proc.wait(timeout=10)
+        time.sleep(1.0)
+        size = tick.stat().st_size
+        time.sleep(1.5)
+        assert tick.stat().st_size == size, "the agent's child goes on writing in the clone"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        queue.empty()
+        redis.close()
