@@ -130,12 +130,23 @@ class Listener:
 
 
 def agent_host(
-    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, sockets: tuple[Path, ...] = ()
+    tmp_path: Path,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sockets: tuple[Path, ...] = (),
+    origin: bool = False,
 ) -> dict[str, Any]:
-    """The operator's project (the remote, as in compose), the agent host's home with
-    the clones of another loop and another project, and the host's git credentials;
-    returns the secrets planted, by where they are."""
+    """The operator's project (the remote, as in compose; with `origin`, a bare remote
+    beside it, as with `LOOPS_REMOTE=origin`, the project still at the same path on the
+    agent host), the agent host's home with the clones of another loop and another
+    project, and the host's git credentials; returns the secrets planted, by where."""
     root = make_project(tmp_path / "p", [])
+    remote = root
+    if origin:
+        remote = tmp_path / "origin.git"
+        git(tmp_path, "init", "-q", "--bare", str(remote))
+        git(root, "remote", "add", "origin", str(remote))
+        git(root, "push", "-q", "origin", "main")
     marks = tmp_path / "marks"
     marks.mkdir()
     agents = tmp_path / "agent-host"
@@ -162,11 +173,20 @@ def agent_host(
     spec = agent(
         "agent_host",
         f"--look {root} --look {agents} --look {home}",
-        f"--remote {root}",
+        f"--remote {remote}",
         f"--hook-mark {marks / 'hook-ran'} --beacon {marks / 'beacon'}",
         *(f"--sockets {p}" for p in sockets),
     )
-    return {"root": root, "marks": marks, "values": values, "spec": spec}
+    where = AgentQueue(None, "t", root, remote="origin" if origin else None)
+    runner = QueuedRunner(make_runner(spec), spec, where)
+    return {
+        "root": root,
+        "remote": remote,
+        "marks": marks,
+        "values": values,
+        "spec": spec,
+        "runner": runner,
+    }
 
 
 def run_two_iterations(root: Path, runner: QueuedRunner) -> list[tuple[AgentResult, float]]:
@@ -187,22 +207,21 @@ def run_two_iterations(root: Path, runner: QueuedRunner) -> list[tuple[AgentResu
     return out
 
 
+@pytest.mark.parametrize("origin", [False, True], ids=["remote-is-the-project", "remote-origin"])
 def test_a_job_s_agent_reads_nothing_of_the_host_or_the_coordinator_and_moves_no_ref(
-    tmp_path: Path, home: Path, ssh_agent: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, home: Path, ssh_agent: Path, monkeypatch: pytest.MonkeyPatch, origin: bool
 ) -> None:
     require_bwrap()
     runtime = home / "run"  # the host's $XDG_RUNTIME_DIR, with a gpg-agent listening
-    setup = agent_host(tmp_path, home, monkeypatch, sockets=(ssh_agent, runtime))
+    setup = agent_host(tmp_path, home, monkeypatch, sockets=(ssh_agent, runtime), origin=origin)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     gpg = Listener(runtime / "gnupg" / "S.gpg-agent", uuid.uuid4().hex)
-    root, marks, values = setup["root"], setup["marks"], setup["values"]
+    root, remote, marks, values = setup["root"], setup["remote"], setup["marks"], setup["values"]
     cache_password = uuid.uuid4().hex
     cache = Listener(home / ".cache" / "git" / "credential" / "socket", cache_password)
     base = git(root, "rev-parse", "main")
-    spec = setup["spec"]
-    runner = QueuedRunner(make_runner(spec), spec, AgentQueue(None, "t", root))
     try:
-        runs = run_two_iterations(root, runner)
+        runs = run_two_iterations(root, setup["runner"])
     finally:
         cache.close()
         gpg.close()
@@ -231,13 +250,14 @@ def test_a_job_s_agent_reads_nothing_of_the_host_or_the_coordinator_and_moves_no
         assert not (marks / "hook-ran").exists(), (
             "a hook the agent planted ran outside it:\n" + (marks / "hook-ran").read_text()
         )
-    with f.check():
-        assert git(root, "rev-parse", "main") == base, "the remote's main moved"
-        assert not git(root, "tag", "-l"), "the agent pushed a tag"
-        heads = git(root, "for-each-ref", "--format=%(refname)", "refs/heads").split()
-        assert sorted(heads) == ["refs/heads/loop/l1", "refs/heads/main"], heads
-    with f.check():
-        assert_not_on_main(root, "agent_host")
+    for repo in dict.fromkeys((root, remote)):
+        with f.check():
+            assert git(repo, "rev-parse", "main") == base, f"main moved in {repo}"
+            assert not git(repo, "tag", "-l"), f"the agent pushed a tag to {repo}"
+            heads = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads").split()
+            assert sorted(heads) == ["refs/heads/loop/l1", "refs/heads/main"], heads
+        with f.check():
+            assert_not_on_main(repo, "agent_host")
     with f.check():
         ended = runs[-1][1]
         late = [t for t in (marks / "beacon").read_text().split() if float(t) > ended + 0.2]
@@ -314,10 +334,10 @@ def test_a_local_remote_is_hidden_however_it_is_written(tmp_path: Path, form: st
     home = tmp_path / "agent-host"
     ws = Workspace(remote, LOOP, "main", root=home / "x" / LOOP / "ws" / "worktrees")
 
-    hidden = _policy(ws, None, home, url).hidden
+    hidden = _policy(ws, None, [home], url).hidden
 
     assert remote in hidden and home in hidden
-    assert _policy(ws, None, home, "git@example.com:p.git").hidden == (
+    assert _policy(ws, None, [home], "git@example.com:p.git").hidden == (
         *ws.sandbox_policy().hidden,
         home,
     )
