@@ -31,7 +31,6 @@ from app.compose import (
     pm_config,
     wire,
 )
-from app.fleet import agent_runner
 from app.metrics import metrics_address
 from app.runtime import run_role
 from app.system import SystemOptions
@@ -146,7 +145,7 @@ def _service(
         HarnessBook(loop, max_iterations=args.max_iterations),
         agent,
         heartbeat_s=loop.config.health_check.interval_seconds,
-        runner=agent_runner(w.bus, loop, agent, w.repo, w.main, w.remote, w.settings),
+        loop=loop,
         prices=project.config.prices,
         budget=effective(project.config.budget, loop.config.budget),
         inbox=inbox,
