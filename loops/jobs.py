@@ -125,12 +125,15 @@ def run_iteration(
     task_iteration: int | None,
     timeout_s: float,
     sandbox: dict[str, Any] | None = None,
+    hide: list[str] | None = None,
 ) -> str:
     """Run one agent iteration on `loop`'s branch at `base` (with `merge_with` merged in
     first, conflicts and all, when the loop is resolving a conflict with main), commit
     what the agent changed, push the branch (leased on `base`) and return the evidence
     (`result_to_json`). Raises `IterationJobError` when the iteration cannot be set up
-    or published, so rq records the job as failed."""
+    or published, so rq records the job as failed. `hide`: the coordinator's own paths
+    (its checkout and state dir), hidden from the agent where this host has them too
+    (compose mounts the project at the same path everywhere)."""
     named = Settings.from_env().agent_home
     home = Path(named or Path.home() / ".cache" / "coding-loops" / "agents")
     place = home / hashlib.sha256(remote_url.encode()).hexdigest()[:16] / loop
@@ -155,7 +158,7 @@ def run_iteration(
             ws,
             make_runner(agent, model=model),
             request,
-            ws.sandbox_policy(SandboxConfig.model_validate(sandbox or {})),
+            _policy(ws, sandbox, [home, *(Path(p) for p in hide or ())], remote_url),
             f"{loop}: {task_id} iteration {iteration}\n\nLoops-Job: {job}",
         )
         if done.commit:
@@ -228,6 +231,23 @@ def _checkout(
     if merge_with is not None:
         ws.merge_main()  # conflicts stay in the tree, markers and all, for the agent
     return ws
+
+
+def _policy(
+    ws: Workspace, sandbox: dict[str, Any] | None, hide: list[Path], url: str
+) -> SandboxPolicy:
+    """The work tree's sandbox (`Workspace.sandbox_policy`: this clone hidden, its
+    objects and the loop's git dir shown again), with `hide` (this host's clones of
+    every loop and project, the coordinator's checkout and state dir) and the remote,
+    when it is a directory here (compose: the project itself, `.loops/` and all),
+    hidden too."""
+    policy = ws.sandbox_policy(SandboxConfig.model_validate(sandbox or {}))
+    hidden = list(hide)
+    parts = urlsplit(url)
+    if parts.scheme == "file" or (not parts.scheme and Path(url).is_absolute()):
+        local = Path(parts.path if parts.scheme else url)
+        hidden += [local, local.resolve()]
+    return replace(policy, hidden=(*policy.hidden, *(p.absolute() for p in hidden)))
 
 
 def _push(ws: Workspace, url: str, commit: str, base: str) -> None:

@@ -9,7 +9,8 @@ Inside the sandbox (DESIGN.md invariant 8, issue 9 item 1):
 - hidden (an empty read-only tmpfs over them): the operator's checkout and the
   project's state directory (`.loops/`: Redis URL, tokens, state, logs, other loops'
   work trees), and the credentials in the home directory (`SECRET_HOME_PATHS`:
-  `~/.ssh`, `~/.aws`, `~/.config/gh`, `~/.git-credentials`, ...). Inside them, only
+  `~/.ssh`, `~/.aws`, `~/.config/gh`, `~/.git-credentials`, ...) and the sockets of
+  the user's agents (ssh-agent, gpg-agent, the runtime dir). Inside them, only
   what the agent's git needs is visible again, read-only: the object store and the
   loop's private git dir (and whatever `sandbox.readable` lists);
 - its own PID namespace with `--die-with-parent`: when the run ends, times out, is
@@ -25,6 +26,7 @@ turns it off with a warning; `required` refuses to run without it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -72,6 +74,9 @@ SECRET_HOME_PATHS = (
     ".kube",
     ".netrc",
     ".git-credentials",
+    ".config/git/credentials",  # git credential-store's other file
+    ".cache/git/credential",  # git credential-cache's socket: it answers anyone who asks
+    ".git-credential-cache",
     ".pgpass",
     ".pypirc",
     ".npmrc",
@@ -274,7 +279,7 @@ class SandboxPolicy:
         extra_readable = [*cfg.readable, *_split_paths(env.get(ENV_READABLE, ""))]
         names = [*cfg.env, *re.split(r"[\s,:]+", env.get(ENV_PASSTHROUGH, "").strip())]
         home = Path(env.get("HOME") or Path.home())
-        secrets = [home / p for p in SECRET_HOME_PATHS]
+        secrets = [home / p for p in SECRET_HOME_PATHS] + _agent_sockets(env)
         return cls(
             mode=_mode(cfg, env),
             network=cfg.network,
@@ -355,6 +360,21 @@ class SandboxPolicy:
                 args += ["--remount-ro", str(path)]
         args += ["--chdir", str(cwd), "--", *argv]
         return args
+
+
+def _agent_sockets(env: Mapping[str, str]) -> list[Path]:
+    """Where the user's agents listen: `$SSH_AUTH_SOCK` and every `/tmp/ssh-*` of ours
+    (ssh-agent), the runtime dir (`$XDG_RUNTIME_DIR`, `/run/user/<uid>`: gpg-agent,
+    keyrings, the session bus that starts programs outside the sandbox). A socket on a
+    read-only mount still answers, so they are hidden, not just read-only."""
+    found = [Path(env[name]) for name in ("SSH_AUTH_SOCK", "XDG_RUNTIME_DIR") if env.get(name)]
+    found.append(Path("/run/user") / str(os.getuid()))
+    with contextlib.suppress(OSError):
+        for path in Path("/tmp").glob("ssh-*"):
+            with contextlib.suppress(OSError):
+                if path.is_dir() and path.stat().st_uid == os.getuid():
+                    found.append(path)
+    return found
 
 
 def _reason(status: SandboxStatus) -> str:

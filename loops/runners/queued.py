@@ -162,6 +162,8 @@ class QueuedRunner:
             "task_iteration": request.task_iteration,
             "timeout_s": request.timeout_s,
             "sandbox": self.sandbox.model_dump(mode="json") if self.sandbox else None,
+            # Where an agent host sees them too (compose), hidden from its agent.
+            "hide": [str(self.where.repo.absolute()), str(ws.root.parent)],
         }
         started = time.monotonic()
 
