@@ -87,6 +87,7 @@ class Escalation:
     read_by: str | None = None  # who read `decision` from free text ("rules", "model:...")
     unreadable: list[str] = field(default_factory=list)  # answers that reopened it
     first_question: str | None = None  # the question as first asked, once reopened
+    acknowledgements: list[str] = field(default_factory=list)  # every one seen
 
     @property
     def asked(self) -> str:
@@ -177,8 +178,14 @@ def apply(current: Escalation | None, event: Event) -> Escalation | None:
     if current is None or current.closed:
         return None
     if isinstance(event, EscalationAcknowledged):
-        if current.status != EscalationStatus.OPEN:
+        # Every acknowledgement is remembered, applied or not: one seen before
+        # (redelivered after the question reopened) acknowledged the question as it
+        # was then, not the one asked since.
+        if event.id in current.acknowledgements:
             return None
+        current.acknowledgements.append(event.id)
+        if current.status != EscalationStatus.OPEN:
+            return current  # nothing to acknowledge now; remembered
         current.status = EscalationStatus.ACKNOWLEDGED
         current.acknowledged_by = event.by
         return current
