@@ -16,11 +16,10 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from cli.cmd_budget import add_commands as add_budget_commands
-from cli.cmd_budget import add_flags as add_budget_flags
 from events import LoopsError, ValidationFailed
 from events.secrets import install_log_redaction, redact
 from infra.settings import Settings
+from loops.budget_config import RAISE_HELP
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -74,14 +73,41 @@ def _add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true", help="send the command and return at once")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
-    return value
+def _above_zero(kind: type[float] | type[int], what: str) -> Callable[[str], float | int]:
+    """An argparse type: a number above 0, else one line saying so."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what} above 0")
+        return value
+
+    return parse
+
+
+def _add_budget_flags(p: argparse.ArgumentParser, what: str, *, dry_run: bool = False) -> None:
+    """`--max-cost` and `--max-tokens` (and `--dry-run` for `loops up`)."""
+    for flag, kind, metavar, unit in (
+        ("--max-cost", float, "USD", "spent this many dollars"),
+        ("--max-tokens", int, "N", "used this many tokens"),
+    ):
+        p.add_argument(
+            flag,
+            type=_above_zero(kind, "a number"),
+            metavar=metavar,
+            default=None,
+            help=f"stop starting agent calls once {what} has {unit}",
+        )
+    if dry_run:
+        p.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print the tasks that would run, in order, with the budget each may use, "
+            "and the worst case per loop and for the project; start nothing",
+        )
 
 
 def _add_test_command(p: argparse.ArgumentParser) -> None:
@@ -181,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_test_command(p)
     p.add_argument(
         "--agent-timeout",
-        type=_seconds,
+        type=_above_zero(float, "a number of seconds"),
         metavar="SECONDS",
         default=None,
         help="kill an agent run (its whole process group) after this many seconds (default 1800)",
@@ -191,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept the agent's <promise> without running the checks (ralph_loop's old behaviour)",
     )
-    add_budget_flags(p, "the loop")
+    _add_budget_flags(p, "the loop")
 
     p = _command(
         sub, "up", "up", help="the whole system on DIR (seed layout: DIR/loop-*/config.json)"
@@ -206,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", metavar="A", default=None, help="override every loop's agent")
     _add_harness_overrides(p, "every loop")
     _add_test_command(p)
-    add_budget_flags(p, "the project", dry_run=True)
+    _add_budget_flags(p, "the project", dry_run=True)
     p.add_argument(
         "--serve",
         action="store_true",
@@ -331,7 +357,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--here", action="store_true", help="only count processes on this host")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    add_budget_commands(sub)  # `loops budget`, `loops plan` (cli/cmd_budget.py)
+    p = _command(sub, "budget", "budget", help="what was spent against the budgets; raise a budget")
+    _add_redis(p)
+    p.add_argument(
+        "loop", metavar="LOOP[/TASK]", nargs="?", default=None, help="the loop (or one task)"
+    )
+    p.add_argument("amount", metavar="+AMOUNT", nargs="*", help=f"a raise, e.g. {RAISE_HELP}")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("--project", action="store_true", help="raise the project's budget")
+    level.add_argument("--day", action="store_true", help="raise the project's daily budget")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _command(
+        sub, "plan", "budget", help="what `loops up` would run and may spend; starts nothing"
+    )
+    p.add_argument("dir", nargs="?", default=None, help="project directory (default: .)")
+    p.add_argument("--agent", metavar="A", default=None, help="as `loops up --agent`")
+    _add_budget_flags(p, "the project")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = _command(sub, "demo", "demo", help="the embedded demo from the README (no API key needed)")
     p.add_argument(
         "--agent", metavar="A", default=None, help="run the scenario on a real agent, e.g. claude"
