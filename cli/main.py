@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 
@@ -24,6 +25,43 @@ from loops.budget_config import RAISE_HELP
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 ROLES = ("worker", "monitor", "pm", "human", "gate", "merge", "dashboard")
+
+
+# The option groups commands share: `_add(p, "redis", "wait")` adds them.
+OPTIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "redis": [
+        ("--redis", {"metavar": "URL", "help": "Redis URL (default: $REDIS_URL, else the "
+                     "embedded server of the project, see --dir)"}),
+        ("--dir", {"dest": "project_dir", "metavar": "DIR", "default": None,
+                   "help": "project directory whose embedded server to reach (default: "
+                   "$CODING_LOOP_PROJECT_DIR, else the system found from here, as git finds "
+                   "its repository)"}),
+    ],
+    "wait": [
+        ("--wait", {"type": float, "metavar": "S", "default": 10.0,
+                    "help": "seconds to wait for the worker's acknowledgement (default 10)"}),
+        ("--no-wait", {"action": "store_true", "help": "send the command and return at once"}),
+    ],
+    "test_command": [
+        ("--test-command", {"metavar": "CMD", "default": None,
+                            "help": "the project's full test suite, run on every merged tree "
+                            "before main moves (overrides test_command in project.json)"}),
+    ],
+    "metrics": [
+        ("--metrics-port", {"type": int, "metavar": "PORT", "default": None,
+                            "help": "serve Prometheus metrics at http://HOST:PORT/metrics "
+                            "(default: $LOOPS_METRICS_PORT, else off; 0 = a free port)"}),
+        ("--metrics-host", {"metavar": "HOST", "default": None, "help": "address of /metrics "
+                            "(default: $LOOPS_METRICS_HOST, else 127.0.0.1)"}),
+    ],
+}  # fmt: skip
+
+
+def _add(p: argparse.ArgumentParser, *groups: str) -> None:
+    """Add the `OPTIONS` groups named."""
+    for group in groups:
+        for flag, kwargs in OPTIONS[group]:
+            p.add_argument(flag, **kwargs)
 
 
 def _command(
@@ -44,33 +82,6 @@ def _runner(spec: str) -> Callable[[argparse.Namespace], int]:
         return int(command(args))
 
     return run
-
-
-def _add_redis(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--redis",
-        metavar="URL",
-        help="Redis URL (default: $REDIS_URL, else the embedded server of the project, see --dir)",
-    )
-    p.add_argument(
-        "--dir",
-        dest="project_dir",
-        metavar="DIR",
-        default=None,
-        help="project directory whose embedded server to reach (default: $CODING_LOOP_PROJECT_DIR, "
-        "else the system found from here, as git finds its repository)",
-    )
-
-
-def _add_wait(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--wait",
-        type=float,
-        metavar="S",
-        default=10.0,
-        help="seconds to wait for the worker's acknowledgement (default 10)",
-    )
-    p.add_argument("--no-wait", action="store_true", help="send the command and return at once")
 
 
 def _above_zero(kind: type[float] | type[int], what: str) -> Callable[[str], float | int]:
@@ -108,33 +119,6 @@ def _add_budget_flags(p: argparse.ArgumentParser, what: str, *, dry_run: bool = 
             help="print the tasks that would run, in order, with the budget each may use, "
             "and the worst case per loop and for the project; start nothing",
         )
-
-
-def _add_test_command(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--test-command",
-        metavar="CMD",
-        default=None,
-        help="the project's full test suite, run on every merged tree before main moves "
-        "(overrides test_command in project.json)",
-    )
-
-
-def _add_metrics(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        default=None,
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: "
-        "$LOOPS_METRICS_PORT, else off; 0 = a free port)",
-    )
-    p.add_argument(
-        "--metrics-host",
-        metavar="HOST",
-        default=None,
-        help="address of /metrics (default: $LOOPS_METRICS_HOST, else 127.0.0.1)",
-    )
 
 
 def _at_least_one(text: str) -> int:
@@ -204,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="git repository to work in (default: the spec's directory)",
     )
-    _add_test_command(p)
+    _add(p, "test_command")
     p.add_argument(
         "--agent-timeout",
         type=_above_zero(float, "a number of seconds"),
@@ -231,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of the embedded one")
     p.add_argument("--agent", metavar="A", default=None, help="override every loop's agent")
     _add_harness_overrides(p, "every loop")
-    _add_test_command(p)
+    _add(p, "test_command")
     _add_budget_flags(p, "the project", dry_run=True)
     p.add_argument(
         "--serve",
@@ -249,12 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
 
     p = _command(sub, "status", "status", help="loops, tasks, health, escalations, merge queue")
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
 
     p = _command(sub, "events", "events", help="the event log")
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument(
@@ -270,12 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = _command(sub, "escalations", "escalations", help="open questions for a person")
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="include answered and expired ones")
 
     p = _command(sub, "answer", "escalations:run_answer", help="answer an escalation")
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument("id", metavar="ID")
     p.add_argument("text", metavar="TEXT", nargs="+")
     p.add_argument(
@@ -288,13 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("stop", "stop a loop after its current iteration"),
     ):
         p = _command(sub, name, "control", help=text)
-        _add_redis(p)
-        _add_wait(p)
+        _add(p, "redis", "wait")
         p.add_argument("loop", metavar="LOOP")
 
     p = _command(sub, "reset", "control", help="set a task back to pending with zero attempts")
-    _add_redis(p)
-    _add_wait(p)
+    _add(p, "redis", "wait")
     p.add_argument("loop", metavar="LOOP")
     p.add_argument("task", metavar="TASK")
     p.add_argument("--hint", default=None, help="guidance for the task's next prompt")
@@ -306,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one loop: alone with its gate and merge queue (embedded), or as the "
         "worker role of a distributed system (--redis or $REDIS_URL)",
     )
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument(
         "loop",
         metavar="LOOP",
@@ -329,23 +311,23 @@ def build_parser() -> argparse.ArgumentParser:
         "PATH's directory, with this config",
     )
     _add_harness_overrides(p, "the loop")
-    _add_metrics(p)
+    _add(p, "metrics")
     for role in ROLES[1:]:
         module = "dashboard" if role == "dashboard" else "roles"
         p = _command(sub, role, module, help=f"role: run the {role} as its own process")
-        _add_redis(p)
+        _add(p, "redis")
         if role == "dashboard":  # serves /metrics on its own port
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8765)
         if role == "merge":
-            _add_test_command(p)
+            _add(p, "test_command")
         if role != "dashboard":
-            _add_metrics(p)
+            _add(p, "metrics")
 
     p = _command(
         sub, "health", "health", help="exit 0 if a role process is alive (compose health checks)"
     )
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument(
         "role",
         nargs="?",
@@ -358,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _command(sub, "budget", "budget", help="what was spent against the budgets; raise a budget")
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument(
         "loop", metavar="LOOP[/TASK]", nargs="?", default=None, help="the loop (or one task)"
     )
