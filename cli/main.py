@@ -27,7 +27,33 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 ROLES = ("worker", "monitor", "pm", "human", "gate", "merge", "dashboard")
 
 
-# The option groups commands share: `_add(p, "redis", "wait")` adds them.
+def _above_zero(kind: type[float] | type[int], what: str) -> Callable[[str], float | int]:
+    """An argparse type: a number above 0, else one line saying so."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what} above 0")
+        return value
+
+    return parse
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# The option groups commands share: `_add(p, "redis", "wait")` adds them; `{what}` in a
+# help text is what the command runs (`_add(p, "budget", what="the loop")`).
 OPTIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "redis": [
         ("--redis", {"metavar": "URL", "help": "Redis URL (default: $REDIS_URL, else the "
@@ -54,14 +80,35 @@ OPTIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--metrics-host", {"metavar": "HOST", "default": None, "help": "address of /metrics "
                             "(default: $LOOPS_METRICS_HOST, else 127.0.0.1)"}),
     ],
+    "budget": [
+        ("--max-cost", {"type": _above_zero(float, "a number"), "metavar": "USD",
+                        "default": None, "help": "stop starting agent calls once {what} has "
+                        "spent this many dollars"}),
+        ("--max-tokens", {"type": _above_zero(int, "a number"), "metavar": "N", "default": None,
+                          "help": "stop starting agent calls once {what} has used this many "
+                          "tokens"}),
+    ],
+    "dry_run": [
+        ("--dry-run", {"action": "store_true", "help": "print the tasks that would run, in "
+                       "order, with the budget each may use, and the worst case per loop and "
+                       "for the project; start nothing"}),
+    ],
+    # The coding-loops harness's run_loop.py flags (precedence: flag, config, default).
+    "harness": [
+        ("--max-iterations", {"type": _at_least_one, "metavar": "N", "default": None,
+                              "help": "at most N agent runs for {what} in this run (default: "
+                              "no limit)"}),
+        ("--model", {"metavar": "M", "default": None,
+                     "help": "the model for {what} (overrides config.json)"}),
+    ],
 }  # fmt: skip
 
 
-def _add(p: argparse.ArgumentParser, *groups: str) -> None:
+def _add(p: argparse.ArgumentParser, *groups: str, what: str = "") -> None:
     """Add the `OPTIONS` groups named."""
     for group in groups:
         for flag, kwargs in OPTIONS[group]:
-            p.add_argument(flag, **kwargs)
+            p.add_argument(flag, **{**kwargs, "help": kwargs["help"].format(what=what)})
 
 
 def _command(
@@ -82,67 +129,6 @@ def _runner(spec: str) -> Callable[[argparse.Namespace], int]:
         return int(command(args))
 
     return run
-
-
-def _above_zero(kind: type[float] | type[int], what: str) -> Callable[[str], float | int]:
-    """An argparse type: a number above 0, else one line saying so."""
-
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text!r}: give {what} above 0")
-        return value
-
-    return parse
-
-
-def _add_budget_flags(p: argparse.ArgumentParser, what: str, *, dry_run: bool = False) -> None:
-    """`--max-cost` and `--max-tokens` (and `--dry-run` for `loops up`)."""
-    for flag, kind, metavar, unit in (
-        ("--max-cost", float, "USD", "spent this many dollars"),
-        ("--max-tokens", int, "N", "used this many tokens"),
-    ):
-        p.add_argument(
-            flag,
-            type=_above_zero(kind, "a number"),
-            metavar=metavar,
-            default=None,
-            help=f"stop starting agent calls once {what} has {unit}",
-        )
-    if dry_run:
-        p.add_argument(
-            "--dry-run",
-            action="store_true",
-            help="print the tasks that would run, in order, with the budget each may use, "
-            "and the worst case per loop and for the project; start nothing",
-        )
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _add_harness_overrides(p: argparse.ArgumentParser, what: str) -> None:
-    """The coding-loops harness's run_loop.py flags (precedence: flag, config, default)."""
-    p.add_argument(
-        "--max-iterations",
-        type=_at_least_one,
-        metavar="N",
-        default=None,
-        help=f"at most N agent runs for {what} in this run (default: no limit)",
-    )
-    p.add_argument(
-        "--model", metavar="M", default=None, help=f"the model for {what} (overrides config.json)"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept the agent's <promise> without running the checks (ralph_loop's old behaviour)",
     )
-    _add_budget_flags(p, "the loop")
+    _add(p, "budget", what="the loop")
 
     p = _command(
         sub, "up", "up", help="the whole system on DIR (seed layout: DIR/loop-*/config.json)"
@@ -214,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of the embedded one")
     p.add_argument("--agent", metavar="A", default=None, help="override every loop's agent")
-    _add_harness_overrides(p, "every loop")
+    _add(p, "harness", what="every loop")
     _add(p, "test_command")
-    _add_budget_flags(p, "the project", dry_run=True)
+    _add(p, "budget", "dry_run", what="the project")
     p.add_argument(
         "--serve",
         action="store_true",
@@ -310,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the loop's config.json (the harness's run_loop.py --config): runs the loop in "
         "PATH's directory, with this config",
     )
-    _add_harness_overrides(p, "the loop")
+    _add(p, "harness", what="the loop")
     _add(p, "metrics")
     for role in ROLES[1:]:
         module = "dashboard" if role == "dashboard" else "roles"
@@ -355,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", nargs="?", default=None, help="project directory (default: .)")
     p.add_argument("--agent", metavar="A", default=None, help="as `loops up --agent`")
-    _add_budget_flags(p, "the project")
+    _add(p, "budget", what="the project")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _command(sub, "demo", "demo", help="the embedded demo from the README (no API key needed)")
