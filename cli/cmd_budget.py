@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         loop, _, task = (args.loop or "").partition("/")
         of_loop = level in (BudgetLevel.TASK, BudgetLevel.LOOP)
         if of_loop:
-            require_loop(bus, loop, "nothing raised")
+            require_loop(bus, loop, "raised")
         for metric, amount in raises:
             total = ledger.raise_limit(name, metric.value, amount)
             bus.publish(
