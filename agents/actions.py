@@ -163,17 +163,7 @@ class Responder:
         )
         return [
             act,
-            EscalationRaised(
-                source=self.source,
-                loop=f.loop,
-                causation_id=f.cause,
-                escalation_id=esc,
-                kind=EscalationKind.APPROVAL,
-                severity=rp.severity,
-                question=question,
-                task_id=f.task_id,
-                options=["approve", "reject"],
-            ),
+            self._ask(f, rp, esc, EscalationKind.APPROVAL, question, ["approve", "reject"]),
         ]
 
     def escalate(
@@ -210,17 +200,7 @@ class Responder:
         )
         out: list[Event] = [
             self.action(A.ESCALATE, f),
-            EscalationRaised(
-                source=self.source,
-                loop=f.loop,
-                causation_id=f.cause,
-                escalation_id=esc,
-                kind=EscalationKind.INCIDENT,
-                severity=rp.severity,
-                question=question,
-                task_id=f.task_id,
-                options=["retry", "skip", "abort"],
-            ),
+            self._ask(f, rp, esc, EscalationKind.INCIDENT, question, ["retry", "skip", "abort"]),
         ]
         if f.agent_started_at is not None and f.task_id is not None:
             # A silent run is still hanging: kill it, and do not run it again on its own.
@@ -228,6 +208,28 @@ class Responder:
         if then is not None:
             out += self.do(then, f, rp, scope)
         return out
+
+    def _ask(
+        self,
+        f: Finding,
+        rp: RulePolicy,
+        esc: str,
+        kind: EscalationKind,
+        question: str,
+        options: list[str],
+    ) -> EscalationRaised:
+        """The monitor's question `esc` to a person about finding `f`."""
+        return EscalationRaised(
+            source=self.source,
+            loop=f.loop,
+            causation_id=f.cause,
+            escalation_id=esc,
+            kind=kind,
+            severity=rp.severity,
+            question=question,
+            task_id=f.task_id,
+            options=options,
+        )
 
     # ----------------------------------------------------------------- answers
 

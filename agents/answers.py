@@ -28,9 +28,8 @@ from typing import Protocol
 
 import anthropic
 
-from agents.model import model_client
 from events import Decision, EscalationKind
-from infra.settings import Settings
+from infra.model import DEFAULT_MODEL, model_client
 
 log = logging.getLogger("loops.agents")
 
@@ -171,7 +170,7 @@ class AnthropicAnswerReader:
         timeout_s: float = 30.0,
         max_retries: int = 1,
     ) -> None:
-        self.model = model or Settings.from_env().judge_model or "claude-sonnet-4-6"
+        self.model = model or DEFAULT_MODEL
         self.name = f"model:{self.model}"
         self.client = model_client(
             api_key=api_key, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries

@@ -104,6 +104,12 @@ def _clip(text: str, n: int = 300) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _commands_of(run: list[Observation], label: str, width: int) -> str:
+    """` LABEL: the last five commands of `run`.` (clipped to `width`), '' if none ran."""
+    commands = [c for o in run for c in o.commands][-5:]
+    return f" {label}: {_clip('; '.join(commands), width)}." if commands else ""
+
+
 @dataclass
 class LoopHealth:
     """What the monitor knows about one loop."""
@@ -386,14 +392,11 @@ class LoopHealth:
         run = self._trailing(self._counted_iterations(), lambda o: not o.changed)
         if len(run) < t.no_change_iterations:
             return None
-        commands = [c for o in run for c in o.commands][-5:]
         hint = (
             f"The last {len(run)} iterations on {self.task_id} changed no file. Do not re-read "
             "and re-plan: make one concrete change toward the first unmet acceptance criterion "
             "and commit it. If the task cannot be done as written, reply BLOCKED with the reason."
-        )
-        if commands:
-            hint += f" Commands run meanwhile, without effect: {_clip('; '.join(commands), 300)}."
+        ) + _commands_of(run, "Commands run meanwhile, without effect", 300)
         return self._finding(
             Rule.NO_CHANGES,
             run[0].event_id,
@@ -453,14 +456,11 @@ class LoopHealth:
         if len(run) < t.permission_denial_iterations:
             return None
         total = sum(o.denials for o in run)
-        commands = [c for o in run for c in o.commands][-5:]
         hint = (
             f"{total} tool calls were denied permission over the last {len(run)} iterations. "
             "Use only the tools and commands this loop allows; if the task needs more, reply "
             "BLOCKED and name the permission it needs."
-        )
-        if commands:
-            hint += f" Recent commands: {_clip('; '.join(commands), 200)}."
+        ) + _commands_of(run, "Recent commands", 200)
         return self._finding(
             Rule.PERMISSION_DENIALS,
             run[0].event_id,

@@ -19,7 +19,6 @@ across its own restarts; its view of the loops is rebuilt by replaying the strea
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -45,6 +44,7 @@ from events import (
     short_id,
     utcnow,
 )
+from infra.process import pid_alive
 from infra.store import Store
 
 Clock = Callable[[], datetime]
@@ -69,15 +69,7 @@ SEEN_IDS = 200_000  # dedupe window (the stream keeps about 100k entries)
 
 def local_pid_alive(host: str, pid: int) -> bool | None:
     """Whether `pid` runs on this host; None for another host's process."""
-    if host != socket.gethostname():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid) if host == socket.gethostname() else None
 
 
 class Monitor:

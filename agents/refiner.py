@@ -13,9 +13,8 @@ from typing import Protocol
 
 import anthropic
 
-from agents.model import model_client
 from events import LoopsError
-from infra.settings import Settings
+from infra.model import DEFAULT_MODEL, model_client
 
 DescribeTask = Callable[[str, str], str | None]
 """(loop, task_id) -> the task's text (title, description, criteria), if known."""
@@ -75,7 +74,7 @@ class AnthropicRefiner:
         max_retries: int = 1,
         describe_task: DescribeTask | None = None,
     ) -> None:
-        self.model = model or Settings.from_env().refine_model or "claude-sonnet-4-6"
+        self.model = model or DEFAULT_MODEL
         self.max_tokens = max_tokens
         self.describe_task = describe_task
         self.client = model_client(

@@ -23,6 +23,7 @@ from agents.pm import PMConfig
 from agents.policy import Policy, load_policy
 from agents.refiner import AnthropicRefiner
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
+from app.fleet import agent_runner
 from bus import CONNECTION_ERRORS, Inbox, RedisBus, Subscription
 from bus.spend import SpendLedger
 from events import ConfigError, Criterion, LoopsError, ModelPrice, Role, Source, ValidationFailed
@@ -49,8 +50,8 @@ from infra.store import Store
 from loops.book import TaskBook
 from loops.budget_config import ProjectBudget
 from loops.harness import ProjectConfig
-from loops.project import Project, UnknownTask, criteria_for
-from loops.runners import AgentRunner, make_runner
+from loops.project import Loop, Project, UnknownTask, criteria_for
+from loops.runners import make_runner
 from loops.sandbox import SandboxConfig, SandboxMode, sandbox_status
 from loops.service import WorkerService
 
@@ -313,14 +314,22 @@ class Wiring:
         inbox: Inbox | None = None,
         prices: Mapping[str, ModelPrice] | None = None,
         budget: ProjectBudget | None = None,
-        runner: AgentRunner | None = None,
+        loop: Loop | None = None,
     ) -> WorkerService:
-        """A loop's worker on `book`, running `agent` (a runner spec) in this process,
-        or `runner` when given (`app.fleet`: the agent as rq jobs)."""
+        """A loop's worker on `book`, running `agent` (a runner spec): a project's `loop`
+        through `app.fleet.agent_runner` (in this process, or as rq jobs on the queue
+        `LOOPS_AGENT_QUEUE`: `loops up`, `loops worker`), a spec file's (`loops run`,
+        no `loop`) in this process."""
+        if loop is not None:
+            runner = agent_runner(
+                self.bus, loop, agent, self.repo, self.main, self.remote, self.settings
+            )
+        else:
+            runner = make_runner(agent, model=model, base_dir=base_dir, settings=self.settings)
         return WorkerService(
             self.bus,
             book,
-            runner or make_runner(agent, model=model, base_dir=base_dir, settings=self.settings),
+            runner,
             self.repo,
             main_branch=self.main,
             heartbeat_s=heartbeat_s,

@@ -1,7 +1,8 @@
 """Where a distributed loop's agent iterations run (`LOOPS_AGENT_QUEUE`).
 
 Unset, a loop runs its agent in its own process, as always. Set (compose sets it to
-`loops-agents`), each loop's coordinator enqueues one iteration at a time on that rq
+`loops-agents`), each loop's coordinator (`loops worker`, `loops up`: both build their
+loops' runners here, through `app.compose.Wiring.worker`) enqueues one iteration at a time on that rq
 queue and any `rq worker -w cli.rqworker.SimpleWorker loops-agents` on any host runs
 it (`loops.jobs`); `docker compose up --scale agents=N` adds capacity.
 """

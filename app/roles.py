@@ -21,7 +21,6 @@ from agents.monitor import Monitor
 from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
 from app.compose import Wiring, make_answer_reader, make_notifier, monitor_policy, pm_config, wire
-from app.fleet import agent_runner
 from bus import Inbox, PassedLedger, RedisBus, Router, connect
 from events import ConfigError, ValidationFailed
 from gates import RqJobs
@@ -155,12 +154,11 @@ def _service(
     options: RoleOptions, wiring: Wiring, project: Project, loop: Loop, inbox: Inbox | None = None
 ) -> WorkerService:
     agent = options.agent or loop.config.agent or "claude"
-    w = wiring
-    return w.worker(
+    return wiring.worker(
         HarnessBook(loop, max_iterations=options.max_iterations),
         agent,
         heartbeat_s=loop.config.health_check.interval_seconds,
-        runner=agent_runner(w.bus, loop, agent, w.repo, w.main, w.remote, w.settings),
+        loop=loop,
         prices=project.config.prices,
         budget=effective(project.config.budget, loop.config.budget),
         inbox=inbox,

@@ -65,10 +65,10 @@ class SystemOptions:
     only: frozenset[str] | None = None  # run these loops only (`loops worker` embedded)
     max_cost: float | None = None  # the project's dollar budget for this run (`--max-cost`)
     max_tokens: int | None = None  # the project's token budget for this run (`--max-tokens`)
-    # The process's settings (`main` builds them; default: the environment's). Their
-    # `job_processes`: verification jobs in worker processes (other cores), else in the
-    # gate's thread.
-    settings: Settings = field(default_factory=Settings.from_env)
+    # The process's settings (`main` builds them and passes them down; default: the
+    # defaults, no environment). Their `job_processes`: verification jobs in worker
+    # processes (other cores), else in the gate's thread.
+    settings: Settings = field(default_factory=Settings)
 
 
 @dataclass
@@ -150,6 +150,7 @@ class System:
                     max_tokens=self.options.max_tokens,
                     flags_level=BudgetLevel.PROJECT,
                 ),
+                loop=loop,  # its agent here or on LOOPS_AGENT_QUEUE (`app.fleet`)
             )
 
         return make

@@ -33,9 +33,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import demo
-from bus import EmbeddedServer, PassedLedger, RedisBus
+from bus import PassedLedger, RedisBus
 from bus.spend import PROJECT, SpendLedger, task_scope
 from events import utcnow
+from infra.embedded import EmbeddedServer
 from loops.workspace import git
 
 LOOPS = str(Path(sys.executable).parent / "loops")

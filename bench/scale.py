@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 import yaml
 
-from bus import EmbeddedServer, RedisBus, connect, recorded_settings
+from bus import RedisBus, connect
 from events import TaskClaimed, VerificationStarted
+from infra.embedded import EmbeddedServer, recorded_settings
 from infra.git import git
 
 LOOPS_BIN = str(Path(sys.executable).parent / "loops")

@@ -1,20 +1,12 @@
 """The bus: typed events over one Redis stream, consumer groups, ack, reclaim, dead
-letters, replay; the connection settings and the embedded server. See README.md.
+letters, replay; the connection settings. See README.md. (The embedded server a
+`loops up` starts is `infra.embedded`.)
 
 Imports `events` only. Nothing connects at import time: clients are passed in."""
 
 from bus.api import Bus, Handler, Subscription
 from bus.consumer import RedisSubscription, SubscriptionStats
 from bus.deadletter import DeadLetter, read_dead_letters
-from bus.embedded import (
-    EmbeddedServer,
-    ServerStartFailed,
-    recorded_settings,
-    recorded_url,
-    resolve_settings,
-    resolve_url,
-    state_dir,
-)
 from bus.idempotency import Dedupe, Idempotency, Window
 from bus.ledger import PassedLedger
 from bus.router import Inbox, Router, router_group
@@ -27,7 +19,6 @@ __all__ = [
     "BusSettings",
     "DeadLetter",
     "Dedupe",
-    "EmbeddedServer",
     "Handler",
     "Idempotency",
     "Inbox",
@@ -35,18 +26,12 @@ __all__ = [
     "RedisBus",
     "RedisSubscription",
     "Router",
-    "ServerStartFailed",
     "Subscription",
     "SubscriptionStats",
     "TrimPolicy",
     "Window",
     "connect",
     "read_dead_letters",
-    "recorded_settings",
-    "recorded_url",
-    "resolve_settings",
-    "resolve_url",
     "router_group",
-    "state_dir",
     "stream_id",
 ]

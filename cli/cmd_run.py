@@ -16,12 +16,13 @@ import threading
 from pathlib import Path
 
 from app.compose import Threads, check_sandboxes, loader_with_fallback, wire
-from bus import EmbeddedServer, RedisBus
+from bus import RedisBus
 from cli.context import settings_of
 from events import ConfigError, EscalationKind
 from events.view import SystemView
 from events.view.escalations import Escalation, open_escalations
 from events.view.spend import SPEND_TYPES
+from infra.embedded import EmbeddedServer
 from infra.git import GitError, current_branch, git, repo_root
 from loops.book import TaskStatus
 from loops.books import SpecBook

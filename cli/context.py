@@ -15,13 +15,13 @@ from pathlib import Path
 
 import redis
 
-import bus as busmod
-from bus import BusSettings, EmbeddedServer, RedisBus
-from bus.locate import find_project_dir
+from bus import BusSettings, RedisBus
 from bus.settings import redact_url, warn_if_unsigned
 from events import ConfigError, ValidationFailed
 from events.view import clean
+from infra.embedded import EmbeddedServer, state_dir
 from infra.git import GitError, current_branch, git, repo_root
+from infra.locate import find_project_dir
 from infra.settings import Settings
 from loops.project import Project, load_project
 
@@ -79,7 +79,7 @@ def repo_and_main(directory: Path, project: Project) -> tuple[Path, str]:
 
 def system_dir(args: argparse.Namespace) -> str | None:
     """`--dir`, else `$CODING_LOOP_PROJECT_DIR`, else the system found from here, as git
-    finds its repository (`bus.locate`: the parents, then below the repository's top)."""
+    finds its repository (`infra.locate`: the parents, then below the repository's top)."""
     named = getattr(args, "project_dir", None) or settings_of(args).project_dir
     if named:
         return str(named)
@@ -99,7 +99,7 @@ def bus_settings(args: argparse.Namespace) -> BusSettings:
 def _embedded_data(project_dir: str | None) -> Path | None:
     """The project, if an embedded server of an earlier run left its data (AOF) there."""
     project = Path(project_dir or ".").resolve()
-    return project if (busmod.state_dir(project) / "redis" / "appendonlydir").is_dir() else None
+    return project if (state_dir(project) / "redis" / "appendonlydir").is_dir() else None
 
 
 @contextlib.contextmanager

@@ -374,9 +374,7 @@ class BatchMergeQueue(MergeQueue):
         for result in flaky:
             command = result.command or result.criterion
             digest = hashlib.sha1(command.encode()).hexdigest()[:12]
-            seen = self.store.get(f"flaky-seen:{tree}:{digest}")  # a rerun is not another
-            count = int(seen) if seen else self.store.incr(f"flaky:{digest}")
-            self.store.set(f"flaky-seen:{tree}:{digest}", str(count))
+            count, seen = self._count_once(f"flaky:{digest}", f"flaky-seen:{tree}:{digest}")
             self.stats["flaky"] += 0 if seen else 1
             eid = derived_escalation_id("flaky", command) if count == limit + 1 else None
             self._publish(

@@ -75,6 +75,18 @@ class _Attempt:
             "causation_id": self.cause.id,
         }
 
+    def verification(self, step: str, commit: str) -> dict[str, Any]:
+        """The fields of the gate's `verification.<step>` about this attempt at `commit`:
+        an id derived from the cause's (published again, it is the same event), the
+        claim's task and attempt, and `env()`."""
+        return {
+            "id": derived_id(self.cause.id, step),
+            "task_id": self.claim.task_id,
+            "commit": commit,
+            "attempt": self.claim.attempt,
+            **self.env(),
+        }
+
 
 class VerificationGate:
     """Consumes claims, runs their checks as jobs, publishes verification events."""
@@ -132,13 +144,7 @@ class VerificationGate:
         job_id = f"verify-{derived_id(at.cause.id, commit)}"
         self._publish(
             VerificationStarted(
-                id=derived_id(at.cause.id, "started"),
-                source=self.source,
-                task_id=claim.task_id,
-                commit=commit,
-                attempt=claim.attempt,
-                job_id=job_id,
-                **at.env(),
+                source=self.source, job_id=job_id, **at.verification("started", commit)
             )
         )
         with scratch(s.repo, main_sha, pool="main") as main_root:
@@ -199,14 +205,10 @@ class VerificationGate:
             return
         self._publish(
             VerificationPassed(
-                id=derived_id(at.cause.id, "passed"),
                 source=self.source,
-                task_id=claim.task_id,
-                commit=commit,
-                attempt=claim.attempt,
                 criteria=ordered,
                 flagged_files=flagged,
-                **at.env(),
+                **at.verification("passed", commit),
             )
         )
 
@@ -378,17 +380,13 @@ class VerificationGate:
     ) -> None:
         self._publish(
             VerificationFailed(
-                id=derived_id(at.cause.id, "failed"),
                 source=self.source,
-                task_id=at.claim.task_id,
-                commit=commit or at.claim.commit,
-                attempt=at.claim.attempt,
                 verdict=verdict,
                 reason=reason,
                 criteria=criteria or [],
                 flagged_files=flagged or [],
                 escalation_id=escalation_id,
-                **at.env(),
+                **at.verification("failed", commit or at.claim.commit),
             )
         )
 

@@ -9,10 +9,10 @@ from typing import Any
 from events import Criterion, CriterionResult
 from gates import Judgement
 from gates.errors import JudgeError
-from infra.settings import Settings
+from infra.model import DEFAULT_MODEL as DEFAULT_MODEL  # app.compose reads it from here
+from infra.model import model_client
 
 _VERDICT = re.compile(r"[\W_]*(PASS|FAIL)\b", re.IGNORECASE)
-DEFAULT_MODEL = "claude-sonnet-4-6"
 
 _SYSTEM = (
     "You are the verification gate of a coding system. An agent claims that a change "
@@ -51,8 +51,8 @@ def parse_verdict(text: str) -> Judgement:
 
 
 class AnthropicJudge:
-    """A `Judge` on the Messages API (`anthropic` SDK). `ANTHROPIC_BASE_URL` and
-    `ANTHROPIC_API_KEY` are read from the environment unless given."""
+    """A `Judge` on the Messages API (`infra.model`), with the key and base URL of the
+    settings (`app.compose.make_judge`)."""
 
     def __init__(
         self,
@@ -65,17 +65,11 @@ class AnthropicJudge:
         max_tokens: int = 400,
         client: Any = None,
     ) -> None:
-        import anthropic
-
         self.name = model
         self.model = model
         self.max_tokens = max_tokens
-        settings = Settings.from_env() if client is None else Settings()
-        self._client = client or anthropic.Anthropic(
-            api_key=api_key or settings.api_key,
-            base_url=base_url or settings.anthropic_base_url,
-            timeout=timeout_s,
-            max_retries=max_retries,
+        self._client = client or model_client(
+            api_key=api_key, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries
         )
 
     def judge(

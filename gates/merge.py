@@ -373,6 +373,14 @@ class MergeQueue:
             )
         )
 
+    def _count_once(self, counter: str, cause: str) -> tuple[int, bool]:
+        """`counter` counted once per `cause`: its count as of `cause`, and whether
+        `cause` was counted before (a redelivery or a rerun is not another)."""
+        seen = self.store.get(cause)
+        count = int(seen) if seen else self.store.incr(counter)
+        self.store.set(cause, str(count))
+        return count, seen is not None
+
     def _conflicted(
         self,
         vp: VerificationPassed,
@@ -380,9 +388,8 @@ class MergeQueue:
         reason: str,
         kind: MergeRefusal = MergeRefusal.CONFLICT,
     ) -> None:
-        seen = self.store.get(f"conflicted:{vp.id}")  # a redelivery is not another try
-        tries = int(seen) if seen else self.store.incr(f"tries:{vp.loop}:{vp.task_id}")
-        self.store.set(f"conflicted:{vp.id}", str(tries))
+        # a redelivery is not another try
+        tries, _ = self._count_once(f"tries:{vp.loop}:{vp.task_id}", f"conflicted:{vp.id}")
         escalate = tries >= self.settings.max_conflicts
         eid = derived_escalation_id(vp.loop or "", vp.task_id, str(tries)) if escalate else None
         self._publish(

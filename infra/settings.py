@@ -25,10 +25,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from bus import BusSettings, resolve_settings
+from bus import BusSettings
 from bus.settings import PASSWORD_ENV, SIGNING_KEY_ENV, url_password
 from events import ConfigError
 from events.secrets import register_secret
+from infra.embedded import resolve_settings
 
 __all__ = ["Settings", "secret"]
 
@@ -255,7 +256,7 @@ class Settings(BaseModel):
 
     def bus_env(self) -> dict[str, str]:
         """The bus's variables as `bus` reads them (`BusSettings.from_env`,
-        `bus.resolve_settings`): only what is set."""
+        `infra.embedded.resolve_settings`): only what is set."""
         pairs = {
             "REDIS_URL": self.redis_url,
             "LOOPS_PREFIX": self.prefix,
@@ -275,7 +276,7 @@ class Settings(BaseModel):
         project_dir: str | os.PathLike[str] | None = None,
         **overrides: Any,
     ) -> BusSettings:
-        """How to reach the running system (`bus.resolve_settings`): `--redis`, else
+        """How to reach the running system (`infra.embedded.resolve_settings`): `--redis`, else
         `REDIS_URL`, else the embedded server of `project_dir` (default: the
         `CODING_LOOP_PROJECT_DIR` setting)."""
         overrides.setdefault("prefix", self.prefix)

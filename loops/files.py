@@ -8,10 +8,11 @@ Every problem is one line, `FILE: FIELD: what is wrong — how to fix it`, so th
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from difflib import get_close_matches
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -38,6 +39,31 @@ def show(value: object, limit: int = 60) -> str:
     text = value if isinstance(value, str) else repr(value)
     text = text.replace("\r", "\\r").replace("\n", "\\n")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+_Item = TypeVar("_Item", bound=_HasId)
+
+
+def check_unique_ids(items: Iterable[_HasId], what: str) -> None:
+    """`ValueError` for the first id seen twice (`what`: the kind, "task" or "test")."""
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise ValueError(f"Duplicate {what} id: '{show(item.id)}'")
+        seen.add(item.id)
+
+
+def by_id(items: Iterable[_Item], wanted: str) -> _Item:
+    """The item whose id is `wanted`; `KeyError` if there is none."""
+    for item in items:
+        if item.id == wanted:
+            return item
+    raise KeyError(wanted)
 
 
 def type_name(value: object) -> str:

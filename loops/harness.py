@@ -40,6 +40,8 @@ from events.secrets import redact_obj
 from infra.files import write_json_atomic
 from loops.budget_config import LoopBudget, ProjectBudget
 from loops.files import (
+    by_id,
+    check_unique_ids,
     parse_json,
     problem,
     read_text,
@@ -374,19 +376,12 @@ class LoopState(BaseModel):
 
     @model_validator(mode="after")
     def _unique(self) -> LoopState:
-        seen: set[str] = set()
-        for entry in self.tests:
-            if entry.id in seen:
-                raise ValueError(f"Duplicate test id: '{show(entry.id)}'")
-            seen.add(entry.id)
+        check_unique_ids(self.tests, "test")
         return self
 
     def task(self, task_id: str) -> TaskEntry:
         """The entry with this id; `KeyError` if there is none."""
-        for entry in self.tests:
-            if entry.id == task_id:
-                return entry
-        raise KeyError(task_id)
+        return by_id(self.tests, task_id)
 
     def computed_summary(self) -> StateSummary:
         """The counts as they are now, keeping any extra fields of the old summary."""

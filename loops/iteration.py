@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from events import FailureKind, IterationAbort, IterationOutcome
 from loops.liveness import AgentRun
-from loops.runners import INTERRUPTED_DETAIL, AgentResult, redacted
+from loops.runners import INTERRUPTED_DETAIL, AgentResult
 from loops.runners.outcome import ReplyOutcome, parse_outcome
 
 WAITS = (FailureKind.USAGE_LIMIT, FailureKind.OUTAGE)  # waited out, never counted
@@ -34,12 +34,12 @@ class Step:
 
 
 def assess(result: AgentResult, run: AgentRun, *, cancelled: bool) -> Step:
-    """The run's `Step`. `cancelled`: the loop's own stop was set when it ended."""
+    """The run's `Step`. `result` is redacted already (`loops.jobs.run_in_workspace`,
+    which every run passes). `cancelled`: the loop's own stop was set when it ended."""
     # The monitor's abort, if it killed the run (an agent that ended on its own just
     # before keeps its result; the command is then acknowledged as "not running").
     aborted = run.abort if result.failure_detail == INTERRUPTED_DETAIL else None
     interrupted = aborted is None and cancelled
-    result = redacted(result)  # invariant 7: the one place every reply passes
     outcome = parse_outcome(result.reply) if result.ok and not interrupted else None
     kind = outcome.kind if outcome else IterationOutcome.FAILED
     failure = result.failure

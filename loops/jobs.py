@@ -15,6 +15,13 @@ every `LEASE_S / 5`): a job whose lease lapsed has lost its process (a worker or
 container killed), and the coordinator runs it again elsewhere. Through the same keys
 it reports the agent's signs of life and reads a cancel (the monitor's abort, a stop).
 
+`run_in_workspace` is the part both modes share: one agent iteration in a given
+`Workspace` (the sandbox policy checked and given to the runner, the run, its stray
+processes killed, the result redacted, the work committed). The job calls it on its
+clone's work tree; a loop that runs its agent in its own process (embedded mode,
+`loops.worker.LoopWorker.call_agent`) calls it on the loop's own work tree, as
+`gates.jobs.verify_claim` is both the rq job and the in-process verification.
+
 Trust: the agent host gets the prompt, the remote's URL without credentials (its own
 git credentials push the loop's branch), and nothing of the bus but rq's queue. What it
 returns is evidence for the coordinator, never a verdict: the gate verifies the claimed
@@ -27,6 +34,7 @@ import hashlib
 import json
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -37,10 +45,10 @@ from events import AgentSign, LoopsError
 from infra.files import FileLock
 from infra.git import git
 from infra.settings import Settings
-from loops.runners import AgentRequest, AgentResult, make_runner, redacted
+from loops.runners import AgentRequest, AgentResult, AgentRunner, make_runner, redacted
 from loops.runners.process import kill_strays
-from loops.sandbox import SandboxConfig
-from loops.workspace import Workspace
+from loops.sandbox import SandboxConfig, SandboxPolicy
+from loops.workspace import IterationCommit, Workspace
 
 log = logging.getLogger("loops.jobs")
 
@@ -131,30 +139,52 @@ def run_iteration(
     # to be released, which happens when its process is gone).
     with FileLock(place / ".lock"), _Channel(prefix, job) as channel:
         ws = _checkout(place, remote_url, loop, main, base, merge_with)
-        policy = ws.sandbox_policy(SandboxConfig.model_validate(sandbox or {}))
-        policy.check()  # SandboxUnavailable when required and not possible here
-        runner = make_runner(agent, model=model)
-        result = runner.run(
-            AgentRequest(
-                prompt=prompt,
-                worktree=ws.path,
-                loop=loop,
-                task_id=task_id,
-                iteration=iteration,
-                timeout_s=timeout_s,
-                model=model,
-                task_iteration=task_iteration,
-                cancel=channel.cancel,
-                sandbox=policy,
-                on_activity=channel.sign,
-            )
+        request = AgentRequest(
+            prompt=prompt,
+            worktree=ws.path,
+            loop=loop,
+            task_id=task_id,
+            iteration=iteration,
+            timeout_s=timeout_s,
+            model=model,
+            task_iteration=task_iteration,
+            cancel=channel.cancel,
+            on_activity=channel.sign,
         )
-        kill_strays(ws.path)  # an unsandboxed agent's leftovers
-        result = redacted(result)  # nothing with a secret in it leaves this host
-        done = ws.commit_iteration(f"{loop}: {task_id} iteration {iteration}\n\nLoops-Job: {job}")
+        result, done = run_in_workspace(
+            ws,
+            make_runner(agent, model=model),
+            request,
+            ws.sandbox_policy(SandboxConfig.model_validate(sandbox or {})),
+            f"{loop}: {task_id} iteration {iteration}\n\nLoops-Job: {job}",
+        )
         if done.commit:
             _push(ws, remote_url, done.commit, base)
         return result_to_json(result, done.commit)
+
+
+def run_in_workspace(
+    ws: Workspace,
+    runner: AgentRunner,
+    request: AgentRequest,
+    policy: SandboxPolicy,
+    message: str,
+    keep: str | None = None,
+) -> tuple[AgentResult, IterationCommit]:
+    """Run one agent iteration in `ws`, the one path of both modes (an rq job on its
+    clone, a loop's own process on its work tree): `policy` checked (`SandboxUnavailable`
+    when it is required and cannot run here) and given to `runner` with the work tree;
+    then the run's stray processes killed (an unsandboxed agent's leftovers, whatever
+    the runner did), its result redacted (nothing with a secret in it is published,
+    written or returned), and what it changed committed with `message` (`keep`: as that
+    task's keep-ref too). Returns the redacted result and the commit."""
+    policy.check()
+    try:
+        result = runner.run(replace(request, worktree=ws.path, sandbox=policy))
+    finally:
+        kill_strays(ws.path)
+    result = redacted(result)  # invariant 7: the one place every reply passes
+    return result, ws.commit_iteration(message, keep=keep)
 
 
 def _checkout(

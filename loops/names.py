@@ -69,21 +69,21 @@ def safe_component(name: str) -> str:
 
 def task_id_problem(task_id: str) -> str | None:
     """The message for a task id that cannot name a git ref, or None."""
-    why = component_problem(task_id)
-    if why is None:
-        return None
-    return (
-        f"task id {task_id!r} {why}: ids name git refs (refs/loops/tasks/LOOP/ID), so use "
-        f"letters, digits, '-', '_' and '.' — rename it, e.g. {safe_component(task_id)!r}"
-    )
+    return _problem("task id", task_id, "ids name git refs (refs/loops/tasks/LOOP/ID)", "it")
 
 
 def loop_name_problem(name: str) -> str | None:
     """The message for a loop directory name that cannot name its branch, or None."""
+    return _problem(
+        "loop directory name", name, "it names the loop's branch (loop/NAME)", "the directory"
+    )
+
+
+def _problem(what: str, name: str, names: str, rename: str) -> str | None:
     why = component_problem(name)
     if why is None:
         return None
     return (
-        f"loop directory name {name!r} {why}: it names the loop's branch (loop/NAME), so use "
-        f"letters, digits, '-', '_' and '.' — rename the directory, e.g. {safe_component(name)!r}"
+        f"{what} {name!r} {why}: {names}, so use letters, digits, '-', '_' and '.' "
+        f"— rename {rename}, e.g. {safe_component(name)!r}"
     )

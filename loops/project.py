@@ -22,7 +22,6 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from events import Criterion, LoopsError, NaturalCheck, ScriptCheck, ValidationFailed
-from infra.settings import Settings
 from loops.files import problem, show, typo_problems
 from loops.harness import (
     PROJECT_FILE,
@@ -225,12 +224,10 @@ def load_project(
 ) -> Project:
     """Load every `loop-*/config.json` under `directory`; every problem of every file.
 
-    `project_dir` (default: the `CODING_LOOP_PROJECT_DIR` setting) is where `specs_dir`
-    is looked up first.
+    `project_dir` (the caller's `CODING_LOOP_PROJECT_DIR` setting, if any) is where
+    `specs_dir` is looked up first.
     """
     root = Path(directory)
-    if project_dir is None:
-        project_dir = Settings.from_env().project_dir
     loop_dirs = find_loop_dirs(root)
     if not loop_dirs:
         raise ValidationFailed(

@@ -202,13 +202,8 @@ def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
             # An answer without a decision changes nothing: the human interface reads
             # one from its text (a follow-up answer) or asks again.
             if rt.resume is not None and event.decision is not None:
-                if event.decision is Decision.SKIP:
-                    rt.escalation_id = None
-                    _block(w, task_id, "skipped by a person")
-                elif event.decision is Decision.ABORT:
-                    rt.escalation_id = None
-                    w.stop_requested = "aborted by a person"
-                elif event.decision in (Decision.RETRY, Decision.APPROVE):
+                ended = _skip_or_abort(w, task_id, event.decision)
+                if not ended and event.decision in (Decision.RETRY, Decision.APPROVE):
                     rt.resume_after_answer()
             return
         if event.answer.strip():
@@ -218,15 +213,23 @@ def _answer(w: LoopWorker, event: EscalationAnswered) -> None:
         rt.undelivered.append(event.escalation_id)
         if w.state.crash_hold == event.escalation_id:
             w.state.crash_hold = None  # the person fixed the agent (or says go on)
-        if event.decision is Decision.SKIP:
-            rt.escalation_id = None
-            _block(w, task_id, "skipped by a person")
-        elif event.decision is Decision.ABORT:
-            rt.escalation_id = None
-            w.stop_requested = "aborted by a person"
-        else:
+        if not _skip_or_abort(w, task_id, event.decision):
             rt.answered()
         return
+
+
+def _skip_or_abort(w: LoopWorker, task_id: str, decision: Decision | None) -> bool:
+    """A person's `skip` (the task is blocked) or `abort` (the loop stops), the answer's
+    escalation then closed; False, and nothing done, for any other decision."""
+    if decision is Decision.SKIP:
+        w.state.task(task_id).escalation_id = None
+        _block(w, task_id, "skipped by a person")
+    elif decision is Decision.ABORT:
+        w.state.task(task_id).escalation_id = None
+        w.stop_requested = "aborted by a person"
+    else:
+        return False
+    return True
 
 
 def _block(w: LoopWorker, task_id: str, reason: str) -> None:

@@ -22,7 +22,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from events import Criterion, ValidationFailed
-from loops.files import PARSE_ERRORS, problem, read_text, show, translate_errors, type_name
+from loops.files import (
+    PARSE_ERRORS,
+    by_id,
+    check_unique_ids,
+    problem,
+    read_text,
+    show,
+    translate_errors,
+    type_name,
+)
 from loops.names import task_id_problem
 
 __all__ = [
@@ -72,19 +81,12 @@ class Spec(BaseModel):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Spec:
-        seen: set[str] = set()
-        for task in self.tasks:
-            if task.id in seen:
-                raise ValueError(f"Duplicate task id: '{task.id}'")
-            seen.add(task.id)
+        check_unique_ids(self.tasks, "task")
         return self
 
     def task(self, task_id: str) -> Task:
         """The task with this id; `KeyError` if there is none."""
-        for task in self.tasks:
-            if task.id == task_id:
-                return task
-        raise KeyError(task_id)
+        return by_id(self.tasks, task_id)
 
     def iterations(self, cli_value: int | None = None) -> int:
         """ralph_loop's priority: CLI flag > spec `max_iterations` > default (10)."""

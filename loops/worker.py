@@ -43,6 +43,7 @@ from loops.agent_failures import (
 )
 from loops.book import TaskDef, TaskStatus
 from loops.iteration import Step, assess, history_line
+from loops.jobs import run_in_workspace
 from loops.lifecycle import Lifecycle
 from loops.liveness import AgentRun, RunWatch
 from loops.prompt import PromptInput, build_prompt
@@ -94,12 +95,11 @@ class LoopWorker(Lifecycle):
         n = self.state.iteration + 1
         prompt = self._prompt(task, rt, n, attempt)
         run = AgentRun(task.id, n, self.clock())
-        result = self.call_agent(run, self._request(task, rt, n, prompt, run))
+        result, done = self.call_agent(run, self._request(task, rt, n, prompt, run))
         result = budgets.after_call(self, result)  # usage checked, then added to the ledger
         step = assess(result, run, cancelled=self.cancel is not None and self.cancel.is_set())
         if step.result.session_id:
             rt.session_id = step.result.session_id
-        done = self.ws.commit_iteration(f"{self.loop}: {task.id} iteration {n}", keep=task.id)
         if done.commit:
             rt.branch_head = done.commit
         step = self._unresolved_conflicts(task, rt, step)
@@ -286,9 +286,14 @@ class LoopWorker(Lifecycle):
             log.warning("cannot watch for the monitor's aborts during this run: %s", exc)
             return None
 
-    def call_agent(self, run: AgentRun, request: AgentRequest) -> AgentResult:
-        """The one agent call: the agent runs with a `RunWatch` beside it (liveness,
-        aborts, stop). Hooks around every agent call (budgets) go here."""
+    def call_agent(
+        self, run: AgentRun, request: AgentRequest
+    ) -> tuple[AgentResult, IterationCommit]:
+        """The one agent call: the iteration runs in the loop's own work tree through
+        `loops.jobs.run_in_workspace`, the function an agent host's rq job runs in its
+        clone (sandbox, stray processes, redaction, commit), with a `RunWatch` beside
+        it (liveness, aborts, stop). Returns the redacted result and the commit. Hooks
+        around every agent call (budgets) go here."""
         watch = RunWatch(
             run,
             worktree=self.ws.path,
@@ -303,7 +308,10 @@ class LoopWorker(Lifecycle):
         self.run = run
         watch.start()
         try:
-            return self.runner.run(request)
+            message = f"{self.loop}: {request.task_id} iteration {request.iteration}"
+            return run_in_workspace(
+                self.ws, self.runner, request, self.sandbox, message, keep=request.task_id
+            )
         finally:
             watch.finish()
             self.run = None

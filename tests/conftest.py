@@ -19,7 +19,7 @@ import redis
 from hypothesis import HealthCheck, settings
 
 from bus import BusSettings, RedisBus, connect
-from bus.embedded import reachable
+from infra.embedded import reachable
 from tests.fakes.mock_anthropic import MockAnthropic
 
 T = TypeVar("T")
@@ -135,7 +135,7 @@ def fault_upstream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         yield require_real_redis()
         return
     # fakeredis's TCP server without a password (the embedded server always has one,
-    # and the proxy's clients know only a URL): `python -m bus.fakeserver` as is.
+    # and the proxy's clients know only a URL): `python -m infra.fakeserver` as is.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -145,7 +145,7 @@ def fault_upstream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bus.fakeserver", "--port", str(port)],
+        [sys.executable, "-m", "infra.fakeserver", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -130,6 +130,16 @@ def redacted(result: AgentResult) -> AgentResult:
     )
 
 
+def inside(worktree: Path, name: str, error: Callable[[str], Exception]) -> Path:
+    """The path `name` names in `worktree`, links resolved; `error(message)` is raised
+    when it is outside (an agent's tool call or a script's step may name any path)."""
+    root = worktree.resolve()
+    target = (root / name).resolve()
+    if not target.is_relative_to(root):
+        raise error(f"path {name!r} is outside the worktree")
+    return target
+
+
 def last_line(text: str) -> str:
     """The last non-empty line of `text`, stripped (for a one-line warning)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -179,14 +189,19 @@ def make_runner(
 
     `model` is the default model (a request's own `model` wins). `permission_mode` and
     `skip_permissions` apply to `claude`; `client`, `max_retries` and `max_steps` to
-    `anthropic`; `base_dir` resolves a relative `script:` path; `settings` (default: the
-    environment's) configure `claude` and `anthropic`. Raises `ConfigError`
-    with a one-line message for anything else.
+    `anthropic`; `base_dir` resolves a relative `script:` path; `settings` configure
+    `claude` and `anthropic`. Raises `ConfigError` with a one-line message for anything
+    else.
+
+    Without `settings`, the environment's: only an rq job on an agent host
+    (`loops.jobs.run_iteration`, whose settings are its host's) and tests call it so.
     """
     text = spec.strip()
     kind, sep, arg = text.partition(":")
     kind = kind.strip().lower()
     arg = arg.strip()
+    if kind in {"claude", "anthropic"} and not sep:
+        settings = settings or Settings.from_env()
     if kind == "claude" and not sep:
         from loops.runners.claude import ClaudeRunner
 

@@ -23,7 +23,13 @@ import anthropic
 from events import AgentSign, ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from infra.settings import Settings, secret
-from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
+from loops.runners import (
+    AgentRequest,
+    AgentResult,
+    inside,
+    interrupted_result,
+    timed_out_result,
+)
 from loops.runners.launch import Launch, launch
 from loops.runners.outcome import detect_usage_limit, retry_at_from_headers
 from loops.sandbox import SandboxUnavailable
@@ -117,7 +123,8 @@ class _Run:
 
 
 class AnthropicRunner:
-    """The `anthropic` agent. `client` is an `anthropic.Anthropic`; built from env if None."""
+    """The `anthropic` agent. `client` is an `anthropic.Anthropic`; built from the key and
+    base URL of `settings` (the caller's, `make_runner`) if None."""
 
     name = "anthropic"
 
@@ -133,7 +140,7 @@ class AnthropicRunner:
         shell_timeout_s: float = 300.0,
         settings: Settings | None = None,
     ) -> None:
-        settings = settings or Settings.from_env()
+        settings = settings or Settings()  # the caller's, else the defaults
         if client is None and not (settings.api_key or secret(settings.anthropic_auth_token)):
             raise ConfigError(
                 "agent 'anthropic' needs ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the environment"
@@ -146,11 +153,17 @@ class AnthropicRunner:
         self.shell_timeout_s = shell_timeout_s
         self._client = client
         self._owns_client = client is None
+        self._api_key = settings.api_key
+        self._auth_token = secret(settings.anthropic_auth_token)
+        self._base_url = settings.anthropic_base_url
 
     @property
     def client(self) -> anthropic.Anthropic:
         if self._client is None:
             self._client = anthropic.Anthropic(
+                api_key=self._api_key,
+                auth_token=self._auth_token,
+                base_url=self._base_url,
                 max_retries=self.max_retries,
                 timeout=self.request_timeout_s,
             )
@@ -356,11 +369,7 @@ def _arg(args: dict[str, Any], key: str) -> str:
 
 
 def _inside(root: Path, name: str) -> Path:
-    base = root.resolve()
-    target = (base / name).resolve()
-    if not target.is_relative_to(base):
-        raise ToolError(f"path {name!r} is outside the worktree")
-    return target
+    return inside(root, name, ToolError)
 
 
 def _list(root: Path, start: Path) -> str:

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from events import AgentSign, ConfigError, FailureKind, TokenUsage, checked_tokens
-from events.secrets import redact
 from infra.settings import Settings
-from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, last_line
-from loops.runners.launch import cannot_start, launch
+from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult
+from loops.runners.launch import cannot_start, launch, process_result
 from loops.runners.outcome import (
     Failure,
     classify_run,
@@ -201,8 +200,9 @@ class StreamParser:
 class ClaudeRunner:
     """The `claude` agent. `permission_mode` or `skip_permissions` decide what it may do.
 
-    Without either, `LOOPS_CLAUDE_PERMISSION_MODE` decides (a mode, or `skip`), else
-    `acceptEdits`. `LOOPS_CLAUDE_ARGS` adds arguments (e.g. `--allowedTools "Bash(pytest *)"`).
+    Without either, the settings' `LOOPS_CLAUDE_PERMISSION_MODE` decides (a mode, or
+    `skip`), else `acceptEdits`. `LOOPS_CLAUDE_ARGS` adds arguments (e.g. `--allowedTools
+    "Bash(pytest *)"`). `settings` come from the caller (`make_runner`).
     """
 
     name = "claude"
@@ -217,7 +217,7 @@ class ClaudeRunner:
         extra_args: list[str] | None = None,
         settings: Settings | None = None,
     ) -> None:
-        settings = settings or Settings.from_env()
+        settings = settings or Settings()  # the caller's, else the defaults
         if permission_mode is None and not skip_permissions:
             permission_mode = settings.claude_permission_mode
         if permission_mode in SKIP_PERMISSIONS:
@@ -312,24 +312,17 @@ class ClaudeRunner:
             )
         else:
             failure = parser.failure(proc.exit_code, proc.stderr, now)
-        transcript = proc.stdout
-        if proc.stderr.strip():
-            transcript += f"\n--- stderr ---\n{proc.stderr}"
-        return AgentResult(
-            reply=redact(parser.reply, env),
-            exit_code=proc.exit_code,
-            duration_s=proc.duration_s,
+        return process_result(
+            proc,
+            failure,
+            env,
+            reply=parser.reply,
             session_id=parser.session_id or request.session_id,
             commands=list(parser.tools),
             permission_denials=parser.permission_denials,
             tokens=parser.usage,
             cost_usd=parser.cost_usd,
             model=parser.model,
-            failure=failure.kind if failure else None,
-            failure_detail=redact(failure.detail, env) if failure else None,
-            retry_at=failure.retry_at if failure else None,
-            transcript=redact(transcript, env),
-            stderr_tail=redact(last_line(proc.stderr), env),
         )
 
 

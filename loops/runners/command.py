@@ -19,7 +19,7 @@ from events import FailureKind
 from events.secrets import redact
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, last_line
 from loops.runners.claude import StreamParser
-from loops.runners.launch import agent_env, cannot_start, launch
+from loops.runners.launch import agent_env, cannot_start, launch, process_result
 from loops.runners.outcome import Failure, classify_run
 from loops.sandbox import SandboxUnavailable
 
@@ -74,24 +74,17 @@ class CommandRunner:
                 now=datetime.now(UTC),
             )
         )
-        transcript = proc.stdout
-        if proc.stderr.strip():
-            transcript += f"\n--- stderr ---\n{proc.stderr}"
         # An agent that prints Claude Code's stream-json reports its usage in it.
         usage = StreamParser()
         for line in proc.stdout.splitlines():
             usage.feed(line)
-        return AgentResult(
-            reply=redact(proc.stdout, env),
+        return process_result(
+            proc,
+            failure,
+            env,
+            reply=proc.stdout,
+            session_id=request.session_id,
             tokens=usage.usage,
             cost_usd=usage.cost_usd,
             model=usage.model,
-            exit_code=proc.exit_code,
-            duration_s=proc.duration_s,
-            session_id=request.session_id,
-            failure=failure.kind if failure else None,
-            failure_detail=redact(failure.detail, env) if failure else None,
-            retry_at=failure.retry_at if failure else None,
-            transcript=redact(transcript, env),
-            stderr_tail=redact(tail, env),
         )

@@ -16,14 +16,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from events import AgentSign, FailureKind
 from events.secrets import allowed_env, redact
-from loops.runners import AgentRequest, AgentResult
+from loops.runners import AgentRequest, AgentResult, last_line
+from loops.runners.outcome import Failure
 from loops.runners.process import ProcessResult, kill_strays, run_process
 from loops.sandbox import SandboxPolicy, SandboxUnavailable
 
-__all__ = ["Launch", "agent_env", "launch"]
+__all__ = ["Launch", "agent_env", "cannot_start", "launch", "process_result"]
 
 
 def agent_env(
@@ -132,4 +134,33 @@ def cannot_start(
         failure=FailureKind.AGENT_ERROR,
         failure_detail=redact(f"could not start {what!r} ({exc.strerror}); {fix}", env),
         unrunnable=True,
+    )
+
+
+def process_result(
+    proc: ProcessResult,
+    failure: Failure | None,
+    env: Mapping[str, str],
+    *,
+    reply: str,
+    session_id: str | None,
+    **fields: Any,
+) -> AgentResult:
+    """The result of an agent process that ran: its `reply`, exit and time, the typed
+    `failure`, and its transcript (stdout, then stderr), every text redacted of `env`'s
+    secrets. `fields` are the runner's own (`tokens`, `commands`, ...)."""
+    transcript = proc.stdout
+    if proc.stderr.strip():
+        transcript += f"\n--- stderr ---\n{proc.stderr}"
+    return AgentResult(
+        reply=redact(reply, env),
+        exit_code=proc.exit_code,
+        duration_s=proc.duration_s,
+        session_id=session_id,
+        failure=failure.kind if failure else None,
+        failure_detail=redact(failure.detail, env) if failure else None,
+        retry_at=failure.retry_at if failure else None,
+        transcript=redact(transcript, env),
+        stderr_tail=redact(last_line(proc.stderr), env),
+        **fields,
     )

@@ -38,7 +38,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from events import ConfigError, FailureKind, TokenUsage
 from events.secrets import redact
 from infra.files import write_text_atomic
-from loops.runners import AgentRequest, AgentResult, interrupted_result, timed_out_result
+from loops.runners import (
+    AgentRequest,
+    AgentResult,
+    inside,
+    interrupted_result,
+    timed_out_result,
+)
 from loops.runners.launch import Launch, launch
 from loops.sandbox import SandboxUnavailable
 
@@ -328,8 +334,4 @@ class _StepError(Exception):
 
 
 def _inside(worktree: Path, name: str) -> Path:
-    root = worktree.resolve()
-    target = (root / name).resolve()
-    if not target.is_relative_to(root):
-        raise _StepError(f"script step: path {name!r} is outside the worktree")
-    return target
+    return inside(worktree, name, lambda message: _StepError(f"script step: {message}"))

@@ -160,9 +160,7 @@ def test_the_model_reads_what_the_rules_cannot(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with MockAnthropic(aux_reply=reply) as api:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.base_url)
-        monkeypatch.setenv("LOOPS_JUDGE_MODEL", "judge-x")
-        reader = AnthropicAnswerReader(api_key="test-key")
+        reader = AnthropicAnswerReader(api_key="test-key", base_url=api.base_url, model="judge-x")
         try:
             got = reader.read("Does the page look right?", options, "the colours work for me")
         finally:
@@ -309,8 +307,7 @@ def test_the_judge_model_path_end_to_end(
     store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with MockAnthropic(aux_reply="reject") as api:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.base_url)
-        reader = AnthropicAnswerReader(api_key="k")
+        reader = AnthropicAnswerReader(api_key="k", base_url=api.base_url)
         try:
             human = HumanAgent(store, reader=reader, clock=clock)
             human.handle(signoff("e-1", clock))

@@ -75,9 +75,9 @@ def fake_api(
 
 def test_asks_the_model_through_anthropic_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
     with fake_api("Step 1: add the parser. Step 2: wire it.") as api:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", api["url"])
         refiner = AnthropicRefiner(
             api_key="test-key",
+            base_url=api["url"],
             model="m-test",
             describe_task=lambda loop, task: f"{loop}/{task}: add a CLI",
         )

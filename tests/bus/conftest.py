@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bus import EmbeddedServer, connect
+from bus import connect
+from infra.embedded import EmbeddedServer
 from tests.conftest import RedisBackend, require_real_redis
 
 

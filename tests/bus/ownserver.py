@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from bus import BusSettings, connect
+from infra.embedded import reachable
 from tests.bus.protected import _free_port, need_redis_server
 from tests.conftest import wait_until
 
@@ -42,13 +42,7 @@ class OwnRedis:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"redis-server exited with {self.proc.returncode}")
-        client = connect(BusSettings(url=self.url, socket_connect_timeout=0.5))
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return reachable(self.url, timeout=0.5)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

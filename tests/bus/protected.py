@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from bus import BusSettings, connect
+from infra.embedded import reachable
 from tests.conftest import IN_CI, wait_until
 
 
@@ -49,18 +48,11 @@ def protected_redis_server(workdir: Path) -> Iterator[tuple[str, str]]:
     proc.stdin.write(f"requirepass {password}\n".encode())
     proc.stdin.close()
     url = f"redis://127.0.0.1:{port}/0"
-    settings = BusSettings(url=url, password=password, socket_connect_timeout=0.5)
 
     def up() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"redis-server exited with {proc.returncode}")
-        client = connect(settings)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return reachable(url, timeout=0.5, password=password)
 
     try:
         wait_until(up, timeout=15)

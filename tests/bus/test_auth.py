@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from bus import BusSettings, EmbeddedServer, RedisBus, connect, resolve_settings
-from bus.embedded import reachable
+from bus import BusSettings, RedisBus, connect
 from bus.settings import derive_signing_key
 from events import Role, Source, TaskHint
+from infra.embedded import EmbeddedServer, reachable, resolve_settings
 from tests.conftest import IN_CI, wait_until
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.locate import AmbiguousSystem, find_project_dir
+from infra.locate import AmbiguousSystem, find_project_dir
 from tests.cli.test_coming_from import QUESTION, ok, seed_repo
 from tests.conftest import require_real_redis, wait_until
 

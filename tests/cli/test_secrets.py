@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bus import EmbeddedServer, RedisBus
+from bus import RedisBus
 from events import VerificationFailed
 from events.secrets import MASK
+from infra.embedded import EmbeddedServer
 from infra.git import git
 from tests.conftest import IN_CI
 

@@ -11,7 +11,8 @@ import threading
 
 import events as ev
 from app.runtime import PresenceBeat
-from bus import EmbeddedServer, RedisBus, recorded_url
+from bus import RedisBus
+from infra.embedded import EmbeddedServer, recorded_url
 from tests.cli.conftest import LOOPS, System
 from tests.cli.sample import W, heartbeat, scenario
 from tests.conftest import wait_until

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bus import EmbeddedServer, RedisBus, signing
+from bus import RedisBus, signing
 from events import (
     Decision,
     EscalationAnswered,
@@ -36,6 +36,7 @@ from events import (
     VerificationPassed,
     encode,
 )
+from infra.embedded import EmbeddedServer
 from tests.bus.protected import need_redis_server, protected_redis_server
 
 LOOPS = str(Path(sys.executable).with_name("loops"))

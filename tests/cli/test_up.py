@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from app import demo
-from bus import BusSettings, RedisBus, connect, recorded_settings
+from bus import BusSettings, RedisBus, connect
 from events import Event
+from infra.embedded import recorded_settings
 from infra.git import git
 from tests.conftest import require_real_redis, wait_until
 

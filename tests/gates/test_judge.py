@@ -92,9 +92,13 @@ def model_api() -> Iterator[FakeModelAPI]:
 
 @pytest.fixture
 def judge(model_api: FakeModelAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicJudge]:
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", model_api.url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    j = AnthropicJudge("judge-model", timeout_s=1.0, max_retries=0)
+    j = AnthropicJudge(
+        "judge-model",
+        api_key="test-key",
+        base_url=model_api.url,
+        timeout_s=1.0,
+        max_retries=0,
+    )
     try:
         yield j
     finally:

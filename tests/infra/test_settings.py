@@ -86,3 +86,43 @@ def test_only_the_settings_module_and_the_agent_environment_read_os_environ() ->
     # the git layers strip GIT_DIR from a child's environment (moving to infra/)
     found -= {"loops/workspace.py", "gates/gitutil.py"}
     assert found <= allowed, sorted(found - allowed)
+
+
+PRODUCT = ("events", "bus", "infra", "loops", "gates", "agents", "app", "cli")
+# Where the environment becomes `Settings`: the command line, and the rq jobs, which run
+# in another process on another host and so read that host's environment.
+READ_AT = {"cli/main.py", "cli/context.py", "loops/jobs.py", "gates/jobs.py"}
+# Library fallbacks still reading it, each until its caller passes its settings down:
+# `make_runner` (for `loops/jobs.py`'s runner), `policy_file` and `run_fleet` (app/).
+NOT_YET = {"loops/runners/__init__.py", "app/compose.py", "app/fleet.py"}
+
+
+def reads_settings_from_env(source: str) -> bool:
+    """Whether `source` calls (or names, as a default factory) `Settings.from_env`."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr == "from_env":
+            owner = node.value
+            name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
+            if name == "Settings":
+                return True
+    return False
+
+
+def test_settings_are_built_from_the_environment_only_at_the_entry_points() -> None:
+    """The issue: settings are "built once from the CLI and the environment and passed
+    down"; a library that needs a setting takes it as an argument."""
+    found = {
+        str(path.relative_to(ROOT))
+        for package in PRODUCT
+        for path in (ROOT / package).rglob("*.py")
+        if reads_settings_from_env(path.read_text())
+    }
+    assert found - READ_AT <= NOT_YET, sorted(found - READ_AT - NOT_YET)
+
+
+def test_the_entry_point_check_sees_a_call_and_a_default_factory() -> None:
+    assert reads_settings_from_env("x = settings or Settings.from_env()\n")
+    assert reads_settings_from_env(
+        "s: Settings = field(default_factory=infra.settings.Settings.from_env)"
+    )
+    assert not reads_settings_from_env("b = BusSettings.from_env(env)\ns = Settings()\n")

@@ -1,10 +1,14 @@
 """Agent iterations as jobs (`loops.jobs`, `loops.runners.queued`), in-process: the same
 job function an rq worker runs, on real git repositories with a bare-repo remote and a
-real agent executable. The rq path (a real worker, killed mid-iteration) is
-tests/deploy/test_agent_jobs.py."""
+real agent executable; and embedded mode's iteration (`LoopWorker.call_agent`) doing
+what the job does, through `loops.jobs.run_in_workspace`. The rq path (a real worker,
+killed mid-iteration) is tests/deploy/test_agent_jobs.py."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import threading
 import uuid
@@ -13,12 +17,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
 
+from bus import BusSettings, RedisBus
 from events import FailureKind
+from loops.books import SpecBook
 from loops.jobs import IterationJobError, public_url, result_from_json, result_to_json
 from loops.runners import INTERRUPTED_DETAIL, AgentRequest, AgentResult, make_runner
 from loops.runners.queued import AgentQueue, QueuedRunner
+from loops.service import WorkerService
+from loops.spec import parse_spec
 from loops.workspace import Workspace, git
 from tests.conftest import require_real_redis
 
@@ -227,3 +236,79 @@ def test_a_stop_while_the_iteration_is_queued_cancels_its_job(
 
     assert result.failure_detail == INTERRUPTED_DETAIL
     assert rq_queue.count == 0
+
+
+KEY = "sk-ant-api03-" + "k" * 24  # a key's shape: redacted wherever it is found
+
+
+class LeakyAgent:
+    """An agent in this process, with no launcher of its own to clean up after it: it
+    changes a file, leaves a detached process behind in its work tree (what an
+    unsandboxed agent's `setsid cmd &` does), and puts a key in its reply and transcript."""
+
+    name = "test:leaky"
+
+    def __init__(self) -> None:
+        self.strays: list[subprocess.Popen[bytes]] = []
+
+    def run(self, request: AgentRequest) -> AgentResult:
+        (request.worktree / "notes.txt").write_text("work\n")
+        env = {**os.environ, "LOOPS_WORKTREE": str(request.worktree)}
+        stray = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
+        self.strays.append(stray)
+        return AgentResult(reply=f"used {KEY}", transcript=f"$ echo {KEY}", duration_s=0.1)
+
+
+def embedded(repo: Path, agent: LeakyAgent) -> tuple[str, str]:
+    """One iteration of a loop that runs `agent` in its own process: (what it wrote
+    about the run: transcripts and state, the commit on its branch)."""
+    spec = """
+goal: "g"
+tasks:
+  - id: T-1
+    title: "t"
+    description: "d"
+    acceptance_criteria:
+      - criterion: "c"
+        check: {type: script, run: "true"}
+"""
+    (repo / "SPEC.yaml").write_text(spec)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "spec")
+    client = fakeredis.FakeRedis(protocol=2)
+    bus = RedisBus(client, settings=BusSettings(prefix=f"t-{uuid.uuid4().hex[:8]}"))
+    book = SpecBook(parse_spec(spec), repo / "SPEC.yaml", repo / ".loops" / "state", 1)
+    WorkerService(bus, book, agent, repo, heartbeat_s=60).run(threading.Event(), until_idle=True)
+    client.close()
+    state = book.state_dir
+    written = "".join(p.read_text() for p in state.rglob("*") if p.is_file() and p.suffix)
+    return written, git(repo, "rev-parse", "loop/spec")
+
+
+@pytest.mark.parametrize("mode", ["embedded", "job"])
+def test_both_modes_kill_the_agent_s_leftovers_redact_its_words_and_commit_its_work(
+    project: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """An iteration does the same in a loop's own process as in an agent host's rq job
+    (`loops.jobs.run_in_workspace`): whatever the runner, its stray processes die when
+    the run ends, what it said is redacted before anything is written or returned, and
+    its work is committed on the loop's branch."""
+    repo, origin, spec = project
+    agent = LeakyAgent()
+    try:
+        if mode == "embedded":
+            written, commit = embedded(repo, agent)
+            assert "used [REDACTED]" in written and KEY not in written
+        else:
+            monkeypatch.setattr("loops.jobs.make_runner", lambda *_a, **_k: agent)
+            result = runner(repo, spec).run(request(fresh(repo)))
+            assert result.reply == "used [REDACTED]" and KEY not in result.transcript
+            commit = git(origin, "rev-parse", "loop/l1")
+            assert "Loops-Job: agent-" in git(origin, "log", "-1", "--format=%B", commit)
+        assert git(repo, "show", f"{commit}:notes.txt") == "work"
+        (stray,) = agent.strays
+        assert stray.wait(timeout=5) == -signal.SIGKILL  # killed, not left running
+    finally:
+        for stray in agent.strays:
+            stray.kill()
+            stray.wait()

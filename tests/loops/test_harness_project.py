@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events import Criterion, LoopsError, NaturalCheck, ScriptCheck, ValidationFailed
+from infra.settings import Settings
 from loops.harness import TaskStatus
 from loops.project import (
     ENV_PROJECT_DIR,
@@ -81,20 +82,21 @@ def test_without_git_specs_dir_resolves_against_the_parent(tmp_path: Path) -> No
     assert loop.specs_dir == root / "coding-loops" / "loop-2-infrastructure" / "specs"
 
 
-def test_coding_loop_project_dir_is_honoured(
-    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`specs_dir` is looked up under $CODING_LOOP_PROJECT_DIR before anywhere else."""
+def test_coding_loop_project_dir_is_honoured(repo: Path, tmp_path: Path) -> None:
+    """`specs_dir` is looked up under $CODING_LOOP_PROJECT_DIR (the setting the caller
+    passes down) before anywhere else; without it, not."""
     other = tmp_path / "elsewhere"
     specs = other / "coding-loops" / "loop-1-critical-path" / "specs"
     specs.mkdir(parents=True)
     (specs / "test-state.json").write_text(json.dumps({"tests": [{"id": "ELSEWHERE-1"}]}))
-    monkeypatch.setenv(ENV_PROJECT_DIR, str(other))
-    loop = load_project(repo / "coding-loops").loop("loop-1-critical-path")
+    named = Settings.from_env({ENV_PROJECT_DIR: str(other)}).project_dir
+    loop = load_project(repo / "coding-loops", project_dir=named).loop("loop-1-critical-path")
     assert loop.specs_dir == specs
     assert [t.id for t in loop.state.tests] == ["ELSEWHERE-1"]
+    unnamed = load_project(repo / "coding-loops").loop("loop-1-critical-path")
+    assert unnamed.specs_dir == repo / "coding-loops" / "loop-1-critical-path" / "specs"
     # a loop whose specs are not under the override falls back to the repository
-    loop2 = load_project(repo / "coding-loops").loop("loop-2-infrastructure")
+    loop2 = load_project(repo / "coding-loops", project_dir=named).loop("loop-2-infrastructure")
     assert loop2.specs_dir == repo / "coding-loops" / "loop-2-infrastructure" / "specs"
 
 

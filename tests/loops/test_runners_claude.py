@@ -14,6 +14,7 @@ import pytest
 
 from events import ConfigError, FailureKind, IterationOutcome
 from events.secrets import MASK
+from infra.settings import Settings
 from loops.runners import AgentRequest, AgentResult, make_runner
 from loops.runners.claude import ClaudeRunner, StreamParser
 from loops.runners.outcome import outcome_of
@@ -138,15 +139,18 @@ def test_permission_mode_from_the_environment(
     request = req(tmp_path)
     monkeypatch.setenv("LOOPS_CLAUDE_PERMISSION_MODE", "skip")
     monkeypatch.setenv("LOOPS_CLAUDE_ARGS", "--allowedTools 'Bash(pytest *)'")
-    argv = ClaudeRunner(binary="claude").command(request)
+    runner = make_runner("claude")  # with no settings given: the environment's
+    assert isinstance(runner, ClaudeRunner)
+    argv = runner.command(request)
     assert "--dangerously-skip-permissions" in argv
     assert argv[-2:] == ["--allowedTools", "Bash(pytest *)"]
-    monkeypatch.setenv("LOOPS_CLAUDE_PERMISSION_MODE", "bypassPermissions")
-    argv = ClaudeRunner(binary="claude").command(request)
+    settings = Settings.from_env({"LOOPS_CLAUDE_PERMISSION_MODE": "bypassPermissions"})
+    argv = ClaudeRunner(binary="claude", settings=settings).command(request)
     assert argv[argv.index("--permission-mode") + 1] == "bypassPermissions"
-    # An explicit setting beats the environment.
-    argv = ClaudeRunner(binary="claude", permission_mode="plan").command(request)
+    # An explicit mode beats the setting; the runner itself reads no environment.
+    argv = ClaudeRunner(binary="claude", permission_mode="plan", settings=settings).command(request)
     assert argv[argv.index("--permission-mode") + 1] == "plan"
+    assert "--dangerously-skip-permissions" not in ClaudeRunner(binary="claude").command(request)
 
 
 @pytest.mark.parametrize(

@@ -432,9 +432,7 @@ def test_fifty_megabytes_then_a_promise_keeps_the_promise(tmp_path: Path) -> Non
     assert outcome.kind is IterationOutcome.CLAIMED and outcome.text == "loud task done"
 
 
-def test_fifty_megabytes_of_stream_json_keeps_claude_result(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fifty_megabytes_of_stream_json_keeps_claude_result(tmp_path: Path) -> None:
     fake = tmp_path / "claude.py"
     fake.write_text(
         "import json, sys\nsys.stdin.read()\n"
@@ -446,13 +444,12 @@ def test_fifty_megabytes_of_stream_json_keeps_claude_result(
         "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False,\n"
         "    'result': 'Done. <promise>claude done</promise>', 'session_id': 's-1'}))\n"
     )
-    monkeypatch.setenv("LOOPS_CLAUDE_BIN", f"{PY} {shlex.quote(str(fake))}")
     wt = tmp_path / "wt"
     wt.mkdir()
     request = AgentRequest(
         prompt="p", worktree=wt, loop="l", task_id="T", iteration=1, timeout_s=120
     )
-    result = ClaudeRunner().run(request)
+    result = ClaudeRunner(binary=f"{PY} {shlex.quote(str(fake))}").run(request)
     assert result.failure is None, result.failure_detail
     assert parse_outcome(result.reply).text == "claude done"
     assert '"type": "result"' in result.transcript  # the tail survives the cap

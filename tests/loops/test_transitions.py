@@ -139,3 +139,41 @@ def test_a_task_blocked_for_its_own_reasons_stays_blocked_on_a_reset_of_another(
     assert w.state.tasks["X2"].blocked_by is None
     reactions.handle(w, ev.TaskReset(source=OPERATOR, loop="loop-x", task_id="X1"))
     assert w.book.record("X2").status.value == "blocked"
+
+
+@pytest.mark.parametrize("gates_question", [False, True])
+def test_a_persons_skip_blocks_the_task_and_abort_stops_the_loop(
+    worker: tuple[LoopWorker, list[ev.Event]], gates_question: bool
+) -> None:
+    """The same two decisions whoever asked: the loop's agent, or another role."""
+    w, published = worker
+
+    def ask(task_id: str, eid: str) -> None:
+        rt = w.state.task(task_id)
+        rt.start_attempt(f"corr-{eid}")
+        if gates_question:
+            rt.claim("c" * 40)
+            rt.wait_on_person(eid, resume=Phase.CLAIMED)
+        else:
+            rt.ask(eid, "hi or hello?")
+
+    def answer(eid: str, decision: ev.Decision) -> None:
+        reactions.handle(
+            w,
+            ev.EscalationAnswered(
+                source=OPERATOR, escalation_id=eid, answer="", decision=decision, by="me"
+            ),
+        )
+
+    ask("X1", "e-1")
+    answer("e-1", ev.Decision.SKIP)
+    assert w.book.record("X1").status.value == "blocked"
+    assert w.state.tasks["X1"].escalation_id is None
+    assert any(
+        isinstance(e, ev.TaskBlocked) and e.reason == "skipped by a person" for e in published
+    )
+    assert w.stop_requested is None
+    ask("X2", "e-2")
+    answer("e-2", ev.Decision.ABORT)
+    assert w.stop_requested == "aborted by a person"
+    assert w.state.tasks["X2"].escalation_id is None

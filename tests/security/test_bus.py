@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bus import RedisBus
-from bus.embedded import EmbeddedServer
+from infra.embedded import EmbeddedServer
 from tests.conftest import wait_until
 from tests.security.agents.poison import poison_entries
 from tests.security.conftest import (

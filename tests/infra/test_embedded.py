@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from bus import EmbeddedServer, RedisBus, ServerStartFailed, connect, recorded_url, resolve_url
-from bus.embedded import reachable
+from bus import RedisBus, connect
 from events import ConfigError, Event
+from infra.embedded import EmbeddedServer, ServerStartFailed, reachable, recorded_url, resolve_url
 from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
 
 SECOND_PROCESS = """
 import sys
-from bus import RedisBus, connect, resolve_settings
+from bus import RedisBus, connect
+from infra.embedded import resolve_settings
 from events import Role, Source, TaskHint
 
 settings = resolve_settings(None, sys.argv[1], prefix="embedded")

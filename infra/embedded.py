@@ -6,7 +6,7 @@ directory (`DIR/.loops/redis.url`, with `redis.pid`), so that `loops status`,
 A `redis-server` binary on PATH is preferred: no RDB snapshots, an append-only file
 (fsync every second) under `DIR/.loops/redis`, so that the next `loops up` resumes
 with the stream, the consumer groups and open escalations. Without one, fakeredis's
-TCP server runs in a subprocess (`python -m bus.fakeserver --port N`): correct, but
+TCP server runs in a subprocess (`python -m infra.fakeserver --port N`): correct, but
 memory only, and every pipeline costs it ~44 ms.
 The server runs in its own session, so it outlives a `kill -9` of its owner; the
 next `EmbeddedServer.start()` in that directory adopts it, state intact.
@@ -26,8 +26,6 @@ through the file, never on a command line.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -37,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -47,6 +45,8 @@ import redis
 from bus.settings import BusSettings, connect, parse_signing_key, redact_url, url_password
 from events import ConfigError, LoopsError
 from events.secrets import register_secret
+from infra.files import FileLock, write_text_atomic
+from infra.process import pid_alive
 
 log = logging.getLogger("loops.bus")
 
@@ -103,16 +103,6 @@ def recorded_signing_key(project_dir: str | os.PathLike[str] | None = None) -> b
     return parse_signing_key(text) if text else None
 
 
-def _write_secret(path: Path, text: str) -> None:
-    """Write `text` to `path`, readable by its owner only, atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text + "\n")
-    os.replace(tmp, path)
-
-
 def ensure_credentials(directory: Path) -> tuple[str, bytes]:
     """The password and signing key of the project whose state dir is `directory`,
     created (random, mode 0600) when missing; a file another user could read is made
@@ -125,12 +115,12 @@ def ensure_credentials(directory: Path) -> tuple[str, bytes]:
     password = _read_secret(directory / AUTH_FILE)
     if not password:
         password = secrets.token_urlsafe(32)
-        _write_secret(directory / AUTH_FILE, password)
+        write_text_atomic(directory / AUTH_FILE, password + "\n", mode=0o600)
         register_secret(password)
     key_text = _read_secret(directory / KEY_FILE)
     if not key_text:
         key_text = secrets.token_hex(32)
-        _write_secret(directory / KEY_FILE, key_text)
+        write_text_atomic(directory / KEY_FILE, key_text + "\n", mode=0o600)
         register_secret(key_text)
     return password, parse_signing_key(key_text)
 
@@ -231,27 +221,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, exited but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class EmbeddedServer:
     """A Redis-compatible server on 127.0.0.1 for the project in `project_dir`.
 
@@ -305,15 +274,10 @@ class EmbeddedServer:
         netloc = f"{USER}:{self.password}@{parts.hostname}:{parts.port}"
         return parts._replace(netloc=netloc).geturl()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> FileLock:
+        """The state dir's lock, between the processes that start or stop its server."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.state_dir / "redis.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return FileLock(self.state_dir / "redis.lock")
 
     def _command(self, port: int) -> list[str]:
         binary = shutil.which("redis-server") if self.kind != "fakeredis" else None
@@ -337,7 +301,7 @@ class EmbeddedServer:
                 "--daemonize", "no",
             ]  # fmt: skip
         return [
-            sys.executable, "-m", "bus.fakeserver",
+            sys.executable, "-m", "infra.fakeserver",
             "--port", str(port),
             "--user", USER,
             "--auth-file", str(self.state_dir / AUTH_FILE),
@@ -351,19 +315,19 @@ class EmbeddedServer:
             self.password, self.signing_key = ensure_credentials(self.state_dir)
             url = recorded_url(self.project_dir)
             pid = self._read_pid(PID_FILE)
-            if url and pid and _alive(pid) and reachable(url, password=self.password):
+            if url and pid and pid_alive(pid) and reachable(url, password=self.password):
                 self.url, self.pid = url, pid
                 owner = self._read_pid(OWNER_FILE)
-                if owner and owner != os.getpid() and _alive(owner):
+                if owner and owner != os.getpid() and pid_alive(owner):
                     # another live process runs it (e.g. `loops up` in another
                     # terminal): use it, and leave stopping it to that process
                     log.info("bus: using the embedded server at %s (owner pid %d)", url, owner)
                     return url
                 self.adopted = self.owned = True
-                _write(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
+                write_text_atomic(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
                 log.info("bus: adopted the embedded server at %s (pid %d)", url, pid)
                 return url
-            if url and pid and _alive(pid) and reachable(url):
+            if url and pid and pid_alive(pid) and reachable(url):
                 self._replace_open_server(url, pid)
             last_error = "not started"
             for _ in range(3):  # a free port can be taken before the server binds it
@@ -373,9 +337,9 @@ class EmbeddedServer:
                 if self._launch(command, url):
                     self.url, self.pid = url, self._proc.pid if self._proc else None
                     self.owned = True
-                    _write(self.state_dir / URL_FILE, url + "\n")
-                    _write(self.state_dir / PID_FILE, f"{self.pid}\n")
-                    _write(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
+                    write_text_atomic(self.state_dir / URL_FILE, url + "\n")
+                    write_text_atomic(self.state_dir / PID_FILE, f"{self.pid}\n")
+                    write_text_atomic(self.state_dir / OWNER_FILE, f"{os.getpid()}\n")
                     log.info(
                         "bus: embedded server %s at %s", Path(command[0]).name, redact_url(url)
                     )
@@ -394,7 +358,7 @@ class EmbeddedServer:
         it from the same directory: the data stays. Refuses while the process that
         started it still runs (it would lose its server)."""
         owner = self._read_pid(OWNER_FILE)
-        if owner and owner != os.getpid() and _alive(owner):
+        if owner and owner != os.getpid() and pid_alive(owner):
             raise ServerStartFailed(
                 f"the embedded server at {url} (pid {pid}) has no password: an older "
                 f"coding-loops (pid {owner}) runs it; stop that one, then start again"
@@ -407,7 +371,7 @@ class EmbeddedServer:
             (self.state_dir / name).unlink(missing_ok=True)
 
     def _launch(self, command: list[str], url: str) -> bool:
-        # `-m bus.fakeserver` imports from its working directory (the package's parent);
+        # `-m infra.fakeserver` imports from its working directory (the package's parent);
         # the server's own paths are absolute. The environment is inherited.
         root = Path(__file__).resolve().parent.parent
         redis_server = "-" in command
@@ -456,12 +420,12 @@ class EmbeddedServer:
                 self._proc.kill()
                 self._proc.wait(5)
             self._proc = None
-        elif self.pid is not None and _alive(self.pid):
+        elif self.pid is not None and pid_alive(self.pid):
             os.kill(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + 5
-            while _alive(self.pid) and time.monotonic() < deadline:
+            while pid_alive(self.pid) and time.monotonic() < deadline:
                 time.sleep(0.02)  # not our child: no wait() to block on
-            if _alive(self.pid):
+            if pid_alive(self.pid):
                 os.kill(self.pid, signal.SIGKILL)
 
     def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""`python -m bus.fakeserver --port N [--user U --auth-file F]`: fakeredis's TCP server
+"""`python -m infra.fakeserver --port N [--user U --auth-file F]`: fakeredis's TCP server
 in Redis 7.0 flavour, the embedded fallback when no `redis-server` binary is on PATH
 (see embedded.py).
 
@@ -44,13 +44,13 @@ def serve(port: int, user: str | None = None, auth_file: Path | None = None) -> 
     if auth_file is not None:
         problem = _lock_down(server.fake_server, user or "loops", auth_file.read_text().strip())
         if problem is not None:
-            print(f"bus.fakeserver: {problem}; refusing to serve", file=sys.stderr, flush=True)
+            print(f"infra.fakeserver: {problem}; refusing to serve", file=sys.stderr, flush=True)
             sys.exit(2)
     server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bus.fakeserver")
+    parser = argparse.ArgumentParser(prog="python -m infra.fakeserver")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--user", default=None, help="the only ACL user allowed in")
     parser.add_argument("--auth-file", type=Path, default=None, help="holds its password")

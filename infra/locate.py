@@ -24,8 +24,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bus.embedded import STATE_DIR, URL_FILE, reachable, recorded_password, recorded_url
 from events import ConfigError
+from infra.embedded import STATE_DIR, URL_FILE, reachable, recorded_password, recorded_url
 
 SEARCH_DEPTH = 3
 """How far below a repository's top a project directory is looked for."""
