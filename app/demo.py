@@ -10,16 +10,34 @@ scripted agents that show what a bash loop cannot do.
 - loop-4-question: waits for loop-1's task to merge (a cross-loop dependency), then
   says BLOCKED with a question; the demo answers it after a pause, the way a person
   would with `loops answer`.
+
+`DemoPerson` is that person; `story` tells what happened from the event log.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
 
+from bus import RedisBus
+from events import (
+    EscalationAnswered,
+    EscalationKind,
+    EscalationRaised,
+    Event,
+    MergeCompleted,
+    MonitorAction,
+    Role,
+    Source,
+    TaskClaimed,
+    TaskStarted,
+    VerificationFailed,
+)
 from infra.git import git
 
 OPS = '''"""Arithmetic for the demo."""
@@ -90,6 +108,7 @@ DEMO_ANSWER = "Raise ZeroDivisionError, like Python does."
 
 # A cross-loop dependency: divide() is only started once add() has merged.
 DEPENDS = {"DIV-1": "loop-1-clean/ADD-1"}
+ANSWER_PAUSE_S = 3.0  # the person reads the question first
 
 
 def create(root: Path, *, agent: str | None = None) -> Path:
@@ -140,3 +159,81 @@ def create(root: Path, *, agent: str | None = None) -> Path:
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "calc: stubs, checks and four coding loops")
     return root
+
+
+# -- the run: the person who answers, and what happened ------------------------------
+
+
+class DemoPerson:
+    """Answers the demo's question after a pause, as a person would from a terminal.
+    `busy` while a question is waiting for its answer, so the run does not end first."""
+
+    def __init__(self, bus: RedisBus, stop: threading.Event) -> None:
+        self.bus = bus
+        self.stop = stop
+        self.busy = False
+        self.thread = threading.Thread(target=self._run, name="demo-person", daemon=True)
+
+    def _run(self) -> None:
+        me = Source(role=Role.OPERATOR, instance="demo-person")
+        cursor = "0"
+        while not self.stop.is_set():
+            for entry_id, event in self.bus.tail(cursor, block_ms=200):
+                cursor = entry_id
+                if not (
+                    isinstance(event, EscalationRaised) and event.kind is EscalationKind.QUESTION
+                ):
+                    continue
+                if event.repeat:
+                    continue
+                self.busy = True
+                if self.stop.wait(ANSWER_PAUSE_S):
+                    return
+                print(f'\n$ loops answer {event.escalation_id} "{DEMO_ANSWER}"', flush=True)
+                self.bus.publish(EscalationAnswered(
+                    source=me, loop=event.loop, escalation_id=event.escalation_id,
+                    task_id=event.task_id, answer=DEMO_ANSWER, by="demo person",
+                ))  # fmt: skip
+                self.busy = False
+
+
+def story(events: Iterable[Event]) -> list[str]:
+    """The demo's behaviours, as the event log shows them."""
+    claims: dict[tuple[str | None, str], int] = {}
+    lines: list[str] = []
+    touched: dict[str, set[str]] = {}
+    waiting_on = {"loop-4-question": DEPENDS["DIV-1"]}
+    for event in events:
+        if isinstance(event, TaskClaimed):
+            claims[(event.loop, event.task_id)] = claims.get((event.loop, event.task_id), 0) + 1
+        elif isinstance(event, VerificationFailed):
+            failed = [c.criterion for c in event.criteria if c.passed is False]
+            lines.append(
+                f"gate caught a false claim: {event.loop}/{event.task_id} "
+                f"({', '.join(failed) or event.reason})"
+            )
+        elif isinstance(event, MonitorAction):
+            lines.append(
+                f"monitor: {event.action.value} on {event.loop}/{event.task_id or '-'} "
+                f"({event.rule}: {event.reason})"
+            )
+        elif isinstance(event, EscalationRaised) and not event.repeat:
+            lines.append(f"question from {event.loop}/{event.task_id}: {event.question}")
+        elif isinstance(event, EscalationAnswered):
+            lines.append(f"answered by {event.by}: {event.answer}")
+        elif isinstance(event, TaskStarted) and event.loop in waiting_on:
+            lines.append(
+                f"{event.loop}/{event.task_id} started once {waiting_on.pop(event.loop)} "
+                "had merged (cross-loop dependency)"
+            )
+        elif isinstance(event, MergeCompleted):
+            lines.append(f"merged: {event.loop}/{event.task_id} as {event.merged_commit[:10]}")
+        if hasattr(event, "changed_files") and event.loop:
+            for path in getattr(event, "changed_files", []):
+                touched.setdefault(path, set()).add(event.loop)
+    for path, loops in sorted(touched.items()):
+        if len(loops) > 1:
+            lines.append(
+                f"{path} was changed by {', '.join(sorted(loops))}: all merged through the queue"
+            )
+    return lines

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -118,6 +118,35 @@ def alive_roles(client: redis.Redis, prefix: str, *, now: datetime | None = None
         if presence.is_fresh(now):
             found.append(presence)
     return sorted(found, key=lambda p: (p.role, p.instance))
+
+
+def live_processes(
+    client: redis.Redis, prefix: str, role: str | None, *, here: bool, now: datetime
+) -> tuple[list[Presence], list[dict[str, Any]]]:
+    """The live processes of `role` (all roles when None): role presences, or for `rq`
+    and `rq:QUEUE` the rq workers (registered in Redis by rq itself). `here`: only those
+    on this host (in a container, the container itself)."""
+    if role is not None and (role == "rq" or role.startswith("rq:")):
+        from rq import Worker
+
+        queue = role.partition(":")[2]
+        workers = [
+            {
+                "role": f"rq:{','.join(w.queue_names())}",
+                "instance": w.name,
+                "pid": w.pid,
+                "host": w.hostname,
+                "last_beat": w.last_heartbeat.isoformat() if w.last_heartbeat else None,
+            }
+            for w in Worker.all(connection=client)
+            if (not queue or queue in w.queue_names())
+            and (not here or w.hostname == socket.gethostname())
+        ]
+        return [], workers
+    presences = alive_roles(client, prefix, now=now)
+    if here:
+        presences = [p for p in presences if p.host == socket.gethostname()]
+    return [p for p in presences if role is None or p.matches(role)], []
 
 
 def _bounded_client(client: redis.Redis, timeout_s: float) -> redis.Redis:

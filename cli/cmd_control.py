@@ -16,7 +16,7 @@ import sys
 import time
 
 from bus import RedisBus
-from cli.context import known_loops, nothing_running, open_bus
+from cli.context import nothing_running, open_bus, require_loop
 from events import CommandAcknowledged
 from events.commands import build_command
 from events.view import clean
@@ -51,14 +51,7 @@ def run(args: argparse.Namespace) -> int:
     loop = args.loop
     idle = nothing_running(args)
     with open_bus(args) as bus:
-        loops = known_loops(bus)
-        if loop not in loops:
-            names = ", ".join(sorted(loops)) or "none yet"
-            print(
-                f"loops: no loop {clean(loop, 60)!r} on this system (loops: {names}); nothing sent",
-                file=sys.stderr,
-            )
-            return EXIT_FAIL
+        require_loop(bus, loop, "sent")
         command = build_command(
             action, loop, getattr(args, "task", None), getattr(args, "hint", None)
         )

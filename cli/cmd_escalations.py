@@ -22,17 +22,9 @@ from cli.fmt import ago
 from events import Decision
 from events.commands import build_answer
 from events.view import EscalationView, SystemView, clean
+from events.view.escalations import ESCALATION_TYPES
 
 EXIT_OK, EXIT_FAIL = 0, 1
-ESCALATION_TYPES = frozenset(
-    {
-        "escalation.raised",
-        "escalation.acknowledged",
-        "escalation.answered",
-        "escalation.delivered",
-        "escalation.expired",
-    }
-)
 
 
 def escalations(bus: RedisBus) -> SystemView:

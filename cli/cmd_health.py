@@ -11,40 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 import redis
 
-from app.runtime import Presence, alive_roles
+from app.runtime import Presence, live_processes
 from bus import connect
 from cli.context import bus_settings, redact
 
 EXIT_OK, EXIT_FAIL = 0, 1
-
-
-def _rq_workers(client: redis.Redis, role: str, here: bool) -> list[dict[str, Any]]:
-    from rq import Worker
-
-    queue = role.partition(":")[2]
-    found = []
-    for worker in Worker.all(connection=client):
-        if queue and queue not in worker.queue_names():
-            continue
-        if here and worker.hostname != socket.gethostname():
-            continue
-        found.append(
-            {
-                "role": f"rq:{','.join(worker.queue_names())}",
-                "instance": worker.name,
-                "pid": worker.pid,
-                "host": worker.hostname,
-                "last_beat": worker.last_heartbeat.isoformat() if worker.last_heartbeat else None,
-            }
-        )
-    return found
 
 
 def _describe(p: Presence, now: datetime) -> str:
@@ -58,23 +34,12 @@ def run(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     client = connect(settings)
     try:
-        if role is not None and (role == "rq" or role.startswith("rq:")):
-            workers = _rq_workers(client, role, here)
-            presences: list[Presence] = []
-        else:
-            workers = []
-            presences = alive_roles(client, settings.prefix, now=now)
+        presences, workers = live_processes(client, settings.prefix, role, here=here, now=now)
     except redis.RedisError as exc:
         print(f"loops health: cannot reach Redis at {redact(settings.url)}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     finally:
         client.close()
-
-    if here:
-        host = socket.gethostname()
-        presences = [p for p in presences if p.host == host]
-    if role is not None:
-        presences = [p for p in presences if p.matches(role)]
 
     if args.json:
         items = [p.model_dump(mode="json") for p in presences] + workers

@@ -18,6 +18,7 @@ import redis
 from bus import BusSettings, RedisBus
 from bus.settings import redact_url, warn_if_unsigned
 from events import ConfigError, ValidationFailed
+from events.view import clean
 from infra.embedded import EmbeddedServer, state_dir
 from infra.git import GitError, current_branch, git, repo_root
 from infra.locate import find_project_dir
@@ -163,3 +164,13 @@ LOOP_TYPES = frozenset({"loop.started", "loop.heartbeat", "loop.stopped"})
 def known_loops(bus: RedisBus) -> set[str]:
     """Loops that have ever shown up on the stream."""
     return {e.loop for _, e in bus.replay(types=LOOP_TYPES) if e.loop}
+
+
+def require_loop(bus: RedisBus, loop: str, nothing: str) -> None:
+    """`ConfigError` (`... ; nothing sent`) unless `loop` has shown up on the stream."""
+    loops = known_loops(bus)
+    if loop not in loops:
+        names = ", ".join(sorted(loops)) or "none yet"
+        raise ConfigError(
+            f"no loop {clean(loop, 60)!r} on this system (loops: {names}); nothing {nothing}"
+        )

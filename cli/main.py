@@ -13,18 +13,102 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 
-from cli.cmd_budget import add_commands as add_budget_commands
-from cli.cmd_budget import add_flags as add_budget_flags
 from events import LoopsError, ValidationFailed
 from events.secrets import install_log_redaction, redact
 from infra.settings import Settings
+from loops.budget_config import RAISE_HELP
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 ROLES = ("worker", "monitor", "pm", "human", "gate", "merge", "dashboard")
+
+
+def _above_zero(kind: type[float] | type[int], what: str) -> Callable[[str], float | int]:
+    """An argparse type: a number above 0, else one line saying so."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what} above 0")
+        return value
+
+    return parse
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# The option groups commands share: `_add(p, "redis", "wait")` adds them; `{what}` in a
+# help text is what the command runs (`_add(p, "budget", what="the loop")`).
+OPTIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "redis": [
+        ("--redis", {"metavar": "URL", "help": "Redis URL (default: $REDIS_URL, else the "
+                     "embedded server of the project, see --dir)"}),
+        ("--dir", {"dest": "project_dir", "metavar": "DIR", "default": None,
+                   "help": "project directory whose embedded server to reach (default: "
+                   "$CODING_LOOP_PROJECT_DIR, else the system found from here, as git finds "
+                   "its repository)"}),
+    ],
+    "wait": [
+        ("--wait", {"type": float, "metavar": "S", "default": 10.0,
+                    "help": "seconds to wait for the worker's acknowledgement (default 10)"}),
+        ("--no-wait", {"action": "store_true", "help": "send the command and return at once"}),
+    ],
+    "test_command": [
+        ("--test-command", {"metavar": "CMD", "default": None,
+                            "help": "the project's full test suite, run on every merged tree "
+                            "before main moves (overrides test_command in project.json)"}),
+    ],
+    "metrics": [
+        ("--metrics-port", {"type": int, "metavar": "PORT", "default": None,
+                            "help": "serve Prometheus metrics at http://HOST:PORT/metrics "
+                            "(default: $LOOPS_METRICS_PORT, else off; 0 = a free port)"}),
+        ("--metrics-host", {"metavar": "HOST", "default": None, "help": "address of /metrics "
+                            "(default: $LOOPS_METRICS_HOST, else 127.0.0.1)"}),
+    ],
+    "budget": [
+        ("--max-cost", {"type": _above_zero(float, "a number"), "metavar": "USD",
+                        "default": None, "help": "stop starting agent calls once {what} has "
+                        "spent this many dollars"}),
+        ("--max-tokens", {"type": _above_zero(int, "a number"), "metavar": "N", "default": None,
+                          "help": "stop starting agent calls once {what} has used this many "
+                          "tokens"}),
+    ],
+    "dry_run": [
+        ("--dry-run", {"action": "store_true", "help": "print the tasks that would run, in "
+                       "order, with the budget each may use, and the worst case per loop and "
+                       "for the project; start nothing"}),
+    ],
+    # The coding-loops harness's run_loop.py flags (precedence: flag, config, default).
+    "harness": [
+        ("--max-iterations", {"type": _at_least_one, "metavar": "N", "default": None,
+                              "help": "at most N agent runs for {what} in this run (default: "
+                              "no limit)"}),
+        ("--model", {"metavar": "M", "default": None,
+                     "help": "the model for {what} (overrides config.json)"}),
+    ],
+}  # fmt: skip
+
+
+def _add(p: argparse.ArgumentParser, *groups: str, what: str = "") -> None:
+    """Add the `OPTIONS` groups named."""
+    for group in groups:
+        for flag, kwargs in OPTIONS[group]:
+            p.add_argument(flag, **{**kwargs, "help": kwargs["help"].format(what=what)})
 
 
 def _command(
@@ -45,94 +129,6 @@ def _runner(spec: str) -> Callable[[argparse.Namespace], int]:
         return int(command(args))
 
     return run
-
-
-def _add_redis(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--redis",
-        metavar="URL",
-        help="Redis URL (default: $REDIS_URL, else the embedded server of the project, see --dir)",
-    )
-    p.add_argument(
-        "--dir",
-        dest="project_dir",
-        metavar="DIR",
-        default=None,
-        help="project directory whose embedded server to reach (default: $CODING_LOOP_PROJECT_DIR, "
-        "else the system found from here, as git finds its repository)",
-    )
-
-
-def _add_wait(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--wait",
-        type=float,
-        metavar="S",
-        default=10.0,
-        help="seconds to wait for the worker's acknowledgement (default 10)",
-    )
-    p.add_argument("--no-wait", action="store_true", help="send the command and return at once")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
-    return value
-
-
-def _add_test_command(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--test-command",
-        metavar="CMD",
-        default=None,
-        help="the project's full test suite, run on every merged tree before main moves "
-        "(overrides test_command in project.json)",
-    )
-
-
-def _add_metrics(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        default=None,
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: "
-        "$LOOPS_METRICS_PORT, else off; 0 = a free port)",
-    )
-    p.add_argument(
-        "--metrics-host",
-        metavar="HOST",
-        default=None,
-        help="address of /metrics (default: $LOOPS_METRICS_HOST, else 127.0.0.1)",
-    )
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _add_harness_overrides(p: argparse.ArgumentParser, what: str) -> None:
-    """The coding-loops harness's run_loop.py flags (precedence: flag, config, default)."""
-    p.add_argument(
-        "--max-iterations",
-        type=_at_least_one,
-        metavar="N",
-        default=None,
-        help=f"at most N agent runs for {what} in this run (default: no limit)",
-    )
-    p.add_argument(
-        "--model", metavar="M", default=None, help=f"the model for {what} (overrides config.json)"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,10 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="git repository to work in (default: the spec's directory)",
     )
-    _add_test_command(p)
+    _add(p, "test_command")
     p.add_argument(
         "--agent-timeout",
-        type=_seconds,
+        type=_above_zero(float, "a number of seconds"),
         metavar="SECONDS",
         default=None,
         help="kill an agent run (its whole process group) after this many seconds (default 1800)",
@@ -191,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept the agent's <promise> without running the checks (ralph_loop's old behaviour)",
     )
-    add_budget_flags(p, "the loop")
+    _add(p, "budget", what="the loop")
 
     p = _command(
         sub, "up", "up", help="the whole system on DIR (seed layout: DIR/loop-*/config.json)"
@@ -204,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--redis", metavar="URL", help="use this Redis instead of the embedded one")
     p.add_argument("--agent", metavar="A", default=None, help="override every loop's agent")
-    _add_harness_overrides(p, "every loop")
-    _add_test_command(p)
-    add_budget_flags(p, "the project", dry_run=True)
+    _add(p, "harness", what="every loop")
+    _add(p, "test_command")
+    _add(p, "budget", "dry_run", what="the project")
     p.add_argument(
         "--serve",
         action="store_true",
@@ -223,12 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
 
     p = _command(sub, "status", "status", help="loops, tasks, health, escalations, merge queue")
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
 
     p = _command(sub, "events", "events", help="the event log")
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument(
@@ -244,12 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = _command(sub, "escalations", "escalations", help="open questions for a person")
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="include answered and expired ones")
 
     p = _command(sub, "answer", "escalations:run_answer", help="answer an escalation")
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument("id", metavar="ID")
     p.add_argument("text", metavar="TEXT", nargs="+")
     p.add_argument(
@@ -262,13 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("stop", "stop a loop after its current iteration"),
     ):
         p = _command(sub, name, "control", help=text)
-        _add_redis(p)
-        _add_wait(p)
+        _add(p, "redis", "wait")
         p.add_argument("loop", metavar="LOOP")
 
     p = _command(sub, "reset", "control", help="set a task back to pending with zero attempts")
-    _add_redis(p)
-    _add_wait(p)
+    _add(p, "redis", "wait")
     p.add_argument("loop", metavar="LOOP")
     p.add_argument("task", metavar="TASK")
     p.add_argument("--hint", default=None, help="guidance for the task's next prompt")
@@ -280,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one loop: alone with its gate and merge queue (embedded), or as the "
         "worker role of a distributed system (--redis or $REDIS_URL)",
     )
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument(
         "loop",
         metavar="LOOP",
@@ -302,24 +296,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the loop's config.json (the harness's run_loop.py --config): runs the loop in "
         "PATH's directory, with this config",
     )
-    _add_harness_overrides(p, "the loop")
-    _add_metrics(p)
+    _add(p, "harness", what="the loop")
+    _add(p, "metrics")
     for role in ROLES[1:]:
         module = "dashboard" if role == "dashboard" else "roles"
         p = _command(sub, role, module, help=f"role: run the {role} as its own process")
-        _add_redis(p)
+        _add(p, "redis")
         if role == "dashboard":  # serves /metrics on its own port
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8765)
         if role == "merge":
-            _add_test_command(p)
+            _add(p, "test_command")
         if role != "dashboard":
-            _add_metrics(p)
+            _add(p, "metrics")
 
     p = _command(
         sub, "health", "health", help="exit 0 if a role process is alive (compose health checks)"
     )
-    _add_redis(p)
+    _add(p, "redis")
     p.add_argument(
         "role",
         nargs="?",
@@ -331,7 +325,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--here", action="store_true", help="only count processes on this host")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    add_budget_commands(sub)  # `loops budget`, `loops plan` (cli/cmd_budget.py)
+    p = _command(sub, "budget", "budget", help="what was spent against the budgets; raise a budget")
+    _add(p, "redis")
+    p.add_argument(
+        "loop", metavar="LOOP[/TASK]", nargs="?", default=None, help="the loop (or one task)"
+    )
+    p.add_argument("amount", metavar="+AMOUNT", nargs="*", help=f"a raise, e.g. {RAISE_HELP}")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("--project", action="store_true", help="raise the project's budget")
+    level.add_argument("--day", action="store_true", help="raise the project's daily budget")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _command(
+        sub, "plan", "budget", help="what `loops up` would run and may spend; starts nothing"
+    )
+    p.add_argument("dir", nargs="?", default=None, help="project directory (default: .)")
+    p.add_argument("--agent", metavar="A", default=None, help="as `loops up --agent`")
+    _add(p, "budget", what="the project")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = _command(sub, "demo", "demo", help="the embedded demo from the README (no API key needed)")
     p.add_argument(
         "--agent", metavar="A", default=None, help="run the scenario on a real agent, e.g. claude"

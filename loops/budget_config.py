@@ -9,7 +9,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events import BudgetLevel, BudgetMetric
+from bus.spend import DAY, PROJECT, loop_scope, task_scope
+from events import BudgetLevel, BudgetMetric, ConfigError
 
 DEFAULT_WARN_AT = 0.8
 
@@ -166,3 +167,29 @@ def parse_raises(text: str) -> list[tuple[BudgetMetric, float]]:
         if amount > 0 and math.isfinite(amount):
             found.append((metric, amount))
     return found
+
+
+def read_raises(words: list[str]) -> list[tuple[BudgetMetric, float]]:
+    """The raises a person typed (`+5usd +100k tokens`), every `+` one of them; else
+    `ConfigError` with the way to write one."""
+    raises = parse_raises(" ".join(words))
+    if not raises or len(raises) != sum(w.count("+") for w in words):
+        raise ConfigError(f"cannot read {' '.join(words)!r} as a raise: write e.g. {RAISE_HELP}")
+    return raises
+
+
+def raise_scope(target: str | None, *, project: bool, day: bool) -> tuple[BudgetLevel, str]:
+    """The level and scope a raise names: `LOOP`, `LOOP/TASK`, or the project's (or the
+    day's) budget; else `ConfigError` saying what to name."""
+    if project or day:
+        if target and not target.startswith("+"):
+            raise ConfigError("name a LOOP or --project/--day, not both")
+        return (BudgetLevel.PROJECT, PROJECT) if project else (BudgetLevel.DAY, DAY)
+    if not target or target.startswith("+"):
+        raise ConfigError(
+            "name the LOOP to raise (or --project / --day), e.g. `loops budget LOOP +5usd`"
+        )
+    loop, _, task = target.partition("/")
+    if task:
+        return BudgetLevel.TASK, task_scope(loop, task)
+    return BudgetLevel.LOOP, loop_scope(loop)

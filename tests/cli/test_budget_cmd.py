@@ -40,4 +40,8 @@ def test_bad_input_is_one_line_and_raises_nothing(system: System) -> None:
         assert proc.returncode == 1, (args, proc.stdout)
         assert len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+        if args[0] == "nope":
+            assert proc.stderr.strip() == (
+                "loops: no loop 'nope' on this system (loops: loop-api); nothing raised"
+            )
     assert not list(system.bus.replay(types=["budget.raised"]))

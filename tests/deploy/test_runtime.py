@@ -22,6 +22,7 @@ from app.runtime import (
     Presence,
     PresenceBeat,
     alive_roles,
+    live_processes,
     presence_key,
     run_role,
 )
@@ -86,6 +87,24 @@ def test_role_names_match_by_family() -> None:
     assert worker.matches("worker:loop-1")
     assert not worker.matches("worker:loop-10")
     assert not _presence("workers", "i", 0).matches("worker")
+
+
+def test_live_processes_of_a_role_or_of_rq(fake: redis.Redis) -> None:
+    from rq import Worker
+
+    for p in (_presence("worker:loop-1", "a", 1), _presence("gate", "b", 1)):
+        fake.set(presence_key("px", p.role, p.instance), p.model_dump_json())
+    Worker(["loops-verify"], connection=fake, name="rq-1").register_birth()
+    now = datetime.now(UTC)
+
+    def live(role: str | None, here: bool = False) -> list[str]:
+        presences, workers = live_processes(fake, "px", role, here=here, now=now)
+        return [p.instance for p in presences] + [w["instance"] for w in workers]
+
+    assert live(None) == ["b", "a"] and live("worker") == ["a"]
+    assert live("worker", here=True) == []  # its host is "h", not this one
+    assert live("rq") == live("rq:loops-verify") == live("rq:loops-verify", here=True) == ["rq-1"]
+    assert live("rq:loops-agents") == []
 
 
 def test_presence_has_ttl_of_three_intervals(fake: redis.Redis) -> None:

@@ -1,10 +1,8 @@
-"""`loops validate PATH...` run the way an operator runs it: as a real subprocess."""
+"""`loops validate PATH...` run the way an operator runs it: as a real subprocess (and
+`loops.validate`, its checks, fuzzed in process)."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -16,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cli import cmd_validate
+from loops.validate import validate_paths
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SEED = FIXTURES / "seed-project"
@@ -232,7 +230,7 @@ def test_without_paths_is_a_usage_error() -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
-# -- in-process fuzzing of the command (same code path, no subprocess per example) ------
+# -- in-process fuzzing of the checks (`loops.validate`, what the command prints) -------
 
 NAMES = st.sampled_from(["SPEC.yaml", "config.json", "test-state.json", "health.json", "x.txt"])
 
@@ -243,10 +241,7 @@ def test_fuzz_validate_never_raises(
 ) -> None:
     path = tmp_path_factory.mktemp("v") / name
     path.write_bytes(data)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        code = cmd_validate.run(argparse.Namespace(paths=[str(path)]))
-    assert code in (0, 1)
-    lines = out.getvalue().splitlines()
-    assert lines and "internal error" not in out.getvalue()
-    assert (code == 0) == (lines == [f"OK {path}"])
+    report = validate_paths([path], None)
+    lines = [line for found in report.problems.values() for line in found]
+    assert not any("internal error" in line for line in lines)
+    assert lines or list(report.problems) == [str(path)]  # good: the file alone, OK
