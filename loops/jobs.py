@@ -41,13 +41,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import TypeAdapter
 
-from events import AgentSign, LoopsError
+from events import AgentSign, FailureKind, LoopsError
 from infra.files import FileLock
 from infra.git import git
 from infra.settings import Settings
 from loops.runners import AgentRequest, AgentResult, AgentRunner, make_runner, redacted
 from loops.runners.process import kill_strays
-from loops.sandbox import SandboxConfig, SandboxPolicy
+from loops.sandbox import ENV_MODE, SandboxConfig, SandboxMode, SandboxPolicy
 from loops.workspace import IterationCommit, Workspace
 
 log = logging.getLogger("loops.jobs")
@@ -154,11 +154,15 @@ def run_iteration(
             cancel=channel.cancel,
             on_activity=channel.sign,
         )
+        policy = _policy(ws, sandbox, [home, *(Path(p) for p in hide or ())], remote_url)
+        refused = unsandboxed_refusal(policy)
+        if refused is not None:
+            return result_to_json(refused, None)
         result, done = run_in_workspace(
             ws,
             make_runner(agent, model=model),
             request,
-            _policy(ws, sandbox, [home, *(Path(p) for p in hide or ())], remote_url),
+            policy,
             f"{loop}: {task_id} iteration {iteration}\n\nLoops-Job: {job}",
         )
         if done.commit:
@@ -188,6 +192,32 @@ def run_in_workspace(
         kill_strays(ws.path)
     result = redacted(result)  # invariant 7: the one place every reply passes
     return result, ws.commit_iteration(message, keep=keep)
+
+
+def unsandboxed_refusal(policy: SandboxPolicy) -> AgentResult | None:
+    """On an agent host, `auto` means required: the rq worker beside the agent holds
+    the bus's password (in its environment and its memory), so an unsandboxed agent
+    could write job results and enqueue jobs. Only an explicit `off` (LOOPS_SANDBOX=off
+    on the host, or the loop's `sandbox: off`) runs one without the sandbox. Returns
+    the iteration's result when this host would have to (unrunnable: the task is
+    blocked with the reason, not retried), else None."""
+    if policy.mode is not SandboxMode.AUTO:
+        return None  # off: the operator's choice; required: policy.check() refuses
+    status = policy.status()
+    if status.active:
+        return None
+    why = (status.warning or "bwrap cannot run").rsplit(": agents", 1)[0]
+    return AgentResult(
+        reply="",
+        exit_code=None,
+        failure=FailureKind.AGENT_ERROR,
+        failure_detail=(
+            f"this agent host runs no agent unsandboxed ({why}): install bubblewrap, and "
+            "in a container allow user namespaces (docker-compose.yml's agents service "
+            f"shows how), or set {ENV_MODE}=off in the rq worker's environment"
+        ),
+        unrunnable=True,
+    )
 
 
 def _checkout(

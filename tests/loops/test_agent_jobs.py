@@ -7,6 +7,7 @@ killed mid-iteration) is tests/deploy/test_agent_jobs.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -312,3 +313,31 @@ def test_both_modes_kill_the_agent_s_leftovers_redact_its_words_and_commit_its_w
         for stray in agent.strays:
             stray.kill()
             stray.wait()
+
+
+def test_an_agent_host_that_cannot_sandbox_runs_no_agent_unless_told_off(
+    project: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an agent host `auto` means required: the rq worker beside the agent holds the
+    bus's password. Without bwrap the iteration comes back unrunnable (the task blocks
+    with the reason and the fix), nothing ran and nothing was pushed; with
+    LOOPS_SANDBOX=off, as the reason says, it runs."""
+    repo, origin, spec = project
+    ws = fresh(repo)
+    bin_dir = tmp_path / "bin"  # git, and no bwrap
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git") or "git")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("LOOPS_SANDBOX", raising=False)
+
+    result = runner(repo, spec).run(request(ws))
+
+    assert result.unrunnable and result.failure is FailureKind.AGENT_ERROR
+    assert "bwrap (bubblewrap) is not on PATH" in (result.failure_detail or "")
+    assert "set LOOPS_SANDBOX=off in the rq worker's environment" in (result.failure_detail or "")
+    assert not (ws.path / "notes.txt").exists()
+    assert git(origin, "rev-parse", "loop/l1") == ws.main_head()  # the base, no more
+
+    monkeypatch.setenv("LOOPS_SANDBOX", "off")  # the fix, as written
+    result = runner(repo, spec).run(request(ws))
+    assert result.failure is None and (ws.path / "notes.txt").is_file()
