@@ -42,9 +42,9 @@ from gates import (
 )
 from gates.checks import DEFAULT_TIMEOUT_S
 from gates.errors import JobError
-from gates.judge import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
 from gates.settings import FlakyPolicy
 from gates.trust import TrustingGate, trusting_loader
+from infra.model import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
 from infra.settings import Settings, secret
 from infra.store import Store
 from loops.book import TaskBook
@@ -448,11 +448,11 @@ POLICY_FILE = "monitor-policy.yaml"
 POLICY_ENV = "LOOPS_MONITOR_POLICY"  # the `monitor_policy` setting
 
 
-def policy_file(project: Project | None, settings: Settings | None = None) -> Path | None:
+def policy_file(project: Project | None, settings: Settings) -> Path | None:
     """The monitor's policy file an operator edits: `$LOOPS_MONITOR_POLICY`, else
     `monitor-policy.yaml` beside the loop directories (where project.json goes), if
     there is one. It names only what it changes (see `agents/default-policy.yaml`)."""
-    named = (settings or Settings.from_env()).monitor_policy
+    named = settings.monitor_policy
     if named:
         return Path(named)
     if project is None or not project.loops:
@@ -461,7 +461,7 @@ def policy_file(project: Project | None, settings: Settings | None = None) -> Pa
     return path if path.is_file() else None
 
 
-def monitor_policy(project: Project | None, settings: Settings | None = None) -> Policy:
+def monitor_policy(project: Project | None, settings: Settings) -> Policy:
     """The monitor's policy (`ValidationFailed`, one line per bad field, before anything
     starts): the silence limit of a running agent, the rules' actions, and more."""
     return load_policy(policy_file(project, settings))

@@ -27,10 +27,9 @@ def agent_runner(
     repo: Path,
     main: str,
     remote: str | None,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> AgentRunner:
     """The runner of `loop`'s agent: in this process, or on the rq queue `LOOPS_AGENT_QUEUE`."""
-    settings = settings or Settings.from_env()
     runner = make_runner(agent, model=loop.config.model, base_dir=loop.dir, settings=settings)
     name = (settings.agent_queue or "").strip()
     if not name:

@@ -9,8 +9,7 @@ from typing import Any
 from events import Criterion, CriterionResult
 from gates import Judgement
 from gates.errors import JudgeError
-from infra.model import DEFAULT_MODEL as DEFAULT_MODEL  # app.compose reads it from here
-from infra.model import model_client
+from infra.model import DEFAULT_MODEL, model_client
 
 _VERDICT = re.compile(r"[\W_]*(PASS|FAIL)\b", re.IGNORECASE)
 

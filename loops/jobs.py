@@ -134,7 +134,8 @@ def run_iteration(
     or published, so rq records the job as failed. `hide`: the coordinator's own paths
     (its checkout and state dir), hidden from the agent where this host has them too
     (compose mounts the project at the same path everywhere)."""
-    named = Settings.from_env().agent_home
+    settings = Settings.from_env()  # this host's (an entry point: rq calls it)
+    named = settings.agent_home
     home = Path(named or Path.home() / ".cache" / "coding-loops" / "agents")
     place = home / hashlib.sha256(remote_url.encode()).hexdigest()[:16] / loop
     place.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def run_iteration(
             return result_to_json(refused, None)
         result, done = run_in_workspace(
             ws,
-            make_runner(agent, model=model),
+            make_runner(agent, model=model, settings=settings),
             request,
             policy,
             f"{loop}: {task_id} iteration {iteration}\n\nLoops-Job: {job}",

@@ -193,15 +193,15 @@ def make_runner(
     `claude` and `anthropic`. Raises `ConfigError` with a one-line message for anything
     else.
 
-    Without `settings`, the environment's: only an rq job on an agent host
-    (`loops.jobs.run_iteration`, whose settings are its host's) and tests call it so.
+    Without `settings`, the defaults: callers pass theirs (built once by the CLI, or by
+    `loops.jobs.run_iteration` from its host's environment).
     """
     text = spec.strip()
     kind, sep, arg = text.partition(":")
     kind = kind.strip().lower()
     arg = arg.strip()
     if kind in {"claude", "anthropic"} and not sep:
-        settings = settings or Settings.from_env()
+        settings = settings or Settings()  # the caller's, else the defaults
     if kind == "claude" and not sep:
         from loops.runners.claude import ClaudeRunner
 

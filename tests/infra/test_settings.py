@@ -94,7 +94,7 @@ PRODUCT = ("events", "bus", "infra", "loops", "gates", "agents", "app", "cli")
 READ_AT = {"cli/main.py", "cli/context.py", "loops/jobs.py", "gates/jobs.py"}
 # Library fallbacks still reading it, each until its caller passes its settings down:
 # `make_runner` (for `loops/jobs.py`'s runner), `policy_file` and `run_fleet` (app/).
-NOT_YET = {"loops/runners/__init__.py", "app/compose.py", "app/fleet.py"}
+NOT_YET: set[str] = set()
 
 
 def reads_settings_from_env(source: str) -> bool:

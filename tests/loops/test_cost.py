@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import events as ev
+from infra.settings import Settings
 from loops.cost import Pricer
 from loops.harness import project_config_from_data
 from loops.runners import AgentRequest, AgentResult, make_runner
@@ -97,7 +98,9 @@ def anthropic_runner(
 ) -> Iterator[AnthropicRunner]:
     monkeypatch.setenv("ANTHROPIC_BASE_URL", mock_anthropic.base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    built = make_runner("anthropic", model="claude-sonnet-4-5", max_retries=0)
+    built = make_runner(
+        "anthropic", model="claude-sonnet-4-5", max_retries=0, settings=Settings.from_env()
+    )
     assert isinstance(built, AnthropicRunner)
     yield built
     built.close()

@@ -16,6 +16,7 @@ import anthropic
 import pytest
 
 from events import ConfigError, FailureKind
+from infra.settings import Settings
 from loops.runners import AgentRequest, make_runner
 from loops.runners.anthropic_agent import AnthropicRunner
 from tests.fakes.mock_anthropic import MockAnthropic
@@ -46,7 +47,9 @@ def runner(
     """Built the way production builds it: from ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY."""
     monkeypatch.setenv("ANTHROPIC_BASE_URL", mock_anthropic.base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    built = make_runner("anthropic", model="claude-test", max_retries=0)
+    built = make_runner(
+        "anthropic", model="claude-test", max_retries=0, settings=Settings.from_env()
+    )
     assert isinstance(built, AnthropicRunner)
     yield built
     built.close()
@@ -212,7 +215,7 @@ def test_missing_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY"):
-        make_runner("anthropic")
+        make_runner("anthropic", settings=Settings.from_env())
 
 
 def test_mock_answers_plain_json_and_side_endpoints(mock_anthropic: MockAnthropic) -> None:

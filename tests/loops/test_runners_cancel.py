@@ -12,6 +12,7 @@ import anthropic
 import pytest
 
 from events import FailureKind
+from infra.settings import Settings
 from loops.runners import INTERRUPTED_DETAIL as INTERRUPTED
 from loops.runners import AgentRequest, AgentResult, AgentRunner, make_runner
 from loops.runners.anthropic_agent import AnthropicRunner
@@ -63,7 +64,9 @@ def test_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOPS_SANDBOX_ENV", "FAKE_CLAUDE_*")
     monkeypatch.setenv("FAKE_CLAUDE_CHILD_PID", str(pid_file))
     result = run_and_cancel(
-        make_runner("claude"), tmp_path, lambda: pid_file.exists() and pid_file.read_text()
+        make_runner("claude", settings=Settings.from_env()),
+        tmp_path,
+        lambda: pid_file.exists() and pid_file.read_text(),
     )
     assert result.session_id  # the init line came before the hang
     wait_until(lambda: not pid_alive(int(pid_file.read_text())), timeout=5)

@@ -63,7 +63,9 @@ def run(
     tmp_path: Path, scenario: str, monkeypatch: pytest.MonkeyPatch, **kw: object
 ) -> AgentResult:
     monkeypatch.setenv("FAKE_CLAUDE_SCENARIO", scenario)
-    return make_runner("claude", model="claude-x").run(req(tmp_path, **kw))
+    return make_runner("claude", model="claude-x", settings=Settings.from_env()).run(
+        req(tmp_path, **kw)
+    )
 
 
 def test_the_fake_is_an_executable() -> None:
@@ -139,7 +141,7 @@ def test_permission_mode_from_the_environment(
     request = req(tmp_path)
     monkeypatch.setenv("LOOPS_CLAUDE_PERMISSION_MODE", "skip")
     monkeypatch.setenv("LOOPS_CLAUDE_ARGS", "--allowedTools 'Bash(pytest *)'")
-    runner = make_runner("claude")  # with no settings given: the environment's
+    runner = make_runner("claude", settings=Settings.from_env())  # the environment's
     assert isinstance(runner, ClaudeRunner)
     argv = runner.command(request)
     assert "--dangerously-skip-permissions" in argv
@@ -162,7 +164,7 @@ def test_bad_claude_settings_are_config_errors(
 ) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as err:
-        make_runner("claude")
+        make_runner("claude", settings=Settings.from_env())
     assert name.split("_")[-1].lower() in str(err.value).lower() or name in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -222,7 +224,7 @@ def test_hang_times_out_and_kills_the_process_group(
 
 def test_missing_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOPS_CLAUDE_BIN", str(tmp_path / "no-claude"))
-    result = make_runner("claude").run(req(tmp_path))
+    result = make_runner("claude", settings=Settings.from_env()).run(req(tmp_path))
     assert result.failure is FailureKind.AGENT_ERROR
     assert "LOOPS_CLAUDE_BIN" in (result.failure_detail or "")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from events import FailureKind, IterationOutcome
+from infra.settings import Settings
 from loops.runners import AgentRequest, make_runner
 from loops.runners.outcome import outcome_of
 from tests.fakes.claude_cli import MOCK_KEY, claude_cli_env, find_claude
@@ -76,7 +77,9 @@ def test_real_cli_writes_a_file_and_resumes_its_session(
             {"content": [{"type": "text", "text": "Done.\n<promise>hello written</promise>"}]},
         ]
     )
-    runner = make_runner("claude", model="claude-mock-model", skip_permissions=True)
+    runner = make_runner(
+        "claude", model="claude-mock-model", skip_permissions=True, settings=Settings.from_env()
+    )
     result = runner.run(req(tmp_path, claude_env))
 
     assert result.failure is None, f"{result.failure_detail}\n{result.transcript[-3000:]}"
@@ -119,7 +122,9 @@ def test_real_cli_api_failures_are_typed(
     kind: FailureKind,
 ) -> None:
     mock_anthropic.script([turn])
-    runner = make_runner("claude", model="claude-mock-model", skip_permissions=True)
+    runner = make_runner(
+        "claude", model="claude-mock-model", skip_permissions=True, settings=Settings.from_env()
+    )
     result = runner.run(req(tmp_path, claude_env))
     assert result.failure is kind, f"{result.failure_detail}\n{result.transcript[-2000:]}"
 
@@ -239,7 +244,9 @@ def test_real_cli_in_the_sandbox_keeps_its_session_and_sees_no_state(
             {"content": [{"type": "text", "text": "Done.\n<promise>hello written</promise>"}]},
         ]
     )
-    runner = make_runner("claude", model="claude-mock-model", skip_permissions=True)
+    runner = make_runner(
+        "claude", model="claude-mock-model", skip_permissions=True, settings=Settings.from_env()
+    )
     sandboxed = {"worktree": ws.path, "sandbox": ws.sandbox_policy()}
     result = runner.run(req(tmp_path, claude_env, **sandboxed))
     assert result.failure is None, f"{result.failure_detail}\n{result.transcript[-3000:]}"

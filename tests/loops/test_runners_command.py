@@ -11,6 +11,7 @@ import pytest
 
 from events import ConfigError, FailureKind
 from events.secrets import MASK, redact
+from infra.settings import Settings
 from loops.runners import AgentRequest, AgentRunner, make_runner
 from loops.runners.command import CommandRunner
 from tests.conftest import wait_until
@@ -45,9 +46,9 @@ def test_make_runner_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key-for-make-runner")
     assert isinstance(make_runner("command:echo hi"), CommandRunner)
     assert make_runner("command: echo hi").name == "command:echo hi"
-    runner = make_runner("claude")
+    runner = make_runner("claude", settings=Settings.from_env())
     assert isinstance(runner, AgentRunner) and runner.name == "claude"
-    assert make_runner("anthropic").name == "anthropic"
+    assert make_runner("anthropic", settings=Settings.from_env()).name == "anthropic"
     script = tmp_path / "s.yaml"
     script.write_text("- reply: hi\n")
     assert make_runner("script:s.yaml", base_dir=tmp_path).name == f"script:{script}"

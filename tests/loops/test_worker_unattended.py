@@ -23,6 +23,7 @@ import yaml
 import events as ev
 from bus import BusSettings, RedisBus, connect
 from infra.git import git
+from infra.settings import Settings
 from loops.books import SpecBook
 from loops.driver import WorkerExit, run_worker
 from loops.harness import config_from_data
@@ -236,7 +237,7 @@ def test_a_claude_tool_call_is_a_sign_of_life(
     wt.mkdir()
     signs: list[ev.AgentSign] = []
     pids: list[int] = []
-    result = make_runner("claude").run(
+    result = make_runner("claude", settings=Settings.from_env()).run(
         AgentRequest(
             prompt="p",
             worktree=wt,
