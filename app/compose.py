@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from agents.answers import AnthropicAnswerReader
-from agents.pm import PMConfig
+from agents.human import HumanAgent
+from agents.monitor import Monitor
+from agents.pm import PMConfig, ProjectManager
 from agents.policy import Policy, load_policy
 from agents.refiner import AnthropicRefiner
 from agents.webhooks import BackgroundNotifier, WebhookNotifier, WebhookTarget
 from app.fleet import agent_runner
-from bus import CONNECTION_ERRORS, Inbox, RedisBus, Subscription
+from bus import CONNECTION_ERRORS, Inbox, PassedLedger, RedisBus, Subscription
 from bus.spend import SpendLedger
 from events import ConfigError, Criterion, LoopsError, ModelPrice, Role, Source, ValidationFailed
 from gates import (
@@ -99,6 +101,29 @@ def make_notifier(settings: Settings) -> BackgroundNotifier | None:
         return None
     key = secret(settings.webhook_secret) or ""
     return BackgroundNotifier(WebhookNotifier([WebhookTarget(url=u, secret=key) for u in urls]))
+
+
+def make_monitor(
+    bus: RedisBus, settings: Settings, project: Project | None, policy: Policy
+) -> Monitor:
+    """The monitor, with the task refiner when a model and the project are there."""
+    refiner = make_refiner(settings, project) if project is not None else None
+    return Monitor(Store(bus.client, bus.prefix, "monitor"), policy, refiner=refiner)
+
+
+def make_pm(bus: RedisBus, project: Project | None) -> ProjectManager:
+    """The PM: priorities and dependencies from the project's files, if any."""
+    config = pm_config(project) if project is not None else PMConfig()
+    return ProjectManager(config, merged=PassedLedger(bus.client, bus.prefix).all())
+
+
+def make_human(bus: RedisBus, settings: Settings) -> HumanAgent:
+    """The human interface: webhooks, and a model to read free-text answers, if any."""
+    return HumanAgent(
+        Store(bus.client, bus.prefix, "human"),
+        notifier=make_notifier(settings),
+        reader=make_answer_reader(settings),
+    )
 
 
 def check_sandboxes(configs: Iterable[SandboxConfig | None]) -> list[str]:

@@ -16,16 +16,12 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from agents.human import HumanAgent
-from agents.monitor import Monitor
-from agents.pm import PMConfig, ProjectManager
 from agents.runner import Agent
-from app.compose import Wiring, make_answer_reader, make_notifier, monitor_policy, pm_config, wire
-from bus import Inbox, PassedLedger, RedisBus, Router, connect
+from app.compose import Wiring, make_human, make_monitor, make_pm, monitor_policy, wire
+from bus import Inbox, RedisBus, Router, connect
 from events import ConfigError, ValidationFailed
 from gates import RqJobs
 from infra.settings import Settings
-from infra.store import Store
 from loops.books import HarnessBook
 from loops.budget_config import effective
 from loops.project import Loop, Project, load_loop
@@ -58,11 +54,7 @@ def role_agent(
     """The monitor, the PM or the human interface. The monitor and the PM also work
     without the project's files (no policy file; no priorities or dependencies)."""
     if role == "human":
-        return HumanAgent(
-            Store(bus.client, bus.prefix, "human"),
-            notifier=make_notifier(settings),
-            reader=make_answer_reader(settings),
-        )
+        return make_human(bus, settings)
     try:
         project: Project | None = load_project()
     except (ValidationFailed, ConfigError) as exc:
@@ -70,9 +62,8 @@ def role_agent(
         if role == "pm":
             log.warning("pm: no project files (%s)", exc)
     if role == "monitor":
-        return Monitor(Store(bus.client, bus.prefix, "monitor"), monitor_policy(project, settings))
-    config = pm_config(project) if project is not None else PMConfig()
-    return ProjectManager(config, merged=PassedLedger(bus.client, bus.prefix).all())
+        return make_monitor(bus, settings, project, monitor_policy(project, settings))
+    return make_pm(bus, project)
 
 
 def role_step(

@@ -20,26 +20,21 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agents.human import HumanAgent
-from agents.monitor import Monitor
-from agents.pm import ProjectManager
 from agents.runner import run as run_agent
 from app.compose import (
     ProcessJobs,
     Threads,
     loader_with_fallback,
-    make_answer_reader,
-    make_notifier,
-    make_refiner,
+    make_human,
+    make_monitor,
+    make_pm,
     monitor_policy,
-    pm_config,
     wire,
 )
-from bus import CONNECTION_ERRORS, PassedLedger, RedisBus, Router
+from bus import CONNECTION_ERRORS, RedisBus, Router
 from events import BudgetLevel, ConfigError, Event, LoopResume, LoopStop
 from events.view import SystemView
 from infra.settings import Settings, secret
-from infra.store import Store
 from loops.books import HarnessBook
 from loops.budget_config import effective
 from loops.driver import WorkerExit
@@ -196,20 +191,9 @@ class System:
     def _start_agents(self) -> None:
         tick = self.options.monitor_tick_s
         settings = self.options.settings
-        refiner = make_refiner(settings, self.project)
-        monitor = Monitor(
-            Store(self.bus.client, self.bus.prefix, "monitor"),
-            self.policy,
-            refiner=refiner,
-        )
-        pm = ProjectManager(
-            pm_config(self.project), merged=PassedLedger(self.bus.client, self.bus.prefix).all()
-        )
-        human = HumanAgent(
-            Store(self.bus.client, self.bus.prefix, "human"),
-            notifier=make_notifier(settings),
-            reader=make_answer_reader(settings),
-        )
+        monitor = make_monitor(self.bus, settings, self.project, self.policy)
+        pm = make_pm(self.bus, self.project)
+        human = make_human(self.bus, settings)
         for group, agent in (("monitor", monitor), ("pm", pm), ("human", human)):
             self.roles.start(
                 group,
