@@ -23,8 +23,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # git for worktrees, merges and pushes; the repository is a bind mount owned by
 # another uid, so git must trust it. bubblewrap sandboxes the agents (loops/sandbox.py);
 # as a non-root user it needs user namespaces, which Docker's default seccomp profile
-# denies: compose's `agents` service allows them (an agent host runs no agent
-# unsandboxed unless LOOPS_SANDBOX=off).
+# denies: compose's `agents` service says LOOPS_SANDBOX=off (an agent host runs no
+# agent unsandboxed unless told; docs/ARCHITECTURE.md, "Agent hosts").
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git ca-certificates openssh-client bubblewrap \
     && rm -rf /var/lib/apt/lists/* \
