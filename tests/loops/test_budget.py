@@ -21,6 +21,7 @@ from pydantic import ValidationError
 import events as ev
 from bus import RedisBus
 from bus.spend import PROJECT, SpendLedger, loop_scope
+from infra.settings import Settings
 from loops import reactions
 from loops.books import SpecBook
 from loops.budget import BudgetGuard, call_timeout
@@ -113,7 +114,7 @@ def make_loop(bus: RedisBus, tmp_path: Path) -> Iterator[MakeLoop]:
         script = tmp_path / f"{name}.yaml"
         script.write_text(yaml.safe_dump({"default": [step or {"reply": "still working"}]}))
         book = SpecBook(parse_spec(SPEC), repo / f"{name}.yaml", repo / ".loops" / "state", 50)
-        runner = make_runner(agent or f"script:{script}")
+        runner = make_runner(agent or f"script:{script}", settings=Settings.from_env())
         service = WorkerService(bus, book, runner, repo, heartbeat_s=5)
         worker = service.worker
         worker.budget = BudgetGuard(
