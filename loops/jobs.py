@@ -47,7 +47,13 @@ from infra.git import git
 from infra.settings import Settings
 from loops.runners import AgentRequest, AgentResult, AgentRunner, make_runner, redacted
 from loops.runners.process import kill_strays
-from loops.sandbox import ENV_MODE, SandboxConfig, SandboxMode, SandboxPolicy
+from loops.sandbox import (
+    ENV_MODE,
+    SandboxConfig,
+    SandboxMode,
+    SandboxPolicy,
+    SandboxUnavailable,
+)
 from loops.workspace import IterationCommit, Workspace
 
 log = logging.getLogger("loops.jobs")
@@ -204,21 +210,22 @@ def unsandboxed_refusal(policy: SandboxPolicy) -> AgentResult | None:
     blocked with the reason, not retried), else None."""
     if policy.mode is not SandboxMode.AUTO:
         return None  # off: the operator's choice; required: policy.check() refuses
-    status = policy.status()
-    if status.active:
-        return None
-    why = (status.warning or "bwrap cannot run").rsplit(": agents", 1)[0]
-    return AgentResult(
-        reply="",
-        exit_code=None,
-        failure=FailureKind.AGENT_ERROR,
-        failure_detail=(
-            f"this agent host runs no agent unsandboxed ({why}): install bubblewrap, and "
-            "in a container allow user namespaces (docker-compose.yml's agents service "
-            f"shows how), or set {ENV_MODE}=off in the rq worker's environment"
-        ),
-        unrunnable=True,
-    )
+    try:
+        replace(policy, mode=SandboxMode.REQUIRED).check()
+    except SandboxUnavailable as exc:
+        return AgentResult(
+            reply="",
+            exit_code=None,
+            failure=FailureKind.AGENT_ERROR,
+            failure_detail=(
+                f"this agent host runs no agent unsandboxed ({exc.reason}): install "
+                "bubblewrap (in a container it also needs user namespaces and a /proc of "
+                'its own: docs/ARCHITECTURE.md, "Agent hosts"), or set '
+                f"{ENV_MODE}=off in the rq worker's environment"
+            ),
+            unrunnable=True,
+        )
+    return None
 
 
 def _checkout(
